@@ -1,0 +1,156 @@
+//! Model dimensions of one GDN layer and the per-call parameters of the delta rule.
+
+use crate::error::{Error, Result};
+
+/// How value head `h` picks its query/key head when `HV > HK`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum HeadMapping {
+    /// `h / (HV / HK)`: the Hugging Face checkpoint order (default).
+    #[default]
+    Grouped,
+    /// `h % HK`: some converted checkpoints. Only ever chosen explicitly.
+    Tiled,
+}
+
+impl HeadMapping {
+    /// Parses `"grouped"` / `"tiled"`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "grouped" => Some(HeadMapping::Grouped),
+            "tiled" => Some(HeadMapping::Tiled),
+            _ => None,
+        }
+    }
+
+    /// The name [`HeadMapping::parse`] reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            HeadMapping::Grouped => "grouped",
+            HeadMapping::Tiled => "tiled",
+        }
+    }
+}
+
+/// Dimensions of one GDN layer.
+///
+/// ```
+/// use deltanet_core::ModelDims;
+/// let d = ModelDims::new(16, 32, 128, 128, 4).unwrap(); // Qwen3.5-35B-A3B
+/// assert_eq!(d.conv_dim(), 2 * 16 * 128 + 32 * 128);
+/// assert_eq!(d.key_head(31), 15);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ModelDims {
+    /// Query/key heads (HK).
+    pub num_k_heads: usize,
+    /// Value heads (HV), a multiple of HK.
+    pub num_v_heads: usize,
+    /// Key head dim (K).
+    pub head_k_dim: usize,
+    /// Value head dim (V).
+    pub head_v_dim: usize,
+    /// Short-convolution kernel width (W, 4 in every Qwen model).
+    pub conv_width: usize,
+    /// Query/key head for each value head.
+    pub head_mapping: HeadMapping,
+}
+
+impl ModelDims {
+    /// Validated dims with grouped head mapping.
+    pub fn new(hk: usize, hv: usize, k: usize, v: usize, conv_width: usize) -> Result<Self> {
+        let d =
+            ModelDims { num_k_heads: hk, num_v_heads: hv, head_k_dim: k, head_v_dim: v, conv_width, head_mapping: HeadMapping::Grouped };
+        d.validate()?;
+        Ok(d)
+    }
+
+    /// The same dims with another head mapping.
+    pub fn with_head_mapping(mut self, m: HeadMapping) -> Self {
+        self.head_mapping = m;
+        self
+    }
+
+    /// Checks the invariants every backend relies on.
+    pub fn validate(&self) -> Result<()> {
+        if self.num_k_heads == 0 || self.num_v_heads == 0 || self.head_k_dim == 0 || self.head_v_dim == 0 {
+            return Err(Error::InvalidConfig(format!("all dims must be positive: {self:?}")));
+        }
+        if self.num_v_heads % self.num_k_heads != 0 {
+            return Err(Error::InvalidConfig(format!("HV = {} is not a multiple of HK = {}", self.num_v_heads, self.num_k_heads)));
+        }
+        if self.conv_width < 2 {
+            return Err(Error::InvalidConfig(format!("conv width {} < 2", self.conv_width)));
+        }
+        Ok(())
+    }
+
+    /// Channels of the short convolution: `2*HK*K + HV*V`.
+    pub fn conv_dim(&self) -> usize {
+        2 * self.num_k_heads * self.head_k_dim + self.num_v_heads * self.head_v_dim
+    }
+
+    /// Columns of conv state kept per request: `W - 1`.
+    pub fn conv_state_len(&self) -> usize {
+        self.conv_width - 1
+    }
+
+    /// Elements of one request's recurrent state: `HV*K*V`.
+    pub fn state_elems(&self) -> usize {
+        self.num_v_heads * self.head_k_dim * self.head_v_dim
+    }
+
+    /// Elements of one request's conv state: `conv_dim*(W-1)`.
+    pub fn conv_elems(&self) -> usize {
+        self.conv_dim() * self.conv_state_len()
+    }
+
+    /// The query/key head that value head `h` reads.
+    #[inline]
+    pub fn key_head(&self, h: usize) -> usize {
+        match self.head_mapping {
+            HeadMapping::Grouped => h / (self.num_v_heads / self.num_k_heads),
+            HeadMapping::Tiled => h % self.num_k_heads,
+        }
+    }
+}
+
+/// Per-call parameters of the delta rule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeltaParams {
+    /// Output scale (default `K^-0.5`).
+    pub scale: f32,
+    /// L2-normalise q and k inside the kernel (`x / sqrt(sum x^2 + 1e-6)`).
+    pub use_qk_l2norm: bool,
+}
+
+impl DeltaParams {
+    /// Defaults: scale `K^-0.5`, L2 norm on.
+    pub fn new(dims: &ModelDims) -> Self {
+        DeltaParams { scale: (dims.head_k_dim as f32).powf(-0.5), use_qk_l2norm: true }
+    }
+}
+
+/// The epsilon under the square root of the q/k L2 norm (fla, transformers).
+pub const L2NORM_EPS: f32 = 1e-6;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_mapping_grouped_and_tiled() {
+        let d = ModelDims::new(2, 8, 4, 4, 4).unwrap();
+        let grouped: Vec<_> = (0..8).map(|h| d.key_head(h)).collect();
+        assert_eq!(grouped, [0, 0, 0, 0, 1, 1, 1, 1]);
+        let t = d.with_head_mapping(HeadMapping::Tiled);
+        let tiled: Vec<_> = (0..8).map(|h| t.key_head(h)).collect();
+        assert_eq!(tiled, [0, 1, 0, 1, 0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn invalid_dims_rejected() {
+        assert!(matches!(ModelDims::new(3, 4, 8, 8, 4), Err(Error::InvalidConfig(_))));
+        assert!(matches!(ModelDims::new(0, 4, 8, 8, 4), Err(Error::InvalidConfig(_))));
+        assert!(matches!(ModelDims::new(1, 4, 8, 8, 1), Err(Error::InvalidConfig(_))));
+    }
+}

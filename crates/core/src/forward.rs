@@ -1,0 +1,251 @@
+//! The layer forward: conv → gate → delta rule over the pool, for one GDN
+//! layer and one batch, written once over [`KernelDispatcher`].
+//!
+//! This is where engines have shipped wrong answers from branches on "is
+//! speculative decoding on" or "is this the NPU". There is no such branch
+//! here: the layout and dtypes were fixed when the pool was made, and the
+//! four entry points differ only in which batch type and which two kernels
+//! they hand to the one shared body, [`run_layer`].
+
+use crate::batch::{CommitBatch, DecodeBatch, ExtendBatch, VerifyBatch};
+use crate::dims::{DeltaParams, ModelDims};
+use crate::dispatch::{ConvIo, DeltaIo, GateIo, KernelDispatcher, PoolOf};
+use crate::dtype::DType;
+use crate::error::Result;
+use crate::memory::DeviceMemory;
+use crate::pool::MambaStatePool;
+use crate::tensor::{TensorMeta, TensorMut, TensorRef};
+
+/// A layer's weights.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerWeights<'a> {
+    /// `[HV]`, f32.
+    pub a_log: TensorRef<'a>,
+    /// `[HV]`, f32.
+    pub dt_bias: TensorRef<'a>,
+    /// `[conv_dim, W]`, f32.
+    pub conv_weight: TensorRef<'a>,
+    /// `[conv_dim]`, f32.
+    pub conv_bias: Option<TensorRef<'a>>,
+}
+
+/// A layer's per-token inputs (the projections of the hidden states).
+#[derive(Debug, Clone, Copy)]
+pub struct LayerInput<'a> {
+    /// `[T, conv_dim]`: `[q | k | v]` before the conv.
+    pub mixed_qkv: TensorRef<'a>,
+    /// `[T, HV]`: gate input.
+    pub a: TensorRef<'a>,
+    /// `[T, HV]`: beta input.
+    pub b: TensorRef<'a>,
+}
+
+/// Device scratch for the layer forward (conv output, g, beta), grown on
+/// demand and reused across calls and layers.
+pub struct LayerWorkspace<M: DeviceMemory> {
+    memory: M,
+    conv_out: Option<M::Buffer>,
+    g: Option<M::Buffer>,
+    beta: Option<M::Buffer>,
+    conv_cap: usize,
+    gate_cap: usize,
+}
+
+impl<M: DeviceMemory> LayerWorkspace<M> {
+    /// An empty workspace on `memory`.
+    pub fn new(memory: M) -> Self {
+        LayerWorkspace { memory, conv_out: None, g: None, beta: None, conv_cap: 0, gate_cap: 0 }
+    }
+
+    fn ensure(&mut self, dims: &ModelDims, tokens: usize) -> Result<()> {
+        let conv = tokens * dims.conv_dim() * 4;
+        let gate = tokens * dims.num_v_heads * 4;
+        if conv > self.conv_cap {
+            self.conv_out = Some(self.memory.alloc_zeroed(conv)?);
+            self.conv_cap = conv;
+        }
+        if gate > self.gate_cap {
+            self.g = Some(self.memory.alloc_zeroed(gate)?);
+            self.beta = Some(self.memory.alloc_zeroed(gate)?);
+            self.gate_cap = gate;
+        }
+        Ok(())
+    }
+
+    fn meta(&self, shape: &[usize], strides: &[usize]) -> Result<TensorMeta> {
+        TensorMeta::strided(self.memory.device(), DType::F32, shape, strides)
+    }
+
+    fn conv_out_mut(&mut self, dims: &ModelDims, t: usize) -> Result<TensorMut<'_>> {
+        let meta = self.meta(&[t, dims.conv_dim()], &[dims.conv_dim(), 1])?;
+        let buf = self.conv_out.as_mut().expect("ensured");
+        // SAFETY: the buffer holds at least t*conv_dim f32 (ensured) and is borrowed mutably for the view's life.
+        Ok(unsafe { TensorMut::from_raw(self.memory.addr(buf), meta) })
+    }
+
+    /// q, k, v as strided views into the conv output `[T, conv_dim]`.
+    fn qkv(&self, dims: &ModelDims, t: usize) -> Result<[TensorRef<'_>; 3]> {
+        let (hk, hv, k, v, c) = (dims.num_k_heads, dims.num_v_heads, dims.head_k_dim, dims.head_v_dim, dims.conv_dim());
+        let buf = self.conv_out.as_ref().expect("ensured");
+        let base = self.memory.addr(buf);
+        let view = |off: usize, shape: [usize; 3], strides: [usize; 3]| -> Result<TensorRef<'_>> {
+            let meta = self.meta(&shape, &strides)?;
+            // SAFETY: off + span <= t*conv_dim f32 inside the ensured buffer, borrowed shared for the view's life.
+            Ok(unsafe { TensorRef::from_raw(base + (off * 4) as u64, meta) })
+        };
+        Ok([view(0, [t, hk, k], [c, k, 1])?, view(hk * k, [t, hk, k], [c, k, 1])?, view(2 * hk * k, [t, hv, v], [c, v, 1])?])
+    }
+
+    fn gate_out_mut(&mut self, dims: &ModelDims, t: usize) -> Result<[TensorMut<'_>; 2]> {
+        let meta = self.meta(&[t, dims.num_v_heads], &[dims.num_v_heads, 1])?;
+        let (g, b) = (self.g.as_mut().expect("ensured"), self.beta.as_mut().expect("ensured"));
+        // SAFETY: two distinct buffers of >= t*HV f32 each, each borrowed mutably for its view's life.
+        Ok(unsafe { [TensorMut::from_raw(self.memory.addr(g), meta), TensorMut::from_raw(self.memory.addr(b), meta)] })
+    }
+
+    fn gate_out(&self, dims: &ModelDims, t: usize) -> Result<[TensorRef<'_>; 2]> {
+        let meta = self.meta(&[t, dims.num_v_heads], &[dims.num_v_heads, 1])?;
+        let (g, b) = (self.g.as_ref().expect("ensured"), self.beta.as_ref().expect("ensured"));
+        // SAFETY: as in `gate_out_mut`, borrowed shared.
+        Ok(unsafe { [TensorRef::from_raw(self.memory.addr(g), meta), TensorRef::from_raw(self.memory.addr(b), meta)] })
+    }
+}
+
+/// The shared body of every forward: validate everything, then conv, gate,
+/// delta rule. `conv` and `delta` are the batch-specific kernels; nothing
+/// here knows which batch type, backend, layout or dtype it runs.
+#[allow(clippy::too_many_arguments)]
+fn run_layer<D: KernelDispatcher>(
+    d: &D,
+    pool: &mut PoolOf<D>,
+    tokens: usize,
+    w: &LayerWeights<'_>,
+    x: &LayerInput<'_>,
+    params: DeltaParams,
+    ws: &mut LayerWorkspace<D::Memory>,
+    mut out: TensorMut<'_>,
+    conv: impl Fn(&mut PoolOf<D>, ConvIo<'_>) -> Result<()>,
+    delta: impl Fn(&mut PoolOf<D>, DeltaIo<'_>) -> Result<()>,
+) -> Result<()> {
+    let dims = pool.geometry().config.dims;
+    let caps = d.capabilities();
+    ws.ensure(&dims, tokens)?;
+    // Validate all three stages before the first one writes the pool, so a bad
+    // tensor for the delta rule cannot leave a half-updated conv state behind.
+    ConvIo { x: x.mixed_qkv, weight: w.conv_weight, bias: w.conv_bias, out: ws.conv_out_mut(&dims, tokens)? }
+        .validate(caps, &dims, tokens)?;
+    let [g, beta] = ws.gate_out_mut(&dims, tokens)?;
+    GateIo { a: x.a, b: x.b, a_log: w.a_log, dt_bias: w.dt_bias, g, beta }.validate(caps, &dims, tokens)?;
+    {
+        let [q, k, v] = ws.qkv(&dims, tokens)?;
+        let [g, beta] = ws.gate_out(&dims, tokens)?;
+        DeltaIo { q, k, v, g, beta, o: out.reborrow(), params }.validate(caps, &dims, tokens)?;
+    }
+
+    conv(pool, ConvIo { x: x.mixed_qkv, weight: w.conv_weight, bias: w.conv_bias, out: ws.conv_out_mut(&dims, tokens)? })?;
+    let [g, beta] = ws.gate_out_mut(&dims, tokens)?;
+    d.gate(&dims, GateIo { a: x.a, b: x.b, a_log: w.a_log, dt_bias: w.dt_bias, g, beta })?;
+    let [q, k, v] = ws.qkv(&dims, tokens)?;
+    let [g, beta] = ws.gate_out(&dims, tokens)?;
+    delta(pool, DeltaIo { q, k, v, g, beta, o: out, params })
+}
+
+/// Prefill / chunked prefill of one layer: conv from each slot's conv state,
+/// gate, chunked delta rule from each slot's state; states and snapshots written back.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_extend<D: KernelDispatcher>(
+    d: &D,
+    pool: &mut PoolOf<D>,
+    layer: usize,
+    batch: &ExtendBatch,
+    weights: &LayerWeights<'_>,
+    input: &LayerInput<'_>,
+    params: DeltaParams,
+    ws: &mut LayerWorkspace<D::Memory>,
+    out: TensorMut<'_>,
+) -> Result<()> {
+    let _span = tracing::info_span!("forward_extend", backend = %d.capabilities().backend, layer, sequences = batch.num_seqs(), tokens = batch.tokens()).entered();
+    batch.check_pool(pool)?;
+    pool.geometry().check_layer(layer)?;
+    run_layer(
+        d,
+        pool,
+        batch.tokens(),
+        weights,
+        input,
+        params,
+        ws,
+        out,
+        |p, io| d.conv_extend(p, layer, batch, io),
+        |p, io| d.extend(p, layer, batch, io),
+    )
+}
+
+/// One decode step of one layer, in place.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_decode<D: KernelDispatcher>(
+    d: &D,
+    pool: &mut PoolOf<D>,
+    layer: usize,
+    batch: &DecodeBatch,
+    weights: &LayerWeights<'_>,
+    input: &LayerInput<'_>,
+    params: DeltaParams,
+    ws: &mut LayerWorkspace<D::Memory>,
+    out: TensorMut<'_>,
+) -> Result<()> {
+    let _span = tracing::info_span!("forward_decode", backend = %d.capabilities().backend, layer, sequences = batch.num_seqs(), tokens = batch.tokens()).entered();
+    batch.check_pool(pool)?;
+    pool.geometry().check_layer(layer)?;
+    run_layer(
+        d,
+        pool,
+        batch.tokens(),
+        weights,
+        input,
+        params,
+        ws,
+        out,
+        |p, io| d.conv_update(p, layer, batch, io),
+        |p, io| d.decode(p, layer, batch, io),
+    )
+}
+
+/// Speculative verify of one layer: every draft step written to scratch; the
+/// main state and conv state untouched until [`commit`].
+#[allow(clippy::too_many_arguments)]
+pub fn forward_verify<D: KernelDispatcher>(
+    d: &D,
+    pool: &mut PoolOf<D>,
+    layer: usize,
+    batch: &VerifyBatch,
+    weights: &LayerWeights<'_>,
+    input: &LayerInput<'_>,
+    params: DeltaParams,
+    ws: &mut LayerWorkspace<D::Memory>,
+    out: TensorMut<'_>,
+) -> Result<()> {
+    let _span = tracing::info_span!("forward_verify", backend = %d.capabilities().backend, layer, sequences = batch.num_seqs(), tokens = batch.tokens()).entered();
+    batch.check_pool(pool)?;
+    pool.geometry().check_layer(layer)?;
+    run_layer(
+        d,
+        pool,
+        batch.tokens(),
+        weights,
+        input,
+        params,
+        ws,
+        out,
+        |p, io| d.conv_verify(p, layer, batch, io),
+        |p, io| d.verify(p, layer, batch, io),
+    )
+}
+
+/// Commit of one layer: the accepted step of each request becomes its state.
+pub fn commit<D: KernelDispatcher>(d: &D, pool: &mut PoolOf<D>, layer: usize, batch: &CommitBatch) -> Result<()> {
+    let _span = tracing::info_span!("commit", backend = %d.capabilities().backend, layer, sequences = batch.slots().len()).entered();
+    batch.check_pool(pool)?;
+    pool.geometry().check_layer(layer)?;
+    d.commit(pool, layer, batch)
+}

@@ -1,0 +1,38 @@
+//! # deltanet-core
+//!
+//! The backend-independent heart of deltanet: recurrent-state layouts
+//! ([`KMajor`], [`VMajor`]), the state pool ([`StatePool`]), validated batch
+//! metadata, the dispatcher contract every backend implements
+//! ([`KernelDispatcher`]), the layer forward written once over it
+//! ([`forward_extend`], [`forward_decode`], [`forward_verify`], [`commit`]),
+//! and the f64 [`oracle`] every test compares with.
+//!
+//! The state layout and dtype are declared by the backend and fixed when the
+//! pool is made; kernels only accept a pool of their own layout (a compile
+//! error on the typed API, [`Error::LayoutMismatch`] on the runtime one), and
+//! no forward path branches on backend, layout or speculative mode.
+
+#![warn(missing_docs)]
+
+pub mod batch;
+pub mod dims;
+pub mod dispatch;
+pub mod dtype;
+pub mod error;
+pub mod forward;
+pub mod layout;
+pub mod memory;
+pub mod oracle;
+pub mod pool;
+pub mod tensor;
+
+pub use batch::{CommitBatch, DecodeBatch, ExtendBatch, Snapshot, VerifyBatch};
+pub use dims::{DeltaParams, HeadMapping, ModelDims, L2NORM_EPS};
+pub use dispatch::{Capabilities, ConvIo, DeltaIo, GateIo, KernelDispatcher, PoolOf};
+pub use dtype::{DType, Element};
+pub use error::{Error, Result};
+pub use forward::{commit, forward_decode, forward_extend, forward_verify, LayerInput, LayerWeights, LayerWorkspace};
+pub use layout::{convert_conv, convert_state, ConvLayoutKind, KMajor, LayoutKind, StateLayout, VMajor};
+pub use memory::{DeviceMemory, HostBuffer, HostMemory};
+pub use pool::{BufferDescriptor, BufferKind, HostState, MambaStatePool, PoolConfig, PoolGeometry, PoolParts, Slot, SpecConfig, StatePool};
+pub use tensor::{Device, TensorMeta, TensorMut, TensorRef};

@@ -1,0 +1,697 @@
+//! The state pool: per-request conv and recurrent state (and speculative
+//! scratch) for every GDN layer, allocated once in the backend's native
+//! layout and dtype. One implementation, generic over device memory and layout.
+//!
+//! # Concurrency
+//! `StatePool` is `Send + Sync`. Slot bookkeeping (`alloc`, `free`,
+//! `is_allocated`) takes `&self` and is serialised by an internal mutex, so a
+//! scheduler thread may allocate while another thread reads. Everything that
+//! writes state bytes (`zero`, `copy`, `fork`, `import`, every kernel) takes
+//! `&mut self`: the borrow checker guarantees no kernel runs while state is
+//! changed elsewhere. Share a pool across threads as `Arc<Mutex<StatePool>>`
+//! or `RwLock` when several threads issue kernels.
+
+use crate::dims::ModelDims;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::layout::{convert_conv, convert_state, ConvLayoutKind, LayoutKind, StateLayout};
+use crate::memory::DeviceMemory;
+use crate::tensor::Device;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// A request's slot in the pool. Index 0 is the padding slot and never handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Slot(pub u32);
+
+impl Slot {
+    /// The index as `usize`.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// Speculative-decoding configuration of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpecConfig {
+    /// Draft tokens verified per request per step (D).
+    pub draft_tokens: usize,
+}
+
+/// What a pool holds.
+///
+/// ```
+/// use deltanet_core::{ModelDims, PoolConfig, DType};
+/// let dims = ModelDims::new(2, 4, 32, 32, 4).unwrap();
+/// let cfg = PoolConfig::new(3, 8, dims).with_state_dtype(DType::BF16).with_speculative(4);
+/// assert!(cfg.bytes_per_slot() > 0);
+/// assert_eq!(cfg.slots_for_budget(cfg.bytes_per_slot() * 10), 9); // one row is the padding slot
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PoolConfig {
+    /// GDN layers (L).
+    pub layers: usize,
+    /// Allocatable slots (the buffers hold one more, slot 0).
+    pub slots: usize,
+    /// Dims of every layer.
+    pub dims: ModelDims,
+    /// Recurrent-state dtype (f32 or bf16).
+    pub state_dtype: DType,
+    /// Conv-state dtype (f32, bf16 or f16).
+    pub conv_dtype: DType,
+    /// Speculative buffers, if any.
+    pub spec: Option<SpecConfig>,
+}
+
+impl PoolConfig {
+    /// f32 state and conv, no speculative buffers.
+    pub fn new(layers: usize, slots: usize, dims: ModelDims) -> Self {
+        PoolConfig { layers, slots, dims, state_dtype: DType::F32, conv_dtype: DType::F32, spec: None }
+    }
+    /// Sets the recurrent-state dtype.
+    pub fn with_state_dtype(mut self, d: DType) -> Self {
+        self.state_dtype = d;
+        self
+    }
+    /// Sets the conv-state dtype.
+    pub fn with_conv_dtype(mut self, d: DType) -> Self {
+        self.conv_dtype = d;
+        self
+    }
+    /// Adds speculative scratch for `draft_tokens` per request.
+    pub fn with_speculative(mut self, draft_tokens: usize) -> Self {
+        self.spec = Some(SpecConfig { draft_tokens });
+        self
+    }
+    /// Draft tokens D (0 without speculative buffers).
+    pub fn draft_tokens(&self) -> usize {
+        self.spec.map_or(0, |s| s.draft_tokens)
+    }
+    /// Bytes one slot costs across all layers and buffers.
+    pub fn bytes_per_slot(&self) -> usize {
+        let d = self.draft_tokens();
+        let state = self.dims.state_elems() * self.state_dtype.size();
+        let conv = self.dims.conv_elems() * self.conv_dtype.size();
+        self.layers * (state + conv) * (1 + d)
+    }
+    /// How many allocatable slots fit in `budget` bytes (slot 0 included in the cost).
+    pub fn slots_for_budget(&self, budget: usize) -> usize {
+        (budget / self.bytes_per_slot().max(1)).saturating_sub(1)
+    }
+    /// Checks the configuration independently of any backend.
+    pub fn validate(&self) -> Result<()> {
+        self.dims.validate()?;
+        if self.layers == 0 || self.slots == 0 {
+            return Err(Error::InvalidConfig(format!("layers {} and slots {} must be positive", self.layers, self.slots)));
+        }
+        if self.slots >= u32::MAX as usize {
+            return Err(Error::InvalidConfig(format!("{} slots exceed u32", self.slots)));
+        }
+        if let Some(s) = self.spec {
+            if s.draft_tokens == 0 {
+                return Err(Error::InvalidConfig("speculative pool with 0 draft tokens".into()));
+            }
+        }
+        if !matches!(self.state_dtype, DType::F32 | DType::BF16) {
+            return Err(Error::InvalidConfig(format!("state dtype {} (f32 or bf16)", self.state_dtype)));
+        }
+        Ok(())
+    }
+}
+
+/// Byte geometry of a pool's buffers: where each (layer, slot, step) lives.
+/// Kernels use it to address state; nothing else computes offsets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PoolGeometry {
+    /// The configuration.
+    pub config: PoolConfig,
+    /// Recurrent layout of every state buffer (main, scratch).
+    pub layout: LayoutKind,
+    /// Conv layout of every conv buffer (main, windows).
+    pub conv_layout: ConvLayoutKind,
+}
+
+impl PoolGeometry {
+    /// Rows per layer: slots + the padding slot.
+    pub fn rows(&self) -> usize {
+        self.config.slots + 1
+    }
+    /// Bytes of one request's recurrent state in one layer.
+    pub fn state_bytes(&self) -> usize {
+        self.config.dims.state_elems() * self.config.state_dtype.size()
+    }
+    /// Bytes of one request's conv state in one layer.
+    pub fn conv_bytes(&self) -> usize {
+        self.config.dims.conv_elems() * self.config.conv_dtype.size()
+    }
+    /// Draft tokens D (0 without speculative buffers).
+    pub fn draft(&self) -> usize {
+        self.config.draft_tokens()
+    }
+    /// Byte offset of `slot`'s recurrent state in `layer`.
+    pub fn temporal_offset(&self, layer: usize, slot: usize) -> usize {
+        (layer * self.rows() + slot) * self.state_bytes()
+    }
+    /// Byte offset of `slot`'s conv state in `layer`.
+    pub fn conv_offset(&self, layer: usize, slot: usize) -> usize {
+        (layer * self.rows() + slot) * self.conv_bytes()
+    }
+    /// Byte offset of scratch step `step` of `slot` in `layer`.
+    pub fn scratch_offset(&self, layer: usize, slot: usize, step: usize) -> usize {
+        ((layer * self.rows() + slot) * self.draft() + step) * self.state_bytes()
+    }
+    /// Byte offset of conv window `step` of `slot` in `layer`.
+    pub fn window_offset(&self, layer: usize, slot: usize, step: usize) -> usize {
+        ((layer * self.rows() + slot) * self.draft() + step) * self.conv_bytes()
+    }
+    /// Errors unless `layer < layers`.
+    pub fn check_layer(&self, layer: usize) -> Result<()> {
+        if layer >= self.config.layers {
+            return Err(Error::LayerOutOfRange { layer, layers: self.config.layers });
+        }
+        Ok(())
+    }
+}
+
+/// One slot's state for every layer, in canonical order: recurrent `[L, HV, K, V]`
+/// (K-major) and conv `[L, conv_dim, W-1]` (channels-first), in the dtypes it was
+/// exported in. Moving between pools of either layout with the same dtypes is exact.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostState {
+    /// Layers.
+    pub layers: usize,
+    /// Dims.
+    pub dims: ModelDims,
+    /// Dtype of `temporal`.
+    pub state_dtype: DType,
+    /// Dtype of `conv`.
+    pub conv_dtype: DType,
+    /// Little-endian recurrent state bytes, canonical K-major.
+    pub temporal: Vec<u8>,
+    /// Little-endian conv state bytes, canonical channels-first.
+    pub conv: Vec<u8>,
+}
+
+impl HostState {
+    /// Builds a host state from f32 values in canonical order, stored in the given dtypes.
+    pub fn from_f32(layers: usize, dims: ModelDims, state_dtype: DType, conv_dtype: DType, temporal: &[f32], conv: &[f32]) -> Result<Self> {
+        if temporal.len() != layers * dims.state_elems() || conv.len() != layers * dims.conv_elems() {
+            return Err(Error::StateMismatch(format!(
+                "expected {} state and {} conv values, got {} and {}",
+                layers * dims.state_elems(),
+                layers * dims.conv_elems(),
+                temporal.len(),
+                conv.len()
+            )));
+        }
+        Ok(HostState {
+            layers,
+            dims,
+            state_dtype,
+            conv_dtype,
+            temporal: state_dtype.encode_vec(temporal),
+            conv: conv_dtype.encode_vec(conv),
+        })
+    }
+    /// Recurrent state as f32, canonical `[L, HV, K, V]`.
+    pub fn temporal_f32(&self) -> Vec<f32> {
+        self.state_dtype.decode_vec(&self.temporal)
+    }
+    /// Conv state as f32, canonical `[L, conv_dim, W-1]`.
+    pub fn conv_f32(&self) -> Vec<f32> {
+        self.conv_dtype.decode_vec(&self.conv)
+    }
+}
+
+/// Which buffer a [`BufferDescriptor`] describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BufferKind {
+    /// Conv state `[slots+1, conv]` of one layer.
+    Conv,
+    /// Recurrent state `[slots+1, state]` of one layer.
+    Temporal,
+    /// Speculative scratch states `[slots+1, D, state]` of one layer.
+    Scratch,
+    /// Speculative conv windows `[slots+1, D, conv]` of one layer.
+    ConvWindows,
+}
+
+/// One layer's part of one buffer, for transfer engines (RDMA, offload):
+/// slot `s` occupies `addr + s*bytes_per_slot .. + bytes_per_slot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferDescriptor {
+    /// Which buffer.
+    pub kind: BufferKind,
+    /// Layer.
+    pub layer: usize,
+    /// Device the address is on.
+    pub device: Device,
+    /// Address of slot 0 of this layer.
+    pub addr: u64,
+    /// Bytes of this layer's part (all rows).
+    pub bytes: usize,
+    /// Bytes per slot row.
+    pub bytes_per_slot: usize,
+}
+
+/// What a scheduler calls: slot lifecycle, copies, import/export, sizes.
+/// Object-safe, so engines can hold `&mut dyn MambaStatePool`.
+pub trait MambaStatePool: Send + Sync {
+    /// Process-unique id, recorded by validated batches.
+    fn id(&self) -> u64;
+    /// Buffer geometry (config, layouts).
+    fn geometry(&self) -> &PoolGeometry;
+    /// Device the buffers live on.
+    fn device(&self) -> Device;
+    /// Allocatable slots.
+    fn capacity(&self) -> usize {
+        self.geometry().config.slots
+    }
+    /// Slots currently free.
+    fn free_count(&self) -> usize;
+    /// Whether `slot` is currently allocated.
+    fn is_allocated(&self, slot: Slot) -> bool;
+    /// Checks `slots` are allocated, in range, not padding and distinct.
+    fn check_slots(&self, slots: &[Slot]) -> Result<()>;
+    /// Allocates `n` slots (contents unspecified: zero them, import, or extend without initial state).
+    fn alloc(&self, n: usize) -> Result<Vec<Slot>>;
+    /// Frees slots; all or nothing.
+    fn free(&self, slots: &[Slot]) -> Result<()>;
+    /// Zeroes the conv and recurrent state of `slots` in every layer.
+    fn zero(&mut self, slots: &[Slot]) -> Result<()>;
+    /// Copies `src`'s conv and recurrent state into `dst` (both allocated, distinct).
+    fn copy(&mut self, src: Slot, dst: Slot) -> Result<()>;
+    /// Allocates a slot holding a copy of `src`.
+    fn fork(&mut self, src: Slot) -> Result<Slot> {
+        let dst = self.alloc(1)?[0];
+        if let Err(e) = self.copy(src, dst) {
+            self.free(&[dst])?;
+            return Err(e);
+        }
+        Ok(dst)
+    }
+    /// One slot's state in canonical order.
+    fn export(&self, slot: Slot) -> Result<HostState>;
+    /// Overwrites one slot's state from canonical order (converting dtype if they differ).
+    fn import(&mut self, slot: Slot, state: &HostState) -> Result<()>;
+    /// Total bytes of every buffer.
+    fn bytes(&self) -> usize;
+    /// Per-layer descriptors of every buffer.
+    fn descriptors(&self) -> Vec<BufferDescriptor>;
+    /// A hash of every byte of every buffer (tests: "nothing changed").
+    fn digest(&self) -> Result<u64>;
+}
+
+/// Slot bookkeeping.
+#[derive(Debug)]
+struct SlotAllocator {
+    allocated: Vec<bool>,
+    free: Vec<u32>,
+}
+
+impl SlotAllocator {
+    fn new(slots: usize) -> Self {
+        SlotAllocator { allocated: vec![false; slots + 1], free: (1..=slots as u32).rev().collect() }
+    }
+
+    fn check(&self, index: usize, slot: Slot) -> Result<()> {
+        if slot.0 == 0 {
+            return Err(Error::PaddingSlot { index });
+        }
+        if slot.index() >= self.allocated.len() {
+            return Err(Error::SlotOutOfRange { index, slot: slot.0, capacity: self.allocated.len() - 1 });
+        }
+        if !self.allocated[slot.index()] {
+            return Err(Error::SlotNotAllocated { index, slot: slot.0 });
+        }
+        Ok(())
+    }
+
+    fn check_distinct(&self, slots: &[Slot]) -> Result<()> {
+        let mut seen: Vec<Option<usize>> = Vec::new();
+        for (i, &s) in slots.iter().enumerate() {
+            self.check(i, s)?;
+            if seen.len() <= s.index() {
+                seen.resize(s.index() + 1, None);
+            }
+            if let Some(first) = seen[s.index()] {
+                return Err(Error::DuplicateSlot { slot: s.0, first, second: i });
+            }
+            seen[s.index()] = Some(i);
+        }
+        Ok(())
+    }
+}
+
+static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The one pool implementation: buffers on `M` in layout `L`.
+///
+/// ```
+/// use deltanet_core::*;
+/// let dims = ModelDims::new(1, 2, 4, 3, 4).unwrap();
+/// let caps = Capabilities::host_reference(LayoutKind::KMajor);
+/// let mut pool: StatePool<HostMemory, KMajor> =
+///     StatePool::new(HostMemory, PoolConfig::new(2, 4, dims), &caps).unwrap();
+/// let s = pool.alloc(2).unwrap();
+/// pool.zero(&s).unwrap();
+/// let st = pool.export(s[0]).unwrap();
+/// pool.import(s[1], &st).unwrap();
+/// pool.free(&s).unwrap();
+/// assert!(matches!(pool.free(&s[..1]), Err(Error::DoubleFree { .. })));
+/// ```
+pub struct StatePool<M: DeviceMemory, L: StateLayout> {
+    id: u64,
+    memory: M,
+    geometry: PoolGeometry,
+    conv: M::Buffer,
+    temporal: M::Buffer,
+    scratch: Option<M::Buffer>,
+    windows: Option<M::Buffer>,
+    slots: Mutex<SlotAllocator>,
+    _layout: PhantomData<L>,
+}
+
+/// Mutable access to a pool's buffers, for kernels.
+pub struct PoolParts<'p, M: DeviceMemory> {
+    /// Where everything is.
+    pub geometry: &'p PoolGeometry,
+    /// Conv state `[L, slots+1, conv]`.
+    pub conv: &'p mut M::Buffer,
+    /// Recurrent state `[L, slots+1, state]`.
+    pub temporal: &'p mut M::Buffer,
+    /// Speculative scratch `[L, slots+1, D, state]`.
+    pub scratch: Option<&'p mut M::Buffer>,
+    /// Speculative conv windows `[L, slots+1, D, conv]`.
+    pub windows: Option<&'p mut M::Buffer>,
+}
+
+impl<M: DeviceMemory, L: StateLayout> StatePool<M, L> {
+    /// Allocates every buffer zeroed, in layout `L` and the configured dtypes,
+    /// after checking them against the backend's capabilities.
+    pub fn new(memory: M, config: PoolConfig, caps: &crate::dispatch::Capabilities) -> Result<Self> {
+        config.validate()?;
+        if caps.native_layout != L::KIND {
+            return Err(Error::LayoutMismatch { expected: caps.native_layout, actual: L::KIND });
+        }
+        caps.check_pool_config(&config)?;
+        let geometry = PoolGeometry { config, layout: L::KIND, conv_layout: caps.conv_layout };
+        let rows = config.layers * geometry.rows();
+        let d = config.draft_tokens();
+        let conv = memory.alloc_zeroed(rows * geometry.conv_bytes())?;
+        let temporal = memory.alloc_zeroed(rows * geometry.state_bytes())?;
+        let (scratch, windows) = if d > 0 {
+            (Some(memory.alloc_zeroed(rows * d * geometry.state_bytes())?), Some(memory.alloc_zeroed(rows * d * geometry.conv_bytes())?))
+        } else {
+            (None, None)
+        };
+        Ok(StatePool {
+            id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
+            memory,
+            geometry,
+            conv,
+            temporal,
+            scratch,
+            windows,
+            slots: Mutex::new(SlotAllocator::new(config.slots)),
+            _layout: PhantomData,
+        })
+    }
+
+    /// The memory the buffers were allocated on.
+    pub fn memory(&self) -> &M {
+        &self.memory
+    }
+
+    /// The layout tag (`L::KIND`).
+    pub fn layout(&self) -> LayoutKind {
+        L::KIND
+    }
+
+    /// Mutable access to every buffer, for kernels.
+    pub fn parts_mut(&mut self) -> PoolParts<'_, M> {
+        PoolParts {
+            geometry: &self.geometry,
+            conv: &mut self.conv,
+            temporal: &mut self.temporal,
+            scratch: self.scratch.as_mut(),
+            windows: self.windows.as_mut(),
+        }
+    }
+
+    /// Read access to the conv and recurrent buffers.
+    pub fn buffers(&self) -> (&M::Buffer, &M::Buffer) {
+        (&self.conv, &self.temporal)
+    }
+
+    fn allocator(&self) -> std::sync::MutexGuard<'_, SlotAllocator> {
+        // A panic while holding the lock cannot leave the allocator half-updated
+        // (every mutation is a single push/pop/flag), so poisoning is ignored.
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Copies each request's accepted scratch step `a` (state and conv window) of
+    /// `layer` into its main slot, and into its snapshot slot when one is named.
+    /// The default `commit` of every dispatcher; backends may fuse it.
+    pub fn commit_accepted(&mut self, layer: usize, batch: &crate::batch::CommitBatch) -> Result<()> {
+        batch.check_pool(self)?;
+        self.geometry.check_layer(layer)?;
+        let g = self.geometry;
+        let (scratch, windows) = match (&self.scratch, &self.windows) {
+            (Some(s), Some(w)) => (s, w),
+            _ => return Err(Error::NoSpeculativeBuffers),
+        };
+        for (i, (&slot, &a)) in batch.slots().iter().zip(batch.accepted()).enumerate() {
+            let mut targets = vec![slot];
+            targets.extend(batch.snapshots()[i]);
+            for dst in targets {
+                let (s, d) = (g.scratch_offset(layer, slot.index(), a), g.temporal_offset(layer, dst.index()));
+                self.memory.copy_between(scratch, s, &mut self.temporal, d, g.state_bytes())?;
+                let (s, d) = (g.window_offset(layer, slot.index(), a), g.conv_offset(layer, dst.index()));
+                self.memory.copy_between(windows, s, &mut self.conv, d, g.conv_bytes())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn state_elem_convert(&self, from: LayoutKind, to: LayoutKind, src: &[u8], dst: &mut [u8]) {
+        let dims = &self.geometry.config.dims;
+        let (h, k, v) = (dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
+        match self.geometry.config.state_dtype.size() {
+            4 => convert_state::<[u8; 4]>(from, to, h, k, v, bytemuck::cast_slice(src), bytemuck::cast_slice_mut(dst)),
+            _ => convert_state::<[u8; 2]>(from, to, h, k, v, bytemuck::cast_slice(src), bytemuck::cast_slice_mut(dst)),
+        }
+    }
+
+    fn conv_elem_convert(&self, from: ConvLayoutKind, to: ConvLayoutKind, src: &[u8], dst: &mut [u8]) {
+        let dims = &self.geometry.config.dims;
+        let (c, w) = (dims.conv_dim(), dims.conv_state_len());
+        match self.geometry.config.conv_dtype.size() {
+            4 => convert_conv::<[u8; 4]>(from, to, c, w, bytemuck::cast_slice(src), bytemuck::cast_slice_mut(dst)),
+            _ => convert_conv::<[u8; 2]>(from, to, c, w, bytemuck::cast_slice(src), bytemuck::cast_slice_mut(dst)),
+        }
+    }
+}
+
+impl<M: DeviceMemory, L: StateLayout> std::fmt::Debug for StatePool<M, L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatePool").field("id", &self.id).field("geometry", &self.geometry).finish()
+    }
+}
+
+fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+impl<M: DeviceMemory, L: StateLayout> MambaStatePool for StatePool<M, L> {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn geometry(&self) -> &PoolGeometry {
+        &self.geometry
+    }
+    fn device(&self) -> Device {
+        self.memory.device()
+    }
+    fn free_count(&self) -> usize {
+        self.allocator().free.len()
+    }
+    fn is_allocated(&self, slot: Slot) -> bool {
+        self.allocator().allocated.get(slot.index()).copied().unwrap_or(false) && slot.0 != 0
+    }
+    fn check_slots(&self, slots: &[Slot]) -> Result<()> {
+        self.allocator().check_distinct(slots)
+    }
+
+    fn alloc(&self, n: usize) -> Result<Vec<Slot>> {
+        let _span = tracing::debug_span!("pool.alloc", n).entered();
+        let mut a = self.allocator();
+        if n > a.free.len() {
+            return Err(Error::PoolExhausted { requested: n, available: a.free.len() });
+        }
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let s = a.free.pop().expect("checked above");
+            a.allocated[s as usize] = true;
+            out.push(Slot(s));
+        }
+        Ok(out)
+    }
+
+    fn free(&self, slots: &[Slot]) -> Result<()> {
+        let _span = tracing::debug_span!("pool.free", n = slots.len()).entered();
+        let mut a = self.allocator();
+        for (i, &s) in slots.iter().enumerate() {
+            match a.check(i, s) {
+                Err(Error::SlotNotAllocated { slot, .. }) => return Err(Error::DoubleFree { slot }),
+                other => other?,
+            }
+            if slots[..i].contains(&s) {
+                return Err(Error::DoubleFree { slot: s.0 });
+            }
+        }
+        for &s in slots {
+            a.allocated[s.index()] = false;
+            a.free.push(s.0);
+        }
+        Ok(())
+    }
+
+    fn zero(&mut self, slots: &[Slot]) -> Result<()> {
+        let _span = tracing::debug_span!("pool.zero", n = slots.len()).entered();
+        self.allocator().check_distinct(slots)?;
+        let g = self.geometry;
+        for layer in 0..g.config.layers {
+            for s in slots {
+                self.memory.zero(&mut self.temporal, g.temporal_offset(layer, s.index()), g.state_bytes())?;
+                self.memory.zero(&mut self.conv, g.conv_offset(layer, s.index()), g.conv_bytes())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn copy(&mut self, src: Slot, dst: Slot) -> Result<()> {
+        let _span = tracing::debug_span!("pool.copy", src = src.0, dst = dst.0).entered();
+        self.allocator().check_distinct(&[src, dst])?;
+        let g = self.geometry;
+        for layer in 0..g.config.layers {
+            let (s, d) = (g.temporal_offset(layer, src.index()), g.temporal_offset(layer, dst.index()));
+            self.memory.copy_within(&mut self.temporal, s, d, g.state_bytes())?;
+            let (s, d) = (g.conv_offset(layer, src.index()), g.conv_offset(layer, dst.index()));
+            self.memory.copy_within(&mut self.conv, s, d, g.conv_bytes())?;
+        }
+        Ok(())
+    }
+
+    fn export(&self, slot: Slot) -> Result<HostState> {
+        let _span = tracing::debug_span!("pool.export", slot = slot.0).entered();
+        self.allocator().check(0, slot)?;
+        let g = self.geometry;
+        let (sb, cb) = (g.state_bytes(), g.conv_bytes());
+        let mut temporal = vec![0u8; g.config.layers * sb];
+        let mut conv = vec![0u8; g.config.layers * cb];
+        let mut raw = vec![0u8; sb.max(cb)];
+        for layer in 0..g.config.layers {
+            self.memory.read(&self.temporal, g.temporal_offset(layer, slot.index()), &mut raw[..sb])?;
+            self.state_elem_convert(L::KIND, LayoutKind::KMajor, &raw[..sb], &mut temporal[layer * sb..(layer + 1) * sb]);
+            self.memory.read(&self.conv, g.conv_offset(layer, slot.index()), &mut raw[..cb])?;
+            self.conv_elem_convert(g.conv_layout, ConvLayoutKind::ChannelsFirst, &raw[..cb], &mut conv[layer * cb..(layer + 1) * cb]);
+        }
+        Ok(HostState {
+            layers: g.config.layers,
+            dims: g.config.dims,
+            state_dtype: g.config.state_dtype,
+            conv_dtype: g.config.conv_dtype,
+            temporal,
+            conv,
+        })
+    }
+
+    fn import(&mut self, slot: Slot, state: &HostState) -> Result<()> {
+        let _span = tracing::debug_span!("pool.import", slot = slot.0).entered();
+        self.allocator().check(0, slot)?;
+        let g = self.geometry;
+        let dims = &g.config.dims;
+        let same = |a: &ModelDims, b: &ModelDims| {
+            (a.num_v_heads, a.head_k_dim, a.head_v_dim, a.conv_dim(), a.conv_width)
+                == (b.num_v_heads, b.head_k_dim, b.head_v_dim, b.conv_dim(), b.conv_width)
+        };
+        if state.layers != g.config.layers || !same(&state.dims, dims) {
+            return Err(Error::StateMismatch(format!(
+                "state has {} layers of {:?}, pool has {} layers of {:?}",
+                state.layers, state.dims, g.config.layers, dims
+            )));
+        }
+        if state.temporal.len() != state.layers * dims.state_elems() * state.state_dtype.size()
+            || state.conv.len() != state.layers * dims.conv_elems() * state.conv_dtype.size()
+        {
+            return Err(Error::StateMismatch("byte lengths do not match dims and dtypes".into()));
+        }
+        // Re-encode into the pool's dtypes (identity, hence exact, when they agree).
+        let temporal = if state.state_dtype == g.config.state_dtype {
+            state.temporal.clone()
+        } else {
+            g.config.state_dtype.encode_vec(&state.temporal_f32())
+        };
+        let conv =
+            if state.conv_dtype == g.config.conv_dtype { state.conv.clone() } else { g.config.conv_dtype.encode_vec(&state.conv_f32()) };
+        let (sb, cb) = (g.state_bytes(), g.conv_bytes());
+        let mut raw = vec![0u8; sb.max(cb)];
+        for layer in 0..g.config.layers {
+            self.state_elem_convert(LayoutKind::KMajor, L::KIND, &temporal[layer * sb..(layer + 1) * sb], &mut raw[..sb]);
+            self.memory.write(&mut self.temporal, g.temporal_offset(layer, slot.index()), &raw[..sb])?;
+            self.conv_elem_convert(ConvLayoutKind::ChannelsFirst, g.conv_layout, &conv[layer * cb..(layer + 1) * cb], &mut raw[..cb]);
+            self.memory.write(&mut self.conv, g.conv_offset(layer, slot.index()), &raw[..cb])?;
+        }
+        Ok(())
+    }
+
+    fn bytes(&self) -> usize {
+        let m = &self.memory;
+        m.len(&self.conv)
+            + m.len(&self.temporal)
+            + self.scratch.as_ref().map_or(0, |b| m.len(b))
+            + self.windows.as_ref().map_or(0, |b| m.len(b))
+    }
+
+    fn descriptors(&self) -> Vec<BufferDescriptor> {
+        let g = self.geometry;
+        let d = g.draft();
+        let mut out = Vec::new();
+        let mut push = |kind, buf: &M::Buffer, per_slot: usize| {
+            for layer in 0..g.config.layers {
+                let bytes = per_slot * g.rows();
+                out.push(BufferDescriptor {
+                    kind,
+                    layer,
+                    device: self.memory.device(),
+                    addr: self.memory.addr(buf) + (layer * bytes) as u64,
+                    bytes,
+                    bytes_per_slot: per_slot,
+                });
+            }
+        };
+        push(BufferKind::Conv, &self.conv, g.conv_bytes());
+        push(BufferKind::Temporal, &self.temporal, g.state_bytes());
+        if let (Some(s), Some(w)) = (&self.scratch, &self.windows) {
+            push(BufferKind::Scratch, s, g.state_bytes() * d);
+            push(BufferKind::ConvWindows, w, g.conv_bytes() * d);
+        }
+        out
+    }
+
+    fn digest(&self) -> Result<u64> {
+        let mut h = 0xcbf29ce484222325;
+        for buf in [Some(&self.conv), Some(&self.temporal), self.scratch.as_ref(), self.windows.as_ref()].into_iter().flatten() {
+            let mut host = vec![0u8; self.memory.len(buf)];
+            self.memory.read(buf, 0, &mut host)?;
+            h = fnv1a(h, &host);
+        }
+        Ok(h)
+    }
+}
