@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod device_tensor;
 pub mod dims;
 pub mod dispatch;
 pub mod dtype;
@@ -27,6 +28,7 @@ pub mod pool;
 pub mod tensor;
 
 pub use batch::{CommitBatch, DecodeBatch, ExtendBatch, Snapshot, VerifyBatch};
+pub use device_tensor::DeviceTensor;
 pub use dims::{DeltaParams, HeadMapping, ModelDims, L2NORM_EPS};
 pub use dispatch::{Capabilities, ConvIo, DeltaIo, GateIo, KernelDispatcher, PoolOf};
 pub use dtype::{DType, Element};
