@@ -1,1 +1,30 @@
-//! deltanet facade
+//! # deltanet
+//!
+//! Gated DeltaNet layers (the linear-attention layers of Qwen3-Next, Qwen3.5
+//! and Qwen3.6) for serving engines, on CPU, NVIDIA GPUs and Ascend NPUs, with
+//! one state pool and one forward path.
+//!
+//! This facade re-exports [`deltanet_core`] and adds the runtime [`Backend`]
+//! (every variant present in every build; a backend compiled out is
+//! [`Error::NotCompiled`]), model presets, the replay-file format and the
+//! synthetic serving workload behind the `deltanet` binary.
+//!
+//! Cargo features: `cpu` (default), `cuda`, `npu`.
+
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod info;
+pub mod models;
+pub mod replay;
+pub mod synth;
+pub mod workload;
+
+pub use backend::{Backend, BackendVisitor, Pool};
+#[cfg(feature = "cpu")]
+pub use deltanet_backend_cpu as cpu;
+#[cfg(feature = "cuda")]
+pub use deltanet_backend_cuda as cuda;
+#[cfg(feature = "npu")]
+pub use deltanet_backend_npu as npu;
+pub use deltanet_core::*;

@@ -1,1 +1,203 @@
-fn main() {}
+//! The `deltanet` command line: run (the main job), replay, bench, info.
+
+use clap::{Parser, Subcommand};
+use deltanet::replay::{self, ReplayFile};
+use deltanet::workload::{self, RunConfig};
+use deltanet::{models, Backend, DType};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "deltanet", version, about = "Gated DeltaNet layers on CPU, CUDA and Ascend NPU: serve, replay, benchmark")]
+struct Cli {
+    /// Worker threads for the CPU kernels (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve a synthetic workload through the pool and the dispatcher as an engine does, checked against the oracle.
+    Run {
+        /// Model preset (qwen3.5-0.8b, qwen3.5-2b, qwen3.5-35b-a3b, qwen3.5-397b-a17b, qwen3-next-80b-a3b) or custom:L,HK,HV,K,V.
+        #[arg(long, default_value = "qwen3.5-0.8b")]
+        model: String,
+        /// Backend: cpu, cpu-vk, cuda:N, npu:N.
+        #[arg(long, default_value = "cpu")]
+        backend: String,
+        /// Requests served.
+        #[arg(long, default_value_t = 8)]
+        requests: usize,
+        /// Prompt tokens per request.
+        #[arg(long, default_value_t = 200)]
+        prompt_len: usize,
+        /// Prefill token budget per step.
+        #[arg(long, default_value_t = 128)]
+        chunk: usize,
+        /// Tokens generated per request.
+        #[arg(long, default_value_t = 12)]
+        decode: usize,
+        /// Draft tokens per speculative round (0 turns speculative decoding off).
+        #[arg(long, default_value_t = 4)]
+        draft: usize,
+        /// Requests running at once.
+        #[arg(long, default_value_t = 4)]
+        max_running: usize,
+        /// Recurrent-state dtype: f32 or bf16.
+        #[arg(long, default_value = "f32")]
+        state_dtype: String,
+        /// Requests whose outputs are checked against the oracle.
+        #[arg(long, default_value_t = 2)]
+        check: usize,
+        /// Seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Run a replay file through a backend and the oracle; report errors per sequence, head and chunk.
+    Replay {
+        /// Replay file (safetensors; schema in the README).
+        file: PathBuf,
+        /// Backend: cpu, cpu-vk, cuda:N, npu:N.
+        #[arg(long, default_value = "cpu")]
+        backend: String,
+        /// Write o, final_state (and conv_state_out) here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Largest accepted error ratio against the oracle.
+        #[arg(long, default_value_t = 1e-5)]
+        tolerance: f64,
+    },
+    /// CPU throughput table with the machine's GEMM and copy ceilings measured in the same run.
+    Bench {
+        /// Also write the table as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Smaller sizes (a quick look, not the reported figures).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Backends compiled in, which are usable here and why not, layouts, dtypes and limits.
+    Info,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global() {
+            eprintln!("error: --threads: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match run(cli.cmd) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    match cmd {
+        Cmd::Run { model, backend, requests, prompt_len, chunk, decode, draft, max_running, state_dtype, check, seed, quiet } => {
+            let state_dtype = DType::parse(&state_dtype).ok_or_else(|| format!("unknown state dtype `{state_dtype}`"))?;
+            let cfg = RunConfig {
+                model: models::find(&model)?,
+                requests,
+                prompt_len,
+                chunk,
+                decode,
+                draft,
+                max_running,
+                state_dtype,
+                seed,
+                check_requests: check,
+                progress: !quiet,
+            };
+            let b = Backend::from_name(&backend)?;
+            let rep = workload::run(&b, &cfg)?;
+            workload::print_report(&cfg, &rep);
+            if rep.passed() {
+                println!("all checks passed");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("CHECK FAILED: an error ratio exceeds the tolerance");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Cmd::Replay { file, backend, out, tolerance } => {
+            let bytes = std::fs::read(&file).map_err(|e| format!("reading {}: {e}", file.display()))?;
+            let f = ReplayFile::parse(&bytes)?;
+            let b = Backend::from_name(&backend)?;
+            let outs = replay::run(&b, &f)?;
+            let rep = replay::report(&f, &outs);
+            print_replay(&f, &rep, b.name());
+            if let Some(path) = out {
+                replay::write_outputs(&path, &f, &outs)?;
+                println!("wrote {}", path.display());
+            }
+            let worst = rep.o_ratio.max(rep.state_ratio).max(rep.conv_ratio.unwrap_or(0.0));
+            Ok(if worst <= tolerance && worst.is_finite() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Cmd::Bench { json, quick } => bench(json, quick),
+        Cmd::Info => {
+            println!("deltanet {} — backends in this build:", env!("CARGO_PKG_VERSION"));
+            for line in deltanet::info::describe() {
+                println!("  {line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_replay(f: &ReplayFile, r: &replay::ReplayReport, backend: &str) {
+    let d = &f.dims;
+    println!(
+        "replay on {backend}: {} sequences, {} tokens, HK {} HV {} K {} V {}, {:?} mapping, scale {}, l2norm {}, splits {:?}",
+        f.cu_seqlens.len() - 1,
+        f.tokens(),
+        d.num_k_heads,
+        d.num_v_heads,
+        d.head_k_dim,
+        d.head_v_dim,
+        d.head_mapping,
+        f.params.scale,
+        f.params.use_qk_l2norm,
+        f.chunk_splits
+    );
+    println!(
+        "error ratio vs oracle: o {:.2e}, final state {:.2e}{}",
+        r.o_ratio,
+        r.state_ratio,
+        r.conv_ratio.map_or(String::new(), |c| format!(", conv state {c:.2e}"))
+    );
+    if let Some((o, s)) = r.vs_expected {
+        println!("error ratio vs the file's expected outputs: o {o:.2e}, final state {s:.2e}");
+    }
+    for (i, (o, s)) in r.per_seq.iter().enumerate() {
+        let chunks: Vec<String> = r.per_chunk[i].iter().map(|c| format!("{c:.1e}")).collect();
+        println!("  seq {i}: o {o:.2e}, state {s:.2e}; per 64-token chunk: [{}]", chunks.join(" "));
+    }
+    let heads: Vec<String> = r.per_head.iter().map(|h| format!("{h:.1e}")).collect();
+    println!("  per head: [{}]", heads.join(" "));
+    match r.first_jump {
+        Some((s, t)) => println!("  error jumps first at sequence {s}, token {t} (chunk {})", t / 64),
+        None => println!("  no error jump"),
+    }
+}
+
+#[cfg(feature = "cpu")]
+fn bench(json: Option<PathBuf>, quick: bool) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let _ = (&json, quick);
+    Err("bench: not wired yet".into())
+}
+
+#[cfg(not(feature = "cpu"))]
+fn bench(_json: Option<PathBuf>, _quick: bool) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    Err(Box::new(deltanet::Error::NotCompiled { backend: "cpu".into(), feature: "cpu".into() }))
+}

@@ -1,0 +1,331 @@
+//! The runtime backend: one enum whose variants exist in every build. A
+//! backend that was not compiled in is a typed [`Error::NotCompiled`]; one
+//! that is compiled but cannot run here is [`Error::Unavailable`]. Every
+//! match over it is exhaustive, so a new backend must be handled everywhere
+//! before anything compiles.
+
+use deltanet_core::{
+    Capabilities, CommitBatch, ConvIo, DecodeBatch, DeltaIo, Device, Error, ExtendBatch, GateIo, HostMemory, KMajor, KernelDispatcher,
+    LayoutKind, MambaStatePool, ModelDims, PoolConfig, PoolOf, Result, StateLayout, VMajor, VerifyBatch,
+};
+use std::any::Any;
+use std::marker::PhantomData;
+
+/// Uninhabited: the payload of a backend that was not compiled in.
+#[derive(Debug, Clone, Copy)]
+pub enum Never {}
+
+/// Stand-in dispatcher for a backend compiled out. It can never be
+/// constructed, so its methods are unreachable; it exists so that the
+/// [`Backend`] and [`Pool`] variants are the same in every build.
+#[derive(Debug)]
+pub struct Disabled<L: StateLayout>(Never, PhantomData<L>);
+
+impl<L: StateLayout> KernelDispatcher for Disabled<L> {
+    type Layout = L;
+    type Memory = HostMemory;
+    fn capabilities(&self) -> &Capabilities {
+        match self.0 {}
+    }
+    fn memory(&self) -> &HostMemory {
+        match self.0 {}
+    }
+    fn gate(&self, _: &ModelDims, _: GateIo<'_>) -> Result<()> {
+        match self.0 {}
+    }
+    fn conv_extend(&self, _: &mut PoolOf<Self>, _: usize, _: &ExtendBatch, _: ConvIo<'_>) -> Result<()> {
+        match self.0 {}
+    }
+    fn conv_update(&self, _: &mut PoolOf<Self>, _: usize, _: &DecodeBatch, _: ConvIo<'_>) -> Result<()> {
+        match self.0 {}
+    }
+    fn conv_verify(&self, _: &mut PoolOf<Self>, _: usize, _: &VerifyBatch, _: ConvIo<'_>) -> Result<()> {
+        match self.0 {}
+    }
+    fn extend(&self, _: &mut PoolOf<Self>, _: usize, _: &ExtendBatch, _: DeltaIo<'_>) -> Result<()> {
+        match self.0 {}
+    }
+    fn decode(&self, _: &mut PoolOf<Self>, _: usize, _: &DecodeBatch, _: DeltaIo<'_>) -> Result<()> {
+        match self.0 {}
+    }
+    fn verify(&self, _: &mut PoolOf<Self>, _: usize, _: &VerifyBatch, _: DeltaIo<'_>) -> Result<()> {
+        match self.0 {}
+    }
+}
+
+/// The CPU K-major dispatcher in this build.
+#[cfg(feature = "cpu")]
+pub type CpuKMajorDispatcher = deltanet_backend_cpu::CpuKMajor;
+/// The CPU K-major dispatcher in this build (compiled out).
+#[cfg(not(feature = "cpu"))]
+pub type CpuKMajorDispatcher = Disabled<KMajor>;
+/// The CPU V-major dispatcher in this build.
+#[cfg(feature = "cpu")]
+pub type CpuVMajorDispatcher = deltanet_backend_cpu::CpuVMajor;
+/// The CPU V-major dispatcher in this build (compiled out).
+#[cfg(not(feature = "cpu"))]
+pub type CpuVMajorDispatcher = Disabled<VMajor>;
+/// The CUDA dispatcher in this build.
+#[cfg(feature = "cuda")]
+pub type CudaDispatcher = deltanet_backend_cuda::CudaDispatcher;
+/// The CUDA dispatcher in this build (compiled out).
+#[cfg(not(feature = "cuda"))]
+pub type CudaDispatcher = Disabled<VMajor>;
+/// The NPU dispatcher in this build.
+#[cfg(feature = "npu")]
+pub type NpuDispatcher = deltanet_backend_npu::NpuDispatcher;
+/// The NPU dispatcher in this build (compiled out).
+#[cfg(not(feature = "npu"))]
+pub type NpuDispatcher = Disabled<VMajor>;
+
+/// A backend chosen at run time.
+///
+/// ```
+/// let b = deltanet::Backend::from_name("cpu").unwrap();
+/// assert_eq!(b.name(), "cpu");
+/// assert!(matches!(deltanet::Backend::from_name("tpu:0"), Err(deltanet::Error::InvalidConfig(_))));
+/// ```
+pub enum Backend {
+    /// CPU kernels on a K-major pool.
+    CpuKMajor(CpuKMajorDispatcher),
+    /// CPU kernels on a V-major pool (the NPU's and CUDA's layout, on any machine).
+    CpuVMajor(CpuVMajorDispatcher),
+    /// NVIDIA GPU.
+    Cuda(CudaDispatcher),
+    /// Ascend NPU.
+    Npu(NpuDispatcher),
+}
+
+/// Generic code run on whichever dispatcher a [`Backend`] holds.
+pub trait BackendVisitor {
+    /// What the visit returns.
+    type Output;
+    /// Called with the concrete dispatcher.
+    fn visit<D: KernelDispatcher>(self, d: &D) -> Self::Output;
+}
+
+/// Every backend name this build knows, compiled in or not.
+pub const BACKEND_NAMES: [&str; 4] = ["cpu", "cpu-vk", "cuda:0", "npu:0"];
+
+fn not_compiled(backend: &str, feature: &str) -> Error {
+    Error::NotCompiled { backend: backend.into(), feature: feature.into() }
+}
+
+impl Backend {
+    /// CPU, K-major pool, rayon's global thread count.
+    pub fn cpu() -> Result<Self> {
+        #[cfg(feature = "cpu")]
+        return Ok(Backend::CpuKMajor(deltanet_backend_cpu::CpuKMajor::new()));
+        #[cfg(not(feature = "cpu"))]
+        Err(not_compiled("cpu", "cpu"))
+    }
+
+    /// CPU, V-major pool.
+    pub fn cpu_vmajor() -> Result<Self> {
+        #[cfg(feature = "cpu")]
+        return Ok(Backend::CpuVMajor(deltanet_backend_cpu::CpuVMajor::new()));
+        #[cfg(not(feature = "cpu"))]
+        Err(not_compiled("cpu-vk", "cpu"))
+    }
+
+    /// NVIDIA GPU `ordinal`.
+    pub fn cuda(ordinal: usize) -> Result<Self> {
+        #[cfg(feature = "cuda")]
+        return Ok(Backend::Cuda(deltanet_backend_cuda::CudaDispatcher::new(ordinal)?));
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = ordinal;
+            Err(not_compiled("cuda", "cuda"))
+        }
+    }
+
+    /// Ascend NPU `device`.
+    pub fn npu(device: usize) -> Result<Self> {
+        #[cfg(feature = "npu")]
+        return Ok(Backend::Npu(deltanet_backend_npu::NpuDispatcher::new(device)?));
+        #[cfg(not(feature = "npu"))]
+        {
+            let _ = device;
+            Err(not_compiled("npu", "npu"))
+        }
+    }
+
+    /// `"cpu"`, `"cpu-vk"`, `"cuda"`/`"cuda:N"`, `"npu"`/`"npu:N"`.
+    pub fn from_name(name: &str) -> Result<Self> {
+        let (kind, idx) = match name.split_once(':') {
+            Some((k, i)) => (k, i.parse::<usize>().map_err(|_| Error::InvalidConfig(format!("bad device index in backend `{name}`")))?),
+            None => (name, 0),
+        };
+        match kind {
+            "cpu" => Self::cpu(),
+            "cpu-vk" | "cpu-vmajor" => Self::cpu_vmajor(),
+            "cuda" => Self::cuda(idx),
+            "npu" => Self::npu(idx),
+            _ => Err(Error::InvalidConfig(format!("unknown backend `{name}` (known: {})", BACKEND_NAMES.join(", ")))),
+        }
+    }
+
+    /// Runs generic code on the concrete dispatcher.
+    pub fn visit<V: BackendVisitor>(&self, v: V) -> V::Output {
+        match self {
+            Backend::CpuKMajor(d) => v.visit(d),
+            Backend::CpuVMajor(d) => v.visit(d),
+            Backend::Cuda(d) => v.visit(d),
+            Backend::Npu(d) => v.visit(d),
+        }
+    }
+
+    /// The backend's capabilities.
+    pub fn capabilities(&self) -> &Capabilities {
+        match self {
+            Backend::CpuKMajor(d) => d.capabilities(),
+            Backend::CpuVMajor(d) => d.capabilities(),
+            Backend::Cuda(d) => d.capabilities(),
+            Backend::Npu(d) => d.capabilities(),
+        }
+    }
+
+    /// The backend's name as its capabilities give it.
+    pub fn name(&self) -> &str {
+        &self.capabilities().backend
+    }
+
+    /// The native recurrent-state layout.
+    pub fn layout(&self) -> LayoutKind {
+        self.capabilities().native_layout
+    }
+
+    /// A pool in this backend's layout, memory and a supported dtype.
+    pub fn new_pool(&self, config: PoolConfig) -> Result<Pool> {
+        Ok(match self {
+            Backend::CpuKMajor(d) => Pool::CpuKMajor(d.new_pool(config)?),
+            Backend::CpuVMajor(d) => Pool::CpuVMajor(d.new_pool(config)?),
+            Backend::Cuda(d) => Pool::Cuda(d.new_pool(config)?),
+            Backend::Npu(d) => Pool::Npu(d.new_pool(config)?),
+        })
+    }
+}
+
+/// A pool of any backend, carrying its layout. Handing it to another
+/// backend's operation is [`Error::LayoutMismatch`] (or a device mismatch
+/// when the layouts agree but the memory does not).
+pub enum Pool {
+    /// For [`Backend::CpuKMajor`].
+    CpuKMajor(PoolOf<CpuKMajorDispatcher>),
+    /// For [`Backend::CpuVMajor`].
+    CpuVMajor(PoolOf<CpuVMajorDispatcher>),
+    /// For [`Backend::Cuda`].
+    Cuda(PoolOf<CudaDispatcher>),
+    /// For [`Backend::Npu`].
+    Npu(PoolOf<NpuDispatcher>),
+}
+
+impl Pool {
+    /// The pool as the scheduler-facing trait object.
+    pub fn as_dyn(&self) -> &dyn MambaStatePool {
+        match self {
+            Pool::CpuKMajor(p) => p,
+            Pool::CpuVMajor(p) => p,
+            Pool::Cuda(p) => p,
+            Pool::Npu(p) => p,
+        }
+    }
+
+    /// Mutable trait object.
+    pub fn as_dyn_mut(&mut self) -> &mut dyn MambaStatePool {
+        match self {
+            Pool::CpuKMajor(p) => p,
+            Pool::CpuVMajor(p) => p,
+            Pool::Cuda(p) => p,
+            Pool::Npu(p) => p,
+        }
+    }
+
+    /// The pool's recurrent layout.
+    pub fn layout(&self) -> LayoutKind {
+        self.as_dyn().geometry().layout
+    }
+
+    /// The concrete pool of dispatcher `D`, or the typed error for handing it to the wrong one.
+    pub fn typed_mut<D: KernelDispatcher>(&mut self) -> Result<&mut PoolOf<D>> {
+        let (layout, device) = (self.layout(), self.as_dyn().device());
+        let any: &mut dyn Any = match self {
+            Pool::CpuKMajor(p) => p,
+            Pool::CpuVMajor(p) => p,
+            Pool::Cuda(p) => p,
+            Pool::Npu(p) => p,
+        };
+        any.downcast_mut::<PoolOf<D>>().ok_or(if layout != D::Layout::KIND {
+            Error::LayoutMismatch { expected: D::Layout::KIND, actual: layout }
+        } else {
+            Error::DeviceMismatch { name: "pool".into(), expected: Device::Host, actual: device }
+        })
+    }
+}
+
+macro_rules! on_pool {
+    ($backend:expr, $pool:expr, |$d:ident, $p:ident| $body:expr) => {
+        match $backend {
+            Backend::CpuKMajor($d) => {
+                let $p = $pool.typed_mut::<CpuKMajorDispatcher>()?;
+                $body
+            }
+            Backend::CpuVMajor($d) => {
+                let $p = $pool.typed_mut::<CpuVMajorDispatcher>()?;
+                $body
+            }
+            Backend::Cuda($d) => {
+                let $p = $pool.typed_mut::<CudaDispatcher>()?;
+                $body
+            }
+            Backend::Npu($d) => {
+                let $p = $pool.typed_mut::<NpuDispatcher>()?;
+                $body
+            }
+        }
+    };
+}
+
+impl Backend {
+    /// [`KernelDispatcher::gate`].
+    pub fn gate(&self, dims: &ModelDims, io: GateIo<'_>) -> Result<()> {
+        self.visit(GateVisit(dims, io))
+    }
+    /// [`KernelDispatcher::conv_extend`] on a runtime pool.
+    pub fn conv_extend(&self, pool: &mut Pool, layer: usize, batch: &ExtendBatch, io: ConvIo<'_>) -> Result<()> {
+        on_pool!(self, pool, |d, p| d.conv_extend(p, layer, batch, io))
+    }
+    /// [`KernelDispatcher::conv_update`] on a runtime pool.
+    pub fn conv_update(&self, pool: &mut Pool, layer: usize, batch: &DecodeBatch, io: ConvIo<'_>) -> Result<()> {
+        on_pool!(self, pool, |d, p| d.conv_update(p, layer, batch, io))
+    }
+    /// [`KernelDispatcher::conv_verify`] on a runtime pool.
+    pub fn conv_verify(&self, pool: &mut Pool, layer: usize, batch: &VerifyBatch, io: ConvIo<'_>) -> Result<()> {
+        on_pool!(self, pool, |d, p| d.conv_verify(p, layer, batch, io))
+    }
+    /// [`KernelDispatcher::extend`] on a runtime pool.
+    pub fn extend(&self, pool: &mut Pool, layer: usize, batch: &ExtendBatch, io: DeltaIo<'_>) -> Result<()> {
+        on_pool!(self, pool, |d, p| d.extend(p, layer, batch, io))
+    }
+    /// [`KernelDispatcher::decode`] on a runtime pool.
+    pub fn decode(&self, pool: &mut Pool, layer: usize, batch: &DecodeBatch, io: DeltaIo<'_>) -> Result<()> {
+        on_pool!(self, pool, |d, p| d.decode(p, layer, batch, io))
+    }
+    /// [`KernelDispatcher::verify`] on a runtime pool.
+    pub fn verify(&self, pool: &mut Pool, layer: usize, batch: &VerifyBatch, io: DeltaIo<'_>) -> Result<()> {
+        on_pool!(self, pool, |d, p| d.verify(p, layer, batch, io))
+    }
+    /// [`KernelDispatcher::commit`] on a runtime pool.
+    pub fn commit(&self, pool: &mut Pool, layer: usize, batch: &CommitBatch) -> Result<()> {
+        on_pool!(self, pool, |d, p| d.commit(p, layer, batch))
+    }
+}
+
+struct GateVisit<'d, 'a>(&'d ModelDims, GateIo<'a>);
+
+impl BackendVisitor for GateVisit<'_, '_> {
+    type Output = Result<()>;
+    fn visit<D: KernelDispatcher>(self, d: &D) -> Result<()> {
+        d.gate(self.0, self.1)
+    }
+}
