@@ -1,0 +1,64 @@
+//! The `deltanet` binary end to end.
+
+use std::process::Command;
+
+fn deltanet(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_deltanet")).args(args).output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn info_lists_every_backend() {
+    let (ok, out) = deltanet(&["info"]);
+    assert!(ok, "{out}");
+    for name in ["cpu", "cpu-vk", "cuda:0", "npu:0"] {
+        assert!(out.contains(name), "{out}");
+    }
+}
+
+#[test]
+fn replay_of_a_malformed_file_is_a_clear_error() {
+    let path = std::env::temp_dir().join(format!("deltanet-bad-{}.safetensors", std::process::id()));
+    std::fs::write(&path, b"garbage").unwrap();
+    let (ok, out) = deltanet(&["replay", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).unwrap();
+    assert!(!ok);
+    assert!(out.contains("replay file"), "{out}");
+    assert!(!out.contains("panicked"), "{out}");
+}
+
+#[test]
+fn unknown_backend_and_model_are_errors() {
+    let (ok, out) = deltanet(&["run", "--backend", "tpu"]);
+    assert!(!ok && out.contains("unknown backend"), "{out}");
+    let (ok, out) = deltanet(&["run", "--model", "llama"]);
+    assert!(!ok && out.contains("unknown model"), "{out}");
+}
+
+#[cfg(feature = "cpu")]
+#[test]
+fn run_serves_a_small_workload_and_checks_it() {
+    for backend in ["cpu", "cpu-vk"] {
+        let (ok, out) = deltanet(&[
+            "run", "--model", "custom:3,2,4,32,48", "--backend", backend, "--requests", "6", "--prompt-len", "70", "--chunk", "48", "--decode", "7",
+            "--draft", "3", "--max-running", "3", "--check", "3", "--quiet",
+        ]);
+        assert!(ok, "{out}");
+        for phase in ["prefill", "decode", "verify+commit", "final state", "all checks passed"] {
+            assert!(out.contains(phase), "{out}");
+        }
+        assert!(!out.contains(" NO"), "{out}");
+    }
+}
+
+#[cfg(feature = "cpu")]
+#[test]
+fn replay_of_a_golden_file_passes_and_writes_outputs() {
+    let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/golden/gdn_f32_varlen.safetensors");
+    let out_path = std::env::temp_dir().join(format!("deltanet-out-{}.safetensors", std::process::id()));
+    let (ok, out) = deltanet(&["replay", golden, "--backend", "cpu-vk", "--out", out_path.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(out.contains("vs the file's expected outputs"), "{out}");
+    assert!(out_path.exists());
+    std::fs::remove_file(out_path).unwrap();
+}
