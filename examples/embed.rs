@@ -1,0 +1,38 @@
+//! Embedding deltanet: a pool, then extend, decode, verify and commit on one layer.
+use deltanet::cpu::CpuKMajor;
+use deltanet::*;
+
+fn main() -> Result<()> {
+    let dims = ModelDims::new(2, 4, 32, 32, 4)?; // HK, HV, K, V, conv width
+    let cpu = CpuKMajor::new();
+    let mut pool = cpu.new_pool(PoolConfig::new(1, 8, dims).with_speculative(3))?; // 1 layer, 8 slots, D = 3
+    let slot = pool.alloc(1)?;
+    let params = DeltaParams::new(&dims);
+    let (hk, hv, k, v) = (2, 4, 32, 32);
+    let run = |pool: &mut PoolOf<CpuKMajor>, t: usize, op: &dyn Fn(&mut PoolOf<CpuKMajor>, DeltaIo<'_>) -> Result<()>| -> Result<Vec<f32>> {
+        let qk: Vec<f32> = (0..t * hk * k).map(|i| ((i * 7919) % 13) as f32 / 13.0 - 0.5).collect();
+        let vv: Vec<f32> = (0..t * hv * v).map(|i| ((i * 104729) % 17) as f32 / 17.0 - 0.5).collect();
+        let (g, beta) = (vec![-0.05f32; t * hv], vec![0.5f32; t * hv]);
+        let mut o = vec![0f32; t * hv * v];
+        let io = DeltaIo {
+            q: TensorRef::from_slice(&qk, &[t, hk, k])?,
+            k: TensorRef::from_slice(&qk, &[t, hk, k])?,
+            v: TensorRef::from_slice(&vv, &[t, hv, v])?,
+            g: TensorRef::from_slice(&g, &[t, hv])?,
+            beta: TensorRef::from_slice(&beta, &[t, hv])?,
+            o: TensorMut::from_slice(&mut o, &[t, hv, v])?,
+            params,
+        };
+        op(pool, io)?;
+        Ok(o)
+    };
+    let prefill = ExtendBatch::new(&pool, &[0, 100], &slot, &[false])?; // one 100-token prompt
+    run(&mut pool, 100, &|p, io| cpu.extend(p, 0, &prefill, io))?;
+    let step = DecodeBatch::new(&pool, &slot)?;
+    run(&mut pool, 1, &|p, io| cpu.decode(p, 0, &step, io))?;
+    let drafts = VerifyBatch::chain(&pool, &slot, 3)?; // 3 draft tokens into the scratch
+    run(&mut pool, 3, &|p, io| cpu.verify(p, 0, &drafts, io))?;
+    cpu.commit(&mut pool, 0, &CommitBatch::new(&pool, &slot, &[1], &[])?)?; // first two accepted
+    println!("state after commit: {} bytes in canonical order", pool.export(slot[0])?.temporal.len());
+    pool.free(&slot)
+}
