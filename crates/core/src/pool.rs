@@ -284,6 +284,9 @@ pub trait MambaStatePool: Send + Sync {
     fn copy(&mut self, src: Slot, dst: Slot) -> Result<()>;
     /// Allocates a slot holding a copy of `src`.
     fn fork(&mut self, src: Slot) -> Result<Slot> {
+        // Check the source first: otherwise forking a free slot could allocate
+        // that very slot and report a confusing duplicate instead.
+        self.check_slots(&[src])?;
         let dst = self.alloc(1)?[0];
         if let Err(e) = self.copy(src, dst) {
             self.free(&[dst])?;

@@ -1,0 +1,191 @@
+//! Model checking: random sequences of alloc / free / copy / fork / export /
+//! import / zero on a real pool against a plain reference model of slots and
+//! their canonical contents. Every operation's outcome (success or the error
+//! class) and every known slot's exported state must agree with the model;
+//! a rejected operation must leave the pool's bytes unchanged.
+
+use deltanet_core::*;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Alloc(usize),
+    Free(Vec<u32>),
+    Zero(Vec<u32>),
+    Copy(u32, u32),
+    Fork(u32),
+    /// Import a fresh state made from this seed.
+    Import(u32, u8),
+    /// Export a slot and import the result into another.
+    Transfer(u32, u32),
+}
+
+const CAP: u32 = 5;
+
+fn slot() -> impl Strategy<Value = u32> {
+    0..=CAP + 1
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0usize..4).prop_map(Op::Alloc),
+        prop::collection::vec(slot(), 0..3).prop_map(Op::Free),
+        prop::collection::vec(slot(), 0..3).prop_map(Op::Zero),
+        (slot(), slot()).prop_map(|(a, b)| Op::Copy(a, b)),
+        slot().prop_map(Op::Fork),
+        (slot(), any::<u8>()).prop_map(|(a, s)| Op::Import(a, s)),
+        (slot(), slot()).prop_map(|(a, b)| Op::Transfer(a, b)),
+    ]
+}
+
+/// The reference: which slots are allocated, and what each holds when known.
+#[derive(Default)]
+struct Model {
+    allocated: BTreeMap<u32, Option<HostState>>,
+}
+
+impl Model {
+    fn valid(&self, s: u32) -> bool {
+        s != 0 && self.allocated.contains_key(&s)
+    }
+    fn distinct_valid(&self, slots: &[u32]) -> bool {
+        let mut seen = std::collections::BTreeSet::new();
+        slots.iter().all(|&s| self.valid(s) && seen.insert(s))
+    }
+}
+
+fn state(cfg: &PoolConfig, seed: u8) -> HostState {
+    let t: Vec<f32> = (0..cfg.layers * cfg.dims.state_elems()).map(|i| (i as f32 * 0.37 + seed as f32).sin()).collect();
+    let c: Vec<f32> = (0..cfg.layers * cfg.dims.conv_elems()).map(|i| (i as f32 * 0.11 - seed as f32).cos()).collect();
+    HostState::from_f32(cfg.layers, cfg.dims, cfg.state_dtype, cfg.conv_dtype, &t, &c).unwrap()
+}
+
+fn zero_state(cfg: &PoolConfig) -> HostState {
+    let t = vec![0.0; cfg.layers * cfg.dims.state_elems()];
+    let c = vec![0.0; cfg.layers * cfg.dims.conv_elems()];
+    HostState::from_f32(cfg.layers, cfg.dims, cfg.state_dtype, cfg.conv_dtype, &t, &c).unwrap()
+}
+
+fn run<L: StateLayout>(ops: &[Op], state_dtype: DType) -> Result<(), TestCaseError> {
+    let dims = ModelDims::new(1, 2, 5, 3, 3).unwrap();
+    let cfg = PoolConfig::new(2, CAP as usize, dims).with_state_dtype(state_dtype).with_speculative(2);
+    let mut pool: StatePool<HostMemory, L> = StatePool::new(HostMemory, cfg, &Capabilities::host_reference(L::KIND)).unwrap();
+    let mut m = Model::default();
+    for op in ops {
+        let before = pool.digest().unwrap();
+        let ok = match op {
+            Op::Alloc(n) => {
+                let r = pool.alloc(*n);
+                let expect = *n <= CAP as usize - m.allocated.len();
+                prop_assert_eq!(r.is_ok(), expect, "{:?}", op);
+                if let Ok(slots) = &r {
+                    prop_assert_eq!(slots.len(), *n);
+                    for s in slots {
+                        prop_assert!(s.0 != 0 && !m.allocated.contains_key(&s.0), "handed out a taken slot {}", s.0);
+                        m.allocated.insert(s.0, None);
+                    }
+                } else {
+                    let exhausted = matches!(r, Err(Error::PoolExhausted { .. }));
+                    prop_assert!(exhausted, "not PoolExhausted");
+                }
+                r.is_ok()
+            }
+            Op::Free(slots) => {
+                let v: Vec<Slot> = slots.iter().map(|&s| Slot(s)).collect();
+                let r = pool.free(&v);
+                prop_assert_eq!(r.is_ok(), m.distinct_valid(slots), "{:?}: {:?}", op, r);
+                if r.is_ok() {
+                    for s in slots {
+                        m.allocated.remove(s);
+                    }
+                }
+                r.is_ok()
+            }
+            Op::Zero(slots) => {
+                let v: Vec<Slot> = slots.iter().map(|&s| Slot(s)).collect();
+                let r = pool.zero(&v);
+                prop_assert_eq!(r.is_ok(), m.distinct_valid(slots), "{:?}: {:?}", op, r);
+                if r.is_ok() {
+                    for s in slots {
+                        m.allocated.insert(*s, Some(zero_state(&cfg)));
+                    }
+                }
+                r.is_ok()
+            }
+            Op::Copy(a, b) => {
+                let r = pool.copy(Slot(*a), Slot(*b));
+                prop_assert_eq!(r.is_ok(), m.distinct_valid(&[*a, *b]), "{:?}: {:?}", op, r);
+                if r.is_ok() {
+                    let src = m.allocated[a].clone();
+                    m.allocated.insert(*b, src);
+                }
+                r.is_ok()
+            }
+            Op::Fork(a) => {
+                let r = pool.fork(Slot(*a));
+                let expect = m.valid(*a) && m.allocated.len() < CAP as usize;
+                prop_assert_eq!(r.is_ok(), expect, "{:?}: {:?}", op, r);
+                if let Ok(s) = r {
+                    prop_assert!(!m.allocated.contains_key(&s.0));
+                    let src = m.allocated[a].clone();
+                    m.allocated.insert(s.0, src);
+                }
+                r.is_ok()
+            }
+            Op::Import(a, seed) => {
+                let st = state(&cfg, *seed);
+                let r = pool.import(Slot(*a), &st);
+                prop_assert_eq!(r.is_ok(), m.valid(*a), "{:?}: {:?}", op, r);
+                if r.is_ok() {
+                    m.allocated.insert(*a, Some(st));
+                }
+                r.is_ok()
+            }
+            Op::Transfer(a, b) => {
+                let r = pool.export(Slot(*a));
+                prop_assert_eq!(r.is_ok(), m.valid(*a), "{:?}: {:?}", op, r);
+                match r {
+                    Ok(st) => {
+                        let r2 = pool.import(Slot(*b), &st);
+                        prop_assert_eq!(r2.is_ok(), m.valid(*b), "{:?}: {:?}", op, r2);
+                        if r2.is_ok() {
+                            let src = m.allocated[a].clone();
+                            m.allocated.insert(*b, src);
+                        }
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
+        };
+        if !ok {
+            prop_assert_eq!(pool.digest().unwrap(), before, "rejected {:?} changed pool bytes", op);
+        }
+        // the model and the pool agree on every slot and every known content
+        prop_assert_eq!(pool.free_count(), CAP as usize - m.allocated.len());
+        for s in 0..=CAP + 1 {
+            prop_assert_eq!(pool.is_allocated(Slot(s)), m.valid(s), "slot {}", s);
+        }
+        for (s, st) in &m.allocated {
+            if let Some(st) = st {
+                prop_assert_eq!(&pool.export(Slot(*s)).unwrap(), st, "slot {} content after {:?}", s, op);
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn kmajor_pool_matches_model(ops in prop::collection::vec(op(), 1..40)) {
+        run::<KMajor>(&ops, DType::F32)?;
+    }
+
+    #[test]
+    fn vmajor_bf16_pool_matches_model(ops in prop::collection::vec(op(), 1..40)) {
+        run::<VMajor>(&ops, DType::BF16)?;
+    }
+}
