@@ -377,7 +377,7 @@ impl BackendVisitor for ReplayVisit<'_> {
         for w in bounds.windows(2) {
             let (lo, hi) = (w[0], w[1]);
             let (mut cu, mut seg_slots, mut init, mut rows) = (vec![0], vec![], vec![], vec![]);
-            for i in 0..n {
+            for (i, &slot) in slots.iter().enumerate() {
                 let len = f.cu_seqlens[i + 1] - f.cu_seqlens[i];
                 if lo >= len {
                     continue;
@@ -385,7 +385,7 @@ impl BackendVisitor for ReplayVisit<'_> {
                 let hi = hi.min(len);
                 rows.extend((f.cu_seqlens[i] + lo)..(f.cu_seqlens[i] + hi));
                 cu.push(rows.len());
-                seg_slots.push(slots[i]);
+                seg_slots.push(slot);
                 init.push(has_init || lo > 0);
             }
             if rows.is_empty() {

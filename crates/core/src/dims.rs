@@ -75,7 +75,7 @@ impl ModelDims {
         if self.num_k_heads == 0 || self.num_v_heads == 0 || self.head_k_dim == 0 || self.head_v_dim == 0 {
             return Err(Error::InvalidConfig(format!("all dims must be positive: {self:?}")));
         }
-        if self.num_v_heads % self.num_k_heads != 0 {
+        if !self.num_v_heads.is_multiple_of(self.num_k_heads) {
             return Err(Error::InvalidConfig(format!("HV = {} is not a multiple of HK = {}", self.num_v_heads, self.num_k_heads)));
         }
         if self.conv_width < 2 {

@@ -112,7 +112,7 @@ impl ConvLayoutKind {
 /// Converts one or more requests' conv states between conv layouts.
 pub fn convert_conv<T: Copy>(from: ConvLayoutKind, to: ConvLayoutKind, conv_dim: usize, cols: usize, src: &[T], dst: &mut [T]) {
     let per = conv_dim * cols;
-    assert!(src.len() == dst.len() && src.len() % per.max(1) == 0, "convert_conv: bad buffers");
+    assert!(src.len() == dst.len() && src.len().is_multiple_of(per.max(1)), "convert_conv: bad buffers");
     if from == to {
         dst.copy_from_slice(src);
         return;
