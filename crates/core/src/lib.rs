@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod conformance;
 pub mod device_tensor;
 pub mod dims;
 pub mod dispatch;

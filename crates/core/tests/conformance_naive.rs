@@ -1,0 +1,86 @@
+//! The conformance suite run against a plain token-by-token host dispatcher
+//! (tests/support), on both layouts; and injected faults that the suite must
+//! catch, so that no check passes vacuously.
+
+mod support;
+
+use deltanet_core::conformance::{run_check, Check, SuiteOptions};
+use deltanet_core::{KMajor, VMajor};
+use support::{Fault, Naive};
+
+mod naive_kmajor {
+    deltanet_core::conformance_tests!(super::Naive::<deltanet_core::KMajor>::new());
+}
+
+mod naive_vmajor {
+    deltanet_core::conformance_tests!(super::Naive::<deltanet_core::VMajor>::new());
+}
+
+fn short() -> SuiteOptions {
+    SuiteOptions { long: false, ..SuiteOptions::default() }
+}
+
+/// Runs `check` on a faulty dispatcher and returns the failed case names.
+fn failures(check: Check, fault: Fault) -> Vec<String> {
+    let cases = run_check(check, &|| Naive::<VMajor>::with_fault(fault), &short());
+    assert!(!cases.is_empty());
+    cases.into_iter().filter(|c| !c.passed).map(|c| format!("{c}")).collect()
+}
+
+#[test]
+fn suite_catches_ignored_initial_state_flag() {
+    let f = failures(Check::ExtendOracle, Fault::IgnoreInitFlag);
+    assert!(f.iter().any(|c| c.contains("final states")), "{f:?}");
+}
+
+#[test]
+fn suite_catches_commit_of_the_wrong_step() {
+    let f = failures(Check::VerifyCommit, Fault::CommitOffByOne);
+    assert!(f.iter().any(|c| c.contains("commit of step")), "{f:?}");
+    let f = failures(Check::LayerForward, Fault::CommitOffByOne);
+    assert!(f.iter().any(|c| c.contains("conv window")), "{f:?}");
+}
+
+#[test]
+fn suite_catches_ignored_strides() {
+    let f = failures(Check::Strides, Fault::IgnoreStrides);
+    assert!(!f.is_empty());
+}
+
+#[test]
+fn suite_catches_missing_validation() {
+    let f = failures(Check::BadInput, Fault::NoValidation);
+    assert!(f.iter().any(|c| c.contains("shape")), "{f:?}");
+}
+
+#[test]
+fn suite_catches_batch_dependence() {
+    let f = failures(Check::BatchInvariance, Fault::BatchDependent);
+    assert!(f.iter().any(|c| c.contains("extend outputs")), "{f:?}");
+}
+
+#[test]
+fn cross_layout_agrees_and_replay_seed_is_printed() {
+    let cases = deltanet_core::conformance::cross_layout(&Naive::<KMajor>::new(), &Naive::<VMajor>::new(), &short());
+    assert!(!cases.is_empty());
+    for c in &cases {
+        println!("{c}");
+        assert!(c.passed, "{c}");
+    }
+    // a failing case names the seed that replays it
+    let f = failures(Check::ExtendOracle, Fault::IgnoreInitFlag);
+    assert!(f[0].contains("DELTANET_CONFORMANCE_SEED="), "{}", f[0]);
+}
+
+/// The `fallible` form runs when the constructor succeeds...
+mod naive_fallible {
+    deltanet_core::conformance_tests!(fallible Ok::<_, deltanet_core::Error>(super::Naive::<deltanet_core::KMajor>::new()));
+}
+
+/// ...and prints `skipped: <reason>` and passes when the backend is unavailable.
+mod unavailable_backend {
+    deltanet_core::conformance_tests!(fallible Err::<super::Naive<deltanet_core::VMajor>, _>(deltanet_core::Error::Unavailable {
+        backend: "imaginary".into(),
+        reason: "no such device in this test".into(),
+    }));
+}
