@@ -84,3 +84,13 @@ mod unavailable_backend {
         reason: "no such device in this test".into(),
     }));
 }
+
+#[test]
+fn engine_scenario_kmajor_and_vmajor_workers() {
+    let cases = deltanet_core::conformance::engine_scenario(&Naive::<KMajor>::new(), &Naive::<VMajor>::new(), &short());
+    for c in &cases {
+        println!("{c}");
+    }
+    assert!(cases.len() > 20, "{} cases", cases.len());
+    assert!(cases.iter().all(|c| c.passed), "{:#?}", cases.iter().filter(|c| !c.passed).collect::<Vec<_>>());
+}

@@ -31,7 +31,7 @@ impl Ctx<'_> {
     }
 
     /// Error ratio of `x` against `reference`, held to `tol`.
-    fn ratio(&mut self, case: &str, x: &[f32], reference: &[f64], tol: f64) {
+    pub(crate) fn ratio(&mut self, case: &str, x: &[f32], reference: &[f64], tol: f64) {
         if x.len() != reference.len() {
             self.push(case, f64::INFINITY, tol, false, format!("length {} vs reference {}", x.len(), reference.len()));
             return;
@@ -47,7 +47,7 @@ impl Ctx<'_> {
     }
 
     /// A yes/no condition.
-    fn exact(&mut self, case: &str, ok: bool, detail: String) {
+    pub(crate) fn exact(&mut self, case: &str, ok: bool, detail: String) {
         self.push(case, if ok { 0.0 } else { 1.0 }, 0.0, ok, detail);
     }
 
@@ -62,7 +62,7 @@ impl Ctx<'_> {
     }
 
     /// Tolerance for inputs in `dtype`, state in `state`, longest sequence `max_len`.
-    fn tol(&self, dtype: DType, state: DType, max_len: usize) -> f64 {
+    pub(crate) fn tol(&self, dtype: DType, state: DType, max_len: usize) -> f64 {
         if dtype == DType::BF16 || state == DType::BF16 {
             self.opts.bf16_tol
         } else if dtype == DType::F16 {
@@ -308,7 +308,7 @@ pub(crate) fn extend_decode<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn F
 // ---------------------------------------------------------------- 4. verify + commit
 
 /// Ancestors of step `t` (root first), `t` included.
-fn path(parents: &[i64], t: usize) -> Vec<usize> {
+pub(crate) fn path(parents: &[i64], t: usize) -> Vec<usize> {
     let mut p = vec![t];
     let mut cur = parents[t];
     while cur >= 0 {

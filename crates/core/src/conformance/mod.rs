@@ -56,11 +56,13 @@
 mod checks;
 mod gen;
 mod harness;
+mod scenario;
 
 use crate::dispatch::KernelDispatcher;
 use crate::error::Error;
 
 pub use gen::{mix_seed, DeltaInputs, LayerInputs, LayerParams};
+pub use scenario::engine_scenario;
 
 /// Options of a suite run.
 #[derive(Debug, Clone, PartialEq)]
