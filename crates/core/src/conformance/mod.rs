@@ -54,6 +54,7 @@
 //! ```
 
 mod checks;
+pub mod fuzz;
 mod gen;
 mod harness;
 mod scenario;
