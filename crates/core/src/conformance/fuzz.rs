@@ -106,7 +106,7 @@ pub fn batch_metadata(data: &[u8]) {
     // commit
     let slots: Vec<Slot> = (0..b.len(3)).map(|_| slot(&mut b)).collect();
     let accepted: Vec<usize> = (0..b.len(3)).map(|_| b.len(5)).collect();
-    let csnaps: Vec<Option<Slot>> = (0..b.len(3)).map(|_| if b.u8() % 2 == 0 { None } else { Some(slot(&mut b)) }).collect();
+    let csnaps: Vec<Option<Slot>> = (0..b.len(3)).map(|_| if b.u8() & 1 == 0 { None } else { Some(slot(&mut b)) }).collect();
     let layer = b.len(3);
     assert_eq!(pool.digest().expect("host digest"), digest, "validation changed the pool");
     if let Ok(cb) = CommitBatch::new(&pool, &slots, &accepted, &csnaps) {
