@@ -9,23 +9,24 @@ fn main() -> Result<()> {
     let slot = pool.alloc(1)?;
     let params = DeltaParams::new(&dims);
     let (hk, hv, k, v) = (2, 4, 32, 32);
-    let run = |pool: &mut PoolOf<CpuKMajor>, t: usize, op: &dyn Fn(&mut PoolOf<CpuKMajor>, DeltaIo<'_>) -> Result<()>| -> Result<Vec<f32>> {
-        let qk: Vec<f32> = (0..t * hk * k).map(|i| ((i * 7919) % 13) as f32 / 13.0 - 0.5).collect();
-        let vv: Vec<f32> = (0..t * hv * v).map(|i| ((i * 104729) % 17) as f32 / 17.0 - 0.5).collect();
-        let (g, beta) = (vec![-0.05f32; t * hv], vec![0.5f32; t * hv]);
-        let mut o = vec![0f32; t * hv * v];
-        let io = DeltaIo {
-            q: TensorRef::from_slice(&qk, &[t, hk, k])?,
-            k: TensorRef::from_slice(&qk, &[t, hk, k])?,
-            v: TensorRef::from_slice(&vv, &[t, hv, v])?,
-            g: TensorRef::from_slice(&g, &[t, hv])?,
-            beta: TensorRef::from_slice(&beta, &[t, hv])?,
-            o: TensorMut::from_slice(&mut o, &[t, hv, v])?,
-            params,
+    let run =
+        |pool: &mut PoolOf<CpuKMajor>, t: usize, op: &dyn Fn(&mut PoolOf<CpuKMajor>, DeltaIo<'_>) -> Result<()>| -> Result<Vec<f32>> {
+            let qk: Vec<f32> = (0..t * hk * k).map(|i| ((i * 7919) % 13) as f32 / 13.0 - 0.5).collect();
+            let vv: Vec<f32> = (0..t * hv * v).map(|i| ((i * 104729) % 17) as f32 / 17.0 - 0.5).collect();
+            let (g, beta) = (vec![-0.05f32; t * hv], vec![0.5f32; t * hv]);
+            let mut o = vec![0f32; t * hv * v];
+            let io = DeltaIo {
+                q: TensorRef::from_slice(&qk, &[t, hk, k])?,
+                k: TensorRef::from_slice(&qk, &[t, hk, k])?,
+                v: TensorRef::from_slice(&vv, &[t, hv, v])?,
+                g: TensorRef::from_slice(&g, &[t, hv])?,
+                beta: TensorRef::from_slice(&beta, &[t, hv])?,
+                o: TensorMut::from_slice(&mut o, &[t, hv, v])?,
+                params,
+            };
+            op(pool, io)?;
+            Ok(o)
         };
-        op(pool, io)?;
-        Ok(o)
-    };
     let prefill = ExtendBatch::new(&pool, &[0, 100], &slot, &[false])?; // one 100-token prompt
     run(&mut pool, 100, &|p, io| cpu.extend(p, 0, &prefill, io))?;
     let step = DecodeBatch::new(&pool, &slot)?;

@@ -40,8 +40,26 @@ fn unknown_backend_and_model_are_errors() {
 fn run_serves_a_small_workload_and_checks_it() {
     for backend in ["cpu", "cpu-vk"] {
         let (ok, out) = deltanet(&[
-            "run", "--model", "custom:3,2,4,32,48", "--backend", backend, "--requests", "6", "--prompt-len", "70", "--chunk", "48", "--decode", "7",
-            "--draft", "3", "--max-running", "3", "--check", "3", "--quiet",
+            "run",
+            "--model",
+            "custom:3,2,4,32,48",
+            "--backend",
+            backend,
+            "--requests",
+            "6",
+            "--prompt-len",
+            "70",
+            "--chunk",
+            "48",
+            "--decode",
+            "7",
+            "--draft",
+            "3",
+            "--max-running",
+            "3",
+            "--check",
+            "3",
+            "--quiet",
         ]);
         assert!(ok, "{out}");
         for phase in ["prefill", "decode", "verify+commit", "final state", "all checks passed"] {

@@ -30,7 +30,8 @@ fn cu(vals: &[i64]) -> T {
 }
 
 fn file(ts: &[T], meta: &[(&str, &str)]) -> Vec<u8> {
-    let views: Vec<(String, TensorView<'_>)> = ts.iter().map(|t| (t.name.to_string(), TensorView::new(t.dtype, t.shape.clone(), &t.bytes).unwrap())).collect();
+    let views: Vec<(String, TensorView<'_>)> =
+        ts.iter().map(|t| (t.name.to_string(), TensorView::new(t.dtype, t.shape.clone(), &t.bytes).unwrap())).collect();
     let md: HashMap<String, String> = meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     safetensors::serialize(views, &Some(md)).unwrap()
 }
@@ -133,8 +134,13 @@ mod on_cpu {
     use deltanet::replay;
     use deltanet::Backend;
 
-    const GOLDEN: [&str; 5] =
-        ["gdn_f32_varlen.safetensors", "gdn_f32_noinit.safetensors", "gdn_f32_tiled.safetensors", "gdn_bf16.safetensors", "layer_f32.safetensors"];
+    const GOLDEN: [&str; 5] = [
+        "gdn_f32_varlen.safetensors",
+        "gdn_f32_noinit.safetensors",
+        "gdn_f32_tiled.safetensors",
+        "gdn_bf16.safetensors",
+        "layer_f32.safetensors",
+    ];
 
     #[test]
     fn golden_files_match_the_oracle_and_the_reference_outputs_on_both_layouts() {
