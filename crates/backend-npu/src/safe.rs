@@ -1,0 +1,237 @@
+//! Safe layer: RAII owners of the device (set/reset), the stream, device
+//! buffers and aclnn descriptors, and [`NpuContext::run`], the one helper for
+//! the two-phase aclnn call (GetWorkspaceSize → workspace from the stream's
+//! cache → execute).
+
+use crate::api::{AclApi, AclDType, DevPtr, IntArrayHandle, OpCall, ScalarHandle, StreamHandle, TensorDesc, TensorHandle};
+use crate::result::AclError;
+use std::sync::{Arc, Mutex};
+
+/// One device and one stream: everything this backend issues goes to this
+/// stream, in order, so copies and operators never race each other.
+pub struct NpuContext {
+    api: Arc<dyn AclApi>,
+    device: usize,
+    soc: String,
+    stream: StreamHandle,
+    /// The per-stream workspace cache: grown on demand, reused by every operator.
+    workspace: Mutex<Option<DeviceBuffer>>,
+}
+
+impl std::fmt::Debug for NpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NpuContext").field("device", &self.device).field("soc", &self.soc).finish()
+    }
+}
+
+impl NpuContext {
+    /// Initialises ACL, selects `device` and creates a stream on it.
+    pub fn new(api: Arc<dyn AclApi>, device: usize) -> Result<Self, AclError> {
+        let soc = api.init()?;
+        let count = api.device_count()?;
+        if device as u32 >= count {
+            return Err(AclError::Runtime { call: format!("aclrtSetDevice({device}): {count} devices present"), code: 107001 });
+        }
+        api.set_device(device as i32)?;
+        let stream = match api.create_stream() {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = api.reset_device(device as i32);
+                return Err(e);
+            }
+        };
+        Ok(NpuContext { api, device, soc, stream, workspace: Mutex::new(None) })
+    }
+
+    /// The function table.
+    pub fn api(&self) -> &Arc<dyn AclApi> {
+        &self.api
+    }
+    /// Device id.
+    pub fn device(&self) -> usize {
+        self.device
+    }
+    /// SoC name reported by the runtime (`Ascend910B3`, `Ascend910_9391`, `Ascend950PR_...`).
+    pub fn soc(&self) -> &str {
+        &self.soc
+    }
+    /// The stream.
+    pub fn stream(&self) -> StreamHandle {
+        self.stream
+    }
+    /// Waits for everything issued so far.
+    pub fn synchronize(&self) -> Result<(), AclError> {
+        self.api.synchronize(self.stream)
+    }
+
+    /// Allocates `bytes` device bytes (uninitialised).
+    pub fn alloc(&self, bytes: usize) -> Result<DeviceBuffer, AclError> {
+        let ptr = if bytes == 0 { 0 } else { self.api.malloc(bytes)? };
+        Ok(DeviceBuffer { api: self.api.clone(), ptr, len: bytes })
+    }
+
+    /// Allocates and uploads `values` (small index tables), synchronously.
+    pub fn upload_i32(&self, values: &[i32]) -> Result<DeviceBuffer, AclError> {
+        let buf = self.alloc(std::mem::size_of_val(values))?;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        if !bytes.is_empty() {
+            self.api.memcpy_h2d(buf.ptr, &bytes)?;
+        }
+        Ok(buf)
+    }
+
+    /// Device-to-device copy on the stream.
+    pub fn copy(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<(), AclError> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.api.memcpy_d2d_async(dst, src, bytes, self.stream)
+    }
+
+    /// Zeroes device bytes on the stream.
+    pub fn zero(&self, dst: DevPtr, bytes: usize) -> Result<(), AclError> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.api.memset_zero_async(dst, bytes, self.stream)
+    }
+
+    /// An `aclTensor` for `desc`, destroyed on drop.
+    pub fn tensor(&self, desc: &TensorDesc) -> Result<AclTensor<'_>, AclError> {
+        Ok(AclTensor { api: &*self.api, handle: self.api.create_tensor(desc)? })
+    }
+    /// A contiguous `aclTensor` over a whole buffer.
+    pub fn tensor_of(&self, buf: &DeviceBuffer, dtype: AclDType, shape: &[usize]) -> Result<AclTensor<'_>, AclError> {
+        self.tensor(&TensorDesc::contiguous(buf.ptr, dtype, shape))
+    }
+    /// An f32 `aclScalar`, destroyed on drop.
+    pub fn scalar(&self, v: f32) -> Result<AclScalar<'_>, AclError> {
+        Ok(AclScalar { api: &*self.api, handle: self.api.create_scalar_f32(v)? })
+    }
+    /// An `aclIntArray`, destroyed on drop.
+    pub fn int_array(&self, v: &[i64]) -> Result<AclIntArray<'_>, AclError> {
+        Ok(AclIntArray { api: &*self.api, handle: self.api.create_int_array(v)? })
+    }
+
+    /// The two-phase call: phase one sizes the workspace and builds the
+    /// executor, the workspace comes from this stream's cache (grown when too
+    /// small, after the stream drained so no queued operator still uses the old
+    /// one), then phase two enqueues the operator on the stream.
+    pub fn run(&self, call: &OpCall) -> Result<(), AclError> {
+        let _span = tracing::trace_span!("aclnn", op = call.name()).entered();
+        let (size, exec) = self.api.workspace_size(call)?;
+        let mut cache = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
+        if size > 0 && cache.as_ref().is_none_or(|b| (b.len as u64) < size) {
+            if cache.is_some() {
+                self.synchronize()?;
+            }
+            *cache = None;
+            *cache = Some(self.alloc(size as usize)?);
+        }
+        let ws = if size > 0 { cache.as_ref().map_or(0, |b| b.ptr) } else { 0 };
+        self.api.execute(call.name(), ws, size, exec, self.stream)
+    }
+
+    /// Bytes currently held by the workspace cache.
+    pub fn workspace_bytes(&self) -> usize {
+        self.workspace.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map_or(0, |b| b.len)
+    }
+}
+
+impl Drop for NpuContext {
+    fn drop(&mut self) {
+        let _ = self.api.synchronize(self.stream);
+        if let Ok(mut ws) = self.workspace.lock() {
+            *ws = None;
+        }
+        let _ = self.api.destroy_stream(self.stream);
+        let _ = self.api.reset_device(self.device as i32);
+    }
+}
+
+/// A device allocation, freed on drop.
+pub struct DeviceBuffer {
+    api: Arc<dyn AclApi>,
+    ptr: DevPtr,
+    len: usize,
+}
+
+impl std::fmt::Debug for DeviceBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceBuffer({:#x}, {} bytes)", self.ptr, self.len)
+    }
+}
+
+impl DeviceBuffer {
+    /// Device address (0 for an empty buffer).
+    pub fn ptr(&self) -> DevPtr {
+        self.ptr
+    }
+    /// Bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        if self.ptr != 0 {
+            let _ = self.api.free(self.ptr);
+        }
+    }
+}
+
+/// An `aclTensor`, destroyed on drop.
+pub struct AclTensor<'a> {
+    api: &'a dyn AclApi,
+    handle: TensorHandle,
+}
+impl AclTensor<'_> {
+    /// The handle.
+    pub fn h(&self) -> TensorHandle {
+        self.handle
+    }
+}
+impl Drop for AclTensor<'_> {
+    fn drop(&mut self) {
+        self.api.destroy_tensor(self.handle);
+    }
+}
+
+/// An `aclScalar`, destroyed on drop.
+pub struct AclScalar<'a> {
+    api: &'a dyn AclApi,
+    handle: ScalarHandle,
+}
+impl AclScalar<'_> {
+    /// The handle.
+    pub fn h(&self) -> ScalarHandle {
+        self.handle
+    }
+}
+impl Drop for AclScalar<'_> {
+    fn drop(&mut self) {
+        self.api.destroy_scalar(self.handle);
+    }
+}
+
+/// An `aclIntArray`, destroyed on drop.
+pub struct AclIntArray<'a> {
+    api: &'a dyn AclApi,
+    handle: IntArrayHandle,
+}
+impl AclIntArray<'_> {
+    /// The handle.
+    pub fn h(&self) -> IntArrayHandle {
+        self.handle
+    }
+}
+impl Drop for AclIntArray<'_> {
+    fn drop(&mut self) {
+        self.api.destroy_int_array(self.handle);
+    }
+}
