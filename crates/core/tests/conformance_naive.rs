@@ -94,3 +94,43 @@ fn engine_scenario_kmajor_and_vmajor_workers() {
     assert!(cases.len() > 20, "{} cases", cases.len());
     assert!(cases.iter().all(|c| c.passed), "{:#?}", cases.iter().filter(|c| !c.passed).collect::<Vec<_>>());
 }
+
+mod random_batches {
+    use super::*;
+    use deltanet_core::conformance::check_batch;
+    use deltanet_core::ModelDims;
+    use proptest::prelude::*;
+
+    /// Random batches: 1-4 sequences of 1-200 tokens, random initial-state flags,
+    /// random trees of D = 1-4 drafts and random accepted steps.
+    fn batch() -> impl Strategy<Value = (Vec<usize>, Vec<bool>, Vec<i64>, Vec<usize>)> {
+        (1usize..5, 1usize..5).prop_flat_map(|(n, d)| {
+            let tree = prop::collection::vec((0..d).map(|t| (-1i64..t as i64).boxed()).collect::<Vec<_>>(), n);
+            (
+                prop::collection::vec(prop_oneof![1usize..8, 60usize..70, 1usize..200], n),
+                prop::collection::vec(any::<bool>(), n),
+                tree.prop_map(|v| v.into_iter().flatten().collect::<Vec<i64>>()),
+                prop::collection::vec(0..d, n),
+            )
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        #[test]
+        fn random_batch_matches_oracle((lens, init, parents, accepted) in batch(), vmajor in any::<bool>()) {
+            let dims = ModelDims::new(1, 2, 16, 32, 4).unwrap();
+            let opts = short();
+            let cases = if vmajor {
+                check_batch(&Naive::<VMajor>::new(), dims, &lens, &init, &parents, &accepted, &opts)
+            } else {
+                check_batch(&Naive::<KMajor>::new(), dims, &lens, &init, &parents, &accepted, &opts)
+            };
+            prop_assert!(cases.len() >= 2 + lens.len());
+            for c in &cases {
+                prop_assert!(c.passed, "{}", c);
+            }
+        }
+    }
+}

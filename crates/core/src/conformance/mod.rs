@@ -365,6 +365,31 @@ pub fn cross_layout<A: KernelDispatcher, B: KernelDispatcher>(a: &A, b: &B, opts
     out
 }
 
+/// One case with a caller-chosen batch, for property tests that draw random
+/// batches: an extend of sequences of `lens` (each starting from its slot's
+/// random state where `init`) vs the oracle; then, when `parents` is not
+/// empty, a verify of `parents.len() / lens.len()` drafts per sequence (tree
+/// parents, request-major, as [`VerifyBatch::tree`](crate::VerifyBatch::tree)
+/// takes them) and the commit of `accepted[i]` for each, vs decoding the
+/// accepted path from the extended state.
+#[allow(clippy::too_many_arguments)]
+pub fn check_batch<D: KernelDispatcher>(
+    d: &D,
+    dims: crate::ModelDims,
+    lens: &[usize],
+    init: &[bool],
+    parents: &[i64],
+    accepted: &[usize],
+    opts: &SuiteOptions,
+) -> Vec<CaseReport> {
+    let mut out = Vec::new();
+    let mut ctx = checks::Ctx { check: Check::ExtendOracle, opts, out: &mut out };
+    if let Err(e) = checks::one_case(&mut ctx, d, dims, lens, init, parents, accepted) {
+        ctx.fail(&format!("lens {lens:?} parents {parents:?} accepted {accepted:?}"), format!("error: {e}"));
+    }
+    out
+}
+
 /// Expands to one `#[test]` per [`Check`] for a dispatcher constructor.
 ///
 /// ```ignore
