@@ -29,3 +29,46 @@ fn cpu_kmajor_and_vmajor_agree() {
     }
     assert!(cases.iter().all(|c| c.passed), "{:#?}", cases.iter().filter(|c| !c.passed).collect::<Vec<_>>());
 }
+
+/// Random batch compositions (1-4 sequences of 1-200 tokens, random initial-state
+/// flags, random verify trees of 1-4 drafts, random accepted steps) on both layouts.
+mod random_batches {
+    use deltanet_backend_cpu::{CpuKMajor, CpuVMajor};
+    use deltanet_core::conformance::{check_batch, SuiteOptions};
+    use deltanet_core::ModelDims;
+    use proptest::prelude::*;
+
+    fn batch() -> impl Strategy<Value = (Vec<usize>, Vec<bool>, Vec<i64>, Vec<usize>)> {
+        (1usize..5, 1usize..5).prop_flat_map(|(n, d)| {
+            let tree = prop::collection::vec((0..d).map(|t| (-1i64..t as i64).boxed()).collect::<Vec<_>>(), n);
+            (
+                prop::collection::vec(prop_oneof![1usize..8, 60usize..70, 1usize..200], n),
+                prop::collection::vec(any::<bool>(), n),
+                tree.prop_map(|v| v.into_iter().flatten().collect::<Vec<i64>>()),
+                prop::collection::vec(0..d, n),
+            )
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        #[test]
+        fn random_batch_matches_oracle((lens, init, parents, accepted) in batch(), vmajor in any::<bool>(), tiled in any::<bool>()) {
+            let mut dims = ModelDims::new(2, 4, 32, 48, 4).unwrap();
+            if tiled {
+                dims = dims.with_head_mapping(deltanet_core::HeadMapping::Tiled);
+            }
+            let opts = SuiteOptions { long: false, ..SuiteOptions::default() };
+            let cases = if vmajor {
+                check_batch(&CpuVMajor::new(), dims, &lens, &init, &parents, &accepted, &opts)
+            } else {
+                check_batch(&CpuKMajor::new(), dims, &lens, &init, &parents, &accepted, &opts)
+            };
+            prop_assert!(cases.len() >= 2 + lens.len());
+            for c in &cases {
+                prop_assert!(c.passed, "{}", c);
+            }
+        }
+    }
+}
