@@ -66,6 +66,10 @@ pub mod result;
 pub mod safe;
 pub mod sys;
 
+#[cfg(test)]
+mod recording;
+#[cfg(test)]
+mod tests;
 
 pub use api::{AclApi, Cann};
 pub use dispatch::{NpuDispatcher, SocFamily};

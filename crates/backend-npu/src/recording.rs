@@ -1,0 +1,260 @@
+//! Test-only stand-in for ACL/aclnn: "device" memory is host memory (so copies
+//! really move bytes and can be checked), every descriptor and operator call
+//! is recorded with its full tensor contract, and int32 index tables are
+//! captured at call time. Operators compute nothing.
+
+use crate::api::*;
+use crate::result::AclError;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// One recorded operator call.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub op: &'static str,
+    pub call: OpCall,
+    pub tensors: Vec<(&'static str, Option<TensorDesc>)>,
+    /// Contents of every int32 tensor argument at call time.
+    pub ints: HashMap<&'static str, Vec<i32>>,
+    pub scalars: Vec<f32>,
+    pub int_arrays: Vec<Vec<i64>>,
+}
+
+impl Recorded {
+    pub fn t(&self, name: &str) -> TensorDesc {
+        self.tensors
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, d)| d.clone())
+            .unwrap_or_else(|| panic!("{}: no tensor {name}", self.op))
+    }
+    pub fn opt(&self, name: &str) -> Option<TensorDesc> {
+        self.tensors.iter().find(|(n, _)| *n == name).and_then(|(_, d)| d.clone())
+    }
+    pub fn ints(&self, name: &str) -> Vec<i32> {
+        self.ints.get(name).cloned().unwrap_or_else(|| panic!("{}: no int32 tensor {name}", self.op))
+    }
+}
+
+/// Everything the stand-in saw, in order (some fields are compared through `Debug`).
+#[derive(Debug, Clone)]
+#[allow(dead_code)]
+pub enum Event {
+    Call(Box<Recorded>),
+    Copy { dst: DevPtr, src: DevPtr, bytes: usize },
+    Zero { dst: DevPtr, bytes: usize },
+    Sync,
+}
+
+#[derive(Default)]
+struct State {
+    next: usize,
+    allocs: HashMap<DevPtr, Vec<u64>>,
+    alloc_len: HashMap<DevPtr, usize>,
+    tensors: HashMap<usize, TensorDesc>,
+    scalars: HashMap<usize, f32>,
+    arrays: HashMap<usize, Vec<i64>>,
+    events: Vec<Event>,
+    workspace_requests: Vec<u64>,
+}
+
+pub struct Recorder {
+    soc: String,
+    devices: u32,
+    st: Mutex<State>,
+}
+
+impl Recorder {
+    pub fn new(soc: &str) -> Self {
+        Recorder { soc: soc.into(), devices: 1, st: Mutex::new(State { next: 0x1000, ..Default::default() }) }
+    }
+    fn st(&self) -> std::sync::MutexGuard<'_, State> {
+        self.st.lock().unwrap()
+    }
+    pub fn events(&self) -> Vec<Event> {
+        self.st().events.clone()
+    }
+    pub fn clear(&self) {
+        self.st().events.clear();
+    }
+    pub fn calls(&self) -> Vec<Recorded> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Call(r) => Some(*r),
+                _ => None,
+            })
+            .collect()
+    }
+    pub fn live_tensors(&self) -> usize {
+        self.st().tensors.len()
+    }
+    pub fn live_allocs(&self) -> usize {
+        self.st().allocs.len()
+    }
+    pub fn workspace_requests(&self) -> Vec<u64> {
+        self.st().workspace_requests.clone()
+    }
+    /// Panics unless `[addr, addr+bytes)` lies in one live allocation.
+    fn check_in_alloc(st: &State, addr: DevPtr, bytes: usize, what: &str) {
+        let ok = st.alloc_len.iter().any(|(&a, &len)| addr >= a && addr + bytes as u64 <= a + len as u64);
+        assert!(ok, "{what}: range {addr:#x}+{bytes} is outside every live device allocation");
+    }
+    fn read_i32(st: &State, d: &TensorDesc) -> Vec<i32> {
+        let n = d.shape.iter().product::<i64>() as usize;
+        Self::check_in_alloc(st, d.addr, n * 4, "int32 tensor");
+        // SAFETY: checked to lie inside a live host allocation standing in for device memory.
+        let s = unsafe { std::slice::from_raw_parts(d.addr as *const i32, n) };
+        s.to_vec()
+    }
+}
+
+impl AclApi for Recorder {
+    fn init(&self) -> Result<String, AclError> {
+        Ok(self.soc.clone())
+    }
+    fn device_count(&self) -> Result<u32, AclError> {
+        Ok(self.devices)
+    }
+    fn set_device(&self, _device: i32) -> Result<(), AclError> {
+        Ok(())
+    }
+    fn reset_device(&self, _device: i32) -> Result<(), AclError> {
+        Ok(())
+    }
+    fn create_stream(&self) -> Result<StreamHandle, AclError> {
+        Ok(StreamHandle(0x5))
+    }
+    fn destroy_stream(&self, _stream: StreamHandle) -> Result<(), AclError> {
+        Ok(())
+    }
+    fn synchronize(&self, _stream: StreamHandle) -> Result<(), AclError> {
+        self.st().events.push(Event::Sync);
+        Ok(())
+    }
+    fn malloc(&self, bytes: usize) -> Result<DevPtr, AclError> {
+        let mut st = self.st();
+        let v = vec![0xA5A5_A5A5_A5A5_A5A5u64; bytes.div_ceil(8)];
+        let p = v.as_ptr() as DevPtr;
+        st.allocs.insert(p, v);
+        st.alloc_len.insert(p, bytes);
+        Ok(p)
+    }
+    fn free(&self, ptr: DevPtr) -> Result<(), AclError> {
+        let mut st = self.st();
+        assert!(st.allocs.remove(&ptr).is_some(), "free of unknown pointer {ptr:#x}");
+        st.alloc_len.remove(&ptr);
+        Ok(())
+    }
+    fn memcpy_d2d_async(&self, dst: DevPtr, src: DevPtr, bytes: usize, _stream: StreamHandle) -> Result<(), AclError> {
+        let mut st = self.st();
+        Self::check_in_alloc(&st, dst, bytes, "memcpy dst");
+        Self::check_in_alloc(&st, src, bytes, "memcpy src");
+        // SAFETY: both ranges lie in live host allocations (checked); `copy` allows overlap.
+        unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, bytes) };
+        st.events.push(Event::Copy { dst, src, bytes });
+        Ok(())
+    }
+    fn memset_zero_async(&self, dst: DevPtr, bytes: usize, _stream: StreamHandle) -> Result<(), AclError> {
+        let mut st = self.st();
+        Self::check_in_alloc(&st, dst, bytes, "memset");
+        // SAFETY: the range lies in a live host allocation (checked).
+        unsafe { std::ptr::write_bytes(dst as *mut u8, 0, bytes) };
+        st.events.push(Event::Zero { dst, bytes });
+        Ok(())
+    }
+    fn memcpy_h2d(&self, dst: DevPtr, src: &[u8]) -> Result<(), AclError> {
+        let st = self.st();
+        Self::check_in_alloc(&st, dst, src.len(), "h2d");
+        // SAFETY: the range lies in a live host allocation (checked).
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
+        Ok(())
+    }
+    fn memcpy_d2h(&self, dst: &mut [u8], src: DevPtr) -> Result<(), AclError> {
+        let st = self.st();
+        Self::check_in_alloc(&st, src, dst.len(), "d2h");
+        // SAFETY: the range lies in a live host allocation (checked).
+        unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+    fn create_tensor(&self, desc: &TensorDesc) -> Result<TensorHandle, AclError> {
+        let mut st = self.st();
+        Self::check_in_alloc(&st, desc.addr, desc.span() as usize * desc.dtype.size(), "aclCreateTensor");
+        st.next += 1;
+        let h = st.next;
+        st.tensors.insert(h, desc.clone());
+        Ok(TensorHandle(h))
+    }
+    fn destroy_tensor(&self, t: TensorHandle) {
+        assert!(self.st().tensors.remove(&t.0).is_some(), "double destroy of tensor {t:?}");
+    }
+    fn create_scalar_f32(&self, v: f32) -> Result<ScalarHandle, AclError> {
+        let mut st = self.st();
+        st.next += 1;
+        let h = st.next;
+        st.scalars.insert(h, v);
+        Ok(ScalarHandle(h))
+    }
+    fn destroy_scalar(&self, s: ScalarHandle) {
+        assert!(self.st().scalars.remove(&s.0).is_some());
+    }
+    fn create_int_array(&self, v: &[i64]) -> Result<IntArrayHandle, AclError> {
+        let mut st = self.st();
+        st.next += 1;
+        let h = st.next;
+        st.arrays.insert(h, v.to_vec());
+        Ok(IntArrayHandle(h))
+    }
+    fn destroy_int_array(&self, a: IntArrayHandle) {
+        assert!(self.st().arrays.remove(&a.0).is_some());
+    }
+    fn workspace_size(&self, call: &OpCall) -> Result<(u64, ExecutorHandle), AclError> {
+        let mut st = self.st();
+        let mut tensors = Vec::new();
+        let mut ints = HashMap::new();
+        for (name, h) in call.tensors() {
+            let d = h.map(|h| st.tensors.get(&h.0).unwrap_or_else(|| panic!("{}: {name} is not a live tensor", call.name())).clone());
+            if let Some(d) = &d {
+                if d.dtype == AclDType::I32 {
+                    ints.insert(name, Self::read_i32(&st, d));
+                }
+            }
+            tensors.push((name, d));
+        }
+        let scalar = |h: ScalarHandle, st: &State| *st.scalars.get(&h.0).expect("live scalar");
+        let scalars = match *call {
+            OpCall::Add { alpha, .. } => vec![scalar(alpha, &st)],
+            OpCall::Adds { other, alpha, .. } => vec![scalar(other, &st), scalar(alpha, &st)],
+            OpCall::Softplus { beta, threshold, .. } => vec![scalar(beta, &st), scalar(threshold, &st)],
+            _ => vec![],
+        };
+        let int_arrays = match *call {
+            OpCall::ReduceSum { dims, .. } => vec![st.arrays.get(&dims.0).expect("live int array").clone()],
+            _ => vec![],
+        };
+        // Workspace sizes that vary by operator, so the cache has to grow.
+        let ws = match call {
+            OpCall::ChunkGatedDeltaRule { .. } => 4096,
+            OpCall::RecurrentGatedDeltaRule { .. } => 2048,
+            OpCall::CausalConv1dFn { .. } | OpCall::CausalConv1dUpdate { .. } => 1024,
+            _ => 0,
+        };
+        st.workspace_requests.push(ws);
+        st.events.push(Event::Call(Box::new(Recorded { op: call.name(), call: call.clone(), tensors, ints, scalars, int_arrays })));
+        Ok((ws, ExecutorHandle(0xE)))
+    }
+    fn execute(
+        &self,
+        _op: &'static str,
+        workspace: DevPtr,
+        size: u64,
+        _exec: ExecutorHandle,
+        _stream: StreamHandle,
+    ) -> Result<(), AclError> {
+        if size > 0 {
+            let st = self.st();
+            Self::check_in_alloc(&st, workspace, size as usize, "workspace");
+        }
+        Ok(())
+    }
+}
