@@ -45,17 +45,22 @@
 //! Without CANN, `cargo test -p deltanet-backend-npu` runs the marshalling
 //! tests against the recording function table.
 //!
-//! ## Unconfirmed details
-//! Written without CANN headers or a device; these follow the operator docs
-//! (hicann/ops-transformer `docs/aclnn*.md`) but could not be checked:
-//! the recurrent operator reads a sequence's initial state at
-//! `ssmStateIndices[start + numAcceptedTokens - 1]` and writes token t's state at
-//! `ssmStateIndices[start + t]`; the CausalConv1d weight `[K, dim]` is the
-//! transpose of the usual `[dim, K]`; `aclCreateTensor` storage is described as
-//! one dimension spanning the view; `blockSizeToAlign = 0` disables block-aligned
-//! caching; the elementwise operator signatures (`aclnnAdd`, `aclnnAdds`,
-//! `aclnnSoftplus`, `aclnnReduceSum`, `aclnnCast`, ...) and `ACL_BF16 = 27`
-//! come from the public aclnn API reference; the 950 SoC name prefix.
+//! ## Confirmed and unconfirmed details
+//! Written without CANN headers or a device, from the operator docs
+//! (hicann/ops-transformer `docs/aclnn*.md`). Confirmed there: every signature
+//! of the four GDN/conv operators, their dtypes, shapes and limits; and, from
+//! the recurrent operator's golden reference (`recurrent_gated_delta_rule_golden.py`),
+//! that a sequence starts from `state[ssmStateIndices[start + numAcceptedTokens - 1]]`,
+//! writes token t's state to `state[ssmStateIndices[start + t]]`, and maps value
+//! head h to key head `h / (HV/HK)`. Not confirmed: the CausalConv1d weight
+//! `[K, dim]` is taken as the transpose of the usual `[dim, K]` (the docs'
+//! formula `sum_j w_j x_{t-j}` could also mean a reversed kernel);
+//! `aclCreateTensor` storage described as one dimension spanning the view;
+//! `blockSizeToAlign = 0` disabling block-aligned caching; the elementwise
+//! operator signatures (`aclnnAdd`, `aclnnAdds`, `aclnnSoftplus`,
+//! `aclnnReduceSum`, `aclnnCast`, ...), `ACL_BF16 = 27` and the runtime
+//! signatures, from the public aclnn/ACL references; the `Ascend950` SoC name prefix.
+//! The on-device tests (`tests/on_device.rs`) are what settles them.
 
 #![warn(missing_docs)]
 
