@@ -52,9 +52,11 @@
 //! the recurrent operator's golden reference (`recurrent_gated_delta_rule_golden.py`),
 //! that a sequence starts from `state[ssmStateIndices[start + numAcceptedTokens - 1]]`,
 //! writes token t's state to `state[ssmStateIndices[start + t]]`, and maps value
-//! head h to key head `h / (HV/HK)`. Not confirmed: the CausalConv1d weight
-//! `[K, dim]` is taken as the transpose of the usual `[dim, K]` (the docs'
-//! formula `sum_j w_j x_{t-j}` could also mean a reversed kernel);
+//! head h to key head `h / (HV/HK)`. The CausalConv1d weight `[K, dim]` is the
+//! transpose of the usual `[dim, K]`: the kernel (`op_kernel/arch35/causal_conv1d.h`)
+//! accumulates `ring[(t + j) % (K + 1)] * weight[j]` over a ring filled oldest
+//! first (the docs' formula `sum_j w_j x_{t-j}` reads reversed; the kernel is
+//! taken as authoritative). Not confirmed:
 //! `aclCreateTensor` storage described as one dimension spanning the view;
 //! `blockSizeToAlign = 0` disabling block-aligned caching; the elementwise
 //! operator signatures (`aclnnAdd`, `aclnnAdds`, `aclnnSoftplus`,

@@ -56,6 +56,8 @@ struct State {
     arrays: HashMap<usize, Vec<i64>>,
     events: Vec<Event>,
     workspace_requests: Vec<u64>,
+    /// `aclrtSetDevice` calls per OS thread.
+    set_device: Vec<std::thread::ThreadId>,
 }
 
 pub struct Recorder {
@@ -92,6 +94,9 @@ impl Recorder {
     pub fn live_allocs(&self) -> usize {
         self.st().allocs.len()
     }
+    pub fn set_device_threads(&self) -> Vec<std::thread::ThreadId> {
+        self.st().set_device.clone()
+    }
     pub fn workspace_requests(&self) -> Vec<u64> {
         self.st().workspace_requests.clone()
     }
@@ -117,6 +122,7 @@ impl AclApi for Recorder {
         Ok(self.devices)
     }
     fn set_device(&self, _device: i32) -> Result<(), AclError> {
+        self.st().set_device.push(std::thread::current().id());
         Ok(())
     }
     fn reset_device(&self, _device: i32) -> Result<(), AclError> {

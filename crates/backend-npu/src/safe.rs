@@ -5,7 +5,13 @@
 
 use crate::api::{AclApi, AclDType, DevPtr, IntArrayHandle, OpCall, ScalarHandle, StreamHandle, TensorDesc, TensorHandle};
 use crate::result::AclError;
+use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
+
+thread_local! {
+    /// Devices this thread has bound with `aclrtSetDevice` (ACL binds devices per thread).
+    static BOUND: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
 
 /// One device and one stream: everything this backend issues goes to this
 /// stream, in order, so copies and operators never race each other.
@@ -33,6 +39,7 @@ impl NpuContext {
             return Err(AclError::Runtime { call: format!("aclrtSetDevice({device}): {count} devices present"), code: 107001 });
         }
         api.set_device(device as i32)?;
+        BOUND.with(|b| b.borrow_mut().push(device));
         let stream = match api.create_stream() {
             Ok(s) => s,
             Err(e) => {
@@ -59,13 +66,26 @@ impl NpuContext {
     pub fn stream(&self) -> StreamHandle {
         self.stream
     }
+    /// Binds this context's device to the calling thread (once per thread):
+    /// ACL requires `aclrtSetDevice` on every thread that issues work.
+    pub fn bind(&self) -> Result<(), AclError> {
+        if BOUND.with(|b| b.borrow().contains(&self.device)) {
+            return Ok(());
+        }
+        self.api.set_device(self.device as i32)?;
+        BOUND.with(|b| b.borrow_mut().push(self.device));
+        Ok(())
+    }
+
     /// Waits for everything issued so far.
     pub fn synchronize(&self) -> Result<(), AclError> {
+        self.bind()?;
         self.api.synchronize(self.stream)
     }
 
     /// Allocates `bytes` device bytes (uninitialised).
     pub fn alloc(&self, bytes: usize) -> Result<DeviceBuffer, AclError> {
+        self.bind()?;
         let ptr = if bytes == 0 { 0 } else { self.api.malloc(bytes)? };
         Ok(DeviceBuffer { api: self.api.clone(), ptr, len: bytes })
     }
@@ -85,6 +105,7 @@ impl NpuContext {
         if bytes == 0 {
             return Ok(());
         }
+        self.bind()?;
         self.api.memcpy_d2d_async(dst, src, bytes, self.stream)
     }
 
@@ -93,6 +114,7 @@ impl NpuContext {
         if bytes == 0 {
             return Ok(());
         }
+        self.bind()?;
         self.api.memset_zero_async(dst, bytes, self.stream)
     }
 
@@ -119,6 +141,7 @@ impl NpuContext {
     /// one), then phase two enqueues the operator on the stream.
     pub fn run(&self, call: &OpCall) -> Result<(), AclError> {
         let _span = tracing::trace_span!("aclnn", op = call.name()).entered();
+        self.bind()?;
         let (size, exec) = self.api.workspace_size(call)?;
         let mut cache = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
         if size > 0 && cache.as_ref().is_none_or(|b| (b.len as u64) < size) {

@@ -763,3 +763,26 @@ fn f32_state_reaches_the_operators_as_f32_on_950() {
     d.decode(&mut pool, 0, &batch, io.io()).unwrap();
     expect_t(&calls_named(&rec, "aclnnRecurrentGatedDeltaRule")[0], "stateRef", AclDType::F32, &[5, hv, v, k]);
 }
+
+#[test]
+fn every_issuing_thread_binds_the_device_once() {
+    let (rec, d) = setup(A2);
+    let mut pool = d.new_pool(PoolConfig::new(1, 4, dims()).with_state_dtype(DType::BF16).with_conv_dtype(DType::BF16)).unwrap();
+    let s = pool.alloc(2).unwrap();
+    assert_eq!(rec.set_device_threads(), vec![std::thread::current().id()]);
+    let d = Arc::new(d);
+    let other = {
+        let d = d.clone();
+        std::thread::spawn(move || {
+            let mut rng = ChaCha8Rng::seed_from_u64(13);
+            let batch = DecodeBatch::new(&pool, &s).unwrap();
+            let mut io = delta_t(&d, &mut rng, 2, DType::BF16);
+            d.decode(&mut pool, 0, &batch, io.io()).unwrap();
+            d.decode(&mut pool, 0, &batch, io.io()).unwrap();
+            std::thread::current().id()
+        })
+        .join()
+        .unwrap()
+    };
+    assert_eq!(rec.set_device_threads(), vec![std::thread::current().id(), other], "bound once on the new thread");
+}
