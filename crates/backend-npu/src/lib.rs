@@ -56,12 +56,14 @@
 //! transpose of the usual `[dim, K]`: the kernel (`op_kernel/arch35/causal_conv1d.h`)
 //! accumulates `ring[(t + j) % (K + 1)] * weight[j]` over a ring filled oldest
 //! first (the docs' formula `sum_j w_j x_{t-j}` reads reversed; the kernel is
-//! taken as authoritative). Not confirmed:
-//! `aclCreateTensor` storage described as one dimension spanning the view;
-//! `blockSizeToAlign = 0` disabling block-aligned caching; the elementwise
-//! operator signatures (`aclnnAdd`, `aclnnAdds`, `aclnnSoftplus`,
-//! `aclnnReduceSum`, `aclnnCast`, ...), `ACL_BF16 = 27` and the runtime
-//! signatures, from the public aclnn/ACL references; the `Ascend950` SoC name prefix.
+//! taken as authoritative). The elementwise signatures (`aclnnAdd`, `aclnnAdds`,
+//! `aclnnMul`, `aclnnSoftplus`, `aclnnReduceSum`, `aclnnCast`), `aclCreateTensor`,
+//! `aclrtMemsetAsync` and `ACL_BF16 = 27` / `ACL_FORMAT_ND = 2` match the CANN
+//! headers and API pages found with the search tool. Not confirmed: describing
+//! a view's storage to `aclCreateTensor` as one dimension spanning the view;
+//! `blockSizeToAlign = 0` disabling block-aligned caching; the names of the split
+//! operator libraries (`libopapi_transformer.so`...); the `Ascend950` SoC name
+//! prefix; `100002` as "ACL already initialised".
 //! The on-device tests (`tests/on_device.rs`) are what settles them.
 
 #![warn(missing_docs)]
