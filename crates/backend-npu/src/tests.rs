@@ -786,3 +786,54 @@ fn every_issuing_thread_binds_the_device_once() {
     };
     assert_eq!(rec.set_device_threads(), vec![std::thread::current().id(), other], "bound once on the new thread");
 }
+
+#[test]
+fn f32_state_verify_on_950_hands_f32_scratch_to_the_recurrent_operator() {
+    let (rec, d) = setup(A950);
+    let m = dims();
+    let (hv, k, v) = (m.num_v_heads, m.head_k_dim, m.head_v_dim);
+    let dd = 2;
+    let mut rng = ChaCha8Rng::seed_from_u64(14);
+    let cfg = PoolConfig::new(1, 4, m).with_state_dtype(DType::F32).with_conv_dtype(DType::BF16).with_speculative(dd);
+    let mut pool = d.new_pool(cfg).unwrap();
+    let s = pool.alloc(1).unwrap();
+    let batch = VerifyBatch::chain(&pool, &s, dd).unwrap();
+    let mut io = delta_t(&d, &mut rng, dd, DType::BF16);
+    rec.clear();
+    d.verify(&mut pool, 0, &batch, io.io()).unwrap();
+    let r = calls_named(&rec, "aclnnRecurrentGatedDeltaRule").pop().unwrap();
+    let st = expect_t(&r, "stateRef", AclDType::F32, &[5 * dd, hv, v, k]);
+    assert_eq!(st.addr, desc_addr(&pool, BufferKind::Scratch, 0));
+    let sb = m.state_elems() * 4;
+    assert_eq!(
+        copies(&rec.events()),
+        vec![(st.addr + (s[0].index() * dd * sb) as u64, desc_addr(&pool, BufferKind::Temporal, 0) + (s[0].index() * sb) as u64, sb)]
+    );
+}
+
+#[test]
+fn npu_memory_checks_ranges_and_overlap() {
+    let (_rec, d) = setup(A2);
+    let mem = d.memory().clone();
+    assert_eq!(mem.device(), Device::Npu(0));
+    let mut a = mem.alloc_zeroed(64).unwrap();
+    let mut b = mem.alloc_zeroed(16).unwrap();
+    let mut out = [1u8; 64];
+    mem.read(&a, 0, &mut out).unwrap();
+    assert_eq!(out, [0u8; 64], "alloc_zeroed zeroes");
+    mem.write(&mut a, 8, &[1, 2, 3, 4]).unwrap();
+    mem.copy_within(&mut a, 8, 32, 4).unwrap();
+    mem.copy_between(&a, 32, &mut b, 12, 4).unwrap();
+    let mut got = [0u8; 4];
+    mem.read(&b, 12, &mut got).unwrap();
+    assert_eq!(got, [1, 2, 3, 4]);
+    mem.zero(&mut b, 12, 2).unwrap();
+    mem.read(&b, 12, &mut got).unwrap();
+    assert_eq!(got, [0, 0, 3, 4]);
+    assert!(mem.copy_within(&mut a, 8, 10, 4).is_err(), "overlapping ranges");
+    assert!(mem.copy_between(&a, 62, &mut b, 0, 4).is_err());
+    assert!(mem.write(&mut b, 15, &[1, 2]).is_err());
+    assert!(mem.zero(&mut b, 0, 17).is_err());
+    let empty = mem.alloc_zeroed(0).unwrap();
+    assert_eq!(mem.len(&empty), 0);
+}
