@@ -72,3 +72,22 @@ mod random_batches {
         }
     }
 }
+
+/// The Ascend NPU backend: runs for real where CANN and a supported device are
+/// present, prints `skipped: <reason>` and passes elsewhere.
+#[cfg(feature = "npu")]
+mod npu {
+    deltanet_core::conformance_tests!(fallible deltanet_backend_npu::NpuDispatcher::new(0));
+
+    /// The NPU against the CPU V-major kernels (same layout), when present.
+    #[test]
+    fn npu_agrees_with_cpu() {
+        let Some(npu) = deltanet_core::conformance::available(deltanet_backend_npu::NpuDispatcher::new(0)) else { return };
+        let cpu = deltanet_backend_cpu::CpuVMajor::new();
+        let cases = deltanet_core::conformance::cross_layout(&npu, &cpu, &deltanet_core::conformance::SuiteOptions::from_env());
+        for c in &cases {
+            println!("{c}");
+        }
+        assert!(cases.iter().all(|c| c.passed));
+    }
+}

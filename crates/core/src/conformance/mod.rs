@@ -339,13 +339,14 @@ pub fn assert_check<D: KernelDispatcher>(check: Check, make: &dyn Fn() -> D, opt
     assert!(report.cases.iter().all(|c| c.passed), "{report}");
 }
 
-/// For backends that may be absent: `Ok(d)` runs, an [`Error::Unavailable`]
-/// or [`Error::NotCompiled`] prints `skipped: <reason>` and returns `None`,
-/// any other error panics.
+/// For backends that may be absent: `Ok(d)` runs; [`Error::Unavailable`]
+/// (no library or device), [`Error::NotCompiled`] or [`Error::Unsupported`]
+/// (a device this backend does not support) print `skipped: <reason>` and
+/// return `None`; any other error panics.
 pub fn available<D>(made: crate::error::Result<D>) -> Option<D> {
     match made {
         Ok(d) => Some(d),
-        Err(e @ (Error::Unavailable { .. } | Error::NotCompiled { .. })) => {
+        Err(e @ (Error::Unavailable { .. } | Error::NotCompiled { .. } | Error::Unsupported { .. })) => {
             println!("skipped: {e}");
             None
         }
