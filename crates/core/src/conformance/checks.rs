@@ -555,6 +555,13 @@ pub(crate) fn layout_round_trip<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &d
 
 /// Same inputs through `a` and `b`: canonical states and outputs agree.
 pub(crate) fn cross<A: KernelDispatcher, B: KernelDispatcher>(ctx: &mut Ctx<'_>, a: &A, b: &B) -> Result<()> {
+    // dtypes both claim, f32 first
+    let common = |x: &[DType], y: &[DType]| [DType::F32, DType::BF16, DType::F16].into_iter().find(|t| x.contains(t) && y.contains(t));
+    let (ca, cb) = (a.capabilities(), b.capabilities());
+    let (Some(dt), Some(sd)) = (common(&ca.input_dtypes, &cb.input_dtypes), common(&ca.state_dtypes, &cb.state_dtypes)) else {
+        ctx.fail("cross", format!("{} and {} share no input or state dtype", ca.backend, cb.backend));
+        return Ok(());
+    };
     for (si, shape) in [sh(2, 4, 32, 48, false), sh(1, 2, 16, 16, true), sh(1, 1, 128, 64, false)].iter().enumerate() {
         let name = format!("{} {} vs {}", shape.name(), a.capabilities().backend, b.capabilities().backend);
         if !ctx.opts.wants(&name) {
@@ -564,11 +571,11 @@ pub(crate) fn cross<A: KernelDispatcher, B: KernelDispatcher>(ctx: &mut Ctx<'_>,
         let seed = ctx.seed(&[0xc0ffee, si as u64]);
         let lens = [65usize, 130, 1];
         let cu = cu_from_lens(&lens);
-        let inp = DeltaInputs::random(&dims, cu[3], DType::F32, seed ^ 1);
-        let dec = DeltaInputs::random(&dims, 3, DType::F32, seed ^ 2);
+        let inp = DeltaInputs::random(&dims, cu[3], dt, seed ^ 1);
+        let dec = DeltaInputs::random(&dims, 3, dt, seed ^ 2);
         let init = [true, false, true];
-        let mut ba = Bench::new(a, dims, 3, DType::F32, None, DType::F32)?;
-        let mut bb = Bench::new(b, dims, 3, DType::F32, None, DType::F32)?;
+        let mut ba = Bench::new(a, dims, 3, sd, None, dt)?;
+        let mut bb = Bench::new(b, dims, 3, sd, None, dt)?;
         let sa = ba.pool.alloc(3)?;
         let sb = bb.pool.alloc(3)?;
         ba.randomize(&sa, seed)?;
@@ -579,7 +586,7 @@ pub(crate) fn cross<A: KernelDispatcher, B: KernelDispatcher>(ctx: &mut Ctx<'_>,
         let da = ba.run(Batch::Decode(&DecodeBatch::new(&ba.pool, &sa)?), &dec)?;
         let db = bb.run(Batch::Decode(&DecodeBatch::new(&bb.pool, &sb)?), &dec)?;
         let (sta, stb) = (ba.states(&sa)?, bb.states(&sb)?);
-        let tol = ctx.opts.f32_tol;
+        let tol = ctx.tol(dt, sd, 130);
         ctx.ratio(&format!("{name}: extend outputs"), &oa, &to_f64(&ob), 2.0 * tol);
         ctx.ratio(&format!("{name}: decode outputs"), &da, &to_f64(&db), 2.0 * tol);
         ctx.ratio(&format!("{name}: canonical states"), &sta, &to_f64(&stb), 2.0 * tol);
