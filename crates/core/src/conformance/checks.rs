@@ -146,6 +146,9 @@ pub(crate) fn extend_oracle<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn F
         (sh(2, 8, 16, 48, false), vec![70, 5], false),
         (sh(2, 8, 16, 48, true), vec![70, 5], false),
         (sh(1, 2, 16, 32, false), vec![4096, 1, 63, 64, 65, 1000], true),
+        // Qwen3.5 / Qwen3-Next head dims
+        (sh(1, 4, 128, 128, true), vec![65, 63, 1], false),
+        (sh(2, 4, 128, 128, false), vec![1000, 64], true),
     ];
     for (ci, (shape, lens, long)) in cases.into_iter().enumerate() {
         let name = format!("{} lens {:?}", shape.name(), lens);
@@ -200,7 +203,7 @@ pub(crate) fn split_extend<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn
     let r1 = rand::Rng::gen_range(&mut rs, 2..100usize);
     let r2 = rand::Rng::gen_range(&mut rs, r1 + 1..190usize);
     let splits: Vec<Vec<usize>> = vec![vec![1], vec![63], vec![64], vec![65], vec![64, 128], vec![1, 64, 65], vec![r1, r2]];
-    let shapes = [sh(1, 2, 32, 16, false), sh(2, 4, 16, 48, true)];
+    let shapes = [sh(1, 2, 32, 16, false), sh(2, 4, 16, 48, true), sh(1, 2, 128, 128, false)];
     for (si, shape) in shapes.iter().enumerate() {
         let dims = shape.dims()?;
         let lens = [200usize, 193];
