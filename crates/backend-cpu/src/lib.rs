@@ -1,1 +1,362 @@
-//! placeholder
+//! # deltanet-backend-cpu
+//!
+//! The CPU kernels of deltanet, for both recurrent-state layouts:
+//! [`CpuKMajor`] (`[HV, K, V]`, the default) and [`CpuVMajor`] (`[HV, V, K]`,
+//! the NPU's native layout, so pools of that layout run on every machine).
+//!
+//! - **extend**: the chunked algorithm of DESIGN §2 (chunk 64 aligned to each
+//!   sequence's extend start), dense per-chunk products through the `gemm`
+//!   crate, rayon over (sequence, value head); snapshots at any position
+//!   (computed from the chunk's `V'` without changing the main path, so a
+//!   sequence's outputs do not depend on whether snapshots were asked for).
+//! - **decode / verify**: one fused pass over each head's state per token,
+//!   in place (decode) or from the parent step into the scratch (verify).
+//! - **conv** extend / update / verify with the conv state; **gate** fused.
+//!
+//! Inputs f32, bf16 or f16 (widened on load), f32 accumulation, state f32 or
+//! bf16 (bf16: widened on load, rounded once per chunk / per token). Results
+//! of a sequence are bitwise independent of the batch, of the thread count
+//! and of the run: every (sequence, head) task runs the same single-threaded
+//! arithmetic on the same chunk boundaries.
+//!
+//! ```
+//! use deltanet_backend_cpu::CpuKMajor;
+//! use deltanet_core::*;
+//! let d = CpuKMajor::new();
+//! let dims = ModelDims::new(1, 2, 16, 8, 4).unwrap();
+//! let mut pool = d.new_pool(PoolConfig::new(1, 2, dims)).unwrap();
+//! let s = pool.alloc(1).unwrap();
+//! let t = 3;
+//! let q = vec![0.5f32; t * 16];
+//! let v = vec![0.25f32; t * 2 * 8];
+//! let g = vec![-0.1f32; t * 2];
+//! let beta = vec![0.5f32; t * 2];
+//! let mut o = vec![0f32; t * 2 * 8];
+//! let batch = ExtendBatch::new(&pool, &[0, t], &s, &[false]).unwrap();
+//! let io = DeltaIo {
+//!     q: TensorRef::from_slice(&q, &[t, 1, 16]).unwrap(),
+//!     k: TensorRef::from_slice(&q, &[t, 1, 16]).unwrap(),
+//!     v: TensorRef::from_slice(&v, &[t, 2, 8]).unwrap(),
+//!     g: TensorRef::from_slice(&g, &[t, 2]).unwrap(),
+//!     beta: TensorRef::from_slice(&beta, &[t, 2]).unwrap(),
+//!     o: TensorMut::from_slice(&mut o, &[t, 2, 8]).unwrap(),
+//!     params: DeltaParams::new(&dims),
+//! };
+//! d.extend(&mut pool, 0, &batch, io).unwrap();
+//! assert!(o.iter().all(|x| x.is_finite() && *x != 0.0));
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod bench;
+mod conv;
+mod delta;
+mod io;
+
+pub use delta::CHUNK;
+
+use conv::{load_conv, store_conv, ConvBlock, CONV_BLOCK};
+use delta::{extend_head, step_head, DeltaViews, ExtendTarget};
+use deltanet_core::*;
+use half::bf16;
+use io::{In, Out, RawBuf};
+use rayon::prelude::*;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+/// The CPU dispatcher for state layout `L`.
+pub struct CpuDispatcher<L: StateLayout> {
+    caps: Capabilities,
+    threads: Option<Arc<rayon::ThreadPool>>,
+    _layout: PhantomData<L>,
+}
+
+/// The K-major CPU dispatcher (backend name `"cpu"`).
+pub type CpuKMajor = CpuDispatcher<KMajor>;
+/// The V-major CPU dispatcher (backend name `"cpu-vk"`).
+pub type CpuVMajor = CpuDispatcher<VMajor>;
+
+impl<L: StateLayout> std::fmt::Debug for CpuDispatcher<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuDispatcher").field("backend", &self.caps.backend).field("threads", &self.threads()).finish()
+    }
+}
+
+impl<L: StateLayout> Default for CpuDispatcher<L> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<L: StateLayout> CpuDispatcher<L> {
+    /// A dispatcher on rayon's global thread pool.
+    pub fn new() -> Self {
+        let backend = match L::KIND {
+            LayoutKind::KMajor => "cpu",
+            LayoutKind::VMajor => "cpu-vk",
+        };
+        let caps = Capabilities {
+            backend: backend.into(),
+            device: Device::Host,
+            native_layout: L::KIND,
+            conv_layout: ConvLayoutKind::ChannelsFirst,
+            state_dtypes: vec![DType::F32, DType::BF16],
+            conv_dtypes: vec![DType::F32, DType::BF16, DType::F16],
+            input_dtypes: vec![DType::F32, DType::BF16, DType::F16],
+            max_draft_tokens: None,
+            max_head_dim: None,
+            chunk_size: CHUNK,
+        };
+        CpuDispatcher { caps, threads: None, _layout: PhantomData }
+    }
+
+    /// A dispatcher with its own pool of `threads` worker threads.
+    pub fn with_threads(threads: usize) -> Result<Self> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("deltanet-cpu-{i}"))
+            .build()
+            .map_err(|e| Error::Device { backend: "cpu".into(), op: "thread pool".into(), message: e.to_string() })?;
+        let mut d = Self::new();
+        d.threads = Some(Arc::new(pool));
+        Ok(d)
+    }
+
+    /// Worker threads the kernels run on.
+    pub fn threads(&self) -> usize {
+        self.threads.as_ref().map_or_else(rayon::current_num_threads, |p| p.current_num_threads())
+    }
+
+    fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.threads {
+            Some(p) => p.install(f),
+            None => f(),
+        }
+    }
+}
+
+fn delta_views<'a>(io: &'a mut DeltaIo<'_>, dims: ModelDims) -> Result<DeltaViews<'a>> {
+    Ok(DeltaViews {
+        q: In::new(&io.q)?,
+        k: In::new(&io.k)?,
+        v: In::new(&io.v)?,
+        g: In::new(&io.g)?,
+        beta: In::new(&io.beta)?,
+        o: Out::new(&mut io.o)?,
+        dims,
+        params: io.params,
+    })
+}
+
+/// Runs `f` with the state element type of the pool.
+macro_rules! with_state_type {
+    ($dtype:expr, $E:ident => $body:expr) => {
+        match $dtype {
+            DType::F32 => {
+                type $E = f32;
+                $body
+            }
+            _ => {
+                type $E = bf16;
+                $body
+            }
+        }
+    };
+}
+
+impl<L: StateLayout> CpuDispatcher<L> {
+    /// Conv over channel blocks of a set of requests: `runs(i)` gives, for
+    /// request `i`, its steps; see the three conv entry points.
+    fn conv_blocks(
+        &self,
+        dims: &ModelDims,
+        io: &mut ConvIo<'_>,
+        tasks: usize,
+        run: impl Fn(usize, &mut ConvBlock<'_>) + Sync,
+    ) -> Result<()> {
+        let (x, weight) = (In::new(&io.x)?, In::new(&io.weight)?);
+        let bias = io.bias.as_ref().map(In::new).transpose()?;
+        let out = Out::new(&mut io.out)?;
+        let cd = dims.conv_dim();
+        let blocks = cd.div_ceil(CONV_BLOCK);
+        self.install(|| {
+            (0..tasks * blocks).into_par_iter().for_each(|task| {
+                let (i, b) = (task / blocks, task % blocks);
+                let c0 = b * CONV_BLOCK;
+                let mut blk = ConvBlock::new(c0, CONV_BLOCK.min(cd - c0), dims.conv_width, &weight, bias.as_ref(), x, out);
+                run(i, &mut blk);
+            })
+        });
+        Ok(())
+    }
+}
+
+impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
+    type Layout = L;
+    type Memory = HostMemory;
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    fn memory(&self) -> &HostMemory {
+        &HostMemory
+    }
+
+    fn gate(&self, dims: &ModelDims, mut io: GateIo<'_>) -> Result<()> {
+        let t = io.a.meta().shape()[0];
+        io.validate(&self.caps, dims, t)?;
+        let (a, b, al, db) = (In::new(&io.a)?, In::new(&io.b)?, In::new(&io.a_log)?, In::new(&io.dt_bias)?);
+        let (g, beta) = (Out::new(&mut io.g)?, Out::new(&mut io.beta)?);
+        conv::gate(&a, &b, &al, &db, &g, &beta, t, dims.num_v_heads);
+        Ok(())
+    }
+
+    fn conv_extend(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &ExtendBatch, mut io: ConvIo<'_>) -> Result<()> {
+        batch.check_pool(pool)?;
+        pool.geometry().check_layer(layer)?;
+        let g = *pool.geometry();
+        let dims = g.config.dims;
+        io.validate(&self.caps, &dims, batch.tokens())?;
+        let _span = tracing::debug_span!("conv_extend", backend = %self.caps.backend, layer, tokens = batch.tokens()).entered();
+        let parts = pool.parts_mut();
+        let conv = RawBuf::new(parts.conv.bytes_mut());
+        let (cdt, w1, es) = (g.config.conv_dtype, dims.conv_state_len(), g.config.conv_dtype.size());
+        self.conv_blocks(&dims, &mut io, batch.num_seqs(), |s, blk| {
+            let mut win = vec![0.0; blk.n * w1];
+            let slot = batch.slots()[s].index();
+            let c0 = blk.c0;
+            let off = |slot: usize| g.conv_offset(layer, slot) + c0 * w1 * es;
+            if batch.has_initial_state()[s] {
+                load_conv(&conv, cdt, off(slot), &mut win);
+            }
+            for (i, t) in batch.seq_range(s).enumerate() {
+                blk.step(&mut win, t);
+                for sn in batch.snapshots_of(s).filter(|sn| sn.position == i + 1) {
+                    store_conv(&conv, cdt, off(sn.slot.index()), &win);
+                }
+            }
+            store_conv(&conv, cdt, off(slot), &win);
+        })
+    }
+
+    fn conv_update(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &DecodeBatch, mut io: ConvIo<'_>) -> Result<()> {
+        batch.check_pool(pool)?;
+        pool.geometry().check_layer(layer)?;
+        let g = *pool.geometry();
+        let dims = g.config.dims;
+        io.validate(&self.caps, &dims, batch.tokens())?;
+        let parts = pool.parts_mut();
+        let conv = RawBuf::new(parts.conv.bytes_mut());
+        let (cdt, w1, es) = (g.config.conv_dtype, dims.conv_state_len(), g.config.conv_dtype.size());
+        self.conv_blocks(&dims, &mut io, batch.num_seqs(), |i, blk| {
+            let mut win = vec![0.0; blk.n * w1];
+            let off = g.conv_offset(layer, batch.slots()[i].index()) + blk.c0 * w1 * es;
+            load_conv(&conv, cdt, off, &mut win);
+            blk.step(&mut win, i);
+            store_conv(&conv, cdt, off, &win);
+        })
+    }
+
+    fn conv_verify(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &VerifyBatch, mut io: ConvIo<'_>) -> Result<()> {
+        batch.check_pool(pool)?;
+        pool.geometry().check_layer(layer)?;
+        let g = *pool.geometry();
+        let dims = g.config.dims;
+        io.validate(&self.caps, &dims, batch.tokens())?;
+        let parts = pool.parts_mut();
+        let windows = RawBuf::new(parts.windows.ok_or(Error::NoSpeculativeBuffers)?.bytes_mut());
+        let conv = RawBuf::new(parts.conv.bytes_mut());
+        let (cdt, w1, es, dn) = (g.config.conv_dtype, dims.conv_state_len(), g.config.conv_dtype.size(), batch.draft());
+        self.conv_blocks(&dims, &mut io, batch.num_seqs(), |i, blk| {
+            let mut win = vec![0.0; blk.n * w1];
+            let slot = batch.slots()[i].index();
+            let blk_off = blk.c0 * w1 * es;
+            for t in 0..dn {
+                match batch.parent(i, t) {
+                    None => load_conv(&conv, cdt, g.conv_offset(layer, slot) + blk_off, &mut win),
+                    Some(p) => load_conv(&windows, cdt, g.window_offset(layer, slot, p) + blk_off, &mut win),
+                }
+                blk.step(&mut win, i * dn + t);
+                store_conv(&windows, cdt, g.window_offset(layer, slot, t) + blk_off, &win);
+            }
+        })
+    }
+
+    fn extend(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &ExtendBatch, mut io: DeltaIo<'_>) -> Result<()> {
+        batch.check_pool(pool)?;
+        pool.geometry().check_layer(layer)?;
+        let g = *pool.geometry();
+        let dims = g.config.dims;
+        io.validate(&self.caps, &dims, batch.tokens())?;
+        let _span =
+            tracing::debug_span!("extend", backend = %self.caps.backend, layer, sequences = batch.num_seqs(), tokens = batch.tokens())
+                .entered();
+        let views = delta_views(&mut io, dims)?;
+        let parts = pool.parts_mut();
+        let tgt = ExtendTarget { temporal: RawBuf::new(parts.temporal.bytes_mut()), geometry: &g, layer, batch };
+        let hv = dims.num_v_heads;
+        // longest sequences first, so the tail of the parallel loop is short
+        let mut order: Vec<usize> = (0..batch.num_seqs()).collect();
+        order.sort_by_key(|&s| std::cmp::Reverse(batch.seq_len(s)));
+        with_state_type!(g.config.state_dtype, E => self.install(|| {
+            (0..order.len() * hv).into_par_iter().for_each(|task| {
+                extend_head::<E>(L::KIND, &views, &tgt, order[task / hv], task % hv);
+            })
+        }));
+        Ok(())
+    }
+
+    fn decode(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &DecodeBatch, mut io: DeltaIo<'_>) -> Result<()> {
+        batch.check_pool(pool)?;
+        pool.geometry().check_layer(layer)?;
+        let g = *pool.geometry();
+        let dims = g.config.dims;
+        io.validate(&self.caps, &dims, batch.tokens())?;
+        let views = delta_views(&mut io, dims)?;
+        let parts = pool.parts_mut();
+        let temporal = RawBuf::new(parts.temporal.bytes_mut());
+        let (hv, per) = (dims.num_v_heads, dims.head_k_dim * dims.head_v_dim);
+        with_state_type!(g.config.state_dtype, E => self.install(|| {
+            (0..batch.num_seqs() * hv).into_par_iter().for_each(|task| {
+                let (i, h) = (task / hv, task % hv);
+                let off = g.temporal_offset(layer, batch.slots()[i].index()) + h * per * std::mem::size_of::<E>();
+                let st = temporal.typed::<E>(off, per);
+                // SAFETY: (slot, head) is this task's alone (slots are distinct); in place.
+                unsafe { step_head::<E>(L::KIND, &views, i, h, st, st) };
+            })
+        }));
+        Ok(())
+    }
+
+    fn verify(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &VerifyBatch, mut io: DeltaIo<'_>) -> Result<()> {
+        batch.check_pool(pool)?;
+        pool.geometry().check_layer(layer)?;
+        let g = *pool.geometry();
+        let dims = g.config.dims;
+        io.validate(&self.caps, &dims, batch.tokens())?;
+        let views = delta_views(&mut io, dims)?;
+        let parts = pool.parts_mut();
+        let scratch = RawBuf::new(parts.scratch.ok_or(Error::NoSpeculativeBuffers)?.bytes_mut());
+        let temporal = RawBuf::new(parts.temporal.bytes_mut());
+        let (hv, per, dn) = (dims.num_v_heads, dims.head_k_dim * dims.head_v_dim, batch.draft());
+        with_state_type!(g.config.state_dtype, E => self.install(|| {
+            (0..batch.num_seqs() * hv).into_par_iter().for_each(|task| {
+                let (i, h) = (task / hv, task % hv);
+                let slot = batch.slots()[i].index();
+                let head = h * per * std::mem::size_of::<E>();
+                for t in 0..dn {
+                    let src = match batch.parent(i, t) {
+                        None => temporal.typed::<E>(g.temporal_offset(layer, slot) + head, per),
+                        Some(p) => scratch.typed::<E>(g.scratch_offset(layer, slot, p) + head, per),
+                    };
+                    let dst = scratch.typed::<E>(g.scratch_offset(layer, slot, t) + head, per);
+                    // SAFETY: this task alone touches (slot, head) of the main state (read only)
+                    // and of every scratch step; parent p < t, so src and dst are disjoint.
+                    unsafe { step_head::<E>(L::KIND, &views, i * dn + t, h, src, dst) };
+                }
+            })
+        }));
+        Ok(())
+    }
+}

@@ -1,0 +1,480 @@
+//! The delta-rule kernels: the chunked extend of DESIGN §2 (dense per-chunk
+//! products through `gemm`), and the fused one-token step used by decode and
+//! verify.
+
+use crate::io::{In, Out, RawBuf};
+use deltanet_core::{DeltaParams, Element, ExtendBatch, LayoutKind, ModelDims, PoolGeometry, L2NORM_EPS};
+use std::cell::RefCell;
+
+/// Chunk length of the chunked extend.
+pub const CHUNK: usize = 64;
+
+/// The tensors of one delta-rule call, as host views.
+#[derive(Clone, Copy)]
+pub(crate) struct DeltaViews<'a> {
+    pub q: In<'a>,
+    pub k: In<'a>,
+    pub v: In<'a>,
+    pub g: In<'a>,
+    pub beta: In<'a>,
+    pub o: Out,
+    pub dims: ModelDims,
+    pub params: DeltaParams,
+}
+
+impl DeltaViews<'_> {
+    /// Loads the (optionally L2-normalised) q and k rows of token `t` for value head `h`.
+    #[inline]
+    fn load_qk(&self, t: usize, h: usize, q: &mut [f32], k: &mut [f32]) {
+        let kh = self.dims.key_head(h);
+        self.q.row(self.q.off2(t, kh), q);
+        self.k.row(self.k.off2(t, kh), k);
+        if self.params.use_qk_l2norm {
+            l2norm(q);
+            l2norm(k);
+        }
+    }
+}
+
+/// `x / sqrt(sum(x^2) + eps)` in f32.
+#[inline]
+pub(crate) fn l2norm(x: &mut [f32]) {
+    let ss: f32 = x.iter().map(|a| a * a).sum();
+    let inv = 1.0 / (ss + L2NORM_EPS).sqrt();
+    x.iter_mut().for_each(|a| *a *= inv);
+}
+
+/// Per-thread scratch of the extend, sized for one (K, V); reused across calls.
+#[derive(Default)]
+struct Workspace {
+    dims: (usize, usize),
+    /// Working state, K-major `[K, V]`.
+    s: Vec<f32>,
+    /// Snapshot state `[K, V]`.
+    snap: Vec<f32>,
+    /// `[Q; K]` rows of the chunk `[2C, K]`.
+    qk: Vec<f32>,
+    /// Decay-weighted keys `[C, K]`.
+    kd: Vec<f32>,
+    /// Values `[C, V]`.
+    v: Vec<f32>,
+    /// `[Q; K] S` `[2C, V]`.
+    x: Vec<f32>,
+    /// `[Q; K] K^T` `[2C, C]`.
+    y: Vec<f32>,
+    /// `V - diag(exp G) K S` `[C, V]`.
+    r: Vec<f32>,
+    /// `V'` `[C, V]`.
+    vp: Vec<f32>,
+    /// Outputs `[C, V]`.
+    o: Vec<f32>,
+    /// `T diag(beta)` `[C, C]`.
+    tb: Vec<f32>,
+    /// `Q K^T ⊙ L` `[C, C]`.
+    p: Vec<f32>,
+    /// Decay matrix `L` `[C, C]`, f64.
+    l: Vec<f64>,
+    /// `I + M` solve scratch `[C, C]`, f64.
+    t64: Vec<f64>,
+    /// `exp(G_i)` from the chunk start, f64.
+    gam: Vec<f64>,
+    /// beta per token.
+    beta: Vec<f32>,
+    /// one-token scratch (decode / verify): q, k, v, o, two V-vectors, a row.
+    tq: Vec<f32>,
+    tk: Vec<f32>,
+    tv: Vec<f32>,
+    to: Vec<f32>,
+    a1: Vec<f32>,
+    a2: Vec<f32>,
+    row: Vec<f32>,
+}
+
+impl Workspace {
+    fn ensure(&mut self, k: usize, v: usize) {
+        if self.dims == (k, v) {
+            return;
+        }
+        let c = CHUNK;
+        *self = Workspace {
+            dims: (k, v),
+            s: vec![0.0; k * v],
+            snap: vec![0.0; k * v],
+            qk: vec![0.0; 2 * c * k],
+            kd: vec![0.0; c * k],
+            v: vec![0.0; c * v],
+            x: vec![0.0; 2 * c * v],
+            y: vec![0.0; 2 * c * c],
+            r: vec![0.0; c * v],
+            vp: vec![0.0; c * v],
+            o: vec![0.0; c * v],
+            tb: vec![0.0; c * c],
+            p: vec![0.0; c * c],
+            l: vec![0.0; c * c],
+            t64: vec![0.0; c * c],
+            gam: vec![0.0; c],
+            beta: vec![0.0; c],
+            tq: vec![0.0; k],
+            tk: vec![0.0; k],
+            tv: vec![0.0; v],
+            to: vec![0.0; v],
+            a1: vec![0.0; v],
+            a2: vec![0.0; v],
+            row: vec![0.0; k.max(v)],
+        };
+    }
+}
+
+thread_local! {
+    static WS: RefCell<Workspace> = RefCell::new(Workspace::default());
+}
+
+/// `dst[m, n] = alpha * dst + beta * lhs[m, k] * rhs[k, n]` (dst row-major with
+/// row stride `dst_rs`; lhs/rhs given by row and column strides), single-threaded.
+///
+/// # Safety
+/// Every addressed element must be in bounds; dst must not overlap lhs or rhs.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn mm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    read_dst: bool,
+    alpha: f32,
+    lhs: *const f32,
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: *const f32,
+    rhs_rs: usize,
+    rhs_cs: usize,
+    beta: f32,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            read_dst,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            alpha,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// Loads one head's state (layout `kind`, element `E`) into K-major f32 `dst`.
+///
+/// # Safety
+/// `src` points to `k*v` readable elements.
+pub(crate) unsafe fn load_state<E: Element>(kind: LayoutKind, src: *const E, k: usize, v: usize, dst: &mut [f32]) {
+    // SAFETY: the caller guarantees k*v readable elements.
+    let s = unsafe { std::slice::from_raw_parts(src, k * v) };
+    match kind {
+        LayoutKind::KMajor => dst.iter_mut().zip(s).for_each(|(d, x)| *d = x.to_f32()),
+        LayoutKind::VMajor => {
+            for (vv, row) in s.chunks_exact(k).enumerate() {
+                for (kk, x) in row.iter().enumerate() {
+                    dst[kk * v + vv] = x.to_f32();
+                }
+            }
+        }
+    }
+}
+
+/// Stores K-major f32 `src` as one head's state in layout `kind`, element `E`.
+///
+/// # Safety
+/// `dst` points to `k*v` writable elements nobody else touches during the call.
+pub(crate) unsafe fn store_state<E: Element>(kind: LayoutKind, src: &[f32], k: usize, v: usize, dst: *mut E) {
+    // SAFETY: the caller guarantees k*v exclusive writable elements.
+    let d = unsafe { std::slice::from_raw_parts_mut(dst, k * v) };
+    match kind {
+        LayoutKind::KMajor => d.iter_mut().zip(src).for_each(|(d, x)| *d = E::from_f32(*x)),
+        LayoutKind::VMajor => {
+            for (vv, row) in d.chunks_exact_mut(k).enumerate() {
+                for (kk, x) in row.iter_mut().enumerate() {
+                    *x = E::from_f32(src[kk * v + vv]);
+                }
+            }
+        }
+    }
+}
+
+/// Whether `E` is narrower than f32 (its state is rounded at every chunk end).
+fn is_narrow<E: Element>() -> bool {
+    std::mem::size_of::<E>() < 4
+}
+
+/// Where the extend reads and writes the pool.
+#[derive(Clone, Copy)]
+pub(crate) struct ExtendTarget<'b> {
+    pub temporal: RawBuf,
+    pub geometry: &'b PoolGeometry,
+    pub layer: usize,
+    pub batch: &'b ExtendBatch,
+}
+
+/// The chunked extend of sequence `s`, value head `h`: loads the slot state
+/// (or zero), runs chunks of [`CHUNK`] aligned to the sequence start, writes
+/// outputs, snapshots and the final state.
+pub(crate) fn extend_head<E: Element>(kind: LayoutKind, io: &DeltaViews<'_>, tgt: &ExtendTarget<'_>, s: usize, h: usize) {
+    WS.with(|ws| {
+        let mut ws = ws.borrow_mut();
+        let (kd, vd) = (io.dims.head_k_dim, io.dims.head_v_dim);
+        ws.ensure(kd, vd);
+        let per = kd * vd;
+        let head_bytes = per * std::mem::size_of::<E>();
+        let g = tgt.geometry;
+        let slot = tgt.batch.slots()[s].index();
+        let state = tgt.temporal.typed::<E>(g.temporal_offset(tgt.layer, slot) + h * head_bytes, per);
+        if tgt.batch.has_initial_state()[s] {
+            // SAFETY: `state` addresses this (slot, head), which only this task touches.
+            unsafe { load_state::<E>(kind, state, kd, vd, &mut ws.s) };
+        } else {
+            ws.s.fill(0.0);
+        }
+        let range = tgt.batch.seq_range(s);
+        let len = range.len();
+        let mut cs = 0;
+        while cs < len {
+            let c = CHUNK.min(len - cs);
+            chunk(&mut ws, io, h, range.start + cs, c);
+            // snapshots inside or at the end of this chunk
+            for sn in tgt.batch.snapshots_of(s) {
+                if sn.position > cs && sn.position <= cs + c {
+                    let pl = sn.position - cs;
+                    let dst = tgt.temporal.typed::<E>(g.temporal_offset(tgt.layer, sn.slot.index()) + h * head_bytes, per);
+                    if pl == c {
+                        // SAFETY: snapshot slots are distinct from every batch slot and each other.
+                        unsafe { store_state::<E>(kind, &ws.s, kd, vd, dst) };
+                    } else {
+                        snapshot_in_chunk(&mut ws, pl);
+                        // SAFETY: as above.
+                        unsafe { store_state::<E>(kind, &ws.snap, kd, vd, dst) };
+                    }
+                }
+            }
+            if is_narrow::<E>() {
+                ws.s.iter_mut().for_each(|x| *x = E::from_f32(*x).to_f32());
+            }
+            cs += c;
+        }
+        // SAFETY: this task's (slot, head).
+        unsafe { store_state::<E>(kind, &ws.s, kd, vd, state) };
+    })
+}
+
+/// The state after the first `pl` (< chunk length) tokens of the chunk just
+/// run, from the pre-chunk state kept in `ws.snap`... computed as
+/// `exp(G_{pl-1}) S_0 + sum_{j<pl} L[pl-1, j] k_j v'_j^T` into `ws.snap`.
+fn snapshot_in_chunk(ws: &mut Workspace, pl: usize) {
+    let (kd, vd) = ws.dims;
+    let c = CHUNK;
+    // ws.snap holds S_0 (saved by `chunk`); ws.kd is free scratch here.
+    let i = pl - 1;
+    for j in 0..pl {
+        let w = ws.l[i * c + j] as f32;
+        for kk in 0..kd {
+            ws.kd[j * kd + kk] = w * ws.qk[(c + j) * kd + kk];
+        }
+    }
+    let alpha = ws.gam[i] as f32;
+    // SAFETY: snap [K, V]; kd^T is [K, pl] with rows stride 1 / cols stride K; vp [pl, V].
+    unsafe { mm(kd, vd, pl, ws.snap.as_mut_ptr(), vd, true, alpha, ws.kd.as_ptr(), 1, kd, ws.vp.as_ptr(), vd, 1, 1.0) };
+}
+
+/// One chunk of `c` tokens from token `t0` for value head `h`, on `ws.s` in place.
+/// Leaves `S_0` in `ws.snap`, `L`, `exp(G)` and `V'` in the workspace for snapshots.
+fn chunk(ws: &mut Workspace, io: &DeltaViews<'_>, h: usize, t0: usize, c: usize) {
+    let (kd, vd) = ws.dims;
+    let cc = CHUNK;
+    let ws = &mut *ws;
+    // load q, k (normalised), v, g, beta
+    for i in 0..c {
+        let t = t0 + i;
+        let (qpart, kpart) = ws.qk.split_at_mut(cc * kd);
+        io.load_qk(t, h, &mut qpart[i * kd..(i + 1) * kd], &mut kpart[i * kd..(i + 1) * kd]);
+        io.v.row(io.v.off2(t, h), &mut ws.v[i * vd..(i + 1) * vd]);
+        ws.beta[i] = io.beta.get(io.beta.off2(t, h));
+        let eg = (io.g.get(io.g.off2(t, h)) as f64).exp();
+        ws.gam[i] = if i == 0 { eg } else { ws.gam[i - 1] * eg };
+        // L[i, j] = prod_{m=j+1..=i} exp(g_m)
+        ws.l[i * cc + i] = 1.0;
+        for j in 0..i {
+            ws.l[i * cc + j] = ws.l[(i - 1) * cc + j] * eg;
+        }
+    }
+    let (qp, kp) = (ws.qk.as_ptr(), ws.qk[cc * kd..].as_ptr());
+    // X = [Q; K] S  ->  rows 0..c: Q S, rows C..C+c: K S
+    // SAFETY: every operand lies inside its workspace vector (sizes in `ensure`).
+    unsafe {
+        mm(c, vd, kd, ws.x.as_mut_ptr(), vd, false, 0.0, qp, kd, 1, ws.s.as_ptr(), vd, 1, 1.0);
+        mm(c, vd, kd, ws.x[cc * vd..].as_mut_ptr(), vd, false, 0.0, kp, kd, 1, ws.s.as_ptr(), vd, 1, 1.0);
+        // Y = [Q; K] K^T  ->  rows 0..c: Q K^T, rows C..C+c: K K^T
+        mm(c, c, kd, ws.y.as_mut_ptr(), cc, false, 0.0, qp, kd, 1, kp, 1, kd, 1.0);
+        mm(c, c, kd, ws.y[cc * cc..].as_mut_ptr(), cc, false, 0.0, kp, kd, 1, kp, 1, kd, 1.0);
+    }
+    // R = V - diag(exp G) K S
+    for i in 0..c {
+        let gi = ws.gam[i] as f32;
+        let (r, v, x) = (&mut ws.r[i * vd..(i + 1) * vd], &ws.v[i * vd..(i + 1) * vd], &ws.x[(cc + i) * vd..(cc + i + 1) * vd]);
+        for ((r, v), x) in r.iter_mut().zip(v).zip(x) {
+            *r = v - gi * x;
+        }
+    }
+    // T = (I + strict_lower(diag(beta) K K^T ⊙ L))^-1 by forward substitution, in f64;
+    // tb = T diag(beta).
+    let t64 = &mut ws.t64;
+    for i in 0..c {
+        let bi = ws.beta[i] as f64;
+        // m[j] = beta_i * (K K^T)[i, j] * L[i, j], j < i, kept in tb's row as f64 scratch via t64 row i
+        for j in 0..i {
+            t64[i * cc + j] = 0.0;
+        }
+        t64[i * cc + i] = 1.0;
+        for m in 0..i {
+            let mij = bi * ws.y[(cc + i) * cc + m] as f64 * ws.l[i * cc + m];
+            if mij != 0.0 {
+                for j in 0..=m {
+                    t64[i * cc + j] -= mij * t64[m * cc + j];
+                }
+            }
+        }
+    }
+    for i in 0..c {
+        for j in 0..c {
+            ws.tb[i * cc + j] = if j <= i { (t64[i * cc + j] * ws.beta[j] as f64) as f32 } else { 0.0 };
+            ws.p[i * cc + j] = if j <= i { (ws.y[i * cc + j] as f64 * ws.l[i * cc + j]) as f32 } else { 0.0 };
+        }
+    }
+    // V' = T diag(beta) R ; O = diag(exp G) Q S + (Q K^T ⊙ L) V'
+    for i in 0..c {
+        let gi = ws.gam[i] as f32;
+        for (o, x) in ws.o[i * vd..(i + 1) * vd].iter_mut().zip(&ws.x[i * vd..(i + 1) * vd]) {
+            *o = gi * x;
+        }
+    }
+    // SAFETY: as above.
+    unsafe {
+        mm(c, vd, c, ws.vp.as_mut_ptr(), vd, false, 0.0, ws.tb.as_ptr(), cc, 1, ws.r.as_ptr(), vd, 1, 1.0);
+        mm(c, vd, c, ws.o.as_mut_ptr(), vd, true, 1.0, ws.p.as_ptr(), cc, 1, ws.vp.as_ptr(), vd, 1, 1.0);
+    }
+    let scale = io.params.scale;
+    for i in 0..c {
+        let row = &mut ws.o[i * vd..(i + 1) * vd];
+        row.iter_mut().for_each(|x| *x *= scale);
+        // SAFETY: row (t0+i, h) of o belongs to this task alone.
+        unsafe { io.o.store(io.o.off2(t0 + i, h), row) };
+    }
+    // keep S_0 for snapshots inside the chunk
+    ws.snap.copy_from_slice(&ws.s);
+    // S = exp(G_c) S + (diag(exp(G_c - G)) K)^T V'
+    let last = c - 1;
+    for j in 0..c {
+        let w = ws.l[last * cc + j] as f32;
+        for kk in 0..kd {
+            ws.kd[j * kd + kk] = w * ws.qk[(cc + j) * kd + kk];
+        }
+    }
+    let alpha = ws.gam[last] as f32;
+    // SAFETY: as above.
+    unsafe { mm(kd, vd, c, ws.s.as_mut_ptr(), vd, true, alpha, ws.kd.as_ptr(), 1, kd, ws.vp.as_ptr(), vd, 1, 1.0) };
+}
+
+/// One token of the recurrence on one head, fused: decay, `S^T k`, `S^T q`,
+/// correction, rank-1 write, output. Reads the state at `src`, writes it at
+/// `dst` (they may be the same address), in layout `kind`.
+///
+/// # Safety
+/// `src` and `dst` point to `K*V` elements (readable / writable), either the
+/// same or disjoint, that no other thread touches during the call.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn step_head<E: Element>(kind: LayoutKind, io: &DeltaViews<'_>, t: usize, h: usize, src: *const E, dst: *mut E) {
+    WS.with(|ws| {
+        let mut ws = ws.borrow_mut();
+        let (kd, vd) = (io.dims.head_k_dim, io.dims.head_v_dim);
+        ws.ensure(kd, vd);
+        let ws = &mut *ws;
+        io.load_qk(t, h, &mut ws.tq, &mut ws.tk);
+        io.v.row(io.v.off2(t, h), &mut ws.tv);
+        let beta = io.beta.get(io.beta.off2(t, h));
+        let d = (io.g.get(io.g.off2(t, h)) as f64).exp() as f32;
+        let kq: f32 = ws.tq.iter().zip(&ws.tk).map(|(a, b)| a * b).sum();
+        let scale = io.params.scale;
+        match kind {
+            LayoutKind::KMajor => {
+                // pass 1: a1 = S^T k, a2 = S^T q
+                ws.a1.fill(0.0);
+                ws.a2.fill(0.0);
+                for kk in 0..kd {
+                    let row = &mut ws.row[..vd];
+                    // SAFETY: row kk of the head, inside the caller's K*V range.
+                    let s = unsafe { std::slice::from_raw_parts(src.add(kk * vd), vd) };
+                    row.iter_mut().zip(s).for_each(|(r, x)| *r = x.to_f32());
+                    let (kv, qv) = (ws.tk[kk], ws.tq[kk]);
+                    for ((a1, a2), x) in ws.a1.iter_mut().zip(ws.a2.iter_mut()).zip(row.iter()) {
+                        *a1 += x * kv;
+                        *a2 += x * qv;
+                    }
+                }
+                // u = beta (v - d S^T k); o = scale (d S^T q + u (k.q))
+                for j in 0..vd {
+                    let u = beta * (ws.tv[j] - d * ws.a1[j]);
+                    ws.to[j] = scale * (d * ws.a2[j] + u * kq);
+                    ws.a1[j] = u;
+                }
+                // pass 2: S' = d S + k u^T
+                for kk in 0..kd {
+                    let row = &mut ws.row[..vd];
+                    // SAFETY: as above; reads of a row complete before its writes.
+                    let s = unsafe { std::slice::from_raw_parts(src.add(kk * vd), vd) };
+                    row.iter_mut().zip(s).for_each(|(r, x)| *r = x.to_f32());
+                    let kv = ws.tk[kk];
+                    // SAFETY: row kk of the destination head.
+                    let o = unsafe { std::slice::from_raw_parts_mut(dst.add(kk * vd), vd) };
+                    for ((o, x), u) in o.iter_mut().zip(row.iter()).zip(&ws.a1) {
+                        *o = E::from_f32(d * x + kv * u);
+                    }
+                }
+            }
+            LayoutKind::VMajor => {
+                for j in 0..vd {
+                    let row = &mut ws.row[..kd];
+                    // SAFETY: row j of the head, inside the caller's K*V range.
+                    let s = unsafe { std::slice::from_raw_parts(src.add(j * kd), kd) };
+                    row.iter_mut().zip(s).for_each(|(r, x)| *r = x.to_f32());
+                    let (mut sk, mut sq) = (0.0f32, 0.0f32);
+                    for ((x, kv), qv) in row.iter().zip(&ws.tk).zip(&ws.tq) {
+                        sk += x * kv;
+                        sq += x * qv;
+                    }
+                    let u = beta * (ws.tv[j] - d * sk);
+                    ws.to[j] = scale * (d * sq + u * kq);
+                    // SAFETY: row j of the destination head; the source row is already read.
+                    let o = unsafe { std::slice::from_raw_parts_mut(dst.add(j * kd), kd) };
+                    for ((o, x), kv) in o.iter_mut().zip(row.iter()).zip(&ws.tk) {
+                        *o = E::from_f32(d * x + u * kv);
+                    }
+                }
+            }
+        }
+        // SAFETY: output row (t, h) belongs to this task alone.
+        unsafe { io.o.store(io.o.off2(t, h), &ws.to) };
+    })
+}
