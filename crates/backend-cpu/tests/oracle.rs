@@ -1,0 +1,270 @@
+//! The CPU kernels against the f64 oracle at the tolerances, with
+//! fresh random inputs: f32 2e-6 (outputs and final state, T up to 4096),
+//! bf16/f16 inputs 2e-6 against the oracle on the rounded inputs (f32
+//! outputs), bf16 state 5e-3 after 4096 tokens; odd K/V, HV/HK 1, 2, 4,
+//! grouped and tiled; decode and verify chains against the oracle too.
+
+use deltanet_backend_cpu::{CpuDispatcher, CpuKMajor, CpuVMajor};
+use deltanet_core::oracle::{error_ratio, gated_delta_rule};
+use deltanet_core::*;
+use half::{bf16, f16};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+struct Inputs {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    g: Vec<f32>,
+    beta: Vec<f32>,
+    init: Vec<f32>,
+}
+
+fn inputs(dims: &ModelDims, t: usize, n: usize, seed: u64) -> Inputs {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    let (hk, hv, k, v) = (dims.num_k_heads, dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
+    let mut u = |len: usize, lo: f32, hi: f32| -> Vec<f32> { (0..len).map(|_| r.gen_range(lo..hi)).collect() };
+    let q = u(t * hk * k, -1.0, 1.0);
+    let kk = u(t * hk * k, -1.0, 1.0);
+    let vv = u(t * hv * v, -1.0, 1.0);
+    let g = u(t * hv, 0.5, 1.0).into_iter().map(f32::ln).collect();
+    let beta = u(t * hv, 0.05, 1.0);
+    let init = u(n * hv * k * v, -1.0, 1.0);
+    Inputs { q, k: kk, v: vv, g, beta, init }
+}
+
+fn round<T: Element>(x: &[f32]) -> Vec<T> {
+    x.iter().map(|&a| T::from_f32(a)).collect()
+}
+
+fn widen<T: Element>(x: &[T]) -> Vec<f32> {
+    x.iter().map(|a| a.to_f32()).collect()
+}
+
+/// Runs one extend of packed sequences `lens` (state dtype `sd`, inputs of
+/// element type `T`, f32 outputs); returns (outputs, canonical final states).
+fn run_extend<L: StateLayout, T: Element>(
+    d: &CpuDispatcher<L>,
+    dims: ModelDims,
+    sd: DType,
+    lens: &[usize],
+    init: bool,
+    x: &Inputs,
+) -> (Vec<f32>, Vec<f32>) {
+    let n = lens.len();
+    let mut cu = vec![0];
+    for l in lens {
+        cu.push(cu.last().unwrap() + l);
+    }
+    let t = cu[n];
+    let mut pool = d.new_pool(PoolConfig::new(1, n, dims).with_state_dtype(sd)).unwrap();
+    let slots = pool.alloc(n).unwrap();
+    let per = dims.state_elems();
+    for (i, s) in slots.iter().enumerate() {
+        let st = HostState::from_f32(1, dims, sd, DType::F32, &x.init[i * per..(i + 1) * per], &vec![0.0; dims.conv_elems()]).unwrap();
+        pool.import(*s, &st).unwrap();
+    }
+    let batch = ExtendBatch::new(&pool, &cu, &slots, &vec![init; n]).unwrap();
+    let (hk, hv, k, v) = (dims.num_k_heads, dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
+    let (q, kk, vv, beta) = (round::<T>(&x.q), round::<T>(&x.k), round::<T>(&x.v), round::<T>(&x.beta));
+    let mut o = vec![0f32; t * hv * v];
+    let io = DeltaIo {
+        q: TensorRef::from_slice(&q, &[t, hk, k]).unwrap(),
+        k: TensorRef::from_slice(&kk, &[t, hk, k]).unwrap(),
+        v: TensorRef::from_slice(&vv, &[t, hv, v]).unwrap(),
+        g: TensorRef::from_slice(&x.g[..t * hv], &[t, hv]).unwrap(),
+        beta: TensorRef::from_slice(&beta, &[t, hv]).unwrap(),
+        o: TensorMut::from_slice(&mut o, &[t, hv, v]).unwrap(),
+        params: DeltaParams::new(&dims),
+    };
+    d.extend(&mut pool, 0, &batch, io).unwrap();
+    let fin: Vec<f32> = slots.iter().flat_map(|s| pool.export(*s).unwrap().temporal_f32()).collect();
+    (o, fin)
+}
+
+/// The oracle on the inputs as the kernel saw them (rounded through `T`, and
+/// the initial state through the state dtype).
+fn oracle<T: Element>(dims: ModelDims, sd: DType, lens: &[usize], init: bool, x: &Inputs) -> (Vec<f64>, Vec<f64>) {
+    let mut cu = vec![0];
+    for l in lens {
+        cu.push(cu.last().unwrap() + l);
+    }
+    let t = *cu.last().unwrap();
+    let (hk, hv, k, v) = (dims.num_k_heads, dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
+    let r = |a: &[f32]| widen(&round::<T>(a));
+    let init_s: Vec<f32> = x.init[..lens.len() * dims.state_elems()].iter().map(|&a| sd.round(a)).collect();
+    let out = gated_delta_rule(
+        &dims,
+        &DeltaParams::new(&dims),
+        &r(&x.q[..t * hk * k]),
+        &r(&x.k[..t * hk * k]),
+        &r(&x.v[..t * hv * v]),
+        &x.g[..t * hv],
+        &r(&x.beta[..t * hv]),
+        &cu,
+        init.then_some(&init_s[..]),
+    );
+    (out.o, out.final_state)
+}
+
+fn check<L: StateLayout, T: Element>(dims: ModelDims, sd: DType, lens: &[usize], init: bool, tol: f64, seed: u64) {
+    let t: usize = lens.iter().sum();
+    let x = inputs(&dims, t, lens.len(), seed);
+    let d = CpuDispatcher::<L>::new();
+    let (o, fin) = run_extend::<L, T>(&d, dims, sd, lens, init, &x);
+    let (ro, rf) = oracle::<T>(dims, sd, lens, init, &x);
+    let (eo, ef) = (error_ratio(&o, &ro), error_ratio(&fin, &rf));
+    println!("{:?} {} inputs {} state {sd} lens {lens:?} init {init}: o {eo:.2e} state {ef:.2e}", L::KIND, T::DTYPE, dims.head_k_dim);
+    assert!(eo <= tol && ef <= tol, "{:?} {dims:?} {} {sd} {lens:?} init={init}: o {eo:.3e} state {ef:.3e} > {tol:e}", L::KIND, T::DTYPE);
+}
+
+fn shapes() -> Vec<ModelDims> {
+    vec![
+        ModelDims::new(1, 1, 17, 48, 4).unwrap(),
+        ModelDims::new(2, 4, 48, 17, 4).unwrap(),
+        ModelDims::new(1, 4, 32, 32, 4).unwrap().with_head_mapping(HeadMapping::Tiled),
+        ModelDims::new(2, 4, 64, 48, 4).unwrap(),
+        ModelDims::new(1, 2, 128, 128, 4).unwrap(),
+    ]
+}
+
+#[test]
+fn f32_extend_matches_oracle_varlen_both_layouts() {
+    for (i, dims) in shapes().into_iter().enumerate() {
+        for init in [false, true] {
+            let lens = [1, 63, 64, 65, 200];
+            check::<KMajor, f32>(dims, DType::F32, &lens, init, 2e-6, 10 + i as u64);
+            check::<VMajor, f32>(dims, DType::F32, &lens, init, 2e-6, 20 + i as u64);
+        }
+    }
+}
+
+#[test]
+fn f32_extend_4096_tokens() {
+    let dims = ModelDims::new(1, 2, 128, 128, 4).unwrap();
+    for init in [false, true] {
+        check::<KMajor, f32>(dims, DType::F32, &[4096], init, 2e-6, 31);
+        check::<VMajor, f32>(dims, DType::F32, &[4096], init, 2e-6, 32);
+    }
+    let odd = ModelDims::new(1, 4, 17, 48, 4).unwrap();
+    check::<VMajor, f32>(odd, DType::F32, &[4096, 5], true, 2e-6, 33);
+}
+
+#[test]
+fn bf16_and_f16_inputs_f32_state() {
+    for (i, dims) in shapes().into_iter().enumerate() {
+        check::<KMajor, bf16>(dims, DType::F32, &[65, 130], true, 2e-6, 40 + i as u64);
+        check::<VMajor, f16>(dims, DType::F32, &[65, 130], false, 2e-6, 50 + i as u64);
+    }
+    let dims = ModelDims::new(1, 2, 128, 128, 4).unwrap();
+    check::<VMajor, bf16>(dims, DType::F32, &[4096], true, 2e-6, 60);
+}
+
+#[test]
+fn bf16_state_4096_tokens() {
+    let dims = ModelDims::new(1, 2, 128, 128, 4).unwrap();
+    for init in [false, true] {
+        check::<KMajor, f32>(dims, DType::BF16, &[4096], init, 5e-3, 70);
+        check::<VMajor, bf16>(dims, DType::BF16, &[4096], init, 5e-3, 71);
+    }
+}
+
+/// Decode token by token and verify chains against the oracle (f32 state).
+#[test]
+fn decode_and_verify_match_oracle() {
+    for dims in shapes() {
+        decode_verify::<KMajor>(dims);
+        decode_verify::<VMajor>(dims);
+    }
+}
+
+fn decode_verify<L: StateLayout>(dims: ModelDims) {
+    let (n, steps, draft) = (3, 6, 3);
+    let (hk, hv, k, v) = (dims.num_k_heads, dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
+    let x = inputs(&dims, n * steps, n, 80);
+    let d = CpuDispatcher::<L>::new();
+    let mut pool = d.new_pool(PoolConfig::new(2, n, dims).with_speculative(draft)).unwrap();
+    let slots = pool.alloc(n).unwrap();
+    let per = dims.state_elems();
+    for (i, s) in slots.iter().enumerate() {
+        let mut init = vec![0.0; 2 * per];
+        init[per..].copy_from_slice(&x.init[i * per..(i + 1) * per]);
+        pool.import(*s, &HostState::from_f32(2, dims, DType::F32, DType::F32, &init, &vec![0.0; 2 * dims.conv_elems()]).unwrap()).unwrap();
+    }
+    // token layout for the oracle: sequence i's tokens are rows i*steps..; decode step j takes row i*steps+j
+    let row = |a: &[f32], w: usize, i: usize, j: usize| a[(i * steps + j) * w..(i * steps + j + 1) * w].to_vec();
+    let gather = |a: &[f32], w: usize, j: usize| -> Vec<f32> { (0..n).flat_map(|i| row(a, w, i, j)).collect() };
+    let mut o_all = vec![0f32; n * steps * hv * v];
+    // verify the first `draft` tokens as a chain from the initial state, then decode all steps
+    {
+        let t = n * draft;
+        let pick = |a: &[f32], w: usize| -> Vec<f32> { (0..n).flat_map(|i| (0..draft).flat_map(move |j| row(a, w, i, j))).collect() };
+        let (q, kk, vv, g, b) = (pick(&x.q, hk * k), pick(&x.k, hk * k), pick(&x.v, hv * v), pick(&x.g, hv), pick(&x.beta, hv));
+        let mut o = vec![0f32; t * hv * v];
+        let before = pool.export(slots[0]).unwrap();
+        let batch = VerifyBatch::chain(&pool, &slots, draft).unwrap();
+        let io = DeltaIo {
+            q: TensorRef::from_slice(&q, &[t, hk, k]).unwrap(),
+            k: TensorRef::from_slice(&kk, &[t, hk, k]).unwrap(),
+            v: TensorRef::from_slice(&vv, &[t, hv, v]).unwrap(),
+            g: TensorRef::from_slice(&g, &[t, hv]).unwrap(),
+            beta: TensorRef::from_slice(&b, &[t, hv]).unwrap(),
+            o: TensorMut::from_slice(&mut o, &[t, hv, v]).unwrap(),
+            params: DeltaParams::new(&dims),
+        };
+        d.verify(&mut pool, 1, &batch, io).unwrap();
+        assert_eq!(pool.export(slots[0]).unwrap(), before, "verify must not touch the main state");
+        let cu: Vec<usize> = (0..=n).map(|i| i * draft).collect();
+        let r = gated_delta_rule(&dims, &DeltaParams::new(&dims), &q, &kk, &vv, &g, &b, &cu, Some(&x.init[..n * per]));
+        let e = error_ratio(&o, &r.o);
+        assert!(e <= 2e-6, "verify outputs {e:e}");
+    }
+    for j in 0..steps {
+        let (q, kk, vv, g, b) =
+            (gather(&x.q, hk * k, j), gather(&x.k, hk * k, j), gather(&x.v, hv * v, j), gather(&x.g, hv, j), gather(&x.beta, hv, j));
+        let mut o = vec![0f32; n * hv * v];
+        let batch = DecodeBatch::new(&pool, &slots).unwrap();
+        let io = DeltaIo {
+            q: TensorRef::from_slice(&q, &[n, hk, k]).unwrap(),
+            k: TensorRef::from_slice(&kk, &[n, hk, k]).unwrap(),
+            v: TensorRef::from_slice(&vv, &[n, hv, v]).unwrap(),
+            g: TensorRef::from_slice(&g, &[n, hv]).unwrap(),
+            beta: TensorRef::from_slice(&b, &[n, hv]).unwrap(),
+            o: TensorMut::from_slice(&mut o, &[n, hv, v]).unwrap(),
+            params: DeltaParams::new(&dims),
+        };
+        d.decode(&mut pool, 1, &batch, io).unwrap();
+        for i in 0..n {
+            o_all[(i * steps + j) * hv * v..(i * steps + j + 1) * hv * v].copy_from_slice(&o[i * hv * v..(i + 1) * hv * v]);
+        }
+    }
+    let cu: Vec<usize> = (0..=n).map(|i| i * steps).collect();
+    let r = gated_delta_rule(&dims, &DeltaParams::new(&dims), &x.q, &x.k, &x.v, &x.g, &x.beta, &cu, Some(&x.init[..n * per]));
+    let fin: Vec<f32> = slots.iter().flat_map(|s| pool.export(*s).unwrap().temporal_f32()[per..].to_vec()).collect();
+    let (eo, ef) = (error_ratio(&o_all, &r.o), error_ratio(&fin, &r.final_state));
+    assert!(eo <= 2e-6 && ef <= 2e-6, "{:?} {dims:?}: decode o {eo:e} state {ef:e}", L::KIND);
+}
+
+/// Splitting at multiples of 64 is bitwise one extend; snapshots do not change outputs.
+#[test]
+fn split_at_64_is_bitwise_and_threads_do_not_matter() {
+    let dims = ModelDims::new(2, 4, 48, 17, 4).unwrap();
+    let x = inputs(&dims, 300, 1, 90);
+    let one = run_extend::<VMajor, f32>(&CpuVMajor::new(), dims, DType::F32, &[300], true, &x);
+    let two = run_extend::<VMajor, f32>(&CpuVMajor::with_threads(2).unwrap(), dims, DType::F32, &[300], true, &x);
+    assert_eq!(one.0, two.0);
+    assert_eq!(one.1, two.1);
+    // in a batch with other sequences: same bits for the first one
+    let mut x3 = inputs(&dims, 300 + 77, 2, 91);
+    let (hk, hv, k, v) = (dims.num_k_heads, dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
+    x3.q[..300 * hk * k].copy_from_slice(&x.q);
+    x3.k[..300 * hk * k].copy_from_slice(&x.k);
+    x3.v[..300 * hv * v].copy_from_slice(&x.v);
+    x3.g[..300 * hv].copy_from_slice(&x.g);
+    x3.beta[..300 * hv].copy_from_slice(&x.beta);
+    x3.init[..dims.state_elems()].copy_from_slice(&x.init);
+    let b = run_extend::<VMajor, f32>(&CpuVMajor::with_threads(2).unwrap(), dims, DType::F32, &[300, 77], true, &x3);
+    assert_eq!(&b.0[..300 * hv * v], &one.0[..]);
+    assert_eq!(&b.1[..dims.state_elems()], &one.1[..]);
+    let _ = CpuKMajor::new();
+}
