@@ -91,3 +91,25 @@ mod npu {
         assert!(cases.iter().all(|c| c.passed));
     }
 }
+
+/// The CUDA backend: runs for real where the driver, NVRTC and a GPU are
+/// present, prints `skipped: <reason>` and passes elsewhere.
+#[cfg(feature = "cuda")]
+mod cuda {
+    deltanet_core::conformance_tests!(fallible deltanet_backend_cuda::CudaDispatcher::new(0));
+
+    /// CUDA against the CPU kernels of its layout, when a GPU is present.
+    #[test]
+    fn cuda_agrees_with_cpu() {
+        let Some(gpu) = deltanet_core::conformance::available(deltanet_backend_cuda::CudaDispatcher::new(0)) else { return };
+        let opts = deltanet_core::conformance::SuiteOptions::from_env();
+        let cases = match deltanet_core::KernelDispatcher::capabilities(&gpu).native_layout {
+            deltanet_core::LayoutKind::KMajor => deltanet_core::conformance::cross_layout(&gpu, &deltanet_backend_cpu::CpuKMajor::new(), &opts),
+            deltanet_core::LayoutKind::VMajor => deltanet_core::conformance::cross_layout(&gpu, &deltanet_backend_cpu::CpuVMajor::new(), &opts),
+        };
+        for c in &cases {
+            println!("{c}");
+        }
+        assert!(cases.iter().all(|c| c.passed));
+    }
+}
