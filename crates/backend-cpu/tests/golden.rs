@@ -106,9 +106,9 @@ fn delta_file<L: StateLayout>(name: &str) {
     let (qf, kf, vf, bfl) = if bf { Default::default() } else { (f.f32("q"), f.f32("k"), f.f32("v"), f.f32("beta")) };
     fn view<'a>(bf: bool, x32: &'a [f32], x16: &'a [bf16], shape: &[usize]) -> TensorRef<'a> {
         if bf {
-            TensorRef::from_slice(&x16[..], shape).unwrap()
+            TensorRef::from_slice(x16, shape).unwrap()
         } else {
-            TensorRef::from_slice(&x32[..], shape).unwrap()
+            TensorRef::from_slice(x32, shape).unwrap()
         }
     }
     let io = DeltaIo {
