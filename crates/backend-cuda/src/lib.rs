@@ -1,1 +1,403 @@
-//! placeholder
+//! # deltanet-backend-cuda
+//!
+//! The CUDA backend of deltanet: [`CudaDispatcher`] implements
+//! [`KernelDispatcher`] on NVIDIA GPUs with cudarc, in the V-major layout, with
+//! f32 or bf16 state and f32/bf16/f16 inputs. The kernels are CUDA C under
+//! `kernels/cuda`, written without `#include`, compiled at run time by NVRTC
+//! for the device's architecture and cached per device and architecture.
+//!
+//! The dispatcher's host logic launches through a [`Launcher`]: [`GpuLauncher`]
+//! (cudarc) on a GPU, or, with the `emulate` feature, `EmuLauncher`, which runs
+//! the very same kernel sources compiled by the host C++ compiler against an
+//! emulation of the CUDA execution model (`kernels/cuda/emu`). The
+//! [`KernelDispatcher`] implementation is one piece of code over both.
+//!
+//! Without a driver library, NVRTC or a device, [`CudaDispatcher::new`] returns
+//! [`Error::Unavailable`] (cudarc would panic; the libraries are probed first).
+
+#![warn(missing_docs)]
+
+pub mod gpu;
+pub mod kernels;
+pub mod launcher;
+pub mod nvrtc;
+
+#[cfg(feature = "emulate")]
+pub mod emu;
+
+#[cfg(feature = "emulate")]
+pub use emu::EmuLauncher;
+pub use gpu::{CudaBuffer, CudaMemory, GpuLauncher};
+pub use launcher::Launcher;
+
+use deltanet_core::{
+    Capabilities, CommitBatch, ConvIo, ConvLayoutKind, DType, DecodeBatch, DeltaIo, Device, DeviceMemory, Error, ExtendBatch, GateIo,
+    HeadMapping, KernelDispatcher, LayoutKind, MambaStatePool, ModelDims, PoolOf, Result, TensorMeta, VMajor, VerifyBatch,
+};
+use kernels::{dtype_code, Args, Kernel, CHUNK, MAX_CONV_WIDTH, MAX_HEAD_DIM, ROWS_PER_BLOCK};
+
+/// Checks, without panicking, that a CUDA driver and a device are present
+/// (for `deltanet info`).
+pub fn probe() -> std::result::Result<(), String> {
+    gpu::probe().map(|_| ())
+}
+
+/// The CUDA dispatcher, generic over how kernels are launched (a GPU by default).
+#[derive(Debug)]
+pub struct CudaDispatcher<L: Launcher = GpuLauncher> {
+    launcher: L,
+    caps: Capabilities,
+}
+
+impl CudaDispatcher<GpuLauncher> {
+    /// Opens GPU `ordinal` and compiles the kernels for it (once per device and
+    /// architecture). [`Error::Unavailable`] when the CUDA driver library,
+    /// NVRTC or the device is missing.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        Ok(Self::with_launcher(GpuLauncher::new(ordinal)?, Device::Cuda(ordinal)))
+    }
+}
+
+#[cfg(feature = "emulate")]
+impl CudaDispatcher<EmuLauncher> {
+    /// The kernels run in the CPU emulation of the CUDA execution model, on host memory.
+    pub fn emulated() -> Self {
+        Self::with_launcher(EmuLauncher, Device::Host)
+    }
+}
+
+fn unsupported(backend: &str, reason: String) -> Error {
+    Error::Unsupported { backend: backend.into(), reason }
+}
+
+/// Element strides of a `[T, H, X]` view: (token, head).
+fn strides3(m: &TensorMeta) -> (i64, i64) {
+    (m.strides()[0] as i64, m.strides()[1] as i64)
+}
+
+/// Row stride of a `[T, X]` view.
+fn stride2(m: &TensorMeta) -> i64 {
+    m.strides()[0] as i64
+}
+
+impl<L: Launcher> CudaDispatcher<L> {
+    /// A dispatcher over any launcher whose memory lives on `device`.
+    pub fn with_launcher(launcher: L, device: Device) -> Self {
+        let caps = Capabilities {
+            backend: launcher.backend().into(),
+            device,
+            native_layout: LayoutKind::VMajor,
+            conv_layout: ConvLayoutKind::ChannelsFirst,
+            state_dtypes: vec![DType::F32, DType::BF16],
+            conv_dtypes: vec![DType::F32, DType::BF16, DType::F16],
+            input_dtypes: vec![DType::F32, DType::BF16, DType::F16],
+            max_draft_tokens: None,
+            max_head_dim: Some(MAX_HEAD_DIM),
+            chunk_size: CHUNK,
+        };
+        CudaDispatcher { launcher, caps }
+    }
+
+    /// The launcher.
+    pub fn launcher(&self) -> &L {
+        &self.launcher
+    }
+
+    /// Uploads a small i64 table (at least one element, so the address is valid).
+    fn upload(&self, data: &[i64]) -> Result<<L::Memory as DeviceMemory>::Buffer> {
+        let m = self.launcher.memory();
+        let bytes: Vec<u8> = if data.is_empty() { vec![0; 8] } else { data.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        let mut buf = m.alloc_zeroed(bytes.len())?;
+        m.write(&mut buf, 0, &bytes)?;
+        Ok(buf)
+    }
+
+    fn run(&self, kernel: Kernel, grid: (usize, usize, usize), args: &Args) -> Result<()> {
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+            return Ok(());
+        }
+        if grid.1 > 65535 || grid.2 > 65535 || grid.0 > u32::MAX as usize {
+            return Err(unsupported(self.launcher.backend(), format!("grid {grid:?} too large")));
+        }
+        let block = self.launcher.block_threads(kernel);
+        let _span = tracing::trace_span!("launch", kernel = kernel.name(), ?grid, block).entered();
+        self.launcher.launch(kernel, (grid.0 as u32, grid.1 as u32, grid.2 as u32), block, args)
+    }
+
+    fn check_dims(&self, dims: &ModelDims) -> Result<()> {
+        if dims.conv_width > MAX_CONV_WIDTH {
+            return Err(unsupported(self.launcher.backend(), format!("conv width {} > {MAX_CONV_WIDTH}", dims.conv_width)));
+        }
+        if dims.head_k_dim > MAX_HEAD_DIM || dims.head_v_dim > MAX_HEAD_DIM {
+            return Err(unsupported(self.launcher.backend(), format!("head dims > {MAX_HEAD_DIM}")));
+        }
+        Ok(())
+    }
+
+    /// The argument fields every delta-rule kernel shares (dims, dtypes, strides, addresses).
+    fn delta_args(&self, dims: &ModelDims, io: &DeltaIo<'_>) -> Args {
+        let mut a = Args::default();
+        a.p[0] = io.q.addr();
+        a.p[1] = io.k.addr();
+        a.p[2] = io.v.addr();
+        a.p[3] = io.g.addr();
+        a.p[4] = io.beta.addr();
+        a.p[5] = io.o.addr();
+        a.n[1] = dims.num_k_heads as i64;
+        a.n[2] = dims.num_v_heads as i64;
+        a.n[3] = dims.head_k_dim as i64;
+        a.n[4] = dims.head_v_dim as i64;
+        a.n[7] = match dims.head_mapping {
+            HeadMapping::Grouped => 0,
+            HeadMapping::Tiled => 1,
+        };
+        a.n[8] = io.params.use_qk_l2norm as i64;
+        a.n[9] = dtype_code(io.q.meta().dtype());
+        a.n[10] = dtype_code(io.k.meta().dtype());
+        a.n[11] = dtype_code(io.v.meta().dtype());
+        a.n[12] = dtype_code(io.beta.meta().dtype());
+        a.n[13] = dtype_code(io.o.meta().dtype());
+        (a.n[15], a.n[16]) = strides3(io.q.meta());
+        (a.n[17], a.n[18]) = strides3(io.k.meta());
+        (a.n[19], a.n[20]) = strides3(io.v.meta());
+        a.n[21] = stride2(io.g.meta());
+        a.n[22] = stride2(io.beta.meta());
+        (a.n[23], a.n[24]) = strides3(io.o.meta());
+        a.f[0] = io.params.scale;
+        a
+    }
+
+    /// The argument fields of every conv kernel.
+    fn conv_args(&self, dims: &ModelDims, io: &ConvIo<'_>, state_dtype: DType) -> Args {
+        let mut a = Args::default();
+        a.p[0] = io.x.addr();
+        a.p[1] = io.weight.addr();
+        a.p[2] = io.bias.as_ref().map_or(0, |b| b.addr());
+        a.p[3] = io.out.addr();
+        a.n[1] = dims.conv_dim() as i64;
+        a.n[2] = dims.conv_width as i64;
+        a.n[3] = dtype_code(io.x.meta().dtype());
+        a.n[4] = stride2(io.x.meta());
+        a.n[5] = dtype_code(io.out.meta().dtype());
+        a.n[6] = stride2(io.out.meta());
+        a.n[7] = dtype_code(state_dtype);
+        a
+    }
+}
+
+impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
+    type Layout = VMajor;
+    type Memory = L::Memory;
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    fn memory(&self) -> &L::Memory {
+        self.launcher.memory()
+    }
+
+    fn gate(&self, dims: &ModelDims, io: GateIo<'_>) -> Result<()> {
+        let tokens = io.a.meta().shape()[0];
+        io.validate(&self.caps, dims, tokens)?;
+        let _span = tracing::debug_span!("gate", backend = %self.caps.backend, tokens).entered();
+        let hv = dims.num_v_heads;
+        let mut a = Args::default();
+        a.p[..6].copy_from_slice(&[io.a.addr(), io.b.addr(), io.a_log.addr(), io.dt_bias.addr(), io.g.addr(), io.beta.addr()]);
+        a.n[0] = tokens as i64;
+        a.n[1] = hv as i64;
+        a.n[2] = dtype_code(io.a.meta().dtype());
+        a.n[3] = dtype_code(io.b.meta().dtype());
+        a.n[4] = stride2(io.a.meta());
+        a.n[5] = stride2(io.b.meta());
+        a.n[6] = stride2(io.g.meta());
+        a.n[7] = stride2(io.beta.meta());
+        let bt = self.launcher.block_threads(Kernel::Gate) as usize;
+        self.run(Kernel::Gate, ((tokens * hv).div_ceil(bt), 1, 1), &a)
+    }
+
+    fn conv_extend(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &ExtendBatch, io: ConvIo<'_>) -> Result<()> {
+        batch.check_pool(pool)?;
+        pool.geometry().check_layer(layer)?;
+        let g = *pool.geometry();
+        let dims = g.config.dims;
+        io.validate(&self.caps, &dims, batch.tokens())?;
+        self.check_dims(&dims)?;
+        let _span = tracing::debug_span!("conv_extend", backend = %self.caps.backend, layer, tokens = batch.tokens()).entered();
+        let n = batch.num_seqs();
+        let (mut seqs, mut snaps) = (Vec::with_capacity(n * 6), Vec::new());
+        for i in 0..n {
+            let begin = snaps.len() as i64 / 2;
+            for s in batch.snapshots_of(i) {
+                snaps.extend([s.position as i64, s.slot.index() as i64]);
+            }
+            let r = batch.seq_range(i);
+            let init = batch.has_initial_state()[i] as i64;
+            seqs.extend([r.start as i64, r.len() as i64, batch.slots()[i].index() as i64, init, begin, snaps.len() as i64 / 2]);
+        }
+        let (seq_buf, snap_buf) = (self.upload(&seqs)?, self.upload(&snaps)?);
+        let m = self.launcher.memory();
+        let parts = pool.parts_mut();
+        let mut a = self.conv_args(&dims, &io, g.config.conv_dtype);
+        a.p[4] = m.addr(parts.conv) + g.conv_offset(layer, 0) as u64;
+        a.p[6] = m.addr(&seq_buf);
+        a.p[7] = m.addr(&snap_buf);
+        a.n[0] = n as i64;
+        a.n[8] = 0;
+        let bt = self.launcher.block_threads(Kernel::Conv) as usize;
+        self.run(Kernel::Conv, (dims.conv_dim().div_ceil(bt), n, 1), &a)
+    }
+
+    fn conv_update(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &DecodeBatch, io: ConvIo<'_>) -> Result<()> {
+        batch.check_pool(pool)?;
+        pool.geometry().check_layer(layer)?;
+        let g = *pool.geometry();
+        let dims = g.config.dims;
+        io.validate(&self.caps, &dims, batch.tokens())?;
+        self.check_dims(&dims)?;
+        let _span = tracing::debug_span!("conv_update", backend = %self.caps.backend, layer, requests = batch.num_seqs()).entered();
+        let n = batch.num_seqs();
+        let seqs: Vec<i64> = batch.slots().iter().enumerate().flat_map(|(i, s)| [i as i64, 1, s.index() as i64, 1, 0, 0]).collect();
+        let seq_buf = self.upload(&seqs)?;
+        let m = self.launcher.memory();
+        let parts = pool.parts_mut();
+        let mut a = self.conv_args(&dims, &io, g.config.conv_dtype);
+        a.p[4] = m.addr(parts.conv) + g.conv_offset(layer, 0) as u64;
+        a.p[6] = m.addr(&seq_buf);
+        a.p[7] = a.p[6];
+        a.n[0] = n as i64;
+        a.n[8] = 1;
+        let bt = self.launcher.block_threads(Kernel::Conv) as usize;
+        self.run(Kernel::Conv, (dims.conv_dim().div_ceil(bt), n, 1), &a)
+    }
+
+    fn conv_verify(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &VerifyBatch, io: ConvIo<'_>) -> Result<()> {
+        batch.check_pool(pool)?;
+        pool.geometry().check_layer(layer)?;
+        let g = *pool.geometry();
+        let dims = g.config.dims;
+        io.validate(&self.caps, &dims, batch.tokens())?;
+        self.check_dims(&dims)?;
+        let _span = tracing::debug_span!("conv_verify", backend = %self.caps.backend, layer, requests = batch.num_seqs()).entered();
+        let (n, d) = (batch.num_seqs(), batch.draft());
+        let seqs: Vec<i64> =
+            batch.slots().iter().enumerate().flat_map(|(i, s)| [(i * d) as i64, d as i64, s.index() as i64, 1, 0, 0]).collect();
+        let (seq_buf, par_buf) = (self.upload(&seqs)?, self.upload(batch.parents())?);
+        let m = self.launcher.memory();
+        let parts = pool.parts_mut();
+        let windows = parts.windows.ok_or(Error::NoSpeculativeBuffers)?;
+        let mut a = self.conv_args(&dims, &io, g.config.conv_dtype);
+        a.p[4] = m.addr(parts.conv) + g.conv_offset(layer, 0) as u64;
+        a.p[5] = m.addr(windows) + g.window_offset(layer, 0, 0) as u64;
+        a.p[6] = m.addr(&seq_buf);
+        a.p[7] = a.p[6];
+        a.p[8] = m.addr(&par_buf);
+        a.n[0] = n as i64;
+        a.n[8] = 2;
+        a.n[9] = d as i64;
+        let bt = self.launcher.block_threads(Kernel::Conv) as usize;
+        self.run(Kernel::Conv, (dims.conv_dim().div_ceil(bt), n, 1), &a)
+    }
+
+    fn extend(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &ExtendBatch, io: DeltaIo<'_>) -> Result<()> {
+        batch.check_pool(pool)?;
+        pool.geometry().check_layer(layer)?;
+        let g = *pool.geometry();
+        let dims = g.config.dims;
+        io.validate(&self.caps, &dims, batch.tokens())?;
+        self.check_dims(&dims)?;
+        let _span = tracing::debug_span!("extend", backend = %self.caps.backend, layer, tokens = batch.tokens()).entered();
+        let n = batch.num_seqs();
+        // Chunks of CHUNK tokens from each sequence's start, also cut at snapshot
+        // positions; each snapshot is taken at the end of its chunk.
+        let (mut seqs, mut chunks, mut snap_slots) = (Vec::with_capacity(n * 6), Vec::new(), Vec::new());
+        for i in 0..n {
+            let r = batch.seq_range(i);
+            let mut cuts: Vec<usize> = (CHUNK..r.len()).step_by(CHUNK).collect();
+            cuts.extend(batch.snapshots_of(i).map(|s| s.position).filter(|&p| p < r.len()));
+            cuts.push(r.len());
+            cuts.sort_unstable();
+            cuts.dedup();
+            let first_chunk = chunks.len() as i64 / 4;
+            let mut start = 0;
+            for end in cuts {
+                let sb = snap_slots.len() as i64;
+                snap_slots.extend(batch.snapshots_of(i).filter(|s| s.position == end).map(|s| s.slot.index() as i64));
+                chunks.extend([(r.start + start) as i64, (end - start) as i64, sb, snap_slots.len() as i64]);
+                start = end;
+            }
+            let init = batch.has_initial_state()[i] as i64;
+            seqs.extend([r.start as i64, r.len() as i64, batch.slots()[i].index() as i64, init, first_chunk, chunks.len() as i64 / 4]);
+        }
+        let (k, v, hv) = (dims.head_k_dim, dims.head_v_dim, dims.num_v_heads);
+        let per_block = v * k + CHUNK * (3 * k + 2 * v);
+        let m = self.launcher.memory();
+        let ws = m.alloc_zeroed(n * hv * per_block * 4)?;
+        let (seq_buf, chunk_buf, snap_buf) = (self.upload(&seqs)?, self.upload(&chunks)?, self.upload(&snap_slots)?);
+        let parts = pool.parts_mut();
+        let mut a = self.delta_args(&dims, &io);
+        a.p[6] = m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64;
+        a.p[7] = m.addr(&seq_buf);
+        a.p[8] = m.addr(&chunk_buf);
+        a.p[9] = m.addr(&snap_buf);
+        a.p[10] = m.addr(&ws);
+        a.n[0] = n as i64;
+        a.n[14] = dtype_code(g.config.state_dtype);
+        self.run(Kernel::Extend, (hv, n, 1), &a)
+    }
+
+    fn decode(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &DecodeBatch, io: DeltaIo<'_>) -> Result<()> {
+        batch.check_pool(pool)?;
+        pool.geometry().check_layer(layer)?;
+        let g = *pool.geometry();
+        let dims = g.config.dims;
+        io.validate(&self.caps, &dims, batch.tokens())?;
+        self.check_dims(&dims)?;
+        let _span = tracing::debug_span!("decode", backend = %self.caps.backend, layer, requests = batch.num_seqs()).entered();
+        let n = batch.num_seqs();
+        let slots: Vec<i64> = batch.slots().iter().map(|s| s.index() as i64).collect();
+        let slot_buf = self.upload(&slots)?;
+        let m = self.launcher.memory();
+        let parts = pool.parts_mut();
+        let mut a = self.delta_args(&dims, &io);
+        a.p[6] = m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64;
+        a.p[8] = m.addr(&slot_buf);
+        a.n[0] = n as i64;
+        a.n[5] = 1;
+        a.n[6] = 0;
+        a.n[14] = dtype_code(g.config.state_dtype);
+        self.run(Kernel::Recurrent, (dims.head_v_dim.div_ceil(ROWS_PER_BLOCK), dims.num_v_heads, n), &a)
+    }
+
+    fn verify(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &VerifyBatch, io: DeltaIo<'_>) -> Result<()> {
+        batch.check_pool(pool)?;
+        pool.geometry().check_layer(layer)?;
+        let g = *pool.geometry();
+        let dims = g.config.dims;
+        io.validate(&self.caps, &dims, batch.tokens())?;
+        self.check_dims(&dims)?;
+        let _span = tracing::debug_span!("verify", backend = %self.caps.backend, layer, requests = batch.num_seqs()).entered();
+        let (n, d) = (batch.num_seqs(), batch.draft());
+        let slots: Vec<i64> = batch.slots().iter().map(|s| s.index() as i64).collect();
+        let (slot_buf, par_buf) = (self.upload(&slots)?, self.upload(batch.parents())?);
+        let m = self.launcher.memory();
+        let parts = pool.parts_mut();
+        let scratch = parts.scratch.ok_or(Error::NoSpeculativeBuffers)?;
+        let mut a = self.delta_args(&dims, &io);
+        a.p[6] = m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64;
+        a.p[7] = m.addr(scratch) + g.scratch_offset(layer, 0, 0) as u64;
+        a.p[8] = m.addr(&slot_buf);
+        a.p[9] = m.addr(&par_buf);
+        a.n[0] = n as i64;
+        a.n[5] = d as i64;
+        a.n[6] = 1;
+        a.n[14] = dtype_code(g.config.state_dtype);
+        self.run(Kernel::Recurrent, (dims.head_v_dim.div_ceil(ROWS_PER_BLOCK), dims.num_v_heads, n), &a)
+    }
+
+    fn commit(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &CommitBatch) -> Result<()> {
+        let _span = tracing::debug_span!("commit", backend = %self.caps.backend, layer, requests = batch.slots().len()).entered();
+        // Device-to-device copies of the accepted scratch step and conv window.
+        pool.commit_accepted(layer, batch)
+    }
+}

@@ -1,0 +1,177 @@
+// Chunked gated delta rule (chunk DN_CHUNK = 64) over packed sequences, one
+// block per (value head, sequence). Chunks start at the sequence's first
+// token of this call and are also cut at snapshot positions, so a snapshot is
+// the state at a chunk end. Per chunk of length L with G the inclusive cumsum
+// of g, kn/qn the (optionally L2-normalised) keys and queries:
+//   A[i][j] = beta_i exp(G_i - G_j) kn_i·kn_j (i > j)    (strict lower)
+//   W = (I + A)^-1 diag(beta exp(G)) Kn, U = (I + A)^-1 diag(beta) V
+//     (forward substitution, one thread per column: no barrier inside)
+//   V' = U - W S^T-rows, O = scale (diag(exp G) Qn S + (Qn Kn^T ⊙ L) V')
+//   S <- exp(G_L) S + sum_j exp(G_L - G_j) kn_j V'_j
+// State S is V-major [V][K]; it is carried in f32 in the workspace from the
+// slot (or zero) to the slot, and rounded to the state dtype only there.
+//
+// p: 0 q, 1 k, 2 v, 3 g f32, 4 beta, 5 o (as dn_recurrent), 6 state of this
+//    layer [rows][HV][V][K], 7 sequence table (6 x i64: first token, length,
+//    slot, has_initial_state, first chunk, end chunk), 8 chunk table (4 x i64:
+//    first token, length, first snapshot, end snapshot), 9 snapshot slots (i64),
+//    10 f32 workspace, per block V*K + 64*(3K + 2V) floats
+// n: as dn_recurrent (5 and 6 unused)
+// f: 0 scale
+// grid: (HV, N); any block size that is a multiple of 32.
+#define DN_CHUNK 64
+
+extern "C" __global__ void dn_extend(Args a) {
+    __shared__ float A[DN_CHUNK * DN_CHUNK];
+    __shared__ float M[DN_CHUNK * DN_CHUNK];
+    __shared__ float G[DN_CHUNK];
+    __shared__ float Bt[DN_CHUNK];
+    __shared__ float NK[DN_CHUNK];
+    __shared__ float NQ[DN_CHUNK];
+    __shared__ float EG[DN_CHUNK]; // exp(G_j)
+    __shared__ float DG[DN_CHUNK]; // exp(G_L - G_j)
+
+    const int HK = (int)a.n[1], HV = (int)a.n[2], K = (int)a.n[3], V = (int)a.n[4];
+    const int h = blockIdx.x;
+    const long long i = blockIdx.y;
+    const int kh = key_head(h, HK, HV, (int)a.n[7]);
+    const int tid = threadIdx.x, nt = blockDim.x;
+    const float scale = a.f[0];
+    const int sdt = (int)a.n[14];
+    const bool l2 = a.n[8] != 0;
+    const long long* seq = (const long long*)a.p[7] + i * 6;
+    const long long slot = seq[2];
+    const long long* chunks = (const long long*)a.p[8];
+    const long long* snaps = (const long long*)a.p[9];
+    void* state = (void*)a.p[6];
+    const long long per = (long long)HV * V * K;
+    const long long hoff = (long long)h * V * K;
+    const long long VK = (long long)V * K;
+
+    float* S = (float*)a.p[10] + (i * HV + h) * (VK + (long long)DN_CHUNK * (3 * K + 2 * V));
+    float* Kc = S + VK;
+    float* Qc = Kc + DN_CHUNK * K;
+    float* Wc = Qc + DN_CHUNK * K;
+    float* Uc = Wc + DN_CHUNK * K;
+    float* Oi = Uc + DN_CHUNK * V;
+
+    for (long long e = tid; e < VK; e += nt) S[e] = seq[3] ? ldx(state, sdt, slot * per + hoff + e) : 0.0f;
+    __syncthreads();
+
+    for (long long c = seq[4]; c < seq[5]; ++c) {
+        const long long t0 = chunks[4 * c];
+        const int L = (int)chunks[4 * c + 1];
+        // 1. load keys, queries, gates
+        for (int e = tid; e < L * K; e += nt) {
+            int j = e / K, x = e % K;
+            long long tok = t0 + j;
+            Kc[e] = ldx((const void*)a.p[1], (int)a.n[10], tok * a.n[17] + kh * a.n[18] + x);
+            Qc[e] = ldx((const void*)a.p[0], (int)a.n[9], tok * a.n[15] + kh * a.n[16] + x);
+        }
+        for (int j = tid; j < L; j += nt) {
+            long long tok = t0 + j;
+            Bt[j] = ldx((const void*)a.p[4], (int)a.n[12], tok * a.n[22] + h);
+        }
+        if (tid == 0) {
+            float acc = 0.0f;
+            for (int j = 0; j < L; ++j) {
+                acc += ((const float*)a.p[3])[(t0 + j) * a.n[21] + h];
+                G[j] = acc;
+            }
+        }
+        __syncthreads();
+        if (l2) {
+            for (int j = tid; j < L; j += nt) {
+                float sk = 0.0f, sq = 0.0f;
+                for (int x = 0; x < K; ++x) {
+                    sk += Kc[j * K + x] * Kc[j * K + x];
+                    sq += Qc[j * K + x] * Qc[j * K + x];
+                }
+                NK[j] = 1.0f / sqrtf(sk + 1e-6f);
+                NQ[j] = 1.0f / sqrtf(sq + 1e-6f);
+            }
+            __syncthreads();
+            for (int e = tid; e < L * K; e += nt) {
+                int j = e / K;
+                Kc[e] *= NK[j];
+                Qc[e] *= NQ[j];
+            }
+            __syncthreads();
+        }
+        // 2. A (strict lower, with beta) and M (lower with diagonal)
+        for (int e = tid; e < L * L; e += nt) {
+            int r = e / L, j = e % L;
+            float av = 0.0f, mv = 0.0f;
+            if (j <= r) {
+                float kk = 0.0f, qk = 0.0f;
+                for (int x = 0; x < K; ++x) {
+                    kk += Kc[r * K + x] * Kc[j * K + x];
+                    qk += Qc[r * K + x] * Kc[j * K + x];
+                }
+                float dec = expf(G[r] - G[j]);
+                if (j < r) av = Bt[r] * dec * kk;
+                mv = dec * qk;
+            }
+            A[r * DN_CHUNK + j] = av;
+            M[r * DN_CHUNK + j] = mv;
+        }
+        for (int j = tid; j < L; j += nt) {
+            EG[j] = expf(G[j]);
+            DG[j] = expf(G[L - 1] - G[j]);
+        }
+        __syncthreads();
+        // 3. forward substitution, one thread per column of [W | U]
+        for (int col = tid; col < K + V; col += nt) {
+            const bool isw = col < K;
+            const int x = isw ? col : col - K;
+            float* X = isw ? Wc : Uc;
+            const int ld = isw ? K : V;
+            for (int r = 0; r < L; ++r) {
+                float rhs;
+                if (isw) {
+                    rhs = Bt[r] * EG[r] * Kc[r * K + x];
+                } else {
+                    rhs = Bt[r] * ldx((const void*)a.p[2], (int)a.n[11], (t0 + r) * a.n[19] + h * a.n[20] + x);
+                }
+                for (int j = 0; j < r; ++j) rhs -= A[r * DN_CHUNK + j] * X[j * ld + x];
+                X[r * ld + x] = rhs;
+            }
+        }
+        __syncthreads();
+        // 4. V' = U - W S (in place in Uc) and the inter-chunk part of O
+        for (int e = tid; e < L * V; e += nt) {
+            int r = e / V, v = e % V;
+            float ws = 0.0f, qs = 0.0f;
+            for (int x = 0; x < K; ++x) {
+                float s = S[(long long)v * K + x];
+                ws += Wc[r * K + x] * s;
+                qs += Qc[r * K + x] * s;
+            }
+            Uc[e] -= ws;
+            Oi[e] = EG[r] * qs;
+        }
+        __syncthreads();
+        // 5. outputs
+        for (int e = tid; e < L * V; e += nt) {
+            int r = e / V, v = e % V;
+            float acc = Oi[e];
+            for (int j = 0; j <= r; ++j) acc += M[r * DN_CHUNK + j] * Uc[j * V + v];
+            stx((void*)a.p[5], (int)a.n[13], (t0 + r) * a.n[23] + h * a.n[24] + v, scale * acc);
+        }
+        // 6. state update
+        const float dl = EG[L - 1];
+        for (long long e = tid; e < VK; e += nt) {
+            int v = (int)(e / K), x = (int)(e % K);
+            float acc = dl * S[e];
+            for (int j = 0; j < L; ++j) acc += DG[j] * Kc[j * K + x] * Uc[j * V + v];
+            S[e] = acc;
+        }
+        __syncthreads();
+        // 7. snapshots taken at this chunk's end
+        for (long long s = chunks[4 * c + 2]; s < chunks[4 * c + 3]; ++s) {
+            const long long dst = snaps[s] * per + hoff;
+            for (long long e = tid; e < VK; e += nt) stx(state, sdt, dst + e, S[e]);
+        }
+    }
+    for (long long e = tid; e < VK; e += nt) stx(state, sdt, slot * per + hoff + e, S[e]);
+}
