@@ -62,6 +62,19 @@ impl<'d, D: KernelDispatcher> Bench<'d, D> {
     pub fn new(d: &'d D, dims: ModelDims, slots: usize, state_dtype: DType, draft: Option<usize>, dtype: DType) -> Result<Self> {
         let caps = d.capabilities();
         let conv_dtype = if caps.conv_dtypes.contains(&DType::F32) { DType::F32 } else { caps.conv_dtypes[0] };
+        Self::with_conv(d, dims, slots, state_dtype, conv_dtype, draft, dtype)
+    }
+
+    /// As [`Bench::new`] with the conv-state dtype given.
+    pub fn with_conv(
+        d: &'d D,
+        dims: ModelDims,
+        slots: usize,
+        state_dtype: DType,
+        conv_dtype: DType,
+        draft: Option<usize>,
+        dtype: DType,
+    ) -> Result<Self> {
         let mut cfg = PoolConfig::new(LAYERS, slots, dims).with_state_dtype(state_dtype).with_conv_dtype(conv_dtype);
         if let Some(n) = draft {
             cfg = cfg.with_speculative(n);

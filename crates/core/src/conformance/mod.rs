@@ -20,7 +20,7 @@
 //! | `BatchInvariance` | 5 | a sequence's results do not depend on the rest of the batch (bitwise) |
 //! | `Determinism` | 5 | two runs give the same bits |
 //! | `LayoutRoundTrip` | 6 | export from the backend's pool, import into a pool of the other layout and back, exact |
-//! | `DTypes` | 7 | every input dtype and state dtype the backend claims, at its tolerance |
+//! | `DTypes` | 7 | every input, state and conv-state dtype the backend claims, at its tolerance |
 //! | `Strides` | §4 | strided inputs give the same bits as contiguous ones, or a typed `BadStrides` |
 //! | `BadInput` | 8 | every bad-input class gives its typed error and leaves the pool digest unchanged |
 //! | `LayerForward` | 1-4 | the layer forward (conv + gate + delta rule): extend, chunked extend, snapshots, decode, verify + commit with conv windows |
