@@ -1,1 +1,511 @@
-//! bench placeholder
+//! Benchmarks shared by the criterion benches (`benches/kernels.rs`) and the
+//! `deltanet bench` CLI: machine ceilings (f32 GEMM through the same `gemm`
+//! crate, large memcpy) and the kernels on a model shape, returned as plain
+//! structs with tokens/s, GFLOP/s, GB/s and ratios.
+//!
+//! Every `*Bench` type owns its pool and inputs, so criterion can time
+//! [`ExtendBench::run`] & co. directly; the `bench_*` functions time them
+//! with a plain best-of-N loop.
+
+use crate::{CpuDispatcher, CHUNK};
+use deltanet_core::*;
+use std::time::{Duration, Instant};
+
+/// FLOP per token per value head of the chunked extend, as the issue counts
+/// them: `2*(3KV + C(1.5K + V) + C^2/6)` with `C = 64`.
+pub fn extend_flop_per_token_head(k: usize, v: usize) -> f64 {
+    let (k, v, c) = (k as f64, v as f64, CHUNK as f64);
+    2.0 * (3.0 * k * v + c * (1.5 * k + v) + c * c / 6.0)
+}
+
+/// The Qwen3.5-35B-A3B GDN shape: HK 16, HV 32, K = V = 128, W 4.
+pub fn qwen35_35b_dims() -> ModelDims {
+    ModelDims::new(16, 32, 128, 128, 4).expect("valid dims")
+}
+
+/// Bytes of the last-level cache (from sysfs), if known.
+pub fn l3_bytes() -> Option<usize> {
+    let s = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cache/index3/size").ok()?;
+    let s = s.trim();
+    let (num, mul) = match s.chars().last()? {
+        'K' => (&s[..s.len() - 1], 1 << 10),
+        'M' => (&s[..s.len() - 1], 1 << 20),
+        'G' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<usize>().ok().map(|n| n * mul)
+}
+
+/// Bytes the decode benches cycle through: twice the L3 (at least 256 MiB, at most 4 GiB).
+pub fn cycle_bytes() -> usize {
+    (2 * l3_bytes().unwrap_or(64 << 20)).clamp(256 << 20, 4 << 30)
+}
+
+fn best_of(reps: usize, min_time: Duration, mut f: impl FnMut()) -> f64 {
+    f(); // warm-up
+    let start = Instant::now();
+    let mut best = f64::INFINITY;
+    let mut n = 0;
+    while n < reps || (start.elapsed() < min_time && n < 100 * reps) {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed().as_secs_f64());
+        n += 1;
+    }
+    best
+}
+
+fn thread_pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build().expect("thread pool")
+}
+
+/// Deterministic pseudo-random inputs (no dependency on `rand`).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32) / (1u64 << 24) as f32
+    }
+    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| lo + (hi - lo) * self.next()).collect()
+    }
+}
+
+/// Random delta-rule inputs for `t` tokens: q, k, v in (-1, 1), exp(g) in (0.5, 1), beta in (0, 1).
+struct Inputs {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    g: Vec<f32>,
+    beta: Vec<f32>,
+    o: Vec<f32>,
+}
+
+impl Inputs {
+    fn new(dims: &ModelDims, t: usize, seed: u64) -> Self {
+        let mut r = Lcg(seed);
+        let (hk, hv, k, v) = (dims.num_k_heads, dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
+        Inputs {
+            q: r.vec(t * hk * k, -1.0, 1.0),
+            k: r.vec(t * hk * k, -1.0, 1.0),
+            v: r.vec(t * hv * v, -1.0, 1.0),
+            g: r.vec(t * hv, 0.5, 1.0).into_iter().map(f32::ln).collect(),
+            beta: r.vec(t * hv, 0.0, 1.0),
+            o: vec![0.0; t * hv * v],
+        }
+    }
+
+    /// Views of tokens `a..b`.
+    fn io(&mut self, dims: &ModelDims, a: usize, b: usize) -> DeltaIo<'_> {
+        let (hk, hv, k, v) = (dims.num_k_heads, dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
+        let t = b - a;
+        DeltaIo {
+            q: TensorRef::from_slice(&self.q[a * hk * k..b * hk * k], &[t, hk, k]).expect("q"),
+            k: TensorRef::from_slice(&self.k[a * hk * k..b * hk * k], &[t, hk, k]).expect("k"),
+            v: TensorRef::from_slice(&self.v[a * hv * v..b * hv * v], &[t, hv, v]).expect("v"),
+            g: TensorRef::from_slice(&self.g[a * hv..b * hv], &[t, hv]).expect("g"),
+            beta: TensorRef::from_slice(&self.beta[a * hv..b * hv], &[t, hv]).expect("beta"),
+            o: TensorMut::from_slice(&mut self.o[a * hv * v..b * hv * v], &[t, hv, v]).expect("o"),
+            params: DeltaParams::new(dims),
+        }
+    }
+}
+
+/// Machine ceiling: an `n x n x n` f32 GEMM through the `gemm` crate on `threads` threads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GemmCeiling {
+    /// Matrix size.
+    pub n: usize,
+    /// Threads.
+    pub threads: usize,
+    /// Best GFLOP/s.
+    pub gflops: f64,
+}
+
+/// Measures the f32 GEMM rate (`2 n^3` FLOP per product, best of several).
+pub fn measure_gemm_ceiling(threads: usize, n: usize) -> GemmCeiling {
+    let mut r = Lcg(7);
+    let (a, b) = (r.vec(n * n, -1.0, 1.0), r.vec(n * n, -1.0, 1.0));
+    let mut c = vec![0f32; n * n];
+    let pool = thread_pool(threads);
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let secs = pool.install(|| {
+        best_of(3, Duration::from_millis(1500), || {
+            // SAFETY: three distinct n x n row-major buffers.
+            unsafe {
+                gemm::gemm(
+                    n,
+                    n,
+                    n,
+                    c.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    a.as_ptr(),
+                    1,
+                    n as isize,
+                    b.as_ptr(),
+                    1,
+                    n as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par,
+                )
+            }
+        })
+    });
+    GemmCeiling { n, threads, gflops: 2.0 * (n as f64).powi(3) / secs / 1e9 }
+}
+
+/// Machine ceiling: a large copy on `threads` threads, counting read + write bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemcpyCeiling {
+    /// Bytes copied per run.
+    pub bytes: usize,
+    /// Best GB/s (read + write).
+    pub gbps: f64,
+}
+
+/// Measures copy bandwidth over `bytes` bytes (read + write counted, like the decode's state traffic).
+pub fn measure_memcpy_ceiling(threads: usize, bytes: usize) -> MemcpyCeiling {
+    use rayon::prelude::*;
+    let src = vec![1u8; bytes];
+    let mut dst = vec![0u8; bytes];
+    let pool = thread_pool(threads);
+    let piece = bytes.div_ceil(threads.max(1) * 8).max(1 << 16);
+    let secs = pool.install(|| {
+        best_of(3, Duration::from_millis(1500), || {
+            dst.par_chunks_mut(piece).zip(src.par_chunks(piece)).for_each(|(d, s)| d.copy_from_slice(s));
+        })
+    });
+    std::hint::black_box(&dst);
+    MemcpyCeiling { bytes, gbps: 2.0 * bytes as f64 / secs / 1e9 }
+}
+
+/// One extend of `t` tokens (one sequence, no initial state... then with it) on a pool.
+pub struct ExtendBench {
+    d: CpuDispatcher<KMajor>,
+    dims: ModelDims,
+    pool: PoolOf<CpuDispatcher<KMajor>>,
+    slot: Slot,
+    x: Inputs,
+    t: usize,
+}
+
+impl ExtendBench {
+    /// Sets up an extend of `t` tokens of one sequence on `threads` threads.
+    pub fn new(dims: ModelDims, t: usize, threads: usize, state: DType) -> Result<Self> {
+        let d = CpuDispatcher::<KMajor>::with_threads(threads)?;
+        let pool = d.new_pool(PoolConfig::new(1, 1, dims).with_state_dtype(state))?;
+        let slot = pool.alloc(1)?[0];
+        Ok(ExtendBench { d, dims, pool, slot, x: Inputs::new(&dims, t, 11), t })
+    }
+
+    /// Runs the extend once (from the slot's state, as a continued prefill does).
+    pub fn run(&mut self) {
+        self.run_chunked(self.t);
+    }
+
+    /// Runs the same tokens as consecutive extends of `chunk` tokens.
+    pub fn run_chunked(&mut self, chunk: usize) {
+        let mut a = 0;
+        while a < self.t {
+            let b = (a + chunk).min(self.t);
+            let batch = ExtendBatch::new(&self.pool, &[0, b - a], &[self.slot], &[a > 0]).expect("batch");
+            let io = self.x.io(&self.dims, a, b);
+            self.d.extend(&mut self.pool, 0, &batch, io).expect("extend");
+            a = b;
+        }
+    }
+}
+
+/// Extend throughput.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ExtendResult {
+    /// Tokens per extend.
+    pub tokens: usize,
+    /// Threads.
+    pub threads: usize,
+    /// Best seconds per extend.
+    pub secs: f64,
+    /// Tokens per second.
+    pub tokens_per_s: f64,
+    /// GFLOP/s by [`extend_flop_per_token_head`].
+    pub gflops: f64,
+}
+
+/// Times one extend of `t` tokens (f32 state).
+pub fn bench_extend(dims: ModelDims, t: usize, threads: usize) -> Result<ExtendResult> {
+    let mut b = ExtendBench::new(dims, t, threads, DType::F32)?;
+    let reps = if t >= 16384 { 2 } else { 3 };
+    let secs = best_of(reps, Duration::from_millis(1000), || b.run());
+    let flop = t as f64 * dims.num_v_heads as f64 * extend_flop_per_token_head(dims.head_k_dim, dims.head_v_dim);
+    Ok(ExtendResult { tokens: t, threads, secs, tokens_per_s: t as f64 / secs, gflops: flop / secs / 1e9 })
+}
+
+/// Chunked prefill vs one extend.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ChunkedResult {
+    /// Total tokens.
+    pub tokens: usize,
+    /// Tokens per chunk.
+    pub chunk: usize,
+    /// Seconds of one extend.
+    pub one_secs: f64,
+    /// Seconds of the chunked extends.
+    pub chunked_secs: f64,
+    /// `chunked_secs / one_secs` (target <= 1.03).
+    pub ratio: f64,
+}
+
+/// Times `total` tokens in `chunk`-token extends against one extend.
+pub fn bench_chunked(dims: ModelDims, total: usize, chunk: usize, threads: usize) -> Result<ChunkedResult> {
+    let mut b = ExtendBench::new(dims, total, threads, DType::F32)?;
+    let one = best_of(2, Duration::from_millis(500), || b.run());
+    let ch = best_of(2, Duration::from_millis(500), || b.run_chunked(chunk));
+    Ok(ChunkedResult { tokens: total, chunk, one_secs: one, chunked_secs: ch, ratio: ch / one })
+}
+
+/// Decode (or verify) over a pool of as many layers as it takes to cycle
+/// through more memory than the L3, as a multi-layer model does.
+pub struct DecodeBench {
+    d: CpuDispatcher<KMajor>,
+    dims: ModelDims,
+    pool: PoolOf<CpuDispatcher<KMajor>>,
+    slots: Vec<Slot>,
+    layers: usize,
+    next: usize,
+    x: Inputs,
+    draft: usize,
+}
+
+impl DecodeBench {
+    /// `batch` requests, state dtype `state`, `draft` > 0 adds speculative buffers of D drafts;
+    /// layers chosen so the main states span at least `bytes`.
+    pub fn new(dims: ModelDims, batch: usize, state: DType, draft: usize, threads: usize, bytes: usize) -> Result<Self> {
+        let d = CpuDispatcher::<KMajor>::with_threads(threads)?;
+        let per_layer = batch * dims.state_elems() * state.size();
+        let layers = bytes.div_ceil(per_layer).max(2);
+        let mut cfg = PoolConfig::new(layers, batch, dims).with_state_dtype(state);
+        if draft > 0 {
+            cfg = cfg.with_speculative(draft);
+        }
+        let mut pool = d.new_pool(cfg)?;
+        let slots = pool.alloc(batch)?;
+        let x = Inputs::new(&dims, batch * draft.max(1), 5);
+        // non-zero states
+        let mut r = Lcg(3);
+        let st = HostState::from_f32(
+            layers,
+            dims,
+            state,
+            DType::F32,
+            &r.vec(layers * dims.state_elems(), -0.1, 0.1),
+            &vec![0.0; layers * dims.conv_elems()],
+        )?;
+        for s in &slots {
+            pool.import(*s, &st)?;
+        }
+        Ok(DecodeBench { d, dims, pool, slots, layers, next: 0, x, draft })
+    }
+
+    /// Layers the bench cycles through.
+    pub fn layers(&self) -> usize {
+        self.layers
+    }
+
+    /// One decode step of the next layer.
+    pub fn decode_step(&mut self) {
+        let batch = DecodeBatch::new(&self.pool, &self.slots).expect("batch");
+        let n = self.slots.len();
+        let io = self.x.io(&self.dims, 0, n);
+        self.d.decode(&mut self.pool, self.next, &batch, io).expect("decode");
+        self.next = (self.next + 1) % self.layers;
+    }
+
+    /// One verify of D drafts (a chain) on the next layer.
+    pub fn verify_step(&mut self) {
+        let batch = VerifyBatch::chain(&self.pool, &self.slots, self.draft).expect("batch");
+        let n = self.slots.len() * self.draft;
+        let io = self.x.io(&self.dims, 0, n);
+        self.d.verify(&mut self.pool, self.next, &batch, io).expect("verify");
+        self.next = (self.next + 1) % self.layers;
+    }
+}
+
+/// Decode throughput.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DecodeResult {
+    /// Requests per step.
+    pub batch: usize,
+    /// State dtype.
+    pub state: DType,
+    /// Layers cycled through.
+    pub layers: usize,
+    /// Seconds per step (one layer).
+    pub secs_per_step: f64,
+    /// Tokens per second of one layer (`batch / secs_per_step`).
+    pub tokens_per_s: f64,
+    /// GB/s of state read + write.
+    pub gbps: f64,
+}
+
+/// Times decode steps of `batch` requests cycling through more memory than the L3.
+pub fn bench_decode(dims: ModelDims, batch: usize, state: DType, threads: usize) -> Result<DecodeResult> {
+    let mut b = DecodeBench::new(dims, batch, state, 0, threads, cycle_bytes())?;
+    let layers = b.layers();
+    let secs = best_of(3, Duration::from_millis(1000), || (0..layers).for_each(|_| b.decode_step())) / layers as f64;
+    let bytes = 2.0 * (batch * dims.state_elems() * state.size()) as f64;
+    Ok(DecodeResult { batch, state, layers, secs_per_step: secs, tokens_per_s: batch as f64 / secs, gbps: bytes / secs / 1e9 })
+}
+
+/// Verify of D drafts vs D decode steps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VerifyResult {
+    /// Requests.
+    pub batch: usize,
+    /// Drafts D.
+    pub draft: usize,
+    /// Seconds of one verify (one layer).
+    pub verify_secs: f64,
+    /// Seconds of D decode steps (one layer).
+    pub decode_secs: f64,
+    /// `verify_secs / decode_secs` (target <= 0.65 for D = 4).
+    pub ratio: f64,
+}
+
+/// Times a chain verify of `draft` tokens against `draft` sequential decode steps (f32 state).
+pub fn bench_verify(dims: ModelDims, batch: usize, draft: usize, threads: usize) -> Result<VerifyResult> {
+    let mut b = DecodeBench::new(dims, batch, DType::F32, draft, threads, cycle_bytes())?;
+    let layers = b.layers();
+    let v = best_of(3, Duration::from_millis(1000), || (0..layers).for_each(|_| b.verify_step())) / layers as f64;
+    let dsec = best_of(3, Duration::from_millis(1000), || (0..layers * draft).for_each(|_| b.decode_step())) / layers as f64;
+    Ok(VerifyResult { batch, draft, verify_secs: v, decode_secs: dsec, ratio: v / dsec })
+}
+
+/// Everything the issue asks for, as one report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// Threads.
+    pub threads: usize,
+    /// GEMM ceiling.
+    pub gemm: GemmCeiling,
+    /// Memcpy ceiling.
+    pub memcpy: MemcpyCeiling,
+    /// Extend at each length.
+    pub extend: Vec<ExtendResult>,
+    /// Decode at each batch and state dtype.
+    pub decode: Vec<DecodeResult>,
+    /// Verify D = 4.
+    pub verify: Vec<VerifyResult>,
+    /// Chunked prefill.
+    pub chunked: Option<ChunkedResult>,
+}
+
+/// Which benches [`run_report`] runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportOptions {
+    /// Threads.
+    pub threads: usize,
+    /// Model shape.
+    pub dims: ModelDims,
+    /// Extend lengths.
+    pub extend_tokens: Vec<usize>,
+    /// Decode batches.
+    pub decode_batches: Vec<usize>,
+    /// Verify batches (D = 4).
+    pub verify_batches: Vec<usize>,
+    /// `(total, chunk)` of the chunked-prefill comparison.
+    pub chunked: Option<(usize, usize)>,
+}
+
+impl Default for ReportOptions {
+    /// The issue's set: Qwen3.5-35B-A3B shape, 2 threads, extend 512/4096/32768,
+    /// decode 1/8/32/64 (f32 and bf16 state), verify D = 4, 32768 in 2048-token chunks.
+    fn default() -> Self {
+        ReportOptions {
+            threads: 2,
+            dims: qwen35_35b_dims(),
+            extend_tokens: vec![512, 4096, 32768],
+            decode_batches: vec![1, 8, 32, 64],
+            verify_batches: vec![1, 8],
+            chunked: Some((32768, 2048)),
+        }
+    }
+}
+
+/// Runs the benches of `opts` and the ceilings, in one process.
+pub fn run_report(opts: &ReportOptions) -> Result<Report> {
+    let gemm = measure_gemm_ceiling(opts.threads, 2048);
+    let memcpy = measure_memcpy_ceiling(opts.threads, 512 << 20);
+    let extend = opts.extend_tokens.iter().map(|&t| bench_extend(opts.dims, t, opts.threads)).collect::<Result<Vec<_>>>()?;
+    let mut decode = Vec::new();
+    for &b in &opts.decode_batches {
+        for st in [DType::F32, DType::BF16] {
+            decode.push(bench_decode(opts.dims, b, st, opts.threads)?);
+        }
+    }
+    let verify = opts.verify_batches.iter().map(|&b| bench_verify(opts.dims, b, 4, opts.threads)).collect::<Result<Vec<_>>>()?;
+    let chunked = opts.chunked.map(|(t, c)| bench_chunked(opts.dims, t, c, opts.threads)).transpose()?;
+    Ok(Report { threads: opts.threads, gemm, memcpy, extend, decode, verify, chunked })
+}
+
+impl std::fmt::Display for Report {
+    /// A markdown table with the targets of the issue.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "machine ceilings ({} threads): f32 GEMM {}^3 {:.1} GFLOP/s; memcpy {:.1} GB/s (read+write)",
+            self.threads, self.gemm.n, self.gemm.gflops, self.memcpy.gbps
+        )?;
+        writeln!(f)?;
+        writeln!(f, "| bench | result | vs ceiling | target |")?;
+        writeln!(f, "|---|---|---|---|")?;
+        for e in &self.extend {
+            writeln!(
+                f,
+                "| extend T={} | {:.0} tok/s, {:.1} GFLOP/s | {:.2} of GEMM | >= 0.80 |",
+                e.tokens,
+                e.tokens_per_s,
+                e.gflops,
+                e.gflops / self.gemm.gflops
+            )?;
+        }
+        for d in &self.decode {
+            let f32_tps = self.decode.iter().find(|x| x.batch == d.batch && x.state == DType::F32).map(|x| x.tokens_per_s);
+            let (vs, target) = match d.state {
+                DType::F32 => (format!("{:.2} of memcpy", d.gbps / self.memcpy.gbps), ">= 0.90".to_string()),
+                _ => (format!("{:.2}x f32 tok/s", d.tokens_per_s / f32_tps.unwrap_or(f64::NAN)), ">= 1.8x".to_string()),
+            };
+            writeln!(
+                f,
+                "| decode batch {} {} state ({} layers) | {:.0} tok/s/layer, {:.1} GB/s | {} | {} |",
+                d.batch, d.state, d.layers, d.tokens_per_s, d.gbps, vs, target
+            )?;
+        }
+        for v in &self.verify {
+            writeln!(
+                f,
+                "| verify D={} batch {} | {:.3} ms vs {:.3} ms for {} decodes | {:.2}x | <= 0.65x |",
+                v.draft,
+                v.batch,
+                v.verify_secs * 1e3,
+                v.decode_secs * 1e3,
+                v.draft,
+                v.ratio
+            )?;
+        }
+        if let Some(c) = &self.chunked {
+            writeln!(
+                f,
+                "| {} tokens in {}-token chunks | {:.3} s vs {:.3} s one extend | {:.3}x | <= 1.03x |",
+                c.tokens, c.chunk, c.chunked_secs, c.one_secs, c.ratio
+            )?;
+        }
+        Ok(())
+    }
+}
