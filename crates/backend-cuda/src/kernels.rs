@@ -12,10 +12,12 @@ pub const CONV: &str = include_str!("../../../kernels/cuda/conv.cu");
 pub const RECURRENT: &str = include_str!("../../../kernels/cuda/recurrent.cu");
 /// Chunked extend with snapshots.
 pub const EXTEND: &str = include_str!("../../../kernels/cuda/extend.cu");
+/// Element-wise dtype conversion.
+pub const CAST: &str = include_str!("../../../kernels/cuda/cast.cu");
 
 /// The whole program NVRTC compiles: common definitions, then every kernel.
 pub fn program_source() -> String {
-    [COMMON, GATE, CONV, RECURRENT, EXTEND].join("\n")
+    [COMMON, GATE, CONV, RECURRENT, EXTEND, CAST].join("\n")
 }
 
 /// A kernel of the program.
@@ -29,11 +31,13 @@ pub enum Kernel {
     Recurrent,
     /// `dn_extend`.
     Extend,
+    /// `dn_cast`.
+    Cast,
 }
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 4] = [Kernel::Gate, Kernel::Conv, Kernel::Recurrent, Kernel::Extend];
+    pub const ALL: [Kernel; 5] = [Kernel::Gate, Kernel::Conv, Kernel::Recurrent, Kernel::Extend, Kernel::Cast];
 
     /// The `extern "C"` entry name.
     pub fn name(self) -> &'static str {
@@ -42,6 +46,7 @@ impl Kernel {
             Kernel::Conv => "dn_conv",
             Kernel::Recurrent => "dn_recurrent",
             Kernel::Extend => "dn_extend",
+            Kernel::Cast => "dn_cast",
         }
     }
 }

@@ -32,7 +32,8 @@ pub use launcher::Launcher;
 
 use deltanet_core::{
     Capabilities, CommitBatch, ConvIo, ConvLayoutKind, DType, DecodeBatch, DeltaIo, Device, DeviceMemory, Error, ExtendBatch, GateIo,
-    HeadMapping, KernelDispatcher, LayoutKind, MambaStatePool, ModelDims, PoolOf, Result, TensorMeta, VMajor, VerifyBatch,
+    HeadMapping, KernelDispatcher, LayoutKind, MambaStatePool, ModelDims, PoolOf, Result, TensorMeta, TensorMut, TensorRef, VMajor,
+    VerifyBatch,
 };
 use kernels::{dtype_code, Args, Kernel, CHUNK, MAX_CONV_WIDTH, MAX_HEAD_DIM, ROWS_PER_BLOCK};
 
@@ -101,6 +102,31 @@ impl<L: Launcher> CudaDispatcher<L> {
     /// The launcher.
     pub fn launcher(&self) -> &L {
         &self.launcher
+    }
+
+    /// Converts the elements of a contiguous tensor into another dtype (f32, bf16,
+    /// f16; round to nearest even), on the device, with the kernels' own conversions.
+    pub fn cast(&self, src: TensorRef<'_>, dst: TensorMut<'_>) -> Result<()> {
+        let (s, d) = (src.meta(), dst.meta());
+        for (name, m) in [("src", s), ("dst", d)] {
+            if m.device() != self.caps.device {
+                return Err(Error::DeviceMismatch { name: name.into(), expected: self.caps.device, actual: m.device() });
+            }
+            if !m.is_contiguous() {
+                return Err(Error::BadStrides { name: name.into(), reason: "cast needs contiguous tensors".into() });
+            }
+        }
+        if s.numel() != d.numel() {
+            return Err(Error::shape("dst", s.shape(), d.shape()));
+        }
+        let mut a = Args::default();
+        a.p[0] = src.addr();
+        a.p[1] = dst.addr();
+        a.n[0] = s.numel() as i64;
+        a.n[1] = dtype_code(s.dtype());
+        a.n[2] = dtype_code(d.dtype());
+        let bt = self.launcher.block_threads(Kernel::Cast) as usize;
+        self.run(Kernel::Cast, (s.numel().div_ceil(bt), 1, 1), &a)
     }
 
     /// Uploads a small i64 table (at least one element, so the address is valid).

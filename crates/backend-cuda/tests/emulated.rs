@@ -1,9 +1,8 @@
 //! The CUDA backend's host logic and kernels, run in the CPU emulation of the
 //! CUDA execution model, through the whole conformance suite (DESIGN §5) and
 //! against the f64 oracle. `cargo test -p deltanet-backend-cuda --features emulate`.
-//!
-//! Long cases (1000 and 4096 tokens) run with `DELTANET_CONFORMANCE_LONG=1`:
-//! every CUDA thread is an OS thread here, so they take minutes on 2 cores.
+//! The long cases (4096 and 1000 tokens) are included; `DELTANET_CONFORMANCE_*`
+//! variables replay or narrow a run as for any backend.
 #![cfg(feature = "emulate")]
 
 use deltanet_backend_cuda::{CudaDispatcher, EmuLauncher};
@@ -14,9 +13,7 @@ fn make() -> CudaDispatcher<EmuLauncher> {
 }
 
 fn opts() -> SuiteOptions {
-    let mut o = SuiteOptions::from_env();
-    o.long = std::env::var("DELTANET_CONFORMANCE_LONG").is_ok_and(|v| v == "1");
-    o
+    SuiteOptions::from_env()
 }
 
 macro_rules! checks {
@@ -42,4 +39,76 @@ checks! {
     strides => Strides,
     bad_input => BadInput,
     layer_forward => LayerForward,
+}
+
+mod conversions {
+    //! The kernels' bit-operation conversions against the `half` crate, through `dn_cast`.
+    use super::make;
+    use deltanet_core::{TensorMut, TensorRef};
+    use half::{bf16, f16};
+    use rand::{Rng, SeedableRng};
+
+    fn same(a: f32, b: f32) -> bool {
+        (a.is_nan() && b.is_nan()) || a.to_bits() == b.to_bits()
+    }
+
+    #[test]
+    fn every_f16_and_bf16_widens_exactly() {
+        let d = make();
+        let all: Vec<u16> = (0..=u16::MAX).collect();
+        let hs: Vec<f16> = all.iter().map(|&b| f16::from_bits(b)).collect();
+        let bs: Vec<bf16> = all.iter().map(|&b| bf16::from_bits(b)).collect();
+        let mut out = vec![0f32; all.len()];
+        d.cast(TensorRef::from_slice(&hs, &[all.len()]).unwrap(), TensorMut::from_slice(&mut out, &[all.len()]).unwrap()).unwrap();
+        for (h, o) in hs.iter().zip(&out) {
+            assert!(same(h.to_f32(), *o), "f16 {:#06x}: {} vs {}", h.to_bits(), h.to_f32(), o);
+        }
+        d.cast(TensorRef::from_slice(&bs, &[all.len()]).unwrap(), TensorMut::from_slice(&mut out, &[all.len()]).unwrap()).unwrap();
+        for (b, o) in bs.iter().zip(&out) {
+            assert!(same(b.to_f32(), *o), "bf16 {:#06x}: {} vs {}", b.to_bits(), b.to_f32(), o);
+        }
+    }
+
+    #[test]
+    fn f32_narrows_with_round_to_nearest_even() {
+        let d = make();
+        let mut r = seeded_rng();
+        // random bit patterns, plus values near every f16/bf16 rounding boundary and the edges
+        let mut xs: Vec<f32> = (0..200_000).map(|_| f32::from_bits(r.gen())).collect();
+        xs.extend((0..200_000).map(|_| r.gen_range(-70000.0f32..70000.0)));
+        xs.extend((0..100_000).map(|_| r.gen_range(-1e-4f32..1e-4)));
+        for b in (0..=u16::MAX).step_by(7) {
+            let h = f16::from_bits(b).to_f32();
+            let g = bf16::from_bits(b).to_f32();
+            for x in [h, g] {
+                xs.extend([x, f32::from_bits(x.to_bits().wrapping_add(1)), f32::from_bits(x.to_bits().wrapping_sub(1))]);
+            }
+        }
+        xs.extend([0.0, -0.0, 65504.0, 65519.99, 65520.0, 1e-8, -6e-8, 2.9802322e-8, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::MAX]);
+        let n = xs.len();
+        let mut hs = vec![f16::ZERO; n];
+        let mut bs = vec![bf16::ZERO; n];
+        d.cast(TensorRef::from_slice(&xs, &[n]).unwrap(), TensorMut::from_slice(&mut hs, &[n]).unwrap()).unwrap();
+        d.cast(TensorRef::from_slice(&xs, &[n]).unwrap(), TensorMut::from_slice(&mut bs, &[n]).unwrap()).unwrap();
+        for i in 0..n {
+            let (x, h, b) = (xs[i], hs[i], bs[i]);
+            let (eh, eb) = (f16::from_f32(x), bf16::from_f32(x));
+            assert!(
+                h.to_bits() == eh.to_bits() || (h.is_nan() && eh.is_nan()),
+                "f16({x:e}): {:#06x} vs {:#06x}",
+                h.to_bits(),
+                eh.to_bits()
+            );
+            assert!(
+                b.to_bits() == eb.to_bits() || (b.is_nan() && eb.is_nan()),
+                "bf16({x:e}): {:#06x} vs {:#06x}",
+                b.to_bits(),
+                eb.to_bits()
+            );
+        }
+    }
+
+    fn seeded_rng() -> rand::rngs::StdRng {
+        rand::rngs::StdRng::seed_from_u64(0x0ddba11)
+    }
 }

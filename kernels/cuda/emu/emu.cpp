@@ -10,6 +10,7 @@
 #include "../conv.cu"
 #include "../recurrent.cu"
 #include "../extend.cu"
+#include "../cast.cu"
 
 thread_local dim3 threadIdx;
 thread_local dim3 blockIdx;
@@ -30,6 +31,7 @@ const Entry KERNELS[] = {
     {"dn_conv", dn_conv},
     {"dn_recurrent", dn_recurrent},
     {"dn_extend", dn_extend},
+    {"dn_cast", dn_cast},
 };
 } // namespace
 

@@ -1,0 +1,44 @@
+//! On a machine with an NVIDIA GPU (driver and NVRTC present): the whole
+//! conformance suite on the real device, and, with the `emulate` feature, the
+//! GPU against the CPU emulation of the same kernels. Elsewhere every test
+//! prints `skipped: <why>`, after checking that construction fails with a
+//! typed `Unavailable` instead of panicking.
+
+use deltanet_backend_cuda::{probe, CudaDispatcher};
+use deltanet_core::Error;
+
+#[test]
+fn construction_without_a_gpu_is_a_typed_error() {
+    match (probe(), CudaDispatcher::new(0)) {
+        (Err(why), Err(Error::Unavailable { backend, reason })) => {
+            assert_eq!(backend, "cuda");
+            assert!(!reason.is_empty());
+            println!("skipped: {why} ({reason})");
+        }
+        (Err(why), other) => panic!("probe says {why:?} but new(0) gave {:?}", other.map(|_| ())),
+        (Ok(()), Ok(d)) => println!("GPU present: {:?}", d.launcher().device_info()),
+        (Ok(()), Err(e)) => {
+            // a device is there but NVRTC may be missing: still a typed error
+            assert!(matches!(e, Error::Unavailable { .. }), "unexpected error with a GPU present: {e}");
+            println!("skipped: {e}");
+        }
+    }
+    // an ordinal past the last device is a typed error on every machine
+    assert!(matches!(CudaDispatcher::new(1 << 20), Err(Error::Unavailable { .. })));
+}
+
+mod conformance {
+    deltanet_core::conformance_tests!(fallible deltanet_backend_cuda::CudaDispatcher::new(0));
+}
+
+#[cfg(feature = "emulate")]
+#[test]
+fn gpu_matches_the_emulation() {
+    let Some(gpu) = deltanet_core::conformance::available(CudaDispatcher::new(0)) else { return };
+    let emu = CudaDispatcher::emulated();
+    let cases = deltanet_core::conformance::cross_layout(&gpu, &emu, &deltanet_core::conformance::SuiteOptions::from_env());
+    for c in &cases {
+        println!("{c}");
+    }
+    assert!(!cases.is_empty() && cases.iter().all(|c| c.passed));
+}
