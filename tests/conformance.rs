@@ -104,8 +104,12 @@ mod cuda {
         let Some(gpu) = deltanet_core::conformance::available(deltanet_backend_cuda::CudaDispatcher::new(0)) else { return };
         let opts = deltanet_core::conformance::SuiteOptions::from_env();
         let cases = match deltanet_core::KernelDispatcher::capabilities(&gpu).native_layout {
-            deltanet_core::LayoutKind::KMajor => deltanet_core::conformance::cross_layout(&gpu, &deltanet_backend_cpu::CpuKMajor::new(), &opts),
-            deltanet_core::LayoutKind::VMajor => deltanet_core::conformance::cross_layout(&gpu, &deltanet_backend_cpu::CpuVMajor::new(), &opts),
+            deltanet_core::LayoutKind::KMajor => {
+                deltanet_core::conformance::cross_layout(&gpu, &deltanet_backend_cpu::CpuKMajor::new(), &opts)
+            }
+            deltanet_core::LayoutKind::VMajor => {
+                deltanet_core::conformance::cross_layout(&gpu, &deltanet_backend_cpu::CpuVMajor::new(), &opts)
+            }
         };
         for c in &cases {
             println!("{c}");
