@@ -3,7 +3,8 @@
 //! verify.
 
 use crate::io::{In, Out, RawBuf};
-use deltanet_core::{DeltaParams, Element, ExtendBatch, LayoutKind, ModelDims, PoolGeometry, L2NORM_EPS};
+use crate::simd::{self, StateElem};
+use deltanet_core::{DeltaParams, ExtendBatch, LayoutKind, ModelDims, PoolGeometry, L2NORM_EPS};
 use std::cell::RefCell;
 
 /// Chunk length of the chunked extend.
@@ -39,7 +40,7 @@ impl DeltaViews<'_> {
 /// `x / sqrt(sum(x^2) + eps)` in f32.
 #[inline]
 pub(crate) fn l2norm(x: &mut [f32]) {
-    let ss: f32 = x.iter().map(|a| a * a).sum();
+    let ss = simd::dot(x, x);
     let inv = 1.0 / (ss + L2NORM_EPS).sqrt();
     x.iter_mut().for_each(|a| *a *= inv);
 }
@@ -48,6 +49,8 @@ pub(crate) fn l2norm(x: &mut [f32]) {
 #[derive(Default)]
 struct Workspace {
     dims: (usize, usize),
+    /// Length of the chunk last run.
+    clen: usize,
     /// Working state, K-major `[K, V]`.
     s: Vec<f32>,
     /// Snapshot state `[K, V]`.
@@ -98,6 +101,7 @@ impl Workspace {
         let c = CHUNK;
         *self = Workspace {
             dims: (k, v),
+            clen: 0,
             s: vec![0.0; k * v],
             snap: vec![0.0; k * v],
             qk: vec![0.0; 2 * c * k],
@@ -182,15 +186,15 @@ unsafe fn mm(
 ///
 /// # Safety
 /// `src` points to `k*v` readable elements.
-pub(crate) unsafe fn load_state<E: Element>(kind: LayoutKind, src: *const E, k: usize, v: usize, dst: &mut [f32]) {
+pub(crate) unsafe fn load_state<E: StateElem>(kind: LayoutKind, src: *const E, k: usize, v: usize, dst: &mut [f32]) {
     // SAFETY: the caller guarantees k*v readable elements.
     let s = unsafe { std::slice::from_raw_parts(src, k * v) };
     match kind {
-        LayoutKind::KMajor => dst.iter_mut().zip(s).for_each(|(d, x)| *d = x.to_f32()),
+        LayoutKind::KMajor => dst.iter_mut().zip(s).for_each(|(d, x)| *d = x.ld()),
         LayoutKind::VMajor => {
             for (vv, row) in s.chunks_exact(k).enumerate() {
                 for (kk, x) in row.iter().enumerate() {
-                    dst[kk * v + vv] = x.to_f32();
+                    dst[kk * v + vv] = x.ld();
                 }
             }
         }
@@ -201,24 +205,19 @@ pub(crate) unsafe fn load_state<E: Element>(kind: LayoutKind, src: *const E, k: 
 ///
 /// # Safety
 /// `dst` points to `k*v` writable elements nobody else touches during the call.
-pub(crate) unsafe fn store_state<E: Element>(kind: LayoutKind, src: &[f32], k: usize, v: usize, dst: *mut E) {
+pub(crate) unsafe fn store_state<E: StateElem>(kind: LayoutKind, src: &[f32], k: usize, v: usize, dst: *mut E) {
     // SAFETY: the caller guarantees k*v exclusive writable elements.
     let d = unsafe { std::slice::from_raw_parts_mut(dst, k * v) };
     match kind {
-        LayoutKind::KMajor => d.iter_mut().zip(src).for_each(|(d, x)| *d = E::from_f32(*x)),
+        LayoutKind::KMajor => d.iter_mut().zip(src).for_each(|(d, x)| *d = E::st(*x)),
         LayoutKind::VMajor => {
             for (vv, row) in d.chunks_exact_mut(k).enumerate() {
                 for (kk, x) in row.iter_mut().enumerate() {
-                    *x = E::from_f32(src[kk * v + vv]);
+                    *x = E::st(src[kk * v + vv]);
                 }
             }
         }
     }
-}
-
-/// Whether `E` is narrower than f32 (its state is rounded at every chunk end).
-fn is_narrow<E: Element>() -> bool {
-    std::mem::size_of::<E>() < 4
 }
 
 /// Where the extend reads and writes the pool.
@@ -233,7 +232,22 @@ pub(crate) struct ExtendTarget<'b> {
 /// The chunked extend of sequence `s`, value head `h`: loads the slot state
 /// (or zero), runs chunks of [`CHUNK`] aligned to the sequence start, writes
 /// outputs, snapshots and the final state.
-pub(crate) fn extend_head<E: Element>(kind: LayoutKind, io: &DeltaViews<'_>, tgt: &ExtendTarget<'_>, s: usize, h: usize) {
+pub(crate) fn extend_head<E: StateElem>(kind: LayoutKind, io: &DeltaViews<'_>, tgt: &ExtendTarget<'_>, s: usize, h: usize) {
+    if simd::has_avx2() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+        unsafe { extend_head_avx2::<E>(kind, io, tgt, s, h) }
+    } else {
+        extend_head_body::<E>(kind, io, tgt, s, h)
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn extend_head_avx2<E: StateElem>(kind: LayoutKind, io: &DeltaViews<'_>, tgt: &ExtendTarget<'_>, s: usize, h: usize) {
+    extend_head_body::<E>(kind, io, tgt, s, h)
+}
+
+#[inline(always)]
+fn extend_head_body<E: StateElem>(kind: LayoutKind, io: &DeltaViews<'_>, tgt: &ExtendTarget<'_>, s: usize, h: usize) {
     WS.with(|ws| {
         let mut ws = ws.borrow_mut();
         let (kd, vd) = (io.dims.head_k_dim, io.dims.head_v_dim);
@@ -254,7 +268,11 @@ pub(crate) fn extend_head<E: Element>(kind: LayoutKind, io: &DeltaViews<'_>, tgt
         let mut cs = 0;
         while cs < len {
             let c = CHUNK.min(len - cs);
-            chunk(&mut ws, io, h, range.start + cs, c);
+            let inner = tgt.batch.snapshots_of(s).any(|sn| sn.position > cs && sn.position < cs + c);
+            chunk(&mut ws, io, h, range.start + cs, c, inner);
+            if cs + c < len {
+                prefetch_chunk(io, h, range.start + cs + c, CHUNK.min(len - cs - c));
+            }
             // snapshots inside or at the end of this chunk
             for sn in tgt.batch.snapshots_of(s) {
                 if sn.position > cs && sn.position <= cs + c {
@@ -270,8 +288,8 @@ pub(crate) fn extend_head<E: Element>(kind: LayoutKind, io: &DeltaViews<'_>, tgt
                     }
                 }
             }
-            if is_narrow::<E>() {
-                ws.s.iter_mut().for_each(|x| *x = E::from_f32(*x).to_f32());
+            if E::NARROW {
+                ws.s.iter_mut().for_each(|x| *x = E::st(*x).ld());
             }
             cs += c;
         }
@@ -280,19 +298,28 @@ pub(crate) fn extend_head<E: Element>(kind: LayoutKind, io: &DeltaViews<'_>, tgt
     })
 }
 
+/// Asks the CPU to start fetching the rows of the next chunk while this one computes.
+#[inline(always)]
+fn prefetch_chunk(io: &DeltaViews<'_>, h: usize, t0: usize, c: usize) {
+    let kh = io.dims.key_head(h);
+    for i in 0..c {
+        io.q.prefetch(io.q.off2(t0 + i, kh), io.dims.head_k_dim);
+        io.k.prefetch(io.k.off2(t0 + i, kh), io.dims.head_k_dim);
+        io.v.prefetch(io.v.off2(t0 + i, h), io.dims.head_v_dim);
+    }
+}
+
 /// The state after the first `pl` (< chunk length) tokens of the chunk just
-/// run, from the pre-chunk state kept in `ws.snap`... computed as
-/// `exp(G_{pl-1}) S_0 + sum_{j<pl} L[pl-1, j] k_j v'_j^T` into `ws.snap`.
+/// run: `exp(G_{pl-1}) S_0 + sum_{j<pl} L[pl-1, j] k_j v'_j^T`, into `ws.snap`
+/// (which holds `S_0`, saved by [`chunk`]).
 fn snapshot_in_chunk(ws: &mut Workspace, pl: usize) {
     let (kd, vd) = ws.dims;
-    let c = CHUNK;
-    // ws.snap holds S_0 (saved by `chunk`); ws.kd is free scratch here.
+    let (cc, c) = (CHUNK, ws.clen);
     let i = pl - 1;
     for j in 0..pl {
-        let w = ws.l[i * c + j] as f32;
-        for kk in 0..kd {
-            ws.kd[j * kd + kk] = w * ws.qk[(c + j) * kd + kk];
-        }
+        let w = ws.l[i * cc + j] as f32;
+        let (dst, src) = (&mut ws.kd[j * kd..(j + 1) * kd], &ws.qk[(c + j) * kd..(c + j + 1) * kd]);
+        dst.iter_mut().zip(src).for_each(|(d, s)| *d = w * s);
     }
     let alpha = ws.gam[i] as f32;
     // SAFETY: snap [K, V]; kd^T is [K, pl] with rows stride 1 / cols stride K; vp [pl, V].
@@ -300,68 +327,72 @@ fn snapshot_in_chunk(ws: &mut Workspace, pl: usize) {
 }
 
 /// One chunk of `c` tokens from token `t0` for value head `h`, on `ws.s` in place.
-/// Leaves `S_0` in `ws.snap`, `L`, `exp(G)` and `V'` in the workspace for snapshots.
-fn chunk(ws: &mut Workspace, io: &DeltaViews<'_>, h: usize, t0: usize, c: usize) {
+/// With `keep`, leaves `S_0` in `ws.snap` for snapshots inside the chunk; `L`,
+/// `exp(G)` and `V'` stay in the workspace.
+#[inline(always)]
+fn chunk(ws: &mut Workspace, io: &DeltaViews<'_>, h: usize, t0: usize, c: usize, keep: bool) {
     let (kd, vd) = ws.dims;
     let cc = CHUNK;
     let ws = &mut *ws;
-    // load q, k (normalised), v, g, beta
+    ws.clen = c;
+    // load q (rows 0..c), k (rows c..2c), normalised; v, g, beta
     for i in 0..c {
         let t = t0 + i;
-        let (qpart, kpart) = ws.qk.split_at_mut(cc * kd);
+        let (qpart, kpart) = ws.qk.split_at_mut(c * kd);
         io.load_qk(t, h, &mut qpart[i * kd..(i + 1) * kd], &mut kpart[i * kd..(i + 1) * kd]);
         io.v.row(io.v.off2(t, h), &mut ws.v[i * vd..(i + 1) * vd]);
         ws.beta[i] = io.beta.get(io.beta.off2(t, h));
         let eg = (io.g.get(io.g.off2(t, h)) as f64).exp();
         ws.gam[i] = if i == 0 { eg } else { ws.gam[i - 1] * eg };
         // L[i, j] = prod_{m=j+1..=i} exp(g_m)
-        ws.l[i * cc + i] = 1.0;
-        for j in 0..i {
-            ws.l[i * cc + j] = ws.l[(i - 1) * cc + j] * eg;
+        let (prev, cur) = ws.l.split_at_mut(i * cc);
+        cur[i] = 1.0;
+        if i > 0 {
+            cur[..i].iter_mut().zip(&prev[(i - 1) * cc..(i - 1) * cc + i]).for_each(|(d, p)| *d = p * eg);
         }
     }
-    let (qp, kp) = (ws.qk.as_ptr(), ws.qk[cc * kd..].as_ptr());
-    // X = [Q; K] S  ->  rows 0..c: Q S, rows C..C+c: K S
+    let qp = ws.qk.as_ptr();
+    let kp = ws.qk[c * kd..].as_ptr();
     // SAFETY: every operand lies inside its workspace vector (sizes in `ensure`).
     unsafe {
-        mm(c, vd, kd, ws.x.as_mut_ptr(), vd, false, 0.0, qp, kd, 1, ws.s.as_ptr(), vd, 1, 1.0);
-        mm(c, vd, kd, ws.x[cc * vd..].as_mut_ptr(), vd, false, 0.0, kp, kd, 1, ws.s.as_ptr(), vd, 1, 1.0);
-        // Y = [Q; K] K^T  ->  rows 0..c: Q K^T, rows C..C+c: K K^T
-        mm(c, c, kd, ws.y.as_mut_ptr(), cc, false, 0.0, qp, kd, 1, kp, 1, kd, 1.0);
-        mm(c, c, kd, ws.y[cc * cc..].as_mut_ptr(), cc, false, 0.0, kp, kd, 1, kp, 1, kd, 1.0);
+        // X = [Q; K] S: rows 0..c Q S, rows c..2c K S
+        mm(2 * c, vd, kd, ws.x.as_mut_ptr(), vd, false, 0.0, qp, kd, 1, ws.s.as_ptr(), vd, 1, 1.0);
+        // Y = [Q; K] K^T: rows 0..c Q K^T, rows c..2c K K^T
+        mm(2 * c, c, kd, ws.y.as_mut_ptr(), cc, false, 0.0, qp, kd, 1, kp, 1, kd, 1.0);
     }
     // R = V - diag(exp G) K S
     for i in 0..c {
         let gi = ws.gam[i] as f32;
-        let (r, v, x) = (&mut ws.r[i * vd..(i + 1) * vd], &ws.v[i * vd..(i + 1) * vd], &ws.x[(cc + i) * vd..(cc + i + 1) * vd]);
+        let (r, v, x) = (&mut ws.r[i * vd..(i + 1) * vd], &ws.v[i * vd..(i + 1) * vd], &ws.x[(c + i) * vd..(c + i + 1) * vd]);
         for ((r, v), x) in r.iter_mut().zip(v).zip(x) {
             *r = v - gi * x;
         }
     }
-    // T = (I + strict_lower(diag(beta) K K^T ⊙ L))^-1 by forward substitution, in f64;
-    // tb = T diag(beta).
-    let t64 = &mut ws.t64;
+    // T = (I + strict_lower(diag(beta) K K^T ⊙ L))^-1 by forward substitution in f64:
+    // row i of T = e_i - sum_{m<i} M[i, m] T[m, :]
     for i in 0..c {
         let bi = ws.beta[i] as f64;
-        // m[j] = beta_i * (K K^T)[i, j] * L[i, j], j < i, kept in tb's row as f64 scratch via t64 row i
-        for j in 0..i {
-            t64[i * cc + j] = 0.0;
-        }
-        t64[i * cc + i] = 1.0;
+        let (prev, cur) = ws.t64.split_at_mut(i * cc);
+        let cur = &mut cur[..=i];
+        cur.fill(0.0);
+        cur[i] = 1.0;
+        let yrow = &ws.y[(c + i) * cc..(c + i) * cc + i];
+        let lrow = &ws.l[i * cc..i * cc + i];
         for m in 0..i {
-            let mij = bi * ws.y[(cc + i) * cc + m] as f64 * ws.l[i * cc + m];
-            if mij != 0.0 {
-                for j in 0..=m {
-                    t64[i * cc + j] -= mij * t64[m * cc + j];
-                }
-            }
+            let mij = bi * yrow[m] as f64 * lrow[m];
+            cur[..=m].iter_mut().zip(&prev[m * cc..m * cc + m + 1]).for_each(|(a, b)| *a -= mij * b);
         }
     }
+    // tb = T diag(beta); P = Q K^T ⊙ L (lower, diagonal included)
     for i in 0..c {
-        for j in 0..c {
-            ws.tb[i * cc + j] = if j <= i { (t64[i * cc + j] * ws.beta[j] as f64) as f32 } else { 0.0 };
-            ws.p[i * cc + j] = if j <= i { (ws.y[i * cc + j] as f64 * ws.l[i * cc + j]) as f32 } else { 0.0 };
+        let (tb, p) = (&mut ws.tb[i * cc..i * cc + c], &mut ws.p[i * cc..i * cc + c]);
+        let (trow, yrow, lrow) = (&ws.t64[i * cc..i * cc + i + 1], &ws.y[i * cc..i * cc + i + 1], &ws.l[i * cc..i * cc + i + 1]);
+        for j in 0..=i {
+            tb[j] = (trow[j] * ws.beta[j] as f64) as f32;
+            p[j] = (yrow[j] as f64 * lrow[j]) as f32;
         }
+        tb[i + 1..].fill(0.0);
+        p[i + 1..].fill(0.0);
     }
     // V' = T diag(beta) R ; O = diag(exp G) Q S + (Q K^T ⊙ L) V'
     for i in 0..c {
@@ -382,15 +413,15 @@ fn chunk(ws: &mut Workspace, io: &DeltaViews<'_>, h: usize, t0: usize, c: usize)
         // SAFETY: row (t0+i, h) of o belongs to this task alone.
         unsafe { io.o.store(io.o.off2(t0 + i, h), row) };
     }
-    // keep S_0 for snapshots inside the chunk
-    ws.snap.copy_from_slice(&ws.s);
+    if keep {
+        ws.snap.copy_from_slice(&ws.s);
+    }
     // S = exp(G_c) S + (diag(exp(G_c - G)) K)^T V'
     let last = c - 1;
     for j in 0..c {
         let w = ws.l[last * cc + j] as f32;
-        for kk in 0..kd {
-            ws.kd[j * kd + kk] = w * ws.qk[(cc + j) * kd + kk];
-        }
+        let (dst, src) = (&mut ws.kd[j * kd..(j + 1) * kd], &ws.qk[(c + j) * kd..(c + j + 1) * kd]);
+        dst.iter_mut().zip(src).for_each(|(d, s)| *d = w * s);
     }
     let alpha = ws.gam[last] as f32;
     // SAFETY: as above.
@@ -404,8 +435,24 @@ fn chunk(ws: &mut Workspace, io: &DeltaViews<'_>, h: usize, t0: usize, c: usize)
 /// # Safety
 /// `src` and `dst` point to `K*V` elements (readable / writable), either the
 /// same or disjoint, that no other thread touches during the call.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn step_head<E: Element>(kind: LayoutKind, io: &DeltaViews<'_>, t: usize, h: usize, src: *const E, dst: *mut E) {
+pub(crate) unsafe fn step_head<E: StateElem>(kind: LayoutKind, io: &DeltaViews<'_>, t: usize, h: usize, src: *const E, dst: *mut E) {
+    if simd::has_avx2() {
+        // SAFETY: AVX2 and FMA are present; the pointer contract is the caller's.
+        unsafe { step_head_avx2::<E>(kind, io, t, h, src, dst) }
+    } else {
+        // SAFETY: forwarded from the caller.
+        unsafe { step_head_body::<E>(kind, io, t, h, src, dst) }
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn step_head_avx2<E: StateElem>(kind: LayoutKind, io: &DeltaViews<'_>, t: usize, h: usize, src: *const E, dst: *mut E) {
+    // SAFETY: forwarded from the caller.
+    unsafe { step_head_body::<E>(kind, io, t, h, src, dst) }
+}
+
+#[inline(always)]
+unsafe fn step_head_body<E: StateElem>(kind: LayoutKind, io: &DeltaViews<'_>, t: usize, h: usize, src: *const E, dst: *mut E) {
     WS.with(|ws| {
         let mut ws = ws.borrow_mut();
         let (kd, vd) = (io.dims.head_k_dim, io.dims.head_v_dim);
@@ -415,7 +462,7 @@ pub(crate) unsafe fn step_head<E: Element>(kind: LayoutKind, io: &DeltaViews<'_>
         io.v.row(io.v.off2(t, h), &mut ws.tv);
         let beta = io.beta.get(io.beta.off2(t, h));
         let d = (io.g.get(io.g.off2(t, h)) as f64).exp() as f32;
-        let kq: f32 = ws.tq.iter().zip(&ws.tk).map(|(a, b)| a * b).sum();
+        let kq = simd::dot(&ws.tq, &ws.tk);
         let scale = io.params.scale;
         match kind {
             LayoutKind::KMajor => {
@@ -423,12 +470,11 @@ pub(crate) unsafe fn step_head<E: Element>(kind: LayoutKind, io: &DeltaViews<'_>
                 ws.a1.fill(0.0);
                 ws.a2.fill(0.0);
                 for kk in 0..kd {
-                    let row = &mut ws.row[..vd];
                     // SAFETY: row kk of the head, inside the caller's K*V range.
                     let s = unsafe { std::slice::from_raw_parts(src.add(kk * vd), vd) };
-                    row.iter_mut().zip(s).for_each(|(r, x)| *r = x.to_f32());
                     let (kv, qv) = (ws.tk[kk], ws.tq[kk]);
-                    for ((a1, a2), x) in ws.a1.iter_mut().zip(ws.a2.iter_mut()).zip(row.iter()) {
+                    for ((a1, a2), x) in ws.a1.iter_mut().zip(ws.a2.iter_mut()).zip(s) {
+                        let x = x.ld();
                         *a1 += x * kv;
                         *a2 += x * qv;
                     }
@@ -439,17 +485,17 @@ pub(crate) unsafe fn step_head<E: Element>(kind: LayoutKind, io: &DeltaViews<'_>
                     ws.to[j] = scale * (d * ws.a2[j] + u * kq);
                     ws.a1[j] = u;
                 }
-                // pass 2: S' = d S + k u^T
+                // pass 2: S' = d S + k u^T (each element read before it is written)
                 for kk in 0..kd {
                     let row = &mut ws.row[..vd];
-                    // SAFETY: as above; reads of a row complete before its writes.
+                    // SAFETY: as above.
                     let s = unsafe { std::slice::from_raw_parts(src.add(kk * vd), vd) };
-                    row.iter_mut().zip(s).for_each(|(r, x)| *r = x.to_f32());
+                    row.iter_mut().zip(s).for_each(|(r, x)| *r = x.ld());
                     let kv = ws.tk[kk];
-                    // SAFETY: row kk of the destination head.
+                    // SAFETY: row kk of the destination head; `s` is no longer used.
                     let o = unsafe { std::slice::from_raw_parts_mut(dst.add(kk * vd), vd) };
                     for ((o, x), u) in o.iter_mut().zip(row.iter()).zip(&ws.a1) {
-                        *o = E::from_f32(d * x + kv * u);
+                        *o = E::st(d * x + kv * u);
                     }
                 }
             }
@@ -458,18 +504,14 @@ pub(crate) unsafe fn step_head<E: Element>(kind: LayoutKind, io: &DeltaViews<'_>
                     let row = &mut ws.row[..kd];
                     // SAFETY: row j of the head, inside the caller's K*V range.
                     let s = unsafe { std::slice::from_raw_parts(src.add(j * kd), kd) };
-                    row.iter_mut().zip(s).for_each(|(r, x)| *r = x.to_f32());
-                    let (mut sk, mut sq) = (0.0f32, 0.0f32);
-                    for ((x, kv), qv) in row.iter().zip(&ws.tk).zip(&ws.tq) {
-                        sk += x * kv;
-                        sq += x * qv;
-                    }
+                    row.iter_mut().zip(s).for_each(|(r, x)| *r = x.ld());
+                    let (sk, sq) = simd::dot2(row, &ws.tk, &ws.tq);
                     let u = beta * (ws.tv[j] - d * sk);
                     ws.to[j] = scale * (d * sq + u * kq);
                     // SAFETY: row j of the destination head; the source row is already read.
                     let o = unsafe { std::slice::from_raw_parts_mut(dst.add(j * kd), kd) };
                     for ((o, x), kv) in o.iter_mut().zip(row.iter()).zip(&ws.tk) {
-                        *o = E::from_f32(d * x + u * kv);
+                        *o = E::st(d * x + u * kv);
                     }
                 }
             }

@@ -50,6 +50,30 @@ impl<'a> In<'a> {
         }
     }
 
+    /// Hints the CPU to fetch `n` elements from `off` (no effect on results).
+    #[inline(always)]
+    pub fn prefetch(&self, off: usize, n: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (ptr, len, size) = match self.data {
+                Data::F32(s) => (s.as_ptr() as *const u8, s.len(), 4),
+                Data::Bf16(s) => (s.as_ptr() as *const u8, s.len(), 2),
+                Data::F16(s) => (s.as_ptr() as *const u8, s.len(), 2),
+            };
+            if off + n > len {
+                return;
+            }
+            let mut b = off * size;
+            while b < (off + n) * size {
+                // SAFETY: a prefetch of an address inside the slice (checked above); it never faults.
+                unsafe { std::arch::x86_64::_mm_prefetch(ptr.add(b) as *const i8, std::arch::x86_64::_MM_HINT_T0) };
+                b += 64;
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (off, n);
+    }
+
     /// `out.len()` contiguous elements from `off`, widened to f32.
     #[inline(always)]
     pub fn row(&self, off: usize, out: &mut [f32]) {

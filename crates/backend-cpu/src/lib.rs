@@ -52,6 +52,7 @@ pub mod bench;
 mod conv;
 mod delta;
 mod io;
+mod simd;
 
 pub use delta::CHUNK;
 
