@@ -1067,6 +1067,63 @@ pub(crate) fn bad_input<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() 
         matches!(r, Err(Error::ShapeMismatch { .. })) && b.pool.digest()? == digest,
         format!("{:?}", r.err()),
     );
+    // the separate conv and gate entry points
+    let m = d.memory();
+    let c = dims.conv_dim();
+    let cw = DeviceTensor::from_f32(m, DType::F32, &[c, dims.conv_width], &w.conv_weight)?;
+    let cw16 = DeviceTensor::from_f32(m, DType::BF16, &[c, dims.conv_width], &w.conv_weight)?;
+    let db2 = DecodeBatch::new(&b.pool, &[x, y])?;
+    let vb2 = VerifyBatch::chain(&b.pool, &[x, y], draft)?;
+    for (label, tokens) in [("conv_extend", 5usize), ("conv_update", 2), ("conv_verify", 4)] {
+        for (what, x_tokens, x_dim, weight_bf16) in
+            [("x of T-1 tokens", tokens - 1, c, false), ("x of conv_dim+1", tokens, c + 1, false), ("bf16 weight", tokens, c, true)]
+        {
+            let xin = DeviceTensor::from_f32(m, dt, &[x_tokens, x_dim], &vec![0.5; x_tokens * x_dim])?;
+            let mut out = DeviceTensor::zeros(m, dt, &[tokens, c])?;
+            let io = crate::dispatch::ConvIo {
+                x: xin.view(),
+                weight: if weight_bf16 { cw16.view() } else { cw.view() },
+                bias: None,
+                out: out.view_mut(),
+            };
+            let digest = b.pool.digest()?;
+            let r = match label {
+                "conv_extend" => d.conv_extend(&mut b.pool, 1, &eb, io),
+                "conv_update" => d.conv_update(&mut b.pool, 1, &db2, io),
+                _ => d.conv_verify(&mut b.pool, 1, &vb2, io),
+            };
+            let ok =
+                if weight_bf16 { matches!(r, Err(Error::DTypeMismatch { .. })) } else { matches!(r, Err(Error::ShapeMismatch { .. })) };
+            ctx.exact(&format!("{n}: {label} with {what}"), ok && b.pool.digest()? == digest, format!("{:?}", r.err()));
+        }
+    }
+    let hv = dims.num_v_heads;
+    let ab = DeviceTensor::from_f32(m, dt, &[5, hv], &vec![0.1; 5 * hv])?;
+    let al16 = DeviceTensor::from_f32(m, DType::BF16, &[hv], &w.a_log)?;
+    let al = DeviceTensor::from_f32(m, DType::F32, &[hv], &w.a_log)?;
+    let dtb = DeviceTensor::from_f32(m, DType::F32, &[hv], &w.dt_bias)?;
+    let (mut g, mut beta) = (DeviceTensor::zeros(m, DType::F32, &[5, hv])?, DeviceTensor::zeros(m, DType::F32, &[5, hv])?);
+    let io = crate::dispatch::GateIo {
+        a: ab.view(),
+        b: ab.view(),
+        a_log: al16.view(),
+        dt_bias: dtb.view(),
+        g: g.view_mut(),
+        beta: beta.view_mut(),
+    };
+    let r = d.gate(&dims, io);
+    ctx.exact(&format!("{n}: gate with bf16 A_log"), matches!(r, Err(Error::DTypeMismatch { .. })), format!("{:?}", r.err()));
+    let mut g4 = DeviceTensor::zeros(m, DType::F32, &[4, hv])?;
+    let io = crate::dispatch::GateIo {
+        a: ab.view(),
+        b: ab.view(),
+        a_log: al.view(),
+        dt_bias: dtb.view(),
+        g: g4.view_mut(),
+        beta: beta.view_mut(),
+    };
+    let r = d.gate(&dims, io);
+    ctx.exact(&format!("{n}: gate with g of T-1 tokens"), matches!(r, Err(Error::ShapeMismatch { .. })), format!("{:?}", r.err()));
     Ok(())
 }
 
