@@ -4,9 +4,11 @@
 //! match over it is exhaustive, so a new backend must be handled everywhere
 //! before anything compiles.
 
+#[cfg(not(feature = "cpu"))]
+use deltanet_core::KMajor;
 use deltanet_core::{
-    Capabilities, CommitBatch, ConvIo, DecodeBatch, DeltaIo, Device, Error, ExtendBatch, GateIo, HostMemory, KMajor, KernelDispatcher,
-    LayoutKind, MambaStatePool, ModelDims, PoolConfig, PoolOf, Result, StateLayout, VMajor, VerifyBatch,
+    Capabilities, CommitBatch, ConvIo, DecodeBatch, DeltaIo, Device, Error, ExtendBatch, GateIo, HostMemory, KernelDispatcher, LayoutKind,
+    MambaStatePool, ModelDims, PoolConfig, PoolOf, Result, StateLayout, VMajor, VerifyBatch,
 };
 use std::any::Any;
 use std::marker::PhantomData;

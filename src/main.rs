@@ -93,7 +93,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    match run(cli.cmd) {
+    match run(cli.cmd, cli.threads) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
@@ -102,7 +102,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cmd: Cmd) -> Result<ExitCode, Box<dyn std::error::Error>> {
+fn run(cmd: Cmd, threads: Option<usize>) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cmd {
         Cmd::Run { model, backend, requests, prompt_len, chunk, decode, draft, max_running, state_dtype, check, seed, quiet } => {
             let state_dtype = DType::parse(&state_dtype).ok_or_else(|| format!("unknown state dtype `{state_dtype}`"))?;
@@ -144,7 +144,7 @@ fn run(cmd: Cmd) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let worst = rep.o_ratio.max(rep.state_ratio).max(rep.conv_ratio.unwrap_or(0.0));
             Ok(if worst <= tolerance && worst.is_finite() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Cmd::Bench { json, quick } => bench(json, quick),
+        Cmd::Bench { json, quick } => bench(json, quick, threads),
         Cmd::Info => {
             println!("deltanet {} — backends in this build:", env!("CARGO_PKG_VERSION"));
             for line in deltanet::info::describe() {
@@ -192,12 +192,46 @@ fn print_replay(f: &ReplayFile, r: &replay::ReplayReport, backend: &str) {
 }
 
 #[cfg(feature = "cpu")]
-fn bench(json: Option<PathBuf>, quick: bool) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let _ = (&json, quick);
-    Err("bench: not wired yet".into())
+fn bench(json: Option<PathBuf>, quick: bool, threads: Option<usize>) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    use deltanet::cpu::bench::{run_report, ReportOptions};
+    let mut opts = ReportOptions { threads: threads.unwrap_or(2), ..ReportOptions::default() };
+    if quick {
+        opts.extend_tokens = vec![512, 2048];
+        opts.decode_batches = vec![1, 8];
+        opts.verify_batches = vec![8];
+        opts.chunked = Some((4096, 1024));
+    }
+    let d = opts.dims;
+    println!(
+        "deltanet bench: CPU backend, Qwen3.5-35B-A3B GDN shape (HK {} HV {} K {} V {}), f32 state unless noted, {} threads",
+        d.num_k_heads, d.num_v_heads, d.head_k_dim, d.head_v_dim, opts.threads
+    );
+    let rep = run_report(&opts)?;
+    print!("{rep}");
+    if let Some(path) = json {
+        let v = serde_json::json!({
+            "threads": rep.threads,
+            "gemm_gflops": rep.gemm.gflops,
+            "gemm_n": rep.gemm.n,
+            "memcpy_gbps": rep.memcpy.gbps,
+            "extend": rep.extend.iter().map(|e| serde_json::json!({
+                "tokens": e.tokens, "secs": e.secs, "tokens_per_s": e.tokens_per_s, "gflops": e.gflops,
+                "ratio_to_gemm": e.gflops / rep.gemm.gflops})).collect::<Vec<_>>(),
+            "decode": rep.decode.iter().map(|x| serde_json::json!({
+                "batch": x.batch, "state": x.state.name(), "layers": x.layers, "secs_per_step": x.secs_per_step,
+                "tokens_per_s": x.tokens_per_s, "gbps": x.gbps, "ratio_to_memcpy": x.gbps / rep.memcpy.gbps})).collect::<Vec<_>>(),
+            "verify": rep.verify.iter().map(|x| serde_json::json!({
+                "batch": x.batch, "draft": x.draft, "verify_secs": x.verify_secs, "decode_secs": x.decode_secs, "ratio": x.ratio})).collect::<Vec<_>>(),
+            "chunked": rep.chunked.map(|c| serde_json::json!({
+                "tokens": c.tokens, "chunk": c.chunk, "one_secs": c.one_secs, "chunked_secs": c.chunked_secs, "ratio": c.ratio})),
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&v)?)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(not(feature = "cpu"))]
-fn bench(_json: Option<PathBuf>, _quick: bool) -> Result<ExitCode, Box<dyn std::error::Error>> {
+fn bench(_json: Option<PathBuf>, _quick: bool, _threads: Option<usize>) -> Result<ExitCode, Box<dyn std::error::Error>> {
     Err(Box::new(deltanet::Error::NotCompiled { backend: "cpu".into(), feature: "cpu".into() }))
 }
