@@ -6,7 +6,7 @@ fn main() {
     println!("cargo:rerun-if-changed=../../kernels/cuda");
     #[cfg(feature = "emulate")]
     {
-        for f in ["common.cu", "gate.cu", "conv.cu", "recurrent.cu", "extend.cu", "cast.cu", "emu/emu.h", "emu/emu.cpp"] {
+        for f in ["common.cu", "gate.cu", "conv.cu", "recurrent.cu", "extend.cu", "cast.cu", "commit.cu", "emu/emu.h", "emu/emu.cpp"] {
             println!("cargo:rerun-if-changed=../../kernels/cuda/{f}");
         }
         cc::Build::new()

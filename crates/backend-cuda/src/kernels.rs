@@ -14,10 +14,12 @@ pub const RECURRENT: &str = include_str!("../../../kernels/cuda/recurrent.cu");
 pub const EXTEND: &str = include_str!("../../../kernels/cuda/extend.cu");
 /// Element-wise dtype conversion.
 pub const CAST: &str = include_str!("../../../kernels/cuda/cast.cu");
+/// Commit of accepted drafts (scratch step and conv window into the slot).
+pub const COMMIT: &str = include_str!("../../../kernels/cuda/commit.cu");
 
 /// The whole program NVRTC compiles: common definitions, then every kernel.
 pub fn program_source() -> String {
-    [COMMON, GATE, CONV, RECURRENT, EXTEND, CAST].join("\n")
+    [COMMON, GATE, CONV, RECURRENT, EXTEND, CAST, COMMIT].join("\n")
 }
 
 /// A kernel of the program.
@@ -33,11 +35,13 @@ pub enum Kernel {
     Extend,
     /// `dn_cast`.
     Cast,
+    /// `dn_commit`.
+    Commit,
 }
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 5] = [Kernel::Gate, Kernel::Conv, Kernel::Recurrent, Kernel::Extend, Kernel::Cast];
+    pub const ALL: [Kernel; 6] = [Kernel::Gate, Kernel::Conv, Kernel::Recurrent, Kernel::Extend, Kernel::Cast, Kernel::Commit];
 
     /// The `extern "C"` entry name.
     pub fn name(self) -> &'static str {
@@ -47,6 +51,7 @@ impl Kernel {
             Kernel::Recurrent => "dn_recurrent",
             Kernel::Extend => "dn_extend",
             Kernel::Cast => "dn_cast",
+            Kernel::Commit => "dn_commit",
         }
     }
 }

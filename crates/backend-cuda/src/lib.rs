@@ -422,8 +422,36 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
     }
 
     fn commit(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &CommitBatch) -> Result<()> {
+        batch.check_pool(pool)?;
+        pool.geometry().check_layer(layer)?;
+        let g = *pool.geometry();
         let _span = tracing::debug_span!("commit", backend = %self.caps.backend, layer, requests = batch.slots().len()).entered();
-        // Device-to-device copies of the accepted scratch step and conv window.
-        pool.commit_accepted(layer, batch)
+        let mut targets = Vec::new();
+        for (i, (&slot, &a)) in batch.slots().iter().zip(batch.accepted()).enumerate() {
+            targets.extend([slot.index() as i64, a as i64, slot.index() as i64]);
+            if let Some(s) = batch.snapshots()[i] {
+                targets.extend([slot.index() as i64, a as i64, s.index() as i64]);
+            }
+        }
+        let t_buf = self.upload(&targets)?;
+        let m = self.launcher.memory();
+        let parts = pool.parts_mut();
+        let (scratch, windows) = match (parts.scratch, parts.windows) {
+            (Some(s), Some(w)) => (s, w),
+            _ => return Err(Error::NoSpeculativeBuffers),
+        };
+        let mut a = Args::default();
+        a.p[0] = m.addr(scratch) + g.scratch_offset(layer, 0, 0) as u64;
+        a.p[1] = m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64;
+        a.p[2] = m.addr(windows) + g.window_offset(layer, 0, 0) as u64;
+        a.p[3] = m.addr(parts.conv) + g.conv_offset(layer, 0) as u64;
+        a.p[4] = m.addr(&t_buf);
+        let (su, cu) = (g.state_bytes() / 2, g.conv_bytes() / 2);
+        a.n[0] = (targets.len() / 3) as i64;
+        a.n[1] = su as i64;
+        a.n[2] = cu as i64;
+        a.n[3] = g.draft() as i64;
+        let bt = self.launcher.block_threads(Kernel::Commit) as usize;
+        self.run(Kernel::Commit, (su.max(cu).div_ceil(bt), targets.len() / 3, 1), &a)
     }
 }

@@ -11,6 +11,7 @@
 #include "../recurrent.cu"
 #include "../extend.cu"
 #include "../cast.cu"
+#include "../commit.cu"
 
 thread_local dim3 threadIdx;
 thread_local dim3 blockIdx;
@@ -32,6 +33,7 @@ const Entry KERNELS[] = {
     {"dn_recurrent", dn_recurrent},
     {"dn_extend", dn_extend},
     {"dn_cast", dn_cast},
+    {"dn_commit", dn_commit},
 };
 } // namespace
 
