@@ -36,6 +36,7 @@ use deltanet_core::{
     VerifyBatch,
 };
 use kernels::{dtype_code, Args, Kernel, CHUNK, MAX_CONV_WIDTH, MAX_HEAD_DIM, ROWS_PER_BLOCK};
+use std::sync::{Mutex, MutexGuard};
 
 /// Checks, without panicking, that a CUDA driver and a device are present
 /// (for `deltanet info`).
@@ -44,10 +45,37 @@ pub fn probe() -> std::result::Result<(), String> {
 }
 
 /// The CUDA dispatcher, generic over how kernels are launched (a GPU by default).
-#[derive(Debug)]
 pub struct CudaDispatcher<L: Launcher = GpuLauncher> {
     launcher: L,
     caps: Capabilities,
+    /// Device memory for each launch's index tables and workspace, grown on
+    /// demand and reused (launches are synchronous, and the lock is held
+    /// from staging to the end of the launch).
+    arena: Mutex<Arena<<L::Memory as DeviceMemory>::Buffer>>,
+}
+
+impl<L: Launcher> std::fmt::Debug for CudaDispatcher<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaDispatcher").field("caps", &self.caps).finish_non_exhaustive()
+    }
+}
+
+/// A reusable device allocation.
+struct Arena<B> {
+    buf: Option<B>,
+    cap: usize,
+}
+
+/// Alignment of every region of the arena.
+const ARENA_ALIGN: usize = 256;
+
+/// The staged tables and workspace of one launch; holds the arena until dropped.
+struct Staged<'a, B> {
+    _guard: MutexGuard<'a, Arena<B>>,
+    /// Device address of each table, in the order given.
+    tables: Vec<u64>,
+    /// Device address of the workspace.
+    workspace: u64,
 }
 
 impl CudaDispatcher<GpuLauncher> {
@@ -96,7 +124,7 @@ impl<L: Launcher> CudaDispatcher<L> {
             max_head_dim: Some(MAX_HEAD_DIM),
             chunk_size: CHUNK,
         };
-        CudaDispatcher { launcher, caps }
+        CudaDispatcher { launcher, caps, arena: Mutex::new(Arena { buf: None, cap: 0 }) }
     }
 
     /// The launcher.
@@ -129,13 +157,35 @@ impl<L: Launcher> CudaDispatcher<L> {
         self.run(Kernel::Cast, (s.numel().div_ceil(bt), 1, 1), &a)
     }
 
-    /// Uploads a small i64 table (at least one element, so the address is valid).
-    fn upload(&self, data: &[i64]) -> Result<<L::Memory as DeviceMemory>::Buffer> {
+    /// Copies i64 tables to the device (one host-to-device copy) and reserves a
+    /// workspace of `ws_bytes` (not zeroed) behind them, in the reused arena.
+    fn stage(&self, tables: &[&[i64]], ws_bytes: usize) -> Result<Staged<'_, <L::Memory as DeviceMemory>::Buffer>> {
+        let mut offs = Vec::with_capacity(tables.len());
+        let mut total = 0;
+        for t in tables {
+            offs.push(total);
+            total += (t.len().max(1) * 8).next_multiple_of(ARENA_ALIGN);
+        }
+        let ws_off = total;
+        total += ws_bytes.next_multiple_of(ARENA_ALIGN).max(ARENA_ALIGN);
+        let mut guard = self.arena.lock().unwrap_or_else(|p| p.into_inner());
         let m = self.launcher.memory();
-        let bytes: Vec<u8> = if data.is_empty() { vec![0; 8] } else { data.iter().flat_map(|x| x.to_le_bytes()).collect() };
-        let mut buf = m.alloc_zeroed(bytes.len())?;
-        m.write(&mut buf, 0, &bytes)?;
-        Ok(buf)
+        if guard.cap < total {
+            let cap = total.next_power_of_two();
+            guard.buf = None;
+            guard.buf = Some(m.alloc_zeroed(cap)?);
+            guard.cap = cap;
+        }
+        let buf = guard.buf.as_mut().expect("allocated above");
+        let mut bytes = vec![0u8; ws_off];
+        for (t, &o) in tables.iter().zip(&offs) {
+            for (j, x) in t.iter().enumerate() {
+                bytes[o + 8 * j..o + 8 * j + 8].copy_from_slice(&x.to_le_bytes());
+            }
+        }
+        m.write(buf, 0, &bytes)?;
+        let base = m.addr(buf);
+        Ok(Staged { tables: offs.iter().map(|&o| base + o as u64).collect(), workspace: base + ws_off as u64, _guard: guard })
     }
 
     fn run(&self, kernel: Kernel, grid: (usize, usize, usize), args: &Args) -> Result<()> {
@@ -261,13 +311,13 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
             let init = batch.has_initial_state()[i] as i64;
             seqs.extend([r.start as i64, r.len() as i64, batch.slots()[i].index() as i64, init, begin, snaps.len() as i64 / 2]);
         }
-        let (seq_buf, snap_buf) = (self.upload(&seqs)?, self.upload(&snaps)?);
+        let st = self.stage(&[&seqs, &snaps], 0)?;
         let m = self.launcher.memory();
         let parts = pool.parts_mut();
         let mut a = self.conv_args(&dims, &io, g.config.conv_dtype);
         a.p[4] = m.addr(parts.conv) + g.conv_offset(layer, 0) as u64;
-        a.p[6] = m.addr(&seq_buf);
-        a.p[7] = m.addr(&snap_buf);
+        a.p[6] = st.tables[0];
+        a.p[7] = st.tables[1];
         a.n[0] = n as i64;
         a.n[8] = 0;
         let bt = self.launcher.block_threads(Kernel::Conv) as usize;
@@ -284,12 +334,12 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         let _span = tracing::debug_span!("conv_update", backend = %self.caps.backend, layer, requests = batch.num_seqs()).entered();
         let n = batch.num_seqs();
         let seqs: Vec<i64> = batch.slots().iter().enumerate().flat_map(|(i, s)| [i as i64, 1, s.index() as i64, 1, 0, 0]).collect();
-        let seq_buf = self.upload(&seqs)?;
+        let st = self.stage(&[&seqs], 0)?;
         let m = self.launcher.memory();
         let parts = pool.parts_mut();
         let mut a = self.conv_args(&dims, &io, g.config.conv_dtype);
         a.p[4] = m.addr(parts.conv) + g.conv_offset(layer, 0) as u64;
-        a.p[6] = m.addr(&seq_buf);
+        a.p[6] = st.tables[0];
         a.p[7] = a.p[6];
         a.n[0] = n as i64;
         a.n[8] = 1;
@@ -308,16 +358,16 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         let (n, d) = (batch.num_seqs(), batch.draft());
         let seqs: Vec<i64> =
             batch.slots().iter().enumerate().flat_map(|(i, s)| [(i * d) as i64, d as i64, s.index() as i64, 1, 0, 0]).collect();
-        let (seq_buf, par_buf) = (self.upload(&seqs)?, self.upload(batch.parents())?);
+        let st = self.stage(&[&seqs, batch.parents()], 0)?;
         let m = self.launcher.memory();
         let parts = pool.parts_mut();
         let windows = parts.windows.ok_or(Error::NoSpeculativeBuffers)?;
         let mut a = self.conv_args(&dims, &io, g.config.conv_dtype);
         a.p[4] = m.addr(parts.conv) + g.conv_offset(layer, 0) as u64;
         a.p[5] = m.addr(windows) + g.window_offset(layer, 0, 0) as u64;
-        a.p[6] = m.addr(&seq_buf);
+        a.p[6] = st.tables[0];
         a.p[7] = a.p[6];
-        a.p[8] = m.addr(&par_buf);
+        a.p[8] = st.tables[1];
         a.n[0] = n as i64;
         a.n[8] = 2;
         a.n[9] = d as i64;
@@ -358,15 +408,14 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         let (k, v, hv) = (dims.head_k_dim, dims.head_v_dim, dims.num_v_heads);
         let per_block = v * k + CHUNK * (3 * k + 2 * v);
         let m = self.launcher.memory();
-        let ws = m.alloc_zeroed(n * hv * per_block * 4)?;
-        let (seq_buf, chunk_buf, snap_buf) = (self.upload(&seqs)?, self.upload(&chunks)?, self.upload(&snap_slots)?);
+        let st = self.stage(&[&seqs, &chunks, &snap_slots], n * hv * per_block * 4)?;
         let parts = pool.parts_mut();
         let mut a = self.delta_args(&dims, &io);
         a.p[6] = m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64;
-        a.p[7] = m.addr(&seq_buf);
-        a.p[8] = m.addr(&chunk_buf);
-        a.p[9] = m.addr(&snap_buf);
-        a.p[10] = m.addr(&ws);
+        a.p[7] = st.tables[0];
+        a.p[8] = st.tables[1];
+        a.p[9] = st.tables[2];
+        a.p[10] = st.workspace;
         a.n[0] = n as i64;
         a.n[14] = dtype_code(g.config.state_dtype);
         self.run(Kernel::Extend, (hv, n, 1), &a)
@@ -382,12 +431,12 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         let _span = tracing::debug_span!("decode", backend = %self.caps.backend, layer, requests = batch.num_seqs()).entered();
         let n = batch.num_seqs();
         let slots: Vec<i64> = batch.slots().iter().map(|s| s.index() as i64).collect();
-        let slot_buf = self.upload(&slots)?;
+        let st = self.stage(&[&slots], 0)?;
         let m = self.launcher.memory();
         let parts = pool.parts_mut();
         let mut a = self.delta_args(&dims, &io);
         a.p[6] = m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64;
-        a.p[8] = m.addr(&slot_buf);
+        a.p[8] = st.tables[0];
         a.n[0] = n as i64;
         a.n[5] = 1;
         a.n[6] = 0;
@@ -405,15 +454,15 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         let _span = tracing::debug_span!("verify", backend = %self.caps.backend, layer, requests = batch.num_seqs()).entered();
         let (n, d) = (batch.num_seqs(), batch.draft());
         let slots: Vec<i64> = batch.slots().iter().map(|s| s.index() as i64).collect();
-        let (slot_buf, par_buf) = (self.upload(&slots)?, self.upload(batch.parents())?);
+        let st = self.stage(&[&slots, batch.parents()], 0)?;
         let m = self.launcher.memory();
         let parts = pool.parts_mut();
         let scratch = parts.scratch.ok_or(Error::NoSpeculativeBuffers)?;
         let mut a = self.delta_args(&dims, &io);
         a.p[6] = m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64;
         a.p[7] = m.addr(scratch) + g.scratch_offset(layer, 0, 0) as u64;
-        a.p[8] = m.addr(&slot_buf);
-        a.p[9] = m.addr(&par_buf);
+        a.p[8] = st.tables[0];
+        a.p[9] = st.tables[1];
         a.n[0] = n as i64;
         a.n[5] = d as i64;
         a.n[6] = 1;
@@ -433,7 +482,7 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
                 targets.extend([slot.index() as i64, a as i64, s.index() as i64]);
             }
         }
-        let t_buf = self.upload(&targets)?;
+        let st = self.stage(&[&targets], 0)?;
         let m = self.launcher.memory();
         let parts = pool.parts_mut();
         let (scratch, windows) = match (parts.scratch, parts.windows) {
@@ -445,7 +494,7 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         a.p[1] = m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64;
         a.p[2] = m.addr(windows) + g.window_offset(layer, 0, 0) as u64;
         a.p[3] = m.addr(parts.conv) + g.conv_offset(layer, 0) as u64;
-        a.p[4] = m.addr(&t_buf);
+        a.p[4] = st.tables[0];
         let (su, cu) = (g.state_bytes() / 2, g.conv_bytes() / 2);
         a.n[0] = (targets.len() / 3) as i64;
         a.n[1] = su as i64;
