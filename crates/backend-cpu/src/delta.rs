@@ -233,23 +233,32 @@ pub(crate) struct ExtendTarget<'b> {
 /// (or zero), runs chunks of [`CHUNK`] aligned to the sequence start, writes
 /// outputs, snapshots and the final state.
 pub(crate) fn extend_head<E: StateElem>(kind: LayoutKind, io: &DeltaViews<'_>, tgt: &ExtendTarget<'_>, s: usize, h: usize) {
-    if simd::has_avx2() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-        unsafe { extend_head_avx2::<E>(kind, io, tgt, s, h) }
-    } else {
-        extend_head_body::<E>(kind, io, tgt, s, h)
-    }
+    WS.with(|ws| {
+        let mut ws = ws.borrow_mut();
+        if simd::has_avx2() {
+            // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+            unsafe { extend_head_avx2::<E>(&mut ws, kind, io, tgt, s, h) }
+        } else {
+            extend_head_body::<E>(&mut ws, kind, io, tgt, s, h)
+        }
+    })
 }
 
 #[target_feature(enable = "avx2,fma")]
-unsafe fn extend_head_avx2<E: StateElem>(kind: LayoutKind, io: &DeltaViews<'_>, tgt: &ExtendTarget<'_>, s: usize, h: usize) {
-    extend_head_body::<E>(kind, io, tgt, s, h)
+unsafe fn extend_head_avx2<E: StateElem>(
+    ws: &mut Workspace,
+    kind: LayoutKind,
+    io: &DeltaViews<'_>,
+    tgt: &ExtendTarget<'_>,
+    s: usize,
+    h: usize,
+) {
+    extend_head_body::<E>(ws, kind, io, tgt, s, h)
 }
 
 #[inline(always)]
-fn extend_head_body<E: StateElem>(kind: LayoutKind, io: &DeltaViews<'_>, tgt: &ExtendTarget<'_>, s: usize, h: usize) {
-    WS.with(|ws| {
-        let mut ws = ws.borrow_mut();
+fn extend_head_body<E: StateElem>(ws: &mut Workspace, kind: LayoutKind, io: &DeltaViews<'_>, tgt: &ExtendTarget<'_>, s: usize, h: usize) {
+    {
         let (kd, vd) = (io.dims.head_k_dim, io.dims.head_v_dim);
         ws.ensure(kd, vd);
         let per = kd * vd;
@@ -269,7 +278,7 @@ fn extend_head_body<E: StateElem>(kind: LayoutKind, io: &DeltaViews<'_>, tgt: &E
         while cs < len {
             let c = CHUNK.min(len - cs);
             let inner = tgt.batch.snapshots_of(s).any(|sn| sn.position > cs && sn.position < cs + c);
-            chunk(&mut ws, io, h, range.start + cs, c, inner);
+            chunk(ws, io, h, range.start + cs, c, inner);
             if cs + c < len {
                 prefetch_chunk(io, h, range.start + cs + c, CHUNK.min(len - cs - c));
             }
@@ -282,7 +291,7 @@ fn extend_head_body<E: StateElem>(kind: LayoutKind, io: &DeltaViews<'_>, tgt: &E
                         // SAFETY: snapshot slots are distinct from every batch slot and each other.
                         unsafe { store_state::<E>(kind, &ws.s, kd, vd, dst) };
                     } else {
-                        snapshot_in_chunk(&mut ws, pl);
+                        snapshot_in_chunk(ws, pl);
                         // SAFETY: as above.
                         unsafe { store_state::<E>(kind, &ws.snap, kd, vd, dst) };
                     }
@@ -295,7 +304,7 @@ fn extend_head_body<E: StateElem>(kind: LayoutKind, io: &DeltaViews<'_>, tgt: &E
         }
         // SAFETY: this task's (slot, head).
         unsafe { store_state::<E>(kind, &ws.s, kd, vd, state) };
-    })
+    }
 }
 
 /// Asks the CPU to start fetching the rows of the next chunk while this one computes.
@@ -312,6 +321,7 @@ fn prefetch_chunk(io: &DeltaViews<'_>, h: usize, t0: usize, c: usize) {
 /// The state after the first `pl` (< chunk length) tokens of the chunk just
 /// run: `exp(G_{pl-1}) S_0 + sum_{j<pl} L[pl-1, j] k_j v'_j^T`, into `ws.snap`
 /// (which holds `S_0`, saved by [`chunk`]).
+#[inline(always)]
 fn snapshot_in_chunk(ws: &mut Workspace, pl: usize) {
     let (kd, vd) = ws.dims;
     let (cc, c) = (CHUNK, ws.clen);
@@ -436,28 +446,47 @@ fn chunk(ws: &mut Workspace, io: &DeltaViews<'_>, h: usize, t0: usize, c: usize,
 /// `src` and `dst` point to `K*V` elements (readable / writable), either the
 /// same or disjoint, that no other thread touches during the call.
 pub(crate) unsafe fn step_head<E: StateElem>(kind: LayoutKind, io: &DeltaViews<'_>, t: usize, h: usize, src: *const E, dst: *mut E) {
-    if simd::has_avx2() {
-        // SAFETY: AVX2 and FMA are present; the pointer contract is the caller's.
-        unsafe { step_head_avx2::<E>(kind, io, t, h, src, dst) }
-    } else {
-        // SAFETY: forwarded from the caller.
-        unsafe { step_head_body::<E>(kind, io, t, h, src, dst) }
-    }
+    WS.with(|ws| {
+        let mut ws = ws.borrow_mut();
+        if simd::has_avx2() {
+            // SAFETY: AVX2 and FMA are present; the pointer contract is the caller's.
+            unsafe { step_head_avx2::<E>(&mut ws, kind, io, t, h, src, dst) }
+        } else {
+            // SAFETY: forwarded from the caller.
+            unsafe { step_head_body::<E>(&mut ws, kind, io, t, h, src, dst) }
+        }
+    })
 }
 
 #[target_feature(enable = "avx2,fma")]
-unsafe fn step_head_avx2<E: StateElem>(kind: LayoutKind, io: &DeltaViews<'_>, t: usize, h: usize, src: *const E, dst: *mut E) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn step_head_avx2<E: StateElem>(
+    ws: &mut Workspace,
+    kind: LayoutKind,
+    io: &DeltaViews<'_>,
+    t: usize,
+    h: usize,
+    src: *const E,
+    dst: *mut E,
+) {
     // SAFETY: forwarded from the caller.
-    unsafe { step_head_body::<E>(kind, io, t, h, src, dst) }
+    unsafe { step_head_body::<E>(ws, kind, io, t, h, src, dst) }
 }
 
 #[inline(always)]
-unsafe fn step_head_body<E: StateElem>(kind: LayoutKind, io: &DeltaViews<'_>, t: usize, h: usize, src: *const E, dst: *mut E) {
-    WS.with(|ws| {
-        let mut ws = ws.borrow_mut();
+#[allow(clippy::too_many_arguments)]
+unsafe fn step_head_body<E: StateElem>(
+    ws: &mut Workspace,
+    kind: LayoutKind,
+    io: &DeltaViews<'_>,
+    t: usize,
+    h: usize,
+    src: *const E,
+    dst: *mut E,
+) {
+    {
         let (kd, vd) = (io.dims.head_k_dim, io.dims.head_v_dim);
         ws.ensure(kd, vd);
-        let ws = &mut *ws;
         io.load_qk(t, h, &mut ws.tq, &mut ws.tk);
         io.v.row(io.v.off2(t, h), &mut ws.tv);
         let beta = io.beta.get(io.beta.off2(t, h));
@@ -518,5 +547,5 @@ unsafe fn step_head_body<E: StateElem>(kind: LayoutKind, io: &DeltaViews<'_>, t:
         }
         // SAFETY: output row (t, h) belongs to this task alone.
         unsafe { io.o.store(io.o.off2(t, h), &ws.to) };
-    })
+    }
 }
