@@ -1,5 +1,6 @@
 // Chunked gated delta rule (chunk DN_CHUNK = 64) over packed sequences, one
-// block per (value head, sequence). Chunks start at the sequence's first
+// block per (value head, sequence, tile of DN_BV state rows v): rows of V are
+// independent given A and W, so each tile recomputes those and owns its rows. Chunks start at the sequence's first
 // token of this call and are also cut at snapshot positions, so a snapshot is
 // the state at a chunk end. Per chunk of length L with G the inclusive cumsum
 // of g, kn/qn the (optionally L2-normalised) keys and queries:
@@ -15,11 +16,12 @@
 //    layer [rows][HV][V][K], 7 sequence table (6 x i64: first token, length,
 //    slot, has_initial_state, first chunk, end chunk), 8 chunk table (4 x i64:
 //    first token, length, first snapshot, end snapshot), 9 snapshot slots (i64),
-//    10 f32 workspace, per block V*K + 64*(3K + 2V) floats
+//    10 f32 workspace, per block DN_BV*K + 64*(3K + 2*DN_BV) floats
 // n: as dn_recurrent (5 and 6 unused)
 // f: 0 scale
-// grid: (HV, N); any block size that is a multiple of 32.
+// grid: (HV, N, ceil(V / DN_BV)); any block size that is a multiple of 32.
 #define DN_CHUNK 64
+#define DN_BV 32
 
 extern "C" __global__ void dn_extend(Args a) {
     __shared__ float A[DN_CHUNK * DN_CHUNK];
@@ -34,6 +36,8 @@ extern "C" __global__ void dn_extend(Args a) {
     const int HK = (int)a.n[1], HV = (int)a.n[2], K = (int)a.n[3], V = (int)a.n[4];
     const int h = blockIdx.x;
     const long long i = blockIdx.y;
+    const int v0 = blockIdx.z * DN_BV;
+    const int bv = V - v0 < DN_BV ? V - v0 : DN_BV;
     const int kh = key_head(h, HK, HV, (int)a.n[7]);
     const int tid = threadIdx.x, nt = blockDim.x;
     const float scale = a.f[0];
@@ -45,15 +49,15 @@ extern "C" __global__ void dn_extend(Args a) {
     const long long* snaps = (const long long*)a.p[9];
     void* state = (void*)a.p[6];
     const long long per = (long long)HV * V * K;
-    const long long hoff = (long long)h * V * K;
-    const long long VK = (long long)V * K;
+    const long long hoff = ((long long)h * V + v0) * K; // this tile's rows
+    const long long VK = (long long)bv * K;              // elements of this tile
 
-    float* S = (float*)a.p[10] + (i * HV + h) * (VK + (long long)DN_CHUNK * (3 * K + 2 * V));
+    float* S = (float*)a.p[10] + ((i * HV + h) * gridDim.z + blockIdx.z) * ((long long)DN_BV * K + (long long)DN_CHUNK * (3 * K + 2 * DN_BV));
     float* Kc = S + VK;
     float* Qc = Kc + DN_CHUNK * K;
     float* Wc = Qc + DN_CHUNK * K;
-    float* Uc = Wc + DN_CHUNK * K;
-    float* Oi = Uc + DN_CHUNK * V;
+    float* Uc = Wc + DN_CHUNK * K; // [DN_CHUNK][DN_BV]
+    float* Oi = Uc + DN_CHUNK * DN_BV;
 
     for (long long e = tid; e < VK; e += nt) S[e] = seq[3] ? ldx(state, sdt, slot * per + hoff + e) : 0.0f;
     __syncthreads();
@@ -121,17 +125,17 @@ extern "C" __global__ void dn_extend(Args a) {
         }
         __syncthreads();
         // 3. forward substitution, one thread per column of [W | U]
-        for (int col = tid; col < K + V; col += nt) {
+        for (int col = tid; col < K + bv; col += nt) {
             const bool isw = col < K;
             const int x = isw ? col : col - K;
             float* X = isw ? Wc : Uc;
-            const int ld = isw ? K : V;
+            const int ld = isw ? K : DN_BV;
             for (int r = 0; r < L; ++r) {
                 float rhs;
                 if (isw) {
                     rhs = Bt[r] * EG[r] * Kc[r * K + x];
                 } else {
-                    rhs = Bt[r] * ldx((const void*)a.p[2], (int)a.n[11], (t0 + r) * a.n[19] + h * a.n[20] + x);
+                    rhs = Bt[r] * ldx((const void*)a.p[2], (int)a.n[11], (t0 + r) * a.n[19] + h * a.n[20] + v0 + x);
                 }
                 for (int j = 0; j < r; ++j) rhs -= A[r * DN_CHUNK + j] * X[j * ld + x];
                 X[r * ld + x] = rhs;
@@ -139,31 +143,31 @@ extern "C" __global__ void dn_extend(Args a) {
         }
         __syncthreads();
         // 4. V' = U - W S (in place in Uc) and the inter-chunk part of O
-        for (int e = tid; e < L * V; e += nt) {
-            int r = e / V, v = e % V;
+        for (int e = tid; e < L * bv; e += nt) {
+            int r = e / bv, v = e % bv;
             float ws = 0.0f, qs = 0.0f;
             for (int x = 0; x < K; ++x) {
                 float s = S[(long long)v * K + x];
                 ws += Wc[r * K + x] * s;
                 qs += Qc[r * K + x] * s;
             }
-            Uc[e] -= ws;
-            Oi[e] = EG[r] * qs;
+            Uc[r * DN_BV + v] -= ws;
+            Oi[r * DN_BV + v] = EG[r] * qs;
         }
         __syncthreads();
         // 5. outputs
-        for (int e = tid; e < L * V; e += nt) {
-            int r = e / V, v = e % V;
-            float acc = Oi[e];
-            for (int j = 0; j <= r; ++j) acc += M[r * DN_CHUNK + j] * Uc[j * V + v];
-            stx((void*)a.p[5], (int)a.n[13], (t0 + r) * a.n[23] + h * a.n[24] + v, scale * acc);
+        for (int e = tid; e < L * bv; e += nt) {
+            int r = e / bv, v = e % bv;
+            float acc = Oi[r * DN_BV + v];
+            for (int j = 0; j <= r; ++j) acc += M[r * DN_CHUNK + j] * Uc[j * DN_BV + v];
+            stx((void*)a.p[5], (int)a.n[13], (t0 + r) * a.n[23] + h * a.n[24] + v0 + v, scale * acc);
         }
         // 6. state update
         const float dl = EG[L - 1];
         for (long long e = tid; e < VK; e += nt) {
             int v = (int)(e / K), x = (int)(e % K);
             float acc = dl * S[e];
-            for (int j = 0; j < L; ++j) acc += DG[j] * Kc[j * K + x] * Uc[j * V + v];
+            for (int j = 0; j < L; ++j) acc += DG[j] * Kc[j * K + x] * Uc[j * DN_BV + v];
             S[e] = acc;
         }
         __syncthreads();

@@ -62,6 +62,8 @@ pub const ROWS_PER_BLOCK: usize = 16;
 pub const MAX_HEAD_DIM: usize = 128;
 /// Largest conv width (`DN_MAX_CONV_W`).
 pub const MAX_CONV_WIDTH: usize = 8;
+/// State rows v one `dn_extend` block owns (`DN_BV`).
+pub const EXTEND_ROWS: usize = 32;
 /// Chunk length of `dn_extend` (`DN_CHUNK`).
 pub const CHUNK: usize = 64;
 

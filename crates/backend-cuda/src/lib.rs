@@ -35,7 +35,7 @@ use deltanet_core::{
     HeadMapping, KernelDispatcher, LayoutKind, MambaStatePool, ModelDims, PoolOf, Result, TensorMeta, TensorMut, TensorRef, VMajor,
     VerifyBatch,
 };
-use kernels::{dtype_code, Args, Kernel, CHUNK, MAX_CONV_WIDTH, MAX_HEAD_DIM, ROWS_PER_BLOCK};
+use kernels::{dtype_code, Args, Kernel, CHUNK, EXTEND_ROWS, MAX_CONV_WIDTH, MAX_HEAD_DIM, ROWS_PER_BLOCK};
 use std::sync::{Mutex, MutexGuard};
 
 /// Checks, without panicking, that a CUDA driver and a device are present
@@ -406,9 +406,10 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
             seqs.extend([r.start as i64, r.len() as i64, batch.slots()[i].index() as i64, init, first_chunk, chunks.len() as i64 / 4]);
         }
         let (k, v, hv) = (dims.head_k_dim, dims.head_v_dim, dims.num_v_heads);
-        let per_block = v * k + CHUNK * (3 * k + 2 * v);
+        let tiles = v.div_ceil(EXTEND_ROWS);
+        let per_block = EXTEND_ROWS * k + CHUNK * (3 * k + 2 * EXTEND_ROWS);
         let m = self.launcher.memory();
-        let st = self.stage(&[&seqs, &chunks, &snap_slots], n * hv * per_block * 4)?;
+        let st = self.stage(&[&seqs, &chunks, &snap_slots], n * hv * tiles * per_block * 4)?;
         let parts = pool.parts_mut();
         let mut a = self.delta_args(&dims, &io);
         a.p[6] = m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64;
@@ -418,7 +419,7 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         a.p[10] = st.workspace;
         a.n[0] = n as i64;
         a.n[14] = dtype_code(g.config.state_dtype);
-        self.run(Kernel::Extend, (hv, n, 1), &a)
+        self.run(Kernel::Extend, (hv, n, tiles), &a)
     }
 
     fn decode(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &DecodeBatch, io: DeltaIo<'_>) -> Result<()> {
