@@ -141,8 +141,11 @@ impl GpuLauncher {
         if ordinal >= count {
             return Err(unavailable(format!("no device {ordinal} ({count} present)")));
         }
-        if !nvrtc::nvrtc_present() {
-            return Err(unavailable("libnvrtc.so.13 was not found (needed to compile the kernels)".into()));
+        let nvrtc_dir = std::env::var_os("DELTANET_NVRTC_DIR").map(std::path::PathBuf::from);
+        if !nvrtc::nvrtc_present() && !nvrtc_dir.is_some_and(|d| nvrtc::preload_nvrtc(&d)) {
+            return Err(unavailable(
+                "libnvrtc.so.13 was not found on the library path or in DELTANET_NVRTC_DIR (needed to compile the kernels)".into(),
+            ));
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| unavailable(format!("device {ordinal}: {e:?}")))?;
         let arch = ctx.compute_capability().map_err(|e| dev_err("compute capability", e))?;

@@ -11,6 +11,28 @@ pub fn nvrtc_present() -> bool {
     unsafe { sys::is_culib_present() }
 }
 
+/// Loads `libnvrtc.so.13` from `dir` (e.g. the `.nvrtc/nvidia/cu13/lib` that
+/// install-nvrtc.sh fills) and keeps it loaded, so cudarc's later load by
+/// name finds it without `LD_LIBRARY_PATH`. Returns whether it is present now.
+pub fn preload_nvrtc(dir: &std::path::Path) -> bool {
+    if nvrtc_present() {
+        return true;
+    }
+    let path = dir.join("libnvrtc.so.13");
+    if !path.exists() {
+        return false;
+    }
+    // SAFETY: loading NVRTC runs only its initialisers; the handle is leaked so
+    // the library stays loaded for the process's life (cudarc holds symbols from it).
+    match unsafe { libloading::Library::new(&path) } {
+        Ok(lib) => {
+            std::mem::forget(lib);
+            nvrtc_present()
+        }
+        Err(_) => false,
+    }
+}
+
 /// The NVRTC version, when the library is present.
 pub fn nvrtc_version() -> Option<(i32, i32)> {
     if !nvrtc_present() {
