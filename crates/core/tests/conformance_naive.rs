@@ -134,3 +134,14 @@ mod random_batches {
         }
     }
 }
+
+#[test]
+fn printed_replay_filter_reruns_the_failed_case() {
+    let f = run_check(Check::ExtendOracle, &|| Naive::<VMajor>::with_fault(Fault::IgnoreInitFlag), &short());
+    let failed = f.iter().find(|c| !c.passed).expect("the fault is caught");
+    // the filter a failure prints is its full case name
+    let only = SuiteOptions { only: Some(failed.case.clone()), ..short() };
+    let again = run_check(Check::ExtendOracle, &|| Naive::<VMajor>::with_fault(Fault::IgnoreInitFlag), &only);
+    assert!(again.iter().any(|c| c.case == failed.case && !c.passed), "replay did not rerun {}", failed.case);
+    assert!(again.len() < f.len(), "the filter narrows the run");
+}

@@ -27,7 +27,12 @@
 //!
 //! [`cross_layout`] runs the same inputs through two dispatchers (e.g. the
 //! K-major and V-major builds of one backend) and compares canonical states
-//! and outputs (DESIGN §5.6, second half).
+//! and outputs (DESIGN §5.6, second half). [`engine_scenario`] drives two
+//! dispatchers as an engine would (arrivals, budgeted chunked prefill,
+//! prefix-cache hits, decode, speculative verify + commit, migration between
+//! them, slot reuse). [`check_batch`] runs one caller-chosen batch, for
+//! property tests; [`fuzz::batch_metadata`] is the fuzz entry point for batch
+//! validation.
 //!
 //! Shapes covered: HV/HK in {1, 2, 4}; K != V; K, V in {16, 32, 48, 64, 128};
 //! lengths 1, 63, 64, 65, 1000 and 4096 mixed in one batch; grouped and tiled
@@ -125,8 +130,11 @@ impl SuiteOptions {
         o
     }
 
+    /// Whether a case named `case` runs: no filter, the filter is part of its
+    /// name, or the filter is a full reported case name starting with it (what
+    /// a failure prints).
     pub(crate) fn wants(&self, case: &str) -> bool {
-        self.only.as_deref().is_none_or(|o| case.contains(o))
+        self.only.as_deref().is_none_or(|o| case.contains(o) || o.starts_with(case))
     }
 }
 
