@@ -30,3 +30,13 @@ fn vmajor_worker_and_kmajor_worker_other_seed() {
     let opts = SuiteOptions { seed: SuiteOptions::from_env().seed ^ 0x5ca1ab1e, ..SuiteOptions::from_env() };
     check(engine_scenario(&CpuVMajor::new(), &CpuKMajor::new(), &opts));
 }
+
+#[test]
+fn bf16_state_pools() {
+    check(deltanet_core::conformance::engine_scenario_in(
+        &CpuKMajor::new(),
+        &CpuVMajor::new(),
+        deltanet_core::DType::BF16,
+        &SuiteOptions::from_env(),
+    ));
+}

@@ -70,7 +70,7 @@ use crate::dispatch::KernelDispatcher;
 use crate::error::Error;
 
 pub use gen::{mix_seed, DeltaInputs, LayerInputs, LayerParams};
-pub use scenario::engine_scenario;
+pub use scenario::{engine_scenario, engine_scenario_in};
 
 /// Options of a suite run.
 #[derive(Debug, Clone, PartialEq)]

@@ -66,6 +66,7 @@ struct World {
     rng: ChaCha8Rng,
     cache: Option<Slot>,
     cache_filled: bool,
+    state_dtype: DType,
     prefix: LayerInputs,
 }
 
@@ -90,7 +91,8 @@ fn worker_step<D: KernelDispatcher>(
     reqs: &mut [Req],
 ) -> Result<()> {
     let per_o = world.dims.num_v_heads * world.dims.head_v_dim;
-    let tol_of = |ctx: &Ctx<'_>, len: usize| ctx.tol(DType::F32, DType::F32, len);
+    let sd = world.state_dtype;
+    let tol_of = |ctx: &Ctx<'_>, len: usize| ctx.tol(DType::F32, sd, len);
     // prefill, FIFO, under the budget
     let mut budget = BUDGET;
     let mut chunk: Vec<(usize, usize, usize)> = Vec::new(); // (req index, from, to)
@@ -218,7 +220,7 @@ fn finish<D: KernelDispatcher>(ctx: &mut Ctx<'_>, world: &World, b: &mut Bench<'
     let per_o = world.dims.num_v_heads * world.dims.head_v_dim;
     let slot = r.slot.take().expect("finishing a request with a slot");
     let ref_ = world.oracle(&r.hist, &b.params);
-    let tol = ctx.tol(DType::F32, DType::F32, r.hist.tokens);
+    let tol = ctx.tol(DType::F32, world.state_dtype, r.hist.tokens);
     let name = format!(
         "engine: request {} ({} tokens{}; {})",
         r.id,
@@ -235,26 +237,44 @@ fn finish<D: KernelDispatcher>(ctx: &mut Ctx<'_>, world: &World, b: &mut Bench<'
 }
 
 /// Runs the scenario with worker 0 on `a` and worker 1 on `b`; returns one
-/// report per comparison. Both must claim f32 inputs and state.
+/// report per comparison. Both must claim f32 inputs and f32 state.
 pub fn engine_scenario<A: KernelDispatcher, B: KernelDispatcher>(a: &A, b: &B, opts: &SuiteOptions) -> Vec<CaseReport> {
+    engine_scenario_in(a, b, DType::F32, opts)
+}
+
+/// [`engine_scenario`] with pools of `state_dtype` recurrent state (f32 inputs),
+/// held to that dtype's tolerance.
+pub fn engine_scenario_in<A: KernelDispatcher, B: KernelDispatcher>(
+    a: &A,
+    b: &B,
+    state_dtype: DType,
+    opts: &SuiteOptions,
+) -> Vec<CaseReport> {
     let mut out = Vec::new();
     let mut ctx = Ctx { check: Check::LayerForward, opts, out: &mut out };
-    if let Err(e) = run(&mut ctx, a, b) {
+    if let Err(e) = run(&mut ctx, a, b, state_dtype) {
         ctx.fail("engine scenario aborted", format!("unexpected error: {e}"));
     }
     out
 }
 
-fn run<A: KernelDispatcher, B: KernelDispatcher>(ctx: &mut Ctx<'_>, a: &A, b: &B) -> Result<()> {
+fn run<A: KernelDispatcher, B: KernelDispatcher>(ctx: &mut Ctx<'_>, a: &A, b: &B, state_dtype: DType) -> Result<()> {
     let dims = ModelDims::new(2, 4, 32, 16, 4)?;
     let seed = crate::conformance::mix_seed(&[ctx.opts.seed, 0x00e4_614e]);
     let mut r0 = rng(seed);
-    let mut w0 = Bench::new(a, dims, 6, DType::F32, Some(DRAFT), DType::F32)?;
-    let mut w1 = Bench::new(b, dims, 5, DType::F32, Some(DRAFT), DType::F32)?;
+    let mut w0 = Bench::new(a, dims, 6, state_dtype, Some(DRAFT), DType::F32)?;
+    let mut w1 = Bench::new(b, dims, 5, state_dtype, Some(DRAFT), DType::F32)?;
     let cache = w0.pool.alloc(1)?[0];
     let prefix = LayerInputs::random(&dims, PREFIX, DType::F32, seed ^ 1);
-    let mut world =
-        World { dims, w: LayerParams::random(&dims, seed ^ 2), rng: rng(seed ^ 3), cache: Some(cache), cache_filled: false, prefix };
+    let mut world = World {
+        dims,
+        w: LayerParams::random(&dims, seed ^ 2),
+        rng: rng(seed ^ 3),
+        cache: Some(cache),
+        cache_filled: false,
+        state_dtype,
+        prefix,
+    };
     // the requests
     let lens = [130usize, 1, 64, 63, 65, 200, 17, 90, 5, 140, 33, 77, 128, 9];
     let mut reqs: Vec<Req> = Vec::new();
