@@ -13,7 +13,18 @@ extern "C" {
 
 /// Launches the kernels in the emulation, on host memory.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct EmuLauncher;
+pub struct EmuLauncher {
+    /// Threads per block for every kernel (0: the default, 64).
+    threads: u32,
+}
+
+impl EmuLauncher {
+    /// Blocks of `threads` threads (a multiple of 32, at most 1024) for every kernel:
+    /// results must not depend on it.
+    pub fn with_block_threads(threads: u32) -> Self {
+        EmuLauncher { threads }
+    }
+}
 
 impl Launcher for EmuLauncher {
     type Memory = HostMemory;
@@ -28,9 +39,11 @@ impl Launcher for EmuLauncher {
         // Fewer threads than on a GPU (each is an OS thread); every kernel
         // computes each output with one thread in a fixed order, so results do
         // not depend on the block size.
-        match kernel {
-            Kernel::Recurrent => 64,
-            _ => 64,
+        let _ = kernel;
+        if self.threads == 0 {
+            64
+        } else {
+            self.threads
         }
     }
     fn launch(&self, kernel: Kernel, grid: (u32, u32, u32), block: u32, args: &Args) -> Result<()> {

@@ -91,7 +91,7 @@ impl CudaDispatcher<GpuLauncher> {
 impl CudaDispatcher<EmuLauncher> {
     /// The kernels run in the CPU emulation of the CUDA execution model, on host memory.
     pub fn emulated() -> Self {
-        Self::with_launcher(EmuLauncher, Device::Host)
+        Self::with_launcher(EmuLauncher::default(), Device::Host)
     }
 }
 

@@ -112,3 +112,94 @@ mod conversions {
         rand::rngs::StdRng::seed_from_u64(0x0ddba11)
     }
 }
+
+mod block_size {
+    //! Every kernel computes each output element with one thread in a fixed
+    //! order, so the block size changes nothing, bit for bit; a missing barrier
+    //! or a cross-thread race would show here as the interleavings change.
+    use deltanet_backend_cuda::{CudaDispatcher, EmuLauncher};
+    use deltanet_core::conformance::DeltaInputs;
+    use deltanet_core::{
+        CommitBatch, DType, DecodeBatch, DeltaIo, DeltaParams, Device, DeviceTensor, ExtendBatch, HostMemory, HostState, KernelDispatcher,
+        MambaStatePool, ModelDims, PoolConfig, Snapshot, VerifyBatch,
+    };
+
+    struct Staged {
+        t: [DeviceTensor<HostMemory>; 6],
+    }
+
+    impl Staged {
+        fn new(inp: &DeltaInputs, dtype: DType) -> Staged {
+            let d = &inp.dims;
+            let (hk, hv, k, v, t) = (d.num_k_heads, d.num_v_heads, d.head_k_dim, d.head_v_dim, inp.tokens);
+            let m = HostMemory;
+            Staged {
+                t: [
+                    DeviceTensor::from_f32(&m, dtype, &[t, hk, k], &inp.q).unwrap(),
+                    DeviceTensor::from_f32(&m, dtype, &[t, hk, k], &inp.k).unwrap(),
+                    DeviceTensor::from_f32(&m, dtype, &[t, hv, v], &inp.v).unwrap(),
+                    DeviceTensor::from_f32(&m, DType::F32, &[t, hv], &inp.g).unwrap(),
+                    DeviceTensor::from_f32(&m, DType::F32, &[t, hv], &inp.beta).unwrap(),
+                    DeviceTensor::zeros(&m, dtype, &[t, hv, v]).unwrap(),
+                ],
+            }
+        }
+        fn io(&mut self, params: DeltaParams) -> DeltaIo<'_> {
+            let [q, k, v, g, b, o] = &mut self.t;
+            DeltaIo { q: q.view(), k: k.view(), v: v.view(), g: g.view(), beta: b.view(), o: o.view_mut(), params }
+        }
+        fn out(&self) -> Vec<f32> {
+            self.t[5].to_f32().unwrap()
+        }
+    }
+
+    /// Extend (with a snapshot), decode, verify of a tree, commit: every output and every pool byte.
+    fn run(threads: u32, state_dtype: DType, dtype: DType) -> (Vec<f32>, u64) {
+        let d = CudaDispatcher::with_launcher(EmuLauncher::with_block_threads(threads), Device::Host);
+        let dims = ModelDims::new(2, 4, 48, 40, 4).unwrap();
+        let params = DeltaParams::new(&dims);
+        let mut pool = d.new_pool(PoolConfig::new(1, 4, dims).with_state_dtype(state_dtype).with_speculative(3)).unwrap();
+        let slots = pool.alloc(3).unwrap();
+        let snap = pool.alloc(1).unwrap()[0];
+        let init = DeltaInputs::random(&dims, 2, DType::F32, 7);
+        for (i, &s) in slots.iter().enumerate() {
+            let st: Vec<f32> = (0..dims.state_elems()).map(|j| init.q[(i * 31 + j) % init.q.len()] * 0.5).collect();
+            let cv: Vec<f32> = (0..dims.conv_elems()).map(|j| init.v[(i * 17 + j) % init.v.len()]).collect();
+            pool.import(s, &HostState::from_f32(1, dims, state_dtype, DType::F32, &st, &cv).unwrap()).unwrap();
+        }
+        let mut outs = Vec::new();
+        let cu = [0, 130, 131, 200];
+        let b = ExtendBatch::new(&pool, &cu, &slots, &[true, false, true])
+            .unwrap()
+            .with_snapshots(&pool, &[Snapshot { seq: 2, position: 33, slot: snap }])
+            .unwrap();
+        let mut s = Staged::new(&DeltaInputs::random(&dims, 200, dtype, 1), dtype);
+        d.extend(&mut pool, 0, &b, s.io(params)).unwrap();
+        outs.extend(s.out());
+        let b = DecodeBatch::new(&pool, &slots).unwrap();
+        let mut s = Staged::new(&DeltaInputs::random(&dims, 3, dtype, 2), dtype);
+        d.decode(&mut pool, 0, &b, s.io(params)).unwrap();
+        outs.extend(s.out());
+        let b = VerifyBatch::tree(&pool, &slots, 3, &[-1, 0, 0, -1, -1, 1, -1, 0, 1]).unwrap();
+        let mut s = Staged::new(&DeltaInputs::random(&dims, 9, dtype, 3), dtype);
+        d.verify(&mut pool, 0, &b, s.io(params)).unwrap();
+        outs.extend(s.out());
+        let c = CommitBatch::new(&pool, &slots, &[2, 0, 1], &[]).unwrap();
+        d.commit(&mut pool, 0, &c).unwrap();
+        (outs, pool.digest().unwrap())
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_block_size() {
+        for (sd, dt) in [(DType::F32, DType::F32), (DType::BF16, DType::BF16), (DType::F32, DType::F16)] {
+            let (o32, d32) = run(32, sd, dt);
+            assert!(o32.iter().all(|x| x.is_finite()) && o32.iter().any(|&x| x != 0.0));
+            for threads in [96, 256] {
+                let (o, dg) = run(threads, sd, dt);
+                let diff = o.iter().zip(&o32).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                assert_eq!(diff, 0, "{threads} threads vs 32, state {sd}, inputs {dt}: {diff} outputs differ");
+                assert_eq!(dg, d32, "{threads} threads vs 32, state {sd}, inputs {dt}: pool bytes differ");
+            }
+        }
+    }
+}
