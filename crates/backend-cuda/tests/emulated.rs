@@ -203,3 +203,163 @@ mod block_size {
         }
     }
 }
+
+mod conv_and_gate {
+    //! The conv and gate kernels alone against the oracle, on conv widths and
+    //! dtypes the conformance suite does not use (it runs W = 4).
+    use super::make;
+    use deltanet_core::oracle::{causal_conv1d, error_ratio, gate};
+    use deltanet_core::{
+        CommitBatch, ConvIo, DType, DecodeBatch, DeviceTensor, ExtendBatch, GateIo, HostMemory, HostState, KernelDispatcher,
+        MambaStatePool, ModelDims, PoolConfig, Slot, Snapshot, TensorMeta, VerifyBatch,
+    };
+    use rand::{Rng, SeedableRng};
+
+    fn rnd(r: &mut rand::rngs::StdRng, n: usize, dt: DType) -> Vec<f32> {
+        (0..n).map(|_| dt.round(r.gen_range(-1.0f32..1.0))).collect()
+    }
+
+    fn conv_state(pool: &impl MambaStatePool, s: Slot) -> Vec<f32> {
+        pool.export(s).unwrap().conv_f32()
+    }
+
+    fn exact(a: &[f32], b: &[f64]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| *x as f64 == *y)
+    }
+
+    #[test]
+    fn conv_extend_update_verify_commit_match_the_oracle_for_several_widths() {
+        let d = make();
+        let m = HostMemory;
+        for (w, conv_dt, x_dt) in
+            [(2usize, DType::F32, DType::F32), (3, DType::BF16, DType::BF16), (6, DType::F16, DType::F16), (8, DType::F32, DType::BF16)]
+        {
+            let mut r = rand::rngs::StdRng::seed_from_u64(w as u64 * 1000 + 7);
+            let dims = ModelDims::new(1, 2, 8, 8, w).unwrap();
+            let c = dims.conv_dim();
+            let mut pool = d.new_pool(PoolConfig::new(1, 4, dims).with_conv_dtype(conv_dt).with_speculative(3)).unwrap();
+            let slots = pool.alloc(3).unwrap();
+            let snap = pool.alloc(1).unwrap()[0];
+            let mut init_conv = Vec::new();
+            for &s in &slots {
+                let cv = rnd(&mut r, dims.conv_elems(), conv_dt);
+                pool.import(s, &HostState::from_f32(1, dims, DType::F32, conv_dt, &vec![0.0; dims.state_elems()], &cv).unwrap()).unwrap();
+                init_conv.extend(cv);
+            }
+            let weight = rnd(&mut r, c * w, DType::F32);
+            let bias = rnd(&mut r, c, DType::F32);
+            let wt = DeviceTensor::from_f32(&m, DType::F32, &[c, w], &weight).unwrap();
+            let bt = DeviceTensor::from_f32(&m, DType::F32, &[c], &bias).unwrap();
+            let tol = if x_dt == DType::F32 { 1e-6 } else { 5e-3 };
+            let case = format!("W={w} conv {conv_dt} x {x_dt}");
+
+            // extend: three sequences, the middle one without initial state, a snapshot inside the last
+            let cu = [0usize, 5, 6, 13];
+            let init = [true, false, true];
+            let x = rnd(&mut r, 13 * c, x_dt);
+            let xt = DeviceTensor::from_f32(&m, x_dt, &[13, c], &x).unwrap();
+            let mut out = DeviceTensor::zeros(&m, x_dt, &[13, c]).unwrap();
+            let b = ExtendBatch::new(&pool, &cu, &slots, &init)
+                .unwrap()
+                .with_snapshots(&pool, &[Snapshot { seq: 2, position: 3, slot: snap }])
+                .unwrap();
+            let per = dims.conv_elems();
+            let mut st0 = init_conv.clone();
+            st0[per..2 * per].fill(0.0);
+            d.conv_extend(&mut pool, 0, &b, ConvIo { x: xt.view(), weight: wt.view(), bias: Some(bt.view()), out: out.view_mut() })
+                .unwrap();
+            let want = causal_conv1d(&x, &weight, Some(&bias), c, w, &cu, Some(&st0));
+            let e = error_ratio(&out.to_f32().unwrap(), &want.out);
+            assert!(e <= tol, "{case}: extend outputs {e:e}");
+            for (i, &s) in slots.iter().enumerate() {
+                assert!(exact(&conv_state(&pool, s), &want.conv_state[i * per..(i + 1) * per]), "{case}: conv state of seq {i}");
+            }
+            let part = causal_conv1d(&x[6 * c..9 * c], &weight, Some(&bias), c, w, &[0, 3], Some(&st0[2 * per..3 * per]));
+            assert!(exact(&conv_state(&pool, snap), &part.conv_state), "{case}: snapshot");
+
+            // update: one token per request
+            let before: Vec<f32> = slots.iter().flat_map(|&s| conv_state(&pool, s)).collect();
+            let x = rnd(&mut r, 3 * c, x_dt);
+            let xt = DeviceTensor::from_f32(&m, x_dt, &[3, c], &x).unwrap();
+            let mut out = DeviceTensor::zeros(&m, x_dt, &[3, c]).unwrap();
+            let b = DecodeBatch::new(&pool, &slots).unwrap();
+            d.conv_update(&mut pool, 0, &b, ConvIo { x: xt.view(), weight: wt.view(), bias: None, out: out.view_mut() }).unwrap();
+            let want = causal_conv1d(&x, &weight, None, c, w, &[0, 1, 2, 3], Some(&before));
+            let e = error_ratio(&out.to_f32().unwrap(), &want.out);
+            assert!(e <= tol, "{case}: update outputs {e:e}");
+            let after: Vec<f32> = slots.iter().flat_map(|&s| conv_state(&pool, s)).collect();
+            assert!(exact(&after, &want.conv_state), "{case}: update state");
+
+            // verify a tree (parents per request), then commit one accepted step each
+            let parents = [-1i64, 0, 0, -1, -1, 1, -1, 0, 1];
+            let x = rnd(&mut r, 9 * c, x_dt);
+            let xt = DeviceTensor::from_f32(&m, x_dt, &[9, c], &x).unwrap();
+            let mut out = DeviceTensor::zeros(&m, x_dt, &[9, c]).unwrap();
+            let b = VerifyBatch::tree(&pool, &slots, 3, &parents).unwrap();
+            d.conv_verify(&mut pool, 0, &b, ConvIo { x: xt.view(), weight: wt.view(), bias: Some(bt.view()), out: out.view_mut() })
+                .unwrap();
+            let out = out.to_f32().unwrap();
+            assert!(
+                exact(
+                    &slots.iter().flat_map(|&s| conv_state(&pool, s)).collect::<Vec<_>>(),
+                    &after.iter().map(|&v| v as f64).collect::<Vec<_>>()
+                ),
+                "{case}: verify touched the conv state"
+            );
+            let accepted = [2usize, 1, 2];
+            for i in 0..3 {
+                for t in 0..3 {
+                    // the path root..t of request i
+                    let mut path = vec![t];
+                    while let Some(&p) = path.last().map(|&s| &parents[i * 3 + s]) {
+                        if p < 0 {
+                            break;
+                        }
+                        path.push(p as usize);
+                    }
+                    path.reverse();
+                    let xs: Vec<f32> = path.iter().flat_map(|&s| x[(i * 3 + s) * c..(i * 3 + s + 1) * c].iter().copied()).collect();
+                    let want = causal_conv1d(&xs, &weight, Some(&bias), c, w, &[0, path.len()], Some(&after[i * per..(i + 1) * per]));
+                    let got = &out[(i * 3 + t) * c..(i * 3 + t + 1) * c];
+                    let e = error_ratio(got, &want.out[(path.len() - 1) * c..]);
+                    assert!(e <= tol, "{case}: verify request {i} step {t}: {e:e}");
+                    if accepted[i] == t {
+                        let c_b = CommitBatch::new(&pool, &[slots[i]], &[t], &[]).unwrap();
+                        d.commit(&mut pool, 0, &c_b).unwrap();
+                        assert!(exact(&conv_state(&pool, slots[i]), &want.conv_state), "{case}: committed window of request {i}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gate_matches_the_oracle_with_strided_half_inputs() {
+        let d = make();
+        let (t, hv, pad) = (37usize, 6usize, 3usize);
+        let mut r = rand::rngs::StdRng::seed_from_u64(99);
+        let dims = ModelDims::new(2, hv, 8, 8, 4).unwrap();
+        for dt in [DType::F32, DType::BF16, DType::F16] {
+            let a: Vec<f32> = (0..t * hv).map(|_| dt.round(r.gen_range(-30.0f32..30.0))).collect();
+            let b: Vec<f32> = (0..t * hv).map(|_| dt.round(r.gen_range(-8.0f32..8.0))).collect();
+            let a_log: Vec<f32> = (0..hv).map(|_| r.gen_range(-2.0f32..1.0)).collect();
+            let dt_bias: Vec<f32> = (0..hv).map(|_| r.gen_range(-1.0f32..1.0)).collect();
+            let padded =
+                |x: &[f32]| -> Vec<f32> { (0..t).flat_map(|i| x[i * hv..(i + 1) * hv].iter().copied().chain([f32::NAN; 3])).collect() };
+            let m = HostMemory;
+            let at = DeviceTensor::from_f32(&m, dt, &[t, hv + pad], &padded(&a)).unwrap();
+            let btn = DeviceTensor::from_f32(&m, dt, &[t, hv + pad], &padded(&b)).unwrap();
+            let alt = DeviceTensor::from_f32(&m, DType::F32, &[hv], &a_log).unwrap();
+            let dbt = DeviceTensor::from_f32(&m, DType::F32, &[hv], &dt_bias).unwrap();
+            let mut g = DeviceTensor::zeros(&m, DType::F32, &[t, hv]).unwrap();
+            let mut beta = DeviceTensor::zeros(&m, DType::F32, &[t, hv]).unwrap();
+            let strided = TensorMeta::strided(deltanet_core::Device::Host, dt, &[t, hv], &[hv + pad, 1]).unwrap();
+            let av = at.view().restride(0, strided.shape(), strided.strides()).unwrap();
+            let bv = btn.view().restride(0, strided.shape(), strided.strides()).unwrap();
+            d.gate(&dims, GateIo { a: av, b: bv, a_log: alt.view(), dt_bias: dbt.view(), g: g.view_mut(), beta: beta.view_mut() }).unwrap();
+            let (wg, wb) = gate(&a, &b, &a_log, &dt_bias);
+            let (eg, eb) = (error_ratio(&g.to_f32().unwrap(), &wg), error_ratio(&beta.to_f32().unwrap(), &wb));
+            assert!(eg <= 1e-6 && eb <= 1e-6, "{dt}: g {eg:e}, beta {eb:e}");
+        }
+    }
+}
