@@ -33,7 +33,8 @@ fn main() -> Result<()> {
     run(&mut pool, 1, &|p, io| cpu.decode(p, 0, &step, io))?;
     let drafts = VerifyBatch::chain(&pool, &slot, 3)?; // 3 draft tokens into the scratch
     run(&mut pool, 3, &|p, io| cpu.verify(p, 0, &drafts, io))?;
-    cpu.commit(&mut pool, 0, &CommitBatch::new(&pool, &slot, &[1], &[])?)?; // first two accepted
+    let accept = CommitBatch::new(&pool, &slot, &[1], &[])?; // drafts 0 and 1 accepted
+    cpu.commit(&mut pool, 0, &accept)?;
     println!("state after commit: {} bytes in canonical order", pool.export(slot[0])?.temporal.len());
     pool.free(&slot)
 }

@@ -109,6 +109,7 @@ pub trait BackendVisitor {
 /// Every backend name this build knows, compiled in or not.
 pub const BACKEND_NAMES: [&str; 4] = ["cpu", "cpu-vk", "cuda:0", "npu:0"];
 
+#[cfg(not(all(feature = "cpu", feature = "cuda", feature = "npu")))]
 fn not_compiled(backend: &str, feature: &str) -> Error {
     Error::NotCompiled { backend: backend.into(), feature: feature.into() }
 }

@@ -5,7 +5,7 @@
 //! speculative decoding on" or "is this the NPU". There is no such branch
 //! here: the layout and dtypes were fixed when the pool was made, and the
 //! four entry points differ only in which batch type and which two kernels
-//! they hand to the one shared body, [`run_layer`].
+//! they hand to the one shared body, `run_layer`.
 
 use crate::batch::{CommitBatch, DecodeBatch, ExtendBatch, VerifyBatch};
 use crate::dims::{DeltaParams, ModelDims};
