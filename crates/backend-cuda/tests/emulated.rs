@@ -363,3 +363,89 @@ mod conv_and_gate {
         }
     }
 }
+
+mod extreme_gates {
+    //! Decays far outside the suite's range (exp(g) from 1 down to e^-40 per
+    //! token, cumulative sums underflowing f32 inside a chunk) and beta in
+    //! {0, 1}: no NaN or overflow in the chunked form, and extend agrees with
+    //! the oracle and with token-by-token decode.
+    use super::make;
+    use deltanet_core::conformance::DeltaInputs;
+    use deltanet_core::oracle::error_ratio;
+    use deltanet_core::{
+        DType, DecodeBatch, DeltaIo, DeltaParams, DeviceTensor, ExtendBatch, HostMemory, KernelDispatcher, MambaStatePool, ModelDims,
+        PoolConfig,
+    };
+
+    #[test]
+    fn strong_and_zero_decay() {
+        let d = make();
+        let m = HostMemory;
+        let dims = ModelDims::new(1, 2, 32, 16, 4).unwrap();
+        let params = DeltaParams::new(&dims);
+        let t = 150;
+        let mut inp = DeltaInputs::random(&dims, t, DType::F32, 42);
+        for (i, g) in inp.g.iter_mut().enumerate() {
+            *g = match i % 7 {
+                0 => 0.0,
+                1 => -40.0,
+                2 => -12.5,
+                3 => -1e-6,
+                _ => *g * 10.0,
+            };
+        }
+        for (i, b) in inp.beta.iter_mut().enumerate() {
+            if i % 5 == 0 {
+                *b = if i % 10 == 0 { 0.0 } else { 1.0 };
+            }
+        }
+        let stage = |x: &DeltaInputs| {
+            let (hk, hv, k, v, n) = (1, 2, 32, 16, x.tokens);
+            [
+                DeviceTensor::from_f32(&m, DType::F32, &[n, hk, k], &x.q).unwrap(),
+                DeviceTensor::from_f32(&m, DType::F32, &[n, hk, k], &x.k).unwrap(),
+                DeviceTensor::from_f32(&m, DType::F32, &[n, hv, v], &x.v).unwrap(),
+                DeviceTensor::from_f32(&m, DType::F32, &[n, hv], &x.g).unwrap(),
+                DeviceTensor::from_f32(&m, DType::F32, &[n, hv], &x.beta).unwrap(),
+                DeviceTensor::zeros(&m, DType::F32, &[n, hv, v]).unwrap(),
+            ]
+        };
+        // extend
+        let mut pool = d.new_pool(PoolConfig::new(1, 2, dims)).unwrap();
+        let s = pool.alloc(2).unwrap();
+        let [q, k, v, g, b, mut o] = stage(&inp);
+        let batch = ExtendBatch::new(&pool, &[0, t], &s[..1], &[false]).unwrap();
+        d.extend(
+            &mut pool,
+            0,
+            &batch,
+            DeltaIo { q: q.view(), k: k.view(), v: v.view(), g: g.view(), beta: b.view(), o: o.view_mut(), params },
+        )
+        .unwrap();
+        let o_ext = o.to_f32().unwrap();
+        assert!(o_ext.iter().all(|x| x.is_finite()));
+        let r = inp.oracle(&params, &[0, t], None);
+        let e = error_ratio(&o_ext, &r.o);
+        assert!(e <= 1e-5, "extend vs oracle: {e:e}");
+        let st = pool.export(s[0]).unwrap().temporal_f32();
+        let e = error_ratio(&st, &r.final_state);
+        assert!(e <= 1e-5, "extend state vs oracle: {e:e}");
+        // token-by-token decode on the second slot (zeroed)
+        pool.zero(&s[1..]).unwrap();
+        let mut o_dec = Vec::new();
+        for i in 0..t {
+            let [q, k, v, g, b, mut o] = stage(&inp.slice(i..i + 1));
+            let batch = DecodeBatch::new(&pool, &s[1..]).unwrap();
+            d.decode(
+                &mut pool,
+                0,
+                &batch,
+                DeltaIo { q: q.view(), k: k.view(), v: v.view(), g: g.view(), beta: b.view(), o: o.view_mut(), params },
+            )
+            .unwrap();
+            o_dec.extend(o.to_f32().unwrap());
+        }
+        let e = error_ratio(&o_dec, &r.o);
+        assert!(e <= 1e-5, "decode vs oracle: {e:e}");
+    }
+}
