@@ -83,14 +83,6 @@ struct Workspace {
     gam: Vec<f64>,
     /// beta per token.
     beta: Vec<f32>,
-    /// one-token scratch (decode / verify): q, k, v, o, two V-vectors, a row.
-    tq: Vec<f32>,
-    tk: Vec<f32>,
-    tv: Vec<f32>,
-    to: Vec<f32>,
-    a1: Vec<f32>,
-    a2: Vec<f32>,
-    row: Vec<f32>,
 }
 
 impl Workspace {
@@ -118,13 +110,6 @@ impl Workspace {
             t64: vec![0.0; c * c],
             gam: vec![0.0; c],
             beta: vec![0.0; c],
-            tq: vec![0.0; k],
-            tk: vec![0.0; k],
-            tv: vec![0.0; v],
-            to: vec![0.0; v],
-            a1: vec![0.0; v],
-            a2: vec![0.0; v],
-            row: vec![0.0; k.max(v)],
         };
     }
 }
@@ -438,114 +423,227 @@ fn chunk(ws: &mut Workspace, io: &DeltaViews<'_>, h: usize, t0: usize, c: usize,
     unsafe { mm(kd, vd, c, ws.s.as_mut_ptr(), vd, true, alpha, ws.kd.as_ptr(), 1, kd, ws.vp.as_ptr(), vd, 1, 1.0) };
 }
 
-/// One token of the recurrence on one head, fused: decay, `S^T k`, `S^T q`,
-/// correction, rank-1 write, output. Reads the state at `src`, writes it at
-/// `dst` (they may be the same address), in layout `kind`.
+/// Columns of a K-major state block processed together by [`steps_head`].
+const BW: usize = 128;
+
+/// Per-step scalars and vectors of a multi-step run, grown on demand (size D, not T).
+#[derive(Default)]
+struct StepScratch {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    beta: Vec<f32>,
+    d: Vec<f32>,
+    kq: Vec<f32>,
+    /// Per-step state blocks (K-major: `[D, K, BW]`; V-major: `[D, K]`).
+    blk: Vec<f32>,
+    /// Source block.
+    src: Vec<f32>,
+    o: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+thread_local! {
+    static STEPS: RefCell<StepScratch> = RefCell::new(StepScratch::default());
+}
+
+/// One request's steps on one head, fused into a single pass over the state:
+/// step `i` reads token `tokens[i]`, starts from `parents[i]` (an earlier
+/// step, or the state at `src` for `None`) and writes its state to `dsts[i]`
+/// and its output row. Decode is one step with `dsts[0] == src`; verify is D
+/// steps into the scratch. Every step's state is rounded to `E` before a
+/// child reads it, so a chain gives the same bits as sequential decodes.
 ///
 /// # Safety
-/// `src` and `dst` point to `K*V` elements (readable / writable), either the
-/// same or disjoint, that no other thread touches during the call.
-pub(crate) unsafe fn step_head<E: StateElem>(kind: LayoutKind, io: &DeltaViews<'_>, t: usize, h: usize, src: *const E, dst: *mut E) {
-    WS.with(|ws| {
-        let mut ws = ws.borrow_mut();
+/// `src` and every `dsts[i]` point to `K*V` elements no other thread touches
+/// during the call; `dsts` are pairwise disjoint and disjoint from `src`,
+/// except that `dsts[0]` may equal `src` when there is one step.
+pub(crate) unsafe fn steps_head<E: StateElem>(
+    kind: LayoutKind,
+    io: &DeltaViews<'_>,
+    h: usize,
+    tokens: &[usize],
+    parents: &[Option<usize>],
+    src: *const E,
+    dsts: &[*mut E],
+) {
+    STEPS.with(|sc| {
+        let mut sc = sc.borrow_mut();
         if simd::has_avx2() {
             // SAFETY: AVX2 and FMA are present; the pointer contract is the caller's.
-            unsafe { step_head_avx2::<E>(&mut ws, kind, io, t, h, src, dst) }
+            unsafe { steps_head_avx2::<E>(&mut sc, kind, io, h, tokens, parents, src, dsts) }
         } else {
             // SAFETY: forwarded from the caller.
-            unsafe { step_head_body::<E>(&mut ws, kind, io, t, h, src, dst) }
+            unsafe { steps_head_body::<E>(&mut sc, kind, io, h, tokens, parents, src, dsts) }
         }
     })
 }
 
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn step_head_avx2<E: StateElem>(
-    ws: &mut Workspace,
+unsafe fn steps_head_avx2<E: StateElem>(
+    sc: &mut StepScratch,
     kind: LayoutKind,
     io: &DeltaViews<'_>,
-    t: usize,
     h: usize,
+    tokens: &[usize],
+    parents: &[Option<usize>],
     src: *const E,
-    dst: *mut E,
+    dsts: &[*mut E],
 ) {
     // SAFETY: forwarded from the caller.
-    unsafe { step_head_body::<E>(ws, kind, io, t, h, src, dst) }
+    unsafe { steps_head_body::<E>(sc, kind, io, h, tokens, parents, src, dsts) }
 }
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn step_head_body<E: StateElem>(
-    ws: &mut Workspace,
+unsafe fn steps_head_body<E: StateElem>(
+    sc: &mut StepScratch,
     kind: LayoutKind,
     io: &DeltaViews<'_>,
-    t: usize,
     h: usize,
+    tokens: &[usize],
+    parents: &[Option<usize>],
     src: *const E,
-    dst: *mut E,
+    dsts: &[*mut E],
 ) {
-    {
-        let (kd, vd) = (io.dims.head_k_dim, io.dims.head_v_dim);
-        ws.ensure(kd, vd);
-        io.load_qk(t, h, &mut ws.tq, &mut ws.tk);
-        io.v.row(io.v.off2(t, h), &mut ws.tv);
-        let beta = io.beta.get(io.beta.off2(t, h));
-        let d = (io.g.get(io.g.off2(t, h)) as f64).exp() as f32;
-        let kq = simd::dot(&ws.tq, &ws.tk);
-        let scale = io.params.scale;
-        match kind {
-            LayoutKind::KMajor => {
-                // pass 1: a1 = S^T k, a2 = S^T q
-                ws.a1.fill(0.0);
-                ws.a2.fill(0.0);
+    let (kd, vd) = (io.dims.head_k_dim, io.dims.head_v_dim);
+    let n = tokens.len();
+    let grow = |x: &mut Vec<f32>, len: usize| {
+        if x.len() < len {
+            x.resize(len, 0.0);
+        }
+    };
+    grow(&mut sc.q, n * kd);
+    grow(&mut sc.k, n * kd);
+    grow(&mut sc.v, n * vd);
+    grow(&mut sc.beta, n);
+    grow(&mut sc.d, n);
+    grow(&mut sc.kq, n);
+    grow(&mut sc.o, n * vd);
+    grow(&mut sc.blk, n * kd * BW.max(1));
+    grow(&mut sc.src, kd * BW);
+    grow(&mut sc.acc, 2 * BW);
+    for (i, &t) in tokens.iter().enumerate() {
+        io.load_qk(t, h, &mut sc.q[i * kd..(i + 1) * kd], &mut sc.k[i * kd..(i + 1) * kd]);
+        io.v.row(io.v.off2(t, h), &mut sc.v[i * vd..(i + 1) * vd]);
+        sc.beta[i] = io.beta.get(io.beta.off2(t, h));
+        sc.d[i] = (io.g.get(io.g.off2(t, h)) as f64).exp() as f32;
+        sc.kq[i] = simd::dot(&sc.q[i * kd..(i + 1) * kd], &sc.k[i * kd..(i + 1) * kd]);
+    }
+    let scale = io.params.scale;
+    // verify: scratch states are written once, so bypass the cache (f32 state)
+    let stream = !E::NARROW && (n > 1 || !std::ptr::eq(dsts[0], src));
+    match kind {
+        LayoutKind::KMajor => {
+            let mut c0 = 0;
+            while c0 < vd {
+                let w = BW.min(vd - c0);
+                // load the source block [K, w]
                 for kk in 0..kd {
-                    // SAFETY: row kk of the head, inside the caller's K*V range.
-                    let s = unsafe { std::slice::from_raw_parts(src.add(kk * vd), vd) };
-                    let (kv, qv) = (ws.tk[kk], ws.tq[kk]);
-                    for ((a1, a2), x) in ws.a1.iter_mut().zip(ws.a2.iter_mut()).zip(s) {
-                        let x = x.ld();
-                        *a1 += x * kv;
-                        *a2 += x * qv;
+                    // SAFETY: row kk, columns c0..c0+w of the source head.
+                    let s = unsafe { std::slice::from_raw_parts(src.add(kk * vd + c0), w) };
+                    sc.src[kk * BW..kk * BW + w].iter_mut().zip(s).for_each(|(d, x)| *d = x.ld());
+                }
+                for i in 0..n {
+                    let (done, rest) = sc.blk.split_at_mut(i * kd * BW);
+                    let out = &mut rest[..kd * BW];
+                    let parent: &[f32] = match parents[i] {
+                        None => &sc.src[..kd * BW],
+                        Some(p) => &done[p * kd * BW..(p + 1) * kd * BW],
+                    };
+                    let (kv, qv) = (&sc.k[i * kd..(i + 1) * kd], &sc.q[i * kd..(i + 1) * kd]);
+                    let (sk, sq) = sc.acc.split_at_mut(BW);
+                    sk.fill(0.0);
+                    sq.fill(0.0);
+                    for kk in 0..kd {
+                        let prow = &parent[kk * BW..kk * BW + BW];
+                        let (a, b) = (kv[kk], qv[kk]);
+                        for j in 0..BW {
+                            sk[j] += prow[j] * a;
+                            sq[j] += prow[j] * b;
+                        }
+                    }
+                    let (beta, d, kq) = (sc.beta[i], sc.d[i], sc.kq[i]);
+                    let vrow = &sc.v[i * vd + c0..i * vd + c0 + w];
+                    let orow = &mut sc.o[i * vd + c0..i * vd + c0 + w];
+                    for j in 0..w {
+                        let u = beta * (vrow[j] - d * sk[j]);
+                        orow[j] = scale * (d * sq[j] + u * kq);
+                        sk[j] = u;
+                    }
+                    let dst = dsts[i];
+                    for kk in 0..kd {
+                        let (prow, orow) = (&parent[kk * BW..kk * BW + w], &mut out[kk * BW..kk * BW + w]);
+                        let a = kv[kk];
+                        // SAFETY: row kk, columns c0..c0+w of step i's destination head; the
+                        // source block (which it may alias for one step) is already read.
+                        let p = unsafe { dst.add(kk * vd + c0) };
+                        if stream {
+                            for j in 0..w {
+                                orow[j] = d * prow[j] + a * sk[j];
+                            }
+                            // SAFETY: as above; with `stream`, E is f32.
+                            if unsafe { simd::stream_f32(p as *mut f32, orow) } {
+                                continue;
+                            }
+                        }
+                        // SAFETY: as above.
+                        let o = unsafe { std::slice::from_raw_parts_mut(p, w) };
+                        for j in 0..w {
+                            let r = E::st(d * prow[j] + a * sk[j]);
+                            o[j] = r;
+                            orow[j] = r.ld();
+                        }
                     }
                 }
-                // u = beta (v - d S^T k); o = scale (d S^T q + u (k.q))
-                for j in 0..vd {
-                    let u = beta * (ws.tv[j] - d * ws.a1[j]);
-                    ws.to[j] = scale * (d * ws.a2[j] + u * kq);
-                    ws.a1[j] = u;
-                }
-                // pass 2: S' = d S + k u^T (each element read before it is written)
-                for kk in 0..kd {
-                    let row = &mut ws.row[..vd];
-                    // SAFETY: as above.
-                    let s = unsafe { std::slice::from_raw_parts(src.add(kk * vd), vd) };
-                    row.iter_mut().zip(s).for_each(|(r, x)| *r = x.ld());
-                    let kv = ws.tk[kk];
-                    // SAFETY: row kk of the destination head; `s` is no longer used.
-                    let o = unsafe { std::slice::from_raw_parts_mut(dst.add(kk * vd), vd) };
-                    for ((o, x), u) in o.iter_mut().zip(row.iter()).zip(&ws.a1) {
-                        *o = E::st(d * x + kv * u);
-                    }
-                }
+                c0 += w;
             }
-            LayoutKind::VMajor => {
-                for j in 0..vd {
-                    let row = &mut ws.row[..kd];
-                    // SAFETY: row j of the head, inside the caller's K*V range.
-                    let s = unsafe { std::slice::from_raw_parts(src.add(j * kd), kd) };
-                    row.iter_mut().zip(s).for_each(|(r, x)| *r = x.ld());
-                    let (sk, sq) = simd::dot2(row, &ws.tk, &ws.tq);
-                    let u = beta * (ws.tv[j] - d * sk);
-                    ws.to[j] = scale * (d * sq + u * kq);
-                    // SAFETY: row j of the destination head; the source row is already read.
-                    let o = unsafe { std::slice::from_raw_parts_mut(dst.add(j * kd), kd) };
-                    for ((o, x), kv) in o.iter_mut().zip(row.iter()).zip(&ws.tk) {
-                        *o = E::st(d * x + u * kv);
+        }
+        LayoutKind::VMajor => {
+            for j in 0..vd {
+                // SAFETY: row j of the source head.
+                let s = unsafe { std::slice::from_raw_parts(src.add(j * kd), kd) };
+                sc.src[..kd].iter_mut().zip(s).for_each(|(d, x)| *d = x.ld());
+                for i in 0..n {
+                    let (done, rest) = sc.blk.split_at_mut(i * kd);
+                    let out = &mut rest[..kd];
+                    let parent: &[f32] = match parents[i] {
+                        None => &sc.src[..kd],
+                        Some(p) => &done[p * kd..(p + 1) * kd],
+                    };
+                    let (kv, qv) = (&sc.k[i * kd..(i + 1) * kd], &sc.q[i * kd..(i + 1) * kd]);
+                    let (skv, sqv) = simd::dot2(parent, kv, qv);
+                    let (beta, d) = (sc.beta[i], sc.d[i]);
+                    let u = beta * (sc.v[i * vd + j] - d * skv);
+                    sc.o[i * vd + j] = scale * (d * sqv + u * sc.kq[i]);
+                    // SAFETY: row j of step i's destination head; the source row is already read.
+                    let p = unsafe { dsts[i].add(j * kd) };
+                    if stream {
+                        for ((o, p), a) in out.iter_mut().zip(parent).zip(kv) {
+                            *o = d * p + u * a;
+                        }
+                        // SAFETY: as above; with `stream`, E is f32.
+                        if unsafe { simd::stream_f32(p as *mut f32, out) } {
+                            continue;
+                        }
+                    }
+                    // SAFETY: as above.
+                    let o = unsafe { std::slice::from_raw_parts_mut(p, kd) };
+                    for ((o, (b, p)), a) in o.iter_mut().zip(out.iter_mut().zip(parent)).zip(kv) {
+                        let r = E::st(d * p + u * a);
+                        *o = r;
+                        *b = r.ld();
                     }
                 }
             }
         }
+    }
+    if stream {
+        simd::store_fence();
+    }
+    for (i, &t) in tokens.iter().enumerate() {
         // SAFETY: output row (t, h) belongs to this task alone.
-        unsafe { io.o.store(io.o.off2(t, h), &ws.to) };
+        unsafe { io.o.store(io.o.off2(t, h), &sc.o[i * vd..(i + 1) * vd]) };
     }
 }

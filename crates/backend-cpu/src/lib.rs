@@ -57,7 +57,7 @@ mod simd;
 pub use delta::CHUNK;
 
 use conv::{load_conv, store_conv, ConvBlock, CONV_BLOCK};
-use delta::{extend_head, step_head, DeltaViews, ExtendTarget};
+use delta::{extend_head, steps_head, DeltaViews, ExtendTarget};
 use deltanet_core::*;
 use half::bf16;
 use io::{In, Out, RawBuf};
@@ -324,7 +324,7 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
                 let off = g.temporal_offset(layer, batch.slots()[i].index()) + h * per * std::mem::size_of::<E>();
                 let st = temporal.typed::<E>(off, per);
                 // SAFETY: (slot, head) is this task's alone (slots are distinct); in place.
-                unsafe { step_head::<E>(L::KIND, &views, i, h, st, st) };
+                unsafe { steps_head::<E>(L::KIND, &views, h, &[i], &[None], st, &[st]) };
             })
         }));
         Ok(())
@@ -346,16 +346,13 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
                 let (i, h) = (task / hv, task % hv);
                 let slot = batch.slots()[i].index();
                 let head = h * per * std::mem::size_of::<E>();
-                for t in 0..dn {
-                    let src = match batch.parent(i, t) {
-                        None => temporal.typed::<E>(g.temporal_offset(layer, slot) + head, per),
-                        Some(p) => scratch.typed::<E>(g.scratch_offset(layer, slot, p) + head, per),
-                    };
-                    let dst = scratch.typed::<E>(g.scratch_offset(layer, slot, t) + head, per);
-                    // SAFETY: this task alone touches (slot, head) of the main state (read only)
-                    // and of every scratch step; parent p < t, so src and dst are disjoint.
-                    unsafe { step_head::<E>(L::KIND, &views, i * dn + t, h, src, dst) };
-                }
+                let tokens: Vec<usize> = (0..dn).map(|t| i * dn + t).collect();
+                let parents: Vec<Option<usize>> = (0..dn).map(|t| batch.parent(i, t)).collect();
+                let src = temporal.typed::<E>(g.temporal_offset(layer, slot) + head, per);
+                let dsts: Vec<*mut E> = (0..dn).map(|t| scratch.typed::<E>(g.scratch_offset(layer, slot, t) + head, per)).collect();
+                // SAFETY: this task alone touches (slot, head) of the main state (read only)
+                // and of every scratch step of the slot; the scratch steps are disjoint.
+                unsafe { steps_head::<E>(L::KIND, &views, h, &tokens, &parents, src, &dsts) };
             })
         }));
         Ok(())

@@ -102,6 +102,45 @@ pub(crate) fn dot(x: &[f32], a: &[f32]) -> f32 {
     r
 }
 
+/// Stores `src` at `dst` with non-temporal (cache-bypassing) stores when `dst`
+/// is 16-byte aligned and the length a multiple of 4; returns false (storing
+/// nothing) otherwise. Used for speculative scratch states that are written
+/// once and read, if at all, by a later commit: no read-for-ownership traffic.
+/// Call [`store_fence`] before anyone else reads the memory.
+///
+/// # Safety
+/// `dst` points to `src.len()` writable f32 nobody else touches meanwhile.
+#[inline(always)]
+pub(crate) unsafe fn stream_f32(dst: *mut f32, src: &[f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_loadu_ps, _mm_stream_ps};
+        if !(dst as usize).is_multiple_of(16) || !src.len().is_multiple_of(4) {
+            return false;
+        }
+        for (i, c) in src.chunks_exact(4).enumerate() {
+            // SAFETY: SSE is part of x86_64; `dst + 4i` is 16-byte aligned and in range.
+            unsafe { _mm_stream_ps(dst.add(4 * i), _mm_loadu_ps(c.as_ptr())) };
+        }
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (dst, src);
+        false
+    }
+}
+
+/// Orders earlier non-temporal stores before later loads and stores.
+#[inline(always)]
+pub(crate) fn store_fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE is part of x86_64; a fence has no memory-safety preconditions.
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
