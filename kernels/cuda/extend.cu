@@ -17,9 +17,10 @@
 //    slot, has_initial_state, first chunk, end chunk), 8 chunk table (4 x i64:
 //    first token, length, first snapshot, end snapshot), 9 snapshot slots (i64),
 //    10 f32 workspace, per block DN_BV*K + 64*(3K + 2*DN_BV) floats
-// n: as dn_recurrent (5 and 6 unused)
+// n: as dn_recurrent (0 N; 5 and 6 unused)
 // f: 0 scale
-// grid: (HV, N, ceil(V / DN_BV)); any block size that is a multiple of 32.
+// grid: (HV, <= N, ceil(V / DN_BV)): blocks stride over the sequences; any
+// block size that is a multiple of 32.
 #define DN_CHUNK 64
 #define DN_BV 32
 
@@ -35,7 +36,6 @@ extern "C" __global__ void dn_extend(Args a) {
 
     const int HK = (int)a.n[1], HV = (int)a.n[2], K = (int)a.n[3], V = (int)a.n[4];
     const int h = blockIdx.x;
-    const long long i = blockIdx.y;
     const int v0 = blockIdx.z * DN_BV;
     const int bv = V - v0 < DN_BV ? V - v0 : DN_BV;
     const int kh = key_head(h, HK, HV, (int)a.n[7]);
@@ -43,8 +43,6 @@ extern "C" __global__ void dn_extend(Args a) {
     const float scale = a.f[0];
     const int sdt = (int)a.n[14];
     const bool l2 = a.n[8] != 0;
-    const long long* seq = (const long long*)a.p[7] + i * 6;
-    const long long slot = seq[2];
     const long long* chunks = (const long long*)a.p[8];
     const long long* snaps = (const long long*)a.p[9];
     void* state = (void*)a.p[6];
@@ -52,130 +50,137 @@ extern "C" __global__ void dn_extend(Args a) {
     const long long hoff = ((long long)h * V + v0) * K; // this tile's rows
     const long long VK = (long long)bv * K;              // elements of this tile
 
-    float* S = (float*)a.p[10] + ((i * HV + h) * gridDim.z + blockIdx.z) * ((long long)DN_BV * K + (long long)DN_CHUNK * (3 * K + 2 * DN_BV));
+    // workspace of this block; blocks stride over the sequences (gridDim.y <= N)
+    // so the workspace is bounded by the grid, not by the batch
+    float* S = (float*)a.p[10] + (((long long)blockIdx.y * HV + h) * gridDim.z + blockIdx.z) * ((long long)DN_BV * K + (long long)DN_CHUNK * (3 * K + 2 * DN_BV));
     float* Kc = S + VK;
     float* Qc = Kc + DN_CHUNK * K;
     float* Wc = Qc + DN_CHUNK * K;
     float* Uc = Wc + DN_CHUNK * K; // [DN_CHUNK][DN_BV]
     float* Oi = Uc + DN_CHUNK * DN_BV;
 
-    for (long long e = tid; e < VK; e += nt) S[e] = seq[3] ? ldx(state, sdt, slot * per + hoff + e) : 0.0f;
-    __syncthreads();
+    for (long long i = blockIdx.y; i < a.n[0]; i += gridDim.y) {
+        const long long* seq = (const long long*)a.p[7] + i * 6;
+        const long long slot = seq[2];
+        for (long long e = tid; e < VK; e += nt) S[e] = seq[3] ? ldx(state, sdt, slot * per + hoff + e) : 0.0f;
+        __syncthreads();
 
-    for (long long c = seq[4]; c < seq[5]; ++c) {
-        const long long t0 = chunks[4 * c];
-        const int L = (int)chunks[4 * c + 1];
-        // 1. load keys, queries, gates
-        for (int e = tid; e < L * K; e += nt) {
-            int j = e / K, x = e % K;
-            long long tok = t0 + j;
-            Kc[e] = ldx((const void*)a.p[1], (int)a.n[10], tok * a.n[17] + kh * a.n[18] + x);
-            Qc[e] = ldx((const void*)a.p[0], (int)a.n[9], tok * a.n[15] + kh * a.n[16] + x);
-        }
-        for (int j = tid; j < L; j += nt) {
-            long long tok = t0 + j;
-            Bt[j] = ldx((const void*)a.p[4], (int)a.n[12], tok * a.n[22] + h);
-        }
-        if (tid == 0) {
-            float acc = 0.0f;
-            for (int j = 0; j < L; ++j) {
-                acc += ((const float*)a.p[3])[(t0 + j) * a.n[21] + h];
-                G[j] = acc;
-            }
-        }
-        __syncthreads();
-        if (l2) {
-            for (int j = tid; j < L; j += nt) {
-                float sk = 0.0f, sq = 0.0f;
-                for (int x = 0; x < K; ++x) {
-                    sk += Kc[j * K + x] * Kc[j * K + x];
-                    sq += Qc[j * K + x] * Qc[j * K + x];
-                }
-                NK[j] = 1.0f / sqrtf(sk + 1e-6f);
-                NQ[j] = 1.0f / sqrtf(sq + 1e-6f);
-            }
-            __syncthreads();
+        for (long long c = seq[4]; c < seq[5]; ++c) {
+            const long long t0 = chunks[4 * c];
+            const int L = (int)chunks[4 * c + 1];
+            // 1. load keys, queries, gates
             for (int e = tid; e < L * K; e += nt) {
-                int j = e / K;
-                Kc[e] *= NK[j];
-                Qc[e] *= NQ[j];
+                int j = e / K, x = e % K;
+                long long tok = t0 + j;
+                Kc[e] = ldx((const void*)a.p[1], (int)a.n[10], tok * a.n[17] + kh * a.n[18] + x);
+                Qc[e] = ldx((const void*)a.p[0], (int)a.n[9], tok * a.n[15] + kh * a.n[16] + x);
+            }
+            for (int j = tid; j < L; j += nt) {
+                long long tok = t0 + j;
+                Bt[j] = ldx((const void*)a.p[4], (int)a.n[12], tok * a.n[22] + h);
+            }
+            if (tid == 0) {
+                float acc = 0.0f;
+                for (int j = 0; j < L; ++j) {
+                    acc += ((const float*)a.p[3])[(t0 + j) * a.n[21] + h];
+                    G[j] = acc;
+                }
             }
             __syncthreads();
-        }
-        // 2. A (strict lower, with beta) and M (lower with diagonal)
-        for (int e = tid; e < L * L; e += nt) {
-            int r = e / L, j = e % L;
-            float av = 0.0f, mv = 0.0f;
-            if (j <= r) {
-                float kk = 0.0f, qk = 0.0f;
+            if (l2) {
+                for (int j = tid; j < L; j += nt) {
+                    float sk = 0.0f, sq = 0.0f;
+                    for (int x = 0; x < K; ++x) {
+                        sk += Kc[j * K + x] * Kc[j * K + x];
+                        sq += Qc[j * K + x] * Qc[j * K + x];
+                    }
+                    NK[j] = 1.0f / sqrtf(sk + 1e-6f);
+                    NQ[j] = 1.0f / sqrtf(sq + 1e-6f);
+                }
+                __syncthreads();
+                for (int e = tid; e < L * K; e += nt) {
+                    int j = e / K;
+                    Kc[e] *= NK[j];
+                    Qc[e] *= NQ[j];
+                }
+                __syncthreads();
+            }
+            // 2. A (strict lower, with beta) and M (lower with diagonal)
+            for (int e = tid; e < L * L; e += nt) {
+                int r = e / L, j = e % L;
+                float av = 0.0f, mv = 0.0f;
+                if (j <= r) {
+                    float kk = 0.0f, qk = 0.0f;
+                    for (int x = 0; x < K; ++x) {
+                        kk += Kc[r * K + x] * Kc[j * K + x];
+                        qk += Qc[r * K + x] * Kc[j * K + x];
+                    }
+                    float dec = expf(G[r] - G[j]);
+                    if (j < r) av = Bt[r] * dec * kk;
+                    mv = dec * qk;
+                }
+                A[r * DN_CHUNK + j] = av;
+                M[r * DN_CHUNK + j] = mv;
+            }
+            for (int j = tid; j < L; j += nt) {
+                EG[j] = expf(G[j]);
+                DG[j] = expf(G[L - 1] - G[j]);
+            }
+            __syncthreads();
+            // 3. forward substitution, one thread per column of [W | U]
+            for (int col = tid; col < K + bv; col += nt) {
+                const bool isw = col < K;
+                const int x = isw ? col : col - K;
+                float* X = isw ? Wc : Uc;
+                const int ld = isw ? K : DN_BV;
+                for (int r = 0; r < L; ++r) {
+                    float rhs;
+                    if (isw) {
+                        rhs = Bt[r] * EG[r] * Kc[r * K + x];
+                    } else {
+                        rhs = Bt[r] * ldx((const void*)a.p[2], (int)a.n[11], (t0 + r) * a.n[19] + h * a.n[20] + v0 + x);
+                    }
+                    for (int j = 0; j < r; ++j) rhs -= A[r * DN_CHUNK + j] * X[j * ld + x];
+                    X[r * ld + x] = rhs;
+                }
+            }
+            __syncthreads();
+            // 4. V' = U - W S (in place in Uc) and the inter-chunk part of O
+            for (int e = tid; e < L * bv; e += nt) {
+                int r = e / bv, v = e % bv;
+                float ws = 0.0f, qs = 0.0f;
                 for (int x = 0; x < K; ++x) {
-                    kk += Kc[r * K + x] * Kc[j * K + x];
-                    qk += Qc[r * K + x] * Kc[j * K + x];
+                    float s = S[(long long)v * K + x];
+                    ws += Wc[r * K + x] * s;
+                    qs += Qc[r * K + x] * s;
                 }
-                float dec = expf(G[r] - G[j]);
-                if (j < r) av = Bt[r] * dec * kk;
-                mv = dec * qk;
+                Uc[r * DN_BV + v] -= ws;
+                Oi[r * DN_BV + v] = EG[r] * qs;
             }
-            A[r * DN_CHUNK + j] = av;
-            M[r * DN_CHUNK + j] = mv;
-        }
-        for (int j = tid; j < L; j += nt) {
-            EG[j] = expf(G[j]);
-            DG[j] = expf(G[L - 1] - G[j]);
-        }
-        __syncthreads();
-        // 3. forward substitution, one thread per column of [W | U]
-        for (int col = tid; col < K + bv; col += nt) {
-            const bool isw = col < K;
-            const int x = isw ? col : col - K;
-            float* X = isw ? Wc : Uc;
-            const int ld = isw ? K : DN_BV;
-            for (int r = 0; r < L; ++r) {
-                float rhs;
-                if (isw) {
-                    rhs = Bt[r] * EG[r] * Kc[r * K + x];
-                } else {
-                    rhs = Bt[r] * ldx((const void*)a.p[2], (int)a.n[11], (t0 + r) * a.n[19] + h * a.n[20] + v0 + x);
-                }
-                for (int j = 0; j < r; ++j) rhs -= A[r * DN_CHUNK + j] * X[j * ld + x];
-                X[r * ld + x] = rhs;
+            __syncthreads();
+            // 5. outputs
+            for (int e = tid; e < L * bv; e += nt) {
+                int r = e / bv, v = e % bv;
+                float acc = Oi[r * DN_BV + v];
+                for (int j = 0; j <= r; ++j) acc += M[r * DN_CHUNK + j] * Uc[j * DN_BV + v];
+                stx((void*)a.p[5], (int)a.n[13], (t0 + r) * a.n[23] + h * a.n[24] + v0 + v, scale * acc);
+            }
+            // 6. state update
+            const float dl = EG[L - 1];
+            for (long long e = tid; e < VK; e += nt) {
+                int v = (int)(e / K), x = (int)(e % K);
+                float acc = dl * S[e];
+                for (int j = 0; j < L; ++j) acc += DG[j] * Kc[j * K + x] * Uc[j * DN_BV + v];
+                S[e] = acc;
+            }
+            __syncthreads();
+            // 7. snapshots taken at this chunk's end
+            for (long long s = chunks[4 * c + 2]; s < chunks[4 * c + 3]; ++s) {
+                const long long dst = snaps[s] * per + hoff;
+                for (long long e = tid; e < VK; e += nt) stx(state, sdt, dst + e, S[e]);
             }
         }
+        for (long long e = tid; e < VK; e += nt) stx(state, sdt, slot * per + hoff + e, S[e]);
         __syncthreads();
-        // 4. V' = U - W S (in place in Uc) and the inter-chunk part of O
-        for (int e = tid; e < L * bv; e += nt) {
-            int r = e / bv, v = e % bv;
-            float ws = 0.0f, qs = 0.0f;
-            for (int x = 0; x < K; ++x) {
-                float s = S[(long long)v * K + x];
-                ws += Wc[r * K + x] * s;
-                qs += Qc[r * K + x] * s;
-            }
-            Uc[r * DN_BV + v] -= ws;
-            Oi[r * DN_BV + v] = EG[r] * qs;
-        }
-        __syncthreads();
-        // 5. outputs
-        for (int e = tid; e < L * bv; e += nt) {
-            int r = e / bv, v = e % bv;
-            float acc = Oi[r * DN_BV + v];
-            for (int j = 0; j <= r; ++j) acc += M[r * DN_CHUNK + j] * Uc[j * DN_BV + v];
-            stx((void*)a.p[5], (int)a.n[13], (t0 + r) * a.n[23] + h * a.n[24] + v0 + v, scale * acc);
-        }
-        // 6. state update
-        const float dl = EG[L - 1];
-        for (long long e = tid; e < VK; e += nt) {
-            int v = (int)(e / K), x = (int)(e % K);
-            float acc = dl * S[e];
-            for (int j = 0; j < L; ++j) acc += DG[j] * Kc[j * K + x] * Uc[j * DN_BV + v];
-            S[e] = acc;
-        }
-        __syncthreads();
-        // 7. snapshots taken at this chunk's end
-        for (long long s = chunks[4 * c + 2]; s < chunks[4 * c + 3]; ++s) {
-            const long long dst = snaps[s] * per + hoff;
-            for (long long e = tid; e < VK; e += nt) stx(state, sdt, dst + e, S[e]);
-        }
     }
-    for (long long e = tid; e < VK; e += nt) stx(state, sdt, slot * per + hoff + e, S[e]);
 }

@@ -52,6 +52,8 @@ pub struct CudaDispatcher<L: Launcher = GpuLauncher> {
     /// demand and reused (launches are synchronous, and the lock is held
     /// from staging to the end of the launch).
     arena: Mutex<Arena<<L::Memory as DeviceMemory>::Buffer>>,
+    /// Upper bound on the extend workspace (bytes); more sequences than fit take turns.
+    extend_workspace_budget: usize,
 }
 
 impl<L: Launcher> std::fmt::Debug for CudaDispatcher<L> {
@@ -65,6 +67,10 @@ struct Arena<B> {
     buf: Option<B>,
     cap: usize,
 }
+
+/// Default bound on the extend workspace (each (sequence, head, 32-row tile)
+/// block needs `4 * (32 K + 64 (3 K + 64))` bytes: 128 KiB at K = 128).
+const DEFAULT_EXTEND_WORKSPACE: usize = 256 << 20;
 
 /// Alignment of every region of the arena.
 const ARENA_ALIGN: usize = 256;
@@ -124,7 +130,14 @@ impl<L: Launcher> CudaDispatcher<L> {
             max_head_dim: Some(MAX_HEAD_DIM),
             chunk_size: CHUNK,
         };
-        CudaDispatcher { launcher, caps, arena: Mutex::new(Arena { buf: None, cap: 0 }) }
+        CudaDispatcher { launcher, caps, arena: Mutex::new(Arena { buf: None, cap: 0 }), extend_workspace_budget: DEFAULT_EXTEND_WORKSPACE }
+    }
+
+    /// Bounds the extend workspace to `bytes` (default 256 MiB): the kernel's
+    /// blocks then take the sequences in turns. Results do not depend on it.
+    pub fn with_extend_workspace_budget(mut self, bytes: usize) -> Self {
+        self.extend_workspace_budget = bytes;
+        self
     }
 
     /// The launcher.
@@ -409,7 +422,9 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         let tiles = v.div_ceil(EXTEND_ROWS);
         let per_block = EXTEND_ROWS * k + CHUNK * (3 * k + 2 * EXTEND_ROWS);
         let m = self.launcher.memory();
-        let st = self.stage(&[&seqs, &chunks, &snap_slots], n * hv * tiles * per_block * 4)?;
+        // blocks stride over the sequences, so the workspace is bounded by the budget
+        let rows = (self.extend_workspace_budget / (hv * tiles * per_block * 4)).clamp(1, n);
+        let st = self.stage(&[&seqs, &chunks, &snap_slots], rows * hv * tiles * per_block * 4)?;
         let parts = pool.parts_mut();
         let mut a = self.delta_args(&dims, &io);
         a.p[6] = m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64;
@@ -419,7 +434,7 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         a.p[10] = st.workspace;
         a.n[0] = n as i64;
         a.n[14] = dtype_code(g.config.state_dtype);
-        self.run(Kernel::Extend, (hv, n, tiles), &a)
+        self.run(Kernel::Extend, (hv, rows, tiles), &a)
     }
 
     fn decode(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &DecodeBatch, io: DeltaIo<'_>) -> Result<()> {

@@ -155,7 +155,10 @@ mod block_size {
 
     /// Extend (with a snapshot), decode, verify of a tree, commit: every output and every pool byte.
     fn run(threads: u32, state_dtype: DType, dtype: DType) -> (Vec<f32>, u64) {
-        let d = CudaDispatcher::with_launcher(EmuLauncher::with_block_threads(threads), Device::Host);
+        run_on(&CudaDispatcher::with_launcher(EmuLauncher::with_block_threads(threads), Device::Host), state_dtype, dtype)
+    }
+
+    pub(super) fn run_on(d: &CudaDispatcher<EmuLauncher>, state_dtype: DType, dtype: DType) -> (Vec<f32>, u64) {
         let dims = ModelDims::new(2, 4, 48, 40, 4).unwrap();
         let params = DeltaParams::new(&dims);
         let mut pool = d.new_pool(PoolConfig::new(1, 4, dims).with_state_dtype(state_dtype).with_speculative(3)).unwrap();
@@ -447,5 +450,26 @@ mod extreme_gates {
         }
         let e = error_ratio(&o_dec, &r.o);
         assert!(e <= 1e-5, "decode vs oracle: {e:e}");
+    }
+}
+
+mod bounded_workspace {
+    //! With a workspace for one sequence at a time, the extend blocks take the
+    //! sequences in turns: the whole extend check still passes, and the results
+    //! are bitwise those of the unbounded run.
+    use super::opts;
+    use deltanet_backend_cuda::CudaDispatcher;
+    use deltanet_core::conformance::{assert_check, Check};
+    use deltanet_core::DType;
+
+    #[test]
+    fn extend_with_one_sequence_of_workspace() {
+        assert_check(Check::ExtendOracle, &|| CudaDispatcher::emulated().with_extend_workspace_budget(1), &opts());
+        assert_check(Check::BatchInvariance, &|| CudaDispatcher::emulated().with_extend_workspace_budget(1), &opts());
+        for (sd, dt) in [(DType::F32, DType::F32), (DType::BF16, DType::BF16)] {
+            let a = super::block_size::run_on(&CudaDispatcher::emulated(), sd, dt);
+            let b = super::block_size::run_on(&CudaDispatcher::emulated().with_extend_workspace_budget(1), sd, dt);
+            assert!(a.0.iter().zip(&b.0).all(|(x, y)| x.to_bits() == y.to_bits()) && a.1 == b.1, "bounded workspace changed results");
+        }
     }
 }
