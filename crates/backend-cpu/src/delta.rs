@@ -53,8 +53,10 @@ struct Workspace {
     clen: usize,
     /// Working state, K-major `[K, V]`.
     s: Vec<f32>,
-    /// Snapshot state `[K, V]`.
+    /// State at the chunk start `[K, V]` (kept for snapshots inside the chunk).
     snap: Vec<f32>,
+    /// A snapshot state `[K, V]`.
+    snap_out: Vec<f32>,
     /// `[Q; K]` rows of the chunk `[2C, K]`.
     qk: Vec<f32>,
     /// Decay-weighted keys `[C, K]`.
@@ -96,6 +98,7 @@ impl Workspace {
             clen: 0,
             s: vec![0.0; k * v],
             snap: vec![0.0; k * v],
+            snap_out: vec![0.0; k * v],
             qk: vec![0.0; 2 * c * k],
             kd: vec![0.0; c * k],
             v: vec![0.0; c * v],
@@ -278,7 +281,7 @@ fn extend_head_body<E: StateElem>(ws: &mut Workspace, kind: LayoutKind, io: &Del
                     } else {
                         snapshot_in_chunk(ws, pl);
                         // SAFETY: as above.
-                        unsafe { store_state::<E>(kind, &ws.snap, kd, vd, dst) };
+                        unsafe { store_state::<E>(kind, &ws.snap_out, kd, vd, dst) };
                     }
                 }
             }
@@ -304,8 +307,9 @@ fn prefetch_chunk(io: &DeltaViews<'_>, h: usize, t0: usize, c: usize) {
 }
 
 /// The state after the first `pl` (< chunk length) tokens of the chunk just
-/// run: `exp(G_{pl-1}) S_0 + sum_{j<pl} L[pl-1, j] k_j v'_j^T`, into `ws.snap`
-/// (which holds `S_0`, saved by [`chunk`]).
+/// run: `exp(G_{pl-1}) S_0 + sum_{j<pl} L[pl-1, j] k_j v'_j^T`, into
+/// `ws.snap_out` (`ws.snap` holds `S_0`, saved by [`chunk`], and is kept for
+/// further snapshots in the same chunk).
 #[inline(always)]
 fn snapshot_in_chunk(ws: &mut Workspace, pl: usize) {
     let (kd, vd) = ws.dims;
@@ -317,8 +321,9 @@ fn snapshot_in_chunk(ws: &mut Workspace, pl: usize) {
         dst.iter_mut().zip(src).for_each(|(d, s)| *d = w * s);
     }
     let alpha = ws.gam[i] as f32;
-    // SAFETY: snap [K, V]; kd^T is [K, pl] with rows stride 1 / cols stride K; vp [pl, V].
-    unsafe { mm(kd, vd, pl, ws.snap.as_mut_ptr(), vd, true, alpha, ws.kd.as_ptr(), 1, kd, ws.vp.as_ptr(), vd, 1, 1.0) };
+    ws.snap_out.copy_from_slice(&ws.snap);
+    // SAFETY: snap_out [K, V]; kd^T is [K, pl] with rows stride 1 / cols stride K; vp [pl, V].
+    unsafe { mm(kd, vd, pl, ws.snap_out.as_mut_ptr(), vd, true, alpha, ws.kd.as_ptr(), 1, kd, ws.vp.as_ptr(), vd, 1, 1.0) };
 }
 
 /// One chunk of `c` tokens from token `t0` for value head `h`, on `ws.s` in place.

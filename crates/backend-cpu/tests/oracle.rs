@@ -268,3 +268,132 @@ fn split_at_64_is_bitwise_and_threads_do_not_matter() {
     assert_eq!(&b.1[..dims.state_elems()], &one.1[..]);
     let _ = CpuKMajor::new();
 }
+
+/// Snapshots inside a chunk match the oracle at their position and leave the
+/// outputs and final state bitwise unchanged.
+#[test]
+fn snapshots_inside_chunks() {
+    for vmajor in [false, true] {
+        let dims = ModelDims::new(1, 2, 17, 48, 4).unwrap();
+        let len = 150;
+        let x = inputs(&dims, len, 1, 100);
+        let positions = [1usize, 37, 64, 100, 150];
+        let run = |snap: bool| -> (Vec<f32>, Vec<f32>, Vec<Vec<f32>>) {
+            macro_rules! go {
+                ($d:expr) => {{
+                    let d = $d;
+                    let mut pool = d.new_pool(PoolConfig::new(1, 8, dims)).unwrap();
+                    let s = pool.alloc(1 + positions.len()).unwrap();
+                    let per = dims.state_elems();
+                    let st = HostState::from_f32(1, dims, DType::F32, DType::F32, &x.init[..per], &vec![0.0; dims.conv_elems()]).unwrap();
+                    pool.import(s[0], &st).unwrap();
+                    let mut batch = ExtendBatch::new(&pool, &[0, len], &s[..1], &[true]).unwrap();
+                    if snap {
+                        let sn: Vec<Snapshot> =
+                            positions.iter().zip(&s[1..]).map(|(&p, &slot)| Snapshot { seq: 0, position: p, slot }).collect();
+                        batch = batch.with_snapshots(&pool, &sn).unwrap();
+                    }
+                    let (hk, hv, k, v) = (dims.num_k_heads, dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
+                    let mut o = vec![0f32; len * hv * v];
+                    let io = DeltaIo {
+                        q: TensorRef::from_slice(&x.q, &[len, hk, k]).unwrap(),
+                        k: TensorRef::from_slice(&x.k, &[len, hk, k]).unwrap(),
+                        v: TensorRef::from_slice(&x.v, &[len, hv, v]).unwrap(),
+                        g: TensorRef::from_slice(&x.g, &[len, hv]).unwrap(),
+                        beta: TensorRef::from_slice(&x.beta, &[len, hv]).unwrap(),
+                        o: TensorMut::from_slice(&mut o, &[len, hv, v]).unwrap(),
+                        params: DeltaParams::new(&dims),
+                    };
+                    d.extend(&mut pool, 0, &batch, io).unwrap();
+                    let fin = pool.export(s[0]).unwrap().temporal_f32();
+                    let snaps = s[1..].iter().map(|&sl| pool.export(sl).unwrap().temporal_f32()).collect();
+                    (o, fin, snaps)
+                }};
+            }
+            if vmajor {
+                go!(CpuVMajor::new())
+            } else {
+                go!(CpuKMajor::new())
+            }
+        };
+        let (o1, f1, _) = run(false);
+        let (o2, f2, snaps) = run(true);
+        assert_eq!(o1, o2, "snapshots changed the outputs");
+        assert_eq!(f1, f2, "snapshots changed the final state");
+        for (p, st) in positions.iter().zip(&snaps) {
+            let r = gated_delta_rule(&dims, &DeltaParams::new(&dims), &x.q, &x.k, &x.v, &x.g, &x.beta, &[0, *p], Some(&x.init));
+            let e = error_ratio(st, &r.final_state);
+            assert!(e <= 2e-6, "snapshot at {p}: {e:e}");
+        }
+    }
+}
+
+/// A verified chain committed at step a is bitwise the state a+1 decodes give,
+/// for f32 and bf16 state, on both layouts.
+#[test]
+fn verify_commit_is_bitwise_decode() {
+    fn go<L: StateLayout>(sd: DType) {
+        let dims = ModelDims::new(2, 4, 48, 17, 4).unwrap();
+        let (hk, hv, k, v) = (dims.num_k_heads, dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
+        let draft = 4;
+        let x = inputs(&dims, draft, 1, 110);
+        let d = CpuDispatcher::<L>::with_threads(2).unwrap();
+        let mut pool = d.new_pool(PoolConfig::new(1, 2, dims).with_state_dtype(sd).with_speculative(draft)).unwrap();
+        let s = pool.alloc(2).unwrap();
+        let per = dims.state_elems();
+        for sl in &s {
+            let st = HostState::from_f32(1, dims, sd, DType::F32, &x.init[..per], &vec![0.0; dims.conv_elems()]).unwrap();
+            pool.import(*sl, &st).unwrap();
+        }
+        type Rows = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
+        let io = |o: &mut Vec<f32>, a: usize, b: usize| -> Rows {
+            let _ = o;
+            (
+                x.q[a * hk * k..b * hk * k].to_vec(),
+                x.k[a * hk * k..b * hk * k].to_vec(),
+                x.v[a * hv * v..b * hv * v].to_vec(),
+                x.g[a * hv..b * hv].to_vec(),
+                x.beta[a * hv..b * hv].to_vec(),
+            )
+        };
+        // verify the chain on slot 0
+        let mut ov = vec![0f32; draft * hv * v];
+        let (q, kk, vv, g, b) = io(&mut ov, 0, draft);
+        let batch = VerifyBatch::chain(&pool, &s[..1], draft).unwrap();
+        let dio = DeltaIo {
+            q: TensorRef::from_slice(&q, &[draft, hk, k]).unwrap(),
+            k: TensorRef::from_slice(&kk, &[draft, hk, k]).unwrap(),
+            v: TensorRef::from_slice(&vv, &[draft, hv, v]).unwrap(),
+            g: TensorRef::from_slice(&g, &[draft, hv]).unwrap(),
+            beta: TensorRef::from_slice(&b, &[draft, hv]).unwrap(),
+            o: TensorMut::from_slice(&mut ov, &[draft, hv, v]).unwrap(),
+            params: DeltaParams::new(&dims),
+        };
+        d.verify(&mut pool, 0, &batch, dio).unwrap();
+        let a = 2;
+        let cb = CommitBatch::new(&pool, &s[..1], &[a], &[]).unwrap();
+        d.commit(&mut pool, 0, &cb).unwrap();
+        // decode a+1 tokens on slot 1
+        for t in 0..=a {
+            let mut od = vec![0f32; hv * v];
+            let (q, kk, vv, g, b) = io(&mut od, t, t + 1);
+            let batch = DecodeBatch::new(&pool, &s[1..]).unwrap();
+            let dio = DeltaIo {
+                q: TensorRef::from_slice(&q, &[1, hk, k]).unwrap(),
+                k: TensorRef::from_slice(&kk, &[1, hk, k]).unwrap(),
+                v: TensorRef::from_slice(&vv, &[1, hv, v]).unwrap(),
+                g: TensorRef::from_slice(&g, &[1, hv]).unwrap(),
+                beta: TensorRef::from_slice(&b, &[1, hv]).unwrap(),
+                o: TensorMut::from_slice(&mut od, &[1, hv, v]).unwrap(),
+                params: DeltaParams::new(&dims),
+            };
+            d.decode(&mut pool, 0, &batch, dio).unwrap();
+            assert_eq!(&od[..], &ov[t * hv * v..(t + 1) * hv * v], "{:?} {sd}: output of step {t}", L::KIND);
+        }
+        assert_eq!(pool.export(s[0]).unwrap().temporal, pool.export(s[1]).unwrap().temporal, "{:?} {sd}", L::KIND);
+    }
+    for sd in [DType::F32, DType::BF16] {
+        go::<KMajor>(sd);
+        go::<VMajor>(sd);
+    }
+}
