@@ -125,6 +125,7 @@ fn shapes() -> Vec<ModelDims> {
         ModelDims::new(1, 4, 32, 32, 4).unwrap().with_head_mapping(HeadMapping::Tiled),
         ModelDims::new(2, 4, 64, 48, 4).unwrap(),
         ModelDims::new(1, 2, 128, 128, 4).unwrap(),
+        ModelDims::new(1, 2, 24, 144, 4).unwrap(),
     ]
 }
 
