@@ -267,7 +267,7 @@ fn extend_head_body<E: StateElem>(ws: &mut Workspace, kind: LayoutKind, io: &Del
             let c = CHUNK.min(len - cs);
             let inner = tgt.batch.snapshots_of(s).any(|sn| sn.position > cs && sn.position < cs + c);
             chunk(ws, io, h, range.start + cs, c, inner);
-            if cs + c < len {
+            if PREFETCH && cs + c < len {
                 prefetch_chunk(io, h, range.start + cs + c, CHUNK.min(len - cs - c));
             }
             // snapshots inside or at the end of this chunk
@@ -294,6 +294,9 @@ fn extend_head_body<E: StateElem>(ws: &mut Workspace, kind: LayoutKind, io: &Del
         unsafe { store_state::<E>(kind, &ws.s, kd, vd, state) };
     }
 }
+
+/// Whether to prefetch the next chunk's rows.
+const PREFETCH: bool = true;
 
 /// Asks the CPU to start fetching the rows of the next chunk while this one computes.
 #[inline(always)]
@@ -595,10 +598,17 @@ unsafe fn steps_head_body<E: StateElem>(
                         }
                         // SAFETY: as above.
                         let o = unsafe { std::slice::from_raw_parts_mut(p, w) };
-                        for j in 0..w {
-                            let r = E::st(d * prow[j] + a * sk[j]);
-                            o[j] = r;
-                            orow[j] = r.ld();
+                        if n == 1 {
+                            // decode: no child step reads this block back
+                            for j in 0..w {
+                                o[j] = E::st(d * prow[j] + a * sk[j]);
+                            }
+                        } else {
+                            for j in 0..w {
+                                let r = E::st(d * prow[j] + a * sk[j]);
+                                o[j] = r;
+                                orow[j] = r.ld();
+                            }
                         }
                     }
                 }
@@ -635,10 +645,16 @@ unsafe fn steps_head_body<E: StateElem>(
                     }
                     // SAFETY: as above.
                     let o = unsafe { std::slice::from_raw_parts_mut(p, kd) };
-                    for ((o, (b, p)), a) in o.iter_mut().zip(out.iter_mut().zip(parent)).zip(kv) {
-                        let r = E::st(d * p + u * a);
-                        *o = r;
-                        *b = r.ld();
+                    if n == 1 {
+                        for ((o, p), a) in o.iter_mut().zip(parent).zip(kv) {
+                            *o = E::st(d * p + u * a);
+                        }
+                    } else {
+                        for ((o, (b, p)), a) in o.iter_mut().zip(out.iter_mut().zip(parent)).zip(kv) {
+                            let r = E::st(d * p + u * a);
+                            *o = r;
+                            *b = r.ld();
+                        }
                     }
                 }
             }
