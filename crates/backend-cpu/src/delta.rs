@@ -51,8 +51,10 @@ struct Workspace {
     dims: (usize, usize),
     /// Length of the chunk last run.
     clen: usize,
-    /// Working state, K-major `[K, V]`.
+    /// Working state of the value head being run, K-major `[K, V]`.
     s: Vec<f32>,
+    /// Working states of the other value heads of the task's key head (swapped with `s`).
+    states: Vec<Vec<f32>>,
     /// State at the chunk start `[K, V]` (kept for snapshots inside the chunk).
     snap: Vec<f32>,
     /// A snapshot state `[K, V]`.
@@ -97,6 +99,7 @@ impl Workspace {
             dims: (k, v),
             clen: 0,
             s: vec![0.0; k * v],
+            states: Vec::new(),
             snap: vec![0.0; k * v],
             snap_out: vec![0.0; k * v],
             qk: vec![0.0; 2 * c * k],
@@ -217,8 +220,8 @@ pub(crate) struct ExtendTarget<'b> {
     pub batch: &'b ExtendBatch,
 }
 
-/// The chunked extend of sequence `s`, value head `h`: loads the slot state
-/// (or zero), runs chunks of [`CHUNK`] aligned to the sequence start, writes
+/// The chunked extend of sequence `s` for every value head reading key head
+/// `kh`: loads the slot states (or zero), runs chunks of [`CHUNK`] aligned to the sequence start, writes
 /// outputs, snapshots and the final state.
 pub(crate) fn extend_head<E: StateElem>(kind: LayoutKind, io: &DeltaViews<'_>, tgt: &ExtendTarget<'_>, s: usize, h: usize) {
     WS.with(|ws| {
@@ -245,31 +248,39 @@ unsafe fn extend_head_avx2<E: StateElem>(
 }
 
 #[inline(always)]
-fn extend_head_body<E: StateElem>(ws: &mut Workspace, kind: LayoutKind, io: &DeltaViews<'_>, tgt: &ExtendTarget<'_>, s: usize, h: usize) {
-    {
-        let (kd, vd) = (io.dims.head_k_dim, io.dims.head_v_dim);
-        ws.ensure(kd, vd);
-        let per = kd * vd;
-        let head_bytes = per * std::mem::size_of::<E>();
-        let g = tgt.geometry;
-        let slot = tgt.batch.slots()[s].index();
-        let state = tgt.temporal.typed::<E>(g.temporal_offset(tgt.layer, slot) + h * head_bytes, per);
+fn extend_head_body<E: StateElem>(ws: &mut Workspace, kind: LayoutKind, io: &DeltaViews<'_>, tgt: &ExtendTarget<'_>, s: usize, kh: usize) {
+    let (kd, vd) = (io.dims.head_k_dim, io.dims.head_v_dim);
+    ws.ensure(kd, vd);
+    let per = kd * vd;
+    let head_bytes = per * std::mem::size_of::<E>();
+    let g = tgt.geometry;
+    let slot = tgt.batch.slots()[s].index();
+    // the value heads that read key head `kh`: they share q, k and the [Q; K] K^T product
+    let heads = || (0..io.dims.num_v_heads).filter(move |&h| io.dims.key_head(h) == kh);
+    let nh = heads().count();
+    ws.states.resize_with(nh, Vec::new);
+    for (i, h) in heads().enumerate() {
+        let st = &mut ws.states[i];
+        st.resize(per, 0.0);
         if tgt.batch.has_initial_state()[s] {
-            // SAFETY: `state` addresses this (slot, head), which only this task touches.
-            unsafe { load_state::<E>(kind, state, kd, vd, &mut ws.s) };
+            let state = tgt.temporal.typed::<E>(g.temporal_offset(tgt.layer, slot) + h * head_bytes, per);
+            // SAFETY: `state` addresses (slot, h), which only this task touches.
+            unsafe { load_state::<E>(kind, state, kd, vd, st) };
         } else {
-            ws.s.fill(0.0);
+            st.fill(0.0);
         }
-        let range = tgt.batch.seq_range(s);
-        let len = range.len();
-        let mut cs = 0;
-        while cs < len {
-            let c = CHUNK.min(len - cs);
-            let inner = tgt.batch.snapshots_of(s).any(|sn| sn.position > cs && sn.position < cs + c);
+    }
+    let range = tgt.batch.seq_range(s);
+    let len = range.len();
+    let first = heads().next().expect("every key head has a value head");
+    let mut cs = 0;
+    while cs < len {
+        let c = CHUNK.min(len - cs);
+        let inner = tgt.batch.snapshots_of(s).any(|sn| sn.position > cs && sn.position < cs + c);
+        load_keys(ws, io, first, range.start + cs, c);
+        for (i, h) in heads().enumerate() {
+            std::mem::swap(&mut ws.s, &mut ws.states[i]);
             chunk(ws, io, h, range.start + cs, c, inner);
-            if PREFETCH && cs + c < len {
-                prefetch_chunk(io, h, range.start + cs + c, CHUNK.min(len - cs - c));
-            }
             // snapshots inside or at the end of this chunk
             for sn in tgt.batch.snapshots_of(s) {
                 if sn.position > cs && sn.position <= cs + c {
@@ -288,10 +299,19 @@ fn extend_head_body<E: StateElem>(ws: &mut Workspace, kind: LayoutKind, io: &Del
             if E::NARROW {
                 ws.s.iter_mut().for_each(|x| *x = E::st(*x).ld());
             }
-            cs += c;
+            std::mem::swap(&mut ws.s, &mut ws.states[i]);
         }
-        // SAFETY: this task's (slot, head).
-        unsafe { store_state::<E>(kind, &ws.s, kd, vd, state) };
+        if PREFETCH && cs + c < len {
+            for h in heads() {
+                prefetch_chunk(io, h, range.start + cs + c, CHUNK.min(len - cs - c));
+            }
+        }
+        cs += c;
+    }
+    for (i, h) in heads().enumerate() {
+        let state = tgt.temporal.typed::<E>(g.temporal_offset(tgt.layer, slot) + h * head_bytes, per);
+        // SAFETY: this task's (slot, h).
+        unsafe { store_state::<E>(kind, &ws.states[i], kd, vd, state) };
     }
 }
 
@@ -329,7 +349,24 @@ fn snapshot_in_chunk(ws: &mut Workspace, pl: usize) {
     unsafe { mm(kd, vd, pl, ws.snap_out.as_mut_ptr(), vd, true, alpha, ws.kd.as_ptr(), 1, kd, ws.vp.as_ptr(), vd, 1, 1.0) };
 }
 
-/// One chunk of `c` tokens from token `t0` for value head `h`, on `ws.s` in place.
+/// Loads q (rows 0..c) and k (rows c..2c) of the chunk, normalised, for the
+/// key head of value head `h`, and `Y = [Q; K] K^T` (shared by every value
+/// head of that key head).
+#[inline(always)]
+fn load_keys(ws: &mut Workspace, io: &DeltaViews<'_>, h: usize, t0: usize, c: usize) {
+    let kd = ws.dims.0;
+    ws.clen = c;
+    for i in 0..c {
+        let (qpart, kpart) = ws.qk.split_at_mut(c * kd);
+        io.load_qk(t0 + i, h, &mut qpart[i * kd..(i + 1) * kd], &mut kpart[i * kd..(i + 1) * kd]);
+    }
+    let (qp, kp) = (ws.qk.as_ptr(), ws.qk[c * kd..].as_ptr());
+    // SAFETY: Y [2C, C] and [Q; K] [2C, K] lie inside their workspace vectors.
+    unsafe { mm(2 * c, c, kd, ws.y.as_mut_ptr(), CHUNK, false, 0.0, qp, kd, 1, kp, 1, kd, 1.0) };
+}
+
+/// One chunk of `c` tokens from token `t0` for value head `h`, on `ws.s` in
+/// place, after [`load_keys`].
 /// With `keep`, leaves `S_0` in `ws.snap` for snapshots inside the chunk; `L`,
 /// `exp(G)` and `V'` stay in the workspace.
 #[inline(always)]
@@ -337,12 +374,10 @@ fn chunk(ws: &mut Workspace, io: &DeltaViews<'_>, h: usize, t0: usize, c: usize,
     let (kd, vd) = ws.dims;
     let cc = CHUNK;
     let ws = &mut *ws;
-    ws.clen = c;
-    // load q (rows 0..c), k (rows c..2c), normalised; v, g, beta
+    debug_assert_eq!(ws.clen, c, "load_keys first");
+    // load v, g, beta
     for i in 0..c {
         let t = t0 + i;
-        let (qpart, kpart) = ws.qk.split_at_mut(c * kd);
-        io.load_qk(t, h, &mut qpart[i * kd..(i + 1) * kd], &mut kpart[i * kd..(i + 1) * kd]);
         io.v.row(io.v.off2(t, h), &mut ws.v[i * vd..(i + 1) * vd]);
         ws.beta[i] = io.beta.get(io.beta.off2(t, h));
         let eg = (io.g.get(io.g.off2(t, h)) as f64).exp();
@@ -355,14 +390,9 @@ fn chunk(ws: &mut Workspace, io: &DeltaViews<'_>, h: usize, t0: usize, c: usize,
         }
     }
     let qp = ws.qk.as_ptr();
-    let kp = ws.qk[c * kd..].as_ptr();
     // SAFETY: every operand lies inside its workspace vector (sizes in `ensure`).
-    unsafe {
-        // X = [Q; K] S: rows 0..c Q S, rows c..2c K S
-        mm(2 * c, vd, kd, ws.x.as_mut_ptr(), vd, false, 0.0, qp, kd, 1, ws.s.as_ptr(), vd, 1, 1.0);
-        // Y = [Q; K] K^T: rows 0..c Q K^T, rows c..2c K K^T
-        mm(2 * c, c, kd, ws.y.as_mut_ptr(), cc, false, 0.0, qp, kd, 1, kp, 1, kd, 1.0);
-    }
+    // X = [Q; K] S: rows 0..c Q S, rows c..2c K S
+    unsafe { mm(2 * c, vd, kd, ws.x.as_mut_ptr(), vd, false, 0.0, qp, kd, 1, ws.s.as_ptr(), vd, 1, 1.0) };
     // R = V - diag(exp G) K S
     for i in 0..c {
         let gi = ws.gam[i] as f32;

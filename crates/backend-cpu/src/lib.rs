@@ -296,13 +296,14 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
         let views = delta_views(&mut io, dims)?;
         let parts = pool.parts_mut();
         let tgt = ExtendTarget { temporal: RawBuf::new(parts.temporal.bytes_mut()), geometry: &g, layer, batch };
-        let hv = dims.num_v_heads;
+        let hk = dims.num_k_heads;
         // longest sequences first, so the tail of the parallel loop is short
         let mut order: Vec<usize> = (0..batch.num_seqs()).collect();
         order.sort_by_key(|&s| std::cmp::Reverse(batch.seq_len(s)));
+        // one task per (sequence, key head): its value heads share q, k and [Q; K] K^T
         with_state_type!(g.config.state_dtype, E => self.install(|| {
-            (0..order.len() * hv).into_par_iter().for_each(|task| {
-                extend_head::<E>(L::KIND, &views, &tgt, order[task / hv], task % hv);
+            (0..order.len() * hk).into_par_iter().for_each(|task| {
+                extend_head::<E>(L::KIND, &views, &tgt, order[task / hk], task % hk);
             })
         }));
         Ok(())
