@@ -463,6 +463,8 @@ fn chunk(ws: &mut Workspace, io: &DeltaViews<'_>, h: usize, t0: usize, c: usize,
 
 /// Columns of a K-major state block processed together by [`steps_head`].
 const BW: usize = 128;
+/// Columns accumulated in registers at a time (divides [`BW`]).
+const ACC: usize = 32;
 
 /// Per-step scalars and vectors of a multi-step run, grown on demand (size D, not T).
 #[derive(Default)]
@@ -592,15 +594,20 @@ unsafe fn steps_head_body<E: StateElem>(
                     };
                     let (kv, qv) = (&sc.k[i * kd..(i + 1) * kd], &sc.q[i * kd..(i + 1) * kd]);
                     let (sk, sq) = sc.acc.split_at_mut(BW);
-                    sk.fill(0.0);
-                    sq.fill(0.0);
-                    for kk in 0..kd {
-                        let prow = &parent[kk * BW..kk * BW + BW];
-                        let (a, b) = (kv[kk], qv[kk]);
-                        for j in 0..BW {
-                            sk[j] += prow[j] * a;
-                            sq[j] += prow[j] * b;
+                    // S^T k and S^T q over the block, 32 columns at a time so the
+                    // accumulators stay in registers
+                    for jb in (0..BW).step_by(ACC) {
+                        let (mut a1, mut a2) = ([0f32; ACC], [0f32; ACC]);
+                        for kk in 0..kd {
+                            let prow: &[f32; ACC] = parent[kk * BW + jb..kk * BW + jb + ACC].try_into().expect("ACC columns");
+                            let (a, b) = (kv[kk], qv[kk]);
+                            for j in 0..ACC {
+                                a1[j] += prow[j] * a;
+                                a2[j] += prow[j] * b;
+                            }
                         }
+                        sk[jb..jb + ACC].copy_from_slice(&a1);
+                        sq[jb..jb + ACC].copy_from_slice(&a2);
                     }
                     let (beta, d, kq) = (sc.beta[i], sc.d[i], sc.kq[i]);
                     let vrow = &sc.v[i * vd + c0..i * vd + c0 + w];
