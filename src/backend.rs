@@ -4,11 +4,9 @@
 //! match over it is exhaustive, so a new backend must be handled everywhere
 //! before anything compiles.
 
-#[cfg(not(feature = "cpu"))]
-use deltanet_core::KMajor;
 use deltanet_core::{
     Capabilities, CommitBatch, ConvIo, DecodeBatch, DeltaIo, Device, Error, ExtendBatch, GateIo, HostMemory, KernelDispatcher, LayoutKind,
-    MambaStatePool, ModelDims, PoolConfig, PoolOf, Result, StateLayout, VMajor, VerifyBatch,
+    MambaStatePool, ModelDims, PoolConfig, PoolOf, Result, StateLayout, VerifyBatch,
 };
 use std::any::Any;
 use std::marker::PhantomData;
@@ -60,25 +58,25 @@ impl<L: StateLayout> KernelDispatcher for Disabled<L> {
 pub type CpuKMajorDispatcher = deltanet_backend_cpu::CpuKMajor;
 /// The CPU K-major dispatcher in this build (compiled out).
 #[cfg(not(feature = "cpu"))]
-pub type CpuKMajorDispatcher = Disabled<KMajor>;
+pub type CpuKMajorDispatcher = Disabled<deltanet_core::KMajor>;
 /// The CPU V-major dispatcher in this build.
 #[cfg(feature = "cpu")]
 pub type CpuVMajorDispatcher = deltanet_backend_cpu::CpuVMajor;
 /// The CPU V-major dispatcher in this build (compiled out).
 #[cfg(not(feature = "cpu"))]
-pub type CpuVMajorDispatcher = Disabled<VMajor>;
+pub type CpuVMajorDispatcher = Disabled<deltanet_core::VMajor>;
 /// The CUDA dispatcher in this build.
 #[cfg(feature = "cuda")]
 pub type CudaDispatcher = deltanet_backend_cuda::CudaDispatcher;
 /// The CUDA dispatcher in this build (compiled out).
 #[cfg(not(feature = "cuda"))]
-pub type CudaDispatcher = Disabled<VMajor>;
+pub type CudaDispatcher = Disabled<deltanet_core::VMajor>;
 /// The NPU dispatcher in this build.
 #[cfg(feature = "npu")]
 pub type NpuDispatcher = deltanet_backend_npu::NpuDispatcher;
 /// The NPU dispatcher in this build (compiled out).
 #[cfg(not(feature = "npu"))]
-pub type NpuDispatcher = Disabled<VMajor>;
+pub type NpuDispatcher = Disabled<deltanet_core::VMajor>;
 
 /// A backend chosen at run time.
 ///

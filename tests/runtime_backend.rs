@@ -20,7 +20,7 @@ fn names_parse_and_unknown_ones_are_errors() {
 #[cfg(feature = "cpu")]
 #[test]
 fn a_pool_of_the_other_layout_is_layout_mismatch_and_untouched() {
-    use deltanet::{DeltaIo, DeltaParams, ExtendBatch, LayoutKind, MambaStatePool, ModelDims, PoolConfig, TensorMut, TensorRef};
+    use deltanet::{DeltaIo, DeltaParams, ExtendBatch, LayoutKind, ModelDims, PoolConfig, TensorMut, TensorRef};
     let dims = ModelDims::new(1, 2, 8, 8, 4).unwrap();
     let (kb, vb) = (Backend::cpu().unwrap(), Backend::cpu_vmajor().unwrap());
     assert_eq!((kb.layout(), vb.layout()), (LayoutKind::KMajor, LayoutKind::VMajor));
