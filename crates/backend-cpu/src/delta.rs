@@ -497,7 +497,9 @@ thread_local! {
 /// # Safety
 /// `src` and every `dsts[i]` point to `K*V` elements no other thread touches
 /// during the call; `dsts` are pairwise disjoint and disjoint from `src`,
-/// except that `dsts[0]` may equal `src` when there is one step.
+/// except that `dsts[0]` may equal `src` when there is one step. `next` (the
+/// head the next task reads, or null) is only prefetched, never read.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn steps_head<E: StateElem>(
     kind: LayoutKind,
     io: &DeltaViews<'_>,
@@ -506,15 +508,16 @@ pub(crate) unsafe fn steps_head<E: StateElem>(
     parents: &[Option<usize>],
     src: *const E,
     dsts: &[*mut E],
+    next: *const E,
 ) {
     STEPS.with(|sc| {
         let mut sc = sc.borrow_mut();
         if simd::has_avx2() {
             // SAFETY: AVX2 and FMA are present; the pointer contract is the caller's.
-            unsafe { steps_head_avx2::<E>(&mut sc, kind, io, h, tokens, parents, src, dsts) }
+            unsafe { steps_head_avx2::<E>(&mut sc, kind, io, h, tokens, parents, src, dsts, next) }
         } else {
             // SAFETY: forwarded from the caller.
-            unsafe { steps_head_body::<E>(&mut sc, kind, io, h, tokens, parents, src, dsts) }
+            unsafe { steps_head_body::<E>(&mut sc, kind, io, h, tokens, parents, src, dsts, next) }
         }
     })
 }
@@ -530,9 +533,70 @@ unsafe fn steps_head_avx2<E: StateElem>(
     parents: &[Option<usize>],
     src: *const E,
     dsts: &[*mut E],
+    next: *const E,
 ) {
     // SAFETY: forwarded from the caller.
-    unsafe { steps_head_body::<E>(sc, kind, io, h, tokens, parents, src, dsts) }
+    unsafe { steps_head_body::<E>(sc, kind, io, h, tokens, parents, src, dsts, next) }
+}
+
+/// A decode (one step, in place) on a K-major head, reading the state where it
+/// lies: the general path's f32 copy of the block does not fit L1 and costs an
+/// L2 write and two L2 reads per element, which is what bounded decode. Same
+/// arithmetic in the same order as the general path, so a decode and a verify
+/// step give the same bits.
+///
+/// # Safety
+/// `st` points to the `K*V` elements of one head no other thread touches.
+#[inline(always)]
+unsafe fn decode_kmajor<E: StateElem>(sc: &mut StepScratch, kd: usize, vd: usize, scale: f32, st: *mut E, pf: &mut simd::Prefetch) {
+    let (kv, qv) = (&sc.k[..kd], &sc.q[..kd]);
+    let (beta, d, kq) = (sc.beta[0], sc.d[0], sc.kq[0]);
+    let (sk, sq) = sc.acc.split_at_mut(BW);
+    let mut c0 = 0;
+    while c0 < vd {
+        let w = BW.min(vd - c0);
+        // S^T k and S^T q over columns c0..c0+w, ACC columns in registers at a time
+        let mut jb = 0;
+        while jb < w {
+            let aw = ACC.min(w - jb);
+            let (mut a1, mut a2) = ([0f32; ACC], [0f32; ACC]);
+            for kk in 0..kd {
+                pf.step();
+                // SAFETY: row kk, columns c0+jb..c0+jb+aw of the head.
+                let row = unsafe { std::slice::from_raw_parts(st.add(kk * vd + c0 + jb), aw) };
+                let (a, b) = (kv[kk], qv[kk]);
+                if let Ok(row) = <&[E; ACC]>::try_from(row) {
+                    for j in 0..ACC {
+                        let p = row[j].ld();
+                        a1[j] += p * a;
+                        a2[j] += p * b;
+                    }
+                } else {
+                    for j in 0..aw {
+                        let p = row[j].ld();
+                        a1[j] += p * a;
+                        a2[j] += p * b;
+                    }
+                }
+            }
+            sk[jb..jb + aw].copy_from_slice(&a1[..aw]);
+            sq[jb..jb + aw].copy_from_slice(&a2[..aw]);
+            jb += aw;
+        }
+        let vrow = &sc.v[c0..c0 + w];
+        let orow = &mut sc.o[c0..c0 + w];
+        for j in 0..w {
+            let u = beta * (vrow[j] - d * sk[j]);
+            orow[j] = scale * (d * sq[j] + u * kq);
+            sk[j] = u;
+        }
+        for (kk, &a) in kv.iter().enumerate() {
+            // SAFETY: row kk, columns c0..c0+w of the head; no other reference to it is live.
+            let row = unsafe { std::slice::from_raw_parts_mut(st.add(kk * vd + c0), w) };
+            E::update_row(row, d, a, &sk[..w]);
+        }
+        c0 += w;
+    }
 }
 
 #[inline(always)]
@@ -546,6 +610,7 @@ unsafe fn steps_head_body<E: StateElem>(
     parents: &[Option<usize>],
     src: *const E,
     dsts: &[*mut E],
+    next: *const E,
 ) {
     let (kd, vd) = (io.dims.head_k_dim, io.dims.head_v_dim);
     let n = tokens.len();
@@ -574,8 +639,15 @@ unsafe fn steps_head_body<E: StateElem>(
     let scale = io.params.scale;
     // verify: scratch states are written once, so bypass the cache (f32 state)
     let stream = !E::NARROW && (n > 1 || !std::ptr::eq(dsts[0], src));
+    let bytes = kd * vd * std::mem::size_of::<E>();
     match kind {
+        LayoutKind::KMajor if n == 1 && std::ptr::eq(dsts[0], src) => {
+            let mut pf = simd::Prefetch::new(next, bytes, vd.div_ceil(ACC) * kd);
+            // SAFETY: one step in place on the head at `dsts[0]` (the caller's contract).
+            unsafe { decode_kmajor::<E>(sc, kd, vd, scale, dsts[0], &mut pf) };
+        }
         LayoutKind::KMajor => {
+            let mut pf = simd::Prefetch::new(next, bytes, vd.div_ceil(BW) * (BW / ACC) * kd);
             let mut c0 = 0;
             while c0 < vd {
                 let w = BW.min(vd - c0);
@@ -599,6 +671,9 @@ unsafe fn steps_head_body<E: StateElem>(
                     for jb in (0..BW).step_by(ACC) {
                         let (mut a1, mut a2) = ([0f32; ACC], [0f32; ACC]);
                         for kk in 0..kd {
+                            if i == 0 {
+                                pf.step();
+                            }
                             let prow: &[f32; ACC] = parent[kk * BW + jb..kk * BW + jb + ACC].try_into().expect("ACC columns");
                             let (a, b) = (kv[kk], qv[kk]);
                             for j in 0..ACC {
@@ -653,7 +728,9 @@ unsafe fn steps_head_body<E: StateElem>(
             }
         }
         LayoutKind::VMajor => {
+            let mut pf = simd::Prefetch::new(next, bytes, vd);
             for j in 0..vd {
+                pf.step();
                 // SAFETY: row j of the source head.
                 let s = unsafe { std::slice::from_raw_parts(src.add(j * kd), kd) };
                 sc.src[..kd].iter_mut().zip(s).for_each(|(d, x)| *d = x.ld());

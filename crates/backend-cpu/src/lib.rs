@@ -324,8 +324,16 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
                 let (i, h) = (task / hv, task % hv);
                 let off = g.temporal_offset(layer, batch.slots()[i].index()) + h * per * std::mem::size_of::<E>();
                 let st = temporal.typed::<E>(off, per);
-                // SAFETY: (slot, head) is this task's alone (slots are distinct); in place.
-                unsafe { steps_head::<E>(L::KIND, &views, h, &[i], &[None], st, &[st]) };
+                // the head this thread most likely runs next (rayon splits the range)
+                let next = if task + 1 < batch.num_seqs() * hv {
+                    let (i, h) = ((task + 1) / hv, (task + 1) % hv);
+                    temporal.typed::<E>(g.temporal_offset(layer, batch.slots()[i].index()) + h * per * std::mem::size_of::<E>(), per)
+                } else {
+                    std::ptr::null_mut()
+                };
+                // SAFETY: (slot, head) is this task's alone (slots are distinct); in place;
+                // `next` is only prefetched.
+                unsafe { steps_head::<E>(L::KIND, &views, h, &[i], &[None], st, &[st], next) };
             })
         }));
         Ok(())
@@ -351,9 +359,16 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
                 let parents: Vec<Option<usize>> = (0..dn).map(|t| batch.parent(i, t)).collect();
                 let src = temporal.typed::<E>(g.temporal_offset(layer, slot) + head, per);
                 let dsts: Vec<*mut E> = (0..dn).map(|t| scratch.typed::<E>(g.scratch_offset(layer, slot, t) + head, per)).collect();
+                let next = if task + 1 < batch.num_seqs() * hv {
+                    let (i, h) = ((task + 1) / hv, (task + 1) % hv);
+                    temporal.typed::<E>(g.temporal_offset(layer, batch.slots()[i].index()) + h * per * std::mem::size_of::<E>(), per)
+                } else {
+                    std::ptr::null_mut()
+                };
                 // SAFETY: this task alone touches (slot, head) of the main state (read only)
-                // and of every scratch step of the slot; the scratch steps are disjoint.
-                unsafe { steps_head::<E>(L::KIND, &views, h, &tokens, &parents, src, &dsts) };
+                // and of every scratch step of the slot; the scratch steps are disjoint;
+                // `next` is only prefetched.
+                unsafe { steps_head::<E>(L::KIND, &views, h, &tokens, &parents, src, &dsts, next) };
             })
         }));
         Ok(())

@@ -330,11 +330,11 @@ fn snapshots_inside_chunks() {
 }
 
 /// A verified chain committed at step a is bitwise the state a+1 decodes give,
-/// for f32 and bf16 state, on both layouts.
+/// for f32 and bf16 state, on both layouts, with V below one register block
+/// (17) and beyond one column block (144: the K-major decode's vector paths).
 #[test]
 fn verify_commit_is_bitwise_decode() {
-    fn go<L: StateLayout>(sd: DType) {
-        let dims = ModelDims::new(2, 4, 48, 17, 4).unwrap();
+    fn go<L: StateLayout>(dims: ModelDims, sd: DType) {
         let (hk, hv, k, v) = (dims.num_k_heads, dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
         let draft = 4;
         let x = inputs(&dims, draft, 1, 110);
@@ -393,8 +393,10 @@ fn verify_commit_is_bitwise_decode() {
         }
         assert_eq!(pool.export(s[0]).unwrap().temporal, pool.export(s[1]).unwrap().temporal, "{:?} {sd}", L::KIND);
     }
-    for sd in [DType::F32, DType::BF16] {
-        go::<KMajor>(sd);
-        go::<VMajor>(sd);
+    for dims in [ModelDims::new(2, 4, 48, 17, 4).unwrap(), ModelDims::new(1, 2, 32, 144, 4).unwrap()] {
+        for sd in [DType::F32, DType::BF16] {
+            go::<KMajor>(dims, sd);
+            go::<VMajor>(dims, sd);
+        }
     }
 }
