@@ -8,22 +8,17 @@
 //! with a plain best-of-N loop. [`run_report`] runs the whole set
 //! (`cargo run --release -p deltanet-backend-cpu --example bench_report`).
 //!
-//! Measured (2-core Intel Xeon VM, AVX-512 present but the `gemm` crate's
-//! stable build uses its AVX2/FMA kernels; 2 threads; Qwen3.5-35B-A3B shape;
-//! f32 GEMM ceiling 206 GFLOP/s, memcpy 26.5 GB/s read+write in the same run):
+//! Measured (shared 2-core AMD EPYC VM, AVX2/FMA; 2 threads; Qwen3.5-35B-A3B
+//! shape; f32 GEMM ceiling 109.9 GFLOP/s, memcpy 23.0 GB/s read+write in the
+//! same run; the README's Performance section says what bounds each miss):
 //!
 //! | bench | result | vs ceiling | target |
 //! |---|---|---|---|
-//! | extend T=512 | 30219 tok/s, 136.0 GFLOP/s | 0.66 of GEMM | >= 0.80 |
-//! | extend T=4096 | 27682 tok/s, 124.6 GFLOP/s | 0.60 of GEMM | >= 0.80 |
-//! | extend T=32768 | 27474 tok/s, 123.6 GFLOP/s | 0.60 of GEMM | >= 0.80 |
-//! | decode batch 1, f32 state | 5211 tok/s/layer, 21.9 GB/s | 0.82 of memcpy | >= 0.90 |
-//! | decode batch 8, f32 state | 5813 tok/s/layer, 24.4 GB/s | 0.92 of memcpy | >= 0.90 |
-//! | decode batch 32, f32 state | 6373 tok/s/layer, 26.7 GB/s | 1.01 of memcpy | >= 0.90 |
-//! | decode batch 64, f32 state | 6314 tok/s/layer, 26.5 GB/s | 1.00 of memcpy | >= 0.90 |
-//! | decode batch 1/8/32/64, bf16 state | 5483 / 6931 / 6787 / 6832 tok/s/layer | 1.05-1.19x f32 | >= 1.8x |
-//! | verify D=4, batch 1 / 8 | 0.488 / 3.797 ms | 0.62x / 0.71x of 4 decodes | <= 0.65x |
-//! | 32768 tokens in 2048-token chunks | 1.186 s vs 1.197 s | 0.99x | <= 1.03x |
+//! | extend T=512 / 4096 / 32768 | 22327 / 21954 / 17548 tok/s | 0.91 / 0.90 / 0.72 of GEMM | >= 0.80 |
+//! | decode batch 1 / 8 / 32 / 64, f32 state | 5384 / 6612 / 5853 / 5554 tok/s/layer | 0.98 / 1.21 / 1.07 / 1.01 of memcpy | >= 0.90 |
+//! | decode batch 1 / 8 / 32 / 64, bf16 state | 5872 / 7930 / 6532 / 6411 tok/s/layer | 1.09 / 1.20 / 1.12 / 1.15x f32 | >= 1.8x |
+//! | verify D=4, batch 1 / 8 | 0.739 / 6.713 ms | 0.96x / 1.18x of 4 decodes | <= 0.65x |
+//! | 32768 tokens in 2048-token chunks | 2.047 s vs 2.030 s | 1.008x | <= 1.03x |
 
 use crate::{CpuDispatcher, CHUNK};
 use deltanet_core::*;
