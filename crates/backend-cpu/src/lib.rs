@@ -318,19 +318,12 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
         let views = delta_views(&mut io, dims)?;
         let parts = pool.parts_mut();
         let temporal = RawBuf::new(parts.temporal.bytes_mut());
-        let (hv, per) = (dims.num_v_heads, dims.head_k_dim * dims.head_v_dim);
+        let hv = dims.num_v_heads;
         with_state_type!(g.config.state_dtype, E => self.install(|| {
             (0..batch.num_seqs() * hv).into_par_iter().for_each(|task| {
                 let (i, h) = (task / hv, task % hv);
-                let off = g.temporal_offset(layer, batch.slots()[i].index()) + h * per * std::mem::size_of::<E>();
-                let st = temporal.typed::<E>(off, per);
-                // the head this thread most likely runs next (rayon splits the range)
-                let next = if task + 1 < batch.num_seqs() * hv {
-                    let (i, h) = ((task + 1) / hv, (task + 1) % hv);
-                    temporal.typed::<E>(g.temporal_offset(layer, batch.slots()[i].index()) + h * per * std::mem::size_of::<E>(), per)
-                } else {
-                    std::ptr::null_mut()
-                };
+                let st = main_head::<E>(&temporal, &g, layer, batch.slots(), task);
+                let next = main_head::<E>(&temporal, &g, layer, batch.slots(), task + 1);
                 // SAFETY: (slot, head) is this task's alone (slots are distinct); in place;
                 // `next` is only prefetched.
                 unsafe { steps_head::<E>(L::KIND, &views, h, &[i], &[None], st, &[st], next) };
@@ -357,14 +350,9 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
                 let head = h * per * std::mem::size_of::<E>();
                 let tokens: Vec<usize> = (0..dn).map(|t| i * dn + t).collect();
                 let parents: Vec<Option<usize>> = (0..dn).map(|t| batch.parent(i, t)).collect();
-                let src = temporal.typed::<E>(g.temporal_offset(layer, slot) + head, per);
+                let src = main_head::<E>(&temporal, &g, layer, batch.slots(), task);
                 let dsts: Vec<*mut E> = (0..dn).map(|t| scratch.typed::<E>(g.scratch_offset(layer, slot, t) + head, per)).collect();
-                let next = if task + 1 < batch.num_seqs() * hv {
-                    let (i, h) = ((task + 1) / hv, (task + 1) % hv);
-                    temporal.typed::<E>(g.temporal_offset(layer, batch.slots()[i].index()) + h * per * std::mem::size_of::<E>(), per)
-                } else {
-                    std::ptr::null_mut()
-                };
+                let next = main_head::<E>(&temporal, &g, layer, batch.slots(), task + 1);
                 // SAFETY: this task alone touches (slot, head) of the main state (read only)
                 // and of every scratch step of the slot; the scratch steps are disjoint;
                 // `next` is only prefetched.
@@ -372,5 +360,19 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
             })
         }));
         Ok(())
+    }
+}
+
+/// The main state of task `task` = (sequence `task / HV`, value head
+/// `task % HV`) in a per-(sequence, head) loop over `slots`, or null past the
+/// last task. Decode and verify pass task + 1's head as a prefetch hint: rayon
+/// hands each thread a contiguous range, so it is most likely the next head
+/// this thread runs.
+fn main_head<E>(temporal: &RawBuf, g: &PoolGeometry, layer: usize, slots: &[Slot], task: usize) -> *mut E {
+    let dims = g.config.dims;
+    let (hv, per) = (dims.num_v_heads, dims.head_k_dim * dims.head_v_dim);
+    match slots.get(task / hv) {
+        Some(slot) => temporal.typed::<E>(g.temporal_offset(layer, slot.index()) + (task % hv) * per * std::mem::size_of::<E>(), per),
+        None => std::ptr::null_mut(),
     }
 }
