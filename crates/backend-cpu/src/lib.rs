@@ -344,19 +344,24 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
         let temporal = RawBuf::new(parts.temporal.bytes_mut());
         let (hv, per, dn) = (dims.num_v_heads, dims.head_k_dim * dims.head_v_dim, batch.draft());
         with_state_type!(g.config.state_dtype, E => self.install(|| {
-            (0..batch.num_seqs() * hv).into_par_iter().for_each(|task| {
+            // per-task step lists live in vectors reused across the tasks of one rayon job
+            let lists = || (Vec::new(), Vec::new(), Vec::<*mut E>::new());
+            (0..batch.num_seqs() * hv).into_par_iter().for_each_init(lists, |(tokens, parents, dsts), task| {
                 let (i, h) = (task / hv, task % hv);
                 let slot = batch.slots()[i].index();
                 let head = h * per * std::mem::size_of::<E>();
-                let tokens: Vec<usize> = (0..dn).map(|t| i * dn + t).collect();
-                let parents: Vec<Option<usize>> = (0..dn).map(|t| batch.parent(i, t)).collect();
+                tokens.clear();
+                tokens.extend((0..dn).map(|t| i * dn + t));
+                parents.clear();
+                parents.extend((0..dn).map(|t| batch.parent(i, t)));
+                dsts.clear();
+                dsts.extend((0..dn).map(|t| scratch.typed::<E>(g.scratch_offset(layer, slot, t) + head, per)));
                 let src = main_head::<E>(&temporal, &g, layer, batch.slots(), task);
-                let dsts: Vec<*mut E> = (0..dn).map(|t| scratch.typed::<E>(g.scratch_offset(layer, slot, t) + head, per)).collect();
                 let next = main_head::<E>(&temporal, &g, layer, batch.slots(), task + 1);
                 // SAFETY: this task alone touches (slot, head) of the main state (read only)
                 // and of every scratch step of the slot; the scratch steps are disjoint;
                 // `next` is only prefetched.
-                unsafe { steps_head::<E>(L::KIND, &views, h, &tokens, &parents, src, &dsts, next) };
+                unsafe { steps_head::<E>(L::KIND, &views, h, tokens, parents, src, dsts, next) };
             })
         }));
         Ok(())
