@@ -646,9 +646,10 @@ pub(crate) fn dtypes<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() -> 
             got.extend(&o[cu[1] * per..]);
             got.extend(&d1[per..]);
             got.extend(&d2[per..]);
-            let tol = ctx.tol(dt, sd, 70);
-            ctx.ratio(&format!("{name}: outputs (extend + 2 decodes)"), &got, &r.o, tol);
-            ctx.ratio(&format!("{name}: final states"), &b.states(&slots)?, &r.final_state, tol);
+            // outputs are stored in the input dtype, so they carry its rounding; the
+            // oracle ran on the same rounded inputs, so an f32 state owes f32 accuracy
+            ctx.ratio(&format!("{name}: outputs (extend + 2 decodes)"), &got, &r.o, ctx.tol(dt, sd, 70));
+            ctx.ratio(&format!("{name}: final states"), &b.states(&slots)?, &r.final_state, ctx.tol(DType::F32, sd, 70));
         }
     }
     conv_dtypes(ctx, &d)
