@@ -711,7 +711,7 @@ unsafe fn steps_head_body<E: StateElem>(
                         // SAFETY: as above.
                         let o = unsafe { std::slice::from_raw_parts_mut(p, w) };
                         if n == 1 {
-                            // decode: no child step reads this block back
+                            // one step (in-place decodes take decode_kmajor): no child step reads this block back
                             for j in 0..w {
                                 o[j] = E::st(d * prow[j] + a * sk[j]);
                             }
