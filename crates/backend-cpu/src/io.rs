@@ -60,7 +60,7 @@ impl<'a> In<'a> {
                 Data::Bf16(s) => (s.as_ptr() as *const u8, s.len(), 2),
                 Data::F16(s) => (s.as_ptr() as *const u8, s.len(), 2),
             };
-            if off + n > len {
+            if off.checked_add(n).is_none_or(|end| end > len) {
                 return;
             }
             let mut b = off * size;
@@ -138,7 +138,8 @@ impl Out {
     /// No other thread may touch these elements during the call.
     #[inline(always)]
     pub unsafe fn store(&self, off: usize, vals: &[f32]) {
-        assert!(off + vals.len() <= self.len, "store outside the view");
+        // Checked: a wrapped sum would pass a plain `<=` and write outside the view.
+        assert!(off.checked_add(vals.len()).is_some_and(|end| end <= self.len), "store outside the view");
         match self.dtype {
             DType::F32 => {
                 // SAFETY: in bounds (asserted), exclusive by the caller's contract.
@@ -184,7 +185,8 @@ impl RawBuf {
     /// When the range lies outside the buffer or is misaligned.
     #[inline(always)]
     pub fn typed<T>(&self, off: usize, n: usize) -> *mut T {
-        assert!(off + n * std::mem::size_of::<T>() <= self.len, "pool range outside its buffer");
+        let end = n.checked_mul(std::mem::size_of::<T>()).and_then(|b| b.checked_add(off));
+        assert!(end.is_some_and(|end| end <= self.len), "pool range outside its buffer");
         assert!(off.is_multiple_of(std::mem::align_of::<T>()), "misaligned pool range");
         // SAFETY: in bounds (asserted above).
         unsafe { self.ptr.add(off) as *mut T }

@@ -62,7 +62,11 @@ impl DeviceMemory for CudaMemory {
         Device::Cuda(self.ordinal)
     }
     fn alloc_zeroed(&self, bytes: usize) -> Result<CudaBuffer> {
-        let slice = self.stream.alloc_zeros::<u8>(bytes.max(1)).map_err(|e| dev_err("alloc", e))?;
+        let slice = self.stream.alloc_zeros::<u8>(bytes.max(1)).map_err(|e| match e {
+            // The same typed error as host memory, so a caller sizing a pool can tell "too big" from a fault.
+            dres::DriverError(dsys::CUresult::CUDA_ERROR_OUT_OF_MEMORY) => Error::OutOfMemory { bytes },
+            e => dev_err("alloc", e),
+        })?;
         Ok(CudaBuffer { slice, len: bytes })
     }
     fn len(&self, buf: &CudaBuffer) -> usize {

@@ -32,7 +32,14 @@ impl DeviceMemory for NpuMemory {
         Device::Npu(self.ctx.device())
     }
     fn alloc_zeroed(&self, bytes: usize) -> Result<DeviceBuffer> {
-        let buf = self.ctx.alloc(bytes)?;
+        let buf = self.ctx.alloc(bytes).map_err(|e| {
+            // The same typed error as host memory, so a caller sizing a pool can tell "too big" from a fault.
+            if e.is_out_of_memory() {
+                deltanet_core::Error::OutOfMemory { bytes }
+            } else {
+                e.into()
+            }
+        })?;
         self.ctx.zero(buf.ptr(), bytes)?;
         Ok(buf)
     }

@@ -140,7 +140,12 @@ impl AclApi for Recorder {
     }
     fn malloc(&self, bytes: usize) -> Result<DevPtr, AclError> {
         let mut st = self.st();
-        let v = vec![0xA5A5_A5A5_A5A5_A5A5u64; bytes.div_ceil(8)];
+        // Fallible like aclrtMalloc: a host allocation the stand-in cannot make
+        // is the runtime's allocation error, never an abort.
+        let mut v = Vec::new();
+        v.try_reserve_exact(bytes.div_ceil(8))
+            .map_err(|_| AclError::Runtime { call: "aclrtMalloc".into(), code: crate::result::ACL_ERROR_RT_MEMORY_ALLOCATION })?;
+        v.resize(bytes.div_ceil(8), 0xA5A5_A5A5_A5A5_A5A5u64);
         let p = v.as_ptr() as DevPtr;
         st.allocs.insert(p, v);
         st.alloc_len.insert(p, bytes);

@@ -57,6 +57,18 @@ pub fn status_name(code: aclnnStatus) -> &'static str {
     }
 }
 
+/// `ACL_ERROR_BAD_ALLOC` (acl_base.h): memory allocation failed.
+pub const ACL_ERROR_BAD_ALLOC: aclError = 200000;
+/// `ACL_ERROR_RT_MEMORY_ALLOCATION` (acl_base.h): device memory allocation failed.
+pub const ACL_ERROR_RT_MEMORY_ALLOCATION: aclError = 207001;
+
+impl AclError {
+    /// Whether this is an allocation failure (device or host).
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, AclError::Runtime { code: ACL_ERROR_BAD_ALLOC | ACL_ERROR_RT_MEMORY_ALLOCATION, .. })
+    }
+}
+
 /// `Ok` when an ACL runtime call returned `ACL_SUCCESS`.
 pub fn check(call: &str, code: aclError) -> Result<(), AclError> {
     if code == 0 {

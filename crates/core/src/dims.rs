@@ -1,6 +1,7 @@
 //! Model dimensions of one GDN layer and the per-call parameters of the delta rule.
 
 use crate::error::{Error, Result};
+use crate::size;
 
 /// How value head `h` picks its query/key head when `HV > HK`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -81,7 +82,18 @@ impl ModelDims {
         if self.conv_width < 2 {
             return Err(Error::InvalidConfig(format!("conv width {} < 2", self.conv_width)));
         }
+        // Every count derived below must fit, in bytes of the widest dtype (f32),
+        // so the unchecked accessors never wrap on validated dims.
+        self.checked_conv_dim()?;
+        size::bytes("state_elems (HV*K*V) in f32 bytes", &[self.num_v_heads, self.head_k_dim, self.head_v_dim, 4])?;
+        size::bytes("conv_elems (conv_dim*(W-1)) in f32 bytes", &[self.checked_conv_dim()?, self.conv_width - 1, 4])?;
         Ok(())
+    }
+
+    fn checked_conv_dim(&self) -> Result<usize> {
+        let qk = size::product("HK*K", &[2, self.num_k_heads, self.head_k_dim])?;
+        let v = size::product("HV*V", &[self.num_v_heads, self.head_v_dim])?;
+        size::sum("conv_dim (2*HK*K + HV*V)", &[qk, v])
     }
 
     /// Channels of the short convolution: `2*HK*K + HV*V`.
@@ -152,5 +164,14 @@ mod tests {
         assert!(matches!(ModelDims::new(3, 4, 8, 8, 4), Err(Error::InvalidConfig(_))));
         assert!(matches!(ModelDims::new(0, 4, 8, 8, 4), Err(Error::InvalidConfig(_))));
         assert!(matches!(ModelDims::new(1, 4, 8, 8, 1), Err(Error::InvalidConfig(_))));
+    }
+
+    #[test]
+    fn overflowing_dims_rejected() {
+        let Err(Error::InvalidConfig(m)) = ModelDims::new(1, 1, 1 << 32, 1 << 32, 4) else { panic!("accepted") };
+        assert!(m.contains("state_elems"), "{m}");
+        assert!(matches!(ModelDims::new(1, 1, 1 << 63, 1, 4), Err(Error::InvalidConfig(_))));
+        assert!(matches!(ModelDims::new(1, 1, 1, 1 << 63, 4), Err(Error::InvalidConfig(_))));
+        assert!(matches!(ModelDims::new(1, 1, 4, 4, usize::MAX), Err(Error::InvalidConfig(_))));
     }
 }

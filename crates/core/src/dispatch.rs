@@ -107,8 +107,8 @@ impl GateIo<'_> {
         self.b.meta().expect("b", dev, &caps.input_dtypes, &[tokens, hv])?;
         self.a_log.meta().expect("A_log", dev, f32s, &[hv])?;
         self.dt_bias.meta().expect("dt_bias", dev, f32s, &[hv])?;
-        self.g.meta().expect("g", dev, f32s, &[tokens, hv])?;
-        self.beta.meta().expect("beta", dev, f32s, &[tokens, hv])
+        self.g.meta().expect_output("g", dev, f32s, &[tokens, hv])?;
+        self.beta.meta().expect_output("beta", dev, f32s, &[tokens, hv])
     }
 }
 
@@ -134,7 +134,7 @@ impl ConvIo<'_> {
         if let Some(b) = &self.bias {
             b.meta().expect("conv_bias", dev, &[DType::F32], &[c])?;
         }
-        self.out.meta().expect("conv_out", dev, &caps.input_dtypes, &[tokens, c])
+        self.out.meta().expect_output("conv_out", dev, &caps.input_dtypes, &[tokens, c])
     }
 }
 
@@ -169,7 +169,7 @@ impl DeltaIo<'_> {
         self.v.meta().expect("v", dev, &caps.input_dtypes, &[tokens, hv, v])?;
         self.g.meta().expect("g", dev, &[DType::F32], &[tokens, hv])?;
         self.beta.meta().expect("beta", dev, &beta_dtypes, &[tokens, hv])?;
-        self.o.meta().expect("o", dev, &caps.input_dtypes, &[tokens, hv, v])
+        self.o.meta().expect_output("o", dev, &caps.input_dtypes, &[tokens, hv, v])
     }
 }
 

@@ -226,6 +226,12 @@ pub enum Error {
         /// Cargo feature that enables it.
         feature: String,
     },
+    /// An allocation the host or device could not satisfy.
+    #[error("out of memory: could not allocate {bytes} bytes")]
+    OutOfMemory {
+        /// Bytes asked for.
+        bytes: usize,
+    },
     /// A failure reported by the device runtime.
     #[error("{backend} runtime error in {op}: {message}")]
     Device {

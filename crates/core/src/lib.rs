@@ -26,6 +26,7 @@ pub mod layout;
 pub mod memory;
 pub mod oracle;
 pub mod pool;
+pub mod size;
 pub mod tensor;
 
 pub use batch::{CommitBatch, DecodeBatch, ExtendBatch, Snapshot, VerifyBatch};
@@ -37,5 +38,7 @@ pub use error::{Error, Result};
 pub use forward::{commit, forward_decode, forward_extend, forward_verify, LayerInput, LayerWeights, LayerWorkspace};
 pub use layout::{convert_conv, convert_state, ConvLayoutKind, KMajor, LayoutKind, StateLayout, VMajor};
 pub use memory::{DeviceMemory, HostBuffer, HostMemory};
-pub use pool::{BufferDescriptor, BufferKind, HostState, MambaStatePool, PoolConfig, PoolGeometry, PoolParts, Slot, SpecConfig, StatePool};
+pub use pool::{
+    BufferBytes, BufferDescriptor, BufferKind, HostState, MambaStatePool, PoolConfig, PoolGeometry, PoolParts, Slot, SpecConfig, StatePool,
+};
 pub use tensor::{Device, TensorMeta, TensorMut, TensorRef};

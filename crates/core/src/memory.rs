@@ -15,7 +15,8 @@ pub trait DeviceMemory: Clone + Send + Sync + 'static {
 
     /// The device the buffers live on.
     fn device(&self) -> Device;
-    /// Allocates `bytes` zeroed bytes.
+    /// Allocates `bytes` zeroed bytes. An allocation the host or device
+    /// cannot satisfy is [`Error::OutOfMemory`] with the bytes asked, never an abort.
     fn alloc_zeroed(&self, bytes: usize) -> Result<Self::Buffer>;
     /// Length in bytes.
     fn len(&self, buf: &Self::Buffer) -> usize;
@@ -68,9 +69,25 @@ impl std::fmt::Debug for HostBuffer {
 }
 
 impl HostBuffer {
-    /// Zeroed buffer of `len` bytes.
-    pub fn zeroed(len: usize) -> Self {
-        HostBuffer { lines: vec![Line([0; 64]); len.div_ceil(64)], len }
+    /// Zeroed buffer of `len` bytes; [`Error::OutOfMemory`] when the allocator
+    /// refuses (never an abort).
+    pub fn zeroed(len: usize) -> Result<Self> {
+        let n = len.div_ceil(64);
+        if n == 0 {
+            return Ok(HostBuffer { lines: Vec::new(), len });
+        }
+        let oom = || Error::OutOfMemory { bytes: len };
+        let layout = std::alloc::Layout::array::<Line>(n).map_err(|_| oom())?;
+        // SAFETY: `layout` has non-zero size (n > 0).
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) } as *mut Line;
+        if ptr.is_null() {
+            return Err(oom());
+        }
+        // SAFETY: `ptr` was allocated by the global allocator with the layout of
+        // `[Line; n]` (what `Vec<Line>` with capacity `n` uses), and all-zero
+        // bytes are a valid `Line` (it is `Zeroable`), so `n` elements are initialised.
+        let lines = unsafe { Vec::from_raw_parts(ptr, n, n) };
+        Ok(HostBuffer { lines, len })
     }
     /// The bytes.
     pub fn bytes(&self) -> &[u8] {
@@ -98,7 +115,7 @@ impl DeviceMemory for HostMemory {
         Device::Host
     }
     fn alloc_zeroed(&self, bytes: usize) -> Result<HostBuffer> {
-        Ok(HostBuffer::zeroed(bytes))
+        HostBuffer::zeroed(bytes)
     }
     fn len(&self, buf: &HostBuffer) -> usize {
         buf.len
@@ -157,5 +174,12 @@ mod tests {
         let mut b = m.alloc_zeroed(4).unwrap();
         m.copy_between(&a, 10, &mut b, 0, 3).unwrap();
         assert_eq!(&b.bytes()[..3], &[1, 2, 3]);
+    }
+
+    #[test]
+    fn impossible_allocation_is_an_error_not_an_abort() {
+        for bytes in [isize::MAX as usize - 100, usize::MAX, 1 << 60] {
+            assert_eq!(HostMemory.alloc_zeroed(bytes).unwrap_err(), Error::OutOfMemory { bytes });
+        }
     }
 }

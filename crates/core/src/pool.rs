@@ -88,12 +88,31 @@ impl PoolConfig {
     pub fn draft_tokens(&self) -> usize {
         self.spec.map_or(0, |s| s.draft_tokens)
     }
-    /// Bytes one slot costs across all layers and buffers.
+    /// Bytes one slot costs across all layers and buffers (saturating at
+    /// `usize::MAX` for a configuration [`validate`](Self::validate) refuses).
     pub fn bytes_per_slot(&self) -> usize {
         let d = self.draft_tokens();
+        let state = self.dims.state_elems().saturating_mul(self.state_dtype.size());
+        let conv = self.dims.conv_elems().saturating_mul(self.conv_dtype.size());
+        self.layers.saturating_mul(state.saturating_add(conv)).saturating_mul(d.saturating_add(1))
+    }
+    /// Byte lengths of the pool's buffers, in checked arithmetic: an impossible
+    /// size is [`Error::InvalidConfig`] naming the buffer. Every offset the
+    /// [`PoolGeometry`] computes lies below these, so none wraps.
+    pub fn buffer_bytes(&self) -> Result<BufferBytes> {
+        self.dims.validate()?;
+        let rows = crate::size::product("layers * (slots + 1)", &[self.layers, self.slots.saturating_add(1)])?;
         let state = self.dims.state_elems() * self.state_dtype.size();
         let conv = self.dims.conv_elems() * self.conv_dtype.size();
-        self.layers * (state + conv) * (1 + d)
+        let d = self.draft_tokens();
+        let b = BufferBytes {
+            conv: crate::size::bytes("conv state buffer (layers * (slots + 1) * conv bytes)", &[rows, conv])?,
+            temporal: crate::size::bytes("recurrent state buffer (layers * (slots + 1) * state bytes)", &[rows, state])?,
+            scratch: crate::size::bytes("speculative scratch buffer (layers * (slots + 1) * D * state bytes)", &[rows, d, state])?,
+            windows: crate::size::bytes("speculative conv windows (layers * (slots + 1) * D * conv bytes)", &[rows, d, conv])?,
+        };
+        crate::size::sum("pool bytes", &[b.conv, b.temporal, b.scratch, b.windows])?;
+        Ok(b)
     }
     /// How many allocatable slots fit in `budget` bytes (slot 0 included in the cost).
     pub fn slots_for_budget(&self, budget: usize) -> usize {
@@ -116,8 +135,23 @@ impl PoolConfig {
         if !matches!(self.state_dtype, DType::F32 | DType::BF16) {
             return Err(Error::InvalidConfig(format!("state dtype {} (f32 or bf16)", self.state_dtype)));
         }
+        self.buffer_bytes()?;
         Ok(())
     }
+}
+
+/// Byte lengths of a pool's buffers ([`PoolConfig::buffer_bytes`]); 0 for the
+/// speculative ones of a pool without speculative buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferBytes {
+    /// Conv state `[L, slots+1, conv]`.
+    pub conv: usize,
+    /// Recurrent state `[L, slots+1, state]`.
+    pub temporal: usize,
+    /// Speculative scratch `[L, slots+1, D, state]`.
+    pub scratch: usize,
+    /// Speculative conv windows `[L, slots+1, D, conv]`.
+    pub windows: usize,
 }
 
 /// Byte geometry of a pool's buffers: where each (layer, slot, step) lives.
@@ -196,11 +230,16 @@ pub struct HostState {
 impl HostState {
     /// Builds a host state from f32 values in canonical order, stored in the given dtypes.
     pub fn from_f32(layers: usize, dims: ModelDims, state_dtype: DType, conv_dtype: DType, temporal: &[f32], conv: &[f32]) -> Result<Self> {
-        if temporal.len() != layers * dims.state_elems() || conv.len() != layers * dims.conv_elems() {
+        dims.validate()?;
+        let (ns, nc) = (
+            crate::size::product("layers * state_elems", &[layers, dims.state_elems()])?,
+            crate::size::product("layers * conv_elems", &[layers, dims.conv_elems()])?,
+        );
+        if temporal.len() != ns || conv.len() != nc {
             return Err(Error::StateMismatch(format!(
                 "expected {} state and {} conv values, got {} and {}",
-                layers * dims.state_elems(),
-                layers * dims.conv_elems(),
+                ns,
+                nc,
                 temporal.len(),
                 conv.len()
             )));
@@ -400,12 +439,11 @@ impl<M: DeviceMemory, L: StateLayout> StatePool<M, L> {
         }
         caps.check_pool_config(&config)?;
         let geometry = PoolGeometry { config, layout: L::KIND, conv_layout: caps.conv_layout };
-        let rows = config.layers * geometry.rows();
-        let d = config.draft_tokens();
-        let conv = memory.alloc_zeroed(rows * geometry.conv_bytes())?;
-        let temporal = memory.alloc_zeroed(rows * geometry.state_bytes())?;
-        let (scratch, windows) = if d > 0 {
-            (Some(memory.alloc_zeroed(rows * d * geometry.state_bytes())?), Some(memory.alloc_zeroed(rows * d * geometry.conv_bytes())?))
+        let sizes = config.buffer_bytes()?;
+        let conv = memory.alloc_zeroed(sizes.conv)?;
+        let temporal = memory.alloc_zeroed(sizes.temporal)?;
+        let (scratch, windows) = if config.draft_tokens() > 0 {
+            (Some(memory.alloc_zeroed(sizes.scratch)?), Some(memory.alloc_zeroed(sizes.windows)?))
         } else {
             (None, None)
         };
@@ -621,8 +659,10 @@ impl<M: DeviceMemory, L: StateLayout> MambaStatePool for StatePool<M, L> {
         let g = self.geometry;
         let dims = &g.config.dims;
         let same = |a: &ModelDims, b: &ModelDims| {
-            (a.num_v_heads, a.head_k_dim, a.head_v_dim, a.conv_dim(), a.conv_width)
-                == (b.num_v_heads, b.head_k_dim, b.head_v_dim, b.conv_dim(), b.conv_width)
+            // Field by field (conv_dim follows from these): `state.dims` is
+            // caller-made and may not be valid, so nothing is multiplied.
+            (a.num_k_heads, a.num_v_heads, a.head_k_dim, a.head_v_dim, a.conv_width)
+                == (b.num_k_heads, b.num_v_heads, b.head_k_dim, b.head_v_dim, b.conv_width)
         };
         if state.layers != g.config.layers || !same(&state.dims, dims) {
             return Err(Error::StateMismatch(format!(
@@ -630,6 +670,7 @@ impl<M: DeviceMemory, L: StateLayout> MambaStatePool for StatePool<M, L> {
                 state.layers, state.dims, g.config.layers, dims
             )));
         }
+        // `state.layers` equals the pool's layers here, so these products cannot overflow.
         if state.temporal.len() != state.layers * dims.state_elems() * state.state_dtype.size()
             || state.conv.len() != state.layers * dims.conv_elems() * state.conv_dtype.size()
         {

@@ -62,7 +62,62 @@ impl TensorMeta {
         let mut st = [0; MAX_RANK];
         dims[..shape.len()].copy_from_slice(shape);
         st[..shape.len()].copy_from_slice(strides);
-        Ok(TensorMeta { device, dtype, rank: shape.len(), dims, strides: st })
+        let meta = TensorMeta { device, dtype, rank: shape.len(), dims, strides: st };
+        meta.checked_extent()?;
+        Ok(meta)
+    }
+
+    /// Element count and span in checked arithmetic, and the span in bytes
+    /// within `isize::MAX` (what pointer offsets allow). Every constructor
+    /// runs this, so [`numel`](Self::numel), [`span`](Self::span) and
+    /// [`offset`](Self::offset) of an in-range index never wrap.
+    fn checked_extent(&self) -> Result<()> {
+        let too_big = |what: &str| Error::BadStrides {
+            name: "tensor".into(),
+            reason: format!("{what} of shape {:?} with strides {:?} overflows", self.shape(), self.strides()),
+        };
+        let numel = self.shape().iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| too_big("element count"))?;
+        if numel == 0 {
+            return Ok(());
+        }
+        let mut last = 0usize;
+        for (&d, &s) in self.shape().iter().zip(self.strides()) {
+            last = (d - 1).checked_mul(s).and_then(|x| last.checked_add(x)).ok_or_else(|| too_big("span"))?;
+        }
+        let span = last.checked_add(1).ok_or_else(|| too_big("span"))?;
+        if span.checked_mul(self.dtype.size()).is_none_or(|b| b > isize::MAX as usize) {
+            return Err(too_big("byte span"));
+        }
+        Ok(())
+    }
+
+    /// Proves that no two in-range indices address the same element, or
+    /// refuses: what every output view must satisfy, since kernels write
+    /// disjoint indices from parallel tasks. Sufficient test: ordered by
+    /// stride, each dim's stride exceeds the span of all smaller-strided dims
+    /// (dims of size 1 never repeat an element; an empty view writes nothing).
+    pub fn expect_non_overlapping(&self, name: &str) -> Result<()> {
+        if self.numel() == 0 {
+            return Ok(());
+        }
+        let mut dims: Vec<(usize, usize)> =
+            self.shape().iter().zip(self.strides()).filter(|(d, _)| **d > 1).map(|(d, s)| (*s, *d)).collect();
+        dims.sort_unstable();
+        let mut covered = 0usize; // span - 1 of the dims placed so far
+        for (s, d) in dims {
+            if s <= covered {
+                return Err(Error::BadStrides {
+                    name: name.into(),
+                    reason: format!(
+                        "output view of shape {:?} with strides {:?} addresses some elements twice",
+                        self.shape(),
+                        self.strides()
+                    ),
+                });
+            }
+            covered += (d - 1) * s; // bounded by the span, checked at construction
+        }
+        Ok(())
     }
 
     /// Device.
@@ -130,6 +185,13 @@ impl TensorMeta {
         }
         Ok(())
     }
+
+    /// [`expect`](Self::expect) for a view a kernel writes: also proven
+    /// non-overlapping ([`expect_non_overlapping`](Self::expect_non_overlapping)).
+    pub fn expect_output(&self, name: &str, device: Device, dtypes: &[DType], shape: &[usize]) -> Result<()> {
+        self.expect(name, device, dtypes, shape)?;
+        self.expect_non_overlapping(name)
+    }
 }
 
 fn contiguous_strides(shape: &[usize]) -> Result<[usize; MAX_RANK]> {
@@ -137,16 +199,18 @@ fn contiguous_strides(shape: &[usize]) -> Result<[usize; MAX_RANK]> {
         return Err(Error::BadStrides { name: "tensor".into(), reason: format!("rank {} > {MAX_RANK}", shape.len()) });
     }
     let mut st = [0; MAX_RANK];
-    let mut acc = 1;
+    let mut acc = 1usize;
     for i in (0..shape.len()).rev() {
         st[i] = acc;
-        acc *= shape[i];
+        // Past an overflow the strides are meaningless; `strided` refuses the
+        // shape anyway (its element count overflows too).
+        acc = acc.saturating_mul(shape[i]);
     }
     Ok(st)
 }
 
 fn check_len(meta: &TensorMeta, offset: usize, len: usize) -> Result<()> {
-    if offset + meta.span() > len {
+    if offset.checked_add(meta.span()).is_none_or(|end| end > len) {
         return Err(Error::BadStrides {
             name: "tensor".into(),
             reason: format!("view spans {} elements from offset {offset}, data has {len}", meta.span()),
