@@ -3,11 +3,13 @@
 //! channels-first), and the fused gate.
 
 use crate::io::{In, Out, RawBuf};
+use crate::vmath;
 use deltanet_core::DType;
 use half::{bf16, f16};
+use std::cell::RefCell;
 
 /// Channels per conv task.
-pub(crate) const CONV_BLOCK: usize = 512;
+pub(crate) const CONV_BLOCK: usize = 256;
 
 /// Loads `n` conv-state values of `dtype` at byte offset `off` of `buf`.
 pub(crate) fn load_conv(buf: &RawBuf, dtype: DType, off: usize, out: &mut [f32]) {
@@ -43,86 +45,187 @@ pub(crate) fn store_conv(buf: &RawBuf, dtype: DType, off: usize, vals: &[f32]) {
     }
 }
 
-/// The conv weights and bias of one channel block, and the views.
-pub(crate) struct ConvBlock<'a> {
+/// Per-thread conv scratch, reused across calls (no allocation per call
+/// once grown): the block's weights token-major, its bias, the input ring,
+/// the channels-first window buffer and one output row.
+#[derive(Default)]
+pub(crate) struct ConvScratch {
+    /// Weights `[W, n]`: row j multiplies the input j steps after the oldest.
+    wt: Vec<f32>,
+    /// Bias `[n]` (zeros without bias).
+    bias: Vec<f32>,
+    /// The last W raw inputs `[W, n]`, a ring: row `head` is the oldest.
+    ring: Vec<f32>,
+    /// The conv state as stored, channels-first `[n, W-1]`.
+    cf: Vec<f32>,
+    /// One output row `[n]`.
+    y: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<ConvScratch> = RefCell::new(ConvScratch::default());
+}
+
+fn grow(v: &mut Vec<f32>, n: usize) {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+}
+
+/// One channel block of the conv with its inputs, outputs and window. The
+/// window is kept token-major (a ring of W rows of `n` channels) so that one
+/// token is a few vectorised passes over contiguous channels; the pool's
+/// channels-first conv state is transposed only on load and store.
+pub(crate) struct ConvBlock<'a, 's> {
     /// First channel.
     pub c0: usize,
     /// Channels in the block.
     pub n: usize,
     /// Kernel width W.
-    pub width: usize,
-    /// Weights `[n, W]`, contiguous.
-    pub w: Vec<f32>,
-    /// Bias `[n]` (zeros without bias).
-    pub bias: Vec<f32>,
+    width: usize,
     /// Raw inputs.
-    pub x: In<'a>,
+    x: In<'a>,
     /// Outputs.
-    pub out: Out,
-    /// One token's inputs / outputs.
-    xr: Vec<f32>,
-    yr: Vec<f32>,
+    out: Out,
+    s: &'s mut ConvScratch,
+    /// Ring row of the oldest input.
+    head: usize,
 }
 
-impl<'a> ConvBlock<'a> {
-    /// Loads the block's weights and bias.
-    pub fn new(c0: usize, n: usize, width: usize, weight: &In<'_>, bias: Option<&In<'_>>, x: In<'a>, out: Out) -> Self {
-        let mut w = vec![0.0; n * width];
-        for c in 0..n {
-            weight.row(weight.off2(c0 + c, 0), &mut w[c * width..(c + 1) * width]);
-        }
-        let mut b = vec![0.0; n];
-        if let Some(bias) = bias {
-            bias.row(c0 * bias.strides[0], &mut b);
-        }
-        ConvBlock { c0, n, width, w, bias: b, x, out, xr: vec![0.0; n], yr: vec![0.0; n] }
+impl<'a> ConvBlock<'a, '_> {
+    /// Runs `f` on the block `c0..c0 + n` with its weights and bias loaded
+    /// into this thread's scratch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with<R>(
+        c0: usize,
+        n: usize,
+        width: usize,
+        weight: &In<'_>,
+        bias: Option<&In<'_>>,
+        x: In<'a>,
+        out: Out,
+        f: impl FnOnce(&mut ConvBlock<'a, '_>) -> R,
+    ) -> R {
+        SCRATCH.with(|s| {
+            let s = &mut *s.borrow_mut();
+            grow(&mut s.wt, width * n);
+            grow(&mut s.bias, n);
+            grow(&mut s.ring, width * n);
+            grow(&mut s.cf, (width - 1) * n);
+            grow(&mut s.y, n);
+            for c in 0..n {
+                for j in 0..width {
+                    s.wt[j * n + c] = weight.get(weight.off2(c0 + c, j));
+                }
+            }
+            match bias {
+                Some(b) => b.row(c0 * b.strides[0], &mut s.bias[..n]),
+                None => s.bias[..n].fill(0.0),
+            }
+            f(&mut ConvBlock { c0, n, width, x, out, s, head: 0 })
+        })
     }
 
-    /// Convolves token `t` on `win` (`[n, W-1]` channels-first, oldest first),
-    /// writes output row `t`, and shifts the token into `win`.
-    pub fn step(&mut self, win: &mut [f32], t: usize) {
-        let (wd, w1) = (self.width, self.width - 1);
-        self.x.row(self.x.off2(t, self.c0), &mut self.xr);
-        for c in 0..self.n {
-            let wc = &self.w[c * wd..(c + 1) * wd];
-            let hist = &mut win[c * w1..(c + 1) * w1];
-            let xv = self.xr[c];
-            let mut acc = self.bias[c];
-            for j in 0..w1 {
-                acc += wc[j] * hist[j];
-            }
-            acc += wc[w1] * xv;
-            self.yr[c] = acc / (1.0 + (-acc).exp());
-            hist.copy_within(1.., 0);
-            hist[w1 - 1] = xv;
-        }
-        // SAFETY: (t, block) of the output belongs to this task alone.
-        unsafe { self.out.store(self.out.off2(t, self.c0), &self.yr) };
+    /// Starts from a zero window (a sequence without initial state).
+    pub fn clear(&mut self) {
+        self.head = 0;
+        self.s.ring[..self.width * self.n].fill(0.0);
     }
+
+    /// Starts from the conv state of `dtype` at byte offset `off` of `buf`
+    /// (channels-first `[n, W-1]`, oldest first).
+    pub fn load(&mut self, buf: &RawBuf, dtype: DType, off: usize) {
+        let (n, w1) = (self.n, self.width - 1);
+        load_conv(buf, dtype, off, &mut self.s.cf[..n * w1]);
+        self.head = 0;
+        for c in 0..n {
+            for j in 0..w1 {
+                self.s.ring[j * n + c] = self.s.cf[c * w1 + j];
+            }
+        }
+    }
+
+    /// Stores the window (the last W-1 inputs) as a conv state of `dtype` at
+    /// byte offset `off` of `buf`.
+    pub fn store(&mut self, buf: &RawBuf, dtype: DType, off: usize) {
+        let (n, w, w1) = (self.n, self.width, self.width - 1);
+        for j in 0..w1 {
+            let r = (self.head + j) % w;
+            for c in 0..n {
+                self.s.cf[c * w1 + j] = self.s.ring[r * n + c];
+            }
+        }
+        store_conv(buf, dtype, off, &self.s.cf[..n * w1]);
+    }
+
+    /// Convolves token `t` (reading input row `t`, writing output row `t`)
+    /// and shifts it into the window.
+    pub fn step(&mut self, t: usize) {
+        let (n, w) = (self.n, self.width);
+        let s = &mut *self.s;
+        // the newest input goes into the row after the W-1 held ones
+        let newest = (self.head + w - 1) % w;
+        self.x.row(self.x.off2(t, self.c0), &mut s.ring[newest * n..(newest + 1) * n]);
+        conv_row(&s.wt[..w * n], &s.bias[..n], &s.ring[..w * n], self.head, w, &mut s.y[..n]);
+        self.head = (self.head + 1) % w;
+        // SAFETY: (t, block) of the output belongs to this task alone.
+        unsafe { self.out.store(self.out.off2(t, self.c0), &s.y[..n]) };
+    }
+}
+
+// `y = silu(bias + sum_j wt[j] * ring[(head + j) % W])` over the block's
+// channels, oldest input first, fused multiply-adds (the same bits on every
+// machine path: see `vmath`).
+vmath::dispatch!(
+    fn conv_row(wt: &[f32], bias: &[f32], ring: &[f32], head: usize, w: usize, y: &mut [f32]) {
+        let n = y.len();
+        y.copy_from_slice(&bias[..n]);
+        for j in 0..w {
+            let r = (head + j) % w;
+            let (wj, xj) = (&wt[j * n..(j + 1) * n], &ring[r * n..(r + 1) * n]);
+            for ((y, &a), &x) in y.iter_mut().zip(wj).zip(xj) {
+                *y = a.mul_add(x, *y);
+            }
+        }
+        y.iter_mut().for_each(|v| *v = vmath::silu_lane(*v));
+    }
+);
+
+/// Per-thread gate scratch: `-exp(A_log)`, `dt_bias` and one token's rows.
+#[derive(Default)]
+struct GateScratch {
+    neg_a: Vec<f32>,
+    dt_bias: Vec<f32>,
+    a: Vec<f32>,
+    b: Vec<f32>,
+}
+
+thread_local! {
+    static GATE: RefCell<GateScratch> = RefCell::new(GateScratch::default());
 }
 
 /// `g = -exp(A_log) * softplus(a + dt_bias)` (threshold 20), `beta = sigmoid(b)`, over `[T, HV]`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gate(a: &In<'_>, b: &In<'_>, a_log: &In<'_>, dt_bias: &In<'_>, g: &Out, beta: &Out, tokens: usize, hv: usize) {
-    let mut al = vec![0.0; hv];
-    let mut db = vec![0.0; hv];
-    a_log.row(0, &mut al);
-    dt_bias.row(0, &mut db);
-    al.iter_mut().for_each(|x| *x = -x.exp());
-    let (mut ar, mut br) = (vec![0.0; hv], vec![0.0; hv]);
-    for t in 0..tokens {
-        a.row(a.off2(t, 0), &mut ar);
-        b.row(b.off2(t, 0), &mut br);
-        for h in 0..hv {
-            let x = ar[h] + db[h];
-            let sp = if x > 20.0 { x } else { x.exp().ln_1p() };
-            ar[h] = al[h] * sp;
-            br[h] = 1.0 / (1.0 + (-br[h]).exp());
+    GATE.with(|s| {
+        let s = &mut *s.borrow_mut();
+        for v in [&mut s.neg_a, &mut s.dt_bias, &mut s.a, &mut s.b] {
+            grow(v, hv);
         }
-        // SAFETY: single-threaded; row t of each output.
-        unsafe {
-            g.store(g.off2(t, 0), &ar);
-            beta.store(beta.off2(t, 0), &br);
+        let (al, db, ar, br) = (&mut s.neg_a[..hv], &mut s.dt_bias[..hv], &mut s.a[..hv], &mut s.b[..hv]);
+        a_log.row(0, al);
+        dt_bias.row(0, db);
+        vmath::exp_in_place(al);
+        al.iter_mut().for_each(|x| *x = -*x);
+        for t in 0..tokens {
+            a.row(a.off2(t, 0), ar);
+            b.row(b.off2(t, 0), br);
+            vmath::gate_row(ar, br, al, db);
+            // SAFETY: single-threaded; row t of each output.
+            unsafe {
+                g.store(g.off2(t, 0), ar);
+                beta.store(beta.off2(t, 0), br);
+            }
         }
-    }
+    })
 }

@@ -53,10 +53,11 @@ mod conv;
 mod delta;
 mod io;
 mod simd;
+mod vmath;
 
 pub use delta::CHUNK;
 
-use conv::{load_conv, store_conv, ConvBlock, CONV_BLOCK};
+use conv::{ConvBlock, CONV_BLOCK};
 use delta::{extend_head, steps_head, DeltaViews, ExtendTarget};
 use deltanet_core::*;
 use half::bf16;
@@ -166,26 +167,19 @@ macro_rules! with_state_type {
 }
 
 impl<L: StateLayout> CpuDispatcher<L> {
-    /// Conv over channel blocks of a set of requests: `runs(i)` gives, for
-    /// request `i`, its steps; see the three conv entry points.
-    fn conv_blocks(
-        &self,
-        dims: &ModelDims,
-        io: &mut ConvIo<'_>,
-        tasks: usize,
-        run: impl Fn(usize, &mut ConvBlock<'_>) + Sync,
-    ) -> Result<()> {
+    /// Conv over channel blocks: one task per block of [`CONV_BLOCK`]
+    /// channels runs `run` for every request of the call, so the block's
+    /// weights are loaded once per call, not once per request.
+    fn conv_blocks(&self, dims: &ModelDims, io: &mut ConvIo<'_>, run: impl Fn(&mut ConvBlock<'_, '_>) + Sync) -> Result<()> {
         let (x, weight) = (In::new(&io.x)?, In::new(&io.weight)?);
         let bias = io.bias.as_ref().map(In::new).transpose()?;
         let out = Out::new(&mut io.out)?;
         let cd = dims.conv_dim();
         let blocks = cd.div_ceil(CONV_BLOCK);
         self.install(|| {
-            (0..tasks * blocks).into_par_iter().for_each(|task| {
-                let (i, b) = (task / blocks, task % blocks);
+            (0..blocks).into_par_iter().for_each(|b| {
                 let c0 = b * CONV_BLOCK;
-                let mut blk = ConvBlock::new(c0, CONV_BLOCK.min(cd - c0), dims.conv_width, &weight, bias.as_ref(), x, out);
-                run(i, &mut blk);
+                ConvBlock::with(c0, CONV_BLOCK.min(cd - c0), dims.conv_width, &weight, bias.as_ref(), x, out, &run);
             })
         });
         Ok(())
@@ -223,21 +217,24 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
         let parts = pool.parts_mut();
         let conv = RawBuf::new(parts.conv.bytes_mut());
         let (cdt, w1, es) = (g.config.conv_dtype, dims.conv_state_len(), g.config.conv_dtype.size());
-        self.conv_blocks(&dims, &mut io, batch.num_seqs(), |s, blk| {
-            let mut win = vec![0.0; blk.n * w1];
-            let slot = batch.slots()[s].index();
+        self.conv_blocks(&dims, &mut io, |blk| {
             let c0 = blk.c0;
             let off = |slot: usize| g.conv_offset(layer, slot) + c0 * w1 * es;
-            if batch.has_initial_state()[s] {
-                load_conv(&conv, cdt, off(slot), &mut win);
-            }
-            for (i, t) in batch.seq_range(s).enumerate() {
-                blk.step(&mut win, t);
-                for sn in batch.snapshots_of(s).filter(|sn| sn.position == i + 1) {
-                    store_conv(&conv, cdt, off(sn.slot.index()), &win);
+            for s in 0..batch.num_seqs() {
+                let slot = batch.slots()[s].index();
+                if batch.has_initial_state()[s] {
+                    blk.load(&conv, cdt, off(slot));
+                } else {
+                    blk.clear();
                 }
+                for (i, t) in batch.seq_range(s).enumerate() {
+                    blk.step(t);
+                    for sn in batch.snapshots_of(s).filter(|sn| sn.position == i + 1) {
+                        blk.store(&conv, cdt, off(sn.slot.index()));
+                    }
+                }
+                blk.store(&conv, cdt, off(slot));
             }
-            store_conv(&conv, cdt, off(slot), &win);
         })
     }
 
@@ -250,12 +247,13 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
         let parts = pool.parts_mut();
         let conv = RawBuf::new(parts.conv.bytes_mut());
         let (cdt, w1, es) = (g.config.conv_dtype, dims.conv_state_len(), g.config.conv_dtype.size());
-        self.conv_blocks(&dims, &mut io, batch.num_seqs(), |i, blk| {
-            let mut win = vec![0.0; blk.n * w1];
-            let off = g.conv_offset(layer, batch.slots()[i].index()) + blk.c0 * w1 * es;
-            load_conv(&conv, cdt, off, &mut win);
-            blk.step(&mut win, i);
-            store_conv(&conv, cdt, off, &win);
+        self.conv_blocks(&dims, &mut io, |blk| {
+            for (i, slot) in batch.slots().iter().enumerate() {
+                let off = g.conv_offset(layer, slot.index()) + blk.c0 * w1 * es;
+                blk.load(&conv, cdt, off);
+                blk.step(i);
+                blk.store(&conv, cdt, off);
+            }
         })
     }
 
@@ -269,17 +267,20 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
         let windows = RawBuf::new(parts.windows.ok_or(Error::NoSpeculativeBuffers)?.bytes_mut());
         let conv = RawBuf::new(parts.conv.bytes_mut());
         let (cdt, w1, es, dn) = (g.config.conv_dtype, dims.conv_state_len(), g.config.conv_dtype.size(), batch.draft());
-        self.conv_blocks(&dims, &mut io, batch.num_seqs(), |i, blk| {
-            let mut win = vec![0.0; blk.n * w1];
-            let slot = batch.slots()[i].index();
+        self.conv_blocks(&dims, &mut io, |blk| {
             let blk_off = blk.c0 * w1 * es;
-            for t in 0..dn {
-                match batch.parent(i, t) {
-                    None => load_conv(&conv, cdt, g.conv_offset(layer, slot) + blk_off, &mut win),
-                    Some(p) => load_conv(&windows, cdt, g.window_offset(layer, slot, p) + blk_off, &mut win),
+            for (i, slot) in batch.slots().iter().enumerate() {
+                let slot = slot.index();
+                for t in 0..dn {
+                    match batch.parent(i, t) {
+                        // a chain's step t - 1 is still in the window, exactly as stored (f32)
+                        Some(p) if p + 1 == t && cdt == DType::F32 => {}
+                        None => blk.load(&conv, cdt, g.conv_offset(layer, slot) + blk_off),
+                        Some(p) => blk.load(&windows, cdt, g.window_offset(layer, slot, p) + blk_off),
+                    }
+                    blk.step(i * dn + t);
+                    blk.store(&windows, cdt, g.window_offset(layer, slot, t) + blk_off);
                 }
-                blk.step(&mut win, i * dn + t);
-                store_conv(&windows, cdt, g.window_offset(layer, slot, t) + blk_off, &win);
             }
         })
     }

@@ -22,6 +22,22 @@ pub(crate) fn has_avx2() -> bool {
     })
 }
 
+/// Whether the CPU has AVX-512F as well as AVX2 and FMA (checked once).
+#[inline]
+pub(crate) fn has_avx512() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            has_avx2() && std::is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
 /// A recurrent-state element: f32 or bf16, with branch-free conversions.
 pub(crate) trait StateElem: deltanet_core::Element {
     /// Narrower than f32 (rounded at every chunk end / step).
