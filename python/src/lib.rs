@@ -30,10 +30,17 @@ fn backend_names() -> Vec<&'static str> {
     deltanet::backend::BACKEND_NAMES.to_vec()
 }
 
+/// Test hook: panics inside the boundary guard, which must raise `InternalError`.
+#[pyfunction]
+fn _panic_for_test() -> PyResult<()> {
+    errors::guard(|| -> PyResult<()> { panic!("deliberate test panic") })
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     m.add_function(wrap_pyfunction!(version, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     m.add_function(wrap_pyfunction!(backend_names, m)?)?;
     m.add_function(wrap_pyfunction!(functional::gated_delta_rule, m)?)?;
     m.add_function(wrap_pyfunction!(functional::causal_conv1d, m)?)?;
