@@ -130,6 +130,9 @@ def _delta_rule(
     cu_seqlens: Any,
 ) -> Tuple[Tensor, Optional[Tensor]]:
     """The body both fla entry points share (they compute the same function)."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not hasattr(x, "shape"):
+            raise _native.DTypeError(f"`{name}` must be a torch tensor or numpy array, got {type(x).__name__}")
     if len(q.shape) != 4 or len(k.shape) != 4 or len(v.shape) != 4:
         raise _native.ShapeError(
             f"q, k, v must be [B, T, H, K] / [B, T, HV, V]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
