@@ -18,7 +18,11 @@ const CLASSES: &[(&str, &[&str], &str)] = &[
     ("ShapeError", &["Error", "ValueError"], "Wrong shape, list length, cu_seqlens, layer index or state dims."),
     ("DTypeError", &["Error", "TypeError"], "A dtype the tensor or backend cannot take."),
     ("SlotError", &["Error", "ValueError"], "Padding, out-of-range, unallocated, duplicate or foreign slot; double free."),
-    ("SpeculativeError", &["Error", "ValueError"], "Verify/commit misuse: no spec buffers, draft count, accepted step, parents, snapshots."),
+    (
+        "SpeculativeError",
+        &["Error", "ValueError"],
+        "Verify/commit misuse: no spec buffers, draft count, accepted step, parents, snapshots.",
+    ),
     ("ConfigError", &["Error", "ValueError"], "Invalid or unsupported configuration."),
     ("UnsupportedArgumentError", &["ConfigError"], "An fla/causal-conv1d argument deltanet does not implement."),
     ("OutOfMemoryError", &["Error", "MemoryError"], "No free slots (or memory) left."),

@@ -8,8 +8,8 @@ use crate::errors::{guard, raise, IntoPy};
 use crate::staging::{self, Part};
 use crate::tensor::{borrow, borrow_opt, Borrowed};
 use deltanet::{
-    Backend, ConvIo, DeltaIo, DeltaParams, DecodeBatch, ExtendBatch, GateIo, LayoutKind, ModelDims, Pool, PoolConfig, Slot,
-    TensorMut, TensorRef,
+    Backend, ConvIo, DecodeBatch, DeltaIo, DeltaParams, ExtendBatch, GateIo, LayoutKind, ModelDims, Pool, PoolConfig, Slot, TensorMut,
+    TensorRef,
 };
 use pyo3::prelude::*;
 use std::sync::OnceLock;
@@ -50,7 +50,7 @@ impl Groups {
     /// (element offset multiplier per tensor is its batch stride) group index -> batch rows.
     fn rows(&self) -> Vec<std::ops::Range<usize>> {
         if self.packed {
-            vec![0..self.b]
+            std::iter::once(0..self.b).collect()
         } else {
             (0..self.b).map(|i| i..i + 1).collect()
         }
@@ -147,7 +147,10 @@ pub fn gated_delta_rule(
                 let c: Vec<usize> = c.iter().map(|&x| x as usize).collect();
                 deltanet::batch::validate_cu_seqlens(&c).py_err()?;
                 if *c.last().expect("validated") != t {
-                    return Err(raise("ShapeError", format!("cu_seqlens ends at {}, the inputs have T = {t} tokens", c.last().expect("validated"))));
+                    return Err(raise(
+                        "ShapeError",
+                        format!("cu_seqlens ends at {}, the inputs have T = {t} tokens", c.last().expect("validated")),
+                    ));
                 }
                 c
             }
@@ -285,12 +288,14 @@ fn run_conv(py: Python<'_>, c: &ConvCall<'_, '_>, window: Option<&[f32]>) -> PyR
     }
     let groups = Groups::new(b, t, &[c.x, c.out]);
     for rows in groups.rows() {
-        let (cu_g, slots_g): (Vec<usize>, Vec<Slot>) = if groups.packed {
-            ((0..=b).map(|i| i * t).collect(), slots.clone())
-        } else {
-            (vec![0, t], vec![slots[rows.start]])
+        let (cu_g, slots_g): (Vec<usize>, Vec<Slot>) =
+            if groups.packed { ((0..=b).map(|i| i * t).collect(), slots.clone()) } else { (vec![0, t], vec![slots[rows.start]]) };
+        let io = ConvIo {
+            x: groups.view(c.x, &rows)?,
+            weight: c.weight.view(),
+            bias: c.bias.map(|x| x.view()),
+            out: groups.view_mut(c.out, &rows)?,
         };
-        let io = ConvIo { x: groups.view(c.x, &rows)?, weight: c.weight.view(), bias: c.bias.map(|x| x.view()), out: groups.view_mut(c.out, &rows)? };
         let has_init = vec![window.is_some(); slots_g.len()];
         let pool_ref = &mut pool;
         py.allow_threads(|| -> deltanet::Result<()> {
@@ -366,7 +371,10 @@ pub fn causal_conv1d_update(
         let (b, t, dim, w) = (xs[0], xs[1], xs[2], weight.shape()[1]);
         let ss = state.shape().to_vec();
         if ss.len() != 3 || ss[0] != b || ss[1] != dim || ss[2] + 1 < w {
-            return Err(raise("ShapeError", format!("tensor `conv_state`: expected [{b}, {dim}, S] with S >= W-1 = {}, got {ss:?}", w - 1)));
+            return Err(raise(
+                "ShapeError",
+                format!("tensor `conv_state`: expected [{b}, {dim}, S] with S >= W-1 = {}, got {ss:?}", w - 1),
+            ));
         }
         let s_len = ss[2];
         let old = state_values(&state)?;

@@ -35,14 +35,25 @@ pub fn oracle_gated_delta_rule<'py>(
     use_qk_l2norm: bool,
 ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
     guard(|| {
-        let (q, k, v, g, beta) = (borrow("q", q, false)?, borrow("k", k, false)?, borrow("v", v, false)?, borrow("g", g, false)?, borrow("beta", beta, false)?);
+        let (q, k, v, g, beta) =
+            (borrow("q", q, false)?, borrow("k", k, false)?, borrow("v", v, false)?, borrow("g", g, false)?, borrow("beta", beta, false)?);
         let h0 = borrow_opt("initial_state", initial_state, false)?;
         let (hk, kd, hv, vd) = (q.shape()[1], q.shape()[2], v.shape()[1], v.shape()[2]);
         let dims = ModelDims::new(hk, hv, kd, vd, 2).map_err(crate::errors::to_py)?;
         deltanet::batch::validate_cu_seqlens(&cu_seqlens).map_err(crate::errors::to_py)?;
         let params = DeltaParams { scale: scale.unwrap_or((kd as f32).powf(-0.5)), use_qk_l2norm };
         let h0v = h0.as_ref().map(|h| h.to_f32()).transpose()?;
-        let out = oracle::gated_delta_rule(&dims, &params, &q.to_f32()?, &k.to_f32()?, &v.to_f32()?, &g.to_f32()?, &beta.to_f32()?, &cu_seqlens, h0v.as_deref());
+        let out = oracle::gated_delta_rule(
+            &dims,
+            &params,
+            &q.to_f32()?,
+            &k.to_f32()?,
+            &v.to_f32()?,
+            &g.to_f32()?,
+            &beta.to_f32()?,
+            &cu_seqlens,
+            h0v.as_deref(),
+        );
         Ok((f64_bytes(py, &out.o), f64_bytes(py, &out.final_state)))
     })
 }
@@ -57,7 +68,8 @@ pub fn oracle_gate<'py>(
     dt_bias: &Bound<'py, PyAny>,
 ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
     guard(|| {
-        let (a, b, al, dt) = (borrow("a", a, false)?, borrow("b", b, false)?, borrow("A_log", a_log, false)?, borrow("dt_bias", dt_bias, false)?);
+        let (a, b, al, dt) =
+            (borrow("a", a, false)?, borrow("b", b, false)?, borrow("A_log", a_log, false)?, borrow("dt_bias", dt_bias, false)?);
         let (g, beta) = oracle::gate(&a.to_f32()?, &b.to_f32()?, &al.to_f32()?, &dt.to_f32()?);
         Ok((f64_bytes(py, &g), f64_bytes(py, &beta)))
     })

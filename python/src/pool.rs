@@ -37,7 +37,10 @@ fn slots_arg(obj: &Bound<'_, PyAny>) -> PyResult<Vec<Slot>> {
 }
 
 fn usizes(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<usize>> {
-    ints(obj)?.into_iter().map(|x| usize::try_from(x).map_err(|_| raise("ShapeError", format!("`{name}` has a negative entry {x}")))).collect()
+    ints(obj)?
+        .into_iter()
+        .map(|x| usize::try_from(x).map_err(|_| raise("ShapeError", format!("`{name}` has a negative entry {x}"))))
+        .collect()
 }
 
 fn dtype_arg(s: &str) -> PyResult<DType> {
@@ -87,7 +90,7 @@ impl PyBackend {
     /// The fused gate: `g = -exp(A_log) * softplus(a + dt_bias)`, `beta = sigmoid(b)`;
     /// `a, b [T, HV]`, `A_log, dt_bias [HV]` f32, outputs `g, beta [T, HV]` f32.
     #[pyo3(signature = (a, b, A_log, dt_bias, g, beta))]
-    #[allow(non_snake_case)]
+    #[allow(non_snake_case, clippy::too_many_arguments)]
     fn gate(
         &self,
         py: Python<'_>,
@@ -226,7 +229,15 @@ impl<'py> Delta<'py> {
         })
     }
     fn io(&self, params: DeltaParams) -> PyResult<DeltaIo<'_>> {
-        Ok(DeltaIo { q: self.q.view(), k: self.k.view(), v: self.v.view(), g: self.g.view(), beta: self.beta.view(), o: whole_mut(&self.o)?, params })
+        Ok(DeltaIo {
+            q: self.q.view(),
+            k: self.k.view(),
+            v: self.v.view(),
+            g: self.g.view(),
+            beta: self.beta.view(),
+            o: whole_mut(&self.o)?,
+            params,
+        })
     }
 }
 
@@ -240,7 +251,12 @@ struct Conv<'py> {
 
 impl<'py> Conv<'py> {
     fn new(x: &Bound<'py, PyAny>, weight: &Bound<'py, PyAny>, bias: Option<&Bound<'py, PyAny>>, out: &Bound<'py, PyAny>) -> PyResult<Self> {
-        Ok(Conv { x: borrow("x", x, false)?, weight: borrow("weight", weight, false)?, bias: borrow_opt("bias", bias, false)?, out: borrow("out", out, true)? })
+        Ok(Conv {
+            x: borrow("x", x, false)?,
+            weight: borrow("weight", weight, false)?,
+            bias: borrow_opt("bias", bias, false)?,
+            out: borrow("out", out, true)?,
+        })
     }
     fn io(&self) -> PyResult<ConvIo<'_>> {
         Ok(ConvIo { x: self.x.view(), weight: self.weight.view(), bias: self.bias.as_ref().map(|b| b.view()), out: whole_mut(&self.out)? })
@@ -333,7 +349,8 @@ impl PyPool {
             let mapping = HeadMapping::parse(head_mapping)
                 .ok_or_else(|| raise("ConfigError", format!("head_mapping `{head_mapping}` (grouped or tiled)")))?;
             let dims = ModelDims::new(num_k_heads, num_v_heads, head_k_dim, head_v_dim, conv_width).py_err()?.with_head_mapping(mapping);
-            let mut config = PoolConfig::new(layers, slots, dims).with_state_dtype(dtype_arg(state_dtype)?).with_conv_dtype(dtype_arg(conv_dtype)?);
+            let mut config =
+                PoolConfig::new(layers, slots, dims).with_state_dtype(dtype_arg(state_dtype)?).with_conv_dtype(dtype_arg(conv_dtype)?);
             if draft_tokens > 0 {
                 config = config.with_speculative(draft_tokens);
             }
@@ -458,7 +475,9 @@ impl PyPool {
     fn import_bytes(&self, py: Python<'_>, slot: u64, state: &Bound<'_, PyDict>) -> PyResult<()> {
         guard(|| {
             let s = crate::slots::slot_from_py(slot)?;
-            let get = |k: &str| -> PyResult<Bound<'_, PyAny>> { state.get_item(k)?.ok_or_else(|| raise("ShapeError", format!("state lacks `{k}`"))) };
+            let get = |k: &str| -> PyResult<Bound<'_, PyAny>> {
+                state.get_item(k)?.ok_or_else(|| raise("ShapeError", format!("state lacks `{k}`")))
+            };
             let st = HostState {
                 layers: self.config.layers,
                 dims: self.config.dims,
@@ -639,7 +658,14 @@ impl PyPool {
     /// Makes each request's accepted draft step (`accepted[i] < D`) its state (recurrent and
     /// conv), and also writes it to `snapshots[i]` when given (a slot or None per request).
     #[pyo3(signature = (layer, slots, accepted, snapshots = None))]
-    fn commit(&self, py: Python<'_>, layer: usize, slots: &Bound<'_, PyAny>, accepted: &Bound<'_, PyAny>, snapshots: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    fn commit(
+        &self,
+        py: Python<'_>,
+        layer: usize,
+        slots: &Bound<'_, PyAny>,
+        accepted: &Bound<'_, PyAny>,
+        snapshots: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         guard(|| {
             let s = slots_arg(slots)?;
             let acc = usizes(accepted, "accepted")?;

@@ -4,7 +4,9 @@
 //! pool stages through one host copy; no kernel code lives here.
 
 use crate::errors::IntoPy;
-use deltanet::{convert_conv, convert_state, ConvLayoutKind, DType, DeviceMemory, LayoutKind, MambaStatePool, Pool, Slot, StateLayout, StatePool};
+use deltanet::{
+    convert_conv, convert_state, ConvLayoutKind, DType, DeviceMemory, LayoutKind, MambaStatePool, Pool, Slot, StateLayout, StatePool,
+};
 use pyo3::PyResult;
 
 /// Which per-slot buffer of layer 0.
@@ -34,7 +36,9 @@ fn write_typed<M: DeviceMemory, L: StateLayout>(p: &mut StatePool<M, L>, part: P
         let src = &vals[i * per..(i + 1) * per];
         match part {
             Part::Temporal(from) => convert_state(from, L::KIND, dims.num_v_heads, dims.head_k_dim, dims.head_v_dim, src, &mut native),
-            Part::Conv => convert_conv(ConvLayoutKind::ChannelsFirst, g.conv_layout, dims.conv_dim(), dims.conv_state_len(), src, &mut native),
+            Part::Conv => {
+                convert_conv(ConvLayoutKind::ChannelsFirst, g.conv_layout, dims.conv_dim(), dims.conv_state_len(), src, &mut native)
+            }
         }
         let bytes = encode(dtype, &native);
         match part {

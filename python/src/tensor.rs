@@ -158,10 +158,15 @@ fn device_of(name: &str, device_type: i32, id: i32) -> PyResult<Device> {
 
 fn from_dlpack<'py>(name: &'static str, obj: &Bound<'py, PyAny>) -> PyResult<Borrowed<'py>> {
     let capsule = obj.call_method0("__dlpack__")?;
-    let capsule = capsule.downcast::<PyCapsule>().map_err(|_| raise("LayoutError", format!("tensor `{name}`: __dlpack__ did not return a capsule")))?;
+    let capsule = capsule
+        .downcast::<PyCapsule>()
+        .map_err(|_| raise("LayoutError", format!("tensor `{name}`: __dlpack__ did not return a capsule")))?;
     // SAFETY: `capsule` is a live PyCapsule (downcast checked); PyCapsule_IsValid only reads it.
     if unsafe { ffi::PyCapsule_IsValid(capsule.as_ptr(), DLTENSOR.as_ptr()) } != 1 {
-        return Err(raise("LayoutError", format!("tensor `{name}`: not a fresh \"dltensor\" capsule (already consumed, or a versioned one)")));
+        return Err(raise(
+            "LayoutError",
+            format!("tensor `{name}`: not a fresh \"dltensor\" capsule (already consumed, or a versioned one)"),
+        ));
     }
     // SAFETY: the capsule is valid with name "dltensor", so its pointer is a DLManagedTensor (DLPack spec).
     let managed = unsafe { ffi::PyCapsule_GetPointer(capsule.as_ptr(), DLTENSOR.as_ptr()) } as *mut DLManagedTensor;
@@ -174,7 +179,13 @@ fn from_dlpack<'py>(name: &'static str, obj: &Bound<'py, PyAny>) -> PyResult<Bor
     if unsafe { ffi::PyCapsule_SetName(capsule.as_ptr(), USED_DLTENSOR.as_ptr()) } != 0 {
         return Err(PyErr::fetch(obj.py()));
     }
-    let mut b = Borrowed { name, addr: 0, meta: TensorMeta::contiguous(Device::Host, DType::F32, &[0]).expect("rank 1"), _owner: obj.clone(), managed };
+    let mut b = Borrowed {
+        name,
+        addr: 0,
+        meta: TensorMeta::contiguous(Device::Host, DType::F32, &[0]).expect("rank 1"),
+        _owner: obj.clone(),
+        managed,
+    };
     // SAFETY: `managed` is a live DLManagedTensor owned by `b` until its drop; shape has
     // `ndim` entries and strides is null or has `ndim` entries (DLPack spec).
     let (t, shape, strides) = unsafe {
@@ -348,7 +359,7 @@ impl Borrowed<'_> {
 
     /// Overwrites every element (row-major `values`, rounded to the dtype), any strides.
     pub fn write_f32(&self, values: &[f32]) -> PyResult<()> {
-        let mut v = self.sub_mut(0, &self.meta.shape().to_vec(), &self.meta.strides().to_vec())?;
+        let mut v = self.sub_mut(0, self.meta.shape(), self.meta.strides())?;
         let m = *v.meta();
         if values.len() != m.numel() {
             return Err(raise("ShapeError", format!("tensor `{}`: {} values for {} elements", self.name, values.len(), m.numel())));
