@@ -1,0 +1,277 @@
+"""Run the Gated DeltaNet layers of a Hugging Face transformers model on deltanet.
+
+One call::
+
+    import deltanet.hf
+    model = transformers.AutoModelForCausalLM.from_config(config)   # or from_pretrained
+    deltanet.hf.patch_model(model)        # every Qwen3.5 / Qwen3-Next GDN layer now runs on deltanet
+    model.generate(input_ids, max_new_tokens=32)
+
+What changes, and what does not
+-------------------------------
+transformers' GDN layers (``Qwen3_5GatedDeltaNet``, ``Qwen3_5MoeGatedDeltaNet``,
+``Qwen3NextGatedDeltaNet``) call four module-level kernels from their ``forward``:
+``causal_conv1d_fn`` (prefill conv), ``causal_conv1d_update`` (decode conv, conv state
+updated in place), ``torch_chunk_gated_delta_rule`` (prefill) and
+``torch_recurrent_gated_delta_rule`` (decode). transformers binds those names at import
+time to fla's / causal-conv1d's kernels when the packages are installed, else to its own
+torch code.
+
+:func:`patch_model` gives each GDN layer *of this model* a copy of transformers' own
+``forward`` whose four kernel names resolve to deltanet's fla- and causal-conv1d-compatible
+functions (:func:`deltanet.chunk_gated_delta_rule` and friends). Everything else is
+transformers' code: the projections, the gate, the gated RMSNorm, and the cache — the
+layer still reads and writes transformers' own cache objects (``cache.get_conv_state``,
+``update_conv_state``, ``update_recurrent_state``), so ``generate``, chunked prefill through
+the cache, batching and padding behave as they do upstream. Other models in the process,
+and the class itself, are untouched; :func:`unpatch_model` restores the layers.
+
+``patch_model(model, kernels="torch")`` does the same with transformers' own torch
+functions (``inspect.unwrap`` of the names above). That is the path transformers runs when
+neither fla nor causal-conv1d is installed; it is the reference the tests and the benchmark
+compare with, and it works on a CPU machine where fla is installed (fla's Triton kernels
+need a GPU).
+
+As in transformers' own dispatch to fla, keyword arguments the kernel does not take
+(transformers' ``chunk_size`` and attention plumbing that reaches the layer) are dropped
+before the call; every argument deltanet receives is honoured or refused with
+:class:`deltanet.UnsupportedArgumentError`.
+
+Limits: accelerate's offloading hooks on ``conv1d`` are fired as transformers does
+(``force_accelerate_hooks``) when that helper exists; torch.compile of a patched layer is
+not supported (the kernels are native calls).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import types
+from typing import Any, Callable, Dict, List
+
+__all__ = ["KERNEL_NAMES", "gdn_layers", "patch_model", "unpatch_model", "patched_kernels"]
+
+#: The module-level names a transformers GDN layer's ``forward`` calls its kernels by.
+KERNEL_NAMES = (
+    "causal_conv1d_fn",
+    "causal_conv1d_update",
+    "torch_chunk_gated_delta_rule",
+    "torch_recurrent_gated_delta_rule",
+)
+
+# (module, class) of every transformers GDN layer this adapter knows. A module missing from
+# the installed transformers is skipped; each class's forward is checked to use the four names.
+_LAYER_CLASSES = (
+    ("transformers.models.qwen3_5.modeling_qwen3_5", "Qwen3_5GatedDeltaNet"),
+    ("transformers.models.qwen3_5_moe.modeling_qwen3_5_moe", "Qwen3_5MoeGatedDeltaNet"),
+    ("transformers.models.qwen3_next.modeling_qwen3_next", "Qwen3NextGatedDeltaNet"),
+)
+
+_MARK = "_deltanet_kernels"  # instance attribute: which kernels a patched layer runs
+
+
+# --- the kernels deltanet substitutes ------------------------------------------------------------
+# Each adapter takes exactly the arguments transformers' torch function takes (transformers
+# calls these names with its torch functions' signatures) and calls the fla- or
+# causal-conv1d-compatible deltanet function, looked up on the package at call time.
+
+
+def _deltanet():
+    import deltanet
+
+    return deltanet
+
+
+def _chunk_gated_delta_rule(
+    query,
+    key,
+    value,
+    g,
+    beta,
+    chunk_size: int = 64,
+    initial_state=None,
+    output_final_state: bool = False,
+    use_qk_l2norm_in_kernel: bool = False,
+    cu_seqlens=None,
+    **kwargs: Any,
+):
+    # chunk_size: transformers' torch chunking; deltanet's result does not depend on it.
+    # kwargs: attention plumbing transformers' own wrapper also drops before calling fla.
+    del chunk_size, kwargs
+    return _deltanet().chunk_gated_delta_rule(
+        query,
+        key,
+        value,
+        g=g,
+        beta=beta,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+        use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
+        cu_seqlens=cu_seqlens,
+    )
+
+
+def _recurrent_gated_delta_rule(
+    query,
+    key,
+    value,
+    g,
+    beta,
+    initial_state=None,
+    output_final_state: bool = False,
+    use_qk_l2norm_in_kernel: bool = False,
+    cu_seqlens=None,
+    **kwargs: Any,
+):
+    del kwargs  # as above
+    return _deltanet().fused_recurrent_gated_delta_rule(
+        query,
+        key,
+        value,
+        g=g,
+        beta=beta,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+        use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
+        cu_seqlens=cu_seqlens,
+    )
+
+
+def _causal_conv1d_fn(hidden_states, weight, bias=None, activation=None, **kwargs: Any):
+    del kwargs  # as above (transformers forwards the layer's kwargs; causal-conv1d takes none of them)
+    return _deltanet().causal_conv1d_fn(hidden_states, weight, bias, activation=activation)
+
+
+def _causal_conv1d_update(hidden_states, conv_state, weight, bias=None, activation=None):
+    # conv_state is transformers' cache tensor [B, conv_dim, W]: updated in place, as upstream.
+    return _deltanet().causal_conv1d_update(hidden_states, conv_state, weight, bias, activation)
+
+
+_DELTANET_KERNELS: Dict[str, Callable] = {
+    "causal_conv1d_fn": _causal_conv1d_fn,
+    "causal_conv1d_update": _causal_conv1d_update,
+    "torch_chunk_gated_delta_rule": _chunk_gated_delta_rule,
+    "torch_recurrent_gated_delta_rule": _recurrent_gated_delta_rule,
+}
+
+
+# --- finding and patching the layers ---------------------------------------------------------------
+
+
+def _layer_classes() -> List[type]:
+    classes = []
+    for module_name, class_name in _LAYER_CLASSES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        cls = getattr(module, class_name, None)
+        if cls is not None:
+            classes.append(cls)
+    return classes
+
+
+def gdn_layers(model) -> List[Any]:
+    """The transformers GDN layers of ``model`` (``nn.Module`` instances), in module order."""
+    classes = tuple(_layer_classes())
+    if not classes:
+        return []
+    return [m for m in model.modules() if isinstance(m, classes)]
+
+
+def _kernels_for(cls: type, kernels: str) -> Dict[str, Callable]:
+    raw = inspect.unwrap(cls.forward)
+    module_globals = raw.__globals__
+    missing = [name for name in KERNEL_NAMES if name not in module_globals]
+    if missing:
+        raise RuntimeError(
+            f"{cls.__qualname__}.forward no longer calls {missing} (transformers changed); "
+            "deltanet.hf does not know how to patch it"
+        )
+    if kernels == "deltanet":
+        return dict(_DELTANET_KERNELS)
+    if kernels == "torch":
+        # transformers' own torch code, under whatever fla/kernels-hub wrappers it was given.
+        return {name: inspect.unwrap(module_globals[name]) for name in KERNEL_NAMES}
+    raise ValueError(f"kernels must be 'deltanet' or 'torch', got {kernels!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def _patched_forward(cls: type, kernels: str) -> Callable:
+    """``cls.forward`` with its kernel names bound to ``kernels`` (one function per class and kind).
+
+    transformers' undecorated ``forward`` is rebuilt over a copy of its module's globals in
+    which the four kernel names are replaced; the code object, defaults and closure are the
+    originals, so the layer's logic (cache handling included) is exactly transformers'.
+    """
+    raw = inspect.unwrap(cls.forward)
+    namespace = dict(raw.__globals__)
+    namespace.update(_kernels_for(cls, kernels))
+    forward = types.FunctionType(raw.__code__, namespace, raw.__name__, raw.__defaults__, raw.__closure__)
+    forward.__kwdefaults__ = raw.__kwdefaults__
+    forward.__qualname__ = raw.__qualname__
+    forward.__doc__ = raw.__doc__
+    try:  # transformers fires accelerate's hooks on conv1d (its weight is used directly)
+        from transformers.integrations.accelerate import force_accelerate_hooks
+
+        forward = force_accelerate_hooks("conv1d")(forward)
+    except ImportError:
+        pass
+
+    def patched(self, *args, **kwargs):
+        if "cache_params" in kwargs and "cache" not in kwargs:  # transformers' deprecated name
+            kwargs["cache"] = kwargs.pop("cache_params")
+        return forward(self, *args, **kwargs)
+
+    patched.__doc__ = raw.__doc__
+    return patched
+
+
+def patch_model(model, kernels: str = "deltanet") -> int:
+    """Make every Qwen3.5 / Qwen3-Next GDN layer of ``model`` run its conv and delta rule on ``kernels``.
+
+    Args:
+        model: a transformers model (``Qwen3_5ForCausalLM``, ``Qwen3_5ForConditionalGeneration``,
+            ``Qwen3NextForCausalLM``, their MoE variants, or any module containing their GDN layers).
+        kernels: ``"deltanet"`` (deltanet's kernels) or ``"torch"`` (transformers' own torch
+            functions, the reference path, whatever fla/causal-conv1d installation is present).
+
+    Returns:
+        The number of layers patched. Calling it again re-patches (e.g. to switch ``kernels``).
+
+    Raises:
+        ValueError: ``model`` has no GDN layer, or ``kernels`` is not one of the two names.
+    """
+    layers = gdn_layers(model)
+    if not layers:
+        raise ValueError(
+            f"{type(model).__name__} has no Qwen3.5 / Qwen3-Next GatedDeltaNet layer for deltanet to run"
+        )
+    if kernels not in ("deltanet", "torch"):
+        raise ValueError(f"kernels must be 'deltanet' or 'torch', got {kernels!r}")
+    if kernels == "deltanet":
+        _deltanet()  # fail here, not in the middle of a forward, if the native module is missing
+    for layer in layers:
+        layer.forward = types.MethodType(_patched_forward(type(layer), kernels), layer)
+        setattr(layer, _MARK, kernels)
+    return len(layers)
+
+
+def unpatch_model(model) -> int:
+    """Undo :func:`patch_model`: the GDN layers run transformers' class ``forward`` again.
+
+    Returns the number of layers restored.
+    """
+    restored = 0
+    for layer in gdn_layers(model):
+        if getattr(layer, _MARK, None) is not None:
+            del layer.forward  # the instance attribute; the class method shows through again
+            delattr(layer, _MARK)
+            restored += 1
+    return restored
+
+
+def patched_kernels(layer) -> "str | None":
+    """``"deltanet"``, ``"torch"`` or ``None`` (not patched) for one GDN layer."""
+    return getattr(layer, _MARK, None)

@@ -1,0 +1,405 @@
+//! The native halves of `deltanet.functional`: the fla-style delta rule and
+//! the causal-conv1d-style conv on caller tensors. Each call runs on a pool
+//! of its own (the "pool per call" design): states are staged in from the
+//! caller's tensors, the kernels run on the pool with the GIL released, and
+//! states are staged back out. Inputs and outputs themselves are never copied.
+
+use crate::errors::{guard, raise, IntoPy};
+use crate::staging::{self, Part};
+use crate::tensor::{borrow, borrow_opt, Borrowed};
+use deltanet::{
+    Backend, ConvIo, DecodeBatch, DeltaIo, DeltaParams, ExtendBatch, GateIo, LayoutKind, ModelDims, Pool, PoolConfig, Slot, TensorMut,
+    TensorRef,
+};
+use pyo3::prelude::*;
+use std::sync::OnceLock;
+
+/// The process-wide CPU backends (K-major for fla's default state, V-major for `state_v_first`).
+pub fn cpu_backend(vmajor: bool) -> PyResult<&'static Backend> {
+    static K: OnceLock<Backend> = OnceLock::new();
+    static V: OnceLock<Backend> = OnceLock::new();
+    let cell = if vmajor { &V } else { &K };
+    if let Some(b) = cell.get() {
+        return Ok(b);
+    }
+    let b = if vmajor { Backend::cpu_vmajor() } else { Backend::cpu() }.py_err()?;
+    Ok(cell.get_or_init(|| b))
+}
+
+fn expect_shape(t: &Borrowed<'_>, want: &[usize], what: &str) -> PyResult<()> {
+    if t.shape() != want {
+        return Err(raise("ShapeError", format!("tensor `{}`: expected shape {want:?} ({what}), got {:?}", t.name, t.shape())));
+    }
+    Ok(())
+}
+
+/// How the `[B, T, ...]` tensors of a call are cut into kernel calls: one
+/// packed call when every tensor's batch stride is `T` times its token stride
+/// (always true for contiguous tensors), else one call per batch row.
+struct Groups {
+    packed: bool,
+    b: usize,
+    t: usize,
+}
+
+impl Groups {
+    fn new(b: usize, t: usize, tensors: &[&Borrowed<'_>]) -> Self {
+        let packed = b == 1 || tensors.iter().all(|x| x.strides()[0] == t * x.strides()[1]);
+        Groups { packed, b, t }
+    }
+    /// (element offset multiplier per tensor is its batch stride) group index -> batch rows.
+    fn rows(&self) -> Vec<std::ops::Range<usize>> {
+        if self.packed {
+            std::iter::once(0..self.b).collect()
+        } else {
+            (0..self.b).map(|i| i..i + 1).collect()
+        }
+    }
+    /// A `[rows*T, rest...]` view of `x` (shape `[B, T, rest...]`) for batch rows `r`.
+    fn view<'a>(&self, x: &'a Borrowed<'_>, r: &std::ops::Range<usize>) -> PyResult<TensorRef<'a>> {
+        let (shape, strides) = self.packed_dims(x, r);
+        x.sub(r.start * x.strides()[0], &shape, &strides)
+    }
+    fn view_mut<'a>(&self, x: &'a Borrowed<'_>, r: &std::ops::Range<usize>) -> PyResult<TensorMut<'a>> {
+        let (shape, strides) = self.packed_dims(x, r);
+        x.sub_mut(r.start * x.strides()[0], &shape, &strides)
+    }
+    fn packed_dims(&self, x: &Borrowed<'_>, r: &std::ops::Range<usize>) -> (Vec<usize>, Vec<usize>) {
+        let mut shape = vec![r.len() * self.t];
+        shape.extend_from_slice(&x.shape()[2..]);
+        let mut strides = vec![x.strides()[1]];
+        strides.extend_from_slice(&x.strides()[2..]);
+        (shape, strides)
+    }
+}
+
+/// Reads a state tensor `[N, ...]` as f32 values (no conversion pass for contiguous f32).
+fn state_values(t: &Borrowed<'_>) -> PyResult<Vec<f32>> {
+    match t.contiguous_f32() {
+        Some(s) => Ok(s.to_vec()),
+        None => t.to_f32(),
+    }
+}
+
+/// Writes f32 values into a state tensor (memcpy for contiguous f32).
+fn write_state_values(t: &Borrowed<'_>, vals: &[f32]) -> PyResult<()> {
+    if t.contiguous_f32().is_some() {
+        let mut v = t.sub_mut(0, t.shape(), t.strides())?;
+        v.host_slice_mut::<f32>().py_err()?[..vals.len()].copy_from_slice(vals);
+        return Ok(());
+    }
+    t.write_f32(vals)
+}
+
+/// The delta rule of `chunk_gated_delta_rule` / `fused_recurrent_gated_delta_rule`
+/// on caller tensors (see `deltanet/functional.py` for the argument contract).
+#[pyfunction]
+#[pyo3(signature = (q, k, v, g, beta, o, *, scale, initial_state=None, final_state=None, cu_seqlens=None,
+    use_qk_l2norm=false, state_v_first=false, A_log=None, dt_bias=None, beta_sigmoid=false))]
+#[allow(clippy::too_many_arguments, non_snake_case)]
+pub fn gated_delta_rule(
+    py: Python<'_>,
+    q: &Bound<'_, PyAny>,
+    k: &Bound<'_, PyAny>,
+    v: &Bound<'_, PyAny>,
+    g: &Bound<'_, PyAny>,
+    beta: &Bound<'_, PyAny>,
+    o: &Bound<'_, PyAny>,
+    scale: f32,
+    initial_state: Option<&Bound<'_, PyAny>>,
+    final_state: Option<&Bound<'_, PyAny>>,
+    cu_seqlens: Option<Vec<i64>>,
+    use_qk_l2norm: bool,
+    state_v_first: bool,
+    A_log: Option<&Bound<'_, PyAny>>,
+    dt_bias: Option<&Bound<'_, PyAny>>,
+    beta_sigmoid: bool,
+) -> PyResult<()> {
+    guard(|| {
+        let (q, k, v) = (borrow("q", q, false)?, borrow("k", k, false)?, borrow("v", v, false)?);
+        let (g, beta, o) = (borrow("g", g, false)?, borrow("beta", beta, false)?, borrow("o", o, true)?);
+        let h0 = borrow_opt("initial_state", initial_state, false)?;
+        let ht = borrow_opt("final_state", final_state, true)?;
+        let a_log = borrow_opt("A_log", A_log, false)?;
+        let dt_bias = borrow_opt("dt_bias", dt_bias, false)?;
+        if q.shape().len() != 4 {
+            return Err(raise("ShapeError", format!("tensor `q`: expected [B, T, H, K], got {:?}", q.shape())));
+        }
+        let (b, t, hk, kd) = (q.shape()[0], q.shape()[1], q.shape()[2], q.shape()[3]);
+        if v.shape().len() != 4 {
+            return Err(raise("ShapeError", format!("tensor `v`: expected [B, T, HV, V], got {:?}", v.shape())));
+        }
+        let (hv, vd) = (v.shape()[2], v.shape()[3]);
+        expect_shape(&k, &[b, t, hk, kd], "like q")?;
+        expect_shape(&v, &[b, t, hv, vd], "[B, T, HV, V]")?;
+        expect_shape(&o, &[b, t, hv, vd], "like v")?;
+        expect_shape(&g, &[b, t, hv], "[B, T, HV]")?;
+        expect_shape(&beta, &[b, t, hv], "[B, T, HV]")?;
+        let dims = ModelDims::new(hk, hv, kd, vd, 2).py_err()?;
+        let cu: Vec<usize> = match cu_seqlens {
+            Some(c) => {
+                if b != 1 {
+                    return Err(raise("ShapeError", format!("cu_seqlens needs batch size 1, got B = {b}")));
+                }
+                if c.iter().any(|&x| x < 0) {
+                    return Err(raise("ShapeError", "cu_seqlens has a negative offset"));
+                }
+                let c: Vec<usize> = c.iter().map(|&x| x as usize).collect();
+                deltanet::batch::validate_cu_seqlens(&c).py_err()?;
+                if *c.last().expect("validated") != t {
+                    return Err(raise(
+                        "ShapeError",
+                        format!("cu_seqlens ends at {}, the inputs have T = {t} tokens", c.last().expect("validated")),
+                    ));
+                }
+                c
+            }
+            None => (0..=b).map(|i| i * t).collect(),
+        };
+        let n = cu.len() - 1;
+        let state_shape = if state_v_first { [n, hv, vd, kd] } else { [n, hv, kd, vd] };
+        if let Some(h0) = &h0 {
+            expect_shape(h0, &state_shape, "[N, HV, K, V], or [N, HV, V, K] with state_v_first")?;
+        }
+        if let Some(ht) = &ht {
+            expect_shape(ht, &state_shape, "like initial_state")?;
+            if ht.meta().dtype() != deltanet::DType::F32 {
+                return Err(raise("DTypeError", "tensor `final_state` must be f32"));
+            }
+        }
+        for (name, x) in [("A_log", &a_log), ("dt_bias", &dt_bias)] {
+            if let Some(x) = x {
+                if x.shape() != [hv] {
+                    return Err(raise("ShapeError", format!("tensor `{name}`: expected shape [{hv}], got {:?}", x.shape())));
+                }
+            }
+        }
+        if t == 0 {
+            return Err(raise("ShapeError", "T = 0 tokens"));
+        }
+
+        let layout = if state_v_first { LayoutKind::VMajor } else { LayoutKind::KMajor };
+        let backend = cpu_backend(state_v_first)?;
+        let mut pool = backend.new_pool(PoolConfig::new(1, n, dims)).py_err()?;
+        let slots = pool.as_dyn().alloc(n).py_err()?;
+        if let Some(h0) = &h0 {
+            staging::write(&mut pool, Part::Temporal(layout), &slots, &state_values(h0)?)?;
+        }
+        let params = DeltaParams { scale, use_qk_l2norm };
+        let groups = Groups::new(b, t, &[&q, &k, &v, &g, &beta, &o]);
+        let gate_in_kernel = a_log.is_some();
+        let zeros = vec![0f32; hv];
+        let zero_view = TensorRef::from_slice(&zeros, &[hv]).py_err()?;
+        for rows in groups.rows() {
+            // The sequences of these rows: all of cu_seqlens when packed, else row r alone.
+            let (cu_g, slots_g): (Vec<usize>, Vec<Slot>) =
+                if groups.packed { (cu.clone(), slots.clone()) } else { (vec![0, t], vec![slots[rows.start]]) };
+            let tokens = *cu_g.last().expect("non-empty");
+            let (qv, kv, vv) = (groups.view(&q, &rows)?, groups.view(&k, &rows)?, groups.view(&v, &rows)?);
+            let (gv, bv, ov) = (groups.view(&g, &rows)?, groups.view(&beta, &rows)?, groups.view_mut(&o, &rows)?);
+            let need_gate = gate_in_kernel || beta_sigmoid;
+            let mut g_buf = vec![0f32; if need_gate { tokens * hv } else { 0 }];
+            let mut b_buf = vec![0f32; if need_gate { tokens * hv } else { 0 }];
+            let has_init = vec![h0.is_some(); slots_g.len()];
+            let decode = cu_g.windows(2).all(|w| w[1] - w[0] == 1);
+            let pool_ref = &mut pool;
+            let a_log_v = a_log.as_ref().map(|x| x.view());
+            let dt_v = dt_bias.as_ref().map(|x| x.view());
+            py.allow_threads(|| -> deltanet::Result<()> {
+                let (gq, bq) = if need_gate {
+                    let io = GateIo {
+                        // Only the outputs asked for are used: g from `g` when the gate is in
+                        // the kernel, beta from `beta` when its sigmoid is.
+                        a: if gate_in_kernel { gv } else { bv },
+                        b: bv,
+                        a_log: a_log_v.unwrap_or(zero_view),
+                        dt_bias: dt_v.unwrap_or(zero_view),
+                        g: TensorMut::from_slice(&mut g_buf, &[tokens, hv])?,
+                        beta: TensorMut::from_slice(&mut b_buf, &[tokens, hv])?,
+                    };
+                    backend.gate(&dims, io)?;
+                    let gq = if gate_in_kernel { TensorRef::from_slice(&g_buf, &[tokens, hv])? } else { gv };
+                    let bq = if beta_sigmoid { TensorRef::from_slice(&b_buf, &[tokens, hv])? } else { bv };
+                    (gq, bq)
+                } else {
+                    (gv, bv)
+                };
+                let io = DeltaIo { q: qv, k: kv, v: vv, g: gq, beta: bq, o: ov, params };
+                if decode {
+                    // One token per sequence: the decode kernel (the pool starts zeroed, so a
+                    // sequence without initial state starts from zero as extend would).
+                    let batch = DecodeBatch::new(pool_ref.as_dyn(), &slots_g)?;
+                    backend.decode(pool_ref, 0, &batch, io)
+                } else {
+                    let batch = ExtendBatch::new(pool_ref.as_dyn(), &cu_g, &slots_g, &has_init)?;
+                    backend.extend(pool_ref, 0, &batch, io)
+                }
+            })
+            .py_err()?;
+        }
+        if let Some(ht) = &ht {
+            let vals = staging::read(&pool, Part::Temporal(layout), &slots)?;
+            write_state_values(ht, &vals)?;
+        }
+        Ok(())
+    })
+}
+
+/// Conv dims whose `conv_dim` is `dim` (the conv kernels only read `conv_dim` and `W`).
+fn conv_dims(dim: usize, width: usize) -> PyResult<ModelDims> {
+    if dim < 3 {
+        return Err(raise("ShapeError", format!("conv dim {dim} < 3 is not supported")));
+    }
+    ModelDims::new(1, 1, 1, dim - 2, width).py_err()
+}
+
+struct ConvCall<'a, 'py> {
+    x: &'a Borrowed<'py>,
+    weight: &'a Borrowed<'py>,
+    bias: Option<&'a Borrowed<'py>>,
+    out: &'a Borrowed<'py>,
+}
+
+/// Runs the conv kernels over `[B, T, dim]` token-major `x`/`out`, each row
+/// continuing the conv state in its slot (when `window` holds `[B, dim, W-1]` values).
+fn run_conv(py: Python<'_>, c: &ConvCall<'_, '_>, window: Option<&[f32]>) -> PyResult<(Pool, Vec<Slot>)> {
+    let xs = c.x.shape();
+    if xs.len() != 3 {
+        return Err(raise("ShapeError", format!("tensor `x`: expected [B, dim, T], got rank {}", xs.len())));
+    }
+    let (b, t, dim) = (xs[0], xs[1], xs[2]);
+    if c.weight.shape().len() != 2 || c.weight.shape()[0] != dim {
+        return Err(raise("ShapeError", format!("tensor `weight`: expected [{dim}, W], got {:?}", c.weight.shape())));
+    }
+    let width = c.weight.shape()[1];
+    if let Some(bias) = c.bias {
+        expect_shape(bias, &[dim], "[dim]")?;
+    }
+    expect_shape(c.out, &[b, t, dim], "like x")?;
+    if t == 0 {
+        return Err(raise("ShapeError", "T = 0 tokens"));
+    }
+    let dims = conv_dims(dim, width)?;
+    let backend = cpu_backend(false)?;
+    let mut pool = backend.new_pool(PoolConfig::new(1, b, dims)).py_err()?;
+    let slots = pool.as_dyn().alloc(b).py_err()?;
+    if let Some(w) = window {
+        staging::write(&mut pool, Part::Conv, &slots, w)?;
+    }
+    let groups = Groups::new(b, t, &[c.x, c.out]);
+    for rows in groups.rows() {
+        let (cu_g, slots_g): (Vec<usize>, Vec<Slot>) =
+            if groups.packed { ((0..=b).map(|i| i * t).collect(), slots.clone()) } else { (vec![0, t], vec![slots[rows.start]]) };
+        let io = ConvIo {
+            x: groups.view(c.x, &rows)?,
+            weight: c.weight.view(),
+            bias: c.bias.map(|x| x.view()),
+            out: groups.view_mut(c.out, &rows)?,
+        };
+        let has_init = vec![window.is_some(); slots_g.len()];
+        let pool_ref = &mut pool;
+        py.allow_threads(|| -> deltanet::Result<()> {
+            if t == 1 && window.is_some() {
+                let batch = DecodeBatch::new(pool_ref.as_dyn(), &slots_g)?;
+                backend.conv_update(pool_ref, 0, &batch, io)
+            } else {
+                let batch = ExtendBatch::new(pool_ref.as_dyn(), &cu_g, &slots_g, &has_init)?;
+                backend.conv_extend(pool_ref, 0, &batch, io)
+            }
+        })
+        .py_err()?;
+    }
+    Ok((pool, slots))
+}
+
+/// `causal_conv1d_fn` on token-major `x`/`out` `[B, T, dim]`.
+#[pyfunction]
+#[pyo3(signature = (x, weight, bias, out, initial_states=None, final_states=None))]
+pub fn causal_conv1d(
+    py: Python<'_>,
+    x: &Bound<'_, PyAny>,
+    weight: &Bound<'_, PyAny>,
+    bias: Option<&Bound<'_, PyAny>>,
+    out: &Bound<'_, PyAny>,
+    initial_states: Option<&Bound<'_, PyAny>>,
+    final_states: Option<&Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    guard(|| {
+        let (x, weight, out) = (borrow("x", x, false)?, borrow("weight", weight, false)?, borrow("out", out, true)?);
+        let bias = borrow_opt("bias", bias, false)?;
+        let init = borrow_opt("initial_states", initial_states, false)?;
+        let fin = borrow_opt("final_states", final_states, true)?;
+        let (b, dim, w) = (x.shape()[0], *x.shape().last().unwrap_or(&0), *weight.shape().last().unwrap_or(&1));
+        let want = [b, dim, w.saturating_sub(1)];
+        if let Some(s) = &init {
+            expect_shape(s, &want, "[B, dim, W-1]")?;
+        }
+        if let Some(s) = &fin {
+            expect_shape(s, &want, "[B, dim, W-1]")?;
+        }
+        let window = init.as_ref().map(state_values).transpose()?;
+        let call = ConvCall { x: &x, weight: &weight, bias: bias.as_ref(), out: &out };
+        let (pool, slots) = run_conv(py, &call, window.as_deref())?;
+        if let Some(fin) = &fin {
+            let vals = staging::read(&pool, Part::Conv, &slots)?;
+            write_state_values(fin, &vals)?;
+        }
+        Ok(())
+    })
+}
+
+/// `causal_conv1d_update`: `x`/`out` token-major `[B, T, dim]`, `conv_state`
+/// `[B, dim, S]` (`S >= W-1`) updated in place to the last `S` inputs.
+#[pyfunction]
+#[pyo3(signature = (x, conv_state, weight, bias, out))]
+pub fn causal_conv1d_update(
+    py: Python<'_>,
+    x: &Bound<'_, PyAny>,
+    conv_state: &Bound<'_, PyAny>,
+    weight: &Bound<'_, PyAny>,
+    bias: Option<&Bound<'_, PyAny>>,
+    out: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    guard(|| {
+        let (x, weight, out) = (borrow("x", x, false)?, borrow("weight", weight, false)?, borrow("out", out, true)?);
+        let state = borrow("conv_state", conv_state, true)?;
+        let bias = borrow_opt("bias", bias, false)?;
+        let xs = x.shape().to_vec();
+        if xs.len() != 3 || weight.shape().len() != 2 {
+            return Err(raise("ShapeError", format!("x must be [B, dim, T] and weight [dim, W]; got {:?}, {:?}", xs, weight.shape())));
+        }
+        let (b, t, dim, w) = (xs[0], xs[1], xs[2], weight.shape()[1]);
+        let ss = state.shape().to_vec();
+        if ss.len() != 3 || ss[0] != b || ss[1] != dim || ss[2] + 1 < w {
+            return Err(raise(
+                "ShapeError",
+                format!("tensor `conv_state`: expected [{b}, {dim}, S] with S >= W-1 = {}, got {ss:?}", w - 1),
+            ));
+        }
+        let s_len = ss[2];
+        let old = state_values(&state)?;
+        // The kernel convolves over the newest W-1 columns.
+        let mut window = Vec::with_capacity(b * dim * (w - 1));
+        for row in old.chunks_exact(s_len) {
+            window.extend_from_slice(&row[s_len - (w - 1)..]);
+        }
+        let call = ConvCall { x: &x, weight: &weight, bias: bias.as_ref(), out: &out };
+        run_conv(py, &call, Some(&window))?;
+        // The kernel succeeded: shift the caller's state by T and append x.
+        let xv = x.to_f32()?;
+        let mut new = vec![0f32; old.len()];
+        for bi in 0..b {
+            for c in 0..dim {
+                let row = &old[(bi * dim + c) * s_len..(bi * dim + c + 1) * s_len];
+                let dst = &mut new[(bi * dim + c) * s_len..(bi * dim + c + 1) * s_len];
+                for (j, d) in dst.iter_mut().enumerate() {
+                    // position j of the new state is element j + t of [old | x]
+                    let src = j + t;
+                    *d = if src < s_len { row[src] } else { xv[(bi * t + (src - s_len)) * dim + c] };
+                }
+            }
+        }
+        write_state_values(&state, &new)?;
+        Ok(())
+    })
+}

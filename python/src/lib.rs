@@ -1,0 +1,55 @@
+//! `deltanet._native`: the PyO3 extension behind the `deltanet` Python package.
+//!
+//! * [`tensor`]: borrowing caller tensors zero-copy (DLPack, array interface);
+//! * [`errors`]: the exception hierarchy and the panic guard;
+//! * [`slots`]: the one conversion pair between slots and Python ints;
+//! * [`functional`]: the fla / causal-conv1d functions' native halves;
+//! * [`staging`]: per-slot states between caller tensors and a pool;
+//! * [`pool`]: `Backend` and `Pool`, the serving-engine API;
+//! * [`oracle`]: the f64 reference, for tests.
+
+mod errors;
+mod functional;
+mod oracle;
+mod pool;
+mod slots;
+mod staging;
+mod tensor;
+
+use pyo3::prelude::*;
+
+/// The package version.
+#[pyfunction]
+fn version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+
+/// Every backend name this build knows (compiled in or not).
+#[pyfunction]
+fn backend_names() -> Vec<&'static str> {
+    deltanet::backend::BACKEND_NAMES.to_vec()
+}
+
+/// Test hook: panics inside the boundary guard, which must raise `InternalError`.
+#[pyfunction]
+fn _panic_for_test() -> PyResult<()> {
+    errors::guard(|| -> PyResult<()> { panic!("deliberate test panic") })
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    errors::register(m)?;
+    m.add_function(wrap_pyfunction!(version, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
+    m.add_function(wrap_pyfunction!(backend_names, m)?)?;
+    m.add_function(wrap_pyfunction!(functional::gated_delta_rule, m)?)?;
+    m.add_function(wrap_pyfunction!(functional::causal_conv1d, m)?)?;
+    m.add_function(wrap_pyfunction!(functional::causal_conv1d_update, m)?)?;
+    m.add_function(wrap_pyfunction!(oracle::oracle_gated_delta_rule, m)?)?;
+    m.add_function(wrap_pyfunction!(oracle::oracle_gate, m)?)?;
+    m.add_function(wrap_pyfunction!(oracle::oracle_causal_conv1d, m)?)?;
+    m.add_function(wrap_pyfunction!(tensor::tensor_info, m)?)?;
+    pool::register(m)?;
+    m.add("CUDA_STREAM_MESSAGE", tensor::CUDA_STREAM_MSG)?;
+    Ok(())
+}
