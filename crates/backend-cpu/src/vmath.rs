@@ -23,14 +23,8 @@ const MAGIC: f32 = 12_582_912.0;
 /// `exp(x)` for one lane (see the module docs for accuracy).
 #[inline(always)]
 pub(crate) fn exp_lane(x: f32) -> f32 {
-    // clamp by comparisons (keeps NaN in `x`, handled at the end)
-    let xc = if x < EXP_LO {
-        EXP_LO
-    } else if x > EXP_HI {
-        EXP_HI
-    } else {
-        x
-    };
+    // clamp keeps NaN in `x` (handled at the end)
+    let xc = x.clamp(EXP_LO, EXP_HI);
     // n = round(x / ln 2), r = x - n ln 2 (ln 2 split in two for exactness)
     let t = xc.mul_add(std::f32::consts::LOG2_E, MAGIC);
     let n = t - MAGIC;
