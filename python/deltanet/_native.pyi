@@ -29,10 +29,16 @@ def slots_for_budget(
 ) -> int: ...
 def gated_delta_rule(
     q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, o: Tensor, *, scale: float,
-    initial_state: Optional[Tensor] = None, final_state: Optional[Tensor] = None,
+    initial_state: Optional[Tensor] = None, output_final_state: bool = False, inplace: bool = False,
     cu_seqlens: Optional[Sequence[int]] = None, use_qk_l2norm: bool = False, state_v_first: bool = False,
     A_log: Optional[Tensor] = None, dt_bias: Optional[Tensor] = None, beta_sigmoid: bool = False,
-) -> None: ...
+) -> Optional[StateView]: ...
+
+class StateView:
+    """Final states deltanet holds (rows of a pool of its own); ``numpy.asarray`` aliases them."""
+
+    @property
+    def __array_interface__(self) -> dict: ...
 def causal_conv1d(
     x: Tensor, weight: Tensor, bias: Optional[Tensor], out: Tensor,
     initial_states: Optional[Tensor] = None, final_states: Optional[Tensor] = None,

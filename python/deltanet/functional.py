@@ -128,6 +128,7 @@ def _delta_rule(
     allow_neg_eigval: bool,
     state_v_first: bool,
     cu_seqlens: Any,
+    inplace_final_state: bool = False,
 ) -> Tuple[Tensor, Optional[Tensor]]:
     """The body both fla entry points share (they compute the same function)."""
     for name, x in (("q", q), ("k", k), ("v", v)):
@@ -173,11 +174,7 @@ def _delta_rule(
     if scale is None:
         scale = K**-0.5
     o = _empty(v, (B, T, HV, V))
-    final_state = None
-    if output_final_state:
-        shape = (N, HV, V, K) if state_v_first else (N, HV, K, V)
-        final_state = _empty(q, shape, _f32_dtype(q))
-    _native.gated_delta_rule(
+    view = _native.gated_delta_rule(
         q,
         k,
         v,
@@ -186,7 +183,8 @@ def _delta_rule(
         o,
         scale=float(scale),
         initial_state=initial_state,
-        final_state=final_state,
+        output_final_state=bool(output_final_state),
+        inplace=bool(inplace_final_state),
         cu_seqlens=cu,
         use_qk_l2norm=bool(use_qk_l2norm_in_kernel),
         state_v_first=bool(state_v_first),
@@ -194,7 +192,21 @@ def _delta_rule(
         dt_bias=dt_bias,
         beta_sigmoid=bool(use_beta_sigmoid_in_kernel),
     )
-    return o, final_state
+    if inplace_final_state:
+        return o, (initial_state if output_final_state else None)
+    return o, (_state_tensor(view, like=q) if view is not None else None)
+
+
+def _state_tensor(view: Any, like: Tensor) -> Tensor:
+    """A final state deltanet holds (a `StateView`) as a tensor of `like`'s library, without a copy."""
+    import numpy as np
+
+    array = np.asarray(view)  # aliases the pool; keeps the view (and so the pool) alive
+    if _is_torch(like):
+        import torch
+
+        return torch.from_numpy(array)
+    return array
 
 
 # --- fla ----------------------------------------------------------------------------------------
@@ -217,6 +229,7 @@ def chunk_gated_delta_rule(
     cu_seqlens_cpu: Optional[Tensor] = None,
     chunk_indices: Optional[Tensor] = None,
     cp_context: Any = None,
+    inplace_final_state: bool = False,
     **kwargs: Any,
 ) -> Tuple[Tensor, Optional[Tensor]]:
     r"""Chunked gated delta rule, fla's signature (fla-core 0.6).
@@ -229,7 +242,8 @@ def chunk_gated_delta_rule(
         beta: ``[B, T, HV]``; raw logits with ``use_beta_sigmoid_in_kernel=True``.
         scale: defaults to ``K ** -0.5``.
         initial_state: ``[N, HV, K, V]`` (``[N, HV, V, K]`` with ``state_v_first``), f32/bf16/f16.
-        output_final_state: return the final state, f32, same layout as ``initial_state``.
+        output_final_state: return the final state, f32, same layout as ``initial_state``
+            (a tensor over memory deltanet holds; no copy is made).
         use_qk_l2norm_in_kernel: L2-normalise q and k (``x / sqrt(sum x^2 + 1e-6)``).
         state_v_first: V-first ``[V, K]`` state layout (runs on a V-major pool).
         cu_seqlens: ``[N+1]`` offsets of N packed sequences; requires ``B == 1``.
@@ -237,6 +251,12 @@ def chunk_gated_delta_rule(
         chunk_indices: fla's precomputed chunk table; accepted and not needed (deltanet derives
             its chunks from ``cu_seqlens``; results do not depend on it).
         cp_context: context parallelism is not supported (error when given).
+        inplace_final_state: deltanet's extension (not an fla argument): write the final state
+            into ``initial_state`` (required) instead of a new tensor, as a cache that replaces
+            the old state with the new one wants. When ``initial_state`` is a final state a
+            deltanet call returned (contiguous f32, unchanged shape), the call runs in place on
+            the memory deltanet holds it in and no state byte is copied; any other tensor is
+            read and then overwritten.
         kwargs: ``use_gate_in_kernel``, ``A_log``, ``dt_bias``, ``chunk_size`` (16/32/64, accepted;
             deltanet's chunk is 64 and results do not depend on it), ``transpose_state_layout``
             (deprecated alias of ``state_v_first``). Any other keyword raises
@@ -254,7 +274,7 @@ def chunk_gated_delta_rule(
     return _delta_rule(
         q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel,
         use_gate_in_kernel, A_log, dt_bias, use_beta_sigmoid_in_kernel, allow_neg_eigval,
-        state_v_first, cu_seqlens,
+        state_v_first, cu_seqlens, inplace_final_state,
     )  # fmt: skip
 
 
@@ -277,11 +297,13 @@ def fused_recurrent_gated_delta_rule(
     allow_neg_eigval: bool = False,
     state_v_first: bool = False,
     cu_seqlens: Optional[Tensor] = None,
+    inplace_final_state: bool = False,
     **kwargs: Any,
 ) -> Tuple[Tensor, Optional[Tensor]]:
     r"""Token-by-token gated delta rule (decode), fla's signature (fla-core 0.6).
 
-    Same arguments and results as :func:`chunk_gated_delta_rule`, plus: ``g=None`` means no
+    Same arguments and results as :func:`chunk_gated_delta_rule` (``inplace_final_state``
+    included), plus: ``g=None`` means no
     decay, ``beta=None`` means ``beta = 1``; per-key ``gk`` and per-value ``gv`` decays are not
     supported (error when given). Computes the same function as the chunked form.
     """
@@ -305,7 +327,7 @@ def fused_recurrent_gated_delta_rule(
     return _delta_rule(
         q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel,
         use_gate_in_kernel, A_log, dt_bias, use_beta_sigmoid_in_kernel, allow_neg_eigval,
-        state_v_first, cu_seqlens,
+        state_v_first, cu_seqlens, inplace_final_state,
     )  # fmt: skip
 
 

@@ -47,6 +47,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import threading
 import types
 from typing import Any, Callable, Dict, List
 
@@ -69,6 +70,11 @@ _LAYER_CLASSES = (
 )
 
 _MARK = "_deltanet_kernels"  # instance attribute: which kernels a patched layer runs
+
+# The recurrent state the delta-rule adapter produced during the current layer forward (per
+# thread): a tensor over memory deltanet holds, which the patched forward then hands to the
+# cache in place of the cache's own copy of it (see `_adopt_state`).
+_produced = threading.local()
 
 
 # --- the kernels deltanet substitutes ------------------------------------------------------------
@@ -99,16 +105,20 @@ def _chunk_gated_delta_rule(
     # chunk_size: transformers' torch chunking; deltanet's result does not depend on it.
     # kwargs: attention plumbing transformers' own wrapper also drops before calling fla.
     del chunk_size, kwargs
-    return _deltanet().chunk_gated_delta_rule(
-        query,
-        key,
-        value,
-        g=g,
-        beta=beta,
-        initial_state=initial_state,
-        output_final_state=output_final_state,
-        use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
-        cu_seqlens=cu_seqlens,
+    return _produce(
+        _deltanet().chunk_gated_delta_rule(
+            query,
+            key,
+            value,
+            g=g,
+            beta=beta,
+            initial_state=initial_state,
+            output_final_state=output_final_state,
+            use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
+            cu_seqlens=cu_seqlens,
+            inplace_final_state=_in_place(initial_state, output_final_state),
+        ),
+        initial_state,
     )
 
 
@@ -125,17 +135,58 @@ def _recurrent_gated_delta_rule(
     **kwargs: Any,
 ):
     del kwargs  # as above
-    return _deltanet().fused_recurrent_gated_delta_rule(
-        query,
-        key,
-        value,
-        g=g,
-        beta=beta,
-        initial_state=initial_state,
-        output_final_state=output_final_state,
-        use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
-        cu_seqlens=cu_seqlens,
+    return _produce(
+        _deltanet().fused_recurrent_gated_delta_rule(
+            query,
+            key,
+            value,
+            g=g,
+            beta=beta,
+            initial_state=initial_state,
+            output_final_state=output_final_state,
+            use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
+            cu_seqlens=cu_seqlens,
+            inplace_final_state=_in_place(initial_state, output_final_state),
+        ),
+        initial_state,
     )
+
+
+def _in_place(initial_state, output_final_state: bool) -> bool:
+    # transformers replaces the cached state with the final one (`update_recurrent_state`
+    # copies it in, a no-op when it is the cached tensor itself): advancing the initial state
+    # in place gives the same cache contents, and on deltanet's own state memory copies nothing.
+    return initial_state is not None and output_final_state
+
+
+def _produce(result, initial_state):
+    """Notes a final state that is new memory (not ``initial_state`` advanced in place)."""
+    final = result[1]
+    if final is not None and final is not initial_state:
+        _produced.state = final
+    return result
+
+
+def _adopt_state(cache, layer_idx: int, state) -> None:
+    """Makes ``state`` (deltanet's memory) the cache's recurrent state tensor of ``layer_idx``.
+
+    transformers has just copied ``state`` into its own tensor (``update_recurrent_state``), so
+    the values are equal; from now on the layer's decode steps run in place on deltanet's memory
+    instead of copying the state in and out each step. Only done for transformers' linear
+    attention cache layers holding a tensor of the same shape and dtype; otherwise the cache
+    keeps its tensor (correct, with a copy per step).
+    """
+    try:
+        import torch
+
+        states = cache.layers[layer_idx].recurrent_states
+    except (AttributeError, IndexError, TypeError, ImportError):
+        return
+    if not isinstance(states, list) or not states or not isinstance(states[0], torch.Tensor):
+        return
+    current = states[0]
+    if current.shape == state.shape and current.dtype == state.dtype and current.device == state.device:
+        states[0] = state
 
 
 def _causal_conv1d_fn(hidden_states, weight, bias=None, activation=None, **kwargs: Any):
@@ -222,7 +273,17 @@ def _patched_forward(cls: type, kernels: str) -> Callable:
     def patched(self, *args, **kwargs):
         if "cache_params" in kwargs and "cache" not in kwargs:  # transformers' deprecated name
             kwargs["cache"] = kwargs.pop("cache_params")
-        return forward(self, *args, **kwargs)
+        if kernels != "deltanet":
+            return forward(self, *args, **kwargs)
+        _produced.state = None
+        try:
+            out = forward(self, *args, **kwargs)
+            cache = kwargs.get("cache", args[1] if len(args) > 1 else None)
+            if _produced.state is not None and cache is not None:
+                _adopt_state(cache, self.layer_idx, _produced.state)
+        finally:
+            _produced.state = None
+        return out
 
     patched.__doc__ = raw.__doc__
     return patched

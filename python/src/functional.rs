@@ -1,11 +1,14 @@
 //! The native halves of `deltanet.functional`: the fla-style delta rule and
 //! the causal-conv1d-style conv on caller tensors. Each call runs on a pool
-//! of its own (the "pool per call" design): states are staged in from the
-//! caller's tensors, the kernels run on the pool with the GIL released, and
-//! states are staged back out. Inputs and outputs themselves are never copied.
+//! of its own, with the GIL released. The delta rule's final states are that
+//! pool, handed out as a view ([`crate::states`]), and a view passed back as
+//! `initial_state` with `inplace` is advanced in place; any other initial
+//! state is staged in (one copy). Conv states are staged in and out (they are
+//! small). Inputs and outputs themselves are never copied.
 
 use crate::errors::{guard, raise, IntoPy};
 use crate::staging::{self, Part};
+use crate::states::{self, OwnedStates, StateView};
 use crate::tensor::{borrow, borrow_opt, Borrowed};
 use deltanet::{
     Backend, ConvIo, DecodeBatch, DeltaIo, DeltaParams, ExtendBatch, GateIo, LayoutKind, ModelDims, Pool, PoolConfig, Slot, TensorMut,
@@ -73,12 +76,18 @@ impl Groups {
     }
 }
 
-/// Reads a state tensor `[N, ...]` as f32 values (no conversion pass for contiguous f32).
-fn state_values(t: &Borrowed<'_>) -> PyResult<Vec<f32>> {
+/// Reads a state tensor `[N, ...]` as f32 values (borrowed, no copy, for contiguous f32).
+fn state_values<'a>(t: &'a Borrowed<'_>) -> PyResult<std::borrow::Cow<'a, [f32]>> {
     match t.contiguous_f32() {
-        Some(s) => Ok(s.to_vec()),
-        None => t.to_f32(),
+        Some(s) => Ok(std::borrow::Cow::Borrowed(s)),
+        None => Ok(std::borrow::Cow::Owned(t.to_f32()?)),
     }
+}
+
+/// Byte range `[lo, hi)` a tensor's elements lie in.
+fn byte_range(t: &Borrowed<'_>) -> (u64, u64) {
+    let m = t.meta();
+    (t.addr(), t.addr() + (m.span() * m.dtype().size()) as u64)
 }
 
 /// Writes f32 values into a state tensor (memcpy for contiguous f32).
@@ -94,8 +103,8 @@ fn write_state_values(t: &Borrowed<'_>, vals: &[f32]) -> PyResult<()> {
 /// The delta rule of `chunk_gated_delta_rule` / `fused_recurrent_gated_delta_rule`
 /// on caller tensors (see `deltanet/functional.py` for the argument contract).
 #[pyfunction]
-#[pyo3(signature = (q, k, v, g, beta, o, *, scale, initial_state=None, final_state=None, cu_seqlens=None,
-    use_qk_l2norm=false, state_v_first=false, A_log=None, dt_bias=None, beta_sigmoid=false))]
+#[pyo3(signature = (q, k, v, g, beta, o, *, scale, initial_state=None, output_final_state=false, inplace=false,
+    cu_seqlens=None, use_qk_l2norm=false, state_v_first=false, A_log=None, dt_bias=None, beta_sigmoid=false))]
 #[allow(clippy::too_many_arguments, non_snake_case)]
 pub fn gated_delta_rule(
     py: Python<'_>,
@@ -107,19 +116,19 @@ pub fn gated_delta_rule(
     o: &Bound<'_, PyAny>,
     scale: f32,
     initial_state: Option<&Bound<'_, PyAny>>,
-    final_state: Option<&Bound<'_, PyAny>>,
+    output_final_state: bool,
+    inplace: bool,
     cu_seqlens: Option<Vec<i64>>,
     use_qk_l2norm: bool,
     state_v_first: bool,
     A_log: Option<&Bound<'_, PyAny>>,
     dt_bias: Option<&Bound<'_, PyAny>>,
     beta_sigmoid: bool,
-) -> PyResult<()> {
+) -> PyResult<Option<StateView>> {
     guard(|| {
         let (q, k, v) = (borrow("q", q, false)?, borrow("k", k, false)?, borrow("v", v, false)?);
         let (g, beta, o) = (borrow("g", g, false)?, borrow("beta", beta, false)?, borrow("o", o, true)?);
-        let h0 = borrow_opt("initial_state", initial_state, false)?;
-        let ht = borrow_opt("final_state", final_state, true)?;
+        let h0 = borrow_opt("initial_state", initial_state, inplace)?;
         let a_log = borrow_opt("A_log", A_log, false)?;
         let dt_bias = borrow_opt("dt_bias", dt_bias, false)?;
         if q.shape().len() != 4 {
@@ -161,11 +170,8 @@ pub fn gated_delta_rule(
         if let Some(h0) = &h0 {
             expect_shape(h0, &state_shape, "[N, HV, K, V], or [N, HV, V, K] with state_v_first")?;
         }
-        if let Some(ht) = &ht {
-            expect_shape(ht, &state_shape, "like initial_state")?;
-            if ht.meta().dtype() != deltanet::DType::F32 {
-                return Err(raise("DTypeError", "tensor `final_state` must be f32"));
-            }
+        if inplace && h0.is_none() {
+            return Err(raise("ShapeError", "inplace_final_state needs an initial_state to write the final state into"));
         }
         for (name, x) in [("A_log", &a_log), ("dt_bias", &dt_bias)] {
             if let Some(x) = x {
@@ -180,10 +186,26 @@ pub fn gated_delta_rule(
 
         let layout = if state_v_first { LayoutKind::VMajor } else { LayoutKind::KMajor };
         let backend = cpu_backend(state_v_first)?;
-        let mut pool = backend.new_pool(PoolConfig::new(1, n, dims)).py_err()?;
-        let slots = pool.as_dyn().alloc(n).py_err()?;
-        if let Some(h0) = &h0 {
-            staging::write(&mut pool, Part::Temporal(layout), &slots, &state_values(h0)?)?;
+        // In place on deltanet's own states when `initial_state` is one of them; else a fresh pool.
+        let reused = if inplace { h0.as_ref().and_then(|h| states::find(h, layout, &dims)) } else { None };
+        let fresh = reused.is_none();
+        let shared = match reused {
+            Some(s) => s,
+            None => OwnedStates::new(backend, layout, n, dims)?,
+        };
+        let slots = &shared.slots;
+        if !fresh {
+            // The kernels write the pool while reading the inputs: refuse inputs that alias it.
+            for x in [&q, &k, &v, &g, &beta, &o] {
+                let (lo, hi) = byte_range(x);
+                if shared.overlaps(lo, hi) {
+                    return Err(raise("LayoutError", format!("tensor `{}` overlaps the state it updates in place", x.name)));
+                }
+            }
+        }
+        let mut pool = shared.lock(py);
+        if let (true, Some(h0)) = (fresh, &h0) {
+            staging::write(&mut pool, Part::Temporal(layout), slots, &state_values(h0)?)?;
         }
         let params = DeltaParams { scale, use_qk_l2norm };
         let groups = Groups::new(b, t, &[&q, &k, &v, &g, &beta, &o]);
@@ -202,7 +224,7 @@ pub fn gated_delta_rule(
             let mut b_buf = vec![0f32; if need_gate { tokens * hv } else { 0 }];
             let has_init = vec![h0.is_some(); slots_g.len()];
             let decode = cu_g.windows(2).all(|w| w[1] - w[0] == 1);
-            let pool_ref = &mut pool;
+            let pool_ref = &mut *pool;
             let a_log_v = a_log.as_ref().map(|x| x.view());
             let dt_v = dt_bias.as_ref().map(|x| x.view());
             py.allow_threads(|| -> deltanet::Result<()> {
@@ -237,11 +259,16 @@ pub fn gated_delta_rule(
             })
             .py_err()?;
         }
-        if let Some(ht) = &ht {
-            let vals = staging::read(&pool, Part::Temporal(layout), &slots)?;
-            write_state_values(ht, &vals)?;
+        if inplace {
+            if fresh {
+                // A caller tensor deltanet does not own: the final state goes back into it.
+                let vals = staging::read(&pool, Part::Temporal(layout), slots)?;
+                write_state_values(h0.as_ref().expect("checked above"), &vals)?;
+            }
+            return Ok(None); // the final state is `initial_state` itself
         }
-        Ok(())
+        drop(pool);
+        Ok(output_final_state.then(|| states::view(shared)))
     })
 }
 

@@ -5,6 +5,7 @@
 //! * [`slots`]: the one conversion pair between slots and Python ints;
 //! * [`functional`]: the fla / causal-conv1d functions' native halves;
 //! * [`staging`]: per-slot states between caller tensors and a pool;
+//! * [`states`]: the pools the fla-style functions hand out as final states;
 //! * [`pool`]: `Backend` and `Pool`, the serving-engine API;
 //! * [`oracle`]: the f64 reference, for tests.
 
@@ -14,6 +15,7 @@ mod oracle;
 mod pool;
 mod slots;
 mod staging;
+mod states;
 mod tensor;
 
 use pyo3::prelude::*;
@@ -49,6 +51,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(oracle::oracle_gate, m)?)?;
     m.add_function(wrap_pyfunction!(oracle::oracle_causal_conv1d, m)?)?;
     m.add_function(wrap_pyfunction!(tensor::tensor_info, m)?)?;
+    m.add_class::<states::StateView>()?;
     pool::register(m)?;
     m.add("CUDA_STREAM_MESSAGE", tensor::CUDA_STREAM_MSG)?;
     Ok(())

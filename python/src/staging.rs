@@ -34,6 +34,13 @@ fn write_typed<M: DeviceMemory, L: StateLayout>(p: &mut StatePool<M, L>, part: P
     let mut native = vec![0f32; per];
     for (i, s) in slots.iter().enumerate() {
         let src = &vals[i * per..(i + 1) * per];
+        if let (Part::Temporal(from), DType::F32) = (part, dtype) {
+            if from == L::KIND {
+                // The pool's own layout and dtype: one copy, no conversion pass.
+                mem.write(parts.temporal, g.temporal_offset(0, s.index()), bytemuck::cast_slice(src))?;
+                continue;
+            }
+        }
         match part {
             Part::Temporal(from) => convert_state(from, L::KIND, dims.num_v_heads, dims.head_k_dim, dims.head_v_dim, src, &mut native),
             Part::Conv => {
@@ -61,6 +68,14 @@ fn read_typed<M: DeviceMemory, L: StateLayout>(p: &StatePool<M, L>, part: Part, 
     let mut out = vec![0f32; per * slots.len()];
     let mut bytes = vec![0u8; per * dtype.size()];
     for (i, s) in slots.iter().enumerate() {
+        if let (Part::Temporal(to), DType::F32) = (part, dtype) {
+            if to == L::KIND {
+                // The pool's own layout and dtype: one copy, no conversion pass.
+                let dst = &mut out[i * per..(i + 1) * per];
+                mem.read(temporal, g.temporal_offset(0, s.index()), bytemuck::cast_slice_mut(dst))?;
+                continue;
+            }
+        }
         match part {
             Part::Temporal(_) => mem.read(temporal, g.temporal_offset(0, s.index()), &mut bytes)?,
             Part::Conv => mem.read(conv, g.conv_offset(0, s.index()), &mut bytes)?,
