@@ -58,6 +58,8 @@ pub extern "C" fn dn_last_error_message() -> *const c_char {
 /// `DN_ERR_NOT_COMPILED`; one that cannot run here (no driver, no device) is
 /// `DN_ERR_UNAVAILABLE`, and `dn_last_error_message()` says why.
 ///
+/// Thread safety: any thread; each call makes a new backend.
+///
 /// # Safety
 /// `name` is a NUL-terminated string; `out` points to a writable handle.
 #[no_mangle]
@@ -78,12 +80,16 @@ pub unsafe extern "C" fn dn_backend_create(name: *const c_char, out: *mut *mut d
 
 /// Destroys a backend handle. Pools made from it stay usable (they keep the
 /// backend alive). A NULL, destroyed or foreign handle is an error.
+///
+/// Thread safety: any thread; pools made from the backend and calls running on it are unaffected.
 #[no_mangle]
 pub extern "C" fn dn_backend_destroy(backend: *mut dn_backend) -> dn_status {
     guard(|| handles::destroy_backend(backend))
 }
 
 /// What the backend supports.
+///
+/// Thread safety: any thread (a backend is immutable).
 ///
 /// # Safety
 /// `out` points to a writable `dn_capabilities`.
@@ -111,6 +117,8 @@ pub unsafe extern "C" fn dn_backend_capabilities(backend: *const dn_backend, out
 
 /// Bytes one slot costs in a pool of `config` (all layers and buffers).
 ///
+/// Thread safety: any thread (pure).
+///
 /// # Safety
 /// `config` and `out` point to a readable config and a writable `size_t`.
 #[no_mangle]
@@ -125,6 +133,8 @@ pub unsafe extern "C" fn dn_pool_config_bytes_per_slot(config: *const dn_pool_co
 
 /// How many allocatable slots of `config` fit in `budget` bytes (the padding slot counted).
 ///
+/// Thread safety: any thread (pure).
+///
 /// # Safety
 /// `config` and `out` point to a readable config and a writable `size_t`.
 #[no_mangle]
@@ -138,6 +148,8 @@ pub unsafe extern "C" fn dn_pool_config_slots_for_budget(config: *const dn_pool_
 }
 
 /// Creates a pool in the backend's layout and memory, every buffer zeroed.
+///
+/// Thread safety: any thread.
 ///
 /// # Safety
 /// `config` points to a readable config; `out` to a writable handle.
@@ -160,12 +172,16 @@ pub unsafe extern "C" fn dn_pool_create(backend: *const dn_backend, config: *con
 /// Destroys a pool and frees its buffers (after any call running on it
 /// returns). Batches made for it become useless (`DN_ERR_INVALID_HANDLE`
 /// for the pool in any later call).
+///
+/// Thread safety: any thread; a call running on the pool finishes first, later ones get DN_ERR_INVALID_HANDLE.
 #[no_mangle]
 pub extern "C" fn dn_pool_destroy(pool: *mut dn_pool) -> dn_status {
     guard(|| handles::destroy_pool(pool))
 }
 
 /// Layout, dtypes, sizes and free slots of a pool.
+///
+/// Thread safety: any thread; serialised with every other call on this pool.
 ///
 /// # Safety
 /// `out` points to a writable `dn_pool_info`.
@@ -199,6 +215,8 @@ pub unsafe extern "C" fn dn_pool_info_get(pool: *const dn_pool, out: *mut dn_poo
 /// Allocates `n` slots into `out_slots` (all or none). Their contents are
 /// unspecified: zero them, import into them, or extend without initial state.
 ///
+/// Thread safety: any thread; serialised with every other call on this pool.
+///
 /// # Safety
 /// `out_slots` points to `n` writable `uint64_t` (may be NULL when `n` is 0).
 #[no_mangle]
@@ -218,6 +236,8 @@ pub unsafe extern "C" fn dn_pool_alloc(pool: *const dn_pool, n: usize, out_slots
 /// Frees `n` slots (all or none: a double free, a foreign or padding slot
 /// frees nothing).
 ///
+/// Thread safety: any thread; serialised with every other call on this pool.
+///
 /// # Safety
 /// `slots` points to `n` readable `uint64_t`.
 #[no_mangle]
@@ -233,6 +253,8 @@ pub unsafe extern "C" fn dn_pool_free(pool: *const dn_pool, slots: *const u64, n
 
 /// Zeroes the conv and recurrent state of `n` allocated, distinct slots in every layer.
 ///
+/// Thread safety: any thread; serialised with every other call on this pool.
+///
 /// # Safety
 /// `slots` points to `n` readable `uint64_t`.
 #[no_mangle]
@@ -247,6 +269,8 @@ pub unsafe extern "C" fn dn_pool_zero(pool: *const dn_pool, slots: *const u64, n
 }
 
 /// Copies `src`'s conv and recurrent state into `dst` (both allocated, distinct).
+///
+/// Thread safety: any thread; serialised with every other call on this pool.
 #[no_mangle]
 pub extern "C" fn dn_pool_copy(pool: *const dn_pool, src: u64, dst: u64) -> dn_status {
     guard(|| {
@@ -258,6 +282,8 @@ pub extern "C" fn dn_pool_copy(pool: *const dn_pool, src: u64, dst: u64) -> dn_s
 }
 
 /// Allocates a slot holding a copy of `src` into `*out`.
+///
+/// Thread safety: any thread; serialised with every other call on this pool.
 ///
 /// # Safety
 /// `out` points to a writable `uint64_t`.
@@ -280,6 +306,8 @@ pub unsafe extern "C" fn dn_pool_fork(pool: *const dn_pool, src: u64, out: *mut 
 /// W-1]` in its conv dtype, little-endian. The lengths must be exactly
 /// `dn_pool_info.export_state_bytes` / `export_conv_bytes`
 /// (`DN_ERR_BUFFER_SIZE` otherwise, nothing written).
+///
+/// Thread safety: any thread; serialised with every other call on this pool.
 ///
 /// # Safety
 /// `state` / `conv` point to `state_len` / `conv_len` writable bytes.
@@ -319,6 +347,8 @@ pub unsafe extern "C" fn dn_pool_export(
 /// (`dn_dtype` values; converted when they differ from the pool's). Exact
 /// between pools of either layout with the same dtypes. Wrong lengths or dims
 /// are `DN_ERR_STATE_MISMATCH`, with the slot unchanged.
+///
+/// Thread safety: any thread; serialised with every other call on this pool.
 ///
 /// # Safety
 /// `state` / `conv` point to `state_len` / `conv_len` readable bytes.
@@ -362,6 +392,8 @@ pub unsafe extern "C" fn dn_pool_import(
 /// NULL and `capacity >= *count` (`DN_ERR_BUFFER_SIZE` when it is smaller).
 /// The addresses are valid until the pool is destroyed.
 ///
+/// Thread safety: any thread; serialised with every other call on this pool.
+///
 /// # Safety
 /// `out` is NULL or points to `capacity` writable descriptors; `count` to a writable `size_t`.
 #[no_mangle]
@@ -399,6 +431,8 @@ pub unsafe extern "C" fn dn_pool_descriptors(
 }
 
 /// A hash of every byte of every pool buffer (tests: "nothing changed").
+///
+/// Thread safety: any thread; serialised with every other call on this pool.
 ///
 /// # Safety
 /// `out` points to a writable `uint64_t`.

@@ -35,6 +35,8 @@ unsafe fn clear(out: *mut *mut dn_batch) -> CResult {
 /// zero, 1: continue the slot's state) per sequence; `num_snapshots`
 /// prefix-cache snapshot requests (may be 0 with `snapshots` NULL).
 ///
+/// Thread safety: any thread; takes the pool's lock while validating.
+///
 /// # Safety
 /// Each array points to the number of readable elements stated; `out` to a writable handle.
 #[no_mangle]
@@ -79,6 +81,8 @@ pub unsafe extern "C" fn dn_batch_extend(
 
 /// A decode batch: one token for each of `n` requests (distinct allocated slots).
 ///
+/// Thread safety: any thread; takes the pool's lock while validating.
+///
 /// # Safety
 /// `slots` points to `n` readable `uint64_t`; `out` to a writable handle.
 #[no_mangle]
@@ -102,6 +106,8 @@ pub unsafe extern "C" fn dn_batch_decode(pool: *const dn_pool, slots: *const u64
 /// packed request-major (`T = n * draft`). `parents` NULL is a chain; else
 /// `n * draft` entries, `parents[i*draft + t]` being -1 (the slot's state) or
 /// an earlier token `< t` of the same request (a tree).
+///
+/// Thread safety: any thread; takes the pool's lock while validating.
 ///
 /// # Safety
 /// `slots` points to `n` readable `uint64_t`, `parents` (unless NULL) to
@@ -138,6 +144,8 @@ pub unsafe extern "C" fn dn_batch_verify(
 /// A commit batch: for each of `n` requests, the last accepted draft step
 /// `accepted[i]` (`0 <= a < D`) becomes its slot's state; `snapshot_slots`
 /// NULL, or `n` entries each `DN_SLOT_NONE` or a slot to also receive it.
+///
+/// Thread safety: any thread; takes the pool's lock while validating.
 ///
 /// # Safety
 /// `slots` and `accepted` point to `n` readable elements, `snapshot_slots`
@@ -178,6 +186,8 @@ pub unsafe extern "C" fn dn_batch_commit(
 
 /// Packed tokens T of a batch (0 for a commit batch).
 ///
+/// Thread safety: any thread (a batch is immutable).
+///
 /// # Safety
 /// `out` points to a writable `size_t`.
 #[no_mangle]
@@ -196,6 +206,8 @@ pub unsafe extern "C" fn dn_batch_tokens(batch: *const dn_batch, out: *mut usize
 }
 
 /// Destroys a batch handle.
+///
+/// Thread safety: any thread; a call running with the batch finishes first.
 #[no_mangle]
 pub extern "C" fn dn_batch_destroy(batch: *mut dn_batch) -> dn_status {
     guard(|| handles::destroy_batch(batch))

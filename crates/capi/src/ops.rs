@@ -129,6 +129,8 @@ unsafe fn conv_io<'a>(x: *const DLTensor, weight: *const DLTensor, bias: *const 
 /// `beta = sigmoid(b)`. `a, b: [T, HV]` (input dtypes), `a_log, dt_bias:
 /// [HV]` f32, outputs `g, beta: [T, HV]` f32. Touches no pool.
 ///
+/// Thread safety: any thread; touches no pool.
+///
 /// # Safety
 /// `dims` is readable; tensors as the module's contract.
 #[no_mangle]
@@ -174,6 +176,8 @@ pub unsafe extern "C" fn dn_gate(
 /// starts from each slot's conv state when `has_initial_state`, leaves the
 /// last W-1 raw inputs in it, writes snapshot conv states.
 ///
+/// Thread safety: any thread; serialised with every other call on this pool; its output tensors must not be used by another running call.
+///
 /// # Safety
 /// Tensors as the module's contract.
 #[no_mangle]
@@ -199,6 +203,8 @@ pub unsafe extern "C" fn dn_conv_extend(
 }
 
 /// Conv of one token per request of a decode batch, updating each slot's conv state.
+///
+/// Thread safety: any thread; serialised with every other call on this pool; its output tensors must not be used by another running call.
 ///
 /// # Safety
 /// Tensors as the module's contract.
@@ -226,6 +232,8 @@ pub unsafe extern "C" fn dn_conv_update(
 
 /// Conv of the draft tokens of a verify batch: each step convolves on its
 /// parent's window and writes its window to the scratch; slot conv states untouched.
+///
+/// Thread safety: any thread; serialised with every other call on this pool; its output tensors must not be used by another running call.
 ///
 /// # Safety
 /// Tensors as the module's contract.
@@ -256,6 +264,8 @@ pub unsafe extern "C" fn dn_conv_verify(
 /// `q, k: [T, HK, K]`, `v: [T, HV, V]`, `g: [T, HV]` f32, `beta: [T, HV]`,
 /// output `o: [T, HV, V]`; `params` NULL for the defaults.
 ///
+/// Thread safety: any thread; serialised with every other call on this pool; its output tensors must not be used by another running call.
+///
 /// # Safety
 /// Tensors as the module's contract; `params` NULL or readable.
 #[no_mangle]
@@ -285,6 +295,8 @@ pub unsafe extern "C" fn dn_extend(
 
 /// One decode token per request of a decode batch, in place (shapes as
 /// `dn_extend` with T = requests).
+///
+/// Thread safety: any thread; serialised with every other call on this pool; its output tensors must not be used by another running call.
 ///
 /// # Safety
 /// Tensors as the module's contract; `params` NULL or readable.
@@ -317,6 +329,8 @@ pub unsafe extern "C" fn dn_decode(
 /// step from its parent's state, written to the scratch; main state untouched
 /// until `dn_commit`.
 ///
+/// Thread safety: any thread; serialised with every other call on this pool; its output tensors must not be used by another running call.
+///
 /// # Safety
 /// Tensors as the module's contract; `params` NULL or readable.
 #[no_mangle]
@@ -346,6 +360,8 @@ pub unsafe extern "C" fn dn_verify(
 
 /// Commit of one layer: each request's accepted scratch step (state and conv
 /// window) becomes its slot's state (and its snapshot slot's).
+///
+/// Thread safety: any thread; serialised with every other call on this pool; its output tensors must not be used by another running call.
 #[no_mangle]
 pub extern "C" fn dn_commit(backend: *const dn_backend, pool: *const dn_pool, layer: usize, batch: *const dn_batch) -> dn_status {
     guard(|| with_handles(backend, pool, batch, |b, g, bt| Ok(b.commit(&mut g.pool, layer, commit_of(bt)?)?)))
@@ -399,6 +415,8 @@ fn run_layer(
 /// conv_dim]` (`[q | k | v]` before the conv), `a, b: [T, HV]`, `out: [T, HV, V]`.
 /// Allocates its scratch (conv output, g, beta) per call.
 ///
+/// Thread safety: any thread; serialised with every other call on this pool; its output tensors must not be used by another running call.
+///
 /// # Safety
 /// `weights` readable; tensors as the module's contract; `params` NULL or readable.
 #[no_mangle]
@@ -428,6 +446,8 @@ pub unsafe extern "C" fn dn_forward_extend(
 }
 
 /// The layer forward of a decode batch (as `dn_forward_extend`, T = requests).
+///
+/// Thread safety: any thread; serialised with every other call on this pool; its output tensors must not be used by another running call.
 ///
 /// # Safety
 /// As `dn_forward_extend`.
@@ -459,6 +479,8 @@ pub unsafe extern "C" fn dn_forward_decode(
 
 /// The layer forward of a verify batch (as `dn_forward_extend`, T = requests * D;
 /// states go to the scratch until `dn_commit`).
+///
+/// Thread safety: any thread; serialised with every other call on this pool; its output tensors must not be used by another running call.
 ///
 /// # Safety
 /// As `dn_forward_extend`.
