@@ -342,7 +342,7 @@ impl Backend {
         out: TensorMut<'_>,
     ) -> Result<()> {
         on_pool!(self, pool, |d, p| {
-            let mut ws = LayerWorkspace::new(d.memory().clone());
+            let mut ws = workspace(d);
             deltanet_core::forward_extend(d, p, layer, batch, weights, input, params, &mut ws, out)
         })
     }
@@ -359,7 +359,7 @@ impl Backend {
         out: TensorMut<'_>,
     ) -> Result<()> {
         on_pool!(self, pool, |d, p| {
-            let mut ws = LayerWorkspace::new(d.memory().clone());
+            let mut ws = workspace(d);
             deltanet_core::forward_decode(d, p, layer, batch, weights, input, params, &mut ws, out)
         })
     }
@@ -376,10 +376,15 @@ impl Backend {
         out: TensorMut<'_>,
     ) -> Result<()> {
         on_pool!(self, pool, |d, p| {
-            let mut ws = LayerWorkspace::new(d.memory().clone());
+            let mut ws = workspace(d);
             deltanet_core::forward_verify(d, p, layer, batch, weights, input, params, &mut ws, out)
         })
     }
+}
+
+/// A fresh layer workspace on `d`'s memory.
+fn workspace<D: KernelDispatcher>(d: &D) -> LayerWorkspace<D::Memory> {
+    LayerWorkspace::new(d.memory().clone())
 }
 
 struct GateVisit<'d, 'a>(&'d ModelDims, GateIo<'a>);

@@ -71,12 +71,12 @@ fn c_client_matches_the_oracle_and_refuses_bad_input() {
     let (inputs, outputs, exe) = (dir.join("inputs.bin"), dir.join("outputs.bin"), dir.join("client"));
     let mut f = std::io::BufWriter::new(std::fs::File::create(&inputs).unwrap());
     for call in [
-        cat(&[a.slice(0..50), b.slice(0..30)]), // prefill: A's first chunk, all of B
-        a.slice(50..80),                        // A's second chunk
+        cat(&[a.slice(0..50), b.slice(0..30)]),   // prefill: A's first chunk, all of B
+        a.slice(50..80),                          // A's second chunk
         cat(&[a.slice(80..81), b.slice(30..31)]), // decode
-        a.slice(81..84),                        // chain verify on A
-        b.slice(31..34),                        // tree verify on B
-        a.slice(84..85),                        // decode on the V-major pool
+        a.slice(81..84),                          // chain verify on A
+        b.slice(31..34),                          // tree verify on B
+        a.slice(84..85),                          // decode on the V-major pool
     ] {
         write_call(&mut f, &call);
     }

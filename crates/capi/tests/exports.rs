@@ -16,7 +16,8 @@ fn shared_library_exports_only_dn_symbols() {
     let foreign: Vec<&&str> = names.iter().filter(|n| !n.starts_with("dn_")).collect();
     assert!(foreign.is_empty(), "non-dn_ exports in {}: {foreign:?}", so.display());
     // The header's functions are all there (a sample that covers each family).
-    for f in ["dn_abi_version", "dn_last_error_message", "dn_pool_create", "dn_batch_verify", "dn_extend", "dn_commit", "dn_forward_extend"] {
+    for f in ["dn_abi_version", "dn_last_error_message", "dn_pool_create", "dn_batch_verify", "dn_extend", "dn_commit", "dn_forward_extend"]
+    {
         assert!(names.contains(&f), "{f} not exported");
     }
 }
