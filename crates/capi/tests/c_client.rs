@@ -82,7 +82,7 @@ fn c_client_matches_the_oracle_and_refuses_bad_input() {
     }
     f.into_inner().unwrap().sync_all().unwrap();
 
-    common::compile(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/client.c"), &exe, false);
+    common::compile(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/client.c"), &exe, false, &[]);
     let log = common::run(&exe, &[&inputs, &outputs]);
     assert!(log.contains("c client: ok"), "{log}");
     let out = read_records(&outputs);

@@ -29,8 +29,8 @@ pub fn include_dir() -> PathBuf {
 }
 
 /// Compiles `src` (C, or C++ when `cpp`) into `exe`, linked against libdeltanet.so
-/// with an rpath, warnings as errors.
-pub fn compile(src: &Path, exe: &Path, cpp: bool) {
+/// with an rpath, warnings as errors; `includes` are extra header directories.
+pub fn compile(src: &Path, exe: &Path, cpp: bool, includes: &[&Path]) {
     let compiler = cc::Build::new()
         .cargo_metadata(false)
         .cpp(cpp)
@@ -45,6 +45,7 @@ pub fn compile(src: &Path, exe: &Path, cpp: bool) {
         .args(["-Wall", "-Wextra", "-Werror", "-pedantic"])
         .arg("-I")
         .arg(include_dir())
+        .args(includes.iter().flat_map(|d| [Path::new("-I"), d]))
         .arg(src)
         .arg("-o")
         .arg(exe)
