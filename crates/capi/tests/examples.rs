@@ -42,3 +42,38 @@ fn cpp_raii_example_runs() {
     assert!(out.contains("refused as expected"), "{out}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// deltanet.pc.in, installed the way install.sh installs it (into a scratch
+/// prefix), gives the flags that build and link the README example.
+#[test]
+fn pkg_config_file_builds_the_c_example() {
+    let dir = common::scratch("pkgconfig");
+    let prefix = dir.join("prefix");
+    for sub in ["lib/pkgconfig", "include"] {
+        std::fs::create_dir_all(prefix.join(sub)).unwrap();
+    }
+    std::fs::copy(common::shared_lib(), prefix.join("lib/libdeltanet.so")).unwrap();
+    std::fs::copy(common::include_dir().join("deltanet.h"), prefix.join("include/deltanet.h")).unwrap();
+    let pc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deltanet.pc.in")).unwrap();
+    std::fs::write(prefix.join("lib/pkgconfig/deltanet.pc"), pc.replace("@PREFIX@", prefix.to_str().unwrap())).unwrap();
+    let flags = std::process::Command::new("pkg-config")
+        .args(["--cflags", "--libs", "deltanet"])
+        .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig"))
+        .output()
+        .expect("run pkg-config");
+    assert!(flags.status.success(), "pkg-config: {}", String::from_utf8_lossy(&flags.stderr));
+    let flags = String::from_utf8(flags.stdout).unwrap();
+    let exe = dir.join("minimal");
+    let cc = std::process::Command::new("cc")
+        .arg("-std=c11")
+        .arg(examples().join("c/minimal.c"))
+        .args(flags.split_whitespace())
+        .arg(format!("-Wl,-rpath,{}", prefix.join("lib").display()))
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .expect("run cc");
+    assert!(cc.status.success(), "cc {flags}: {}", String::from_utf8_lossy(&cc.stderr));
+    assert!(common::run(&exe, &[]).starts_with("o[T-1] ="));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -21,3 +21,10 @@ fn header_matches_the_source() {
         fresh.len()
     );
 }
+
+#[test]
+fn pkg_config_file_has_the_crate_version() {
+    let pc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deltanet.pc.in")).expect("deltanet.pc.in");
+    let version = pc.lines().find_map(|l| l.strip_prefix("Version: ")).expect("a Version line");
+    assert_eq!(version, env!("CARGO_PKG_VERSION"), "deltanet.pc.in's Version");
+}
