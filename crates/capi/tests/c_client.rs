@@ -10,12 +10,9 @@
 mod common;
 
 use facade::conformance::DeltaInputs;
-use facade::oracle::error_ratio;
 use facade::{DType, DeltaParams, ModelDims};
 use std::io::Write;
 use std::path::Path;
-
-const TOL: f64 = 1e-5;
 
 fn cat(parts: &[DeltaInputs]) -> DeltaInputs {
     let mut out = parts[0].clone();
@@ -32,35 +29,13 @@ fn cat(parts: &[DeltaInputs]) -> DeltaInputs {
 
 fn write_call(f: &mut impl Write, x: &DeltaInputs) {
     for a in [&x.q, &x.k, &x.v, &x.g, &x.beta] {
-        f.write_all(&(a.len() as u64).to_le_bytes()).unwrap();
-        for v in a.iter() {
-            f.write_all(&v.to_le_bytes()).unwrap();
-        }
+        common::write_record(f, a);
     }
-}
-
-fn read_records(path: &Path) -> Vec<Vec<f32>> {
-    let bytes = std::fs::read(path).expect("C client outputs");
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < bytes.len() {
-        let n = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
-        at += 8;
-        out.push(bytes[at..at + 4 * n].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect());
-        at += 4 * n;
-    }
-    out
-}
-
-fn check(what: &str, got: &[f32], want: &[f64], seed: u64) {
-    assert_eq!(got.len(), want.len(), "{what}: length (seed {seed})");
-    let e = error_ratio(got, want);
-    assert!(e.is_finite() && e < TOL, "{what}: error ratio {e:.3e} >= {TOL:.0e} against the oracle (seed {seed})");
 }
 
 #[test]
 fn c_client_matches_the_oracle_and_refuses_bad_input() {
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let seed = common::fresh_seed();
     let dims = ModelDims::new(1, 2, 8, 6, 4).unwrap(); // must match HK, HV, KD, VD in client.c
     let params = DeltaParams::new(&dims);
     let row = dims.num_v_heads * dims.head_v_dim;
@@ -85,7 +60,7 @@ fn c_client_matches_the_oracle_and_refuses_bad_input() {
     common::compile(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/client.c"), &exe, false, &[]);
     let log = common::run(&exe, &[&inputs, &outputs]);
     assert!(log.contains("c client: ok"), "{log}");
-    let out = read_records(&outputs);
+    let out = common::read_records(&outputs);
     assert_eq!(out.len(), 9, "records written by the C client");
 
     let rows = |o: &[f64], r: std::ops::Range<usize>| o[r.start * row..r.end * row].to_vec();
@@ -101,14 +76,14 @@ fn c_client_matches_the_oracle_and_refuses_bad_input() {
     let a_committed = path(&a, (0..83).collect());
     let a_final = path(&a, (0..83).chain([84]).collect());
 
-    check("prefill chunk 1 (A and B)", &out[0], &[rows(&oa.o, 0..50), rows(&ob.o, 0..30)].concat(), seed);
-    check("prefill chunk 2 (A continued)", &out[1], &rows(&oa.o, 50..80), seed);
-    check("decode", &out[2], &[rows(&oa.o, 80..81), rows(&ob.o, 30..31)].concat(), seed);
-    check("chain verify", &out[3], &rows(&oa.o, 81..84), seed);
-    check("tree verify", &out[4], &[rows(&ob.o, 31..32), rows(&ob33.o, 32..33), rows(&ob_tree.o, 32..33)].concat(), seed);
-    check("A after chain commit (K-major export)", &out[5], &a_committed.final_state, seed);
-    check("B after tree commit (K-major export)", &out[6], &ob_tree.final_state, seed);
-    check("decode on the V-major pool after import", &out[7], &rows(&a_final.o, 83..84), seed);
-    check("A's final state (V-major export)", &out[8], &a_final.final_state, seed);
+    common::check("prefill chunk 1 (A and B)", &out[0], &[rows(&oa.o, 0..50), rows(&ob.o, 0..30)].concat(), seed);
+    common::check("prefill chunk 2 (A continued)", &out[1], &rows(&oa.o, 50..80), seed);
+    common::check("decode", &out[2], &[rows(&oa.o, 80..81), rows(&ob.o, 30..31)].concat(), seed);
+    common::check("chain verify", &out[3], &rows(&oa.o, 81..84), seed);
+    common::check("tree verify", &out[4], &[rows(&ob.o, 31..32), rows(&ob33.o, 32..33), rows(&ob_tree.o, 32..33)].concat(), seed);
+    common::check("A after chain commit (K-major export)", &out[5], &a_committed.final_state, seed);
+    common::check("B after tree commit (K-major export)", &out[6], &ob_tree.final_state, seed);
+    common::check("decode on the V-major pool after import", &out[7], &rows(&a_final.o, 83..84), seed);
+    common::check("A's final state (V-major export)", &out[8], &a_final.final_state, seed);
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -76,3 +76,39 @@ pub fn scratch(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
 }
+
+/// Writes one record of the C clients' file format: a little-endian `u64`
+/// count, then that many `f32`.
+pub fn write_record(f: &mut impl std::io::Write, values: &[f32]) {
+    f.write_all(&(values.len() as u64).to_le_bytes()).unwrap();
+    for v in values {
+        f.write_all(&v.to_le_bytes()).unwrap();
+    }
+}
+
+/// Every record of a file the C clients wrote.
+pub fn read_records(path: &Path) -> Vec<Vec<f32>> {
+    let bytes = std::fs::read(path).expect("C client outputs");
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let n = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+        at += 8;
+        out.push(bytes[at..at + 4 * n].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect());
+        at += 4 * n;
+    }
+    out
+}
+
+/// Error ratio (fla's `rms(x - ref) / rms(ref)`) of a C result against the oracle.
+pub fn check(what: &str, got: &[f32], want: &[f64], seed: u64) {
+    const TOL: f64 = 1e-5;
+    assert_eq!(got.len(), want.len(), "{what}: length (seed {seed})");
+    let e = facade::oracle::error_ratio(got, want);
+    assert!(e.is_finite() && e < TOL, "{what}: error ratio {e:.3e} >= {TOL:.0e} against the oracle (seed {seed})");
+}
+
+/// A seed for fresh random inputs (reported by every failing check).
+pub fn fresh_seed() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+}
