@@ -187,3 +187,32 @@ pub fn guard(body: impl FnOnce() -> CResult) -> dn_status {
 pub fn last_error_ptr() -> *const c_char {
     LAST_ERROR.with(|m| m.borrow().as_ptr())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CStr;
+
+    fn message() -> String {
+        // SAFETY: `last_error_ptr` is a NUL-terminated string owned by this thread.
+        unsafe { CStr::from_ptr(last_error_ptr()) }.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn a_panic_becomes_an_internal_error_with_its_message() {
+        let code = guard(|| panic!("kernel bug {}", 42));
+        assert_eq!(code, dn_status::DN_ERR_INTERNAL);
+        assert!(message().contains("kernel bug 42"), "{}", message());
+    }
+
+    #[test]
+    fn errors_keep_their_kind_and_message_per_thread() {
+        let code = guard(|| Err(Error::DoubleFree { slot: 3 }.into()));
+        assert_eq!(code, dn_status::DN_ERR_DOUBLE_FREE);
+        assert_eq!(message(), "double free of slot 3");
+        let other = std::thread::spawn(message).join().unwrap();
+        assert_eq!(other, "", "another thread sees its own (empty) message");
+        assert_eq!(guard(|| Ok(())), dn_status::DN_OK);
+        assert_eq!(message(), "double free of slot 3", "success leaves the last error in place");
+    }
+}
