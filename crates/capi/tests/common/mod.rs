@@ -42,7 +42,7 @@ pub fn compile(src: &Path, exe: &Path, cpp: bool, includes: &[&Path]) {
     let lib = lib_dir();
     let mut cmd = compiler.to_command();
     cmd.arg(if cpp { "-std=c++17" } else { "-std=c11" })
-        .args(["-Wall", "-Wextra", "-Werror", "-pedantic"])
+        .args(["-Wall", "-Wextra", "-Werror", "-pedantic", "-pthread"])
         .arg("-I")
         .arg(include_dir())
         .args(includes.iter().flat_map(|d| [Path::new("-I"), d]))
