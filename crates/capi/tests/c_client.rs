@@ -1,6 +1,7 @@
 //! The C client (tests/c/client.c), compiled by the system C compiler
 //! against libdeltanet.so, runs a serving scenario through the C ABI only:
-//! chunked prefill continuing a state across calls, decode, chain and tree
+//! chunked prefill continuing a state across calls (with a prefix-cache
+//! snapshot), decode, chain and tree
 //! verify + commit, export from a K-major pool and import into a V-major one.
 //! Its inputs are fresh random values generated here; every output and state
 //! it writes back is compared with the f64 oracle on the same inputs. The
@@ -61,7 +62,7 @@ fn c_client_matches_the_oracle_and_refuses_bad_input() {
     let log = common::run(&exe, &[&inputs, &outputs]);
     assert!(log.contains("c client: ok"), "{log}");
     let out = common::read_records(&outputs);
-    assert_eq!(out.len(), 9, "records written by the C client");
+    assert_eq!(out.len(), 10, "records written by the C client");
 
     let rows = |o: &[f64], r: std::ops::Range<usize>| o[r.start * row..r.end * row].to_vec();
     let path = |x: &DeltaInputs, idx: Vec<usize>| {
@@ -83,7 +84,8 @@ fn c_client_matches_the_oracle_and_refuses_bad_input() {
     common::check("tree verify", &out[4], &[rows(&ob.o, 31..32), rows(&ob33.o, 32..33), rows(&ob_tree.o, 32..33)].concat(), seed);
     common::check("A after chain commit (K-major export)", &out[5], &a_committed.final_state, seed);
     common::check("B after tree commit (K-major export)", &out[6], &ob_tree.final_state, seed);
-    common::check("decode on the V-major pool after import", &out[7], &rows(&a_final.o, 83..84), seed);
-    common::check("A's final state (V-major export)", &out[8], &a_final.final_state, seed);
+    common::check("prefix snapshot after 60 tokens of A", &out[7], &path(&a, (0..60).collect()).final_state, seed);
+    common::check("decode on the V-major pool after import", &out[8], &rows(&a_final.o, 83..84), seed);
+    common::check("A's final state (V-major export)", &out[9], &a_final.final_state, seed);
     std::fs::remove_dir_all(&dir).ok();
 }

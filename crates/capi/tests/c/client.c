@@ -297,7 +297,8 @@ int main(int argc, char **argv) {
   uint64_t s[2], va = 0;
   CHECK(dn_pool_alloc(kp, 2, s));
   CHECK(dn_pool_alloc(vp, 1, &va));
-  uint64_t A = s[0], B = s[1];
+  uint64_t A = s[0], B = s[1], snap_slot = 0;
+  CHECK(dn_pool_alloc(kp, 1, &snap_slot));
   dn_batch *b = NULL;
 
   /* 1: prefill, A's first chunk (50 tokens) and all of B (30), from zero. */
@@ -313,12 +314,14 @@ int main(int argc, char **argv) {
   CHECK(dn_batch_destroy(b));
   write_array(out, e1.o, 80 * HV * VD * 4);
 
-  /* 2: A's second chunk continues its state. */
+  /* 2: A's second chunk continues its state; a prefix-cache snapshot after
+     its 10th token (A's 60th) goes to snap_slot. */
   Step e2;
   load(in, 30, &e2);
   int64_t cu2[2] = {0, 30};
   uint8_t one = 1;
-  CHECK(dn_batch_extend(kp, cu2, 1, &A, &one, NULL, 0, &b));
+  dn_snapshot snapshot = {0, 10, snap_slot};
+  CHECK(dn_batch_extend(kp, cu2, 1, &A, &one, &snapshot, 1, &b));
   CHECK(run(dn_extend, kb, kp, b, &e2));
   CHECK(dn_batch_destroy(b));
   write_array(out, e2.o, 30 * HV * VD * 4);
@@ -367,6 +370,10 @@ int main(int argc, char **argv) {
   export_state(kp, B, &info, &sb, &cb);
   write_array(out, sa, info.export_state_bytes);
   write_array(out, sb, info.export_state_bytes);
+  void *ss, *cs;
+  export_state(kp, snap_slot, &info, &ss, &cs);
+  write_array(out, ss, info.export_state_bytes);
+  free(ss), free(cs);
   CHECK(dn_pool_import(vp, va, sa, info.export_state_bytes, DN_DTYPE_F32, ca, info.export_conv_bytes, DN_DTYPE_F32));
   export_state(vp, va, &info, &sv, &cvv);
   if (memcmp(sa, sv, info.export_state_bytes) != 0 || memcmp(ca, cvv, info.export_conv_bytes) != 0)
