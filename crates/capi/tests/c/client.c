@@ -337,6 +337,14 @@ int main(int argc, char **argv) {
   /* 4: chain verify of 3 drafts on A. */
   Step v1;
   load(in, DRAFT, &v1);
+  /* q as a strided view (rows padded to KD + 3 floats), as engines hand out
+     slices of a fused projection. */
+  float padded[DRAFT * HK * (KD + 3)];
+  for (int t = 0; t < DRAFT * HK; t++)
+    for (int i = 0; i < KD + 3; i++) padded[t * (KD + 3) + i] = i < KD ? v1.q[t * KD + i] : 1e30f;
+  v1.tq.t.data = padded;
+  v1.tq.strides[0] = HK * (KD + 3), v1.tq.strides[1] = KD + 3, v1.tq.strides[2] = 1;
+  v1.tq.t.strides = v1.tq.strides;
   CHECK(dn_batch_verify(kp, &A, 1, DRAFT, NULL, &b));
   CHECK(run(dn_verify, kb, kp, b, &v1));
   CHECK(dn_batch_destroy(b));

@@ -36,12 +36,14 @@ typedef struct {
   DLTensor t;
 } Tensor;
 
-/* A row-major f32 view of rows [from, from + rows) of a [*, d1(, d2)] array. */
+/* A row-major f32 view of rows [from, from + rows) of a [*, d1(, d2)] array,
+   addressed as DLPack producers slice: base pointer plus byte_offset. */
 static const DLTensor *view(Tensor *x, float *base, int ndim, int64_t from, int64_t rows, int64_t d1, int64_t d2) {
   int64_t per = d1 * (ndim == 3 ? d2 : 1);
   memset(x, 0, sizeof *x);
   x->shape[0] = rows, x->shape[1] = d1, x->shape[2] = d2;
-  x->t.data = base + from * per;
+  x->t.data = base;
+  x->t.byte_offset = (uint64_t)(from * per) * sizeof(float);
   x->t.device.device_type = 1;
   x->t.ndim = ndim;
   x->t.dtype.code = 2, x->t.dtype.bits = 32, x->t.dtype.lanes = 1;
