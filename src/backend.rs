@@ -5,8 +5,9 @@
 //! before anything compiles.
 
 use deltanet_core::{
-    Capabilities, CommitBatch, ConvIo, DecodeBatch, DeltaIo, Device, Error, ExtendBatch, GateIo, HostMemory, KernelDispatcher, LayoutKind,
-    MambaStatePool, ModelDims, PoolConfig, PoolOf, Result, StateLayout, VerifyBatch,
+    Capabilities, CommitBatch, ConvIo, DecodeBatch, DeltaIo, DeltaParams, Device, Error, ExtendBatch, GateIo, HostMemory, KernelDispatcher,
+    LayerInput, LayerWeights, LayerWorkspace, LayoutKind, MambaStatePool, ModelDims, PoolConfig, PoolOf, Result, StateLayout, TensorMut,
+    VerifyBatch,
 };
 use std::any::Any;
 use std::marker::PhantomData;
@@ -320,6 +321,70 @@ impl Backend {
     pub fn commit(&self, pool: &mut Pool, layer: usize, batch: &CommitBatch) -> Result<()> {
         on_pool!(self, pool, |d, p| d.commit(p, layer, batch))
     }
+}
+
+/// The layer forward on a runtime pool, for callers that cannot name the
+/// dispatcher type (the C ABI). Each call makes its own [`LayerWorkspace`]
+/// (device scratch sized to the batch); Rust callers that run many steps
+/// should call [`deltanet_core::forward_extend`] and friends on the concrete
+/// dispatcher with one reused workspace.
+impl Backend {
+    /// [`deltanet_core::forward_extend`] on a runtime pool.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_extend(
+        &self,
+        pool: &mut Pool,
+        layer: usize,
+        batch: &ExtendBatch,
+        weights: &LayerWeights<'_>,
+        input: &LayerInput<'_>,
+        params: DeltaParams,
+        out: TensorMut<'_>,
+    ) -> Result<()> {
+        on_pool!(self, pool, |d, p| {
+            let mut ws = workspace(d);
+            deltanet_core::forward_extend(d, p, layer, batch, weights, input, params, &mut ws, out)
+        })
+    }
+    /// [`deltanet_core::forward_decode`] on a runtime pool.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_decode(
+        &self,
+        pool: &mut Pool,
+        layer: usize,
+        batch: &DecodeBatch,
+        weights: &LayerWeights<'_>,
+        input: &LayerInput<'_>,
+        params: DeltaParams,
+        out: TensorMut<'_>,
+    ) -> Result<()> {
+        on_pool!(self, pool, |d, p| {
+            let mut ws = workspace(d);
+            deltanet_core::forward_decode(d, p, layer, batch, weights, input, params, &mut ws, out)
+        })
+    }
+    /// [`deltanet_core::forward_verify`] on a runtime pool.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_verify(
+        &self,
+        pool: &mut Pool,
+        layer: usize,
+        batch: &VerifyBatch,
+        weights: &LayerWeights<'_>,
+        input: &LayerInput<'_>,
+        params: DeltaParams,
+        out: TensorMut<'_>,
+    ) -> Result<()> {
+        on_pool!(self, pool, |d, p| {
+            let mut ws = workspace(d);
+            deltanet_core::forward_verify(d, p, layer, batch, weights, input, params, &mut ws, out)
+        })
+    }
+}
+
+/// A fresh layer workspace on `d`'s memory.
+fn workspace<D: KernelDispatcher>(d: &D) -> LayerWorkspace<D::Memory> {
+    LayerWorkspace::new(d.memory().clone())
 }
 
 struct GateVisit<'d, 'a>(&'d ModelDims, GateIo<'a>);

@@ -7,7 +7,7 @@
 //    of this layer [rows][conv], 4 targets (3 x i64: slot, accepted step, destination slot)
 // n: 0 targets, 1 state units, 2 conv units, 3 D
 // grid: (ceil(max(state, conv units) / blockDim.x), targets)
-extern "C" __global__ void dn_commit(Args a) {
+extern "C" __global__ void dnk_commit(Args a) {
     const long long* t = (const long long*)a.p[4] + 3 * (long long)blockIdx.y;
     const long long su = a.n[1], cu = a.n[2], D = a.n[3];
     const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;

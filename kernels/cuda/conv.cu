@@ -13,7 +13,7 @@
 // grid: (ceil(C / blockDim.x), N); one thread per (sequence, channel).
 #define DN_MAX_CONV_W 8
 
-extern "C" __global__ void dn_conv(Args a) {
+extern "C" __global__ void dnk_conv(Args a) {
     const long long C = a.n[1];
     const int W = (int)a.n[2];
     const int W1 = W - 1;

@@ -12,19 +12,19 @@
 // State S is V-major [V][K]; it is carried in f32 in the workspace from the
 // slot (or zero) to the slot, and rounded to the state dtype only there.
 //
-// p: 0 q, 1 k, 2 v, 3 g f32, 4 beta, 5 o (as dn_recurrent), 6 state of this
+// p: 0 q, 1 k, 2 v, 3 g f32, 4 beta, 5 o (as dnk_recurrent), 6 state of this
 //    layer [rows][HV][V][K], 7 sequence table (6 x i64: first token, length,
 //    slot, has_initial_state, first chunk, end chunk), 8 chunk table (4 x i64:
 //    first token, length, first snapshot, end snapshot), 9 snapshot slots (i64),
 //    10 f32 workspace, per block DN_BV*K + 64*(3K + 2*DN_BV) floats
-// n: as dn_recurrent (0 N; 5 and 6 unused)
+// n: as dnk_recurrent (0 N; 5 and 6 unused)
 // f: 0 scale
 // grid: (HV, <= N, ceil(V / DN_BV)): blocks stride over the sequences; any
 // block size that is a multiple of 32.
 #define DN_CHUNK 64
 #define DN_BV 32
 
-extern "C" __global__ void dn_extend(Args a) {
+extern "C" __global__ void dnk_extend(Args a) {
     __shared__ float A[DN_CHUNK * DN_CHUNK];
     __shared__ float M[DN_CHUNK * DN_CHUNK];
     __shared__ float G[DN_CHUNK];

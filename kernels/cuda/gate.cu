@@ -2,7 +2,7 @@
 // p: 0 a, 1 b, 2 A_log (f32), 3 dt_bias (f32), 4 g (f32 out), 5 beta (f32 out)
 // n: 0 T, 1 HV, 2 a dtype, 3 b dtype, 4 a row stride, 5 b row stride, 6 g row stride, 7 beta row stride
 // grid: ceil(T*HV / blockDim.x); one thread per (t, h).
-extern "C" __global__ void dn_gate(Args a) {
+extern "C" __global__ void dnk_gate(Args a) {
     long long T = a.n[0], HV = a.n[1];
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= T * HV) return;

@@ -22,7 +22,7 @@
 #define DN_KPL (DN_KMAX / 32)
 #define DN_ROWS_PER_BLOCK 16
 
-extern "C" __global__ void dn_recurrent(Args a) {
+extern "C" __global__ void dnk_recurrent(Args a) {
     const int HK = (int)a.n[1], HV = (int)a.n[2], K = (int)a.n[3], V = (int)a.n[4];
     const long long D = a.n[5];
     const int mode = (int)a.n[6];

@@ -25,17 +25,17 @@ pub fn program_source() -> String {
 /// A kernel of the program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
-    /// `dn_gate`.
+    /// `dnk_gate`.
     Gate,
-    /// `dn_conv`.
+    /// `dnk_conv`.
     Conv,
-    /// `dn_recurrent`.
+    /// `dnk_recurrent`.
     Recurrent,
-    /// `dn_extend`.
+    /// `dnk_extend`.
     Extend,
-    /// `dn_cast`.
+    /// `dnk_cast`.
     Cast,
-    /// `dn_commit`.
+    /// `dnk_commit`.
     Commit,
 }
 
@@ -43,28 +43,31 @@ impl Kernel {
     /// Every kernel.
     pub const ALL: [Kernel; 6] = [Kernel::Gate, Kernel::Conv, Kernel::Recurrent, Kernel::Extend, Kernel::Cast, Kernel::Commit];
 
-    /// The `extern "C"` entry name.
+    /// The `extern "C"` entry name. `dnk_`, not `dn_`: `dn_` is the public C
+    /// ABI's prefix (crates/capi), and the `emulate` build links these
+    /// kernels as host functions into the same library, where `dn_gate` or
+    /// `dn_extend` would collide with the C entry points of those names.
     pub fn name(self) -> &'static str {
         match self {
-            Kernel::Gate => "dn_gate",
-            Kernel::Conv => "dn_conv",
-            Kernel::Recurrent => "dn_recurrent",
-            Kernel::Extend => "dn_extend",
-            Kernel::Cast => "dn_cast",
-            Kernel::Commit => "dn_commit",
+            Kernel::Gate => "dnk_gate",
+            Kernel::Conv => "dnk_conv",
+            Kernel::Recurrent => "dnk_recurrent",
+            Kernel::Extend => "dnk_extend",
+            Kernel::Cast => "dnk_cast",
+            Kernel::Commit => "dnk_commit",
         }
     }
 }
 
-/// Rows of V one `dn_recurrent` block handles (`DN_ROWS_PER_BLOCK`).
+/// Rows of V one `dnk_recurrent` block handles (`DN_ROWS_PER_BLOCK`).
 pub const ROWS_PER_BLOCK: usize = 16;
 /// Largest K the kernels take (`DN_KMAX`).
 pub const MAX_HEAD_DIM: usize = 128;
 /// Largest conv width (`DN_MAX_CONV_W`).
 pub const MAX_CONV_WIDTH: usize = 8;
-/// State rows v one `dn_extend` block owns (`DN_BV`).
+/// State rows v one `dnk_extend` block owns (`DN_BV`).
 pub const EXTEND_ROWS: usize = 32;
-/// Chunk length of `dn_extend` (`DN_CHUNK`).
+/// Chunk length of `dnk_extend` (`DN_CHUNK`).
 pub const CHUNK: usize = 64;
 
 /// The argument block every kernel takes by value (mirrors `struct Args` in common.cu).

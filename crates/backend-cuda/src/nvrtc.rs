@@ -157,12 +157,12 @@ mod tests {
     #[test]
     fn parses_ptxas_verbose_output() {
         let log = "ptxas info    : 0 bytes gmem\n\
-ptxas info    : Compiling entry function 'dn_extend' for 'sm_90'\n\
-ptxas info    : Function properties for dn_extend\n\
+ptxas info    : Compiling entry function 'dnk_extend' for 'sm_90'\n\
+ptxas info    : Function properties for dnk_extend\n\
     8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads\n\
 ptxas info    : Used 40 registers, used 1 barriers, 33792 bytes smem, 928 bytes cmem[0]\n\
-ptxas info    : Compiling entry function 'dn_gate' for 'sm_90'\n\
-ptxas info    : Function properties for dn_gate\n\
+ptxas info    : Compiling entry function 'dnk_gate' for 'sm_90'\n\
+ptxas info    : Function properties for dnk_gate\n\
     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n\
 ptxas info    : Used 16 registers, 928 bytes cmem[0]\n";
         let k = parse_ptxas_log(log);
@@ -170,7 +170,7 @@ ptxas info    : Used 16 registers, 928 bytes cmem[0]\n";
         assert_eq!(
             k[0],
             KernelResources {
-                name: "dn_extend".into(),
+                name: "dnk_extend".into(),
                 registers: 40,
                 shared_bytes: 33792,
                 stack_bytes: 8,
@@ -178,7 +178,7 @@ ptxas info    : Used 16 registers, 928 bytes cmem[0]\n";
                 spill_loads: 12
             }
         );
-        assert_eq!(k[1].name, "dn_gate");
+        assert_eq!(k[1].name, "dnk_gate");
         assert_eq!((k[1].registers, k[1].shared_bytes, k[1].spill_stores), (16, 0, 0));
     }
 }

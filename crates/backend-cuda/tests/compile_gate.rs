@@ -1,7 +1,7 @@
 //! The compile gate: every kernel through NVRTC for sm_80 and sm_90 with
 //! `--ptxas-options=-v`. Fails on any error or warning, prints registers,
 //! shared memory and spills per kernel, and fails on spills in the decode and
-//! verify kernel (`dn_recurrent`).
+//! verify kernel (`dnk_recurrent`).
 //!
 //! NVRTC comes from PyPI (`crates/backend-cuda/install-nvrtc.sh` or
 //! `.ci/nvrtc.sh` install it into `<repo>/.nvrtc`); the test loads it from

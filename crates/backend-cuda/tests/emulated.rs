@@ -42,7 +42,7 @@ checks! {
 }
 
 mod conversions {
-    //! The kernels' bit-operation conversions against the `half` crate, through `dn_cast`.
+    //! The kernels' bit-operation conversions against the `half` crate, through `dnk_cast`.
     use super::make;
     use deltanet_core::{TensorMut, TensorRef};
     use half::{bf16, f16};

@@ -28,12 +28,12 @@ struct Entry {
 };
 
 const Entry KERNELS[] = {
-    {"dn_gate", dn_gate},
-    {"dn_conv", dn_conv},
-    {"dn_recurrent", dn_recurrent},
-    {"dn_extend", dn_extend},
-    {"dn_cast", dn_cast},
-    {"dn_commit", dn_commit},
+    {"dnk_gate", dnk_gate},
+    {"dnk_conv", dnk_conv},
+    {"dnk_recurrent", dnk_recurrent},
+    {"dnk_extend", dnk_extend},
+    {"dnk_cast", dnk_cast},
+    {"dnk_commit", dnk_commit},
 };
 } // namespace
 
