@@ -553,8 +553,8 @@ impl AclApi for Cann {
                 let f = sym!(self.acl, aclInit);
                 // SAFETY: a null config path is documented as "no config file".
                 let code = unsafe { f(std::ptr::null()) };
-                // 100002 = ACL_ERROR_REPEAT_INITIALIZE: another user in this process already initialised ACL.
-                if code != 0 && code != 100002 {
+                // Another user in this process (torch_npu, a second Cann) already initialised ACL.
+                if code != b::ACL_SUCCESS && code != b::ACL_ERROR_REPEAT_INITIALIZE {
                     check("aclInit", code)?;
                 }
                 let soc = sym!(self.acl, aclrtGetSocName);

@@ -144,7 +144,7 @@ impl AclApi for Recorder {
         // is the runtime's allocation error, never an abort.
         let mut v = Vec::new();
         v.try_reserve_exact(bytes.div_ceil(8))
-            .map_err(|_| AclError::Runtime { call: "aclrtMalloc".into(), code: crate::result::ACL_ERROR_RT_MEMORY_ALLOCATION })?;
+            .map_err(|_| AclError::Runtime { call: "aclrtMalloc".into(), code: crate::sys::bindings::ACL_ERROR_RT_MEMORY_ALLOCATION })?;
         v.resize(bytes.div_ceil(8), 0xA5A5_A5A5_A5A5_A5A5u64);
         let p = v.as_ptr() as DevPtr;
         st.allocs.insert(p, v);

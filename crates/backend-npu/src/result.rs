@@ -2,7 +2,10 @@
 //! (`aclnnStatus`) turned into typed errors that carry the call's name and
 //! the status code, and their mapping into [`deltanet_core::Error`].
 
-use crate::sys::bindings::{aclError, aclnnStatus, ACLNN_ERR_INNER_TILING_ERROR, ACLNN_ERR_PARAM_INVALID, ACLNN_ERR_PARAM_NULLPTR};
+use crate::sys::bindings::{
+    aclError, aclnnStatus, ACLNN_ERR_INNER_TILING_ERROR, ACLNN_ERR_PARAM_INVALID, ACLNN_ERR_PARAM_NULLPTR, ACL_ERROR_BAD_ALLOC,
+    ACL_ERROR_RT_MEMORY_ALLOCATION,
+};
 use crate::sys::LoadError;
 
 /// Backend name used in every error.
@@ -57,13 +60,9 @@ pub fn status_name(code: aclnnStatus) -> &'static str {
     }
 }
 
-/// `ACL_ERROR_BAD_ALLOC` (acl_base.h): memory allocation failed.
-pub const ACL_ERROR_BAD_ALLOC: aclError = 200000;
-/// `ACL_ERROR_RT_MEMORY_ALLOCATION` (acl_base.h): device memory allocation failed.
-pub const ACL_ERROR_RT_MEMORY_ALLOCATION: aclError = 207001;
-
 impl AclError {
-    /// Whether this is an allocation failure (device or host).
+    /// Whether this is an allocation failure (device or host): `ACL_ERROR_BAD_ALLOC`
+    /// or `ACL_ERROR_RT_MEMORY_ALLOCATION`, both checked against the headers.
     pub fn is_out_of_memory(&self) -> bool {
         matches!(self, AclError::Runtime { code: ACL_ERROR_BAD_ALLOC | ACL_ERROR_RT_MEMORY_ALLOCATION, .. })
     }
