@@ -36,6 +36,17 @@ pub enum AclError {
         /// The native call.
         call: String,
     },
+    /// An operator's argument list does not have the kind of argument its FFI
+    /// signature takes at `index` (an internal inconsistency, caught before the call).
+    #[error("{op}: argument {index} is not a {expected}")]
+    Marshal {
+        /// The operator.
+        op: String,
+        /// Parameter position.
+        index: usize,
+        /// The kind the signature takes there.
+        expected: &'static str,
+    },
     /// A symbol this call needs is missing from the loaded libraries (an older CANN).
     #[error("symbol {symbol} not found in the loaded CANN libraries ({reason})")]
     MissingSymbol {
@@ -90,7 +101,7 @@ impl From<AclError> for deltanet_core::Error {
     fn from(e: AclError) -> Self {
         let op = match &e {
             AclError::Runtime { call, .. } | AclError::Null { call } => call.clone(),
-            AclError::Operator { op, .. } => op.clone(),
+            AclError::Operator { op, .. } | AclError::Marshal { op, .. } => op.clone(),
             AclError::MissingSymbol { symbol, .. } => symbol.clone(),
         };
         deltanet_core::Error::Device { backend: BACKEND.into(), op, message: e.to_string() }

@@ -362,13 +362,23 @@ pub type aclnnAddGetWorkspaceSizeFn = unsafe extern "C" fn(
     executor: *mut *mut aclOpExecutor,
 ) -> aclnnStatus;
 
-/// `(self, scalar, scalar, out)`: aclnnAdds (other, alpha), aclnnSoftplus (beta, threshold);
-/// not in the runtime headers. CANN aclnnop/aclnn_add.h (aclnnAdds) and aclnnop/aclnn_softplus.h
-/// (CANN 8.x API reference signatures).
-pub type aclnnTwoScalarGetWorkspaceSizeFn = unsafe extern "C" fn(
+/// aclnnAddsGetWorkspaceSize; not in the runtime headers.
+/// CANN ops-math aclnnop/aclnn_add.h (CANN 8.x API reference signature).
+pub type aclnnAddsGetWorkspaceSizeFn = unsafe extern "C" fn(
     self_: *const aclTensor,
-    a: *const aclScalar,
-    b: *const aclScalar,
+    other: *const aclScalar,
+    alpha: *const aclScalar,
+    out: *mut aclTensor,
+    workspaceSize: *mut u64,
+    executor: *mut *mut aclOpExecutor,
+) -> aclnnStatus;
+
+/// aclnnSoftplusGetWorkspaceSize; not in the runtime headers.
+/// CANN aclnnop/aclnn_softplus.h (CANN 8.x API reference signature).
+pub type aclnnSoftplusGetWorkspaceSizeFn = unsafe extern "C" fn(
+    self_: *const aclTensor,
+    beta: *const aclScalar,
+    threshold: *const aclScalar,
     out: *mut aclTensor,
     workspaceSize: *mut u64,
     executor: *mut *mut aclOpExecutor,
