@@ -138,4 +138,19 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
+
+    #[test]
+    fn exactly_the_headers_allocation_codes_are_out_of_memory() {
+        // Values as CANN's headers define them (acl_base_rt.h ACL_ERROR_BAD_ALLOC,
+        // error_codes/rt_error_codes.h ACL_ERROR_RT_MEMORY_ALLOCATION); check-bindings.sh
+        // proves the bindings' constants equal them.
+        for code in [200000, 207001] {
+            assert!(check("aclrtMalloc", code).unwrap_err().is_out_of_memory(), "{code}");
+        }
+        // ACL_ERROR_RT_MEMORY_FREE, ACL_ERROR_REPEAT_INITIALIZE, an aclnn status: not allocation failures.
+        for code in [207002, 100002, 161001] {
+            assert!(!check("aclrtMalloc", code).unwrap_err().is_out_of_memory(), "{code}");
+        }
+        assert!(!check_nn("aclnnExp", 207001).unwrap_err().is_out_of_memory(), "an operator status is not a runtime code");
+    }
 }
