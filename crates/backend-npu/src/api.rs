@@ -594,7 +594,7 @@ struct FfiArgs {
 
 impl FfiArgs {
     fn get(&self, i: usize, kind: &'static str) -> Result<Arg, AclError> {
-        self.args.get(i).map(|(_, a)| *a).ok_or(AclError::Marshal { op: self.op.into(), index: i, expected: kind })
+        self.args.get(i).map(|(_, a)| *a).ok_or_else(|| self.wrong(i, kind))
     }
     fn wrong(&self, i: usize, kind: &'static str) -> AclError {
         AclError::Marshal { op: self.op.into(), index: i, expected: kind }

@@ -288,9 +288,11 @@ pub type aclnnRecurrentGatedDeltaRuleGetWorkspaceSizeFn = unsafe extern "C" fn(
     executor: *mut *mut aclOpExecutor,
 ) -> aclnnStatus;
 
-/// aclnnCausalConv1dFnGetWorkspaceSize, not in the runtime headers. Read from ops-transformer's
-/// aclnn_causal_conv1d_fn.h (2026 header, CANN 9.0 line; installed as aclnnop/aclnn_causal_conv1d_fn.h)
-/// and its op_api source and docs/aclnnCausalConv1dFn.md, which agree.
+/// aclnnCausalConv1dFnGetWorkspaceSize, not in the runtime headers. Read from the public
+/// ops-transformer header aclnn_causal_conv1d_fn.h (copyright 2026; installed as
+/// aclnnop/aclnn_causal_conv1d_fn.h), its op_api source and docs/aclnnCausalConv1dFn.md,
+/// which agree. The file states no CANN version; the ops-transformer tree carrying the GDN
+/// headers is 9.0.0 (for CANN >= 8.5.0).
 pub type aclnnCausalConv1dFnGetWorkspaceSizeFn = unsafe extern "C" fn(
     x: *const aclTensor,
     weight: *const aclTensor,
@@ -311,9 +313,11 @@ pub type aclnnCausalConv1dFnGetWorkspaceSizeFn = unsafe extern "C" fn(
     executor: *mut *mut aclOpExecutor,
 ) -> aclnnStatus;
 
-/// aclnnCausalConv1dUpdateGetWorkspaceSize, not in the runtime headers. Read from ops-transformer's
-/// aclnn_causal_conv1d_update.h (2026 header, CANN 9.0 line; installed as aclnnop/aclnn_causal_conv1d_update.h)
-/// and its op_api source and docs/aclnnCausalConv1dUpdate.md, which agree.
+/// aclnnCausalConv1dUpdateGetWorkspaceSize, not in the runtime headers. Read from the public
+/// ops-transformer header aclnn_causal_conv1d_update.h (copyright 2026; installed as
+/// aclnnop/aclnn_causal_conv1d_update.h), its op_api source and docs/aclnnCausalConv1dUpdate.md,
+/// which agree. The file states no CANN version; the ops-transformer tree carrying the GDN
+/// headers is 9.0.0 (for CANN >= 8.5.0).
 pub type aclnnCausalConv1dUpdateGetWorkspaceSizeFn = unsafe extern "C" fn(
     x: *const aclTensor,
     weight: *const aclTensor,
