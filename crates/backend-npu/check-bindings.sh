@@ -98,6 +98,8 @@ third="$work/hdr/torch_npu/include/third_party"
 echo "== check-bindings: building the checker"
 manifest="$here/bindings-check/Cargo.toml"
 target="$repo/target/bindings-check"
+# Its own workspace, so the workspace-wide `cargo fmt --all` does not reach it.
+cargo fmt --manifest-path "$manifest" --all -- --check
 cargo test --quiet --locked --manifest-path "$manifest" --target-dir "$target"
 cargo build --quiet --locked --manifest-path "$manifest" --target-dir "$target"
 
