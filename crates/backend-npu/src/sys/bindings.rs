@@ -25,7 +25,7 @@
 use std::os::raw::{c_char, c_int, c_uint, c_void};
 
 pub type aclError = c_int;
-/// aclnn/aclnn_base.h (`typedef int32_t aclnnStatus`), not in the runtime headers.
+/// aclnn/acl_meta.h (`typedef int32_t aclnnStatus`), not in the runtime headers.
 pub type aclnnStatus = c_int;
 pub type aclrtStream = *mut c_void;
 
