@@ -45,7 +45,7 @@ find_libclang() {
     command -v llvm-config >/dev/null 2>&1 && dirs+=("$(llvm-config --libdir)")
     dirs+=(/usr/lib/llvm-*/lib /usr/lib/x86_64-linux-gnu /usr/lib/aarch64-linux-gnu /usr/lib64 /usr/lib /usr/local/lib)
     for d in "${dirs[@]}"; do
-        if compgen -G "$d/libclang.so*" >/dev/null || compgen -G "$d/libclang-*.so*" >/dev/null; then
+        if compgen -G "$d/libclang.so*" >/dev/null || compgen -G "$d/libclang-[0-9]*.so*" >/dev/null; then
             echo "$d"
             return 0
         fi
