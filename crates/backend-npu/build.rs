@@ -1,68 +1,58 @@
-//! Regenerates `src/sys/bindings.rs` from the CANN headers, only with
-//! `--features regenerate-bindings` and only when the headers are found under
-//! `ASCEND_TOOLKIT_HOME` or `ASCEND_HOME_PATH`. A default build does nothing
-//! here and needs neither CANN nor libclang.
+//! Regenerates the CANN bindings with bindgen, only with
+//! `--features regenerate-bindings`. A default build does nothing here and
+//! needs neither CANN nor libclang.
+//!
+//! Where the headers come from, first match wins:
+//! - `DELTANET_CANN_INCLUDE`: an include root holding `acl/acl.h` (a CANN
+//!   install's `include/`, or `torch_npu/include/third_party/acl/inc` from the
+//!   torch-npu wheel), optionally with `DELTANET_OPAPI_COMMON_BASE` naming
+//!   op-plugin's `op_api_common_base.h` for the descriptor-function types;
+//! - `ASCEND_TOOLKIT_HOME` / `ASCEND_HOME_PATH`: a CANN install, with the
+//!   aclnn operator headers too.
+//!
+//! The output goes to `DELTANET_BINDINGS_OUT`, else `src/sys/bindings.generated.rs`,
+//! to be compared with (never silently replacing) `src/sys/bindings.rs`;
+//! `check-bindings.sh` does that comparison.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-env-changed=ASCEND_TOOLKIT_HOME");
-    println!("cargo:rerun-if-env-changed=ASCEND_HOME_PATH");
+    println!("cargo:rerun-if-changed=build/regenerate.rs");
+    for v in ["DELTANET_CANN_INCLUDE", "DELTANET_OPAPI_COMMON_BASE", "DELTANET_BINDINGS_OUT", "ASCEND_TOOLKIT_HOME", "ASCEND_HOME_PATH"] {
+        println!("cargo:rerun-if-env-changed={v}");
+    }
     #[cfg(feature = "regenerate-bindings")]
-    regenerate::run();
+    run();
 }
 
 #[cfg(feature = "regenerate-bindings")]
-mod regenerate {
+#[path = "build/regenerate.rs"]
+mod regenerate;
+
+#[cfg(feature = "regenerate-bindings")]
+fn run() {
     use std::path::PathBuf;
-
-    const HEADERS: [&str; 16] = [
-        "acl/acl.h",
-        "aclnn/acl_meta.h",
-        "aclnnop/aclnn_chunk_gated_delta_rule.h",
-        "aclnnop/aclnn_recurrent_gated_delta_rule.h",
-        "aclnnop/aclnn_causal_conv1d_fn.h",
-        "aclnnop/aclnn_causal_conv1d_update.h",
-        "aclnnop/aclnn_add.h",
-        "aclnnop/aclnn_adds.h",
-        "aclnnop/aclnn_mul.h",
-        "aclnnop/aclnn_reduce_sum.h",
-        "aclnnop/aclnn_rsqrt.h",
-        "aclnnop/aclnn_exp.h",
-        "aclnnop/aclnn_neg.h",
-        "aclnnop/aclnn_sigmoid.h",
-        "aclnnop/aclnn_softplus.h",
-        "aclnnop/aclnn_cast.h",
-    ];
-
-    pub fn run() {
-        let root = ["ASCEND_TOOLKIT_HOME", "ASCEND_HOME_PATH"].iter().find_map(|v| std::env::var_os(v)).map(PathBuf::from);
-        let Some(root) = root else {
-            println!("cargo:warning=regenerate-bindings: neither ASCEND_TOOLKIT_HOME nor ASCEND_HOME_PATH is set; keeping the checked-in bindings");
-            return;
-        };
-        let include = root.join("include");
-        let present: Vec<&str> = HEADERS.iter().copied().filter(|h| include.join(h).exists()).collect();
-        if present.is_empty() {
-            println!("cargo:warning=regenerate-bindings: no CANN headers under {}; keeping the checked-in bindings", include.display());
-            return;
-        }
-        for h in HEADERS.iter().filter(|h| !present.contains(h)) {
-            println!("cargo:warning=regenerate-bindings: {h} not found under {}", include.display());
-        }
-        let wrapper: String = present.iter().map(|h| format!("#include \"{h}\"\n")).collect();
-        let bindings = bindgen::Builder::default()
-            .header_contents("wrapper.hpp", &wrapper)
-            .clang_args(["-x", "c++", "-std=c++14"])
-            .clang_arg(format!("-I{}", include.display()))
-            .allowlist_function("acl.*")
-            .allowlist_type("acl.*")
-            .allowlist_var("ACL.*")
-            .dynamic_library_name("Cann")
-            .dynamic_link_require_all(false)
-            .generate()
-            .expect("bindgen failed on the CANN headers");
-        let out = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("src/sys/bindings.generated.rs");
-        bindings.write_to_file(&out).expect("write bindings");
-        println!("cargo:warning=regenerate-bindings: wrote {}; review and replace src/sys/bindings.rs", out.display());
+    let env = |v: &str| std::env::var_os(v).filter(|s| !s.is_empty()).map(PathBuf::from);
+    let (include, headers) = if let Some(inc) = env("DELTANET_CANN_INCLUDE") {
+        let h = regenerate::present(&inc, &regenerate::RUNTIME_HEADERS);
+        (inc, h)
+    } else if let Some(root) = env("ASCEND_TOOLKIT_HOME").or_else(|| env("ASCEND_HOME_PATH")) {
+        let inc = root.join("include");
+        let mut h = regenerate::present(&inc, &regenerate::RUNTIME_HEADERS);
+        h.extend(regenerate::present(&inc, &regenerate::OPERATOR_HEADERS));
+        (inc, h)
+    } else {
+        println!("cargo:warning=regenerate-bindings: none of DELTANET_CANN_INCLUDE, ASCEND_TOOLKIT_HOME, ASCEND_HOME_PATH is set; nothing generated");
+        return;
+    };
+    if headers.is_empty() {
+        println!("cargo:warning=regenerate-bindings: no CANN headers under {}; nothing generated", include.display());
+        return;
     }
+    let inputs = regenerate::Inputs { include, headers, opapi_common_base: env("DELTANET_OPAPI_COMMON_BASE") };
+    // A build script cannot return an error; failing the build is the loud answer.
+    let src = regenerate::generate(&inputs).unwrap_or_else(|e| panic!("regenerate-bindings: {e}"));
+    let out = env("DELTANET_BINDINGS_OUT")
+        .unwrap_or_else(|| PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("src/sys/bindings.generated.rs"));
+    std::fs::write(&out, src).unwrap_or_else(|e| panic!("regenerate-bindings: write {}: {e}", out.display()));
+    println!("cargo:warning=regenerate-bindings: wrote {}; compare it with src/sys/bindings.rs (check-bindings.sh)", out.display());
 }

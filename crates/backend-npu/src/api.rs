@@ -351,19 +351,43 @@ impl OpCall {
         }
     }
 
-    /// Every tensor argument by its documented parameter name (`None` for an omitted optional).
-    pub fn tensors(&self) -> Vec<(&'static str, Option<TensorHandle>)> {
+    /// The bindings' type of this operator's first phase (its name in
+    /// `src/sys/bindings.rs`); [`Cann`] calls the symbol through that type.
+    pub fn ffi_type(&self) -> &'static str {
+        match self {
+            OpCall::ChunkGatedDeltaRule { .. } => "aclnnChunkGatedDeltaRuleGetWorkspaceSizeFn",
+            OpCall::RecurrentGatedDeltaRule { .. } => "aclnnRecurrentGatedDeltaRuleGetWorkspaceSizeFn",
+            OpCall::CausalConv1dFn { .. } => "aclnnCausalConv1dFnGetWorkspaceSizeFn",
+            OpCall::CausalConv1dUpdate { .. } => "aclnnCausalConv1dUpdateGetWorkspaceSizeFn",
+            OpCall::Unary { .. } => "aclnnUnaryGetWorkspaceSizeFn",
+            OpCall::Mul { .. } => "aclnnBinaryGetWorkspaceSizeFn",
+            OpCall::Add { .. } => "aclnnAddGetWorkspaceSizeFn",
+            OpCall::Adds { .. } => "aclnnAddsGetWorkspaceSizeFn",
+            OpCall::Softplus { .. } => "aclnnSoftplusGetWorkspaceSizeFn",
+            OpCall::Cast { .. } => "aclnnCastGetWorkspaceSizeFn",
+            OpCall::ReduceSum { .. } => "aclnnReduceSumGetWorkspaceSizeFn",
+        }
+    }
+
+    /// Every argument of the first phase before `workspaceSize, executor`, in
+    /// the order of the FFI signature, named as the bindings name the
+    /// parameter. [`Cann`] passes `args()[i]` as parameter `i`; the tests
+    /// check names and kinds against the bindings' parameter lists.
+    pub fn args(&self) -> Vec<(&'static str, Arg)> {
+        use Arg::{Bool, DType, IntArray, Scalar, Str, Tensor, F32, I64};
+        let t = |h: TensorHandle| Tensor(Some(h));
         match *self {
-            OpCall::ChunkGatedDeltaRule { query, key, value, beta, initial_state, actual_seq_lengths, g, out, final_state, .. } => vec![
-                ("query", Some(query)),
-                ("key", Some(key)),
-                ("value", Some(value)),
-                ("beta", Some(beta)),
-                ("initialState", Some(initial_state)),
-                ("actualSeqLengths", Some(actual_seq_lengths)),
-                ("gOptional", g),
-                ("out", Some(out)),
-                ("finalState", Some(final_state)),
+            OpCall::ChunkGatedDeltaRule { query, key, value, beta, initial_state, actual_seq_lengths, g, scale, out, final_state } => vec![
+                ("query", t(query)),
+                ("key", t(key)),
+                ("value", t(value)),
+                ("beta", t(beta)),
+                ("initialState", t(initial_state)),
+                ("actualSeqLengths", t(actual_seq_lengths)),
+                ("gOptional", Tensor(g)),
+                ("scaleValue", F32(scale)),
+                ("out", t(out)),
+                ("finalState", t(final_state)),
             ],
             OpCall::RecurrentGatedDeltaRule {
                 query,
@@ -376,50 +400,127 @@ impl OpCall {
                 g,
                 gk,
                 num_accepted_tokens,
+                scale,
                 out,
-                ..
             } => vec![
-                ("query", Some(query)),
-                ("key", Some(key)),
-                ("value", Some(value)),
-                ("beta", Some(beta)),
-                ("stateRef", Some(state)),
-                ("actualSeqLengths", Some(actual_seq_lengths)),
-                ("ssmStateIndices", Some(ssm_state_indices)),
-                ("g", g),
-                ("gk", gk),
-                ("numAcceptedTokens", Some(num_accepted_tokens)),
-                ("out", Some(out)),
+                ("query", t(query)),
+                ("key", t(key)),
+                ("value", t(value)),
+                ("beta", t(beta)),
+                ("stateRef", t(state)),
+                ("actualSeqLengths", t(actual_seq_lengths)),
+                ("ssmStateIndices", t(ssm_state_indices)),
+                ("g", Tensor(g)),
+                ("gk", Tensor(gk)),
+                ("numAcceptedTokens", t(num_accepted_tokens)),
+                ("scaleValue", F32(scale)),
+                ("out", t(out)),
             ],
-            OpCall::CausalConv1dFn { x, weight, conv_states, bias, query_start_loc, cache_indices, initial_state_mode, y, .. } => vec![
-                ("x", Some(x)),
-                ("weight", Some(weight)),
-                ("convStatesRef", Some(conv_states)),
-                ("biasOptional", bias),
-                ("queryStartLocOptional", query_start_loc),
-                ("cacheIndicesOptional", cache_indices),
-                ("initialStateModeOptional", initial_state_mode),
-                ("y", Some(y)),
+            OpCall::CausalConv1dFn {
+                x,
+                weight,
+                conv_states,
+                bias,
+                query_start_loc,
+                cache_indices,
+                initial_state_mode,
+                activation,
+                null_block_id,
+                block_size_to_align,
+                y,
+            } => vec![
+                ("x", t(x)),
+                ("weight", t(weight)),
+                ("convStatesRef", t(conv_states)),
+                ("biasOptional", Tensor(bias)),
+                ("queryStartLocOptional", Tensor(query_start_loc)),
+                ("cacheIndicesOptional", Tensor(cache_indices)),
+                ("initialStateModeOptional", Tensor(initial_state_mode)),
+                // Prefix-caching inputs this crate does not use.
+                ("blockIdxFirstScheduledTokenOptional", Tensor(None)),
+                ("blockIdxLastScheduledTokenOptional", Tensor(None)),
+                ("initialStateIdxOptional", Tensor(None)),
+                ("numComputedTokensOptional", Tensor(None)),
+                ("activation", Str(activation)),
+                ("nullBlockId", I64(null_block_id)),
+                ("blockSizeToAlign", I64(block_size_to_align)),
+                ("y", t(y)),
             ],
-            OpCall::CausalConv1dUpdate { x, weight, conv_states, bias, query_start_loc, cache_indices, num_accepted_tokens, y, .. } => {
-                vec![
-                    ("x", Some(x)),
-                    ("weight", Some(weight)),
-                    ("convStatesRef", Some(conv_states)),
-                    ("biasOptional", bias),
-                    ("queryStartLocOptional", query_start_loc),
-                    ("cacheIndicesOptional", cache_indices),
-                    ("numAcceptedTokensOptional", num_accepted_tokens),
-                    ("y", Some(y)),
-                ]
+            OpCall::CausalConv1dUpdate {
+                x,
+                weight,
+                conv_states,
+                bias,
+                query_start_loc,
+                cache_indices,
+                num_accepted_tokens,
+                activation,
+                null_block_id,
+                max_query_len,
+                y,
+            } => vec![
+                ("x", t(x)),
+                ("weight", t(weight)),
+                ("convStatesRef", t(conv_states)),
+                ("biasOptional", Tensor(bias)),
+                ("queryStartLocOptional", Tensor(query_start_loc)),
+                ("cacheIndicesOptional", Tensor(cache_indices)),
+                ("numAcceptedTokensOptional", Tensor(num_accepted_tokens)),
+                // Prefix-caching inputs this crate does not use.
+                ("blockIdxLastScheduledTokenOptional", Tensor(None)),
+                ("initialStateIdxOptional", Tensor(None)),
+                ("activation", Str(activation)),
+                ("nullBlockId", I64(null_block_id)),
+                ("maxQueryLen", I64(max_query_len)),
+                ("y", t(y)),
+            ],
+            OpCall::Unary { input, out, .. } => vec![("self_", t(input)), ("out", t(out))],
+            OpCall::Mul { a, b, out } => vec![("self_", t(a)), ("other", t(b)), ("out", t(out))],
+            OpCall::Add { a, b, alpha, out } => vec![("self_", t(a)), ("other", t(b)), ("alpha", Scalar(alpha)), ("out", t(out))],
+            OpCall::Adds { input, other, alpha, out } => {
+                vec![("self_", t(input)), ("other", Scalar(other)), ("alpha", Scalar(alpha)), ("out", t(out))]
             }
-            OpCall::Unary { input, out, .. } | OpCall::Cast { input, out, .. } | OpCall::ReduceSum { input, out, .. } => {
-                vec![("self", Some(input)), ("out", Some(out))]
+            OpCall::Softplus { input, beta, threshold, out } => {
+                vec![("self_", t(input)), ("beta", Scalar(beta)), ("threshold", Scalar(threshold)), ("out", t(out))]
             }
-            OpCall::Adds { input, out, .. } | OpCall::Softplus { input, out, .. } => vec![("self", Some(input)), ("out", Some(out))],
-            OpCall::Mul { a, b, out } | OpCall::Add { a, b, out, .. } => vec![("self", Some(a)), ("other", Some(b)), ("out", Some(out))],
+            OpCall::Cast { input, dtype, out } => vec![("self_", t(input)), ("dtype", DType(dtype)), ("out", t(out))],
+            OpCall::ReduceSum { input, dims, keep_dim, dtype, out } => {
+                vec![("self_", t(input)), ("dim", IntArray(dims)), ("keepDim", Bool(keep_dim)), ("dtype", DType(dtype)), ("out", t(out))]
+            }
         }
     }
+
+    /// Every tensor argument by its parameter name in the bindings (`None`: omitted optional).
+    pub fn tensors(&self) -> Vec<(&'static str, Option<TensorHandle>)> {
+        self.args()
+            .into_iter()
+            .filter_map(|(n, a)| match a {
+                Arg::Tensor(h) => Some((n, h)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// One first-phase argument, by the kind of its FFI parameter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Arg {
+    /// `const aclTensor *` or `aclTensor *`; `None` passes null.
+    Tensor(Option<TensorHandle>),
+    /// `const aclScalar *`.
+    Scalar(ScalarHandle),
+    /// `const aclIntArray *`.
+    IntArray(IntArrayHandle),
+    /// `float`.
+    F32(f32),
+    /// `int64_t`.
+    I64(i64),
+    /// `bool`.
+    Bool(bool),
+    /// `aclDataType`.
+    DType(AclDType),
+    /// `const char *`.
+    Str(&'static CStr),
 }
 
 /// The ACL runtime and aclnn calls this crate makes. [`Cann`] forwards to the
@@ -485,8 +586,68 @@ macro_rules! sym {
     };
 }
 
-fn ptr<T>(h: Option<TensorHandle>) -> *mut T {
-    h.map_or(std::ptr::null_mut(), |h| h.0 as *mut T)
+/// [`OpCall::args`] read back as FFI values, parameter by parameter.
+struct FfiArgs {
+    op: &'static str,
+    args: Vec<(&'static str, Arg)>,
+}
+
+impl FfiArgs {
+    fn get(&self, i: usize, kind: &'static str) -> Result<Arg, AclError> {
+        self.args.get(i).map(|(_, a)| *a).ok_or_else(|| self.wrong(i, kind))
+    }
+    fn wrong(&self, i: usize, kind: &'static str) -> AclError {
+        AclError::Marshal { op: self.op.into(), index: i, expected: kind }
+    }
+    /// `const aclTensor *` / `aclTensor *` (null for an omitted optional).
+    fn t(&self, i: usize) -> Result<*mut b::aclTensor, AclError> {
+        match self.get(i, "tensor")? {
+            Arg::Tensor(h) => Ok(h.map_or(std::ptr::null_mut(), |h| h.0 as *mut b::aclTensor)),
+            _ => Err(self.wrong(i, "tensor")),
+        }
+    }
+    fn scalar(&self, i: usize) -> Result<*const b::aclScalar, AclError> {
+        match self.get(i, "scalar")? {
+            Arg::Scalar(h) => Ok(h.0 as *const b::aclScalar),
+            _ => Err(self.wrong(i, "scalar")),
+        }
+    }
+    fn int_array(&self, i: usize) -> Result<*const b::aclIntArray, AclError> {
+        match self.get(i, "int array")? {
+            Arg::IntArray(h) => Ok(h.0 as *const b::aclIntArray),
+            _ => Err(self.wrong(i, "int array")),
+        }
+    }
+    fn f32(&self, i: usize) -> Result<f32, AclError> {
+        match self.get(i, "f32")? {
+            Arg::F32(v) => Ok(v),
+            _ => Err(self.wrong(i, "f32")),
+        }
+    }
+    fn i64(&self, i: usize) -> Result<i64, AclError> {
+        match self.get(i, "i64")? {
+            Arg::I64(v) => Ok(v),
+            _ => Err(self.wrong(i, "i64")),
+        }
+    }
+    fn bool(&self, i: usize) -> Result<bool, AclError> {
+        match self.get(i, "bool")? {
+            Arg::Bool(v) => Ok(v),
+            _ => Err(self.wrong(i, "bool")),
+        }
+    }
+    fn dtype(&self, i: usize) -> Result<b::aclDataType, AclError> {
+        match self.get(i, "aclDataType")? {
+            Arg::DType(d) => Ok(d.raw()),
+            _ => Err(self.wrong(i, "aclDataType")),
+        }
+    }
+    fn str(&self, i: usize) -> Result<*const std::ffi::c_char, AclError> {
+        match self.get(i, "string")? {
+            Arg::Str(s) => Ok(s.as_ptr()),
+            _ => Err(self.wrong(i, "string")),
+        }
+    }
 }
 
 impl Cann {
@@ -553,8 +714,8 @@ impl AclApi for Cann {
                 let f = sym!(self.acl, aclInit);
                 // SAFETY: a null config path is documented as "no config file".
                 let code = unsafe { f(std::ptr::null()) };
-                // 100002 = ACL_ERROR_REPEAT_INITIALIZE: another user in this process already initialised ACL.
-                if code != 0 && code != 100002 {
+                // Another user in this process (torch_npu, a second Cann) already initialised ACL.
+                if code != b::ACL_SUCCESS && code != b::ACL_ERROR_REPEAT_INITIALIZE {
                     check("aclInit", code)?;
                 }
                 let soc = sym!(self.acl, aclrtGetSocName);
@@ -715,156 +876,107 @@ impl AclApi for Cann {
         let addr = self.symbol(&name)?;
         let mut ws = 0u64;
         let mut ex: *mut b::aclOpExecutor = std::ptr::null_mut();
-        let t = |h: TensorHandle| h.0 as *mut b::aclTensor;
-        let sc = |h: ScalarHandle| h.0 as *const b::aclScalar;
+        // Parameter i is always `a.xxx(i)?`, so the order is the one the
+        // tests check against the bindings' parameter lists.
+        let a = FfiArgs { op: call.name(), args: call.args() };
         // SAFETY (every arm): `addr` is the operator's phase-one symbol and is
         // called through the fn-pointer type of its documented signature; every
         // handle was made by this library and outlives the call; outputs are
         // written through valid pointers.
         let code = unsafe {
-            match *call {
-                OpCall::ChunkGatedDeltaRule { query, key, value, beta, initial_state, actual_seq_lengths, g, scale, out, final_state } => {
+            match call {
+                OpCall::ChunkGatedDeltaRule { .. } => {
                     let f: b::aclnnChunkGatedDeltaRuleGetWorkspaceSizeFn = std::mem::transmute(addr);
-                    f(
-                        t(query),
-                        t(key),
-                        t(value),
-                        t(beta),
-                        t(initial_state),
-                        t(actual_seq_lengths),
-                        ptr(g),
-                        scale,
-                        t(out),
-                        t(final_state),
-                        &mut ws,
-                        &mut ex,
-                    )
+                    f(a.t(0)?, a.t(1)?, a.t(2)?, a.t(3)?, a.t(4)?, a.t(5)?, a.t(6)?, a.f32(7)?, a.t(8)?, a.t(9)?, &mut ws, &mut ex)
                 }
-                OpCall::RecurrentGatedDeltaRule {
-                    query,
-                    key,
-                    value,
-                    beta,
-                    state,
-                    actual_seq_lengths,
-                    ssm_state_indices,
-                    g,
-                    gk,
-                    num_accepted_tokens,
-                    scale,
-                    out,
-                } => {
+                OpCall::RecurrentGatedDeltaRule { .. } => {
                     let f: b::aclnnRecurrentGatedDeltaRuleGetWorkspaceSizeFn = std::mem::transmute(addr);
                     f(
-                        t(query),
-                        t(key),
-                        t(value),
-                        t(beta),
-                        t(state),
-                        t(actual_seq_lengths),
-                        t(ssm_state_indices),
-                        ptr(g),
-                        ptr(gk),
-                        t(num_accepted_tokens),
-                        scale,
-                        t(out),
+                        a.t(0)?,
+                        a.t(1)?,
+                        a.t(2)?,
+                        a.t(3)?,
+                        a.t(4)?,
+                        a.t(5)?,
+                        a.t(6)?,
+                        a.t(7)?,
+                        a.t(8)?,
+                        a.t(9)?,
+                        a.f32(10)?,
+                        a.t(11)?,
                         &mut ws,
                         &mut ex,
                     )
                 }
-                OpCall::CausalConv1dFn {
-                    x,
-                    weight,
-                    conv_states,
-                    bias,
-                    query_start_loc,
-                    cache_indices,
-                    initial_state_mode,
-                    activation,
-                    null_block_id,
-                    block_size_to_align,
-                    y,
-                } => {
+                OpCall::CausalConv1dFn { .. } => {
                     let f: b::aclnnCausalConv1dFnGetWorkspaceSizeFn = std::mem::transmute(addr);
                     f(
-                        t(x),
-                        t(weight),
-                        t(conv_states),
-                        ptr(bias),
-                        ptr(query_start_loc),
-                        ptr(cache_indices),
-                        ptr(initial_state_mode),
-                        std::ptr::null(),
-                        std::ptr::null(),
-                        std::ptr::null(),
-                        std::ptr::null(),
-                        activation.as_ptr(),
-                        null_block_id,
-                        block_size_to_align,
-                        t(y),
+                        a.t(0)?,
+                        a.t(1)?,
+                        a.t(2)?,
+                        a.t(3)?,
+                        a.t(4)?,
+                        a.t(5)?,
+                        a.t(6)?,
+                        a.t(7)?,
+                        a.t(8)?,
+                        a.t(9)?,
+                        a.t(10)?,
+                        a.str(11)?,
+                        a.i64(12)?,
+                        a.i64(13)?,
+                        a.t(14)?,
                         &mut ws,
                         &mut ex,
                     )
                 }
-                OpCall::CausalConv1dUpdate {
-                    x,
-                    weight,
-                    conv_states,
-                    bias,
-                    query_start_loc,
-                    cache_indices,
-                    num_accepted_tokens,
-                    activation,
-                    null_block_id,
-                    max_query_len,
-                    y,
-                } => {
+                OpCall::CausalConv1dUpdate { .. } => {
                     let f: b::aclnnCausalConv1dUpdateGetWorkspaceSizeFn = std::mem::transmute(addr);
                     f(
-                        t(x),
-                        t(weight),
-                        t(conv_states),
-                        ptr(bias),
-                        ptr(query_start_loc),
-                        ptr(cache_indices),
-                        ptr(num_accepted_tokens),
-                        std::ptr::null(),
-                        std::ptr::null(),
-                        activation.as_ptr(),
-                        null_block_id,
-                        max_query_len,
-                        t(y),
+                        a.t(0)?,
+                        a.t(1)?,
+                        a.t(2)?,
+                        a.t(3)?,
+                        a.t(4)?,
+                        a.t(5)?,
+                        a.t(6)?,
+                        a.t(7)?,
+                        a.t(8)?,
+                        a.str(9)?,
+                        a.i64(10)?,
+                        a.i64(11)?,
+                        a.t(12)?,
                         &mut ws,
                         &mut ex,
                     )
                 }
-                OpCall::Unary { input, out, .. } => {
+                OpCall::Unary { .. } => {
                     let f: b::aclnnUnaryGetWorkspaceSizeFn = std::mem::transmute(addr);
-                    f(t(input), t(out), &mut ws, &mut ex)
+                    f(a.t(0)?, a.t(1)?, &mut ws, &mut ex)
                 }
-                OpCall::Mul { a, b: other, out } => {
+                OpCall::Mul { .. } => {
                     let f: b::aclnnBinaryGetWorkspaceSizeFn = std::mem::transmute(addr);
-                    f(t(a), t(other), t(out), &mut ws, &mut ex)
+                    f(a.t(0)?, a.t(1)?, a.t(2)?, &mut ws, &mut ex)
                 }
-                OpCall::Add { a, b: other, alpha, out } => {
+                OpCall::Add { .. } => {
                     let f: b::aclnnAddGetWorkspaceSizeFn = std::mem::transmute(addr);
-                    f(t(a), t(other), sc(alpha), t(out), &mut ws, &mut ex)
+                    f(a.t(0)?, a.t(1)?, a.scalar(2)?, a.t(3)?, &mut ws, &mut ex)
                 }
-                OpCall::Adds { input, other, alpha, out } => {
-                    let f: b::aclnnTwoScalarGetWorkspaceSizeFn = std::mem::transmute(addr);
-                    f(t(input), sc(other), sc(alpha), t(out), &mut ws, &mut ex)
+                OpCall::Adds { .. } => {
+                    let f: b::aclnnAddsGetWorkspaceSizeFn = std::mem::transmute(addr);
+                    f(a.t(0)?, a.scalar(1)?, a.scalar(2)?, a.t(3)?, &mut ws, &mut ex)
                 }
-                OpCall::Softplus { input, beta, threshold, out } => {
-                    let f: b::aclnnTwoScalarGetWorkspaceSizeFn = std::mem::transmute(addr);
-                    f(t(input), sc(beta), sc(threshold), t(out), &mut ws, &mut ex)
+                OpCall::Softplus { .. } => {
+                    let f: b::aclnnSoftplusGetWorkspaceSizeFn = std::mem::transmute(addr);
+                    f(a.t(0)?, a.scalar(1)?, a.scalar(2)?, a.t(3)?, &mut ws, &mut ex)
                 }
-                OpCall::Cast { input, dtype, out } => {
+                OpCall::Cast { .. } => {
                     let f: b::aclnnCastGetWorkspaceSizeFn = std::mem::transmute(addr);
-                    f(t(input), dtype.raw(), t(out), &mut ws, &mut ex)
+                    f(a.t(0)?, a.dtype(1)?, a.t(2)?, &mut ws, &mut ex)
                 }
-                OpCall::ReduceSum { input, dims, keep_dim, dtype, out } => {
+                OpCall::ReduceSum { .. } => {
                     let f: b::aclnnReduceSumGetWorkspaceSizeFn = std::mem::transmute(addr);
-                    f(t(input), dims.0 as *const b::aclIntArray, keep_dim, dtype.raw(), t(out), &mut ws, &mut ex)
+                    f(a.t(0)?, a.int_array(1)?, a.bool(2)?, a.dtype(3)?, a.t(4)?, &mut ws, &mut ex)
                 }
             }
         };

@@ -8,8 +8,9 @@
 //! ## Layers (cudarc's split)
 //! - [`sys`]: bindings checked in as `src/sys/bindings.rs` (bindgen's
 //!   dynamic-loading shape; `build.rs` regenerates them with
-//!   `--features regenerate-bindings` when the CANN headers are found under
-//!   `ASCEND_TOOLKIT_HOME` / `ASCEND_HOME_PATH`), and the run-time loader that
+//!   `--features regenerate-bindings` from `DELTANET_CANN_INCLUDE` or a CANN
+//!   install under `ASCEND_TOOLKIT_HOME` / `ASCEND_HOME_PATH`; see "Bindings
+//!   checked against CANN's headers" below), and the run-time loader that
 //!   finds `libascendcl`, `libnnopbase` and `libopapi` (or its split
 //!   libraries) by name and under the CANN roots. Nothing links against CANN:
 //!   a build without it runs and reports the NPU unavailable.
@@ -45,6 +46,45 @@
 //! Without CANN, `cargo test -p deltanet-backend-npu` runs the marshalling
 //! tests against the recording function table.
 //!
+//! ## Bindings checked against CANN's headers
+//! `crates/backend-npu/check-bindings.sh` (a CI step) proves the runtime half
+//! of the bindings against CANN's own headers: it downloads (never installs)
+//! the torch-npu 2.14.0 wheel (sha256-pinned), unpacks the CANN runtime
+//! headers it vendors (`torch_npu/include/third_party/acl/inc/`: acl/acl.h,
+//! acl_rt.h, acl_base_rt.h, error_codes/) and op-plugin's
+//! `op_api_common_base.h` (the `aclCreateTensor`/`aclCreateScalar`/
+//! `aclCreateIntArray`/`aclDestroy*` function types and `OpApiFunc`, the
+//! operators' second phase) into a temporary folder, runs bindgen with this
+//! crate's own configuration (`build/regenerate.rs`: C++ mode, the same
+//! allow-lists) and compares every checked-in item structurally
+//! (`bindings-check/`, a separate small workspace so CI's other steps never
+//! build bindgen): names, parameter names and types, pointer constness,
+//! return types, enum and error-code values. Any difference fails CI; with
+//! `CI` unset a missing prerequisite (libclang, network) skips the check, and
+//! a plain `cargo test` never needs it.
+//!
+//! **Proven against:** the CANN runtime headers vendored by torch_npu 2.14.0,
+//! whose install guide pairs it with CANN 9.1.0: 60 items (devices, streams,
+//! memory, `aclDataType`, `aclFormat`, `aclrtMemcpyKind`,
+//! `aclrtMemMallocPolicy`, `ACL_SUCCESS`, `ACL_ERROR_REPEAT_INITIALIZE` =
+//! 100002, `ACL_ERROR_BAD_ALLOC` = 200000 and `ACL_ERROR_RT_MEMORY_ALLOCATION`
+//! = 207001, which map to `Error::OutOfMemory`, the descriptor functions, the
+//! opaque handle types). The first run found and fixed: `aclrtMemcpyKind` and
+//! `aclrtMemMallocPolicy` are unsigned enums (`c_uint`), not `c_int`.
+//!
+//! The aclnn operator declarations and status codes ship in no package, so no
+//! machine checks them: each is marked "not in the runtime headers" in
+//! `bindings.rs` with the public header and CANN version it was read from
+//! (ops-transformer 9.0.0, for CANN >= 8.5.0, for the GDN and conv operators;
+//! the CANN 8.x API reference for the elementwise ones). Reading them found
+//! and fixed `aclnnChunkGatedDeltaRule`'s `out` and `finalState`, which are
+//! non-const `aclTensor *`. [`api::OpCall::args`] lists every operator's
+//! arguments in FFI order under the bindings' parameter names; [`Cann`]
+//! passes `args()[i]` as parameter `i`, and the recording stand-in checks
+//! each call's list against the parameter list it reads from `bindings.rs`
+//! itself (names, order, kinds, which tensors are written), so the stand-in,
+//! the contract tests and the FFI cannot drift apart.
+//!
 //! ## Confirmed and unconfirmed details
 //! Written without CANN headers or a device, from the operator docs
 //! (hicann/ops-transformer `docs/aclnn*.md`). Confirmed there: every signature
@@ -59,11 +99,11 @@
 //! taken as authoritative). The elementwise signatures (`aclnnAdd`, `aclnnAdds`,
 //! `aclnnMul`, `aclnnSoftplus`, `aclnnReduceSum`, `aclnnCast`), `aclCreateTensor`,
 //! `aclrtMemsetAsync` and `ACL_BF16 = 27` / `ACL_FORMAT_ND = 2` match the CANN
-//! headers and API pages found with the search tool. Not confirmed: describing
+//! headers (the runtime ones now by machine, see above). Not confirmed: describing
 //! a view's storage to `aclCreateTensor` as one dimension spanning the view;
 //! `blockSizeToAlign = 0` disabling block-aligned caching; the names of the split
 //! operator libraries (`libopapi_transformer.so`...); the `Ascend950` SoC name
-//! prefix; `100002` as "ACL already initialised".
+//! prefix.
 //! The on-device tests (`tests/on_device.rs`) are what settles them.
 
 #![warn(missing_docs)]

@@ -2,6 +2,12 @@
 //! really move bytes and can be checked), every descriptor and operator call
 //! is recorded with its full tensor contract, and int32 index tables are
 //! captured at call time. Operators compute nothing.
+//!
+//! Every operator call's argument list is checked against the parameter list
+//! of its FFI type, read from `src/sys/bindings.rs` itself: names, order and
+//! kinds must agree, so the names the contract tests look tensors up by are
+//! the bindings' names, and the tensors an operator may write are the ones
+//! the bindings declare `*mut aclTensor`.
 
 use crate::api::*;
 use crate::result::AclError;
@@ -14,6 +20,8 @@ pub struct Recorded {
     pub op: &'static str,
     pub call: OpCall,
     pub tensors: Vec<(&'static str, Option<TensorDesc>)>,
+    /// The tensor parameters the bindings declare `*mut aclTensor` (written by the operator).
+    pub written: Vec<&'static str>,
     /// Contents of every int32 tensor argument at call time.
     pub ints: HashMap<&'static str, Vec<i32>>,
     pub scalars: Vec<f32>,
@@ -34,6 +42,59 @@ impl Recorded {
     pub fn ints(&self, name: &str) -> Vec<i32> {
         self.ints.get(name).cloned().unwrap_or_else(|| panic!("{}: no int32 tensor {name}", self.op))
     }
+}
+
+/// `(name, type)` of every parameter of the fn type `ty` in `src/sys/bindings.rs`, read from its source.
+pub fn ffi_params(ty: &str) -> Vec<(String, String)> {
+    const SRC: &str = include_str!("sys/bindings.rs");
+    let head = format!("pub type {ty} = unsafe extern \"C\" fn(");
+    let start = SRC.find(&head).unwrap_or_else(|| panic!("no `{head}` in bindings.rs")) + head.len();
+    let end = start + SRC[start..].find(") -> ").unwrap_or_else(|| panic!("{ty}: no `) -> `"));
+    SRC[start..end]
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (n, t) = p.split_once(':').unwrap_or_else(|| panic!("{ty}: parameter `{p}` has no type"));
+            (n.trim().to_string(), t.trim().to_string())
+        })
+        .collect()
+}
+
+/// Checks an operator's argument list against the bindings' parameter list
+/// (all but the trailing `workspaceSize, executor`) and returns, per
+/// argument, whether the bindings declare it a written (`*mut`) tensor.
+pub fn check_args(ty: &str, args: &[(&'static str, Arg)]) -> Result<Vec<bool>, String> {
+    let params = ffi_params(ty);
+    let n = params.len().checked_sub(2).ok_or(format!("{ty}: fewer than 2 parameters"))?;
+    let tail: Vec<(&str, &str)> = params[n..].iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    if tail != [("workspaceSize", "*mut u64"), ("executor", "*mut *mut aclOpExecutor")] {
+        return Err(format!("{ty}: does not end in `workspaceSize, executor`: {tail:?}"));
+    }
+    if args.len() != n {
+        return Err(format!("{ty}: {} arguments, the bindings take {n} before workspaceSize", args.len()));
+    }
+    let mut written = Vec::new();
+    for (i, ((name, arg), (pn, pt))) in args.iter().zip(&params[..n]).enumerate() {
+        if name != pn {
+            return Err(format!("{ty}: argument {i} is `{name}`, the bindings' parameter is `{pn}`"));
+        }
+        let fits = match arg {
+            Arg::Tensor(_) => pt == "*const aclTensor" || pt == "*mut aclTensor",
+            Arg::Scalar(_) => pt == "*const aclScalar",
+            Arg::IntArray(_) => pt == "*const aclIntArray",
+            Arg::F32(_) => pt == "f32",
+            Arg::I64(_) => pt == "i64",
+            Arg::Bool(_) => pt == "bool",
+            Arg::DType(_) => pt == "aclDataType",
+            Arg::Str(_) => pt == "*const c_char",
+        };
+        if !fits {
+            return Err(format!("{ty}: argument {i} `{name}` is {arg:?}, the bindings' parameter is `{pt}`"));
+        }
+        written.push(pt == "*mut aclTensor");
+    }
+    Ok(written)
 }
 
 /// Everything the stand-in saw, in order (some fields are compared through `Debug`).
@@ -144,7 +205,7 @@ impl AclApi for Recorder {
         // is the runtime's allocation error, never an abort.
         let mut v = Vec::new();
         v.try_reserve_exact(bytes.div_ceil(8))
-            .map_err(|_| AclError::Runtime { call: "aclrtMalloc".into(), code: crate::result::ACL_ERROR_RT_MEMORY_ALLOCATION })?;
+            .map_err(|_| AclError::Runtime { call: "aclrtMalloc".into(), code: crate::sys::bindings::ACL_ERROR_RT_MEMORY_ALLOCATION })?;
         v.resize(bytes.div_ceil(8), 0xA5A5_A5A5_A5A5_A5A5u64);
         let p = v.as_ptr() as DevPtr;
         st.allocs.insert(p, v);
@@ -221,16 +282,43 @@ impl AclApi for Recorder {
     }
     fn workspace_size(&self, call: &OpCall) -> Result<(u64, ExecutorHandle), AclError> {
         let mut st = self.st();
+        let args = call.args();
+        let writes = check_args(call.ffi_type(), &args).unwrap_or_else(|e| panic!("{e}"));
         let mut tensors = Vec::new();
+        let mut written = Vec::new();
         let mut ints = HashMap::new();
-        for (name, h) in call.tensors() {
+        for ((name, arg), w) in args.iter().zip(writes) {
+            let Arg::Tensor(h) = *arg else { continue };
             let d = h.map(|h| st.tensors.get(&h.0).unwrap_or_else(|| panic!("{}: {name} is not a live tensor", call.name())).clone());
             if let Some(d) = &d {
                 if d.dtype == AclDType::I32 {
-                    ints.insert(name, Self::read_i32(&st, d));
+                    ints.insert(*name, Self::read_i32(&st, d));
                 }
             }
-            tensors.push((name, d));
+            if w {
+                written.push(*name);
+            }
+            tensors.push((*name, d));
+        }
+        if matches!(
+            call,
+            OpCall::ChunkGatedDeltaRule { .. }
+                | OpCall::RecurrentGatedDeltaRule { .. }
+                | OpCall::CausalConv1dFn { .. }
+                | OpCall::CausalConv1dUpdate { .. }
+        ) {
+            // The GDN/conv operators update in place only through their `*Ref`
+            // parameters: no read-only (`const`) tensor may share memory with
+            // one the operator writes.
+            for (wn, wd) in tensors.iter().filter(|(n, _)| written.contains(n)) {
+                for (rn, rd) in tensors.iter().filter(|(n, _)| !written.contains(n)) {
+                    if let (Some(w), Some(r)) = (wd, rd) {
+                        let (w0, w1) = (w.addr, w.addr + (w.span() as usize * w.dtype.size()) as u64);
+                        let (r0, r1) = (r.addr, r.addr + (r.span() as usize * r.dtype.size()) as u64);
+                        assert!(w1 <= r0 || r1 <= w0, "{}: written {wn} overlaps read-only {rn}", call.name());
+                    }
+                }
+            }
         }
         let scalar = |h: ScalarHandle, st: &State| *st.scalars.get(&h.0).expect("live scalar");
         let scalars = match *call {
@@ -251,7 +339,15 @@ impl AclApi for Recorder {
             _ => 0,
         };
         st.workspace_requests.push(ws);
-        st.events.push(Event::Call(Box::new(Recorded { op: call.name(), call: call.clone(), tensors, ints, scalars, int_arrays })));
+        st.events.push(Event::Call(Box::new(Recorded {
+            op: call.name(),
+            call: call.clone(),
+            tensors,
+            written,
+            ints,
+            scalars,
+            int_arrays,
+        })));
         Ok((ws, ExecutorHandle(0xE)))
     }
     fn execute(

@@ -2,7 +2,10 @@
 //! (`aclnnStatus`) turned into typed errors that carry the call's name and
 //! the status code, and their mapping into [`deltanet_core::Error`].
 
-use crate::sys::bindings::{aclError, aclnnStatus, ACLNN_ERR_INNER_TILING_ERROR, ACLNN_ERR_PARAM_INVALID, ACLNN_ERR_PARAM_NULLPTR};
+use crate::sys::bindings::{
+    aclError, aclnnStatus, ACLNN_ERR_INNER_TILING_ERROR, ACLNN_ERR_PARAM_INVALID, ACLNN_ERR_PARAM_NULLPTR, ACL_ERROR_BAD_ALLOC,
+    ACL_ERROR_RT_MEMORY_ALLOCATION,
+};
 use crate::sys::LoadError;
 
 /// Backend name used in every error.
@@ -33,6 +36,17 @@ pub enum AclError {
         /// The native call.
         call: String,
     },
+    /// An operator's argument list does not have the kind of argument its FFI
+    /// signature takes at `index` (an internal inconsistency, caught before the call).
+    #[error("{op}: argument {index} is not a {expected}")]
+    Marshal {
+        /// The operator.
+        op: String,
+        /// Parameter position.
+        index: usize,
+        /// The kind the signature takes there.
+        expected: &'static str,
+    },
     /// A symbol this call needs is missing from the loaded libraries (an older CANN).
     #[error("symbol {symbol} not found in the loaded CANN libraries ({reason})")]
     MissingSymbol {
@@ -57,13 +71,9 @@ pub fn status_name(code: aclnnStatus) -> &'static str {
     }
 }
 
-/// `ACL_ERROR_BAD_ALLOC` (acl_base.h): memory allocation failed.
-pub const ACL_ERROR_BAD_ALLOC: aclError = 200000;
-/// `ACL_ERROR_RT_MEMORY_ALLOCATION` (acl_base.h): device memory allocation failed.
-pub const ACL_ERROR_RT_MEMORY_ALLOCATION: aclError = 207001;
-
 impl AclError {
-    /// Whether this is an allocation failure (device or host).
+    /// Whether this is an allocation failure (device or host): `ACL_ERROR_BAD_ALLOC`
+    /// or `ACL_ERROR_RT_MEMORY_ALLOCATION`, both checked against the headers.
     pub fn is_out_of_memory(&self) -> bool {
         matches!(self, AclError::Runtime { code: ACL_ERROR_BAD_ALLOC | ACL_ERROR_RT_MEMORY_ALLOCATION, .. })
     }
@@ -91,7 +101,7 @@ impl From<AclError> for deltanet_core::Error {
     fn from(e: AclError) -> Self {
         let op = match &e {
             AclError::Runtime { call, .. } | AclError::Null { call } => call.clone(),
-            AclError::Operator { op, .. } => op.clone(),
+            AclError::Operator { op, .. } | AclError::Marshal { op, .. } => op.clone(),
             AclError::MissingSymbol { symbol, .. } => symbol.clone(),
         };
         deltanet_core::Error::Device { backend: BACKEND.into(), op, message: e.to_string() }
@@ -127,5 +137,20 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn exactly_the_headers_allocation_codes_are_out_of_memory() {
+        // Values as CANN's headers define them (acl_base_rt.h ACL_ERROR_BAD_ALLOC,
+        // error_codes/rt_error_codes.h ACL_ERROR_RT_MEMORY_ALLOCATION); check-bindings.sh
+        // proves the bindings' constants equal them.
+        for code in [200000, 207001] {
+            assert!(check("aclrtMalloc", code).unwrap_err().is_out_of_memory(), "{code}");
+        }
+        // ACL_ERROR_RT_MEMORY_FREE, ACL_ERROR_REPEAT_INITIALIZE, an aclnn status: not allocation failures.
+        for code in [207002, 100002, 161001] {
+            assert!(!check("aclrtMalloc", code).unwrap_err().is_out_of_memory(), "{code}");
+        }
+        assert!(!check_nn("aclnnExp", 207001).unwrap_err().is_out_of_memory(), "an operator status is not a runtime code");
     }
 }

@@ -257,8 +257,8 @@ fn extend_marshals_chunk_operator_calls_split_at_snapshots() {
     let l2 = ["aclnnCast", "aclnnMul", "aclnnReduceSum", "aclnnAdds", "aclnnRsqrt", "aclnnMul", "aclnnCast"];
     assert_eq!(&names[..7], &l2);
     assert_eq!(&names[7..14], &l2);
-    assert_eq!(calls[0].t("self").addr, io.q.addr());
-    assert_eq!(calls[7].t("self").addr, io.k.addr());
+    assert_eq!(calls[0].t("self_").addr, io.q.addr());
+    assert_eq!(calls[7].t("self_").addr, io.k.addr());
     expect_t(&calls[0], "out", AclDType::F32, &[t, hk, k]);
     expect_t(&calls[2], "out", AclDType::F32, &[t, hk, 1]);
     assert_eq!(calls[2].int_arrays, vec![vec![2]]);
@@ -268,7 +268,7 @@ fn extend_marshals_chunk_operator_calls_split_at_snapshots() {
     let kn = expect_t(&calls[13], "out", AclDType::BF16, &[t, hk, k]).addr;
     // beta f32 -> bf16 (the operators take bf16 beta).
     assert_eq!(names[14], "aclnnCast");
-    assert_eq!(calls[14].t("self").addr, io.beta.addr());
+    assert_eq!(calls[14].t("self_").addr, io.beta.addr());
     let beta16 = expect_t(&calls[14], "out", AclDType::BF16, &[t, hv]).addr;
 
     // Four chunk calls: seqs 0+1 together, seq 2 cut at 64 (and its end, 70), seq 3.
@@ -342,6 +342,8 @@ fn decode_runs_the_recurrent_operator_in_place_on_the_pool() {
     let st = expect_t(r, "stateRef", AclDType::BF16, &[7, hv, v, k]);
     assert_eq!(st.addr, temporal);
     assert_eq!(st.strides, contiguous_strides(&[7, hv, v, k]));
+    // The pool reaches the operator through a parameter the bindings declare written (`aclTensor *stateRef`).
+    assert_eq!(r.written, ["stateRef", "out"]);
     expect_t(r, "query", AclDType::BF16, &[3, hk, k]);
     expect_t(r, "key", AclDType::BF16, &[3, hk, k]);
     assert_eq!(expect_t(r, "value", AclDType::BF16, &[3, hv, v]).addr, io.v.addr());
@@ -532,10 +534,10 @@ impl ConvT {
 /// The weight `[C, W]` f32 is cast into the operators' `[W, C]` (strided read), the bias likewise.
 fn check_conv_weights(calls: &[Recorded], io: &ConvT) -> (u64, u64) {
     let c = dims().conv_dim();
-    let w = calls[0].t("self");
+    let w = calls[0].t("self_");
     assert_eq!((w.addr, w.dtype, w.shape.clone(), w.strides.clone()), (io.w.addr(), AclDType::F32, vec![4, c as i64], vec![1, 4]));
     let w16 = expect_t(&calls[0], "out", AclDType::BF16, &[4, c]).addr;
-    assert_eq!(expect_t(&calls[1], "self", AclDType::F32, &[c]).addr, io.b.addr());
+    assert_eq!(expect_t(&calls[1], "self_", AclDType::F32, &[c]).addr, io.b.addr());
     let b16 = expect_t(&calls[1], "out", AclDType::BF16, &[c]).addr;
     (w16, b16)
 }
@@ -723,14 +725,14 @@ fn gate_marshals_elementwise_operators() {
     let calls = rec.calls();
     let names: Vec<&str> = calls.iter().map(|c| c.op).collect();
     assert_eq!(names, ["aclnnCast", "aclnnAdd", "aclnnSoftplus", "aclnnExp", "aclnnMul", "aclnnNeg", "aclnnCast", "aclnnSigmoid"]);
-    assert_eq!(calls[0].t("self").addr, a.addr());
+    assert_eq!(calls[0].t("self_").addr, a.addr());
     assert_eq!(expect_t(&calls[1], "other", AclDType::F32, &[hv]).addr, dt.addr());
     assert_eq!(calls[1].scalars, vec![1.0]);
     assert_eq!(calls[2].scalars, vec![1.0, 20.0], "softplus beta 1, threshold 20");
-    assert_eq!(expect_t(&calls[3], "self", AclDType::F32, &[hv]).addr, al.addr());
+    assert_eq!(expect_t(&calls[3], "self_", AclDType::F32, &[hv]).addr, al.addr());
     assert!(matches!(calls[5].call, OpCall::Unary { op: UnaryOp::Neg, .. }));
     assert_eq!(expect_t(&calls[5], "out", AclDType::F32, &[t, hv]).addr, ga);
-    assert_eq!(calls[6].t("self").addr, b.addr());
+    assert_eq!(calls[6].t("self_").addr, b.addr());
     assert_eq!(expect_t(&calls[7], "out", AclDType::F32, &[t, hv]).addr, ba);
     assert_eq!(rec.live_tensors(), 0);
 }
@@ -836,4 +838,110 @@ fn npu_memory_checks_ranges_and_overlap() {
     assert!(mem.zero(&mut b, 0, 17).is_err());
     let empty = mem.alloc_zeroed(0).unwrap();
     assert_eq!(mem.len(&empty), 0);
+}
+
+/// One call of every operator, with distinct dummy handles (never dereferenced).
+fn every_op_call() -> Vec<OpCall> {
+    use crate::api::{IntArrayHandle, ScalarHandle, TensorHandle as T};
+    let s = ScalarHandle(100);
+    vec![
+        OpCall::ChunkGatedDeltaRule {
+            query: T(1),
+            key: T(2),
+            value: T(3),
+            beta: T(4),
+            initial_state: T(5),
+            actual_seq_lengths: T(6),
+            g: Some(T(7)),
+            scale: 0.125,
+            out: T(8),
+            final_state: T(9),
+        },
+        OpCall::RecurrentGatedDeltaRule {
+            query: T(1),
+            key: T(2),
+            value: T(3),
+            beta: T(4),
+            state: T(5),
+            actual_seq_lengths: T(6),
+            ssm_state_indices: T(7),
+            g: Some(T(8)),
+            gk: None,
+            num_accepted_tokens: T(9),
+            scale: 0.125,
+            out: T(10),
+        },
+        OpCall::CausalConv1dFn {
+            x: T(1),
+            weight: T(2),
+            conv_states: T(3),
+            bias: None,
+            query_start_loc: Some(T(4)),
+            cache_indices: Some(T(5)),
+            initial_state_mode: Some(T(6)),
+            activation: c"silu",
+            null_block_id: -1,
+            block_size_to_align: 0,
+            y: T(7),
+        },
+        OpCall::CausalConv1dUpdate {
+            x: T(1),
+            weight: T(2),
+            conv_states: T(3),
+            bias: None,
+            query_start_loc: Some(T(4)),
+            cache_indices: Some(T(5)),
+            num_accepted_tokens: Some(T(6)),
+            activation: c"silu",
+            null_block_id: -1,
+            max_query_len: -1,
+            y: T(7),
+        },
+        OpCall::Unary { op: UnaryOp::Exp, input: T(1), out: T(2) },
+        OpCall::Mul { a: T(1), b: T(2), out: T(3) },
+        OpCall::Add { a: T(1), b: T(2), alpha: s, out: T(3) },
+        OpCall::Adds { input: T(1), other: s, alpha: ScalarHandle(101), out: T(2) },
+        OpCall::Softplus { input: T(1), beta: s, threshold: ScalarHandle(101), out: T(2) },
+        OpCall::Cast { input: T(1), dtype: AclDType::F32, out: T(2) },
+        OpCall::ReduceSum { input: T(1), dims: IntArrayHandle(200), keep_dim: true, dtype: AclDType::F32, out: T(2) },
+    ]
+}
+
+#[test]
+fn every_operator_argument_list_matches_its_binding() {
+    use crate::recording::check_args;
+    for call in every_op_call() {
+        let args = call.args();
+        let written = check_args(call.ffi_type(), &args).unwrap_or_else(|e| panic!("{e}"));
+        let written: Vec<&str> = args.iter().zip(&written).filter(|(_, w)| **w).map(|((n, _), _)| *n).collect();
+        // What each operator writes, per its public header (ops-transformer / CANN API reference).
+        let expected: &[&str] = match call {
+            OpCall::ChunkGatedDeltaRule { .. } => &["out", "finalState"],
+            OpCall::RecurrentGatedDeltaRule { .. } => &["stateRef", "out"],
+            OpCall::CausalConv1dFn { .. } | OpCall::CausalConv1dUpdate { .. } => &["convStatesRef", "y"],
+            _ => &["out"],
+        };
+        assert_eq!(written, expected, "{}", call.name());
+    }
+}
+
+#[test]
+fn argument_lists_that_disagree_with_the_bindings_are_refused() {
+    use crate::api::Arg;
+    use crate::recording::check_args;
+    let call = &every_op_call()[1];
+    let ty = call.ffi_type();
+    let good = call.args();
+    assert!(check_args(ty, &good).is_ok());
+    let mut renamed = good.clone();
+    renamed[4].0 = "state";
+    assert!(check_args(ty, &renamed).unwrap_err().contains("`stateRef`"));
+    let mut swapped = good.clone();
+    swapped.swap(0, 1);
+    assert!(check_args(ty, &swapped).unwrap_err().contains("argument 0 is `key`"));
+    let mut wrong_kind = good.clone();
+    wrong_kind[10].1 = Arg::I64(1);
+    assert!(check_args(ty, &wrong_kind).unwrap_err().contains("`f32`"));
+    let short = &good[..good.len() - 1];
+    assert!(check_args(ty, short).unwrap_err().contains("11 arguments, the bindings take 12"));
 }
