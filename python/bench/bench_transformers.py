@@ -102,14 +102,14 @@ def run_once(model, input_ids: torch.Tensor, decode: int, timers: Timers, label:
     with torch.inference_mode():
         timers.section = (label, "prefill")
         t0 = time.perf_counter()
-        out = model(input_ids=input_ids, past_key_values=cache, use_cache=True)
+        out = model(input_ids=input_ids, cache=cache, use_cache=True)
         timers.add("e2e", time.perf_counter() - t0)
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         tokens = [token]
         timers.section = (label, "decode")
         for _ in range(decode):
             t0 = time.perf_counter()
-            out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+            out = model(input_ids=token, cache=cache, use_cache=True)
             timers.add("e2e", time.perf_counter() - t0)
             token = out.logits[:, -1].argmax(-1, keepdim=True)
             tokens.append(token)

@@ -241,3 +241,21 @@ def test_patch_model_refuses_a_model_without_gdn_layers():
         deltanet.hf.patch_model(torch.nn.Linear(4, 4))
     with pytest.raises(ValueError, match="kernels must be"):
         deltanet.hf.patch_model(make_model("qwen3_5-hv1"), kernels="fla")
+
+
+@pytest.mark.parametrize("name", ["qwen3_5-hv1", "qwen3_next-hv4"])
+def test_decode_runs_in_place_on_the_cached_state(name):
+    """After the prefill the cache holds deltanet's own state memory, and decode steps keep it."""
+    model = make_model(name)
+    deltanet.hf.patch_model(model)
+    ids = prompt(40, seed=7)
+    cache = DynamicCache(config=model.config)
+    gdn = [layer.layer_idx for layer in deltanet.hf.gdn_layers(model)]
+    with torch.no_grad():
+        out = model(ids, cache=cache, use_cache=True)
+        ptrs = [cache.layers[i].recurrent_states[0].data_ptr() for i in gdn]
+        token = out.logits[:, -1:].argmax(-1)
+        for _ in range(3):
+            out = model(token, cache=cache, use_cache=True)
+            token = out.logits[:, -1:].argmax(-1)
+        assert [cache.layers[i].recurrent_states[0].data_ptr() for i in gdn] == ptrs
