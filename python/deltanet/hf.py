@@ -32,6 +32,13 @@ neither fla nor causal-conv1d is installed; it is the reference the tests and th
 compare with, and it works on a CPU machine where fla is installed (fla's Triton kernels
 need a GPU).
 
+State memory: the delta rule's final state is a tensor over memory deltanet holds. After a
+prefill the patched layer puts that tensor into transformers' cache in place of the cache's
+copy of it (same shape, dtype and values), and each decode step then advances it in place
+(``inplace_final_state``): transformers' ``update_recurrent_state`` copies a tensor onto
+itself, a no-op, so no state byte is copied per step. A cache whose tensor was replaced by
+other code (beam-search reordering, say) still works, with one state copy in and out per step.
+
 As in transformers' own dispatch to fla, keyword arguments the kernel does not take
 (transformers' ``chunk_size`` and attention plumbing that reaches the layer) are dropped
 before the call; every argument deltanet receives is honoured or refused with
