@@ -15,7 +15,7 @@ use deltanet::{
     TensorRef,
 };
 use pyo3::prelude::*;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// The process-wide CPU backends (K-major for fla's default state, V-major for `state_v_first`).
 pub fn cpu_backend(vmajor: bool) -> PyResult<&'static Backend> {
@@ -287,9 +287,50 @@ struct ConvCall<'a, 'py> {
     out: &'a Borrowed<'py>,
 }
 
+/// A conv call's pool: one layer, `b` slots.
+struct ConvPool {
+    key: (usize, ModelDims),
+    pool: Pool,
+    slots: Vec<Slot>,
+}
+
+/// Conv pools kept between calls. A conv call's pool holds nothing a later call reads (each
+/// call writes the window it starts from, or starts from zero with `has_initial_state` false),
+/// and at decode sizes allocating one costs more than the kernel.
+static CONV_POOLS: Mutex<Vec<ConvPool>> = Mutex::new(Vec::new());
+const KEPT_CONV_POOLS: usize = 8;
+
+fn conv_pools() -> std::sync::MutexGuard<'static, Vec<ConvPool>> {
+    // Every mutation is one push or remove: a panic cannot leave the list half-updated.
+    CONV_POOLS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ConvPool {
+    fn take(backend: &Backend, b: usize, dims: ModelDims) -> PyResult<ConvPool> {
+        let key = (b, dims);
+        let kept = {
+            let mut kept = conv_pools();
+            kept.iter().position(|p| p.key == key).map(|i| kept.swap_remove(i))
+        };
+        if let Some(p) = kept {
+            return Ok(p);
+        }
+        let pool = backend.new_pool(PoolConfig::new(1, b, dims)).py_err()?;
+        let slots = pool.as_dyn().alloc(b).py_err()?;
+        Ok(ConvPool { key, pool, slots })
+    }
+    fn give_back(self) {
+        let mut kept = conv_pools();
+        if kept.len() >= KEPT_CONV_POOLS {
+            kept.remove(0);
+        }
+        kept.push(self);
+    }
+}
+
 /// Runs the conv kernels over `[B, T, dim]` token-major `x`/`out`, each row
 /// continuing the conv state in its slot (when `window` holds `[B, dim, W-1]` values).
-fn run_conv(py: Python<'_>, c: &ConvCall<'_, '_>, window: Option<&[f32]>) -> PyResult<(Pool, Vec<Slot>)> {
+fn run_conv(py: Python<'_>, c: &ConvCall<'_, '_>, window: Option<&[f32]>) -> PyResult<ConvPool> {
     let xs = c.x.shape();
     if xs.len() != 3 {
         return Err(raise("ShapeError", format!("tensor `x`: expected [B, dim, T], got rank {}", xs.len())));
@@ -308,10 +349,10 @@ fn run_conv(py: Python<'_>, c: &ConvCall<'_, '_>, window: Option<&[f32]>) -> PyR
     }
     let dims = conv_dims(dim, width)?;
     let backend = cpu_backend(false)?;
-    let mut pool = backend.new_pool(PoolConfig::new(1, b, dims)).py_err()?;
-    let slots = pool.as_dyn().alloc(b).py_err()?;
+    let mut cp = ConvPool::take(backend, b, dims)?;
+    let ConvPool { pool, slots, .. } = &mut cp;
     if let Some(w) = window {
-        staging::write(&mut pool, Part::Conv, &slots, w)?;
+        staging::write(pool, Part::Conv, slots, w)?;
     }
     let groups = Groups::new(b, t, &[c.x, c.out]);
     for rows in groups.rows() {
@@ -324,7 +365,7 @@ fn run_conv(py: Python<'_>, c: &ConvCall<'_, '_>, window: Option<&[f32]>) -> PyR
             out: groups.view_mut(c.out, &rows)?,
         };
         let has_init = vec![window.is_some(); slots_g.len()];
-        let pool_ref = &mut pool;
+        let pool_ref = &mut *pool;
         py.allow_threads(|| -> deltanet::Result<()> {
             if t == 1 && window.is_some() {
                 let batch = DecodeBatch::new(pool_ref.as_dyn(), &slots_g)?;
@@ -336,7 +377,7 @@ fn run_conv(py: Python<'_>, c: &ConvCall<'_, '_>, window: Option<&[f32]>) -> PyR
         })
         .py_err()?;
     }
-    Ok((pool, slots))
+    Ok(cp)
 }
 
 /// `causal_conv1d_fn` on token-major `x`/`out` `[B, T, dim]`.
@@ -366,11 +407,12 @@ pub fn causal_conv1d(
         }
         let window = init.as_ref().map(state_values).transpose()?;
         let call = ConvCall { x: &x, weight: &weight, bias: bias.as_ref(), out: &out };
-        let (pool, slots) = run_conv(py, &call, window.as_deref())?;
+        let cp = run_conv(py, &call, window.as_deref())?;
         if let Some(fin) = &fin {
-            let vals = staging::read(&pool, Part::Conv, &slots)?;
+            let vals = staging::read(&cp.pool, Part::Conv, &cp.slots)?;
             write_state_values(fin, &vals)?;
         }
+        cp.give_back();
         Ok(())
     })
 }
@@ -411,9 +453,9 @@ pub fn causal_conv1d_update(
             window.extend_from_slice(&row[s_len - (w - 1)..]);
         }
         let call = ConvCall { x: &x, weight: &weight, bias: bias.as_ref(), out: &out };
-        run_conv(py, &call, Some(&window))?;
+        run_conv(py, &call, Some(&window))?.give_back();
         // The kernel succeeded: shift the caller's state by T and append x.
-        let xv = x.to_f32()?;
+        let xv = state_values(&x)?;
         let mut new = vec![0f32; old.len()];
         for bi in 0..b {
             for c in 0..dim {
@@ -426,6 +468,7 @@ pub fn causal_conv1d_update(
                 }
             }
         }
+        drop(old); // a view of `conv_state`, which is written next
         write_state_values(&state, &new)?;
         Ok(())
     })
