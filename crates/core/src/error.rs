@@ -102,6 +102,19 @@ pub enum Error {
         /// The slot index.
         slot: u32,
     },
+    /// A slot handle kept past a free: the index was re-allocated since, under a
+    /// newer generation (the handle, or a batch built from it, is stale).
+    #[error("slot {slot} is stale: handle of generation {generation}, the slot is now generation {current} (sequence {index})")]
+    StaleSlot {
+        /// Position in the batch or list.
+        index: usize,
+        /// The slot index.
+        slot: u32,
+        /// Generation of the handle.
+        generation: u32,
+        /// Generation the slot has now.
+        current: u32,
+    },
     /// `free` of a slot already free.
     #[error("double free of slot {slot}")]
     DoubleFree {
@@ -159,6 +172,18 @@ pub enum Error {
     /// The pool has no speculative buffers but a verify or commit was requested.
     #[error("the pool was created without speculative-decoding buffers")]
     NoSpeculativeBuffers,
+    /// A commit of a slot whose scratch holds no current verify in that layer:
+    /// never verified, already committed, or its state changed since (decode,
+    /// extend, import, zero, copy into it, free).
+    #[error("commit of slot {slot} in layer {layer}: no current verify in the scratch (request {index})")]
+    NoCurrentVerify {
+        /// Request index in the commit batch.
+        index: usize,
+        /// The slot index.
+        slot: u32,
+        /// Layer.
+        layer: usize,
+    },
     /// Accepted step `>= D`.
     #[error("request {index}: accepted step {accepted} out of range for {draft} draft tokens")]
     AcceptedOutOfRange {
