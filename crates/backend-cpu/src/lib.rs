@@ -294,6 +294,7 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
         let g = *pool.geometry();
         let dims = g.config.dims;
         io.validate(&self.caps, &dims, batch.tokens())?;
+        deltanet_core::finite::check_delta(pool, layer, KernelAccess::Extend(batch), &io)?;
         let _span =
             tracing::debug_span!("extend", backend = %self.caps.backend, layer, sequences = batch.num_seqs(), tokens = batch.tokens())
                 .entered();
@@ -320,6 +321,7 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
         let g = *pool.geometry();
         let dims = g.config.dims;
         io.validate(&self.caps, &dims, batch.tokens())?;
+        deltanet_core::finite::check_delta(pool, layer, KernelAccess::Decode(batch), &io)?;
         let views = delta_views(&mut io, dims)?;
         pool.kernel_parts(layer, KernelAccess::Decode(batch), |parts| {
             let temporal = RawBuf::new(parts.temporal.bytes_mut());
@@ -344,6 +346,7 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
         let g = *pool.geometry();
         let dims = g.config.dims;
         io.validate(&self.caps, &dims, batch.tokens())?;
+        deltanet_core::finite::check_delta(pool, layer, KernelAccess::Verify(batch), &io)?;
         let views = delta_views(&mut io, dims)?;
         pool.kernel_parts(layer, KernelAccess::Verify(batch), |parts| {
             let scratch = RawBuf::new(parts.scratch.ok_or(Error::NoSpeculativeBuffers)?.bytes_mut());

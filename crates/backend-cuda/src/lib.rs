@@ -397,6 +397,7 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         let g = *pool.geometry();
         let dims = g.config.dims;
         io.validate(&self.caps, &dims, batch.tokens())?;
+        deltanet_core::finite::check_delta(pool, layer, KernelAccess::Extend(batch), &io)?;
         self.check_dims(&dims)?;
         let _span = tracing::debug_span!("extend", backend = %self.caps.backend, layer, tokens = batch.tokens()).entered();
         let n = batch.num_seqs();
@@ -447,6 +448,7 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         let g = *pool.geometry();
         let dims = g.config.dims;
         io.validate(&self.caps, &dims, batch.tokens())?;
+        deltanet_core::finite::check_delta(pool, layer, KernelAccess::Decode(batch), &io)?;
         self.check_dims(&dims)?;
         let _span = tracing::debug_span!("decode", backend = %self.caps.backend, layer, requests = batch.num_seqs()).entered();
         let n = batch.num_seqs();
@@ -471,6 +473,7 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         let g = *pool.geometry();
         let dims = g.config.dims;
         io.validate(&self.caps, &dims, batch.tokens())?;
+        deltanet_core::finite::check_delta(pool, layer, KernelAccess::Verify(batch), &io)?;
         self.check_dims(&dims)?;
         let _span = tracing::debug_span!("verify", backend = %self.caps.backend, layer, requests = batch.num_seqs()).entered();
         let (n, d) = (batch.num_seqs(), batch.draft());

@@ -232,6 +232,17 @@ pub enum Error {
         /// Pool id it was used with.
         pool: u64,
     },
+    /// With the pool's finite check on ([`PoolConfig::with_finite_check`](crate::PoolConfig::with_finite_check)):
+    /// the first non-finite input or starting state of the call. Nothing was written.
+    #[error("non-finite {what} in sequence {seq} at token {token}")]
+    NonFinite {
+        /// Sequence (request) index in the batch.
+        seq: usize,
+        /// Token position within that sequence in this call (0 for a starting state).
+        token: usize,
+        /// Which input or state.
+        what: String,
+    },
     /// A host state whose dims do not match the pool.
     #[error("host state does not match the pool: {0}")]
     StateMismatch(String),

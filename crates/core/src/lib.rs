@@ -22,6 +22,7 @@ pub mod dims;
 pub mod dispatch;
 pub mod dtype;
 pub mod error;
+pub mod finite;
 pub mod forward;
 pub mod layout;
 pub mod memory;

@@ -83,12 +83,20 @@ pub struct PoolConfig {
     pub conv_dtype: DType,
     /// Speculative buffers, if any.
     pub spec: Option<SpecConfig>,
+    /// Refuse delta-rule calls with non-finite inputs or starting states
+    /// ([`Error::NonFinite`], nothing written); host backends only. See [`crate::finite`].
+    pub check_finite: bool,
 }
 
 impl PoolConfig {
     /// f32 state and conv, no speculative buffers.
     pub fn new(layers: usize, slots: usize, dims: ModelDims) -> Self {
-        PoolConfig { layers, slots, dims, state_dtype: DType::F32, conv_dtype: DType::F32, spec: None }
+        PoolConfig { layers, slots, dims, state_dtype: DType::F32, conv_dtype: DType::F32, spec: None, check_finite: false }
+    }
+    /// Turns on the non-finite input check ([`crate::finite`]).
+    pub fn with_finite_check(mut self) -> Self {
+        self.check_finite = true;
+        self
     }
     /// Sets the recurrent-state dtype.
     pub fn with_state_dtype(mut self, d: DType) -> Self {
