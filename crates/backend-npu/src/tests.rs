@@ -502,7 +502,7 @@ fn commit_copies_the_accepted_step_of_a_vmajor_pool() {
     mem.read(parts.scratch.unwrap(), geo.scratch_offset(layer, s[0].index(), 2), &mut raw).unwrap();
     let mut canon = vec![[0u8; 2]; sb / 2];
     let src: Vec<[u8; 2]> = raw.chunks_exact(2).map(|c| [c[0], c[1]]).collect();
-    convert_state(LayoutKind::VMajor, LayoutKind::KMajor, m.num_v_heads, m.head_k_dim, m.head_v_dim, &src, &mut canon);
+    convert_state(LayoutKind::VMajor, LayoutKind::KMajor, m.num_v_heads, m.head_k_dim, m.head_v_dim, &src, &mut canon).unwrap();
     let exported = pool.export(s[3]).unwrap();
     assert_eq!(&exported.temporal[layer * sb..(layer + 1) * sb], canon.concat().as_slice());
     assert_eq!(pool.export(s[2]).unwrap(), before, "untouched slots stay untouched");

@@ -12,7 +12,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Error {
     /// A pool of one recurrent-state layout was handed to a kernel of another.
-    #[error("layout mismatch: the kernel needs a {expected:?} pool, got a {actual:?} pool")]
+    #[error("layout mismatch: the kernel needs a {} pool, got a {} pool", expected.name(), actual.name())]
     LayoutMismatch {
         /// The kernel's native layout.
         expected: LayoutKind,

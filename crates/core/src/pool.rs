@@ -555,7 +555,7 @@ impl<M: DeviceMemory, L: StateLayout> StatePool<M, L> {
         })
     }
 
-    fn state_elem_convert(&self, from: LayoutKind, to: LayoutKind, src: &[u8], dst: &mut [u8]) {
+    fn state_elem_convert(&self, from: LayoutKind, to: LayoutKind, src: &[u8], dst: &mut [u8]) -> Result<()> {
         let dims = &self.geometry.config.dims;
         let (h, k, v) = (dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
         match self.geometry.config.state_dtype.size() {
@@ -564,7 +564,7 @@ impl<M: DeviceMemory, L: StateLayout> StatePool<M, L> {
         }
     }
 
-    fn conv_elem_convert(&self, from: ConvLayoutKind, to: ConvLayoutKind, src: &[u8], dst: &mut [u8]) {
+    fn conv_elem_convert(&self, from: ConvLayoutKind, to: ConvLayoutKind, src: &[u8], dst: &mut [u8]) -> Result<()> {
         let dims = &self.geometry.config.dims;
         let (c, w) = (dims.conv_dim(), dims.conv_state_len());
         match self.geometry.config.conv_dtype.size() {
@@ -658,9 +658,9 @@ impl<M: DeviceMemory, L: StateLayout> MambaStatePool for StatePool<M, L> {
         let mut raw = vec![0u8; sb.max(cb)];
         for layer in 0..g.config.layers {
             self.memory.read(&self.temporal, g.temporal_offset(layer, slot.index()), &mut raw[..sb])?;
-            self.state_elem_convert(L::KIND, LayoutKind::KMajor, &raw[..sb], &mut temporal[layer * sb..(layer + 1) * sb]);
+            self.state_elem_convert(L::KIND, LayoutKind::KMajor, &raw[..sb], &mut temporal[layer * sb..(layer + 1) * sb])?;
             self.memory.read(&self.conv, g.conv_offset(layer, slot.index()), &mut raw[..cb])?;
-            self.conv_elem_convert(g.conv_layout, ConvLayoutKind::ChannelsFirst, &raw[..cb], &mut conv[layer * cb..(layer + 1) * cb]);
+            self.conv_elem_convert(g.conv_layout, ConvLayoutKind::ChannelsFirst, &raw[..cb], &mut conv[layer * cb..(layer + 1) * cb])?;
         }
         Ok(HostState {
             layers: g.config.layers,
@@ -707,9 +707,9 @@ impl<M: DeviceMemory, L: StateLayout> MambaStatePool for StatePool<M, L> {
         let (sb, cb) = (g.state_bytes(), g.conv_bytes());
         let mut raw = vec![0u8; sb.max(cb)];
         for layer in 0..g.config.layers {
-            self.state_elem_convert(LayoutKind::KMajor, L::KIND, &temporal[layer * sb..(layer + 1) * sb], &mut raw[..sb]);
+            self.state_elem_convert(LayoutKind::KMajor, L::KIND, &temporal[layer * sb..(layer + 1) * sb], &mut raw[..sb])?;
             self.memory.write(&mut self.temporal, g.temporal_offset(layer, slot.index()), &raw[..sb])?;
-            self.conv_elem_convert(ConvLayoutKind::ChannelsFirst, g.conv_layout, &conv[layer * cb..(layer + 1) * cb], &mut raw[..cb]);
+            self.conv_elem_convert(ConvLayoutKind::ChannelsFirst, g.conv_layout, &conv[layer * cb..(layer + 1) * cb], &mut raw[..cb])?;
             self.memory.write(&mut self.conv, g.conv_offset(layer, slot.index()), &raw[..cb])?;
         }
         Ok(())

@@ -118,14 +118,14 @@ fn load<L: StateLayout>(g: &PoolGeometry, bytes: &[u8]) -> Vec<f32> {
     let d = &g.config.dims;
     let raw = g.config.state_dtype.decode_vec(bytes);
     let mut out = vec![0.0; raw.len()];
-    convert_state(L::KIND, LayoutKind::KMajor, d.num_v_heads, d.head_k_dim, d.head_v_dim, &raw, &mut out);
+    convert_state(L::KIND, LayoutKind::KMajor, d.num_v_heads, d.head_k_dim, d.head_v_dim, &raw, &mut out).expect("validated sizes");
     out
 }
 
 fn store<L: StateLayout>(g: &PoolGeometry, st: &[f32], bytes: &mut [u8]) {
     let d = &g.config.dims;
     let mut raw = vec![0.0; st.len()];
-    convert_state(LayoutKind::KMajor, L::KIND, d.num_v_heads, d.head_k_dim, d.head_v_dim, st, &mut raw);
+    convert_state(LayoutKind::KMajor, L::KIND, d.num_v_heads, d.head_k_dim, d.head_v_dim, st, &mut raw).expect("validated sizes");
     g.config.state_dtype.encode(&raw, bytes);
 }
 
