@@ -223,7 +223,7 @@ mod tests {
     #[test]
     fn short_or_mismatched_buffers_are_errors_and_leave_dst_unchanged() {
         let src = iota(2 * 3 * 4);
-        let mut dst = vec![7u32; 2 * 3 * 4];
+        let mut dst = [7u32; 2 * 3 * 4];
         for (heads, k, v, s, d) in
             [(3, 3, 4, &src[..], 24), (2, 3, 4, &src[..23], 24), (2, 3, 4, &src[..], 23), (1, usize::MAX, 2, &src[..], 24)]
         {
