@@ -437,6 +437,8 @@ impl<M: DeviceMemory, L: StateLayout> StatePool<M, L> {
         } else {
             (None, None)
         };
+        // After the buffers, which are larger: an impossible pool fails there first.
+        let slots = SlotAllocator::new(config.slots, config.layers)?;
         Ok(StatePool {
             id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
             memory,
@@ -445,7 +447,7 @@ impl<M: DeviceMemory, L: StateLayout> StatePool<M, L> {
             temporal,
             scratch,
             windows,
-            slots: Mutex::new(SlotAllocator::new(config.slots, config.layers)),
+            slots: Mutex::new(slots),
             _layout: PhantomData,
         })
     }

@@ -69,6 +69,18 @@ impl std::fmt::Display for Slot {
     }
 }
 
+fn reserve<T>(n: usize) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| Error::OutOfMemory { bytes: n.saturating_mul(std::mem::size_of::<T>()) })?;
+    Ok(v)
+}
+
+fn filled<T: Clone>(n: usize, value: T) -> Result<Vec<T>> {
+    let mut v = reserve(n)?;
+    v.resize(n, value);
+    Ok(v)
+}
+
 /// Slot bookkeeping of one pool; the pool keeps it behind its mutex.
 #[derive(Debug)]
 pub(crate) struct SlotAllocator {
@@ -83,16 +95,19 @@ pub(crate) struct SlotAllocator {
 
 impl SlotAllocator {
     /// `slots` allocatable slots (plus the padding row) in `layers` layers.
-    /// The sizes were validated with the pool config, so the products fit.
-    pub(crate) fn new(slots: usize, layers: usize) -> Self {
+    /// The sizes were validated with the pool config, so the products fit;
+    /// bookkeeping the host cannot hold is [`Error::OutOfMemory`], not an abort.
+    pub(crate) fn new(slots: usize, layers: usize) -> Result<Self> {
         let rows = slots + 1;
-        SlotAllocator {
-            allocated: vec![false; rows],
-            generation: vec![0; rows],
-            free: (1..=slots as u32).rev().collect(),
-            verified: vec![false; rows * layers],
+        let mut free = reserve::<u32>(slots)?;
+        free.extend((1..=slots as u32).rev());
+        Ok(SlotAllocator {
+            allocated: filled(rows, false)?,
+            generation: filled(rows, 0)?,
+            free,
+            verified: filled(rows * layers, false)?,
             rows,
-        }
+        })
     }
 
     /// Slots currently free.
