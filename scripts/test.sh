@@ -20,6 +20,9 @@ bash crates/backend-cuda/install-nvrtc.sh || fail "NVRTC install failed"
 "${pip[@]}" install -r python/requirements-test.txt || fail "pip install of python/requirements-test.txt failed"
 
 step "Rust: cargo test --workspace --features cuda,npu,deltanet-backend-cuda/emulate"
+# `cargo test` links integration tests against rlibs only: build the C ABI's libdeltanet.so
+# (which the C client tests compile against) first, with the same features.
+cargo build --workspace --lib --features cuda,npu,deltanet-backend-cuda/emulate || fail "cargo build of the libraries failed"
 cargo test --workspace --features cuda,npu,deltanet-backend-cuda/emulate 2>&1 | tee "$logs/cargo.log"
 rust_status=${PIPESTATUS[0]}
 

@@ -5,11 +5,11 @@
 //! before anything compiles.
 
 use deltanet_core::{
-    Capabilities, CommitBatch, ConvIo, DecodeBatch, DeltaIo, DeltaParams, Device, Error, ExtendBatch, GateIo, HostMemory, KernelDispatcher,
+    Capabilities, CommitBatch, ConvIo, DecodeBatch, DeltaIo, DeltaParams, Error, ExtendBatch, GateIo, HostMemory, KernelDispatcher,
     LayerInput, LayerWeights, LayerWorkspace, LayoutKind, MambaStatePool, ModelDims, PoolConfig, PoolOf, Result, StateLayout, TensorMut,
     VerifyBatch,
 };
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::marker::PhantomData;
 
 /// Uninhabited: the payload of a backend that was not compiled in.
@@ -155,9 +155,16 @@ impl Backend {
     /// `"cpu"`, `"cpu-vk"`, `"cuda"`/`"cuda:N"`, `"npu"`/`"npu:N"`.
     pub fn from_name(name: &str) -> Result<Self> {
         let (kind, idx) = match name.split_once(':') {
-            Some((k, i)) => (k, i.parse::<usize>().map_err(|_| Error::InvalidConfig(format!("bad device index in backend `{name}`")))?),
-            None => (name, 0),
+            Some((k, i)) => {
+                (k, Some(i.parse::<usize>().map_err(|_| Error::InvalidConfig(format!("bad device index in backend `{name}`")))?))
+            }
+            None => (name, None),
         };
+        // The CPU has no devices to pick: `cpu:7` is a mistake, not the CPU.
+        if matches!(kind, "cpu" | "cpu-vk" | "cpu-vmajor") && idx.is_some() {
+            return Err(Error::InvalidConfig(format!("backend `{name}`: the CPU backends take no device index (use `{kind}`)")));
+        }
+        let idx = idx.unwrap_or(0);
         match kind {
             "cpu" => Self::cpu(),
             "cpu-vk" | "cpu-vmajor" => Self::cpu_vmajor(),
@@ -250,18 +257,53 @@ impl Pool {
 
     /// The concrete pool of dispatcher `D`, or the typed error for handing it to the wrong one.
     pub fn typed_mut<D: KernelDispatcher>(&mut self) -> Result<&mut PoolOf<D>> {
-        let (layout, device) = (self.layout(), self.as_dyn().device());
+        let (layout, device, made_by) = (self.layout(), self.as_dyn().device(), self.backend_name());
         let any: &mut dyn Any = match self {
             Pool::CpuKMajor(p) => p,
             Pool::CpuVMajor(p) => p,
             Pool::Cuda(p) => p,
             Pool::Npu(p) => p,
         };
-        any.downcast_mut::<PoolOf<D>>().ok_or(if layout != D::Layout::KIND {
-            Error::LayoutMismatch { expected: D::Layout::KIND, actual: layout }
-        } else {
-            Error::DeviceMismatch { name: "pool".into(), expected: Device::Host, actual: device }
+        any.downcast_mut::<PoolOf<D>>().ok_or_else(|| {
+            if layout != D::Layout::KIND {
+                Error::LayoutMismatch { expected: D::Layout::KIND, actual: layout }
+            } else {
+                // Same layout, another backend (e.g. a CPU v-major pool handed to CUDA): name both.
+                Error::Unsupported {
+                    backend: Self::backend_of::<D>().into(),
+                    reason: format!(
+                        "the pool was made by backend `{made_by}` ({} state on {device}); a pool serves only the backend that made it",
+                        layout.name()
+                    ),
+                }
+            }
         })
+    }
+
+    /// The backend that made this pool.
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Pool::CpuKMajor(_) => "cpu",
+            Pool::CpuVMajor(_) => "cpu-vk",
+            Pool::Cuda(_) => "cuda",
+            Pool::Npu(_) => "npu",
+        }
+    }
+
+    /// The name of the backend whose pools are `PoolOf<D>`.
+    fn backend_of<D: KernelDispatcher>() -> &'static str {
+        let t = TypeId::of::<PoolOf<D>>();
+        if t == TypeId::of::<PoolOf<CpuKMajorDispatcher>>() {
+            "cpu"
+        } else if t == TypeId::of::<PoolOf<CpuVMajorDispatcher>>() {
+            "cpu-vk"
+        } else if t == TypeId::of::<PoolOf<CudaDispatcher>>() {
+            "cuda"
+        } else if t == TypeId::of::<PoolOf<NpuDispatcher>>() {
+            "npu"
+        } else {
+            "another backend"
+        }
     }
 }
 

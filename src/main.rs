@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use deltanet::replay::{self, ReplayFile};
 use deltanet::workload::{self, RunConfig};
 use deltanet::{models, Backend, DType};
+use deltanet_core::oracle::worst_ratio;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -131,6 +132,9 @@ fn run(cmd: Cmd, threads: Option<usize>) -> Result<ExitCode, Box<dyn std::error:
             }
         }
         Cmd::Replay { file, backend, out, tolerance } => {
+            if !(tolerance.is_finite() && tolerance >= 0.0) {
+                return Err(format!("--tolerance {tolerance}: must be a finite number >= 0").into());
+            }
             let bytes = std::fs::read(&file).map_err(|e| format!("reading {}: {e}", file.display()))?;
             let f = ReplayFile::parse(&bytes)?;
             let b = Backend::from_name(&backend)?;
@@ -141,8 +145,16 @@ fn run(cmd: Cmd, threads: Option<usize>) -> Result<ExitCode, Box<dyn std::error:
                 replay::write_outputs(&path, &f, &outs)?;
                 println!("wrote {}", path.display());
             }
-            let worst = rep.o_ratio.max(rep.state_ratio).max(rep.conv_ratio.unwrap_or(0.0));
-            Ok(if worst <= tolerance && worst.is_finite() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            let worst = worst_ratio(worst_ratio(rep.o_ratio, rep.state_ratio), rep.conv_ratio.unwrap_or(0.0));
+            if worst <= tolerance {
+                Ok(ExitCode::SUCCESS)
+            } else if !worst.is_finite() {
+                println!("CHECK FAILED: error ratio {worst} (non-finite outputs or states, or output against an all-zero reference)");
+                Ok(ExitCode::FAILURE)
+            } else {
+                println!("CHECK FAILED: error ratio {worst:.2e} exceeds the tolerance {tolerance:.2e}");
+                Ok(ExitCode::FAILURE)
+            }
         }
         Cmd::Bench { json, quick } => bench(json, quick, threads),
         Cmd::Info => {

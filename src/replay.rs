@@ -167,10 +167,13 @@ impl ReplayFile {
                 Some(s) if s.shape.len() == 4 => (s.shape[2], s.shape[3]),
                 _ => (meta_usize(&md, "head_k_dim")?, meta_usize(&md, "head_v_dim")?),
             };
-            if kd == 0 || conv_dim <= hv * vd || (conv_dim - hv * vd) % (2 * kd) != 0 {
-                return Err(bad(format!("conv_dim {conv_dim} is not 2*HK*K + HV*V for HV {hv}, K {kd}, V {vd}")));
+            // Checked: K and V may come from metadata, any integer at all.
+            let not_conv = || bad(format!("conv_dim {conv_dim} is not 2*HK*K + HV*V for HV {hv}, K {kd}, V {vd}"));
+            let (two_k, hvv) = (kd.checked_mul(2).ok_or_else(not_conv)?, hv.checked_mul(vd).ok_or_else(not_conv)?);
+            if two_k == 0 || conv_dim <= hvv || (conv_dim - hvv) % two_k != 0 {
+                return Err(not_conv());
             }
-            let hk = (conv_dim - hv * vd) / (2 * kd);
+            let hk = (conv_dim - hvv) / two_k;
             let dims = ModelDims::new(hk, hv, kd, vd, width)?;
             expect_shape("mixed_qkv", &mixed, &[t, conv_dim])?;
             let a = required(&st, "a")?;
@@ -254,14 +257,47 @@ impl ReplayFile {
         chunk_splits.sort_unstable();
         chunk_splits.dedup();
         chunk_splits.retain(|&x| x > 0);
-        let exp_o = tensor(&st, "expected_o")?.map(|x| x.data);
-        let exp_s = tensor(&st, "expected_final_state")?.map(|x| x.data);
+        check_memory(bytes.len(), n, &dims)?;
+        let (hv, kd, vd) = (dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
+        let expected = |name: &str, shape: &[usize]| -> Result<Option<Vec<f32>>> {
+            let Some(x) = tensor(&st, name)? else { return Ok(None) };
+            expect_shape(name, &x, shape)?;
+            Ok(Some(x.data))
+        };
+        let exp_o = expected("expected_o", &[t, hv, vd])?;
+        let exp_s = expected("expected_final_state", &[n, hv, kd, vd])?;
         Ok(ReplayFile { dims, params, cu_seqlens: cu, inputs, initial_state, chunk_splits, expected_o: exp_o, expected_final_state: exp_s })
     }
 
     /// Packed tokens T.
     pub fn tokens(&self) -> usize {
         *self.cu_seqlens.last().expect("validated")
+    }
+}
+
+/// Bytes a replay may use beyond what the file itself holds: a fixed floor
+/// plus a multiple of the file's size.
+const MEMORY_FLOOR: usize = 256 << 20;
+const MEMORY_PER_FILE_BYTE: usize = 16;
+
+/// Refuses a file whose states (the pool's, the oracle's in f64, the
+/// exported copies: about 24 bytes per state element) would need more memory
+/// than the budget its own size allows. Inputs and outputs are in proportion
+/// to the file already; states are not (K and V may be declared in metadata,
+/// or a 1-token file may carry K = V = 2^15).
+fn check_memory(file_bytes: usize, n: usize, dims: &ModelDims) -> Result<()> {
+    let per_seq = dims.state_elems().checked_add(dims.conv_elems());
+    let needed = per_seq.and_then(|e| e.checked_mul(n)).and_then(|e| e.checked_mul(24));
+    let budget = file_bytes.saturating_mul(MEMORY_PER_FILE_BYTE).saturating_add(MEMORY_FLOOR);
+    match needed {
+        Some(b) if b <= budget => Ok(()),
+        _ => Err(bad(format!(
+            "{n} sequences of HV {} x K {} x V {} state need {} bytes, more than the {budget} bytes a {file_bytes}-byte file may use",
+            dims.num_v_heads,
+            dims.head_k_dim,
+            dims.head_v_dim,
+            needed.map_or("over 2^64".to_string(), |b| b.to_string())
+        ))),
     }
 }
 
@@ -519,10 +555,9 @@ pub fn report(f: &ReplayFile, out: &ReplayOutputs) -> ReplayReport {
         })
         .collect();
     let to64 = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| x as f64).collect() };
+    // Shapes were checked at parse time.
     let vs_expected = match (&f.expected_o, &f.expected_final_state) {
-        (Some(eo), Some(es)) if eo.len() == out.o.len() && es.len() == out.final_state.len() => {
-            Some((error_ratio(&out.o, &to64(eo)), error_ratio(&out.final_state, &to64(es))))
-        }
+        (Some(eo), Some(es)) => Some((error_ratio(&out.o, &to64(eo)), error_ratio(&out.final_state, &to64(es)))),
         _ => None,
     };
     ReplayReport {

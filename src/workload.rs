@@ -8,7 +8,7 @@
 use crate::backend::{Backend, BackendVisitor};
 use crate::models::ModelPreset;
 use crate::synth::{inputs_for, layer_oracle, mix, SynthWeights};
-use deltanet_core::oracle::error_ratio;
+use deltanet_core::oracle::{error_ratio, worst_ratio};
 use deltanet_core::{
     commit, forward_decode, forward_extend, forward_verify, CommitBatch, DType, DecodeBatch, DeltaParams, DeviceTensor, Error, ExtendBatch,
     KernelDispatcher, LayerInput, LayerWeights, LayerWorkspace, MambaStatePool, PoolConfig, PoolOf, Result, Slot, Snapshot, VerifyBatch,
@@ -463,7 +463,7 @@ impl<'d, D: KernelDispatcher> Engine<'d, D> {
                 }
                 if !got.is_empty() {
                     let s = &mut self.stats[phase];
-                    s.worst_ratio = s.worst_ratio.max(error_ratio(&got, &want));
+                    s.worst_ratio = worst_ratio(s.worst_ratio, error_ratio(&got, &want));
                     s.checks += 1;
                 }
             }

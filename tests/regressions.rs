@@ -139,6 +139,10 @@ impl<D: KernelDispatcher> KernelDispatcher for Faulty<D> {
                 let right: Vec<HostState> = batch.slots().iter().map(|&s| pool.export(s)).collect::<Result<_>>()?;
                 let d = pool.geometry().draft();
                 let shifted: Vec<usize> = batch.accepted().iter().map(|a| (a + 1) % d).collect();
+                // The first commit consumed the verify; this faulty backend claims it again
+                // (the scratch still holds it) to copy the next step's window.
+                let again = VerifyBatch::chain(pool, batch.slots(), d)?;
+                pool.kernel_parts(layer, KernelAccess::Verify(&again), |_| Ok(()))?;
                 self.inner.commit(pool, layer, &CommitBatch::new(pool, batch.slots(), &shifted, &[])?)?;
                 for (&s, r) in batch.slots().iter().zip(right) {
                     let mut wrong = pool.export(s)?;

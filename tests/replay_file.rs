@@ -191,3 +191,119 @@ mod on_cpu {
         std::fs::remove_file(path).unwrap();
     }
 }
+
+/// A layer-level file of `t` tokens for HK = HV = 1 and the given conv_dim, K
+/// and V declared in metadata (no initial state).
+fn layer_file(t: usize, conv_dim: usize, kd: &str, vd: &str) -> Vec<u8> {
+    let ts = vec![
+        f32t("mixed_qkv", &[t, conv_dim], 1),
+        f32t("a", &[t, 1], 2),
+        f32t("b", &[t, 1], 3),
+        f32t("A_log", &[1], 4),
+        f32t("dt_bias", &[1], 5),
+        f32t("conv_weight", &[conv_dim, 4], 6),
+        cu(&[0, t as i64]),
+    ];
+    file(&ts, &[("head_k_dim", kd), ("head_v_dim", vd)])
+}
+
+#[test]
+fn hostile_dims_are_errors_not_panics_or_aborts() {
+    // K = 2^63: 2*K wrapped to 0 (a division by zero); V = 2^63: HV*V wrapped to 0
+    for (kd, vd) in [("9223372036854775808", "4"), ("4", "9223372036854775808"), ("18446744073709551615", "18446744073709551615")] {
+        let e = ReplayFile::parse(&layer_file(2, 12, kd, vd)).unwrap_err().to_string();
+        assert!(e.contains("replay file") && e.contains("conv_dim"), "K {kd} V {vd}: {e}");
+    }
+    // a consistent file whose declared K = V = 2^17 would need 2^34 state elements
+    let big = 1usize << 17;
+    let bytes = layer_file(1, 3 * big, &big.to_string(), &big.to_string());
+    let e = ReplayFile::parse(&bytes).unwrap_err().to_string();
+    assert!(e.contains("more than") && e.contains(&format!("{}-byte file", bytes.len())), "{e}");
+    // a 1-token delta-level file with K = V = 2^15 carries 256 KiB and would need 4 GiB of state
+    let k = 1usize << 15;
+    let mut ts = vec![f32t("q", &[1, 1, k], 1), f32t("k", &[1, 1, k], 2), f32t("v", &[1, 1, k], 3)];
+    ts.extend([f32t("g", &[1, 1], 4), f32t("beta", &[1, 1], 5), cu(&[0, 1])]);
+    let e = err_of(ts);
+    assert!(e.contains("more than"), "{e}");
+}
+
+#[test]
+fn expected_outputs_of_the_wrong_shape_are_errors() {
+    let mut ts = valid();
+    ts.push(f32t("expected_o", &[8, 2, 2], 1));
+    assert!(err_of(ts).contains("`expected_o` has shape [8, 2, 2], expected [8, 2, 3]"));
+    let mut ts = valid();
+    ts.push(f32t("expected_o", &[8, 2, 3], 1));
+    ts.push(f32t("expected_final_state", &[2, 2, 4, 2], 1));
+    assert!(err_of(ts).contains("`expected_final_state`"));
+}
+
+#[cfg(feature = "cpu")]
+mod cli {
+    use super::*;
+    use std::process::Command;
+
+    /// Runs `deltanet replay` on `bytes` with `args`: (exit success, stdout + stderr).
+    fn replay(bytes: &[u8], args: &[&str]) -> (bool, String) {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let k = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("deltanet-hostile-{}-{k}.safetensors", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_deltanet")).arg("replay").arg(&path).args(args).output().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+
+    fn with_value(name: &str, index: usize, value: f32) -> Vec<T> {
+        set(valid(), name, index, value)
+    }
+
+    fn set(mut ts: Vec<T>, name: &str, index: usize, value: f32) -> Vec<T> {
+        let t = ts.iter_mut().find(|t| t.name == name).unwrap();
+        let mut vals = DType::F32.decode_vec(&t.bytes);
+        vals[index] = value;
+        t.bytes = DType::F32.encode_vec(&vals);
+        ts
+    }
+
+    #[test]
+    fn non_finite_results_fail() {
+        let (ok, out) = replay(&file(&valid(), &[]), &[]);
+        assert!(ok, "the valid file passes: {out}");
+        let mut nan_state = valid();
+        nan_state.push(f32t("initial_state", &[2, 2, 4, 3], 9));
+        let mut vals = DType::F32.decode_vec(&nan_state[6].bytes);
+        vals[5] = f32::NAN;
+        nan_state[6].bytes = DType::F32.encode_vec(&vals);
+        let cases = [
+            ("q with a NaN", file(&with_value("q", 13, f32::NAN), &[])),
+            ("scale nan", file(&valid(), &[("scale", "nan")])),
+            ("scale inf", file(&valid(), &[("scale", "inf")])),
+            ("g = +30", file(&(0..16).fold(valid(), |ts, i| set(ts, "g", i, 30.0)), &[])),
+            ("NaN initial state", file(&nan_state, &[])),
+        ];
+        for (name, bytes) in cases {
+            let (ok, out) = replay(&bytes, &[]);
+            assert!(!ok && out.contains("CHECK FAILED"), "{name}: {out}");
+            assert!(!out.contains("panicked"), "{name}: {out}");
+        }
+    }
+
+    #[test]
+    fn hostile_files_and_arguments_are_clear_errors() {
+        let big = 1usize << 17;
+        for (name, bytes) in [
+            ("K = 2^63", layer_file(2, 12, "9223372036854775808", "4")),
+            ("V = 2^63", layer_file(2, 12, "4", "9223372036854775808")),
+            ("K = V = 2^17", layer_file(1, 3 * big, &big.to_string(), &big.to_string())),
+        ] {
+            let (ok, out) = replay(&bytes, &[]);
+            assert!(!ok && out.starts_with("error: ") && out.contains("replay file"), "{name}: {out}");
+            assert!(!out.contains("panicked"), "{name}: {out}");
+        }
+        for tol in ["nan", "inf", "-1"] {
+            let (ok, out) = replay(&file(&valid(), &[]), &[&format!("--tolerance={tol}")]);
+            assert!(!ok && out.contains("error: --tolerance"), "{tol}: {out}");
+        }
+    }
+}

@@ -55,3 +55,35 @@ fn a_pool_of_the_other_layout_is_layout_mismatch_and_untouched() {
     vb.extend(&mut vpool, 0, &batch, io).unwrap();
     assert_ne!(vpool.as_dyn().digest().unwrap(), before);
 }
+
+#[test]
+fn cpu_with_a_device_index_is_refused() {
+    for name in ["cpu:7", "cpu:0", "cpu-vk:1", "cpu-vmajor:0"] {
+        let r = Backend::from_name(name);
+        assert!(matches!(&r, Err(Error::InvalidConfig(m)) if m.contains("no device index")), "{name}: {:?}", r.err());
+    }
+}
+
+#[test]
+fn layout_mismatch_names_the_layouts() {
+    use deltanet::LayoutKind;
+    let m = Error::LayoutMismatch { expected: LayoutKind::VMajor, actual: LayoutKind::KMajor }.to_string();
+    assert_eq!(m, "layout mismatch: the kernel needs a v-major pool, got a k-major pool");
+}
+
+/// A CPU v-major pool handed to the CUDA backend's operations: same layout,
+/// another backend. The message names both backends, not "host, got host".
+/// (Without `cuda` the disabled CUDA variant shares the CPU pool's type.)
+#[cfg(all(feature = "cpu", feature = "cuda"))]
+#[test]
+fn a_pool_of_another_backend_with_the_same_layout_names_both() {
+    use deltanet::backend::CudaDispatcher;
+    use deltanet::{ModelDims, PoolConfig};
+    let mut vpool = Backend::cpu_vmajor().unwrap().new_pool(PoolConfig::new(1, 2, ModelDims::new(1, 2, 8, 8, 4).unwrap())).unwrap();
+    let before = vpool.as_dyn().digest().unwrap();
+    let e = vpool.typed_mut::<CudaDispatcher>().map(|_| ()).unwrap_err();
+    let m = e.to_string();
+    assert!(matches!(e, Error::Unsupported { ref backend, .. } if backend == "cuda"), "{m}");
+    assert!(m.contains("`cpu-vk`") && m.contains("v-major") && !m.contains("got host"), "{m}");
+    assert_eq!(vpool.as_dyn().digest().unwrap(), before);
+}

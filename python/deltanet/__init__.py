@@ -27,10 +27,12 @@ class                      also a                       raised for
 ``DTypeError``             ``TypeError``                a dtype the tensor or backend cannot take
 ``SlotError``              ``ValueError``               padding slot 0, out of range, not
                                                         allocated, double free, duplicates, a batch
-                                                        of another pool
+                                                        of another pool, a stale handle (kept past
+                                                        a free; the slot was re-allocated)
 ``SpeculativeError``       ``ValueError``               verify/commit without speculative buffers,
                                                         draft count, accepted step, tree parents,
-                                                        snapshot positions
+                                                        snapshot positions, a commit with no
+                                                        current verify of that slot and layer
 ``ConfigError``            ``ValueError``               invalid or unsupported configuration
 ``UnsupportedArgumentError`` (a ``ConfigError``)        an fla/causal-conv1d argument deltanet does
                                                         not implement (named in the message)

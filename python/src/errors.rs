@@ -104,12 +104,14 @@ pub fn class_name(e: &Error) -> &'static str {
         | Error::SlotNotAllocated { .. }
         | Error::DoubleFree { .. }
         | Error::DuplicateSlot { .. }
+        | Error::StaleSlot { .. }
         | Error::ForeignBatch { .. } => "SlotError",
         Error::NoSpeculativeBuffers
         | Error::DraftMismatch { .. }
         | Error::AcceptedOutOfRange { .. }
         | Error::BadParent { .. }
-        | Error::BadSnapshot { .. } => "SpeculativeError",
+        | Error::BadSnapshot { .. }
+        | Error::NoCurrentVerify { .. } => "SpeculativeError",
         Error::InvalidConfig(_) | Error::Unsupported { .. } => "ConfigError",
         Error::PoolExhausted { .. } => "OutOfMemoryError",
         Error::DeviceMismatch { .. } | Error::Device { .. } => "DeviceError",

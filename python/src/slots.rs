@@ -1,19 +1,19 @@
-//! Slots cross into Python as plain ints (raw `u64` handles). This pair is the
-//! only place that knows how a [`Slot`] is represented, so a change of that
-//! representation (e.g. generations packed into the handle) is made here alone.
+//! Slots cross into Python as plain ints: the raw `u64` handle of
+//! [`Slot::to_raw`] (index and generation), so a handle kept past a free is
+//! refused by the pool as stale. This pair is the only place that converts.
 
-use crate::errors::raise;
 use deltanet::Slot;
 use pyo3::PyResult;
 
 /// A Python int handed back earlier by `Pool.alloc` / `Pool.fork` into a slot.
+/// Every `u64` is some handle; whether the pool accepts it is checked on use.
 pub fn slot_from_py(raw: u64) -> PyResult<Slot> {
-    u32::try_from(raw).map(Slot).map_err(|_| raise("SlotError", format!("slot handle {raw} is not a slot of any pool")))
+    Ok(Slot::from_raw(raw))
 }
 
 /// The Python int for a slot.
 pub fn slot_to_py(slot: Slot) -> u64 {
-    u64::from(slot.0)
+    slot.to_raw()
 }
 
 /// A sequence of Python ints into slots.

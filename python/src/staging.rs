@@ -42,9 +42,9 @@ fn write_typed<M: DeviceMemory, L: StateLayout>(p: &mut StatePool<M, L>, part: P
             }
         }
         match part {
-            Part::Temporal(from) => convert_state(from, L::KIND, dims.num_v_heads, dims.head_k_dim, dims.head_v_dim, src, &mut native),
+            Part::Temporal(from) => convert_state(from, L::KIND, dims.num_v_heads, dims.head_k_dim, dims.head_v_dim, src, &mut native)?,
             Part::Conv => {
-                convert_conv(ConvLayoutKind::ChannelsFirst, g.conv_layout, dims.conv_dim(), dims.conv_state_len(), src, &mut native)
+                convert_conv(ConvLayoutKind::ChannelsFirst, g.conv_layout, dims.conv_dim(), dims.conv_state_len(), src, &mut native)?
             }
         }
         let bytes = encode(dtype, &native);
@@ -83,8 +83,8 @@ fn read_typed<M: DeviceMemory, L: StateLayout>(p: &StatePool<M, L>, part: Part, 
         let native = dtype.decode_vec(&bytes);
         let dst = &mut out[i * per..(i + 1) * per];
         match part {
-            Part::Temporal(to) => convert_state(L::KIND, to, dims.num_v_heads, dims.head_k_dim, dims.head_v_dim, &native, dst),
-            Part::Conv => convert_conv(g.conv_layout, ConvLayoutKind::ChannelsFirst, dims.conv_dim(), dims.conv_state_len(), &native, dst),
+            Part::Temporal(to) => convert_state(L::KIND, to, dims.num_v_heads, dims.head_k_dim, dims.head_v_dim, &native, dst)?,
+            Part::Conv => convert_conv(g.conv_layout, ConvLayoutKind::ChannelsFirst, dims.conv_dim(), dims.conv_state_len(), &native, dst)?,
         }
     }
     Ok(out)

@@ -434,10 +434,22 @@ fn chunk(ws: &mut Workspace, io: &DeltaViews<'_>, h: usize, t0: usize, c: usize,
             *o = gi * x;
         }
     }
-    // SAFETY: as above.
-    unsafe {
-        mm(c, vd, c, ws.vp.as_mut_ptr(), vd, false, 0.0, ws.tb.as_ptr(), cc, 1, ws.r.as_ptr(), vd, 1, 1.0);
-        mm(c, vd, c, ws.o.as_mut_ptr(), vd, true, 1.0, ws.p.as_ptr(), cc, 1, ws.vp.as_ptr(), vd, 1, 1.0);
+    // Both products have a lower-triangular left operand. A dense GEMM also
+    // multiplies its zeros above the diagonal, and 0 * NaN (or 0 * inf) from a
+    // later token's row would reach every earlier row: token i's output must
+    // depend only on tokens <= i. So a chunk with a non-finite right operand
+    // takes the triangular product (rare; finite chunks keep the GEMM).
+    if all_finite(&ws.r[..c * vd]) {
+        // SAFETY: as above.
+        unsafe { mm(c, vd, c, ws.vp.as_mut_ptr(), vd, false, 0.0, ws.tb.as_ptr(), cc, 1, ws.r.as_ptr(), vd, 1, 1.0) };
+    } else {
+        lower_mm(c, vd, &ws.tb, cc, &ws.r, &mut ws.vp, false);
+    }
+    if all_finite(&ws.vp[..c * vd]) {
+        // SAFETY: as above.
+        unsafe { mm(c, vd, c, ws.o.as_mut_ptr(), vd, true, 1.0, ws.p.as_ptr(), cc, 1, ws.vp.as_ptr(), vd, 1, 1.0) };
+    } else {
+        lower_mm(c, vd, &ws.p, cc, &ws.vp, &mut ws.o, true);
     }
     let scale = io.params.scale;
     for i in 0..c {
@@ -459,6 +471,28 @@ fn chunk(ws: &mut Workspace, io: &DeltaViews<'_>, h: usize, t0: usize, c: usize,
     let alpha = ws.gam[last] as f32;
     // SAFETY: as above.
     unsafe { mm(kd, vd, c, ws.s.as_mut_ptr(), vd, true, alpha, ws.kd.as_ptr(), 1, kd, ws.vp.as_ptr(), vd, 1, 1.0) };
+}
+
+/// Whether every value is finite.
+#[inline(always)]
+fn all_finite(x: &[f32]) -> bool {
+    x.iter().fold(true, |ok, v| ok & v.is_finite())
+}
+
+/// `dst[i, :] (+)= sum_{j <= i} a[i, j] b[j, :]` over `m` rows of width `n`
+/// (`a` with row stride `lda`, `b` and `dst` dense): the product with a
+/// lower-triangular `a` that never touches `b`'s rows below row `i` for row `i`.
+fn lower_mm(m: usize, n: usize, a: &[f32], lda: usize, b: &[f32], dst: &mut [f32], accumulate: bool) {
+    for i in 0..m {
+        let row = &mut dst[i * n..(i + 1) * n];
+        if !accumulate {
+            row.fill(0.0);
+        }
+        for j in 0..=i {
+            let w = a[i * lda + j];
+            row.iter_mut().zip(&b[j * n..(j + 1) * n]).for_each(|(d, x)| *d += w * x);
+        }
+    }
 }
 
 /// Columns of a K-major state block processed together by [`steps_head`].

@@ -214,27 +214,28 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
         let dims = g.config.dims;
         io.validate(&self.caps, &dims, batch.tokens())?;
         let _span = tracing::debug_span!("conv_extend", backend = %self.caps.backend, layer, tokens = batch.tokens()).entered();
-        let parts = pool.parts_mut();
-        let conv = RawBuf::new(parts.conv.bytes_mut());
-        let (cdt, w1, es) = (g.config.conv_dtype, dims.conv_state_len(), g.config.conv_dtype.size());
-        self.conv_blocks(&dims, &mut io, |blk| {
-            let c0 = blk.c0;
-            let off = |slot: usize| g.conv_offset(layer, slot) + c0 * w1 * es;
-            for s in 0..batch.num_seqs() {
-                let slot = batch.slots()[s].index();
-                if batch.has_initial_state()[s] {
-                    blk.load(&conv, cdt, off(slot));
-                } else {
-                    blk.clear();
-                }
-                for (i, t) in batch.seq_range(s).enumerate() {
-                    blk.step(t);
-                    for sn in batch.snapshots_of(s).filter(|sn| sn.position == i + 1) {
-                        blk.store(&conv, cdt, off(sn.slot.index()));
+        pool.kernel_parts(layer, KernelAccess::Extend(batch), |parts| {
+            let conv = RawBuf::new(parts.conv.bytes_mut());
+            let (cdt, w1, es) = (g.config.conv_dtype, dims.conv_state_len(), g.config.conv_dtype.size());
+            self.conv_blocks(&dims, &mut io, |blk| {
+                let c0 = blk.c0;
+                let off = |slot: usize| g.conv_offset(layer, slot) + c0 * w1 * es;
+                for s in 0..batch.num_seqs() {
+                    let slot = batch.slots()[s].index();
+                    if batch.has_initial_state()[s] {
+                        blk.load(&conv, cdt, off(slot));
+                    } else {
+                        blk.clear();
                     }
+                    for (i, t) in batch.seq_range(s).enumerate() {
+                        blk.step(t);
+                        for sn in batch.snapshots_of(s).filter(|sn| sn.position == i + 1) {
+                            blk.store(&conv, cdt, off(sn.slot.index()));
+                        }
+                    }
+                    blk.store(&conv, cdt, off(slot));
                 }
-                blk.store(&conv, cdt, off(slot));
-            }
+            })
         })
     }
 
@@ -244,16 +245,17 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
         let g = *pool.geometry();
         let dims = g.config.dims;
         io.validate(&self.caps, &dims, batch.tokens())?;
-        let parts = pool.parts_mut();
-        let conv = RawBuf::new(parts.conv.bytes_mut());
-        let (cdt, w1, es) = (g.config.conv_dtype, dims.conv_state_len(), g.config.conv_dtype.size());
-        self.conv_blocks(&dims, &mut io, |blk| {
-            for (i, slot) in batch.slots().iter().enumerate() {
-                let off = g.conv_offset(layer, slot.index()) + blk.c0 * w1 * es;
-                blk.load(&conv, cdt, off);
-                blk.step(i);
-                blk.store(&conv, cdt, off);
-            }
+        pool.kernel_parts(layer, KernelAccess::Decode(batch), |parts| {
+            let conv = RawBuf::new(parts.conv.bytes_mut());
+            let (cdt, w1, es) = (g.config.conv_dtype, dims.conv_state_len(), g.config.conv_dtype.size());
+            self.conv_blocks(&dims, &mut io, |blk| {
+                for (i, slot) in batch.slots().iter().enumerate() {
+                    let off = g.conv_offset(layer, slot.index()) + blk.c0 * w1 * es;
+                    blk.load(&conv, cdt, off);
+                    blk.step(i);
+                    blk.store(&conv, cdt, off);
+                }
+            })
         })
     }
 
@@ -263,25 +265,26 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
         let g = *pool.geometry();
         let dims = g.config.dims;
         io.validate(&self.caps, &dims, batch.tokens())?;
-        let parts = pool.parts_mut();
-        let windows = RawBuf::new(parts.windows.ok_or(Error::NoSpeculativeBuffers)?.bytes_mut());
-        let conv = RawBuf::new(parts.conv.bytes_mut());
-        let (cdt, w1, es, dn) = (g.config.conv_dtype, dims.conv_state_len(), g.config.conv_dtype.size(), batch.draft());
-        self.conv_blocks(&dims, &mut io, |blk| {
-            let blk_off = blk.c0 * w1 * es;
-            for (i, slot) in batch.slots().iter().enumerate() {
-                let slot = slot.index();
-                for t in 0..dn {
-                    match batch.parent(i, t) {
-                        // a chain's step t - 1 is still in the window, exactly as stored (f32)
-                        Some(p) if p + 1 == t && cdt == DType::F32 => {}
-                        None => blk.load(&conv, cdt, g.conv_offset(layer, slot) + blk_off),
-                        Some(p) => blk.load(&windows, cdt, g.window_offset(layer, slot, p) + blk_off),
+        pool.kernel_parts(layer, KernelAccess::ConvVerify(batch), |parts| {
+            let windows = RawBuf::new(parts.windows.ok_or(Error::NoSpeculativeBuffers)?.bytes_mut());
+            let conv = RawBuf::new(parts.conv.bytes_mut());
+            let (cdt, w1, es, dn) = (g.config.conv_dtype, dims.conv_state_len(), g.config.conv_dtype.size(), batch.draft());
+            self.conv_blocks(&dims, &mut io, |blk| {
+                let blk_off = blk.c0 * w1 * es;
+                for (i, slot) in batch.slots().iter().enumerate() {
+                    let slot = slot.index();
+                    for t in 0..dn {
+                        match batch.parent(i, t) {
+                            // a chain's step t - 1 is still in the window, exactly as stored (f32)
+                            Some(p) if p + 1 == t && cdt == DType::F32 => {}
+                            None => blk.load(&conv, cdt, g.conv_offset(layer, slot) + blk_off),
+                            Some(p) => blk.load(&windows, cdt, g.window_offset(layer, slot, p) + blk_off),
+                        }
+                        blk.step(i * dn + t);
+                        blk.store(&windows, cdt, g.window_offset(layer, slot, t) + blk_off);
                     }
-                    blk.step(i * dn + t);
-                    blk.store(&windows, cdt, g.window_offset(layer, slot, t) + blk_off);
                 }
-            }
+            })
         })
     }
 
@@ -291,23 +294,25 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
         let g = *pool.geometry();
         let dims = g.config.dims;
         io.validate(&self.caps, &dims, batch.tokens())?;
+        deltanet_core::finite::check_delta(pool, layer, KernelAccess::Extend(batch), &io)?;
         let _span =
             tracing::debug_span!("extend", backend = %self.caps.backend, layer, sequences = batch.num_seqs(), tokens = batch.tokens())
                 .entered();
         let views = delta_views(&mut io, dims)?;
-        let parts = pool.parts_mut();
-        let tgt = ExtendTarget { temporal: RawBuf::new(parts.temporal.bytes_mut()), geometry: &g, layer, batch };
-        let hk = dims.num_k_heads;
-        // longest sequences first, so the tail of the parallel loop is short
-        let mut order: Vec<usize> = (0..batch.num_seqs()).collect();
-        order.sort_by_key(|&s| std::cmp::Reverse(batch.seq_len(s)));
-        // one task per (sequence, key head): its value heads share q, k and [Q; K] K^T
-        with_state_type!(g.config.state_dtype, E => self.install(|| {
-            (0..order.len() * hk).into_par_iter().for_each(|task| {
-                extend_head::<E>(L::KIND, &views, &tgt, order[task / hk], task % hk);
-            })
-        }));
-        Ok(())
+        pool.kernel_parts(layer, KernelAccess::Extend(batch), |parts| {
+            let tgt = ExtendTarget { temporal: RawBuf::new(parts.temporal.bytes_mut()), geometry: &g, layer, batch };
+            let hk = dims.num_k_heads;
+            // longest sequences first, so the tail of the parallel loop is short
+            let mut order: Vec<usize> = (0..batch.num_seqs()).collect();
+            order.sort_by_key(|&s| std::cmp::Reverse(batch.seq_len(s)));
+            // one task per (sequence, key head): its value heads share q, k and [Q; K] K^T
+            with_state_type!(g.config.state_dtype, E => self.install(|| {
+                (0..order.len() * hk).into_par_iter().for_each(|task| {
+                    extend_head::<E>(L::KIND, &views, &tgt, order[task / hk], task % hk);
+                })
+            }));
+            Ok(())
+        })
     }
 
     fn decode(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &DecodeBatch, mut io: DeltaIo<'_>) -> Result<()> {
@@ -316,21 +321,23 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
         let g = *pool.geometry();
         let dims = g.config.dims;
         io.validate(&self.caps, &dims, batch.tokens())?;
+        deltanet_core::finite::check_delta(pool, layer, KernelAccess::Decode(batch), &io)?;
         let views = delta_views(&mut io, dims)?;
-        let parts = pool.parts_mut();
-        let temporal = RawBuf::new(parts.temporal.bytes_mut());
-        let hv = dims.num_v_heads;
-        with_state_type!(g.config.state_dtype, E => self.install(|| {
-            (0..batch.num_seqs() * hv).into_par_iter().for_each(|task| {
-                let (i, h) = (task / hv, task % hv);
-                let st = main_head::<E>(&temporal, &g, layer, batch.slots(), task);
-                let next = main_head::<E>(&temporal, &g, layer, batch.slots(), task + 1);
-                // SAFETY: (slot, head) is this task's alone (slots are distinct); in place;
-                // `next` is only prefetched.
-                unsafe { steps_head::<E>(L::KIND, &views, h, &[i], &[None], st, &[st], next) };
-            })
-        }));
-        Ok(())
+        pool.kernel_parts(layer, KernelAccess::Decode(batch), |parts| {
+            let temporal = RawBuf::new(parts.temporal.bytes_mut());
+            let hv = dims.num_v_heads;
+            with_state_type!(g.config.state_dtype, E => self.install(|| {
+                (0..batch.num_seqs() * hv).into_par_iter().for_each(|task| {
+                    let (i, h) = (task / hv, task % hv);
+                    let st = main_head::<E>(&temporal, &g, layer, batch.slots(), task);
+                    let next = main_head::<E>(&temporal, &g, layer, batch.slots(), task + 1);
+                    // SAFETY: (slot, head) is this task's alone (slots are distinct); in place;
+                    // `next` is only prefetched.
+                    unsafe { steps_head::<E>(L::KIND, &views, h, &[i], &[None], st, &[st], next) };
+                })
+            }));
+            Ok(())
+        })
     }
 
     fn verify(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &VerifyBatch, mut io: DeltaIo<'_>) -> Result<()> {
@@ -339,33 +346,35 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
         let g = *pool.geometry();
         let dims = g.config.dims;
         io.validate(&self.caps, &dims, batch.tokens())?;
+        deltanet_core::finite::check_delta(pool, layer, KernelAccess::Verify(batch), &io)?;
         let views = delta_views(&mut io, dims)?;
-        let parts = pool.parts_mut();
-        let scratch = RawBuf::new(parts.scratch.ok_or(Error::NoSpeculativeBuffers)?.bytes_mut());
-        let temporal = RawBuf::new(parts.temporal.bytes_mut());
-        let (hv, per, dn) = (dims.num_v_heads, dims.head_k_dim * dims.head_v_dim, batch.draft());
-        with_state_type!(g.config.state_dtype, E => self.install(|| {
-            // per-task step lists live in vectors reused across the tasks of one rayon job
-            let lists = || (Vec::new(), Vec::new(), Vec::<*mut E>::new());
-            (0..batch.num_seqs() * hv).into_par_iter().for_each_init(lists, |(tokens, parents, dsts), task| {
-                let (i, h) = (task / hv, task % hv);
-                let slot = batch.slots()[i].index();
-                let head = h * per * std::mem::size_of::<E>();
-                tokens.clear();
-                tokens.extend((0..dn).map(|t| i * dn + t));
-                parents.clear();
-                parents.extend((0..dn).map(|t| batch.parent(i, t)));
-                dsts.clear();
-                dsts.extend((0..dn).map(|t| scratch.typed::<E>(g.scratch_offset(layer, slot, t) + head, per)));
-                let src = main_head::<E>(&temporal, &g, layer, batch.slots(), task);
-                let next = main_head::<E>(&temporal, &g, layer, batch.slots(), task + 1);
-                // SAFETY: this task alone touches (slot, head) of the main state (read only)
-                // and of every scratch step of the slot; the scratch steps are disjoint;
-                // `next` is only prefetched.
-                unsafe { steps_head::<E>(L::KIND, &views, h, tokens, parents, src, dsts, next) };
-            })
-        }));
-        Ok(())
+        pool.kernel_parts(layer, KernelAccess::Verify(batch), |parts| {
+            let scratch = RawBuf::new(parts.scratch.ok_or(Error::NoSpeculativeBuffers)?.bytes_mut());
+            let temporal = RawBuf::new(parts.temporal.bytes_mut());
+            let (hv, per, dn) = (dims.num_v_heads, dims.head_k_dim * dims.head_v_dim, batch.draft());
+            with_state_type!(g.config.state_dtype, E => self.install(|| {
+                // per-task step lists live in vectors reused across the tasks of one rayon job
+                let lists = || (Vec::new(), Vec::new(), Vec::<*mut E>::new());
+                (0..batch.num_seqs() * hv).into_par_iter().for_each_init(lists, |(tokens, parents, dsts), task| {
+                    let (i, h) = (task / hv, task % hv);
+                    let slot = batch.slots()[i].index();
+                    let head = h * per * std::mem::size_of::<E>();
+                    tokens.clear();
+                    tokens.extend((0..dn).map(|t| i * dn + t));
+                    parents.clear();
+                    parents.extend((0..dn).map(|t| batch.parent(i, t)));
+                    dsts.clear();
+                    dsts.extend((0..dn).map(|t| scratch.typed::<E>(g.scratch_offset(layer, slot, t) + head, per)));
+                    let src = main_head::<E>(&temporal, &g, layer, batch.slots(), task);
+                    let next = main_head::<E>(&temporal, &g, layer, batch.slots(), task + 1);
+                    // SAFETY: this task alone touches (slot, head) of the main state (read only)
+                    // and of every scratch step of the slot; the scratch steps are disjoint;
+                    // `next` is only prefetched.
+                    unsafe { steps_head::<E>(L::KIND, &views, h, tokens, parents, src, dsts, next) };
+                })
+            }));
+            Ok(())
+        })
     }
 }
 

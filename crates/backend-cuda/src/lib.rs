@@ -32,8 +32,8 @@ pub use launcher::Launcher;
 
 use deltanet_core::{
     Capabilities, CommitBatch, ConvIo, ConvLayoutKind, DType, DecodeBatch, DeltaIo, Device, DeviceMemory, Error, ExtendBatch, GateIo,
-    HeadMapping, KernelDispatcher, LayoutKind, MambaStatePool, ModelDims, PoolOf, Result, TensorMeta, TensorMut, TensorRef, VMajor,
-    VerifyBatch,
+    HeadMapping, KernelAccess, KernelDispatcher, LayoutKind, MambaStatePool, ModelDims, PoolOf, Result, TensorMeta, TensorMut, TensorRef,
+    VMajor, VerifyBatch,
 };
 use kernels::{dtype_code, Args, Kernel, CHUNK, EXTEND_ROWS, MAX_CONV_WIDTH, MAX_HEAD_DIM, ROWS_PER_BLOCK};
 use std::sync::{Mutex, MutexGuard};
@@ -326,15 +326,16 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         }
         let st = self.stage(&[&seqs, &snaps], 0)?;
         let m = self.launcher.memory();
-        let parts = pool.parts_mut();
-        let mut a = self.conv_args(&dims, &io, g.config.conv_dtype);
-        a.p[4] = m.addr(parts.conv) + g.conv_offset(layer, 0) as u64;
-        a.p[6] = st.tables[0];
-        a.p[7] = st.tables[1];
-        a.n[0] = n as i64;
-        a.n[8] = 0;
-        let bt = self.launcher.block_threads(Kernel::Conv) as usize;
-        self.run(Kernel::Conv, (dims.conv_dim().div_ceil(bt), n, 1), &a)
+        pool.kernel_parts(layer, KernelAccess::Extend(batch), |parts| {
+            let mut a = self.conv_args(&dims, &io, g.config.conv_dtype);
+            a.p[4] = m.addr(parts.conv) + g.conv_offset(layer, 0) as u64;
+            a.p[6] = st.tables[0];
+            a.p[7] = st.tables[1];
+            a.n[0] = n as i64;
+            a.n[8] = 0;
+            let bt = self.launcher.block_threads(Kernel::Conv) as usize;
+            self.run(Kernel::Conv, (dims.conv_dim().div_ceil(bt), n, 1), &a)
+        })
     }
 
     fn conv_update(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &DecodeBatch, io: ConvIo<'_>) -> Result<()> {
@@ -349,15 +350,16 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         let seqs: Vec<i64> = batch.slots().iter().enumerate().flat_map(|(i, s)| [i as i64, 1, s.index() as i64, 1, 0, 0]).collect();
         let st = self.stage(&[&seqs], 0)?;
         let m = self.launcher.memory();
-        let parts = pool.parts_mut();
-        let mut a = self.conv_args(&dims, &io, g.config.conv_dtype);
-        a.p[4] = m.addr(parts.conv) + g.conv_offset(layer, 0) as u64;
-        a.p[6] = st.tables[0];
-        a.p[7] = a.p[6];
-        a.n[0] = n as i64;
-        a.n[8] = 1;
-        let bt = self.launcher.block_threads(Kernel::Conv) as usize;
-        self.run(Kernel::Conv, (dims.conv_dim().div_ceil(bt), n, 1), &a)
+        pool.kernel_parts(layer, KernelAccess::Decode(batch), |parts| {
+            let mut a = self.conv_args(&dims, &io, g.config.conv_dtype);
+            a.p[4] = m.addr(parts.conv) + g.conv_offset(layer, 0) as u64;
+            a.p[6] = st.tables[0];
+            a.p[7] = a.p[6];
+            a.n[0] = n as i64;
+            a.n[8] = 1;
+            let bt = self.launcher.block_threads(Kernel::Conv) as usize;
+            self.run(Kernel::Conv, (dims.conv_dim().div_ceil(bt), n, 1), &a)
+        })
     }
 
     fn conv_verify(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &VerifyBatch, io: ConvIo<'_>) -> Result<()> {
@@ -373,19 +375,20 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
             batch.slots().iter().enumerate().flat_map(|(i, s)| [(i * d) as i64, d as i64, s.index() as i64, 1, 0, 0]).collect();
         let st = self.stage(&[&seqs, batch.parents()], 0)?;
         let m = self.launcher.memory();
-        let parts = pool.parts_mut();
-        let windows = parts.windows.ok_or(Error::NoSpeculativeBuffers)?;
-        let mut a = self.conv_args(&dims, &io, g.config.conv_dtype);
-        a.p[4] = m.addr(parts.conv) + g.conv_offset(layer, 0) as u64;
-        a.p[5] = m.addr(windows) + g.window_offset(layer, 0, 0) as u64;
-        a.p[6] = st.tables[0];
-        a.p[7] = a.p[6];
-        a.p[8] = st.tables[1];
-        a.n[0] = n as i64;
-        a.n[8] = 2;
-        a.n[9] = d as i64;
-        let bt = self.launcher.block_threads(Kernel::Conv) as usize;
-        self.run(Kernel::Conv, (dims.conv_dim().div_ceil(bt), n, 1), &a)
+        pool.kernel_parts(layer, KernelAccess::ConvVerify(batch), |parts| {
+            let windows = parts.windows.ok_or(Error::NoSpeculativeBuffers)?;
+            let mut a = self.conv_args(&dims, &io, g.config.conv_dtype);
+            a.p[4] = m.addr(parts.conv) + g.conv_offset(layer, 0) as u64;
+            a.p[5] = m.addr(windows) + g.window_offset(layer, 0, 0) as u64;
+            a.p[6] = st.tables[0];
+            a.p[7] = a.p[6];
+            a.p[8] = st.tables[1];
+            a.n[0] = n as i64;
+            a.n[8] = 2;
+            a.n[9] = d as i64;
+            let bt = self.launcher.block_threads(Kernel::Conv) as usize;
+            self.run(Kernel::Conv, (dims.conv_dim().div_ceil(bt), n, 1), &a)
+        })
     }
 
     fn extend(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &ExtendBatch, io: DeltaIo<'_>) -> Result<()> {
@@ -394,6 +397,7 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         let g = *pool.geometry();
         let dims = g.config.dims;
         io.validate(&self.caps, &dims, batch.tokens())?;
+        deltanet_core::finite::check_delta(pool, layer, KernelAccess::Extend(batch), &io)?;
         self.check_dims(&dims)?;
         let _span = tracing::debug_span!("extend", backend = %self.caps.backend, layer, tokens = batch.tokens()).entered();
         let n = batch.num_seqs();
@@ -425,16 +429,17 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         // blocks stride over the sequences, so the workspace is bounded by the budget
         let rows = (self.extend_workspace_budget / (hv * tiles * per_block * 4)).clamp(1, n);
         let st = self.stage(&[&seqs, &chunks, &snap_slots], rows * hv * tiles * per_block * 4)?;
-        let parts = pool.parts_mut();
-        let mut a = self.delta_args(&dims, &io);
-        a.p[6] = m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64;
-        a.p[7] = st.tables[0];
-        a.p[8] = st.tables[1];
-        a.p[9] = st.tables[2];
-        a.p[10] = st.workspace;
-        a.n[0] = n as i64;
-        a.n[14] = dtype_code(g.config.state_dtype);
-        self.run(Kernel::Extend, (hv, rows, tiles), &a)
+        pool.kernel_parts(layer, KernelAccess::Extend(batch), |parts| {
+            let mut a = self.delta_args(&dims, &io);
+            a.p[6] = m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64;
+            a.p[7] = st.tables[0];
+            a.p[8] = st.tables[1];
+            a.p[9] = st.tables[2];
+            a.p[10] = st.workspace;
+            a.n[0] = n as i64;
+            a.n[14] = dtype_code(g.config.state_dtype);
+            self.run(Kernel::Extend, (hv, rows, tiles), &a)
+        })
     }
 
     fn decode(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &DecodeBatch, io: DeltaIo<'_>) -> Result<()> {
@@ -443,21 +448,23 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         let g = *pool.geometry();
         let dims = g.config.dims;
         io.validate(&self.caps, &dims, batch.tokens())?;
+        deltanet_core::finite::check_delta(pool, layer, KernelAccess::Decode(batch), &io)?;
         self.check_dims(&dims)?;
         let _span = tracing::debug_span!("decode", backend = %self.caps.backend, layer, requests = batch.num_seqs()).entered();
         let n = batch.num_seqs();
         let slots: Vec<i64> = batch.slots().iter().map(|s| s.index() as i64).collect();
         let st = self.stage(&[&slots], 0)?;
         let m = self.launcher.memory();
-        let parts = pool.parts_mut();
-        let mut a = self.delta_args(&dims, &io);
-        a.p[6] = m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64;
-        a.p[8] = st.tables[0];
-        a.n[0] = n as i64;
-        a.n[5] = 1;
-        a.n[6] = 0;
-        a.n[14] = dtype_code(g.config.state_dtype);
-        self.run(Kernel::Recurrent, (dims.head_v_dim.div_ceil(ROWS_PER_BLOCK), dims.num_v_heads, n), &a)
+        pool.kernel_parts(layer, KernelAccess::Decode(batch), |parts| {
+            let mut a = self.delta_args(&dims, &io);
+            a.p[6] = m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64;
+            a.p[8] = st.tables[0];
+            a.n[0] = n as i64;
+            a.n[5] = 1;
+            a.n[6] = 0;
+            a.n[14] = dtype_code(g.config.state_dtype);
+            self.run(Kernel::Recurrent, (dims.head_v_dim.div_ceil(ROWS_PER_BLOCK), dims.num_v_heads, n), &a)
+        })
     }
 
     fn verify(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &VerifyBatch, io: DeltaIo<'_>) -> Result<()> {
@@ -466,24 +473,26 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         let g = *pool.geometry();
         let dims = g.config.dims;
         io.validate(&self.caps, &dims, batch.tokens())?;
+        deltanet_core::finite::check_delta(pool, layer, KernelAccess::Verify(batch), &io)?;
         self.check_dims(&dims)?;
         let _span = tracing::debug_span!("verify", backend = %self.caps.backend, layer, requests = batch.num_seqs()).entered();
         let (n, d) = (batch.num_seqs(), batch.draft());
         let slots: Vec<i64> = batch.slots().iter().map(|s| s.index() as i64).collect();
         let st = self.stage(&[&slots, batch.parents()], 0)?;
         let m = self.launcher.memory();
-        let parts = pool.parts_mut();
-        let scratch = parts.scratch.ok_or(Error::NoSpeculativeBuffers)?;
-        let mut a = self.delta_args(&dims, &io);
-        a.p[6] = m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64;
-        a.p[7] = m.addr(scratch) + g.scratch_offset(layer, 0, 0) as u64;
-        a.p[8] = st.tables[0];
-        a.p[9] = st.tables[1];
-        a.n[0] = n as i64;
-        a.n[5] = d as i64;
-        a.n[6] = 1;
-        a.n[14] = dtype_code(g.config.state_dtype);
-        self.run(Kernel::Recurrent, (dims.head_v_dim.div_ceil(ROWS_PER_BLOCK), dims.num_v_heads, n), &a)
+        pool.kernel_parts(layer, KernelAccess::Verify(batch), |parts| {
+            let scratch = parts.scratch.ok_or(Error::NoSpeculativeBuffers)?;
+            let mut a = self.delta_args(&dims, &io);
+            a.p[6] = m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64;
+            a.p[7] = m.addr(scratch) + g.scratch_offset(layer, 0, 0) as u64;
+            a.p[8] = st.tables[0];
+            a.p[9] = st.tables[1];
+            a.n[0] = n as i64;
+            a.n[5] = d as i64;
+            a.n[6] = 1;
+            a.n[14] = dtype_code(g.config.state_dtype);
+            self.run(Kernel::Recurrent, (dims.head_v_dim.div_ceil(ROWS_PER_BLOCK), dims.num_v_heads, n), &a)
+        })
     }
 
     fn commit(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &CommitBatch) -> Result<()> {
@@ -500,23 +509,24 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         }
         let st = self.stage(&[&targets], 0)?;
         let m = self.launcher.memory();
-        let parts = pool.parts_mut();
-        let (scratch, windows) = match (parts.scratch, parts.windows) {
-            (Some(s), Some(w)) => (s, w),
-            _ => return Err(Error::NoSpeculativeBuffers),
-        };
-        let mut a = Args::default();
-        a.p[0] = m.addr(scratch) + g.scratch_offset(layer, 0, 0) as u64;
-        a.p[1] = m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64;
-        a.p[2] = m.addr(windows) + g.window_offset(layer, 0, 0) as u64;
-        a.p[3] = m.addr(parts.conv) + g.conv_offset(layer, 0) as u64;
-        a.p[4] = st.tables[0];
-        let (su, cu) = (g.state_bytes() / 2, g.conv_bytes() / 2);
-        a.n[0] = (targets.len() / 3) as i64;
-        a.n[1] = su as i64;
-        a.n[2] = cu as i64;
-        a.n[3] = g.draft() as i64;
-        let bt = self.launcher.block_threads(Kernel::Commit) as usize;
-        self.run(Kernel::Commit, (su.max(cu).div_ceil(bt), targets.len() / 3, 1), &a)
+        pool.kernel_parts(layer, KernelAccess::Commit(batch), |parts| {
+            let (scratch, windows) = match (parts.scratch, parts.windows) {
+                (Some(s), Some(w)) => (s, w),
+                _ => return Err(Error::NoSpeculativeBuffers),
+            };
+            let mut a = Args::default();
+            a.p[0] = m.addr(scratch) + g.scratch_offset(layer, 0, 0) as u64;
+            a.p[1] = m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64;
+            a.p[2] = m.addr(windows) + g.window_offset(layer, 0, 0) as u64;
+            a.p[3] = m.addr(parts.conv) + g.conv_offset(layer, 0) as u64;
+            a.p[4] = st.tables[0];
+            let (su, cu) = (g.state_bytes() / 2, g.conv_bytes() / 2);
+            a.n[0] = (targets.len() / 3) as i64;
+            a.n[1] = su as i64;
+            a.n[2] = cu as i64;
+            a.n[3] = g.draft() as i64;
+            let bt = self.launcher.block_threads(Kernel::Commit) as usize;
+            self.run(Kernel::Commit, (su.max(cu).div_ceil(bt), targets.len() / 3, 1), &a)
+        })
     }
 }

@@ -213,7 +213,7 @@ mod conv_and_gate {
     use super::make;
     use deltanet_core::oracle::{causal_conv1d, error_ratio, gate};
     use deltanet_core::{
-        CommitBatch, ConvIo, DType, DecodeBatch, DeviceTensor, ExtendBatch, GateIo, HostMemory, HostState, KernelDispatcher,
+        CommitBatch, ConvIo, DType, DecodeBatch, DeviceTensor, ExtendBatch, GateIo, HostMemory, HostState, KernelAccess, KernelDispatcher,
         MambaStatePool, ModelDims, PoolConfig, Slot, Snapshot, TensorMeta, VerifyBatch,
     };
     use rand::{Rng, SeedableRng};
@@ -309,6 +309,9 @@ mod conv_and_gate {
                 ),
                 "{case}: verify touched the conv state"
             );
+            // Only the conv windows are under test: claim the recurrent scratch's
+            // verify as current (a commit needs one) without running the delta rule.
+            pool.kernel_parts(0, KernelAccess::Verify(&b), |_| Ok(())).unwrap();
             let accepted = [2usize, 1, 2];
             for i in 0..3 {
                 for t in 0..3 {
@@ -470,6 +473,67 @@ mod bounded_workspace {
             let a = super::block_size::run_on(&CudaDispatcher::emulated(), sd, dt);
             let b = super::block_size::run_on(&CudaDispatcher::emulated().with_extend_workspace_budget(1), sd, dt);
             assert!(a.0.iter().zip(&b.0).all(|(x, y)| x.to_bits() == y.to_bits()) && a.1 == b.1, "bounded workspace changed results");
+        }
+    }
+}
+
+mod non_finite {
+    //! Issue 10 item 6 on the CUDA kernel: a non-finite input at token t of a
+    //! chunked extend leaves the outputs of tokens < t as the token-by-token
+    //! oracle gives them; with the pool's finite check, the call is refused.
+    use super::make;
+    use deltanet_core::conformance::DeltaInputs;
+    use deltanet_core::oracle::error_ratio;
+    use deltanet_core::{
+        DType, DeltaIo, DeltaParams, Error, ExtendBatch, KernelDispatcher, MambaStatePool, ModelDims, PoolConfig, TensorMut, TensorRef,
+    };
+
+    const T: usize = 130;
+    const BAD: usize = 100;
+
+    fn run(x: &DeltaInputs, check: bool) -> (Result<(), Error>, Vec<f32>, u64, u64) {
+        let d = make();
+        let m = x.dims;
+        let cfg = PoolConfig::new(1, 1, m);
+        let mut pool = d.new_pool(if check { cfg.with_finite_check() } else { cfg }).unwrap();
+        let s = pool.alloc(1).unwrap();
+        let before = pool.digest().unwrap();
+        let b = ExtendBatch::new(&pool, &[0, T], &s, &[false]).unwrap();
+        let mut o = vec![0f32; T * m.num_v_heads * m.head_v_dim];
+        let io = DeltaIo {
+            q: TensorRef::from_slice(&x.q, &[T, m.num_k_heads, m.head_k_dim]).unwrap(),
+            k: TensorRef::from_slice(&x.k, &[T, m.num_k_heads, m.head_k_dim]).unwrap(),
+            v: TensorRef::from_slice(&x.v, &[T, m.num_v_heads, m.head_v_dim]).unwrap(),
+            g: TensorRef::from_slice(&x.g, &[T, m.num_v_heads]).unwrap(),
+            beta: TensorRef::from_slice(&x.beta, &[T, m.num_v_heads]).unwrap(),
+            o: TensorMut::from_slice(&mut o, &[T, m.num_v_heads, m.head_v_dim]).unwrap(),
+            params: DeltaParams::new(&m),
+        };
+        let r = d.extend(&mut pool, 0, &b, io);
+        (r, o, before, pool.digest().unwrap())
+    }
+
+    #[test]
+    fn a_non_finite_input_never_reaches_earlier_tokens() {
+        let m = ModelDims::new(1, 2, 16, 8, 4).unwrap();
+        let per_o = m.num_v_heads * m.head_v_dim;
+        for what in ["g", "v", "beta"] {
+            let mut x = DeltaInputs::random(&m, T, DType::F32, 21);
+            match what {
+                "g" => x.g[BAD * 2 + 1] = f32::NAN,
+                "v" => x.v[(BAD * 2 + 1) * 8 + 3] = f32::NAN,
+                _ => x.beta[BAD * 2] = f32::INFINITY,
+            }
+            let (r, o, _, _) = run(&x, false);
+            r.unwrap();
+            assert!(o[..BAD * per_o].iter().all(|v| v.is_finite()), "{what}: an earlier token is non-finite");
+            let want = x.oracle(&DeltaParams::new(&m), &[0, T], None);
+            let e = error_ratio(&o[..BAD * per_o], &want.o[..BAD * per_o]);
+            assert!(e <= 2e-6, "{what}: earlier tokens vs the oracle {e:e}");
+            let (r, o2, before, after) = run(&x, true);
+            assert_eq!(r, Err(Error::NonFinite { seq: 0, token: BAD, what: format!("input `{what}`") }));
+            assert_eq!(before, after, "{what}: refused extend changed the pool");
+            assert!(o2.iter().all(|&v| v == 0.0), "{what}: refused extend wrote outputs");
         }
     }
 }

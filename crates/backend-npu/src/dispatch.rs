@@ -21,8 +21,8 @@ use crate::result::BACKEND;
 use crate::safe::{DeviceBuffer, NpuContext};
 use deltanet_core::{
     Capabilities, CommitBatch, ConvIo, ConvLayoutKind, DType, DecodeBatch, DeltaIo, Device, Error, ExtendBatch, GateIo, HeadMapping,
-    KernelDispatcher, LayoutKind, MambaStatePool, ModelDims, PoolConfig, PoolOf, Result, Slot, StatePool, TensorMeta, VMajor, VerifyBatch,
-    L2NORM_EPS,
+    KernelAccess, KernelDispatcher, LayoutKind, MambaStatePool, ModelDims, PoolConfig, PoolOf, Result, Slot, StatePool, TensorMeta, VMajor,
+    VerifyBatch, L2NORM_EPS,
 };
 use std::ffi::CStr;
 use std::sync::Arc;
@@ -543,39 +543,40 @@ impl KernelDispatcher for NpuDispatcher {
         let x = View::of(io.x.addr(), io.x.meta());
         let y = View::of(io.out.addr(), io.out.meta());
         let (_keep, wv, bias) = self.conv_weights(&io, dt)?;
-        let parts = pool.parts_mut();
-        let base = parts.conv.ptr() + geo.conv_offset(layer, 0) as u64;
-        // Snapshot windows first: they read the slot's state before the operator overwrites it.
-        for s in batch.snapshots() {
-            let r = batch.seq_range(s.seq);
-            let tokens: Vec<usize> = (r.start..r.start + s.position).collect();
-            let init = batch.has_initial_state()[s.seq].then(|| base + geo.conv_offset(0, batch.slots()[s.seq].index()) as u64);
-            self.write_window(base + geo.conv_offset(0, s.slot.index()) as u64, &window_sources(w1, &tokens), init, &x, row_bytes)?;
-        }
-        let qsl: Vec<i32> = batch.cu_seqlens().iter().map(|&v| v as i32).collect();
-        let idx: Vec<i32> = batch.slots().iter().map(|s| s.0 as i32).collect();
-        let mode: Vec<i32> = batch.has_initial_state().iter().map(|&h| h as i32).collect();
-        let (qsl_b, idx_b, mode_b) = (ctx.upload_i32(&qsl)?, ctx.upload_i32(&idx)?, ctx.upload_i32(&mode)?);
-        let states = TensorDesc::contiguous(base, dt, &[geo.rows(), w1, c]);
-        let (tx, tw, ts, ty) = (ctx.tensor(&x.desc())?, ctx.tensor(&wv.desc())?, ctx.tensor(&states)?, ctx.tensor(&y.desc())?);
-        let tb = bias.as_ref().map(|b| ctx.tensor(&b.desc())).transpose()?;
-        let tq = ctx.tensor_of(&qsl_b, AclDType::I32, &[qsl.len()])?;
-        let ti = ctx.tensor_of(&idx_b, AclDType::I32, &[idx.len()])?;
-        let tm = ctx.tensor_of(&mode_b, AclDType::I32, &[mode.len()])?;
-        ctx.run(&OpCall::CausalConv1dFn {
-            x: tx.h(),
-            weight: tw.h(),
-            conv_states: ts.h(),
-            bias: tb.as_ref().map(|t| t.h()),
-            query_start_loc: Some(tq.h()),
-            cache_indices: Some(ti.h()),
-            initial_state_mode: Some(tm.h()),
-            activation: SILU,
-            null_block_id: -1,
-            block_size_to_align: 0,
-            y: ty.h(),
-        })?;
-        Ok(ctx.synchronize()?)
+        pool.kernel_parts(layer, KernelAccess::Extend(batch), |parts| {
+            let base = parts.conv.ptr() + geo.conv_offset(layer, 0) as u64;
+            // Snapshot windows first: they read the slot's state before the operator overwrites it.
+            for s in batch.snapshots() {
+                let r = batch.seq_range(s.seq);
+                let tokens: Vec<usize> = (r.start..r.start + s.position).collect();
+                let init = batch.has_initial_state()[s.seq].then(|| base + geo.conv_offset(0, batch.slots()[s.seq].index()) as u64);
+                self.write_window(base + geo.conv_offset(0, s.slot.index()) as u64, &window_sources(w1, &tokens), init, &x, row_bytes)?;
+            }
+            let qsl: Vec<i32> = batch.cu_seqlens().iter().map(|&v| v as i32).collect();
+            let idx: Vec<i32> = batch.slots().iter().map(|s| s.index() as i32).collect();
+            let mode: Vec<i32> = batch.has_initial_state().iter().map(|&h| h as i32).collect();
+            let (qsl_b, idx_b, mode_b) = (ctx.upload_i32(&qsl)?, ctx.upload_i32(&idx)?, ctx.upload_i32(&mode)?);
+            let states = TensorDesc::contiguous(base, dt, &[geo.rows(), w1, c]);
+            let (tx, tw, ts, ty) = (ctx.tensor(&x.desc())?, ctx.tensor(&wv.desc())?, ctx.tensor(&states)?, ctx.tensor(&y.desc())?);
+            let tb = bias.as_ref().map(|b| ctx.tensor(&b.desc())).transpose()?;
+            let tq = ctx.tensor_of(&qsl_b, AclDType::I32, &[qsl.len()])?;
+            let ti = ctx.tensor_of(&idx_b, AclDType::I32, &[idx.len()])?;
+            let tm = ctx.tensor_of(&mode_b, AclDType::I32, &[mode.len()])?;
+            ctx.run(&OpCall::CausalConv1dFn {
+                x: tx.h(),
+                weight: tw.h(),
+                conv_states: ts.h(),
+                bias: tb.as_ref().map(|t| t.h()),
+                query_start_loc: Some(tq.h()),
+                cache_indices: Some(ti.h()),
+                initial_state_mode: Some(tm.h()),
+                activation: SILU,
+                null_block_id: -1,
+                block_size_to_align: 0,
+                y: ty.h(),
+            })?;
+            Ok(ctx.synchronize()?)
+        })
     }
 
     fn conv_update(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &DecodeBatch, io: ConvIo<'_>) -> Result<()> {
@@ -592,28 +593,29 @@ impl KernelDispatcher for NpuDispatcher {
         let x = View { addr: io.x.addr(), dtype: io.x.meta().dtype().into(), shape: vec![n, 1, c], strides: vec![xs, c, 1] };
         let y = View { addr: io.out.addr(), dtype: io.out.meta().dtype().into(), shape: vec![n, 1, c], strides: vec![ys, c, 1] };
         let (_keep, wv, bias) = self.conv_weights(&io, dt)?;
-        let parts = pool.parts_mut();
-        let base = parts.conv.ptr() + geo.conv_offset(layer, 0) as u64;
-        let idx: Vec<i32> = batch.slots().iter().map(|s| s.0 as i32).collect();
-        let idx_b = ctx.upload_i32(&idx)?;
-        let states = TensorDesc::contiguous(base, dt, &[geo.rows(), w1, c]);
-        let (tx, tw, ts, ty) = (ctx.tensor(&x.desc())?, ctx.tensor(&wv.desc())?, ctx.tensor(&states)?, ctx.tensor(&y.desc())?);
-        let tb = bias.as_ref().map(|b| ctx.tensor(&b.desc())).transpose()?;
-        let ti = ctx.tensor_of(&idx_b, AclDType::I32, &[n])?;
-        ctx.run(&OpCall::CausalConv1dUpdate {
-            x: tx.h(),
-            weight: tw.h(),
-            conv_states: ts.h(),
-            bias: tb.as_ref().map(|t| t.h()),
-            query_start_loc: None,
-            cache_indices: Some(ti.h()),
-            num_accepted_tokens: None,
-            activation: SILU,
-            null_block_id: -1,
-            max_query_len: -1,
-            y: ty.h(),
-        })?;
-        Ok(ctx.synchronize()?)
+        pool.kernel_parts(layer, KernelAccess::Decode(batch), |parts| {
+            let base = parts.conv.ptr() + geo.conv_offset(layer, 0) as u64;
+            let idx: Vec<i32> = batch.slots().iter().map(|s| s.index() as i32).collect();
+            let idx_b = ctx.upload_i32(&idx)?;
+            let states = TensorDesc::contiguous(base, dt, &[geo.rows(), w1, c]);
+            let (tx, tw, ts, ty) = (ctx.tensor(&x.desc())?, ctx.tensor(&wv.desc())?, ctx.tensor(&states)?, ctx.tensor(&y.desc())?);
+            let tb = bias.as_ref().map(|b| ctx.tensor(&b.desc())).transpose()?;
+            let ti = ctx.tensor_of(&idx_b, AclDType::I32, &[n])?;
+            ctx.run(&OpCall::CausalConv1dUpdate {
+                x: tx.h(),
+                weight: tw.h(),
+                conv_states: ts.h(),
+                bias: tb.as_ref().map(|t| t.h()),
+                query_start_loc: None,
+                cache_indices: Some(ti.h()),
+                num_accepted_tokens: None,
+                activation: SILU,
+                null_block_id: -1,
+                max_query_len: -1,
+                y: ty.h(),
+            })?;
+            Ok(ctx.synchronize()?)
+        })
     }
 
     fn conv_verify(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &VerifyBatch, io: ConvIo<'_>) -> Result<()> {
@@ -630,52 +632,53 @@ impl KernelDispatcher for NpuDispatcher {
         let x = View::of(io.x.addr(), io.x.meta());
         let y = View::of(io.out.addr(), io.out.meta());
         let (_keep, wv, bias) = self.conv_weights(&io, dt)?;
-        let parts = pool.parts_mut();
-        let conv_base = parts.conv.ptr() + geo.conv_offset(layer, 0) as u64;
-        let win = parts.windows.ok_or(Error::NoSpeculativeBuffers)?;
-        let win_base = win.ptr() + geo.window_offset(layer, 0, 0) as u64;
-        let win_addr = |slot: Slot, t: usize| win_base + ((slot.index() * d + t) * w1 * row_bytes) as u64;
-        let mut qsl = vec![0i32];
-        let mut idx = Vec::new();
-        for (i, &slot) in batch.slots().iter().enumerate() {
-            let parents = &batch.parents()[i * d..(i + 1) * d];
-            let init = Some(conv_base + geo.conv_offset(0, slot.index()) as u64);
-            let global = |path: Vec<usize>| path.into_iter().map(|u| i * d + u).collect::<Vec<_>>();
-            for (s, e, parent) in chain_segments(parents) {
-                // Windows of the segment's inner steps, built from their sources.
-                for t in s..e - 1 {
-                    self.write_window(win_addr(slot, t), &window_sources(w1, &global(path_to(parents, t))), init, &x, row_bytes)?;
+        pool.kernel_parts(layer, KernelAccess::ConvVerify(batch), |parts| {
+            let conv_base = parts.conv.ptr() + geo.conv_offset(layer, 0) as u64;
+            let win = parts.windows.ok_or(Error::NoSpeculativeBuffers)?;
+            let win_base = win.ptr() + geo.window_offset(layer, 0, 0) as u64;
+            let win_addr = |slot: Slot, t: usize| win_base + ((slot.index() * d + t) * w1 * row_bytes) as u64;
+            let mut qsl = vec![0i32];
+            let mut idx = Vec::new();
+            for (i, &slot) in batch.slots().iter().enumerate() {
+                let parents = &batch.parents()[i * d..(i + 1) * d];
+                let init = Some(conv_base + geo.conv_offset(0, slot.index()) as u64);
+                let global = |path: Vec<usize>| path.into_iter().map(|u| i * d + u).collect::<Vec<_>>();
+                for (s, e, parent) in chain_segments(parents) {
+                    // Windows of the segment's inner steps, built from their sources.
+                    for t in s..e - 1 {
+                        self.write_window(win_addr(slot, t), &window_sources(w1, &global(path_to(parents, t))), init, &x, row_bytes)?;
+                    }
+                    // The operator's initial state (the parent's window) goes in the row it
+                    // leaves the segment's final window in.
+                    let start = parent.map_or_else(Vec::new, |p| global(path_to(parents, p)));
+                    self.write_window(win_addr(slot, e - 1), &window_sources(w1, &start), init, &x, row_bytes)?;
+                    qsl.push((i * d + e) as i32);
+                    idx.push((slot.index() * d + e - 1) as i32);
                 }
-                // The operator's initial state (the parent's window) goes in the row it
-                // leaves the segment's final window in.
-                let start = parent.map_or_else(Vec::new, |p| global(path_to(parents, p)));
-                self.write_window(win_addr(slot, e - 1), &window_sources(w1, &start), init, &x, row_bytes)?;
-                qsl.push((i * d + e) as i32);
-                idx.push((slot.index() * d + e - 1) as i32);
             }
-        }
-        let mode = vec![1i32; idx.len()];
-        let (qsl_b, idx_b, mode_b) = (ctx.upload_i32(&qsl)?, ctx.upload_i32(&idx)?, ctx.upload_i32(&mode)?);
-        let states = TensorDesc::contiguous(win_base, dt, &[geo.rows() * d, w1, c]);
-        let (tx, tw, ts, ty) = (ctx.tensor(&x.desc())?, ctx.tensor(&wv.desc())?, ctx.tensor(&states)?, ctx.tensor(&y.desc())?);
-        let tb = bias.as_ref().map(|b| ctx.tensor(&b.desc())).transpose()?;
-        let tq = ctx.tensor_of(&qsl_b, AclDType::I32, &[qsl.len()])?;
-        let ti = ctx.tensor_of(&idx_b, AclDType::I32, &[idx.len()])?;
-        let tm = ctx.tensor_of(&mode_b, AclDType::I32, &[mode.len()])?;
-        ctx.run(&OpCall::CausalConv1dFn {
-            x: tx.h(),
-            weight: tw.h(),
-            conv_states: ts.h(),
-            bias: tb.as_ref().map(|t| t.h()),
-            query_start_loc: Some(tq.h()),
-            cache_indices: Some(ti.h()),
-            initial_state_mode: Some(tm.h()),
-            activation: SILU,
-            null_block_id: -1,
-            block_size_to_align: 0,
-            y: ty.h(),
-        })?;
-        Ok(ctx.synchronize()?)
+            let mode = vec![1i32; idx.len()];
+            let (qsl_b, idx_b, mode_b) = (ctx.upload_i32(&qsl)?, ctx.upload_i32(&idx)?, ctx.upload_i32(&mode)?);
+            let states = TensorDesc::contiguous(win_base, dt, &[geo.rows() * d, w1, c]);
+            let (tx, tw, ts, ty) = (ctx.tensor(&x.desc())?, ctx.tensor(&wv.desc())?, ctx.tensor(&states)?, ctx.tensor(&y.desc())?);
+            let tb = bias.as_ref().map(|b| ctx.tensor(&b.desc())).transpose()?;
+            let tq = ctx.tensor_of(&qsl_b, AclDType::I32, &[qsl.len()])?;
+            let ti = ctx.tensor_of(&idx_b, AclDType::I32, &[idx.len()])?;
+            let tm = ctx.tensor_of(&mode_b, AclDType::I32, &[mode.len()])?;
+            ctx.run(&OpCall::CausalConv1dFn {
+                x: tx.h(),
+                weight: tw.h(),
+                conv_states: ts.h(),
+                bias: tb.as_ref().map(|t| t.h()),
+                query_start_loc: Some(tq.h()),
+                cache_indices: Some(ti.h()),
+                initial_state_mode: Some(tm.h()),
+                activation: SILU,
+                null_block_id: -1,
+                block_size_to_align: 0,
+                y: ty.h(),
+            })?;
+            Ok(ctx.synchronize()?)
+        })
     }
 
     fn extend(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &ExtendBatch, io: DeltaIo<'_>) -> Result<()> {
@@ -692,56 +695,57 @@ impl KernelDispatcher for NpuDispatcher {
         let vv = View::of(io.v.addr(), io.v.meta());
         let g = View::of(io.g.addr(), io.g.meta());
         let o = View::of(io.o.addr(), io.o.meta());
-        let parts = pool.parts_mut();
-        let base = parts.temporal.ptr() + geo.temporal_offset(layer, 0) as u64;
-        let slot_addr = |s: Slot| base + (s.index() * sb) as u64;
-        for pieces in extend_plan(batch) {
-            let nb = pieces.len();
-            let (t0, t1) = (pieces[0].start, pieces[nb - 1].end);
-            let (_in_b, s_in) = self.temp(sdt, &[nb, hv, v, k])?;
-            let (_out_b, s_out) = self.temp(sdt, &[nb, hv, v, k])?;
-            for (j, p) in pieces.iter().enumerate() {
-                let dst = s_in.addr + (j * sb) as u64;
-                if p.from_slot {
-                    ctx.copy(dst, slot_addr(p.slot), sb)?;
-                } else {
-                    ctx.zero(dst, sb)?;
+        pool.kernel_parts(layer, KernelAccess::Extend(batch), |parts| {
+            let base = parts.temporal.ptr() + geo.temporal_offset(layer, 0) as u64;
+            let slot_addr = |s: Slot| base + (s.index() * sb) as u64;
+            for pieces in extend_plan(batch) {
+                let nb = pieces.len();
+                let (t0, t1) = (pieces[0].start, pieces[nb - 1].end);
+                let (_in_b, s_in) = self.temp(sdt, &[nb, hv, v, k])?;
+                let (_out_b, s_out) = self.temp(sdt, &[nb, hv, v, k])?;
+                for (j, p) in pieces.iter().enumerate() {
+                    let dst = s_in.addr + (j * sb) as u64;
+                    if p.from_slot {
+                        ctx.copy(dst, slot_addr(p.slot), sb)?;
+                    } else {
+                        ctx.zero(dst, sb)?;
+                    }
                 }
-            }
-            let lens: Vec<i32> = pieces.iter().map(|p| (p.end - p.start) as i32).collect();
-            let lens_b = ctx.upload_i32(&lens)?;
-            let n = t1 - t0;
-            let tq = ctx.tensor(&q.rows(t0, n).desc())?;
-            let tk = ctx.tensor(&kk.rows(t0, n).desc())?;
-            let tv = ctx.tensor(&vv.rows(t0, n).desc())?;
-            let tb = ctx.tensor(&beta.rows(t0, n).desc())?;
-            let tg = ctx.tensor(&g.rows(t0, n).desc())?;
-            let to = ctx.tensor(&o.rows(t0, n).desc())?;
-            let (ti, tf) = (ctx.tensor(&s_in.desc())?, ctx.tensor(&s_out.desc())?);
-            let tl = ctx.tensor_of(&lens_b, AclDType::I32, &[nb])?;
-            ctx.run(&OpCall::ChunkGatedDeltaRule {
-                query: tq.h(),
-                key: tk.h(),
-                value: tv.h(),
-                beta: tb.h(),
-                initial_state: ti.h(),
-                actual_seq_lengths: tl.h(),
-                g: Some(tg.h()),
-                scale: io.params.scale,
-                out: to.h(),
-                final_state: tf.h(),
-            })?;
-            for (j, p) in pieces.iter().enumerate() {
-                let src = s_out.addr + (j * sb) as u64;
-                ctx.copy(slot_addr(p.slot), src, sb)?;
-                for &snap in &p.snapshots {
-                    ctx.copy(slot_addr(snap), src, sb)?;
+                let lens: Vec<i32> = pieces.iter().map(|p| (p.end - p.start) as i32).collect();
+                let lens_b = ctx.upload_i32(&lens)?;
+                let n = t1 - t0;
+                let tq = ctx.tensor(&q.rows(t0, n).desc())?;
+                let tk = ctx.tensor(&kk.rows(t0, n).desc())?;
+                let tv = ctx.tensor(&vv.rows(t0, n).desc())?;
+                let tb = ctx.tensor(&beta.rows(t0, n).desc())?;
+                let tg = ctx.tensor(&g.rows(t0, n).desc())?;
+                let to = ctx.tensor(&o.rows(t0, n).desc())?;
+                let (ti, tf) = (ctx.tensor(&s_in.desc())?, ctx.tensor(&s_out.desc())?);
+                let tl = ctx.tensor_of(&lens_b, AclDType::I32, &[nb])?;
+                ctx.run(&OpCall::ChunkGatedDeltaRule {
+                    query: tq.h(),
+                    key: tk.h(),
+                    value: tv.h(),
+                    beta: tb.h(),
+                    initial_state: ti.h(),
+                    actual_seq_lengths: tl.h(),
+                    g: Some(tg.h()),
+                    scale: io.params.scale,
+                    out: to.h(),
+                    final_state: tf.h(),
+                })?;
+                for (j, p) in pieces.iter().enumerate() {
+                    let src = s_out.addr + (j * sb) as u64;
+                    ctx.copy(slot_addr(p.slot), src, sb)?;
+                    for &snap in &p.snapshots {
+                        ctx.copy(slot_addr(snap), src, sb)?;
+                    }
                 }
+                // The temporaries of this call are freed at the end of the iteration.
+                ctx.synchronize()?;
             }
-            // The temporaries of this call are freed at the end of the iteration.
-            ctx.synchronize()?;
-        }
-        Ok(ctx.synchronize()?)
+            Ok(ctx.synchronize()?)
+        })
     }
 
     fn decode(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &DecodeBatch, io: DeltaIo<'_>) -> Result<()> {
@@ -754,17 +758,18 @@ impl KernelDispatcher for NpuDispatcher {
         check_batch_tokens(n, io.q.meta().shape()[0])?;
         let (hv, k, v) = (dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
         let (_keep, q, kk, beta) = self.delta_inputs(&io)?;
-        let parts = pool.parts_mut();
-        let base = parts.temporal.ptr() + geo.temporal_offset(layer, 0) as u64;
-        let state = View {
-            addr: base,
-            dtype: geo.config.state_dtype.into(),
-            shape: vec![geo.rows(), hv, v, k],
-            strides: vec![hv * v * k, v * k, k, 1],
-        };
-        let idx: Vec<i32> = batch.slots().iter().map(|s| s.0 as i32).collect();
-        self.recurrent(&io, &q, &kk, &beta, &state, 0, &vec![1; n], &idx, &vec![1; n])?;
-        Ok(self.ctx().synchronize()?)
+        pool.kernel_parts(layer, KernelAccess::Decode(batch), |parts| {
+            let base = parts.temporal.ptr() + geo.temporal_offset(layer, 0) as u64;
+            let state = View {
+                addr: base,
+                dtype: geo.config.state_dtype.into(),
+                shape: vec![geo.rows(), hv, v, k],
+                strides: vec![hv * v * k, v * k, k, 1],
+            };
+            let idx: Vec<i32> = batch.slots().iter().map(|s| s.index() as i32).collect();
+            self.recurrent(&io, &q, &kk, &beta, &state, 0, &vec![1; n], &idx, &vec![1; n])?;
+            Ok(self.ctx().synchronize()?)
+        })
     }
 
     fn verify(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &VerifyBatch, io: DeltaIo<'_>) -> Result<()> {
@@ -781,43 +786,44 @@ impl KernelDispatcher for NpuDispatcher {
         let (hv, k, v) = (dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
         let sb = geo.state_bytes();
         let (_keep, q, kk, beta) = self.delta_inputs(&io)?;
-        let parts = pool.parts_mut();
-        let main = parts.temporal.ptr() + geo.temporal_offset(layer, 0) as u64;
-        let scratch = parts.scratch.ok_or(Error::NoSpeculativeBuffers)?;
-        let sbase = scratch.ptr() + geo.scratch_offset(layer, 0, 0) as u64;
-        let state = View {
-            addr: sbase,
-            dtype: geo.config.state_dtype.into(),
-            shape: vec![geo.rows() * d, hv, v, k],
-            strides: vec![hv * v * k, v * k, k, 1],
-        };
-        let row = |slot: Slot, t: usize| slot.index() * d + t;
-        let addr = |r: usize| sbase + (r * sb) as u64;
-        let segs: Vec<Vec<(usize, usize, Option<usize>)>> =
-            (0..batch.num_seqs()).map(|i| chain_segments(&batch.parents()[i * d..(i + 1) * d])).collect();
-        if segs.iter().all(|s| s.len() == 1) {
-            // Chains: the slot's state goes to scratch step 0; the operator reads it there
-            // (numAcceptedTokens = 1 → ssmStateIndices[start]) and writes step t's state to step t.
-            let mut idx = Vec::with_capacity(batch.tokens());
-            for &slot in batch.slots() {
-                ctx.copy(addr(row(slot, 0)), main + (slot.index() * sb) as u64, sb)?;
-                idx.extend((0..d).map(|t| row(slot, t) as i32));
-            }
-            let n = batch.num_seqs();
-            self.recurrent(&io, &q, &kk, &beta, &state, 0, &vec![d as i32; n], &idx, &vec![1; n])?;
-        } else {
-            // Trees: one call per chain segment, in step order (a parent's segment runs first),
-            // each starting from a copy of its parent's state.
-            for (i, &slot) in batch.slots().iter().enumerate() {
-                for &(s, e, parent) in &segs[i] {
-                    let src = parent.map_or(main + (slot.index() * sb) as u64, |p| addr(row(slot, p)));
-                    ctx.copy(addr(row(slot, s)), src, sb)?;
-                    let idx: Vec<i32> = (s..e).map(|t| row(slot, t) as i32).collect();
-                    self.recurrent(&io, &q, &kk, &beta, &state, i * d + s, &[(e - s) as i32], &idx, &[1])?;
+        pool.kernel_parts(layer, KernelAccess::Verify(batch), |parts| {
+            let main = parts.temporal.ptr() + geo.temporal_offset(layer, 0) as u64;
+            let scratch = parts.scratch.ok_or(Error::NoSpeculativeBuffers)?;
+            let sbase = scratch.ptr() + geo.scratch_offset(layer, 0, 0) as u64;
+            let state = View {
+                addr: sbase,
+                dtype: geo.config.state_dtype.into(),
+                shape: vec![geo.rows() * d, hv, v, k],
+                strides: vec![hv * v * k, v * k, k, 1],
+            };
+            let row = |slot: Slot, t: usize| slot.index() * d + t;
+            let addr = |r: usize| sbase + (r * sb) as u64;
+            let segs: Vec<Vec<(usize, usize, Option<usize>)>> =
+                (0..batch.num_seqs()).map(|i| chain_segments(&batch.parents()[i * d..(i + 1) * d])).collect();
+            if segs.iter().all(|s| s.len() == 1) {
+                // Chains: the slot's state goes to scratch step 0; the operator reads it there
+                // (numAcceptedTokens = 1 → ssmStateIndices[start]) and writes step t's state to step t.
+                let mut idx = Vec::with_capacity(batch.tokens());
+                for &slot in batch.slots() {
+                    ctx.copy(addr(row(slot, 0)), main + (slot.index() * sb) as u64, sb)?;
+                    idx.extend((0..d).map(|t| row(slot, t) as i32));
+                }
+                let n = batch.num_seqs();
+                self.recurrent(&io, &q, &kk, &beta, &state, 0, &vec![d as i32; n], &idx, &vec![1; n])?;
+            } else {
+                // Trees: one call per chain segment, in step order (a parent's segment runs first),
+                // each starting from a copy of its parent's state.
+                for (i, &slot) in batch.slots().iter().enumerate() {
+                    for &(s, e, parent) in &segs[i] {
+                        let src = parent.map_or(main + (slot.index() * sb) as u64, |p| addr(row(slot, p)));
+                        ctx.copy(addr(row(slot, s)), src, sb)?;
+                        let idx: Vec<i32> = (s..e).map(|t| row(slot, t) as i32).collect();
+                        self.recurrent(&io, &q, &kk, &beta, &state, i * d + s, &[(e - s) as i32], &idx, &[1])?;
+                    }
                 }
             }
-        }
-        Ok(ctx.synchronize()?)
+            Ok(ctx.synchronize()?)
+        })
     }
 
     fn commit(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &CommitBatch) -> Result<()> {

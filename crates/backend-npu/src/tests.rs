@@ -351,7 +351,7 @@ fn decode_runs_the_recurrent_operator_in_place_on_the_pool() {
     assert_eq!(expect_t(r, "g", AclDType::F32, &[3, hv]).addr, io.g.addr());
     assert_eq!(expect_t(r, "out", AclDType::BF16, &[3, hv, v]).addr, io.o.addr());
     assert!(r.opt("gk").is_none());
-    assert_eq!(r.ints("ssmStateIndices"), slots.iter().map(|s| s.0 as i32).collect::<Vec<_>>());
+    assert_eq!(r.ints("ssmStateIndices"), slots.iter().map(|s| s.index() as i32).collect::<Vec<_>>());
     assert_eq!(r.ints("actualSeqLengths"), vec![1, 1, 1]);
     assert_eq!(r.ints("numAcceptedTokens"), vec![1, 1, 1]);
     expect_t(r, "ssmStateIndices", AclDType::I32, &[3]);
@@ -469,17 +469,19 @@ fn commit_copies_the_accepted_step_of_a_vmajor_pool() {
     let mut rng = ChaCha8Rng::seed_from_u64(6);
     let geo = *pool.geometry();
     let (sb, cb) = (geo.state_bytes(), geo.conv_bytes());
-    {
-        let mem = d.memory().clone();
-        let parts = pool.parts_mut();
-        let scratch = parts.scratch.unwrap();
-        let bytes: Vec<u8> = (0..mem.len(scratch)).map(|_| rng.gen()).collect();
-        mem.write(scratch, 0, &bytes).unwrap();
-        let windows = parts.windows.unwrap();
-        let bytes: Vec<u8> = (0..mem.len(windows)).map(|_| rng.gen()).collect();
-        mem.write(windows, 0, &bytes).unwrap();
-    }
     let layer = 1;
+    // Random scratch, as a verify of the two committed slots would leave it (current).
+    let vb = VerifyBatch::chain(&pool, &[s[0], s[1]], dd).unwrap();
+    pool.kernel_parts(layer, KernelAccess::Verify(&vb), |parts| {
+        let scratch = parts.scratch.unwrap();
+        let bytes: Vec<u8> = (0..parts.memory.len(scratch)).map(|_| rng.gen()).collect();
+        parts.memory.write(scratch, 0, &bytes).unwrap();
+        let windows = parts.windows.unwrap();
+        let bytes: Vec<u8> = (0..parts.memory.len(windows)).map(|_| rng.gen()).collect();
+        parts.memory.write(windows, 0, &bytes).unwrap();
+        Ok(())
+    })
+    .unwrap();
     let batch = CommitBatch::new(&pool, &[s[0], s[1]], &[2, 0], &[Some(s[3]), None]).unwrap();
     let before = pool.export(s[2]).unwrap();
     rec.clear();
@@ -502,7 +504,7 @@ fn commit_copies_the_accepted_step_of_a_vmajor_pool() {
     mem.read(parts.scratch.unwrap(), geo.scratch_offset(layer, s[0].index(), 2), &mut raw).unwrap();
     let mut canon = vec![[0u8; 2]; sb / 2];
     let src: Vec<[u8; 2]> = raw.chunks_exact(2).map(|c| [c[0], c[1]]).collect();
-    convert_state(LayoutKind::VMajor, LayoutKind::KMajor, m.num_v_heads, m.head_k_dim, m.head_v_dim, &src, &mut canon);
+    convert_state(LayoutKind::VMajor, LayoutKind::KMajor, m.num_v_heads, m.head_k_dim, m.head_v_dim, &src, &mut canon).unwrap();
     let exported = pool.export(s[3]).unwrap();
     assert_eq!(&exported.temporal[layer * sb..(layer + 1) * sb], canon.concat().as_slice());
     assert_eq!(pool.export(s[2]).unwrap(), before, "untouched slots stay untouched");
@@ -601,7 +603,7 @@ fn conv_extend_marshals_causal_conv1d_fn_and_snapshot_windows() {
     let st = expect_t(r, "convStatesRef", AclDType::BF16, &[7, w1, c]);
     assert_eq!((st.addr, st.strides.clone()), (conv, contiguous_strides(&[7, w1, c])));
     assert_eq!(r.ints("queryStartLocOptional"), vec![0, 5, 7]);
-    assert_eq!(r.ints("cacheIndicesOptional"), vec![s[0].0 as i32, s[1].0 as i32]);
+    assert_eq!(r.ints("cacheIndicesOptional"), vec![s[0].index() as i32, s[1].index() as i32]);
     assert_eq!(r.ints("initialStateModeOptional"), vec![1, 0]);
     assert!(matches!(r.call, OpCall::CausalConv1dFn { activation, null_block_id: -1, .. } if activation.to_str() == Ok("silu")));
     // Snapshot windows (channels-last [W-1, C]): seq 0 after 2 tokens = [state row 2, x0, x1];
@@ -639,7 +641,7 @@ fn conv_update_marshals_causal_conv1d_update() {
     assert_eq!(expect_t(&r, "y", AclDType::BF16, &[2, 1, c]).addr, io.out.addr());
     expect_t(&r, "weight", AclDType::BF16, &[4, c]);
     assert_eq!(expect_t(&r, "convStatesRef", AclDType::BF16, &[7, w1, c]).addr, desc_addr(&pool, BufferKind::Conv, 0));
-    assert_eq!(r.ints("cacheIndicesOptional"), vec![s[2].0 as i32, s[0].0 as i32]);
+    assert_eq!(r.ints("cacheIndicesOptional"), vec![s[2].index() as i32, s[0].index() as i32]);
     assert!(r.opt("queryStartLocOptional").is_none() && r.opt("numAcceptedTokensOptional").is_none());
     assert!(matches!(r.call, OpCall::CausalConv1dUpdate { max_query_len: -1, null_block_id: -1, .. }));
     assert_eq!(rec.live_tensors(), 0);

@@ -10,16 +10,18 @@ pub const DN_SLOT_NONE: u64 = u64::MAX;
 
 /// The C value of a slot.
 pub fn to_raw(slot: Slot) -> u64 {
-    u64::from(slot.0)
+    slot.to_raw()
 }
 
-/// A slot from its C value (handed out earlier by `dn_pool_alloc` / `dn_pool_fork`).
-/// Values no pool ever hands out are `DN_ERR_INVALID_ARGUMENT`; whether the
-/// slot is allocated in a given pool is the pool's check.
+/// A slot from its C value (handed out earlier by `dn_pool_alloc` / `dn_pool_fork`):
+/// index in the low 32 bits, generation in the high 32. `DN_SLOT_NONE` is
+/// `DN_ERR_INVALID_ARGUMENT`; whether the slot is allocated in a given pool,
+/// and of the current generation, is the pool's check (`DN_ERR_STALE_SLOT`).
 pub fn from_raw(raw: u64) -> CResult<Slot> {
-    u32::try_from(raw)
-        .map(Slot)
-        .map_err(|_| Failure::new(dn_status::DN_ERR_INVALID_ARGUMENT, format!("slot value {raw:#x} is not a slot of any pool")))
+    if raw == DN_SLOT_NONE {
+        return Err(Failure::new(dn_status::DN_ERR_INVALID_ARGUMENT, format!("slot value {raw:#x} is not a slot of any pool")));
+    }
+    Ok(Slot::from_raw(raw))
 }
 
 /// Many slots from C values.

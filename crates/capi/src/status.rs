@@ -73,6 +73,12 @@ pub enum dn_status {
     DN_ERR_OUT_OF_MEMORY = 27,
     /// The device runtime reported a failure.
     DN_ERR_DEVICE = 28,
+    /// A slot handle from before its slot was freed (and perhaps handed out again).
+    DN_ERR_STALE_SLOT = 29,
+    /// Commit on a slot and layer whose scratch holds no current verify.
+    DN_ERR_NO_CURRENT_VERIFY = 30,
+    /// A non-finite input or starting state, refused by a pool made with the finite check.
+    DN_ERR_NON_FINITE = 31,
     /// A required pointer argument was NULL.
     DN_ERR_NULL_POINTER = 100,
     /// A handle that is not live: never made, already destroyed, or of another kind.
@@ -118,6 +124,9 @@ pub fn code_of(e: &Error) -> dn_status {
         Error::NotCompiled { .. } => DN_ERR_NOT_COMPILED,
         Error::OutOfMemory { .. } => DN_ERR_OUT_OF_MEMORY,
         Error::Device { .. } => DN_ERR_DEVICE,
+        Error::StaleSlot { .. } => DN_ERR_STALE_SLOT,
+        Error::NoCurrentVerify { .. } => DN_ERR_NO_CURRENT_VERIFY,
+        Error::NonFinite { .. } => DN_ERR_NON_FINITE,
     }
 }
 

@@ -105,7 +105,7 @@ impl ExtendBatch {
                 return Err(Error::BadSnapshot { index: i, seq: s.seq, position: s.position, len });
             }
             if let Some(j) = self.slots.iter().position(|&b| b == s.slot) {
-                return Err(Error::DuplicateSlot { slot: s.slot.0, first: j, second: i });
+                return Err(Error::DuplicateSlot { slot: s.slot.index_u32(), first: j, second: i });
             }
         }
         self.snapshots = snapshots.to_vec();

@@ -56,6 +56,7 @@ impl Capabilities {
 
     /// Refuses a pool configuration this backend cannot run.
     pub fn check_pool_config(&self, cfg: &PoolConfig) -> Result<()> {
+        crate::finite::check_pool_supports(self.device == Device::Host, cfg.check_finite, &self.backend)?;
         if !self.state_dtypes.contains(&cfg.state_dtype) {
             return Err(Error::UnsupportedDType { backend: self.backend.clone(), what: "recurrent state".into(), dtype: cfg.state_dtype });
         }

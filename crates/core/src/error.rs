@@ -12,7 +12,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Error {
     /// A pool of one recurrent-state layout was handed to a kernel of another.
-    #[error("layout mismatch: the kernel needs a {expected:?} pool, got a {actual:?} pool")]
+    #[error("layout mismatch: the kernel needs a {} pool, got a {} pool", expected.name(), actual.name())]
     LayoutMismatch {
         /// The kernel's native layout.
         expected: LayoutKind,
@@ -102,6 +102,19 @@ pub enum Error {
         /// The slot index.
         slot: u32,
     },
+    /// A slot handle kept past a free: the index was re-allocated since, under a
+    /// newer generation (the handle, or a batch built from it, is stale).
+    #[error("slot {slot} is stale: handle of generation {generation}, the slot is now generation {current} (sequence {index})")]
+    StaleSlot {
+        /// Position in the batch or list.
+        index: usize,
+        /// The slot index.
+        slot: u32,
+        /// Generation of the handle.
+        generation: u32,
+        /// Generation the slot has now.
+        current: u32,
+    },
     /// `free` of a slot already free.
     #[error("double free of slot {slot}")]
     DoubleFree {
@@ -159,6 +172,18 @@ pub enum Error {
     /// The pool has no speculative buffers but a verify or commit was requested.
     #[error("the pool was created without speculative-decoding buffers")]
     NoSpeculativeBuffers,
+    /// A commit of a slot whose scratch holds no current verify in that layer:
+    /// never verified, already committed, or its state changed since (decode,
+    /// extend, import, zero, copy into it, free).
+    #[error("commit of slot {slot} in layer {layer}: no current verify in the scratch (request {index})")]
+    NoCurrentVerify {
+        /// Request index in the commit batch.
+        index: usize,
+        /// The slot index.
+        slot: u32,
+        /// Layer.
+        layer: usize,
+    },
     /// Accepted step `>= D`.
     #[error("request {index}: accepted step {accepted} out of range for {draft} draft tokens")]
     AcceptedOutOfRange {
@@ -206,6 +231,17 @@ pub enum Error {
         batch_pool: u64,
         /// Pool id it was used with.
         pool: u64,
+    },
+    /// With the pool's finite check on ([`PoolConfig::with_finite_check`](crate::PoolConfig::with_finite_check)):
+    /// the first non-finite input or starting state of the call. Nothing was written.
+    #[error("non-finite {what} in sequence {seq} at token {token}")]
+    NonFinite {
+        /// Sequence (request) index in the batch.
+        seq: usize,
+        /// Token position within that sequence in this call (0 for a starting state).
+        token: usize,
+        /// Which input or state.
+        what: String,
     },
     /// A host state whose dims do not match the pool.
     #[error("host state does not match the pool: {0}")]

@@ -7,6 +7,7 @@
 //! four entry points differ only in which batch type and which two kernels
 //! they hand to the one shared body, `run_layer`.
 
+use crate::access::KernelAccess;
 use crate::batch::{CommitBatch, DecodeBatch, ExtendBatch, VerifyBatch};
 use crate::dims::{DeltaParams, ModelDims};
 use crate::dispatch::{ConvIo, DeltaIo, GateIo, KernelDispatcher, PoolOf};
@@ -118,6 +119,7 @@ impl<M: DeviceMemory> LayerWorkspace<M> {
 fn run_layer<D: KernelDispatcher>(
     d: &D,
     pool: &mut PoolOf<D>,
+    (layer, access): (usize, KernelAccess<'_>),
     tokens: usize,
     w: &LayerWeights<'_>,
     x: &LayerInput<'_>,
@@ -141,6 +143,7 @@ fn run_layer<D: KernelDispatcher>(
         let [g, beta] = ws.gate_out(&dims, tokens)?;
         DeltaIo { q, k, v, g, beta, o: out.reborrow(), params }.validate(caps, &dims, tokens)?;
     }
+    crate::finite::check_layer(pool, layer, access, x)?;
 
     conv(pool, ConvIo { x: x.mixed_qkv, weight: w.conv_weight, bias: w.conv_bias, out: ws.conv_out_mut(&dims, tokens)? })?;
     let [g, beta] = ws.gate_out_mut(&dims, tokens)?;
@@ -170,6 +173,7 @@ pub fn forward_extend<D: KernelDispatcher>(
     run_layer(
         d,
         pool,
+        (layer, KernelAccess::Extend(batch)),
         batch.tokens(),
         weights,
         input,
@@ -200,6 +204,7 @@ pub fn forward_decode<D: KernelDispatcher>(
     run_layer(
         d,
         pool,
+        (layer, KernelAccess::Decode(batch)),
         batch.tokens(),
         weights,
         input,
@@ -231,6 +236,7 @@ pub fn forward_verify<D: KernelDispatcher>(
     run_layer(
         d,
         pool,
+        (layer, KernelAccess::Verify(batch)),
         batch.tokens(),
         weights,
         input,

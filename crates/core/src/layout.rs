@@ -2,6 +2,8 @@
 //! between them. Canonical order (import, export, replay files) is K-major
 //! `[HV, K, V]` and channels-first `[conv_dim, W-1]`.
 
+use crate::error::{Error, Result};
+
 /// Which of the two recurrent-state layouts a buffer uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LayoutKind {
@@ -72,12 +74,29 @@ impl StateLayout for VMajor {
 /// Converts `heads` heads of `k_dim x v_dim` elements from one layout to
 /// another (a plain copy when they agree). Works on any element type,
 /// including raw bytes grouped per element, so it is exact.
-pub fn convert_state<T: Copy>(from: LayoutKind, to: LayoutKind, heads: usize, k_dim: usize, v_dim: usize, src: &[T], dst: &mut [T]) {
+/// Buffers shorter than `heads * K * V` elements (or sizes whose product
+/// overflows) are an error, with `dst` unchanged.
+pub fn convert_state<T: Copy>(
+    from: LayoutKind,
+    to: LayoutKind,
+    heads: usize,
+    k_dim: usize,
+    v_dim: usize,
+    src: &[T],
+    dst: &mut [T],
+) -> Result<()> {
+    let n = crate::size::product("convert_state heads * K * V", &[heads, k_dim, v_dim])?;
+    for (name, len) in [("source", src.len()), ("destination", dst.len())] {
+        if len < n {
+            return Err(Error::StateMismatch(format!(
+                "convert_state: {name} holds {len} elements, {heads} heads of {k_dim} x {v_dim} need {n}"
+            )));
+        }
+    }
     let per = k_dim * v_dim;
-    assert!(src.len() >= heads * per && dst.len() >= heads * per, "convert_state: short buffer");
     if from == to {
-        dst[..heads * per].copy_from_slice(&src[..heads * per]);
-        return;
+        dst[..n].copy_from_slice(&src[..n]);
+        return Ok(());
     }
     for h in 0..heads {
         let (s, d) = (&src[h * per..(h + 1) * per], &mut dst[h * per..(h + 1) * per]);
@@ -87,6 +106,7 @@ pub fn convert_state<T: Copy>(from: LayoutKind, to: LayoutKind, heads: usize, k_
             }
         }
     }
+    Ok(())
 }
 
 /// Which of the two conv-state layouts a buffer uses.
@@ -109,13 +129,28 @@ impl ConvLayoutKind {
     }
 }
 
-/// Converts one or more requests' conv states between conv layouts.
-pub fn convert_conv<T: Copy>(from: ConvLayoutKind, to: ConvLayoutKind, conv_dim: usize, cols: usize, src: &[T], dst: &mut [T]) {
-    let per = conv_dim * cols;
-    assert!(src.len() == dst.len() && src.len().is_multiple_of(per.max(1)), "convert_conv: bad buffers");
+/// Converts one or more requests' conv states between conv layouts: `src`
+/// and `dst` of one length, a multiple of `conv_dim * cols`; anything else is
+/// an error, with `dst` unchanged.
+pub fn convert_conv<T: Copy>(
+    from: ConvLayoutKind,
+    to: ConvLayoutKind,
+    conv_dim: usize,
+    cols: usize,
+    src: &[T],
+    dst: &mut [T],
+) -> Result<()> {
+    let per = crate::size::product("convert_conv conv_dim * cols", &[conv_dim, cols])?;
+    if src.len() != dst.len() || !src.len().is_multiple_of(per.max(1)) {
+        return Err(Error::StateMismatch(format!(
+            "convert_conv: source of {} and destination of {} elements; both must be one multiple of conv_dim {conv_dim} x {cols}",
+            src.len(),
+            dst.len()
+        )));
+    }
     if from == to {
         dst.copy_from_slice(src);
-        return;
+        return Ok(());
     }
     for (s, d) in src.chunks_exact(per).zip(dst.chunks_exact_mut(per)) {
         for c in 0..conv_dim {
@@ -124,6 +159,7 @@ pub fn convert_conv<T: Copy>(from: ConvLayoutKind, to: ConvLayoutKind, conv_dim:
             }
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -140,8 +176,8 @@ mod tests {
             let src = iota(h * k * v);
             let mut vm = vec![0; src.len()];
             let mut back = vec![0; src.len()];
-            convert_state(LayoutKind::KMajor, LayoutKind::VMajor, h, k, v, &src, &mut vm);
-            convert_state(LayoutKind::VMajor, LayoutKind::KMajor, h, k, v, &vm, &mut back);
+            convert_state(LayoutKind::KMajor, LayoutKind::VMajor, h, k, v, &src, &mut vm).unwrap();
+            convert_state(LayoutKind::VMajor, LayoutKind::KMajor, h, k, v, &vm, &mut back).unwrap();
             assert_eq!(src, back);
             if k > 1 && v > 1 {
                 assert_ne!(src, vm, "K != 1 and V != 1 must permute");
@@ -162,7 +198,7 @@ mod tests {
         // the "silently wrong when K = V" class: a transpose must not be a no-op
         let src = iota(2 * 4 * 4);
         let mut vm = vec![0; src.len()];
-        convert_state(LayoutKind::KMajor, LayoutKind::VMajor, 2, 4, 4, &src, &mut vm);
+        convert_state(LayoutKind::KMajor, LayoutKind::VMajor, 2, 4, 4, &src, &mut vm).unwrap();
         assert_eq!(vm[1], src[4]);
         assert_ne!(vm, src);
     }
@@ -173,14 +209,32 @@ mod tests {
             let src = iota(2 * c * w);
             let mut last = vec![0; src.len()];
             let mut back = vec![0; src.len()];
-            convert_conv(ConvLayoutKind::ChannelsFirst, ConvLayoutKind::ChannelsLast, c, w, &src, &mut last);
-            convert_conv(ConvLayoutKind::ChannelsLast, ConvLayoutKind::ChannelsFirst, c, w, &last, &mut back);
+            convert_conv(ConvLayoutKind::ChannelsFirst, ConvLayoutKind::ChannelsLast, c, w, &src, &mut last).unwrap();
+            convert_conv(ConvLayoutKind::ChannelsLast, ConvLayoutKind::ChannelsFirst, c, w, &last, &mut back).unwrap();
             assert_eq!(src, back);
             for ch in 0..c {
                 for j in 0..w {
                     assert_eq!(last[j * c + ch], src[ch * w + j]);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn short_or_mismatched_buffers_are_errors_and_leave_dst_unchanged() {
+        let src = iota(2 * 3 * 4);
+        let mut dst = [7u32; 2 * 3 * 4];
+        for (heads, k, v, s, d) in
+            [(3, 3, 4, &src[..], 24), (2, 3, 4, &src[..23], 24), (2, 3, 4, &src[..], 23), (1, usize::MAX, 2, &src[..], 24)]
+        {
+            let r = convert_state(LayoutKind::KMajor, LayoutKind::VMajor, heads, k, v, s, &mut dst[..d]);
+            assert!(matches!(r, Err(Error::StateMismatch(_) | Error::InvalidConfig(_))), "{heads} {k} {v}: {r:?}");
+            assert!(dst.iter().all(|&x| x == 7));
+        }
+        for (c, w, s, d) in [(3, 4, &src[..], 23), (5, 1, &src[..], 24), (usize::MAX, 2, &src[..], 24)] {
+            let r = convert_conv(ConvLayoutKind::ChannelsFirst, ConvLayoutKind::ChannelsLast, c, w, s, &mut dst[..d]);
+            assert!(matches!(r, Err(Error::StateMismatch(_) | Error::InvalidConfig(_))), "{c} {w}: {r:?}");
+            assert!(dst.iter().all(|&x| x == 7));
         }
     }
 }

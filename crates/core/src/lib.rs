@@ -14,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod batch;
 pub mod conformance;
 pub mod device_tensor;
@@ -21,12 +22,14 @@ pub mod dims;
 pub mod dispatch;
 pub mod dtype;
 pub mod error;
+pub mod finite;
 pub mod forward;
 pub mod layout;
 pub mod memory;
 pub mod oracle;
 pub mod pool;
 pub mod size;
+pub mod slot;
 pub mod tensor;
 
 pub use batch::{CommitBatch, DecodeBatch, ExtendBatch, Snapshot, VerifyBatch};
@@ -39,6 +42,7 @@ pub use forward::{commit, forward_decode, forward_extend, forward_verify, LayerI
 pub use layout::{convert_conv, convert_state, ConvLayoutKind, KMajor, LayoutKind, StateLayout, VMajor};
 pub use memory::{DeviceMemory, HostBuffer, HostMemory};
 pub use pool::{
-    BufferBytes, BufferDescriptor, BufferKind, HostState, MambaStatePool, PoolConfig, PoolGeometry, PoolParts, Slot, SpecConfig, StatePool,
+    BufferBytes, BufferDescriptor, BufferKind, HostState, KernelAccess, MambaStatePool, PoolConfig, PoolGeometry, PoolParts, Slot,
+    SpecConfig, StatePool,
 };
 pub use tensor::{Device, TensorMeta, TensorMut, TensorRef};

@@ -149,6 +149,16 @@ pub fn causal_conv1d(
     ConvOutput { out, conv_state: new_state }
 }
 
+/// The worse of two error ratios: NaN when either is NaN (`f64::max` would
+/// drop it, and a NaN ratio must fail a check, never pass it).
+pub fn worst_ratio(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
+}
+
 /// Error as fla measures it: `rms(x - ref) / rms(ref)` (0 when both are 0).
 pub fn error_ratio(x: &[f32], reference: &[f64]) -> f64 {
     assert_eq!(x.len(), reference.len(), "error_ratio: length mismatch");

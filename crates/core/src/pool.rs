@@ -10,6 +10,34 @@
 //! `&mut self`: the borrow checker guarantees no kernel runs while state is
 //! changed elsewhere. Share a pool across threads as `Arc<Mutex<StatePool>>`
 //! or `RwLock` when several threads issue kernels.
+//!
+//! # Slots and generations
+//! A [`Slot`] handed out by `alloc` (or `fork`) carries the slot's generation;
+//! `free` bumps it. Every operation checks the handle: a freed slot is
+//! [`Error::SlotNotAllocated`] (`free`: [`Error::DoubleFree`]), and once its
+//! index is allocated again, the old handle is [`Error::StaleSlot`]. A batch
+//! records its handles when it is built and every kernel re-checks them when
+//! it runs ([`StatePool::kernel_parts`]), so a batch built before a free and a
+//! re-allocation never runs on the index's new owner.
+//!
+//! # Speculative state: verify, then commit
+//! Per slot and layer the pool knows whether the scratch holds a *current*
+//! verify: the scratch steps were written by `verify` from the main state as
+//! it still is. `commit` of a slot in a layer without one is
+//! [`Error::NoCurrentVerify`], and the whole commit is refused. The rules:
+//! - `verify` of a slot in a layer makes its scratch current (a failed verify
+//!   leaves it not current);
+//! - anything that writes the slot's main state makes it stale: `extend`,
+//!   `decode`, `conv_extend`, `conv_update` of the slot in that layer (also as
+//!   a snapshot target), and in every layer `import`, `zero`, `copy`/`fork`
+//!   into it, and `free`;
+//! - `commit` consumes it: after a commit the main state has moved on, so a
+//!   second commit of the same verify (even of another accepted step) needs a
+//!   new verify. A snapshot slot a commit writes is made stale likewise;
+//! - `conv_verify` writes only the conv windows and changes nothing here: the
+//!   commit copies whichever windows the last `conv_verify` left (the layer
+//!   forward always runs both);
+//! - raw access through [`StatePool::parts_mut`] makes every verify stale.
 
 use crate::dims::ModelDims;
 use crate::dtype::DType;
@@ -21,16 +49,9 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-/// A request's slot in the pool. Index 0 is the padding slot and never handed out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Slot(pub u32);
-
-impl Slot {
-    /// The index as `usize`.
-    pub fn index(self) -> usize {
-        self.0 as usize
-    }
-}
+pub use crate::access::KernelAccess;
+pub use crate::slot::Slot;
+use crate::slot::SlotAllocator;
 
 /// Speculative-decoding configuration of a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,12 +83,20 @@ pub struct PoolConfig {
     pub conv_dtype: DType,
     /// Speculative buffers, if any.
     pub spec: Option<SpecConfig>,
+    /// Refuse delta-rule calls with non-finite inputs or starting states
+    /// ([`Error::NonFinite`], nothing written); host backends only. See [`crate::finite`].
+    pub check_finite: bool,
 }
 
 impl PoolConfig {
     /// f32 state and conv, no speculative buffers.
     pub fn new(layers: usize, slots: usize, dims: ModelDims) -> Self {
-        PoolConfig { layers, slots, dims, state_dtype: DType::F32, conv_dtype: DType::F32, spec: None }
+        PoolConfig { layers, slots, dims, state_dtype: DType::F32, conv_dtype: DType::F32, spec: None, check_finite: false }
+    }
+    /// Turns on the non-finite input check ([`crate::finite`]).
+    pub fn with_finite_check(mut self) -> Self {
+        self.check_finite = true;
+        self
     }
     /// Sets the recurrent-state dtype.
     pub fn with_state_dtype(mut self, d: DType) -> Self {
@@ -345,47 +374,6 @@ pub trait MambaStatePool: Send + Sync {
     fn digest(&self) -> Result<u64>;
 }
 
-/// Slot bookkeeping.
-#[derive(Debug)]
-struct SlotAllocator {
-    allocated: Vec<bool>,
-    free: Vec<u32>,
-}
-
-impl SlotAllocator {
-    fn new(slots: usize) -> Self {
-        SlotAllocator { allocated: vec![false; slots + 1], free: (1..=slots as u32).rev().collect() }
-    }
-
-    fn check(&self, index: usize, slot: Slot) -> Result<()> {
-        if slot.0 == 0 {
-            return Err(Error::PaddingSlot { index });
-        }
-        if slot.index() >= self.allocated.len() {
-            return Err(Error::SlotOutOfRange { index, slot: slot.0, capacity: self.allocated.len() - 1 });
-        }
-        if !self.allocated[slot.index()] {
-            return Err(Error::SlotNotAllocated { index, slot: slot.0 });
-        }
-        Ok(())
-    }
-
-    fn check_distinct(&self, slots: &[Slot]) -> Result<()> {
-        let mut seen: Vec<Option<usize>> = Vec::new();
-        for (i, &s) in slots.iter().enumerate() {
-            self.check(i, s)?;
-            if seen.len() <= s.index() {
-                seen.resize(s.index() + 1, None);
-            }
-            if let Some(first) = seen[s.index()] {
-                return Err(Error::DuplicateSlot { slot: s.0, first, second: i });
-            }
-            seen[s.index()] = Some(i);
-        }
-        Ok(())
-    }
-}
-
 static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
 
 /// The one pool implementation: buffers on `M` in layout `L`.
@@ -419,6 +407,8 @@ pub struct StatePool<M: DeviceMemory, L: StateLayout> {
 pub struct PoolParts<'p, M: DeviceMemory> {
     /// Where everything is.
     pub geometry: &'p PoolGeometry,
+    /// The memory the buffers live on.
+    pub memory: &'p M,
     /// Conv state `[L, slots+1, conv]`.
     pub conv: &'p mut M::Buffer,
     /// Recurrent state `[L, slots+1, state]`.
@@ -447,6 +437,8 @@ impl<M: DeviceMemory, L: StateLayout> StatePool<M, L> {
         } else {
             (None, None)
         };
+        // After the buffers, which are larger: an impossible pool fails there first.
+        let slots = SlotAllocator::new(config.slots, config.layers)?;
         Ok(StatePool {
             id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
             memory,
@@ -455,7 +447,7 @@ impl<M: DeviceMemory, L: StateLayout> StatePool<M, L> {
             temporal,
             scratch,
             windows,
-            slots: Mutex::new(SlotAllocator::new(config.slots)),
+            slots: Mutex::new(slots),
             _layout: PhantomData,
         })
     }
@@ -470,15 +462,66 @@ impl<M: DeviceMemory, L: StateLayout> StatePool<M, L> {
         L::KIND
     }
 
-    /// Mutable access to every buffer, for kernels.
+    /// Mutable access to every buffer, untracked: the pool cannot know what
+    /// is written through it, so afterwards no verify counts as current (a
+    /// commit needs a new verify). Kernels use [`kernel_parts`](Self::kernel_parts).
     pub fn parts_mut(&mut self) -> PoolParts<'_, M> {
+        self.slots.get_mut().unwrap_or_else(|p| p.into_inner()).forget_all_verifies();
+        self.raw_parts()
+    }
+
+    fn raw_parts(&mut self) -> PoolParts<'_, M> {
         PoolParts {
             geometry: &self.geometry,
+            memory: &self.memory,
             conv: &mut self.conv,
             temporal: &mut self.temporal,
             scratch: self.scratch.as_mut(),
             windows: self.windows.as_mut(),
         }
+    }
+
+    /// Runs `kernel` on the buffers for `access` in `layer`: the one way a
+    /// kernel reaches a pool's state. First, at run time, the batch is checked
+    /// again (this pool, every slot still allocated under the generation the
+    /// batch was built with, so a batch built before a free and re-allocation
+    /// is [`Error::StaleSlot`]) and so is the layer; a commit needs a current
+    /// verify of each of its slots in `layer` ([`Error::NoCurrentVerify`]).
+    /// Refused here, nothing changed. After `kernel`, the verify bookkeeping
+    /// follows what it wrote (see the [module docs](self)); if `kernel` fails,
+    /// everything it may have written counts as stale.
+    pub fn kernel_parts<R>(
+        &mut self,
+        layer: usize,
+        access: KernelAccess<'_>,
+        kernel: impl FnOnce(PoolParts<'_, M>) -> Result<R>,
+    ) -> Result<R> {
+        access.check_pool(self)?;
+        self.geometry.check_layer(layer)?;
+        if let KernelAccess::Commit(b) = access {
+            let a = self.slots.get_mut().unwrap_or_else(|p| p.into_inner());
+            if let Some((index, s)) = b.slots().iter().enumerate().find(|(_, s)| !a.verified(layer, s.index())) {
+                return Err(Error::NoCurrentVerify { index, slot: s.index_u32(), layer });
+            }
+        }
+        let r = kernel(self.raw_parts());
+        let a = self.slots.get_mut().unwrap_or_else(|p| p.into_inner());
+        for s in access.main_writes() {
+            a.set_verified(layer, s.index(), false);
+        }
+        if let KernelAccess::Verify(b) = access {
+            for s in b.slots() {
+                a.set_verified(layer, s.index(), r.is_ok());
+            }
+        }
+        r
+    }
+
+    /// Whether the scratch of `slot` in `layer` holds a current verify (what
+    /// a commit of it needs). False for a slot not allocated under this handle.
+    pub fn has_current_verify(&self, slot: Slot, layer: usize) -> bool {
+        let a = self.allocator();
+        a.is_allocated(slot) && layer < self.geometry.config.layers && a.verified(layer, slot.index())
     }
 
     /// Read access to the conv and recurrent buffers.
@@ -496,27 +539,25 @@ impl<M: DeviceMemory, L: StateLayout> StatePool<M, L> {
     /// `layer` into its main slot, and into its snapshot slot when one is named.
     /// The default `commit` of every dispatcher; backends may fuse it.
     pub fn commit_accepted(&mut self, layer: usize, batch: &crate::batch::CommitBatch) -> Result<()> {
-        batch.check_pool(self)?;
-        self.geometry.check_layer(layer)?;
-        let g = self.geometry;
-        let (scratch, windows) = match (&self.scratch, &self.windows) {
-            (Some(s), Some(w)) => (s, w),
-            _ => return Err(Error::NoSpeculativeBuffers),
-        };
-        for (i, (&slot, &a)) in batch.slots().iter().zip(batch.accepted()).enumerate() {
-            let mut targets = vec![slot];
-            targets.extend(batch.snapshots()[i]);
-            for dst in targets {
-                let (s, d) = (g.scratch_offset(layer, slot.index(), a), g.temporal_offset(layer, dst.index()));
-                self.memory.copy_between(scratch, s, &mut self.temporal, d, g.state_bytes())?;
-                let (s, d) = (g.window_offset(layer, slot.index(), a), g.conv_offset(layer, dst.index()));
-                self.memory.copy_between(windows, s, &mut self.conv, d, g.conv_bytes())?;
+        self.kernel_parts(layer, KernelAccess::Commit(batch), |p| {
+            let g = p.geometry;
+            let (scratch, windows) = match (p.scratch, p.windows) {
+                (Some(s), Some(w)) => (s, w),
+                _ => return Err(Error::NoSpeculativeBuffers),
+            };
+            for (i, (&slot, &a)) in batch.slots().iter().zip(batch.accepted()).enumerate() {
+                for dst in std::iter::once(slot).chain(batch.snapshots()[i]) {
+                    let (s, d) = (g.scratch_offset(layer, slot.index(), a), g.temporal_offset(layer, dst.index()));
+                    p.memory.copy_between(scratch, s, p.temporal, d, g.state_bytes())?;
+                    let (s, d) = (g.window_offset(layer, slot.index(), a), g.conv_offset(layer, dst.index()));
+                    p.memory.copy_between(windows, s, p.conv, d, g.conv_bytes())?;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
-    fn state_elem_convert(&self, from: LayoutKind, to: LayoutKind, src: &[u8], dst: &mut [u8]) {
+    fn state_elem_convert(&self, from: LayoutKind, to: LayoutKind, src: &[u8], dst: &mut [u8]) -> Result<()> {
         let dims = &self.geometry.config.dims;
         let (h, k, v) = (dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
         match self.geometry.config.state_dtype.size() {
@@ -525,7 +566,7 @@ impl<M: DeviceMemory, L: StateLayout> StatePool<M, L> {
         }
     }
 
-    fn conv_elem_convert(&self, from: ConvLayoutKind, to: ConvLayoutKind, src: &[u8], dst: &mut [u8]) {
+    fn conv_elem_convert(&self, from: ConvLayoutKind, to: ConvLayoutKind, src: &[u8], dst: &mut [u8]) -> Result<()> {
         let dims = &self.geometry.config.dims;
         let (c, w) = (dims.conv_dim(), dims.conv_state_len());
         match self.geometry.config.conv_dtype.size() {
@@ -560,10 +601,10 @@ impl<M: DeviceMemory, L: StateLayout> MambaStatePool for StatePool<M, L> {
         self.memory.device()
     }
     fn free_count(&self) -> usize {
-        self.allocator().free.len()
+        self.allocator().free_count()
     }
     fn is_allocated(&self, slot: Slot) -> bool {
-        self.allocator().allocated.get(slot.index()).copied().unwrap_or(false) && slot.0 != 0
+        self.allocator().is_allocated(slot)
     }
     fn check_slots(&self, slots: &[Slot]) -> Result<()> {
         self.allocator().check_distinct(slots)
@@ -571,41 +612,19 @@ impl<M: DeviceMemory, L: StateLayout> MambaStatePool for StatePool<M, L> {
 
     fn alloc(&self, n: usize) -> Result<Vec<Slot>> {
         let _span = tracing::debug_span!("pool.alloc", n).entered();
-        let mut a = self.allocator();
-        if n > a.free.len() {
-            return Err(Error::PoolExhausted { requested: n, available: a.free.len() });
-        }
-        let mut out = Vec::with_capacity(n);
-        for _ in 0..n {
-            let s = a.free.pop().expect("checked above");
-            a.allocated[s as usize] = true;
-            out.push(Slot(s));
-        }
-        Ok(out)
+        self.allocator().alloc(n)
     }
 
     fn free(&self, slots: &[Slot]) -> Result<()> {
         let _span = tracing::debug_span!("pool.free", n = slots.len()).entered();
-        let mut a = self.allocator();
-        for (i, &s) in slots.iter().enumerate() {
-            match a.check(i, s) {
-                Err(Error::SlotNotAllocated { slot, .. }) => return Err(Error::DoubleFree { slot }),
-                other => other?,
-            }
-            if slots[..i].contains(&s) {
-                return Err(Error::DoubleFree { slot: s.0 });
-            }
-        }
-        for &s in slots {
-            a.allocated[s.index()] = false;
-            a.free.push(s.0);
-        }
-        Ok(())
+        self.allocator().free(slots)
     }
 
     fn zero(&mut self, slots: &[Slot]) -> Result<()> {
         let _span = tracing::debug_span!("pool.zero", n = slots.len()).entered();
-        self.allocator().check_distinct(slots)?;
+        let a = self.slots.get_mut().unwrap_or_else(|p| p.into_inner());
+        a.check_distinct(slots)?;
+        slots.iter().for_each(|s| a.forget_verify(s.index()));
         let g = self.geometry;
         for layer in 0..g.config.layers {
             for s in slots {
@@ -617,8 +636,10 @@ impl<M: DeviceMemory, L: StateLayout> MambaStatePool for StatePool<M, L> {
     }
 
     fn copy(&mut self, src: Slot, dst: Slot) -> Result<()> {
-        let _span = tracing::debug_span!("pool.copy", src = src.0, dst = dst.0).entered();
-        self.allocator().check_distinct(&[src, dst])?;
+        let _span = tracing::debug_span!("pool.copy", src = src.index(), dst = dst.index()).entered();
+        let a = self.slots.get_mut().unwrap_or_else(|p| p.into_inner());
+        a.check_distinct(&[src, dst])?;
+        a.forget_verify(dst.index());
         let g = self.geometry;
         for layer in 0..g.config.layers {
             let (s, d) = (g.temporal_offset(layer, src.index()), g.temporal_offset(layer, dst.index()));
@@ -630,7 +651,7 @@ impl<M: DeviceMemory, L: StateLayout> MambaStatePool for StatePool<M, L> {
     }
 
     fn export(&self, slot: Slot) -> Result<HostState> {
-        let _span = tracing::debug_span!("pool.export", slot = slot.0).entered();
+        let _span = tracing::debug_span!("pool.export", slot = slot.index()).entered();
         self.allocator().check(0, slot)?;
         let g = self.geometry;
         let (sb, cb) = (g.state_bytes(), g.conv_bytes());
@@ -639,9 +660,9 @@ impl<M: DeviceMemory, L: StateLayout> MambaStatePool for StatePool<M, L> {
         let mut raw = vec![0u8; sb.max(cb)];
         for layer in 0..g.config.layers {
             self.memory.read(&self.temporal, g.temporal_offset(layer, slot.index()), &mut raw[..sb])?;
-            self.state_elem_convert(L::KIND, LayoutKind::KMajor, &raw[..sb], &mut temporal[layer * sb..(layer + 1) * sb]);
+            self.state_elem_convert(L::KIND, LayoutKind::KMajor, &raw[..sb], &mut temporal[layer * sb..(layer + 1) * sb])?;
             self.memory.read(&self.conv, g.conv_offset(layer, slot.index()), &mut raw[..cb])?;
-            self.conv_elem_convert(g.conv_layout, ConvLayoutKind::ChannelsFirst, &raw[..cb], &mut conv[layer * cb..(layer + 1) * cb]);
+            self.conv_elem_convert(g.conv_layout, ConvLayoutKind::ChannelsFirst, &raw[..cb], &mut conv[layer * cb..(layer + 1) * cb])?;
         }
         Ok(HostState {
             layers: g.config.layers,
@@ -654,7 +675,7 @@ impl<M: DeviceMemory, L: StateLayout> MambaStatePool for StatePool<M, L> {
     }
 
     fn import(&mut self, slot: Slot, state: &HostState) -> Result<()> {
-        let _span = tracing::debug_span!("pool.import", slot = slot.0).entered();
+        let _span = tracing::debug_span!("pool.import", slot = slot.index()).entered();
         self.allocator().check(0, slot)?;
         let g = self.geometry;
         let dims = &g.config.dims;
@@ -684,12 +705,13 @@ impl<M: DeviceMemory, L: StateLayout> MambaStatePool for StatePool<M, L> {
         };
         let conv =
             if state.conv_dtype == g.config.conv_dtype { state.conv.clone() } else { g.config.conv_dtype.encode_vec(&state.conv_f32()) };
+        self.slots.get_mut().unwrap_or_else(|p| p.into_inner()).forget_verify(slot.index());
         let (sb, cb) = (g.state_bytes(), g.conv_bytes());
         let mut raw = vec![0u8; sb.max(cb)];
         for layer in 0..g.config.layers {
-            self.state_elem_convert(LayoutKind::KMajor, L::KIND, &temporal[layer * sb..(layer + 1) * sb], &mut raw[..sb]);
+            self.state_elem_convert(LayoutKind::KMajor, L::KIND, &temporal[layer * sb..(layer + 1) * sb], &mut raw[..sb])?;
             self.memory.write(&mut self.temporal, g.temporal_offset(layer, slot.index()), &raw[..sb])?;
-            self.conv_elem_convert(ConvLayoutKind::ChannelsFirst, g.conv_layout, &conv[layer * cb..(layer + 1) * cb], &mut raw[..cb]);
+            self.conv_elem_convert(ConvLayoutKind::ChannelsFirst, g.conv_layout, &conv[layer * cb..(layer + 1) * cb], &mut raw[..cb])?;
             self.memory.write(&mut self.conv, g.conv_offset(layer, slot.index()), &raw[..cb])?;
         }
         Ok(())

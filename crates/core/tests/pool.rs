@@ -93,8 +93,8 @@ fn lifecycle_alloc_free_zero_copy_fork_bytes_descriptors() {
     assert_eq!(p.capacity(), 4);
     assert_eq!(p.free_count(), 4);
     let s = p.alloc(2).unwrap();
-    assert!(s.iter().all(|x| x.0 != 0 && p.is_allocated(*x)));
-    assert!(!p.is_allocated(Slot(0)));
+    assert!(s.iter().all(|x| x.index() != 0 && p.is_allocated(*x)));
+    assert!(!p.is_allocated(Slot::new(0, 0)));
     assert_eq!(p.free_count(), 2);
     let st = random_state(&cfg, 1);
     p.import(s[0], &st).unwrap();
@@ -109,9 +109,13 @@ fn lifecycle_alloc_free_zero_copy_fork_bytes_descriptors() {
     assert_eq!(p.export(s[1]).unwrap(), st, "zero touched another slot");
     p.free(&s).unwrap();
     assert_eq!(p.free_count(), 3);
-    // slots are reused
+    // slot indices are reused, under a new generation: the old handles are stale
     let again = p.alloc(3).unwrap();
-    assert!(again.contains(&s[0]) && again.contains(&s[1]));
+    for old in [s[0], s[1]] {
+        let new = again.iter().find(|a| a.index() == old.index()).expect("index reused");
+        assert_eq!(new.generation(), old.generation() + 1);
+        assert!(matches!(p.export(old), Err(Error::StaleSlot { .. })) && !p.is_allocated(old) && p.is_allocated(*new));
+    }
 
     // bytes: every buffer, slot 0 included, scratch and windows D times
     let (sb, cb) = (cfg.dims.state_elems() * 4, cfg.dims.conv_elems() * 4);
@@ -202,31 +206,31 @@ fn slot_errors_leave_pool_unchanged() {
     let st = random_state(&cfg, 3);
     p.import(s[0], &st).unwrap();
     p.import(s[1], &random_state(&cfg, 4)).unwrap();
-    let never = Slot(3);
+    let never = Slot::new(3, 0);
     assert!(!p.is_allocated(never));
 
     // exhaustion
     rejects!(p, p.alloc(2), Error::PoolExhausted { requested: 2, available: 1 });
     // double free, slot 0, out of range, never allocated, same slot twice in one free
     rejects!(p, p.free(&[never]), Error::DoubleFree { slot: 3 });
-    rejects!(p, p.free(&[Slot(0)]), Error::PaddingSlot { index: 0 });
-    rejects!(p, p.free(&[Slot(9)]), Error::SlotOutOfRange { slot: 9, .. });
+    rejects!(p, p.free(&[Slot::new(0, 0)]), Error::PaddingSlot { index: 0 });
+    rejects!(p, p.free(&[Slot::new(9, 0)]), Error::SlotOutOfRange { slot: 9, .. });
     rejects!(p, p.free(&[s[0], s[0]]), Error::DoubleFree { .. });
     // all or nothing: a good slot followed by a bad one frees neither
     rejects!(p, p.free(&[s[0], never]), Error::DoubleFree { slot: 3 });
     assert!(p.is_allocated(s[0]));
     // zero / copy / fork / export / import on bad slots
     rejects!(p, p.zero(&[s[0], never]), Error::SlotNotAllocated { index: 1, slot: 3 });
-    rejects!(p, p.zero(&[Slot(0)]), Error::PaddingSlot { .. });
+    rejects!(p, p.zero(&[Slot::new(0, 0)]), Error::PaddingSlot { .. });
     rejects!(p, p.zero(&[s[1], s[1]]), Error::DuplicateSlot { first: 0, second: 1, .. });
     rejects!(p, p.copy(s[0], s[0]), Error::DuplicateSlot { .. });
     rejects!(p, p.copy(s[0], never), Error::SlotNotAllocated { .. });
-    rejects!(p, p.copy(Slot(0), s[0]), Error::PaddingSlot { .. });
-    rejects!(p, p.copy(s[0], Slot(100)), Error::SlotOutOfRange { slot: 100, capacity: 3, .. });
+    rejects!(p, p.copy(Slot::new(0, 0), s[0]), Error::PaddingSlot { .. });
+    rejects!(p, p.copy(s[0], Slot::new(100, 0)), Error::SlotOutOfRange { slot: 100, capacity: 3, .. });
     rejects!(p, p.fork(never), Error::SlotNotAllocated { .. });
     assert_eq!(p.free_count(), 1, "a failed fork must give its slot back");
     rejects!(p, p.export(never), Error::SlotNotAllocated { .. });
-    rejects!(p, p.export(Slot(0)), Error::PaddingSlot { .. });
+    rejects!(p, p.export(Slot::new(0, 0)), Error::PaddingSlot { .. });
     rejects!(p, p.import(never, &st), Error::SlotNotAllocated { .. });
     // state mismatch: other dims, other layer count, wrong byte lengths
     let other = PoolConfig::new(2, 3, dims(1, 2, 4, 8));
@@ -253,7 +257,7 @@ fn batch_errors_leave_pool_unchanged() {
     for (i, &x) in s.iter().enumerate() {
         p.import(x, &random_state(&cfg, 10 + i as u64)).unwrap();
     }
-    let never = Slot(6);
+    let never = Slot::new(6, 0);
     let (a, b) = (s[0], s[1]);
 
     // cu_seqlens
@@ -266,8 +270,12 @@ fn batch_errors_leave_pool_unchanged() {
     rejects!(p, ExtendBatch::new(&p, &[0, 3, 5], &[a], &[false, false]), Error::LengthMismatch { expected: 2, actual: 1, .. });
     rejects!(p, ExtendBatch::new(&p, &[0, 3, 5], &[a, b], &[false]), Error::LengthMismatch { expected: 2, actual: 1, .. });
     // slots: padding, out of range, not allocated, duplicate
-    rejects!(p, ExtendBatch::new(&p, &[0, 3, 5], &[a, Slot(0)], &[false, false]), Error::PaddingSlot { index: 1 });
-    rejects!(p, ExtendBatch::new(&p, &[0, 3, 5], &[Slot(70), a], &[false, false]), Error::SlotOutOfRange { index: 0, slot: 70, .. });
+    rejects!(p, ExtendBatch::new(&p, &[0, 3, 5], &[a, Slot::new(0, 0)], &[false, false]), Error::PaddingSlot { index: 1 });
+    rejects!(
+        p,
+        ExtendBatch::new(&p, &[0, 3, 5], &[Slot::new(70, 0), a], &[false, false]),
+        Error::SlotOutOfRange { index: 0, slot: 70, .. }
+    );
     rejects!(p, ExtendBatch::new(&p, &[0, 3, 5], &[a, never], &[false, false]), Error::SlotNotAllocated { index: 1, slot: 6 });
     rejects!(p, ExtendBatch::new(&p, &[0, 3, 5], &[a, a], &[false, false]), Error::DuplicateSlot { first: 0, second: 1, .. });
     // snapshots: position 0, past the end, unknown sequence, slot in the batch, slot unallocated, named twice
@@ -286,7 +294,7 @@ fn batch_errors_leave_pool_unchanged() {
     rejects!(p, DecodeBatch::new(&p, &[]), Error::LengthMismatch { .. });
     rejects!(p, DecodeBatch::new(&p, &[a, a]), Error::DuplicateSlot { .. });
     rejects!(p, DecodeBatch::new(&p, &[never]), Error::SlotNotAllocated { .. });
-    rejects!(p, DecodeBatch::new(&p, &[Slot(0)]), Error::PaddingSlot { .. });
+    rejects!(p, DecodeBatch::new(&p, &[Slot::new(0, 0)]), Error::PaddingSlot { .. });
     // verify: draft mismatch, bad parents, parents length, slots
     rejects!(p, VerifyBatch::chain(&p, &[a], 2), Error::DraftMismatch { expected: 3, actual: 2, .. });
     rejects!(p, VerifyBatch::chain(&p, &[], 3), Error::LengthMismatch { .. });
@@ -304,7 +312,7 @@ fn batch_errors_leave_pool_unchanged() {
     rejects!(p, CommitBatch::new(&p, &[a, b], &[0, 1], &[None]), Error::LengthMismatch { .. });
     rejects!(p, CommitBatch::new(&p, &[a, b], &[0, 1], &[None, Some(a)]), Error::DuplicateSlot { .. });
     rejects!(p, CommitBatch::new(&p, &[a], &[0], &[Some(never)]), Error::SlotNotAllocated { .. });
-    rejects!(p, CommitBatch::new(&p, &[Slot(0)], &[0], &[]), Error::PaddingSlot { .. });
+    rejects!(p, CommitBatch::new(&p, &[Slot::new(0, 0)], &[0], &[]), Error::PaddingSlot { .. });
 
     // layer out of range, foreign batch, slot freed after validation: at dispatch (commit_accepted)
     let cb = CommitBatch::new(&p, &[a, b], &[1, 2], &[Some(s[2]), None]).unwrap();
@@ -317,7 +325,7 @@ fn batch_errors_leave_pool_unchanged() {
         assert!(matches!(batch_check, Error::ForeignBatch { .. }));
     }
     p.free(&[s[2]]).unwrap();
-    rejects!(p, p.commit_accepted(0, &cb), Error::SlotNotAllocated { slot, .. } if slot == s[2].0);
+    rejects!(p, p.commit_accepted(0, &cb), Error::SlotNotAllocated { slot, .. } if slot == s[2].index_u32());
     assert!(matches!(ok.check_pool(&p), Err(Error::SlotNotAllocated { .. })));
     // commit on a pool without speculative buffers
     let plain = pool_of::<VMajor>(PoolConfig::new(1, 2, cfg.dims));
@@ -328,14 +336,14 @@ fn batch_errors_leave_pool_unchanged() {
 
 #[test]
 fn commit_accepted_copies_the_right_step() {
-    // fill scratch step t of slot s with a recognisable pattern through parts_mut, commit, export
+    // fill scratch step t of slot s with a recognisable pattern as a verify of layer 1 would, commit, export
     let cfg = PoolConfig::new(2, 4, dims(1, 2, 4, 3)).with_speculative(3);
     let mut p = pool_of::<VMajor>(cfg);
     let s = p.alloc(3).unwrap();
     p.zero(&s).unwrap();
     let g = *p.geometry();
-    {
-        let parts = p.parts_mut();
+    let vb = VerifyBatch::chain(&p, &[s[0]], 3).unwrap();
+    p.kernel_parts(1, KernelAccess::Verify(&vb), |parts| {
         let scratch = parts.scratch.unwrap();
         for layer in 0..2 {
             for t in 0..3 {
@@ -349,7 +357,9 @@ fn commit_accepted_copies_the_right_step() {
             let off = g.window_offset(1, s[0].index(), t);
             windows.bytes_mut()[off..off + g.conv_bytes()].fill(t as u8 + 1);
         }
-    }
+        Ok(())
+    })
+    .unwrap();
     let cb = CommitBatch::new(&p, &[s[0]], &[2], &[Some(s[2])]).unwrap();
     p.commit_accepted(1, &cb).unwrap();
     for slot in [s[0], s[2]] {

@@ -19,6 +19,8 @@ enum Op {
     Import(u32, u8),
     /// Export a slot and import the result into another.
     Transfer(u32, u32),
+    /// Export, import, zero and free through a handle of an earlier generation.
+    Stale(u32),
 }
 
 const CAP: u32 = 5;
@@ -36,16 +38,26 @@ fn op() -> impl Strategy<Value = Op> {
         slot().prop_map(Op::Fork),
         (slot(), any::<u8>()).prop_map(|(a, s)| Op::Import(a, s)),
         (slot(), slot()).prop_map(|(a, b)| Op::Transfer(a, b)),
+        slot().prop_map(Op::Stale),
     ]
 }
 
-/// The reference: which slots are allocated, and what each holds when known.
+/// The reference: which slots are allocated, what each holds when known, and
+/// each index's generation (bumped by every free).
 #[derive(Default)]
 struct Model {
     allocated: BTreeMap<u32, Option<HostState>>,
+    generation: BTreeMap<u32, u32>,
 }
 
 impl Model {
+    /// The current handle of index `s` (allocated or not).
+    fn h(&self, s: u32) -> Slot {
+        Slot::new(s, self.generation.get(&s).copied().unwrap_or(0))
+    }
+    fn hs(&self, slots: &[u32]) -> Vec<Slot> {
+        slots.iter().map(|&s| self.h(s)).collect()
+    }
     fn valid(&self, s: u32) -> bool {
         s != 0 && self.allocated.contains_key(&s)
     }
@@ -82,8 +94,10 @@ fn run<L: StateLayout>(ops: &[Op], state_dtype: DType) -> Result<(), TestCaseErr
                 if let Ok(slots) = &r {
                     prop_assert_eq!(slots.len(), *n);
                     for s in slots {
-                        prop_assert!(s.0 != 0 && !m.allocated.contains_key(&s.0), "handed out a taken slot {}", s.0);
-                        m.allocated.insert(s.0, None);
+                        let i = s.index_u32();
+                        prop_assert!(i != 0 && !m.allocated.contains_key(&i), "handed out a taken slot {:?}", s);
+                        prop_assert_eq!(*s, m.h(i), "handed out with another generation than the model's");
+                        m.allocated.insert(i, None);
                     }
                 } else {
                     let exhausted = matches!(r, Err(Error::PoolExhausted { .. }));
@@ -92,19 +106,18 @@ fn run<L: StateLayout>(ops: &[Op], state_dtype: DType) -> Result<(), TestCaseErr
                 r.is_ok()
             }
             Op::Free(slots) => {
-                let v: Vec<Slot> = slots.iter().map(|&s| Slot(s)).collect();
-                let r = pool.free(&v);
+                let r = pool.free(&m.hs(slots));
                 prop_assert_eq!(r.is_ok(), m.distinct_valid(slots), "{:?}: {:?}", op, r);
                 if r.is_ok() {
                     for s in slots {
                         m.allocated.remove(s);
+                        *m.generation.entry(*s).or_default() += 1;
                     }
                 }
                 r.is_ok()
             }
             Op::Zero(slots) => {
-                let v: Vec<Slot> = slots.iter().map(|&s| Slot(s)).collect();
-                let r = pool.zero(&v);
+                let r = pool.zero(&m.hs(slots));
                 prop_assert_eq!(r.is_ok(), m.distinct_valid(slots), "{:?}: {:?}", op, r);
                 if r.is_ok() {
                     for s in slots {
@@ -114,7 +127,7 @@ fn run<L: StateLayout>(ops: &[Op], state_dtype: DType) -> Result<(), TestCaseErr
                 r.is_ok()
             }
             Op::Copy(a, b) => {
-                let r = pool.copy(Slot(*a), Slot(*b));
+                let r = pool.copy(m.h(*a), m.h(*b));
                 prop_assert_eq!(r.is_ok(), m.distinct_valid(&[*a, *b]), "{:?}: {:?}", op, r);
                 if r.is_ok() {
                     let src = m.allocated[a].clone();
@@ -123,19 +136,20 @@ fn run<L: StateLayout>(ops: &[Op], state_dtype: DType) -> Result<(), TestCaseErr
                 r.is_ok()
             }
             Op::Fork(a) => {
-                let r = pool.fork(Slot(*a));
+                let r = pool.fork(m.h(*a));
                 let expect = m.valid(*a) && m.allocated.len() < CAP as usize;
                 prop_assert_eq!(r.is_ok(), expect, "{:?}: {:?}", op, r);
                 if let Ok(s) = r {
-                    prop_assert!(!m.allocated.contains_key(&s.0));
+                    prop_assert!(!m.allocated.contains_key(&s.index_u32()));
+                    prop_assert_eq!(s, m.h(s.index_u32()));
                     let src = m.allocated[a].clone();
-                    m.allocated.insert(s.0, src);
+                    m.allocated.insert(s.index_u32(), src);
                 }
                 r.is_ok()
             }
             Op::Import(a, seed) => {
                 let st = state(&cfg, *seed);
-                let r = pool.import(Slot(*a), &st);
+                let r = pool.import(m.h(*a), &st);
                 prop_assert_eq!(r.is_ok(), m.valid(*a), "{:?}: {:?}", op, r);
                 if r.is_ok() {
                     m.allocated.insert(*a, Some(st));
@@ -143,11 +157,11 @@ fn run<L: StateLayout>(ops: &[Op], state_dtype: DType) -> Result<(), TestCaseErr
                 r.is_ok()
             }
             Op::Transfer(a, b) => {
-                let r = pool.export(Slot(*a));
+                let r = pool.export(m.h(*a));
                 prop_assert_eq!(r.is_ok(), m.valid(*a), "{:?}: {:?}", op, r);
                 match r {
                     Ok(st) => {
-                        let r2 = pool.import(Slot(*b), &st);
+                        let r2 = pool.import(m.h(*b), &st);
                         prop_assert_eq!(r2.is_ok(), m.valid(*b), "{:?}: {:?}", op, r2);
                         if r2.is_ok() {
                             let src = m.allocated[a].clone();
@@ -158,6 +172,27 @@ fn run<L: StateLayout>(ops: &[Op], state_dtype: DType) -> Result<(), TestCaseErr
                     Err(_) => false,
                 }
             }
+            Op::Stale(a) => {
+                // Every earlier generation of the index is refused by every operation.
+                let g = m.generation.get(a).copied().unwrap_or(0);
+                for old in (0..g).map(|g| Slot::new(*a, g)) {
+                    let st = state(&cfg, 1);
+                    let stale = |r: Result<(), Error>| match r {
+                        Err(Error::StaleSlot { slot, generation, current, .. }) => {
+                            slot == *a && generation == old.generation() && current == g && m.valid(*a)
+                        }
+                        Err(Error::SlotNotAllocated { .. } | Error::DoubleFree { .. }) => !m.valid(*a),
+                        Err(Error::PaddingSlot { .. } | Error::SlotOutOfRange { .. }) => *a == 0 || *a > CAP,
+                        _ => false,
+                    };
+                    prop_assert!(stale(pool.export(old).map(|_| ())), "export of stale {:?}", old);
+                    prop_assert!(stale(pool.import(old, &st)), "import of stale {:?}", old);
+                    prop_assert!(stale(pool.zero(&[old])), "zero of stale {:?}", old);
+                    prop_assert!(stale(pool.free(&[old])), "free of stale {:?}", old);
+                    prop_assert!(!pool.is_allocated(old));
+                }
+                false
+            }
         };
         if !ok {
             prop_assert_eq!(pool.digest().unwrap(), before, "rejected {:?} changed pool bytes", op);
@@ -165,11 +200,11 @@ fn run<L: StateLayout>(ops: &[Op], state_dtype: DType) -> Result<(), TestCaseErr
         // the model and the pool agree on every slot and every known content
         prop_assert_eq!(pool.free_count(), CAP as usize - m.allocated.len());
         for s in 0..=CAP + 1 {
-            prop_assert_eq!(pool.is_allocated(Slot(s)), m.valid(s), "slot {}", s);
+            prop_assert_eq!(pool.is_allocated(m.h(s)), m.valid(s), "slot {}", s);
         }
         for (s, st) in &m.allocated {
             if let Some(st) = st {
-                prop_assert_eq!(&pool.export(Slot(*s)).unwrap(), st, "slot {} content after {:?}", s, op);
+                prop_assert_eq!(&pool.export(m.h(*s)).unwrap(), st, "slot {} content after {:?}", s, op);
             }
         }
     }

@@ -15,7 +15,11 @@ pub fn lib_dir() -> PathBuf {
             return dir;
         }
     }
-    panic!("libdeltanet.so not found next to {}", exe.display());
+    panic!(
+        "libdeltanet.so not found next to {} (cargo test does not build cdylibs: run `cargo build -p deltanet-capi` \
+         with the same features first, as scripts/test.sh does)",
+        exe.display()
+    );
 }
 
 /// The shared library itself.

@@ -388,9 +388,12 @@ pub(crate) fn verify_commit<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn F
                 if a == 0 {
                     ctx.exact(&format!("{name}: commit snapshot == committed state"), b.state(snap)? == b.state(slots[0])?, String::new());
                 }
+                // Restoring the main state makes the verify stale: verify again
+                // (same inputs, same scratch) before committing the next step.
                 for (s, st) in slots.iter().zip(&saved) {
                     b.pool.import(*s, st)?;
                 }
+                b.run(Batch::Verify(&vb), &drafts)?;
             }
         }
     }
@@ -996,7 +999,7 @@ pub(crate) fn bad_input<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() 
         || ExtendBatch::new(p, &[2, 3], &[x], &[true]).map(|_| ()),
     )?;
     expect_err::<D>(ctx, p, &format!("{n}: slot: padding slot"), "PaddingSlot", is(|e| matches!(e, Error::PaddingSlot { .. })), || {
-        DecodeBatch::new(p, &[Slot(0)]).map(|_| ())
+        DecodeBatch::new(p, &[Slot::new(0, 0)]).map(|_| ())
     })?;
     expect_err::<D>(
         ctx,
@@ -1004,7 +1007,7 @@ pub(crate) fn bad_input<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() 
         &format!("{n}: slot: out of range"),
         "SlotOutOfRange",
         is(|e| matches!(e, Error::SlotOutOfRange { .. })),
-        || DecodeBatch::new(p, &[Slot(1000)]).map(|_| ()),
+        || DecodeBatch::new(p, &[Slot::new(1000, 0)]).map(|_| ()),
     )?;
     expect_err::<D>(
         ctx,
@@ -1248,9 +1251,11 @@ pub(crate) fn layer_forward<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn F
                 ctx.ratio(&format!("{name}: seq {s} commit of step {}: state", acc[s]), &b.state(slots[s])?, &rr.state, tol);
                 ctx.ratio(&format!("{name}: seq {s} commit of step {}: conv window", acc[s]), &b.conv(slots[s])?, &rr.conv_state, tol);
             }
+            // Restoring the main state makes the verify stale: verify again.
             for (sl, st) in slots.iter().zip(&saved) {
                 b.pool.import(*sl, st)?;
             }
+            b.layer(Batch::Verify(&vb), &w, &pack(&r))?;
         }
     }
     Ok(())

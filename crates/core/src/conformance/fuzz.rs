@@ -4,9 +4,11 @@
 //! malformed input is a typed error, and every batch that validates is
 //! checked to be consistent with the pool it was validated against.
 
+use crate::access::KernelAccess;
 use crate::batch::{CommitBatch, DecodeBatch, ExtendBatch, Snapshot, VerifyBatch};
 use crate::dims::ModelDims;
 use crate::dispatch::Capabilities;
+use crate::error::Error;
 use crate::layout::{KMajor, LayoutKind};
 use crate::memory::HostMemory;
 use crate::pool::{MambaStatePool, PoolConfig, Slot, StatePool};
@@ -49,17 +51,23 @@ pub fn batch_metadata(data: &[u8]) {
     let caps = Capabilities::host_reference(LayoutKind::KMajor);
     let Ok(mut pool) = StatePool::<HostMemory, KMajor>::new(HostMemory, cfg, &caps) else { return };
     let _ = pool.alloc(b.len(8));
-    let frees: Vec<Slot> = (0..b.len(2)).map(|_| Slot(b.u8() as u32 % 12)).collect();
-    let _ = pool.free(&frees);
+    // Free some and allocate again: the freed handles (generation 0) go stale.
+    let frees: Vec<Slot> = (0..b.len(2)).map(|_| Slot::new(b.u8() as u32 % 12, 0)).collect();
+    if pool.free(&frees).is_ok() {
+        let _ = pool.alloc(b.len(2));
+    }
     let Ok(other) = StatePool::<HostMemory, KMajor>::new(HostMemory, cfg, &caps) else { return };
     let digest = pool.digest().expect("host digest");
 
-    let slot = |b: &mut Bytes<'_>| Slot(if b.u8() < 250 { b.u8() as u32 % 12 } else { u32::MAX - b.u8() as u32 });
+    let slot = |b: &mut Bytes<'_>| {
+        let index = if b.u8() < 250 { b.u8() as u32 % 12 } else { u32::MAX - b.u8() as u32 };
+        Slot::new(index, b.len(2) as u32)
+    };
     let consistent = |slots: &[Slot]| {
         let mut s = slots.to_vec();
         s.sort();
         s.dedup();
-        s.len() == slots.len() && slots.iter().all(|&x| x.0 != 0 && pool.is_allocated(x))
+        s.len() == slots.len() && slots.iter().all(|&x| x.index() != 0 && pool.is_allocated(x))
     };
 
     // extend
@@ -95,7 +103,8 @@ pub fn batch_metadata(data: &[u8]) {
     let d = b.len(4);
     let parents: Vec<i64> = (0..b.len(12)).map(|_| b.u8() as i8 as i64).collect();
     let _ = VerifyBatch::chain(&pool, &slots, d);
-    if let Ok(vb) = VerifyBatch::tree(&pool, &slots, d, &parents) {
+    let verified = VerifyBatch::tree(&pool, &slots, d, &parents).ok();
+    if let Some(vb) = &verified {
         assert!(consistent(vb.slots()) && vb.draft() == draft && vb.tokens() == slots.len() * draft);
         for i in 0..vb.num_seqs() {
             for t in 0..vb.draft() {
@@ -114,7 +123,20 @@ pub fn batch_metadata(data: &[u8]) {
         let mut all = cb.slots().to_vec();
         all.extend(cb.snapshots().iter().flatten());
         assert!(consistent(&all));
+        // Nothing was verified yet: refused (unless there is nothing to commit), nothing written.
         let r = pool.commit_accepted(layer, &cb);
-        assert_eq!(r.is_ok(), layer < cfg.layers, "{r:?}");
+        let empty = cb.slots().is_empty() && layer < cfg.layers;
+        assert!(empty || matches!(r, Err(Error::NoCurrentVerify { .. } | Error::LayerOutOfRange { .. })), "{r:?}");
+        assert_eq!(pool.digest().expect("host digest"), digest, "refused commit changed the pool");
+        // Mark the verify batch's slots verified (as a verify kernel would), then commit.
+        if let Some(vb) = &verified {
+            let _ = pool.kernel_parts(layer, KernelAccess::Verify(vb), |_| Ok(()));
+        }
+        let current = layer < cfg.layers && cb.slots().iter().all(|s| pool.has_current_verify(*s, layer));
+        let r = pool.commit_accepted(layer, &cb);
+        assert_eq!(r.is_ok(), current, "{r:?}");
+        if r.is_ok() {
+            assert!(cb.slots().iter().all(|s| !pool.has_current_verify(*s, layer)), "commit did not consume its verify");
+        }
     }
 }

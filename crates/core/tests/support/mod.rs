@@ -118,14 +118,14 @@ fn load<L: StateLayout>(g: &PoolGeometry, bytes: &[u8]) -> Vec<f32> {
     let d = &g.config.dims;
     let raw = g.config.state_dtype.decode_vec(bytes);
     let mut out = vec![0.0; raw.len()];
-    convert_state(L::KIND, LayoutKind::KMajor, d.num_v_heads, d.head_k_dim, d.head_v_dim, &raw, &mut out);
+    convert_state(L::KIND, LayoutKind::KMajor, d.num_v_heads, d.head_k_dim, d.head_v_dim, &raw, &mut out).expect("validated sizes");
     out
 }
 
 fn store<L: StateLayout>(g: &PoolGeometry, st: &[f32], bytes: &mut [u8]) {
     let d = &g.config.dims;
     let mut raw = vec![0.0; st.len()];
-    convert_state(LayoutKind::KMajor, L::KIND, d.num_v_heads, d.head_k_dim, d.head_v_dim, st, &mut raw);
+    convert_state(LayoutKind::KMajor, L::KIND, d.num_v_heads, d.head_k_dim, d.head_v_dim, st, &mut raw).expect("validated sizes");
     g.config.state_dtype.encode(&raw, bytes);
 }
 
@@ -258,26 +258,28 @@ impl<L: StateLayout> KernelDispatcher for Naive<L> {
         let bias = io.bias.as_ref().map(|b| read(b, false)).transpose()?;
         let mut out = vec![0.0; x.len()];
         let g = *pool.geometry();
-        let parts = pool.parts_mut();
-        let cd = g.config.conv_dtype;
-        for s in 0..batch.num_seqs() {
-            let slot = batch.slots()[s].index();
-            let off = g.conv_offset(layer, slot);
-            let mut win = if batch.has_initial_state()[s] {
-                cd.decode_vec(&parts.conv.bytes()[off..off + g.conv_bytes()])
-            } else {
-                vec![0.0; dims.conv_elems()]
-            };
-            let r = batch.seq_range(s);
-            for (i, t) in r.clone().enumerate() {
-                Self::conv_run(&dims, &io, &mut win, &x, t, &mut out, &w, &bias);
-                for sn in batch.snapshots_of(s).filter(|sn| sn.position == i + 1) {
-                    let o2 = g.conv_offset(layer, sn.slot.index());
-                    cd.encode(&win, &mut parts.conv.bytes_mut()[o2..o2 + g.conv_bytes()]);
+        pool.kernel_parts(layer, KernelAccess::Extend(batch), |parts| {
+            let cd = g.config.conv_dtype;
+            for s in 0..batch.num_seqs() {
+                let slot = batch.slots()[s].index();
+                let off = g.conv_offset(layer, slot);
+                let mut win = if batch.has_initial_state()[s] {
+                    cd.decode_vec(&parts.conv.bytes()[off..off + g.conv_bytes()])
+                } else {
+                    vec![0.0; dims.conv_elems()]
+                };
+                let r = batch.seq_range(s);
+                for (i, t) in r.clone().enumerate() {
+                    Self::conv_run(&dims, &io, &mut win, &x, t, &mut out, &w, &bias);
+                    for sn in batch.snapshots_of(s).filter(|sn| sn.position == i + 1) {
+                        let o2 = g.conv_offset(layer, sn.slot.index());
+                        cd.encode(&win, &mut parts.conv.bytes_mut()[o2..o2 + g.conv_bytes()]);
+                    }
                 }
+                cd.encode(&win, &mut parts.conv.bytes_mut()[off..off + g.conv_bytes()]);
             }
-            cd.encode(&win, &mut parts.conv.bytes_mut()[off..off + g.conv_bytes()]);
-        }
+            Ok(())
+        })?;
         write(&mut io.out, &out)
     }
 
@@ -290,14 +292,16 @@ impl<L: StateLayout> KernelDispatcher for Naive<L> {
         let bias = io.bias.as_ref().map(|b| read(b, false)).transpose()?;
         let mut out = vec![0.0; x.len()];
         let g = *pool.geometry();
-        let parts = pool.parts_mut();
-        let cd = g.config.conv_dtype;
-        for (t, slot) in batch.slots().iter().enumerate() {
-            let off = g.conv_offset(layer, slot.index());
-            let mut win = cd.decode_vec(&parts.conv.bytes()[off..off + g.conv_bytes()]);
-            Self::conv_run(&dims, &io, &mut win, &x, t, &mut out, &w, &bias);
-            cd.encode(&win, &mut parts.conv.bytes_mut()[off..off + g.conv_bytes()]);
-        }
+        pool.kernel_parts(layer, KernelAccess::Decode(batch), |parts| {
+            let cd = g.config.conv_dtype;
+            for (t, slot) in batch.slots().iter().enumerate() {
+                let off = g.conv_offset(layer, slot.index());
+                let mut win = cd.decode_vec(&parts.conv.bytes()[off..off + g.conv_bytes()]);
+                Self::conv_run(&dims, &io, &mut win, &x, t, &mut out, &w, &bias);
+                cd.encode(&win, &mut parts.conv.bytes_mut()[off..off + g.conv_bytes()]);
+            }
+            Ok(())
+        })?;
         write(&mut io.out, &out)
     }
 
@@ -310,26 +314,28 @@ impl<L: StateLayout> KernelDispatcher for Naive<L> {
         let bias = io.bias.as_ref().map(|b| read(b, false)).transpose()?;
         let mut out = vec![0.0; x.len()];
         let g = *pool.geometry();
-        let parts = pool.parts_mut();
-        let windows = parts.windows.ok_or(Error::NoSpeculativeBuffers)?;
-        let cd = g.config.conv_dtype;
-        let dn = batch.draft();
-        for (i, slot) in batch.slots().iter().enumerate() {
-            let mut wins: Vec<Vec<f32>> = Vec::new();
-            for t in 0..dn {
-                let mut win = match batch.parent(i, t) {
-                    None => {
-                        let off = g.conv_offset(layer, slot.index());
-                        cd.decode_vec(&parts.conv.bytes()[off..off + g.conv_bytes()])
-                    }
-                    Some(p) => wins[p].clone(),
-                };
-                Self::conv_run(&dims, &io, &mut win, &x, i * dn + t, &mut out, &w, &bias);
-                let off = g.window_offset(layer, slot.index(), t);
-                cd.encode(&win, &mut windows.bytes_mut()[off..off + g.conv_bytes()]);
-                wins.push(win);
+        pool.kernel_parts(layer, KernelAccess::ConvVerify(batch), |parts| {
+            let windows = parts.windows.ok_or(Error::NoSpeculativeBuffers)?;
+            let cd = g.config.conv_dtype;
+            let dn = batch.draft();
+            for (i, slot) in batch.slots().iter().enumerate() {
+                let mut wins: Vec<Vec<f32>> = Vec::new();
+                for t in 0..dn {
+                    let mut win = match batch.parent(i, t) {
+                        None => {
+                            let off = g.conv_offset(layer, slot.index());
+                            cd.decode_vec(&parts.conv.bytes()[off..off + g.conv_bytes()])
+                        }
+                        Some(p) => wins[p].clone(),
+                    };
+                    Self::conv_run(&dims, &io, &mut win, &x, i * dn + t, &mut out, &w, &bias);
+                    let off = g.window_offset(layer, slot.index(), t);
+                    cd.encode(&win, &mut windows.bytes_mut()[off..off + g.conv_bytes()]);
+                    wins.push(win);
+                }
             }
-        }
+            Ok(())
+        })?;
         write(&mut io.out, &out)
     }
 
@@ -341,27 +347,29 @@ impl<L: StateLayout> KernelDispatcher for Naive<L> {
         let dims = g.config.dims;
         let per_o = dims.num_v_heads * dims.head_v_dim;
         let mut o = vec![0.0; batch.tokens() * per_o];
-        let parts = pool.parts_mut();
-        for s in 0..batch.num_seqs() {
-            let off = g.temporal_offset(layer, batch.slots()[s].index());
-            let init = batch.has_initial_state()[s] || self.fault == Fault::IgnoreInitFlag;
-            let mut st =
-                if init { load::<L>(&g, &parts.temporal.bytes()[off..off + g.state_bytes()]) } else { vec![0.0; dims.state_elems()] };
-            for (i, t) in batch.seq_range(s).enumerate() {
-                let ot = step(&dims, &io.params, &mut st, &x, t);
-                o[t * per_o..(t + 1) * per_o].copy_from_slice(&ot);
-                for sn in batch.snapshots_of(s).filter(|sn| sn.position == i + 1) {
-                    let o2 = g.temporal_offset(layer, sn.slot.index());
-                    store::<L>(&g, &st, &mut parts.temporal.bytes_mut()[o2..o2 + g.state_bytes()]);
+        pool.kernel_parts(layer, KernelAccess::Extend(batch), |parts| {
+            for s in 0..batch.num_seqs() {
+                let off = g.temporal_offset(layer, batch.slots()[s].index());
+                let init = batch.has_initial_state()[s] || self.fault == Fault::IgnoreInitFlag;
+                let mut st =
+                    if init { load::<L>(&g, &parts.temporal.bytes()[off..off + g.state_bytes()]) } else { vec![0.0; dims.state_elems()] };
+                for (i, t) in batch.seq_range(s).enumerate() {
+                    let ot = step(&dims, &io.params, &mut st, &x, t);
+                    o[t * per_o..(t + 1) * per_o].copy_from_slice(&ot);
+                    for sn in batch.snapshots_of(s).filter(|sn| sn.position == i + 1) {
+                        let o2 = g.temporal_offset(layer, sn.slot.index());
+                        store::<L>(&g, &st, &mut parts.temporal.bytes_mut()[o2..o2 + g.state_bytes()]);
+                    }
+                }
+                store::<L>(&g, &st, &mut parts.temporal.bytes_mut()[off..off + g.state_bytes()]);
+                if self.fault == Fault::BatchDependent {
+                    for t in batch.seq_range(s) {
+                        o[t * per_o] += 1e-3 * s as f32;
+                    }
                 }
             }
-            store::<L>(&g, &st, &mut parts.temporal.bytes_mut()[off..off + g.state_bytes()]);
-            if self.fault == Fault::BatchDependent {
-                for t in batch.seq_range(s) {
-                    o[t * per_o] += 1e-3 * s as f32;
-                }
-            }
-        }
+            Ok(())
+        })?;
         write(&mut io.o, &o)
     }
 
@@ -373,14 +381,16 @@ impl<L: StateLayout> KernelDispatcher for Naive<L> {
         let dims = g.config.dims;
         let per_o = dims.num_v_heads * dims.head_v_dim;
         let mut o = vec![0.0; batch.tokens() * per_o];
-        let parts = pool.parts_mut();
-        for (t, slot) in batch.slots().iter().enumerate() {
-            let off = g.temporal_offset(layer, slot.index());
-            let mut st = load::<L>(&g, &parts.temporal.bytes()[off..off + g.state_bytes()]);
-            let ot = step(&dims, &io.params, &mut st, &x, t);
-            o[t * per_o..(t + 1) * per_o].copy_from_slice(&ot);
-            store::<L>(&g, &st, &mut parts.temporal.bytes_mut()[off..off + g.state_bytes()]);
-        }
+        pool.kernel_parts(layer, KernelAccess::Decode(batch), |parts| {
+            for (t, slot) in batch.slots().iter().enumerate() {
+                let off = g.temporal_offset(layer, slot.index());
+                let mut st = load::<L>(&g, &parts.temporal.bytes()[off..off + g.state_bytes()]);
+                let ot = step(&dims, &io.params, &mut st, &x, t);
+                o[t * per_o..(t + 1) * per_o].copy_from_slice(&ot);
+                store::<L>(&g, &st, &mut parts.temporal.bytes_mut()[off..off + g.state_bytes()]);
+            }
+            Ok(())
+        })?;
         write(&mut io.o, &o)
     }
 
@@ -392,26 +402,28 @@ impl<L: StateLayout> KernelDispatcher for Naive<L> {
         let dims = g.config.dims;
         let per_o = dims.num_v_heads * dims.head_v_dim;
         let mut o = vec![0.0; batch.tokens() * per_o];
-        let parts = pool.parts_mut();
-        let scratch = parts.scratch.ok_or(Error::NoSpeculativeBuffers)?;
-        let dn = batch.draft();
-        for (i, slot) in batch.slots().iter().enumerate() {
-            let off = g.temporal_offset(layer, slot.index());
-            let root = load::<L>(&g, &parts.temporal.bytes()[off..off + g.state_bytes()]);
-            let mut states: Vec<Vec<f32>> = Vec::new();
-            for t in 0..dn {
-                let mut st = match batch.parent(i, t) {
-                    None => root.clone(),
-                    Some(p) => states[p].clone(),
-                };
-                let tok = i * dn + t;
-                let ot = step(&dims, &io.params, &mut st, &x, tok);
-                o[tok * per_o..(tok + 1) * per_o].copy_from_slice(&ot);
-                let so = g.scratch_offset(layer, slot.index(), t);
-                store::<L>(&g, &st, &mut scratch.bytes_mut()[so..so + g.state_bytes()]);
-                states.push(st);
+        pool.kernel_parts(layer, KernelAccess::Verify(batch), |parts| {
+            let scratch = parts.scratch.ok_or(Error::NoSpeculativeBuffers)?;
+            let dn = batch.draft();
+            for (i, slot) in batch.slots().iter().enumerate() {
+                let off = g.temporal_offset(layer, slot.index());
+                let root = load::<L>(&g, &parts.temporal.bytes()[off..off + g.state_bytes()]);
+                let mut states: Vec<Vec<f32>> = Vec::new();
+                for t in 0..dn {
+                    let mut st = match batch.parent(i, t) {
+                        None => root.clone(),
+                        Some(p) => states[p].clone(),
+                    };
+                    let tok = i * dn + t;
+                    let ot = step(&dims, &io.params, &mut st, &x, tok);
+                    o[tok * per_o..(tok + 1) * per_o].copy_from_slice(&ot);
+                    let so = g.scratch_offset(layer, slot.index(), t);
+                    store::<L>(&g, &st, &mut scratch.bytes_mut()[so..so + g.state_bytes()]);
+                    states.push(st);
+                }
             }
-        }
+            Ok(())
+        })?;
         write(&mut io.o, &o)
     }
 
