@@ -277,10 +277,16 @@ fn extend_head_body<E: StateElem>(ws: &mut Workspace, kind: LayoutKind, io: &Del
     while cs < len {
         let c = CHUNK.min(len - cs);
         let inner = tgt.batch.snapshots_of(s).any(|sn| sn.position > cs && sn.position < cs + c);
-        load_keys(ws, io, first, range.start + cs, c);
+        if c > 1 {
+            load_keys(ws, io, first, range.start + cs, c);
+        }
         for (i, h) in heads().enumerate() {
             std::mem::swap(&mut ws.s, &mut ws.states[i]);
-            chunk(ws, io, h, range.start + cs, c, inner);
+            if c == 1 {
+                one_step(ws, kind, io, h, range.start + cs);
+            } else {
+                chunk(ws, io, h, range.start + cs, c, inner);
+            }
             // snapshots inside or at the end of this chunk
             for sn in tgt.batch.snapshots_of(s) {
                 if sn.position > cs && sn.position <= cs + c {
@@ -312,6 +318,33 @@ fn extend_head_body<E: StateElem>(ws: &mut Workspace, kind: LayoutKind, io: &Del
         let state = tgt.temporal.typed::<E>(g.temporal_offset(tgt.layer, slot) + h * head_bytes, per);
         // SAFETY: this task's (slot, h).
         unsafe { store_state::<E>(kind, &ws.states[i], kd, vd, state) };
+    }
+}
+
+/// A chunk of one token: the one-step arithmetic of a decode on a pool of
+/// layout `kind` (run on the working state, transposed for V-major), so that
+/// a 1-token sequence of an extend costs what a decode costs and gives the
+/// same bits as a decode of its token, wherever the chunk of one comes from
+/// (a 1-token sequence, the tail of a 65-token one, a 1-token prefill chunk).
+#[inline(always)]
+fn one_step(ws: &mut Workspace, kind: LayoutKind, io: &DeltaViews<'_>, h: usize, t: usize) {
+    let (kd, vd) = ws.dims;
+    let st = match kind {
+        LayoutKind::KMajor => &mut ws.s,
+        LayoutKind::VMajor => {
+            for (kk, row) in ws.s.chunks_exact(vd).enumerate() {
+                row.iter().enumerate().for_each(|(vv, &x)| ws.snap_out[vv * kd + kk] = x);
+            }
+            &mut ws.snap_out
+        }
+    };
+    let p = st.as_mut_ptr();
+    // SAFETY: `p` is this thread's K*V working state, in `kind`'s order; one step in place.
+    unsafe { steps_head::<f32>(kind, io, h, &[t], &[None], p, &[p], std::ptr::null()) };
+    if kind == LayoutKind::VMajor {
+        for (vv, row) in ws.snap_out.chunks_exact(kd).enumerate() {
+            row.iter().enumerate().for_each(|(kk, &x)| ws.s[kk * vd + vv] = x);
+        }
     }
 }
 
