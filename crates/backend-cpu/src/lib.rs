@@ -222,6 +222,11 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
             let off = |slot: usize| g.conv_offset(layer, slot) + c0 * w1 * es;
             for s in 0..batch.num_seqs() {
                 let slot = batch.slots()[s].index();
+                if batch.seq_len(s) == 1 && batch.has_initial_state()[s] && batch.snapshots_of(s).next().is_none() {
+                    // a decode in a mixed step
+                    blk.update_in_place(&conv, cdt, off(slot), batch.seq_range(s).start);
+                    continue;
+                }
                 if batch.has_initial_state()[s] {
                     blk.load(&conv, cdt, off(slot));
                 } else {
@@ -249,10 +254,7 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
         let (cdt, w1, es) = (g.config.conv_dtype, dims.conv_state_len(), g.config.conv_dtype.size());
         self.conv_blocks(&dims, &mut io, |blk| {
             for (i, slot) in batch.slots().iter().enumerate() {
-                let off = g.conv_offset(layer, slot.index()) + blk.c0 * w1 * es;
-                blk.load(&conv, cdt, off);
-                blk.step(i);
-                blk.store(&conv, cdt, off);
+                blk.update_in_place(&conv, cdt, g.conv_offset(layer, slot.index()) + blk.c0 * w1 * es, i);
             }
         })
     }
