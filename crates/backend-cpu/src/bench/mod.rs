@@ -1,24 +1,18 @@
 //! Benchmarks shared by the criterion benches (`benches/kernels.rs`) and the
 //! `deltanet bench` CLI: machine ceilings (f32 GEMM through the same `gemm`
-//! crate, large memcpy) and the kernels on a model shape, returned as plain
-//! structs with tokens/s, GFLOP/s, GB/s and ratios.
+//! crate, in-place read-modify-write streaming over more memory than the L3),
+//! the kernels on a model shape, and whole layers at serving shapes
+//! (the layer module), returned as plain structs with tokens/s, GFLOP/s, GB/s and
+//! ratios.
 //!
 //! Every `*Bench` type owns its pool and inputs, so criterion can time
-//! [`ExtendBench::run`] & co. directly; the `bench_*` functions time them
-//! with a plain best-of-N loop. [`run_report`] runs the whole set
-//! (`cargo run --release -p deltanet-backend-cpu --example bench_report`).
-//!
-//! Measured (shared 2-core AMD EPYC VM, AVX2/FMA; 2 threads; Qwen3.5-35B-A3B
-//! shape; f32 GEMM ceiling 109.9 GFLOP/s, memcpy 23.0 GB/s read+write in the
-//! same run; the README's Performance section says what bounds each miss):
-//!
-//! | bench | result | vs ceiling | target |
-//! |---|---|---|---|
-//! | extend T=512 / 4096 / 32768 | 22327 / 21954 / 17548 tok/s | 0.91 / 0.90 / 0.72 of GEMM | >= 0.80 |
-//! | decode batch 1 / 8 / 32 / 64, f32 state | 5384 / 6612 / 5853 / 5554 tok/s/layer | 0.98 / 1.21 / 1.07 / 1.01 of memcpy | >= 0.90 |
-//! | decode batch 1 / 8 / 32 / 64, bf16 state | 5872 / 7930 / 6532 / 6411 tok/s/layer | 1.09 / 1.20 / 1.12 / 1.15x f32 | >= 1.8x |
-//! | verify D=4, batch 1 / 8 | 0.739 / 6.713 ms | 0.96x / 1.18x of 4 decodes | <= 0.65x |
-//! | 32768 tokens in 2048-token chunks | 2.047 s vs 2.030 s | 1.008x | <= 1.03x |
+//! [`ExtendBench::run`] & co. directly; the `bench_*` functions time each
+//! group with [`interleaved`] (A B A B rounds, best of each), so that every
+//! ratio compares runs made under the same load of a shared machine.
+//! [`run_report`] runs the issues' whole set
+//! (`cargo run --release -p deltanet-backend-cpu --example bench_report`);
+//! the README's Performance section has the latest table and what bounds
+//! each miss.
 
 mod ceiling;
 mod layer;
