@@ -206,13 +206,8 @@ fn print_replay(f: &ReplayFile, r: &replay::ReplayReport, backend: &str) {
 #[cfg(feature = "cpu")]
 fn bench(json: Option<PathBuf>, quick: bool, threads: Option<usize>) -> Result<ExitCode, Box<dyn std::error::Error>> {
     use deltanet::cpu::bench::{run_report, ReportOptions};
-    let mut opts = ReportOptions { threads: threads.unwrap_or(2), ..ReportOptions::default() };
-    if quick {
-        opts.extend_tokens = vec![512, 2048];
-        opts.decode_batches = vec![1, 8];
-        opts.verify_batches = vec![8];
-        opts.chunked = Some((4096, 1024));
-    }
+    let mut opts = if quick { ReportOptions::quick() } else { ReportOptions::default() };
+    opts.threads = threads.unwrap_or(2);
     let d = opts.dims;
     println!(
         "deltanet bench: CPU backend, Qwen3.5-35B-A3B GDN shape (HK {} HV {} K {} V {}), f32 state unless noted, {} threads",
@@ -221,26 +216,42 @@ fn bench(json: Option<PathBuf>, quick: bool, threads: Option<usize>) -> Result<E
     let rep = run_report(&opts)?;
     print!("{rep}");
     if let Some(path) = json {
-        let v = serde_json::json!({
-            "threads": rep.threads,
-            "gemm_gflops": rep.gemm.gflops,
-            "gemm_n": rep.gemm.n,
-            "memcpy_gbps": rep.memcpy.gbps,
-            "extend": rep.extend.iter().map(|e| serde_json::json!({
-                "tokens": e.tokens, "secs": e.secs, "tokens_per_s": e.tokens_per_s, "gflops": e.gflops,
-                "ratio_to_gemm": e.gflops / rep.gemm.gflops})).collect::<Vec<_>>(),
-            "decode": rep.decode.iter().map(|x| serde_json::json!({
-                "batch": x.batch, "state": x.state.name(), "layers": x.layers, "secs_per_step": x.secs_per_step,
-                "tokens_per_s": x.tokens_per_s, "gbps": x.gbps, "ratio_to_memcpy": x.gbps / rep.memcpy.gbps})).collect::<Vec<_>>(),
-            "verify": rep.verify.iter().map(|x| serde_json::json!({
-                "batch": x.batch, "draft": x.draft, "verify_secs": x.verify_secs, "decode_secs": x.decode_secs, "ratio": x.ratio})).collect::<Vec<_>>(),
-            "chunked": rep.chunked.map(|c| serde_json::json!({
-                "tokens": c.tokens, "chunk": c.chunk, "one_secs": c.one_secs, "chunked_secs": c.chunked_secs, "ratio": c.ratio})),
-        });
-        std::fs::write(&path, serde_json::to_string_pretty(&v)?)?;
+        std::fs::write(&path, serde_json::to_string_pretty(&bench_json(&rep))?)?;
         println!("wrote {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "cpu")]
+fn bench_json(rep: &deltanet::cpu::bench::Report) -> serde_json::Value {
+    let layer = |l: &deltanet::cpu::bench::LayerResult| {
+        serde_json::json!({
+            "step": l.step.to_string(), "tokens": l.step.tokens(), "layers": l.layers, "secs": l.secs,
+            "tokens_per_s": l.tokens_per_s(), "conv_secs": l.conv_secs, "gate_secs": l.gate_secs, "delta_secs": l.delta_secs,
+            "conv_gate_share": l.conv_gate_share()})
+    };
+    let pair = |p: &deltanet::cpu::bench::LayerPair| {
+        serde_json::json!({"a": p.a.0.to_string(), "b": p.b.0.to_string(), "a_secs": p.a_secs, "b_secs": p.b_secs,
+            "rate_ratio": p.rate_ratio(), "time_ratio": p.time_ratio()})
+    };
+    serde_json::json!({
+        "threads": rep.threads,
+        "gemm_gflops": rep.gemm.gflops,
+        "gemm_n": rep.gemm.n,
+        "extend": rep.extend.iter().map(|e| serde_json::json!({
+            "tokens": e.tokens, "secs": e.secs, "tokens_per_s": e.tokens_per_s, "gflops": e.gflops,
+            "gemm_gflops": e.gemm_gflops, "ratio_to_gemm": e.gflops / e.gemm_gflops})).collect::<Vec<_>>(),
+        "decode": rep.decode.iter().map(|x| serde_json::json!({
+            "batch": x.batch, "state": x.state.name(), "layers": x.layers, "secs_per_step": x.secs_per_step,
+            "tokens_per_s": x.tokens_per_s, "gbps": x.gbps, "rmw_gbps": x.rmw_gbps, "ratio_to_rmw": x.gbps / x.rmw_gbps})).collect::<Vec<_>>(),
+        "verify": rep.verify.iter().map(|x| serde_json::json!({
+            "batch": x.batch, "draft": x.draft, "verify_secs": x.verify_secs, "decode_secs": x.decode_secs, "ratio": x.ratio})).collect::<Vec<_>>(),
+        "chunked": rep.chunked.map(|c| serde_json::json!({
+            "tokens": c.tokens, "chunk": c.chunk, "one_secs": c.one_secs, "chunked_secs": c.chunked_secs, "ratio": c.ratio})),
+        "layer": rep.layer.iter().map(layer).collect::<Vec<_>>(),
+        "short_vs_long": rep.short_vs_long.as_ref().map(pair),
+        "mixed": rep.mixed.as_ref().map(pair),
+    })
 }
 
 #[cfg(not(feature = "cpu"))]

@@ -9,7 +9,7 @@ use half::{bf16, f16};
 use std::cell::RefCell;
 
 /// Channels per conv task.
-pub(crate) const CONV_BLOCK: usize = 256;
+pub(crate) const CONV_BLOCK: usize = 2048;
 
 /// Loads `n` conv-state values of `dtype` at byte offset `off` of `buf`.
 pub(crate) fn load_conv(buf: &RawBuf, dtype: DType, off: usize, out: &mut [f32]) {
@@ -158,6 +158,26 @@ impl<'a> ConvBlock<'a, '_> {
         store_conv(buf, dtype, off, &self.s.cf[..n * w1]);
     }
 
+    /// One token `t` on the conv state of `dtype` at byte offset `off` of
+    /// `buf`, updated where it lies (a decode): for an f32 state, no window
+    /// transpose and no copy of the state; the same bits as [`Self::load`],
+    /// [`Self::step`], [`Self::store`], which other dtypes take.
+    pub fn update_in_place(&mut self, buf: &RawBuf, dtype: DType, off: usize, t: usize) {
+        let (n, w) = (self.n, self.width);
+        if dtype != DType::F32 || w < 2 {
+            self.load(buf, dtype, off);
+            self.step(t);
+            return self.store(buf, dtype, off);
+        }
+        let s = &mut *self.s;
+        // SAFETY: `typed` bounds-checks the range; this task's (slot, channel block) alone.
+        let st = unsafe { std::slice::from_raw_parts_mut(buf.typed::<f32>(off, n * (w - 1)), n * (w - 1)) };
+        self.x.row(self.x.off2(t, self.c0), &mut s.ring[..n]);
+        conv_update_row(&s.wt[..w * n], &s.bias[..n], st, &s.ring[..n], w, &mut s.y[..n]);
+        // SAFETY: (t, block) of the output belongs to this task alone.
+        unsafe { self.out.store(self.out.off2(t, self.c0), &s.y[..n]) };
+    }
+
     /// Convolves token `t` (reading input row `t`, writing output row `t`)
     /// and shifts it into the window.
     pub fn step(&mut self, t: usize) {
@@ -165,6 +185,8 @@ impl<'a> ConvBlock<'a, '_> {
         let s = &mut *self.s;
         // the newest input goes into the row after the W-1 held ones
         let newest = (self.head + w - 1) % w;
+        // rows are a whole conv_dim apart: the hardware prefetcher does not follow
+        self.x.prefetch(self.x.off2(t + 2, self.c0), n);
         self.x.row(self.x.off2(t, self.c0), &mut s.ring[newest * n..(newest + 1) * n]);
         conv_row(&s.wt[..w * n], &s.bias[..n], &s.ring[..w * n], self.head, w, &mut s.y[..n]);
         self.head = (self.head + 1) % w;
@@ -186,6 +208,41 @@ vmath::dispatch!(
             for ((y, &a), &x) in y.iter_mut().zip(wj).zip(xj) {
                 *y = a.mul_add(x, *y);
             }
+        }
+        y.iter_mut().for_each(|v| *v = vmath::silu_lane(*v));
+    }
+);
+
+// The decode form of `conv_row` on a channels-first f32 state `[n, W-1]`
+// (oldest first), shifted in place: the same fused multiply-adds in the same
+// order (oldest input first), so the same bits.
+vmath::dispatch!(
+    fn conv_update_row(wt: &[f32], bias: &[f32], st: &mut [f32], x: &[f32], w: usize, y: &mut [f32]) {
+        let (n, w1) = (y.len(), w - 1);
+        if w1 == 3 {
+            // the models' width, unrolled (no per-channel shift loop)
+            let (w0, w1r, w2, w3) = (&wt[..n], &wt[n..2 * n], &wt[2 * n..3 * n], &wt[3 * n..4 * n]);
+            for (c, (s, yc)) in st.chunks_exact_mut(3).zip(y.iter_mut()).enumerate().take(n) {
+                let (s0, s1, s2, xc) = (s[0], s[1], s[2], x[c]);
+                let acc = w0[c].mul_add(s0, bias[c]);
+                let acc = w1r[c].mul_add(s1, acc);
+                let acc = w2[c].mul_add(s2, acc);
+                *yc = w3[c].mul_add(xc, acc);
+                s[0] = s1;
+                s[1] = s2;
+                s[2] = xc;
+            }
+            y.iter_mut().for_each(|v| *v = vmath::silu_lane(*v));
+            return;
+        }
+        for (c, (s, yc)) in st.chunks_exact_mut(w1).zip(y.iter_mut()).enumerate().take(n) {
+            let mut acc = bias[c];
+            for j in 0..w1 {
+                acc = wt[j * n + c].mul_add(s[j], acc);
+            }
+            *yc = wt[w1 * n + c].mul_add(x[c], acc);
+            s.copy_within(1.., 0);
+            s[w1 - 1] = x[c];
         }
         y.iter_mut().for_each(|v| *v = vmath::silu_lane(*v));
     }

@@ -277,10 +277,16 @@ fn extend_head_body<E: StateElem>(ws: &mut Workspace, kind: LayoutKind, io: &Del
     while cs < len {
         let c = CHUNK.min(len - cs);
         let inner = tgt.batch.snapshots_of(s).any(|sn| sn.position > cs && sn.position < cs + c);
-        load_keys(ws, io, first, range.start + cs, c);
+        if c > 1 {
+            load_keys(ws, io, first, range.start + cs, c);
+        }
         for (i, h) in heads().enumerate() {
             std::mem::swap(&mut ws.s, &mut ws.states[i]);
-            chunk(ws, io, h, range.start + cs, c, inner);
+            if c == 1 {
+                one_step(ws, kind, io, h, range.start + cs);
+            } else {
+                chunk(ws, io, h, range.start + cs, c, inner);
+            }
             // snapshots inside or at the end of this chunk
             for sn in tgt.batch.snapshots_of(s) {
                 if sn.position > cs && sn.position <= cs + c {
@@ -312,6 +318,33 @@ fn extend_head_body<E: StateElem>(ws: &mut Workspace, kind: LayoutKind, io: &Del
         let state = tgt.temporal.typed::<E>(g.temporal_offset(tgt.layer, slot) + h * head_bytes, per);
         // SAFETY: this task's (slot, h).
         unsafe { store_state::<E>(kind, &ws.states[i], kd, vd, state) };
+    }
+}
+
+/// A chunk of one token: the one-step arithmetic of a decode on a pool of
+/// layout `kind` (run on the working state, transposed for V-major), so that
+/// a 1-token sequence of an extend costs what a decode costs and gives the
+/// same bits as a decode of its token, wherever the chunk of one comes from
+/// (a 1-token sequence, the tail of a 65-token one, a 1-token prefill chunk).
+#[inline(always)]
+fn one_step(ws: &mut Workspace, kind: LayoutKind, io: &DeltaViews<'_>, h: usize, t: usize) {
+    let (kd, vd) = ws.dims;
+    let st = match kind {
+        LayoutKind::KMajor => &mut ws.s,
+        LayoutKind::VMajor => {
+            for (kk, row) in ws.s.chunks_exact(vd).enumerate() {
+                row.iter().enumerate().for_each(|(vv, &x)| ws.snap_out[vv * kd + kk] = x);
+            }
+            &mut ws.snap_out
+        }
+    };
+    let p = st.as_mut_ptr();
+    // SAFETY: `p` is this thread's K*V working state, in `kind`'s order; one step in place.
+    unsafe { steps_head::<f32>(kind, io, h, &[t], &[None], p, &[p], std::ptr::null()) };
+    if kind == LayoutKind::VMajor {
+        for (vv, row) in ws.snap_out.chunks_exact(kd).enumerate() {
+            row.iter().enumerate().for_each(|(kk, &x)| ws.s[kk * vd + vv] = x);
+        }
     }
 }
 
@@ -497,8 +530,13 @@ fn lower_mm(m: usize, n: usize, a: &[f32], lda: usize, b: &[f32], dst: &mut [f32
 
 /// Columns of a K-major state block processed together by [`steps_head`].
 const BW: usize = 128;
-/// Columns accumulated in registers at a time (divides [`BW`]).
+/// Columns accumulated in registers at a time (divides [`BW`]) with AVX2:
+/// 2 x 4 ymm accumulators.
 const ACC: usize = 32;
+/// The same with AVX-512: 2 x 4 zmm accumulators, enough independent
+/// multiply-add chains to cover their latency. The width changes no bits
+/// (each column sums over K in order whatever the width).
+const ACC512: usize = 64;
 
 /// Per-step scalars and vectors of a multi-step run, grown on demand (size D, not T).
 #[derive(Default)]
@@ -546,12 +584,15 @@ pub(crate) unsafe fn steps_head<E: StateElem>(
 ) {
     STEPS.with(|sc| {
         let mut sc = sc.borrow_mut();
-        if simd::has_avx2() {
+        if simd::has_avx512() {
+            // SAFETY: AVX-512F, AVX2 and FMA are present; the pointer contract is the caller's.
+            unsafe { steps_head_avx512::<E>(&mut sc, kind, io, h, tokens, parents, src, dsts, next) }
+        } else if simd::has_avx2() {
             // SAFETY: AVX2 and FMA are present; the pointer contract is the caller's.
             unsafe { steps_head_avx2::<E>(&mut sc, kind, io, h, tokens, parents, src, dsts, next) }
         } else {
             // SAFETY: forwarded from the caller.
-            unsafe { steps_head_body::<E>(&mut sc, kind, io, h, tokens, parents, src, dsts, next) }
+            unsafe { steps_head_body::<E, ACC>(&mut sc, kind, io, h, tokens, parents, src, dsts, next) }
         }
     })
 }
@@ -570,7 +611,24 @@ unsafe fn steps_head_avx2<E: StateElem>(
     next: *const E,
 ) {
     // SAFETY: forwarded from the caller.
-    unsafe { steps_head_body::<E>(sc, kind, io, h, tokens, parents, src, dsts, next) }
+    unsafe { steps_head_body::<E, ACC>(sc, kind, io, h, tokens, parents, src, dsts, next) }
+}
+
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn steps_head_avx512<E: StateElem>(
+    sc: &mut StepScratch,
+    kind: LayoutKind,
+    io: &DeltaViews<'_>,
+    h: usize,
+    tokens: &[usize],
+    parents: &[Option<usize>],
+    src: *const E,
+    dsts: &[*mut E],
+    next: *const E,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe { steps_head_body::<E, ACC512>(sc, kind, io, h, tokens, parents, src, dsts, next) }
 }
 
 /// A decode (one step, in place) on a K-major head, reading the state where it
@@ -582,7 +640,14 @@ unsafe fn steps_head_avx2<E: StateElem>(
 /// # Safety
 /// `st` points to the `K*V` elements of one head no other thread touches.
 #[inline(always)]
-unsafe fn decode_kmajor<E: StateElem>(sc: &mut StepScratch, kd: usize, vd: usize, scale: f32, st: *mut E, pf: &mut simd::Prefetch) {
+unsafe fn decode_kmajor<E: StateElem, const A: usize>(
+    sc: &mut StepScratch,
+    kd: usize,
+    vd: usize,
+    scale: f32,
+    st: *mut E,
+    pf: &mut simd::Prefetch,
+) {
     let (kv, qv) = (&sc.k[..kd], &sc.q[..kd]);
     let (beta, d, kq) = (sc.beta[0], sc.d[0], sc.kq[0]);
     let (sk, sq) = sc.acc.split_at_mut(BW);
@@ -592,24 +657,24 @@ unsafe fn decode_kmajor<E: StateElem>(sc: &mut StepScratch, kd: usize, vd: usize
         // S^T k and S^T q over columns c0..c0+w, ACC columns in registers at a time
         let mut jb = 0;
         while jb < w {
-            let aw = ACC.min(w - jb);
-            let (mut a1, mut a2) = ([0f32; ACC], [0f32; ACC]);
+            let aw = A.min(w - jb);
+            let (mut a1, mut a2) = ([0f32; A], [0f32; A]);
             for kk in 0..kd {
                 pf.step();
                 // SAFETY: row kk, columns c0+jb..c0+jb+aw of the head.
                 let row = unsafe { std::slice::from_raw_parts(st.add(kk * vd + c0 + jb), aw) };
                 let (a, b) = (kv[kk], qv[kk]);
-                if let Ok(row) = <&[E; ACC]>::try_from(row) {
-                    for j in 0..ACC {
+                if let Ok(row) = <&[E; A]>::try_from(row) {
+                    for j in 0..A {
                         let p = row[j].ld();
-                        a1[j] += p * a;
-                        a2[j] += p * b;
+                        a1[j] = p.mul_add(a, a1[j]);
+                        a2[j] = p.mul_add(b, a2[j]);
                     }
                 } else {
                     for j in 0..aw {
                         let p = row[j].ld();
-                        a1[j] += p * a;
-                        a2[j] += p * b;
+                        a1[j] = p.mul_add(a, a1[j]);
+                        a2[j] = p.mul_add(b, a2[j]);
                     }
                 }
             }
@@ -635,7 +700,7 @@ unsafe fn decode_kmajor<E: StateElem>(sc: &mut StepScratch, kd: usize, vd: usize
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn steps_head_body<E: StateElem>(
+unsafe fn steps_head_body<E: StateElem, const A: usize>(
     sc: &mut StepScratch,
     kind: LayoutKind,
     io: &DeltaViews<'_>,
@@ -676,12 +741,12 @@ unsafe fn steps_head_body<E: StateElem>(
     let bytes = kd * vd * std::mem::size_of::<E>();
     match kind {
         LayoutKind::KMajor if n == 1 && std::ptr::eq(dsts[0], src) => {
-            let mut pf = simd::Prefetch::new(next, bytes, vd.div_ceil(ACC) * kd);
+            let mut pf = simd::Prefetch::new(next, bytes, vd.div_ceil(A) * kd);
             // SAFETY: one step in place on the head at `dsts[0]` (the caller's contract).
-            unsafe { decode_kmajor::<E>(sc, kd, vd, scale, dsts[0], &mut pf) };
+            unsafe { decode_kmajor::<E, A>(sc, kd, vd, scale, dsts[0], &mut pf) };
         }
         LayoutKind::KMajor => {
-            let mut pf = simd::Prefetch::new(next, bytes, vd.div_ceil(BW) * (BW / ACC) * kd);
+            let mut pf = simd::Prefetch::new(next, bytes, vd.div_ceil(BW) * (BW / A) * kd);
             let mut c0 = 0;
             while c0 < vd {
                 let w = BW.min(vd - c0);
@@ -702,21 +767,21 @@ unsafe fn steps_head_body<E: StateElem>(
                     let (sk, sq) = sc.acc.split_at_mut(BW);
                     // S^T k and S^T q over the block, 32 columns at a time so the
                     // accumulators stay in registers
-                    for jb in (0..BW).step_by(ACC) {
-                        let (mut a1, mut a2) = ([0f32; ACC], [0f32; ACC]);
+                    for jb in (0..BW).step_by(A) {
+                        let (mut a1, mut a2) = ([0f32; A], [0f32; A]);
                         for kk in 0..kd {
                             if i == 0 {
                                 pf.step();
                             }
-                            let prow: &[f32; ACC] = parent[kk * BW + jb..kk * BW + jb + ACC].try_into().expect("ACC columns");
+                            let prow: &[f32; A] = parent[kk * BW + jb..kk * BW + jb + A].try_into().expect("A columns");
                             let (a, b) = (kv[kk], qv[kk]);
-                            for j in 0..ACC {
-                                a1[j] += prow[j] * a;
-                                a2[j] += prow[j] * b;
+                            for j in 0..A {
+                                a1[j] = prow[j].mul_add(a, a1[j]);
+                                a2[j] = prow[j].mul_add(b, a2[j]);
                             }
                         }
-                        sk[jb..jb + ACC].copy_from_slice(&a1);
-                        sq[jb..jb + ACC].copy_from_slice(&a2);
+                        sk[jb..jb + A].copy_from_slice(&a1);
+                        sq[jb..jb + A].copy_from_slice(&a2);
                     }
                     let (beta, d, kq) = (sc.beta[i], sc.d[i], sc.kq[i]);
                     let vrow = &sc.v[i * vd + c0..i * vd + c0 + w];
@@ -735,7 +800,7 @@ unsafe fn steps_head_body<E: StateElem>(
                         let p = unsafe { dst.add(kk * vd + c0) };
                         if stream {
                             for j in 0..w {
-                                orow[j] = d * prow[j] + a * sk[j];
+                                orow[j] = d.mul_add(prow[j], a * sk[j]);
                             }
                             // SAFETY: as above; with `stream`, E is f32.
                             if unsafe { simd::stream_f32(p as *mut f32, orow) } {
@@ -747,11 +812,11 @@ unsafe fn steps_head_body<E: StateElem>(
                         if n == 1 {
                             // one step (in-place decodes take decode_kmajor): no child step reads this block back
                             for j in 0..w {
-                                o[j] = E::st(d * prow[j] + a * sk[j]);
+                                o[j] = E::st(d.mul_add(prow[j], a * sk[j]));
                             }
                         } else {
                             for j in 0..w {
-                                let r = E::st(d * prow[j] + a * sk[j]);
+                                let r = E::st(d.mul_add(prow[j], a * sk[j]));
                                 o[j] = r;
                                 orow[j] = r.ld();
                             }

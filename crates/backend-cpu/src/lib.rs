@@ -222,6 +222,11 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
                 let off = |slot: usize| g.conv_offset(layer, slot) + c0 * w1 * es;
                 for s in 0..batch.num_seqs() {
                     let slot = batch.slots()[s].index();
+                    if batch.seq_len(s) == 1 && batch.has_initial_state()[s] && batch.snapshots_of(s).next().is_none() {
+                        // a decode in a mixed step
+                        blk.update_in_place(&conv, cdt, off(slot), batch.seq_range(s).start);
+                        continue;
+                    }
                     if batch.has_initial_state()[s] {
                         blk.load(&conv, cdt, off(slot));
                     } else {
@@ -250,10 +255,7 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
             let (cdt, w1, es) = (g.config.conv_dtype, dims.conv_state_len(), g.config.conv_dtype.size());
             self.conv_blocks(&dims, &mut io, |blk| {
                 for (i, slot) in batch.slots().iter().enumerate() {
-                    let off = g.conv_offset(layer, slot.index()) + blk.c0 * w1 * es;
-                    blk.load(&conv, cdt, off);
-                    blk.step(i);
-                    blk.store(&conv, cdt, off);
+                    blk.update_in_place(&conv, cdt, g.conv_offset(layer, slot.index()) + blk.c0 * w1 * es, i);
                 }
             })
         })
@@ -301,14 +303,32 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
         let views = delta_views(&mut io, dims)?;
         pool.kernel_parts(layer, KernelAccess::Extend(batch), |parts| {
             let tgt = ExtendTarget { temporal: RawBuf::new(parts.temporal.bytes_mut()), geometry: &g, layer, batch };
-            let hk = dims.num_k_heads;
-            // longest sequences first, so the tail of the parallel loop is short
+            let (hk, hv, per) = (dims.num_k_heads, dims.num_v_heads, dims.head_k_dim * dims.head_v_dim);
+            // a 1-token sequence continuing its state (a decode in a mixed step) is a
+            // decode: in place on the pool, one task per value head, the same bits
+            // as the chunk of one `extend_head` would run for it
+            let is_step = |s: usize| batch.seq_len(s) == 1 && batch.has_initial_state()[s] && batch.snapshots_of(s).next().is_none();
+            // longest sequences first, so the tail of the parallel loop is short; the steps last
             let mut order: Vec<usize> = (0..batch.num_seqs()).collect();
-            order.sort_by_key(|&s| std::cmp::Reverse(batch.seq_len(s)));
-            // one task per (sequence, key head): its value heads share q, k and [Q; K] K^T
+            order.sort_by_key(|&s| (is_step(s), std::cmp::Reverse(batch.seq_len(s))));
+            let long = order.iter().take_while(|&&s| !is_step(s)).count();
+            let steps = &order[long..];
+            // byte offset of (sequence s, value head h) for elements of `size` bytes
+            let head = |s: usize, h: usize, size: usize| g.temporal_offset(layer, batch.slots()[s].index()) + h * per * size;
             with_state_type!(g.config.state_dtype, E => self.install(|| {
-                (0..order.len() * hk).into_par_iter().for_each(|task| {
-                    extend_head::<E>(L::KIND, &views, &tgt, order[task / hk], task % hk);
+                (0..long * hk + steps.len() * hv).into_par_iter().for_each(|task| {
+                    if task < long * hk {
+                        // one task per (sequence, key head): its value heads share q, k and [Q; K] K^T
+                        return extend_head::<E>(L::KIND, &views, &tgt, order[task / hk], task % hk);
+                    }
+                    let i = task - long * hk;
+                    let (s, h) = (steps[i / hv], i % hv);
+                    let size = std::mem::size_of::<E>();
+                    let st = tgt.temporal.typed::<E>(head(s, h, size), per);
+                    let next = steps.get((i + 1) / hv).map_or(std::ptr::null_mut(), |&s2| tgt.temporal.typed::<E>(head(s2, (i + 1) % hv, size), per));
+                    // SAFETY: (slot, head) is this task's alone (slots are distinct); in place;
+                    // `next` is only prefetched.
+                    unsafe { steps_head::<E>(L::KIND, &views, h, &[batch.seq_range(s).start], &[None], st, &[st], next) };
                 })
             }));
             Ok(())

@@ -1,7 +1,8 @@
 //! Element conversions and reductions written so the compiler vectorises
 //! them, plus the run-time CPU feature check the kernels dispatch on. The
-//! AVX2 and portable paths compute bitwise the same results (no FMA
-//! contraction; reductions use the same fixed 8-lane order on every path).
+//! AVX-512, AVX2 and portable paths compute bitwise the same results (the
+//! state update contracts to a fused multiply-add on every path, `mul_add`;
+//! reductions use the same fixed 8-lane order on every path).
 
 use half::bf16;
 use std::sync::OnceLock;
@@ -47,11 +48,13 @@ pub(crate) trait StateElem: deltanet_core::Element {
     /// Rounds to nearest even (NaN stays NaN), like `half`.
     fn st(x: f32) -> Self;
     /// The decode update of one state row, in place:
-    /// `row[j] = st(d * ld(row[j]) + a * u[j])` (no FMA contraction).
+    /// `row[j] = st(fma(d, ld(row[j]), a * u[j]))` — the same contraction in
+    /// decode, verify and the portable path (`mul_add` is fused everywhere),
+    /// so decode == verify stays bitwise.
     #[inline(always)]
     fn update_row(row: &mut [Self], d: f32, a: f32, u: &[f32]) {
         for (x, &u) in row.iter_mut().zip(u) {
-            *x = Self::st(d * x.ld() + a * u);
+            *x = Self::st(d.mul_add(x.ld(), a * u));
         }
     }
 }
@@ -87,12 +90,15 @@ impl StateElem for bf16 {
         let n = row.len().min(u.len());
         let mut done = 0;
         #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: AVX2 is present; the ranges are the slices'.
+        if has_avx512() {
+            // SAFETY: AVX-512F is present; the ranges are the slices'.
+            done = unsafe { update_row_bf16_avx512(&mut row[..n], d, a, &u[..n]) };
+        } else if has_avx2() {
+            // SAFETY: AVX2 and FMA are present; the ranges are the slices'.
             done = unsafe { update_row_bf16_avx2(&mut row[..n], d, a, &u[..n]) };
         }
         for (x, &u) in row[done..n].iter_mut().zip(&u[done..n]) {
-            *x = Self::st(d * x.ld() + a * u);
+            *x = Self::st(d.mul_add(x.ld(), a * u));
         }
     }
 }
@@ -105,9 +111,9 @@ impl StateElem for bf16 {
 /// (a multiple of 16); the caller finishes the tail.
 ///
 /// # Safety
-/// The CPU has AVX2; `u.len() >= row.len()`.
+/// The CPU has AVX2 and FMA; `u.len() >= row.len()`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn update_row_bf16_avx2(row: &mut [bf16], d: f32, a: f32, u: &[f32]) -> usize {
     use std::arch::x86_64::*;
     let n = row.len() / 16 * 16;
@@ -129,11 +135,43 @@ unsafe fn update_row_bf16_avx2(row: &mut [bf16], d: f32, a: f32, u: &[f32]) -> u
             let old = _mm256_loadu_si256(rp.add(i) as *const __m256i);
             let lo = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(old))));
             let hi = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm256_extracti128_si256::<1>(old))));
-            let lo = _mm256_add_ps(_mm256_mul_ps(vd, lo), _mm256_mul_ps(va, _mm256_loadu_ps(up.add(i))));
-            let hi = _mm256_add_ps(_mm256_mul_ps(vd, hi), _mm256_mul_ps(va, _mm256_loadu_ps(up.add(i + 8))));
+            let lo = _mm256_fmadd_ps(vd, lo, _mm256_mul_ps(va, _mm256_loadu_ps(up.add(i))));
+            let hi = _mm256_fmadd_ps(vd, hi, _mm256_mul_ps(va, _mm256_loadu_ps(up.add(i + 8))));
             // packus interleaves 128-bit lanes: [lo0-3 hi0-3 lo4-7 hi4-7]; permute back
             let packed = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(round(lo), round(hi)));
             _mm256_storeu_si256(rp.add(i) as *mut __m256i, packed);
+        }
+    }
+    n
+}
+
+/// [`update_row_bf16_avx2`] with AVX-512, 16 elements per step: the same
+/// operations (fused multiply-add, then the integer rounding with NaN made
+/// quiet), so the same bits. Returns the elements done (a multiple of 16).
+///
+/// # Safety
+/// The CPU has AVX-512F; `u.len() >= row.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn update_row_bf16_avx512(row: &mut [bf16], d: f32, a: f32, u: &[f32]) -> usize {
+    use std::arch::x86_64::*;
+    let n = row.len() / 16 * 16;
+    let (vd, va) = (_mm512_set1_ps(d), _mm512_set1_ps(a));
+    let (abs_mask, inf, quiet) = (_mm512_set1_epi32(0x7fff_ffff), _mm512_set1_epi32(0x7f80_0000), _mm512_set1_epi32(0x0040_0000));
+    let (half, one) = (_mm512_set1_epi32(0x7fff), _mm512_set1_epi32(1));
+    let (rp, up) = (row.as_mut_ptr() as *mut u16, u.as_ptr());
+    for i in (0..n).step_by(16) {
+        // SAFETY: elements i..i+16 are in both slices (i + 16 <= n <= len).
+        unsafe {
+            let old = _mm256_loadu_si256(rp.add(i) as *const __m256i);
+            let x = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(old)));
+            let b = _mm512_castps_si512(_mm512_fmadd_ps(vd, x, _mm512_mul_ps(va, _mm512_loadu_ps(up.add(i)))));
+            let nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(b, abs_mask), inf);
+            let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(b), one);
+            let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(b, _mm512_add_epi32(half, lsb)));
+            let quieted = _mm512_srli_epi32::<16>(_mm512_or_si512(b, quiet));
+            let r = _mm512_mask_blend_epi32(nan, rounded, quieted);
+            _mm256_storeu_si256(rp.add(i) as *mut __m256i, _mm512_cvtepi32_epi16(r));
         }
     }
     n
@@ -298,7 +336,17 @@ mod tests {
                 }
             }
             let (d, a) = (0.75f32, 1.0f32);
-            let want: Vec<bf16> = row.iter().zip(&u).map(|(x, &u)| <bf16 as StateElem>::st(d * x.ld() + a * u)).collect();
+            let want: Vec<bf16> = row.iter().zip(&u).map(|(x, &u)| <bf16 as StateElem>::st(d.mul_add(x.ld(), a * u))).collect();
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2() {
+                // every machine path this CPU has, not only the one update_row picks
+                let mut r2 = row.clone();
+                // SAFETY: AVX2 and FMA are present; u is as long as the row.
+                let done = unsafe { update_row_bf16_avx2(&mut r2, d, a, &u) };
+                for (j, (g, w)) in r2.iter().zip(&want).enumerate().take(done) {
+                    assert_eq!(g.to_bits(), w.to_bits(), "avx2: len {len} element {j}");
+                }
+            }
             <bf16 as StateElem>::update_row(&mut row, d, a, &u);
             for (j, (g, w)) in row.iter().zip(&want).enumerate() {
                 assert_eq!(g.to_bits(), w.to_bits(), "len {len} element {j}");

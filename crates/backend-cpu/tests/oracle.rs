@@ -400,3 +400,85 @@ fn verify_commit_is_bitwise_decode() {
         }
     }
 }
+
+/// The rows `rows` of every per-token input and the initial states of `seqs`.
+fn gather_inputs(dims: &ModelDims, x: &Inputs, rows: &[usize], seqs: &[usize]) -> Inputs {
+    let (hk, hv, k, v, per) = (dims.num_k_heads, dims.num_v_heads, dims.head_k_dim, dims.head_v_dim, dims.state_elems());
+    let pick = |a: &[f32], w: usize, idx: &[usize]| -> Vec<f32> { idx.iter().flat_map(|&r| a[r * w..(r + 1) * w].to_vec()).collect() };
+    Inputs {
+        q: pick(&x.q, hk * k, rows),
+        k: pick(&x.k, hk * k, rows),
+        v: pick(&x.v, hv * v, rows),
+        g: pick(&x.g, hv, rows),
+        beta: pick(&x.beta, hv, rows),
+        init: pick(&x.init, per, seqs),
+    }
+}
+
+/// One decode of `n` requests (row i is request i's token) from the states in `x.init`; (outputs, final states).
+fn run_decode<L: StateLayout>(d: &CpuDispatcher<L>, dims: ModelDims, sd: DType, n: usize, x: &Inputs) -> (Vec<f32>, Vec<f32>) {
+    let mut pool = d.new_pool(PoolConfig::new(1, n, dims).with_state_dtype(sd)).unwrap();
+    let slots = pool.alloc(n).unwrap();
+    let per = dims.state_elems();
+    for (i, s) in slots.iter().enumerate() {
+        let st = HostState::from_f32(1, dims, sd, DType::F32, &x.init[i * per..(i + 1) * per], &vec![0.0; dims.conv_elems()]).unwrap();
+        pool.import(*s, &st).unwrap();
+    }
+    let (hk, hv, k, v) = (dims.num_k_heads, dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
+    let mut o = vec![0f32; n * hv * v];
+    let io = DeltaIo {
+        q: TensorRef::from_slice(&x.q, &[n, hk, k]).unwrap(),
+        k: TensorRef::from_slice(&x.k, &[n, hk, k]).unwrap(),
+        v: TensorRef::from_slice(&x.v, &[n, hv, v]).unwrap(),
+        g: TensorRef::from_slice(&x.g, &[n, hv]).unwrap(),
+        beta: TensorRef::from_slice(&x.beta, &[n, hv]).unwrap(),
+        o: TensorMut::from_slice(&mut o, &[n, hv, v]).unwrap(),
+        params: DeltaParams::new(&dims),
+    };
+    let batch = DecodeBatch::new(&pool, &slots).unwrap();
+    d.decode(&mut pool, 0, &batch, io).unwrap();
+    let fin: Vec<f32> = slots.iter().flat_map(|s| pool.export(*s).unwrap().temporal_f32()).collect();
+    (o, fin)
+}
+
+/// A mixed step: prefill chunks and 1-token sequences in one extend call.
+/// Against the oracle; the 1-token sequences bitwise equal to a decode of
+/// their tokens (they run the decode path), the prefill sequences bitwise
+/// equal to an extend of them alone (batch independence); both layouts,
+/// f32 and bf16 state.
+#[test]
+fn mixed_step_matches_oracle_and_decode() {
+    fn go<L: StateLayout>(dims: ModelDims, sd: DType, seed: u64) {
+        let lens = [130usize, 1, 65, 1, 1];
+        let t: usize = lens.iter().sum();
+        let x = inputs(&dims, t, lens.len(), seed);
+        let d = CpuDispatcher::<L>::with_threads(2).unwrap();
+        let (o, fin) = run_extend::<L, f32>(&d, dims, sd, &lens, true, &x);
+        let (ro, rf) = oracle::<f32>(dims, sd, &lens, true, &x);
+        let tol = if sd == DType::F32 { 2e-6 } else { 5e-3 };
+        let (eo, ef) = (error_ratio(&o, &ro), error_ratio(&fin, &rf));
+        assert!(eo <= tol && ef <= tol, "{:?} {sd}: mixed step o {eo:e} state {ef:e}", L::KIND);
+        let (per_o, per) = (dims.num_v_heads * dims.head_v_dim, dims.state_elems());
+        // the 1-token sequences (rows 130, 196, 197) == one decode of those tokens
+        let (dec_rows, dec_seqs) = ([130usize, 196, 197], [1usize, 3, 4]);
+        let (od, fd) = run_decode::<L>(&d, dims, sd, 3, &gather_inputs(&dims, &x, &dec_rows, &dec_seqs));
+        for (i, (&r, &s)) in dec_rows.iter().zip(&dec_seqs).enumerate() {
+            assert_eq!(&o[r * per_o..(r + 1) * per_o], &od[i * per_o..(i + 1) * per_o], "{:?} {sd}: output of seq {s}", L::KIND);
+            assert_eq!(&fin[s * per..(s + 1) * per], &fd[i * per..(i + 1) * per], "{:?} {sd}: state of seq {s}", L::KIND);
+        }
+        // the prefill sequences == an extend of them alone
+        let rows: Vec<usize> = (0..130).chain(131..196).collect();
+        let (oe, fe) = run_extend::<L, f32>(&d, dims, sd, &[130, 65], true, &gather_inputs(&dims, &x, &rows, &[0, 2]));
+        for (i, &r) in rows.iter().enumerate() {
+            assert_eq!(&o[r * per_o..(r + 1) * per_o], &oe[i * per_o..(i + 1) * per_o], "{:?} {sd}: row {r}", L::KIND);
+        }
+        assert_eq!(&fin[..per], &fe[..per]);
+        assert_eq!(&fin[2 * per..3 * per], &fe[per..]);
+    }
+    for (i, dims) in [ModelDims::new(2, 4, 48, 17, 4).unwrap(), ModelDims::new(1, 2, 128, 128, 4).unwrap()].into_iter().enumerate() {
+        for sd in [DType::F32, DType::BF16] {
+            go::<KMajor>(dims, sd, 110 + i as u64);
+            go::<VMajor>(dims, sd, 120 + i as u64);
+        }
+    }
+}
