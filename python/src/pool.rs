@@ -11,9 +11,9 @@ use crate::errors::{guard, raise, IntoPy};
 use crate::slots::{slot_to_py, slots_from_py};
 use crate::tensor::{borrow, borrow_opt, Borrowed};
 use deltanet::{
-    commit, forward_decode, forward_extend, forward_verify, Backend, BackendVisitor, BufferKind, CommitBatch, ConvIo, DType, DecodeBatch,
-    DeltaIo, DeltaParams, ExtendBatch, GateIo, HeadMapping, HostState, KernelDispatcher, LayerInput, LayerWeights, LayerWorkspace,
-    LayoutKind, ModelDims, Pool, PoolConfig, Slot, Snapshot, TensorMut, VerifyBatch,
+    commit, Backend, BackendVisitor, BufferKind, CommitBatch, ConvIo, DType, DecodeBatch, DeltaIo, DeltaParams, ExtendBatch, GateIo,
+    HeadMapping, HostState, KernelDispatcher, LayerInput, LayerWeights, LayoutKind, ModelDims, Pool, PoolConfig, Slot, Snapshot, TensorMut,
+    VerifyBatch,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
@@ -139,38 +139,6 @@ impl Weights<'_> {
             dt_bias: self.dt_bias.view(),
             conv_weight: self.conv_weight.view(),
             conv_bias: self.conv_bias.as_ref().map(|b| b.view()),
-        }
-    }
-}
-
-/// Which batch a layer forward runs.
-enum Step {
-    Extend(ExtendBatch),
-    Decode(DecodeBatch),
-    Verify(VerifyBatch),
-}
-
-/// The layer forward on whichever dispatcher the backend holds.
-struct ForwardVisit<'a> {
-    pool: &'a mut Pool,
-    layer: usize,
-    step: &'a Step,
-    weights: LayerWeights<'a>,
-    input: LayerInput<'a>,
-    params: DeltaParams,
-    out: TensorMut<'a>,
-}
-
-impl BackendVisitor for ForwardVisit<'_> {
-    type Output = deltanet::Result<()>;
-    fn visit<D: KernelDispatcher>(self, d: &D) -> deltanet::Result<()> {
-        let p = self.pool.typed_mut::<D>()?;
-        let mut ws = LayerWorkspace::new(d.memory().clone());
-        let (l, w, x, prm, o) = (self.layer, &self.weights, &self.input, self.params, self.out);
-        match self.step {
-            Step::Extend(b) => forward_extend(d, p, l, b, w, x, prm, &mut ws, o),
-            Step::Decode(b) => forward_decode(d, p, l, b, w, x, prm, &mut ws, o),
-            Step::Verify(b) => forward_verify(d, p, l, b, w, x, prm, &mut ws, o),
         }
     }
 }
@@ -824,13 +792,19 @@ impl PyPool {
                 _ => return Err(raise("ConfigError", format!("forward mode `{mode}` (extend, decode, verify)"))),
             };
             let (weights, input, outv) = (w.view(), LayerInput { mixed_qkv: x.view(), a: a.view(), b: b.view() }, whole_mut(&o)?);
-            self.with(py, move |bk, p| {
-                let step = match &args {
-                    Args::Extend(cu, hi, sn) => Step::Extend(Self::extend_batch(p, cu, &s, hi, sn)?),
-                    Args::Decode => Step::Decode(DecodeBatch::new(p.as_dyn(), &s)?),
-                    Args::Verify(par) => Step::Verify(Self::verify_batch(p, &s, par.as_deref())?),
-                };
-                bk.visit(ForwardVisit { pool: p, layer, step: &step, weights, input, params: prm, out: outv })
+            self.with(py, move |bk, p| match &args {
+                Args::Extend(cu, hi, sn) => {
+                    let batch = Self::extend_batch(p, cu, &s, hi, sn)?;
+                    bk.forward_extend(p, layer, &batch, &weights, &input, prm, outv)
+                }
+                Args::Decode => {
+                    let batch = DecodeBatch::new(p.as_dyn(), &s)?;
+                    bk.forward_decode(p, layer, &batch, &weights, &input, prm, outv)
+                }
+                Args::Verify(par) => {
+                    let batch = Self::verify_batch(p, &s, par.as_deref())?;
+                    bk.forward_verify(p, layer, &batch, &weights, &input, prm, outv)
+                }
             })
         })
     }
