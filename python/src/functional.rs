@@ -11,8 +11,7 @@ use crate::staging::{self, Part};
 use crate::states::{self, OwnedStates, StateView};
 use crate::tensor::{borrow, borrow_opt, Borrowed};
 use deltanet::{
-    Backend, ConvIo, DecodeBatch, DeltaIo, DeltaParams, ExtendBatch, GateIo, LayoutKind, ModelDims, Pool, PoolConfig, Slot, TensorMut,
-    TensorRef,
+    Backend, ConvIo, DecodeBatch, DeltaIo, DeltaParams, ExtendBatch, GateIo, LayoutKind, ModelDims, Pool, Slot, TensorMut, TensorRef,
 };
 use pyo3::prelude::*;
 use std::sync::{Mutex, OnceLock};
@@ -86,8 +85,7 @@ fn state_values<'a>(t: &'a Borrowed<'_>) -> PyResult<std::borrow::Cow<'a, [f32]>
 
 /// Byte range `[lo, hi)` a tensor's elements lie in.
 fn byte_range(t: &Borrowed<'_>) -> (u64, u64) {
-    let m = t.meta();
-    (t.addr(), t.addr() + (m.span() * m.dtype().size()) as u64)
+    (t.addr(), t.addr() + t.meta().span_bytes() as u64)
 }
 
 /// Writes f32 values into a state tensor (memcpy for contiguous f32).
@@ -315,8 +313,7 @@ impl ConvPool {
         if let Some(p) = kept {
             return Ok(p);
         }
-        let pool = backend.new_pool(PoolConfig::new(1, b, dims)).py_err()?;
-        let slots = pool.as_dyn().alloc(b).py_err()?;
+        let (pool, slots) = states::one_layer_pool(backend, b, dims)?;
         Ok(ConvPool { key, pool, slots })
     }
     fn give_back(self) {

@@ -45,11 +45,17 @@ fn live() -> MutexGuard<'static, HashMap<u64, Weak<OwnedStates>>> {
     LIVE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A fresh zeroed one-layer pool of `n` slots, all allocated (the fla-style calls' pools).
+pub fn one_layer_pool(backend: &Backend, n: usize, dims: ModelDims) -> PyResult<(Pool, Vec<Slot>)> {
+    let pool = backend.new_pool(PoolConfig::new(1, n, dims)).py_err()?;
+    let slots = pool.as_dyn().alloc(n).py_err()?;
+    Ok((pool, slots))
+}
+
 impl OwnedStates {
     /// A fresh zeroed pool for `n` sequences on `backend` (whose layout is `layout`).
     pub fn new(backend: &Backend, layout: LayoutKind, n: usize, dims: ModelDims) -> PyResult<SharedStates> {
-        let pool = backend.new_pool(PoolConfig::new(1, n, dims)).py_err()?;
-        let slots = pool.as_dyn().alloc(n).py_err()?;
+        let (pool, slots) = one_layer_pool(backend, n, dims)?;
         if slots.iter().enumerate().any(|(i, s)| s.index() != i + 1) {
             return Err(raise("InternalError", "a fresh pool handed out slots out of order"));
         }

@@ -82,7 +82,7 @@ impl View {
     /// Bytes from the first to one past the last addressed element.
     fn byte_range(&self) -> (u64, u64) {
         // Bounded by isize::MAX (TensorMeta's construction check).
-        (self.addr, self.addr.saturating_add((self.meta.span() * self.meta.dtype().size()) as u64))
+        (self.addr, self.addr.saturating_add(self.meta.span_bytes() as u64))
     }
 }
 

@@ -147,6 +147,11 @@ impl TensorMeta {
         }
         1 + self.shape().iter().zip(self.strides()).map(|(d, s)| (d - 1) * s).sum::<usize>()
     }
+    /// Bytes from the first to one past the last addressed element: the range
+    /// an overlap check compares (fits, by the construction check on the span).
+    pub fn span_bytes(&self) -> usize {
+        self.span() * self.dtype().size()
+    }
     /// Row-major contiguous.
     pub fn is_contiguous(&self) -> bool {
         let mut expect = 1;
