@@ -16,19 +16,7 @@
 #define VD 6
 #define DRAFT 3
 
-#define DIE(...)                                                   \
-  do {                                                             \
-    fprintf(stderr, "client.c:%d: ", __LINE__);                    \
-    fprintf(stderr, __VA_ARGS__);                                  \
-    fprintf(stderr, "\n");                                         \
-    exit(2);                                                       \
-  } while (0)
-
-#define CHECK(call)                                                                 \
-  do {                                                                              \
-    dn_status s_ = (call);                                                          \
-    if (s_ != DN_OK) DIE("%s -> %d: %s", #call, (int)s_, dn_last_error_message()); \
-  } while (0)
+#include "check.h"
 
 static int refused = 0;
 

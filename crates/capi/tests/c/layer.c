@@ -17,19 +17,7 @@
 #define C (2 * HK * KD + HV * VD)
 #define TOKENS 40
 
-#define DIE(...)                                \
-  do {                                          \
-    fprintf(stderr, "layer.c:%d: ", __LINE__);  \
-    fprintf(stderr, __VA_ARGS__);               \
-    fprintf(stderr, "\n");                      \
-    exit(2);                                    \
-  } while (0)
-
-#define CHECK(call)                                                                 \
-  do {                                                                              \
-    dn_status s_ = (call);                                                          \
-    if (s_ != DN_OK) DIE("%s -> %d: %s", #call, (int)s_, dn_last_error_message()); \
-  } while (0)
+#include "check.h"
 
 typedef struct {
   int64_t shape[3];

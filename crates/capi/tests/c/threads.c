@@ -15,19 +15,7 @@
 #define THREADS 4
 #define ROUNDS 300
 
-#define DIE(...)                                 \
-  do {                                           \
-    fprintf(stderr, "threads.c:%d: ", __LINE__); \
-    fprintf(stderr, __VA_ARGS__);                \
-    fprintf(stderr, "\n");                       \
-    exit(2);                                     \
-  } while (0)
-
-#define CHECK(call)                                                                 \
-  do {                                                                              \
-    dn_status s_ = (call);                                                          \
-    if (s_ != DN_OK) DIE("%s -> %d: %s", #call, (int)s_, dn_last_error_message()); \
-  } while (0)
+#include "check.h"
 
 static dn_pool *pool;
 static dn_backend *cpu;
