@@ -40,12 +40,11 @@ if [ "$py_status" -eq 5 ]; then
 fi
 
 step "summary"
-cargo_line=$(grep -E "^test result: " "$logs/cargo.log" | awk '{p+=$4; f+=$6; i+=$8} END {printf "cargo: %d passed, %d failed, %d ignored", p, f, i}')
+read -r cp cf ci < <(grep -E "^test result: " "$logs/cargo.log" | awk '{p+=$4; f+=$6; i+=$8} END {print p+0, f+0, i+0}')
 py_line=$(grep -E "^(=+ )?[0-9]+ (passed|failed|error)" "$logs/pytest.log" | tail -1 | sed 's/=//g; s/^ *//; s/ *$//')
-echo "$cargo_line"
+echo "cargo: $cp passed, $cf failed, $ci ignored"
 echo "pytest: ${py_line:-no summary line}"
-cp=$(grep -E "^test result: " "$logs/cargo.log" | awk '{p+=$4} END {print p+0}')
-cf=$(grep -E "^test result: " "$logs/cargo.log" | awk '{f+=$6} END {print f+0}')
+# the number before each word of pytest's closing line ("3 failed, 140 passed, 2 errors in 9s")
 count() { echo "$py_line" | awk -v re="$1" '{for (i = 1; i < NF; i++) if ($(i + 1) ~ re) s += $i} END {print s + 0}'; }
 pp=$(count '^passed,?$')
 pf=$(count '^(failed|errors?),?$')
