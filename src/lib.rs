@@ -6,19 +6,16 @@
 //!
 //! This facade re-exports [`deltanet_core`] and adds the runtime [`Backend`]
 //! (every variant present in every build; a backend compiled out is
-//! [`Error::NotCompiled`]), model presets, the replay-file format and the
-//! synthetic serving workload behind the `deltanet` binary.
+//! [`Error::NotCompiled`]). It depends on nothing an engine does not link:
+//! the `deltanet` binary (its workload, replay files, benchmarks) is the
+//! `deltanet-cli` package in crates/cli, and the conformance suite is the
+//! `deltanet-conformance` dev-dependency.
 //!
 //! Cargo features: `cpu` (default), `cuda`, `npu`.
 
 #![warn(missing_docs)]
 
 pub mod backend;
-pub mod info;
-pub mod models;
-pub mod replay;
-pub mod synth;
-pub mod workload;
 
 pub use backend::{Backend, BackendVisitor, Pool};
 #[cfg(feature = "cpu")]

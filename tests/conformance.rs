@@ -1,5 +1,5 @@
 //! Every backend the enabled features provide, through the conformance suite
-//! (`deltanet_core::conformance`): CPU K-major and CPU V-major always (feature
+//! (`deltanet_conformance`): CPU K-major and CPU V-major always (feature
 //! `cpu`), CUDA and NPU when their features are on — those print
 //! `skipped: <reason>` and pass when the device or library is absent.
 //!
@@ -9,14 +9,14 @@
 #![cfg(feature = "cpu")]
 
 use deltanet_backend_cpu::{CpuKMajor, CpuVMajor};
-use deltanet_core::conformance::{cross_layout, SuiteOptions};
+use deltanet_conformance::{cross_layout, SuiteOptions};
 
 mod cpu_kmajor {
-    deltanet_core::conformance_tests!(deltanet_backend_cpu::CpuKMajor::new());
+    deltanet_conformance::conformance_tests!(deltanet_backend_cpu::CpuKMajor::new());
 }
 
 mod cpu_vmajor {
-    deltanet_core::conformance_tests!(deltanet_backend_cpu::CpuVMajor::new());
+    deltanet_conformance::conformance_tests!(deltanet_backend_cpu::CpuVMajor::new());
 }
 
 /// DESIGN §5.6: the same inputs on either layout give the same canonical state.
@@ -34,7 +34,7 @@ fn cpu_kmajor_and_vmajor_agree() {
 /// flags, random verify trees of 1-4 drafts, random accepted steps) on both layouts.
 mod random_batches {
     use deltanet_backend_cpu::{CpuKMajor, CpuVMajor};
-    use deltanet_core::conformance::{check_batch, SuiteOptions};
+    use deltanet_conformance::{check_batch, SuiteOptions};
     use deltanet_core::ModelDims;
     use proptest::prelude::*;
 
@@ -77,14 +77,14 @@ mod random_batches {
 /// present, prints `skipped: <reason>` and passes elsewhere.
 #[cfg(feature = "npu")]
 mod npu {
-    deltanet_core::conformance_tests!(fallible deltanet_backend_npu::NpuDispatcher::new(0));
+    deltanet_conformance::conformance_tests!(fallible deltanet_backend_npu::NpuDispatcher::new(0));
 
     /// The NPU against the CPU V-major kernels (same layout), when present.
     #[test]
     fn npu_agrees_with_cpu() {
-        let Some(npu) = deltanet_core::conformance::available(deltanet_backend_npu::NpuDispatcher::new(0)) else { return };
+        let Some(npu) = deltanet_conformance::available(deltanet_backend_npu::NpuDispatcher::new(0)) else { return };
         let cpu = deltanet_backend_cpu::CpuVMajor::new();
-        let cases = deltanet_core::conformance::cross_layout(&npu, &cpu, &deltanet_core::conformance::SuiteOptions::from_env());
+        let cases = deltanet_conformance::cross_layout(&npu, &cpu, &deltanet_conformance::SuiteOptions::from_env());
         for c in &cases {
             println!("{c}");
         }
@@ -96,20 +96,16 @@ mod npu {
 /// present, prints `skipped: <reason>` and passes elsewhere.
 #[cfg(feature = "cuda")]
 mod cuda {
-    deltanet_core::conformance_tests!(fallible deltanet_backend_cuda::CudaDispatcher::new(0));
+    deltanet_conformance::conformance_tests!(fallible deltanet_backend_cuda::CudaDispatcher::new(0));
 
     /// CUDA against the CPU kernels of its layout, when a GPU is present.
     #[test]
     fn cuda_agrees_with_cpu() {
-        let Some(gpu) = deltanet_core::conformance::available(deltanet_backend_cuda::CudaDispatcher::new(0)) else { return };
-        let opts = deltanet_core::conformance::SuiteOptions::from_env();
+        let Some(gpu) = deltanet_conformance::available(deltanet_backend_cuda::CudaDispatcher::new(0)) else { return };
+        let opts = deltanet_conformance::SuiteOptions::from_env();
         let cases = match deltanet_core::KernelDispatcher::capabilities(&gpu).native_layout {
-            deltanet_core::LayoutKind::KMajor => {
-                deltanet_core::conformance::cross_layout(&gpu, &deltanet_backend_cpu::CpuKMajor::new(), &opts)
-            }
-            deltanet_core::LayoutKind::VMajor => {
-                deltanet_core::conformance::cross_layout(&gpu, &deltanet_backend_cpu::CpuVMajor::new(), &opts)
-            }
+            deltanet_core::LayoutKind::KMajor => deltanet_conformance::cross_layout(&gpu, &deltanet_backend_cpu::CpuKMajor::new(), &opts),
+            deltanet_core::LayoutKind::VMajor => deltanet_conformance::cross_layout(&gpu, &deltanet_backend_cpu::CpuVMajor::new(), &opts),
         };
         for c in &cases {
             println!("{c}");

@@ -1,4 +1,4 @@
-//! An engine's life on both layouts (`deltanet_core::conformance::engine_scenario`):
+//! An engine's life on both layouts (`deltanet_conformance::engine_scenario`):
 //! requests arriving over time, chunked prefill under a per-step token budget,
 //! prefix-cache hits restored from extend snapshots, decode, speculative
 //! verify + commit with random acceptance (chains and trees), requests
@@ -9,7 +9,7 @@
 #![cfg(feature = "cpu")]
 
 use deltanet_backend_cpu::{CpuKMajor, CpuVMajor};
-use deltanet_core::conformance::{engine_scenario, CaseReport, SuiteOptions};
+use deltanet_conformance::{engine_scenario, CaseReport, SuiteOptions};
 
 fn check(cases: Vec<CaseReport>) {
     for c in &cases {
@@ -33,7 +33,7 @@ fn vmajor_worker_and_kmajor_worker_other_seed() {
 
 #[test]
 fn bf16_state_pools() {
-    check(deltanet_core::conformance::engine_scenario_in(
+    check(deltanet_conformance::engine_scenario_in(
         &CpuKMajor::new(),
         &CpuVMajor::new(),
         deltanet_core::DType::BF16,

@@ -8,7 +8,7 @@
 #![cfg(feature = "cpu")]
 
 use deltanet_backend_cpu::{CpuKMajor, CpuVMajor};
-use deltanet_core::conformance::{run_check, Check, SuiteOptions};
+use deltanet_conformance::{run_check, Check, SuiteOptions};
 use deltanet_core::*;
 
 /// The mistakes, as the engines made them.

@@ -6,5 +6,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    deltanet_core::conformance::fuzz::batch_metadata(data);
+    deltanet_conformance::fuzz::batch_metadata(data);
 });

@@ -4,7 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(f) = deltanet::replay::ReplayFile::parse(data) {
+    if let Ok(f) = deltanet_cli::replay::ReplayFile::parse(data) {
         // whatever parses is self-consistent
         assert_eq!(f.cu_seqlens.first(), Some(&0));
         assert!(f.dims.validate().is_ok());

@@ -48,7 +48,6 @@
 
 #![warn(missing_docs)]
 
-pub mod bench;
 mod conv;
 mod delta;
 mod io;

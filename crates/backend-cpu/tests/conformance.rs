@@ -2,20 +2,20 @@
 //! two layouts against each other.
 
 mod kmajor {
-    deltanet_core::conformance_tests!(deltanet_backend_cpu::CpuKMajor::new());
+    deltanet_conformance::conformance_tests!(deltanet_backend_cpu::CpuKMajor::new());
 }
 
 mod vmajor {
-    deltanet_core::conformance_tests!(deltanet_backend_cpu::CpuVMajor::new());
+    deltanet_conformance::conformance_tests!(deltanet_backend_cpu::CpuVMajor::new());
 }
 
 mod two_threads {
-    deltanet_core::conformance_tests!(deltanet_backend_cpu::CpuVMajor::with_threads(2).unwrap());
+    deltanet_conformance::conformance_tests!(deltanet_backend_cpu::CpuVMajor::with_threads(2).unwrap());
 }
 
 #[test]
 fn cross_layout_kmajor_vmajor() {
-    use deltanet_core::conformance::{cross_layout, SuiteOptions};
+    use deltanet_conformance::{cross_layout, SuiteOptions};
     let cases = cross_layout(&deltanet_backend_cpu::CpuKMajor::new(), &deltanet_backend_cpu::CpuVMajor::new(), &SuiteOptions::from_env());
     assert!(!cases.is_empty());
     let failed: Vec<String> = cases.iter().filter(|c| !c.passed).map(|c| format!("{c}")).collect();

@@ -6,7 +6,7 @@
 #![cfg(feature = "emulate")]
 
 use deltanet_backend_cuda::{CudaDispatcher, EmuLauncher};
-use deltanet_core::conformance::{assert_check, Check, SuiteOptions};
+use deltanet_conformance::{assert_check, Check, SuiteOptions};
 
 fn make() -> CudaDispatcher<EmuLauncher> {
     CudaDispatcher::emulated()
@@ -118,7 +118,7 @@ mod block_size {
     //! order, so the block size changes nothing, bit for bit; a missing barrier
     //! or a cross-thread race would show here as the interleavings change.
     use deltanet_backend_cuda::{CudaDispatcher, EmuLauncher};
-    use deltanet_core::conformance::DeltaInputs;
+    use deltanet_conformance::DeltaInputs;
     use deltanet_core::{
         CommitBatch, DType, DecodeBatch, DeltaIo, DeltaParams, Device, DeviceTensor, ExtendBatch, HostMemory, HostState, KernelDispatcher,
         MambaStatePool, ModelDims, PoolConfig, Snapshot, VerifyBatch,
@@ -376,7 +376,7 @@ mod extreme_gates {
     //! {0, 1}: no NaN or overflow in the chunked form, and extend agrees with
     //! the oracle and with token-by-token decode.
     use super::make;
-    use deltanet_core::conformance::DeltaInputs;
+    use deltanet_conformance::DeltaInputs;
     use deltanet_core::oracle::error_ratio;
     use deltanet_core::{
         DType, DecodeBatch, DeltaIo, DeltaParams, DeviceTensor, ExtendBatch, HostMemory, KernelDispatcher, MambaStatePool, ModelDims,
@@ -462,7 +462,7 @@ mod bounded_workspace {
     //! are bitwise those of the unbounded run.
     use super::opts;
     use deltanet_backend_cuda::CudaDispatcher;
-    use deltanet_core::conformance::{assert_check, Check};
+    use deltanet_conformance::{assert_check, Check};
     use deltanet_core::DType;
 
     #[test]
@@ -482,7 +482,7 @@ mod non_finite {
     //! chunked extend leaves the outputs of tokens < t as the token-by-token
     //! oracle gives them; with the pool's finite check, the call is refused.
     use super::make;
-    use deltanet_core::conformance::DeltaInputs;
+    use deltanet_conformance::DeltaInputs;
     use deltanet_core::oracle::error_ratio;
     use deltanet_core::{
         DType, DeltaIo, DeltaParams, Error, ExtendBatch, KernelDispatcher, MambaStatePool, ModelDims, PoolConfig, TensorMut, TensorRef,

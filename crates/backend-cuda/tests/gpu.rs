@@ -28,15 +28,15 @@ fn construction_without_a_gpu_is_a_typed_error() {
 }
 
 mod conformance {
-    deltanet_core::conformance_tests!(fallible deltanet_backend_cuda::CudaDispatcher::new(0));
+    deltanet_conformance::conformance_tests!(fallible deltanet_backend_cuda::CudaDispatcher::new(0));
 }
 
 #[cfg(feature = "emulate")]
 #[test]
 fn gpu_matches_the_emulation() {
-    let Some(gpu) = deltanet_core::conformance::available(CudaDispatcher::new(0)) else { return };
+    let Some(gpu) = deltanet_conformance::available(CudaDispatcher::new(0)) else { return };
     let emu = CudaDispatcher::emulated();
-    let cases = deltanet_core::conformance::cross_layout(&gpu, &emu, &deltanet_core::conformance::SuiteOptions::from_env());
+    let cases = deltanet_conformance::cross_layout(&gpu, &emu, &deltanet_conformance::SuiteOptions::from_env());
     for c in &cases {
         println!("{c}");
     }

@@ -10,7 +10,7 @@
 
 mod common;
 
-use facade::conformance::DeltaInputs;
+use deltanet_conformance::DeltaInputs;
 use facade::{DType, DeltaParams, ModelDims};
 use std::io::Write;
 use std::path::Path;

@@ -5,7 +5,7 @@
 
 mod common;
 
-use facade::conformance::{LayerInputs, LayerParams};
+use deltanet_conformance::{LayerInputs, LayerParams};
 use facade::oracle::{causal_conv1d, gate, gated_delta_rule};
 use facade::{DType, DeltaParams, ModelDims};
 use std::path::Path;

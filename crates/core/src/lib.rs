@@ -16,7 +16,6 @@
 
 pub mod access;
 pub mod batch;
-pub mod conformance;
 pub mod device_tensor;
 pub mod dims;
 pub mod dispatch;

@@ -4,16 +4,16 @@
 
 mod support;
 
-use deltanet_core::conformance::{run_check, Check, SuiteOptions};
+use deltanet_conformance::{run_check, Check, SuiteOptions};
 use deltanet_core::{KMajor, VMajor};
 use support::{Fault, Naive};
 
 mod naive_kmajor {
-    deltanet_core::conformance_tests!(super::Naive::<deltanet_core::KMajor>::new());
+    deltanet_conformance::conformance_tests!(super::Naive::<deltanet_core::KMajor>::new());
 }
 
 mod naive_vmajor {
-    deltanet_core::conformance_tests!(super::Naive::<deltanet_core::VMajor>::new());
+    deltanet_conformance::conformance_tests!(super::Naive::<deltanet_core::VMajor>::new());
 }
 
 fn short() -> SuiteOptions {
@@ -61,7 +61,7 @@ fn suite_catches_batch_dependence() {
 
 #[test]
 fn cross_layout_agrees_and_replay_seed_is_printed() {
-    let cases = deltanet_core::conformance::cross_layout(&Naive::<KMajor>::new(), &Naive::<VMajor>::new(), &short());
+    let cases = deltanet_conformance::cross_layout(&Naive::<KMajor>::new(), &Naive::<VMajor>::new(), &short());
     assert!(!cases.is_empty());
     for c in &cases {
         println!("{c}");
@@ -74,12 +74,12 @@ fn cross_layout_agrees_and_replay_seed_is_printed() {
 
 /// The `fallible` form runs when the constructor succeeds...
 mod naive_fallible {
-    deltanet_core::conformance_tests!(fallible Ok::<_, deltanet_core::Error>(super::Naive::<deltanet_core::KMajor>::new()));
+    deltanet_conformance::conformance_tests!(fallible Ok::<_, deltanet_core::Error>(super::Naive::<deltanet_core::KMajor>::new()));
 }
 
 /// ...and prints `skipped: <reason>` and passes when the backend is unavailable.
 mod unavailable_backend {
-    deltanet_core::conformance_tests!(fallible Err::<super::Naive<deltanet_core::VMajor>, _>(deltanet_core::Error::Unavailable {
+    deltanet_conformance::conformance_tests!(fallible Err::<super::Naive<deltanet_core::VMajor>, _>(deltanet_core::Error::Unavailable {
         backend: "imaginary".into(),
         reason: "no such device in this test".into(),
     }));
@@ -87,7 +87,7 @@ mod unavailable_backend {
 
 #[test]
 fn engine_scenario_kmajor_and_vmajor_workers() {
-    let cases = deltanet_core::conformance::engine_scenario(&Naive::<KMajor>::new(), &Naive::<VMajor>::new(), &short());
+    let cases = deltanet_conformance::engine_scenario(&Naive::<KMajor>::new(), &Naive::<VMajor>::new(), &short());
     for c in &cases {
         println!("{c}");
     }
@@ -97,7 +97,7 @@ fn engine_scenario_kmajor_and_vmajor_workers() {
 
 mod random_batches {
     use super::*;
-    use deltanet_core::conformance::check_batch;
+    use deltanet_conformance::check_batch;
     use deltanet_core::ModelDims;
     use proptest::prelude::*;
 

@@ -6,16 +6,13 @@
 //! later requests. Every output and every final state is compared with the
 //! f64 oracle run over the same accepted tokens.
 
-use super::checks::Ctx;
-use super::gen::{rng, LayerInputs, LayerParams};
-use super::harness::{Batch, Bench};
-use super::{CaseReport, Check, SuiteOptions};
-use crate::batch::{CommitBatch, DecodeBatch, ExtendBatch, Snapshot, VerifyBatch};
-use crate::dims::ModelDims;
-use crate::dispatch::KernelDispatcher;
-use crate::dtype::DType;
-use crate::error::Result;
-use crate::pool::{MambaStatePool, Slot};
+use crate::checks::Ctx;
+use crate::gen::{rng, LayerInputs, LayerParams};
+use crate::harness::{Batch, Bench};
+use crate::{CaseReport, Check, SuiteOptions};
+use deltanet_core::{
+    CommitBatch, DType, DecodeBatch, ExtendBatch, KernelDispatcher, MambaStatePool, ModelDims, Result, Slot, Snapshot, VerifyBatch,
+};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -71,7 +68,7 @@ struct World {
 }
 
 impl World {
-    fn oracle(&self, x: &LayerInputs, params: &crate::dims::DeltaParams) -> super::gen::LayerOracle {
+    fn oracle(&self, x: &LayerInputs, params: &deltanet_core::DeltaParams) -> crate::gen::LayerOracle {
         let z_conv = vec![0.0; self.dims.conv_elems()];
         let z_state = vec![0.0; self.dims.state_elems()];
         x.oracle(&self.w, params, &[0, x.tokens], &z_conv, &z_state)
@@ -183,7 +180,7 @@ fn worker_step<D: KernelDispatcher>(
             // every step's output against the oracle of history + its path
             let (mut got, mut want) = (Vec::new(), Vec::new());
             for t in 0..DRAFT {
-                let p: Vec<usize> = super::checks::path(par, t).iter().map(|&s| j * DRAFT + s).collect();
+                let p: Vec<usize> = crate::checks::path(par, t).iter().map(|&s| j * DRAFT + s).collect();
                 let full = cat(&reqs[i].hist, &x.gather(&p));
                 let r = world.oracle(&full, &params);
                 got.extend(&o[(j * DRAFT + t) * per_o..(j * DRAFT + t + 1) * per_o]);
@@ -198,7 +195,7 @@ fn worker_step<D: KernelDispatcher>(
             );
             let a = world.rng.gen_range(0..DRAFT);
             accepted.push(a);
-            let p: Vec<usize> = super::checks::path(par, a).iter().map(|&s| j * DRAFT + s).collect();
+            let p: Vec<usize> = crate::checks::path(par, a).iter().map(|&s| j * DRAFT + s).collect();
             let r = &mut reqs[i];
             r.hist = cat(&r.hist, &x.gather(&p));
             for &s in &p {
@@ -260,7 +257,7 @@ pub fn engine_scenario_in<A: KernelDispatcher, B: KernelDispatcher>(
 
 fn run<A: KernelDispatcher, B: KernelDispatcher>(ctx: &mut Ctx<'_>, a: &A, b: &B, state_dtype: DType) -> Result<()> {
     let dims = ModelDims::new(2, 4, 32, 16, 4)?;
-    let seed = crate::conformance::mix_seed(&[ctx.opts.seed, 0x00e4_614e]);
+    let seed = crate::mix_seed(&[ctx.opts.seed, 0x00e4_614e]);
     let mut r0 = rng(seed);
     let mut w0 = Bench::new(a, dims, 6, state_dtype, Some(DRAFT), DType::F32)?;
     let mut w1 = Bench::new(b, dims, 5, state_dtype, Some(DRAFT), DType::F32)?;

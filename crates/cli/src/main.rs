@@ -1,9 +1,10 @@
 //! The `deltanet` command line: run (the main job), replay, bench, info.
 
 use clap::{Parser, Subcommand};
-use deltanet::replay::{self, ReplayFile};
-use deltanet::workload::{self, RunConfig};
-use deltanet::{models, Backend, DType};
+use deltanet::{Backend, DType};
+use deltanet_cli::models;
+use deltanet_cli::replay::{self, ReplayFile};
+use deltanet_cli::workload::{self, RunConfig};
 use deltanet_core::oracle::worst_ratio;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -159,7 +160,7 @@ fn run(cmd: Cmd, threads: Option<usize>) -> Result<ExitCode, Box<dyn std::error:
         Cmd::Bench { json, quick } => bench(json, quick, threads),
         Cmd::Info => {
             println!("deltanet {} — backends in this build:", env!("CARGO_PKG_VERSION"));
-            for line in deltanet::info::describe() {
+            for line in deltanet_cli::info::describe() {
                 println!("  {line}");
             }
             Ok(ExitCode::SUCCESS)
@@ -205,7 +206,7 @@ fn print_replay(f: &ReplayFile, r: &replay::ReplayReport, backend: &str) {
 
 #[cfg(feature = "cpu")]
 fn bench(json: Option<PathBuf>, quick: bool, threads: Option<usize>) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    use deltanet::cpu::bench::{run_report, ReportOptions};
+    use deltanet_cli::bench::{run_report, ReportOptions};
     let mut opts = if quick { ReportOptions::quick() } else { ReportOptions::default() };
     opts.threads = threads.unwrap_or(2);
     let d = opts.dims;
@@ -223,14 +224,14 @@ fn bench(json: Option<PathBuf>, quick: bool, threads: Option<usize>) -> Result<E
 }
 
 #[cfg(feature = "cpu")]
-fn bench_json(rep: &deltanet::cpu::bench::Report) -> serde_json::Value {
-    let layer = |l: &deltanet::cpu::bench::LayerResult| {
+fn bench_json(rep: &deltanet_cli::bench::Report) -> serde_json::Value {
+    let layer = |l: &deltanet_cli::bench::LayerResult| {
         serde_json::json!({
             "step": l.step.to_string(), "tokens": l.step.tokens(), "layers": l.layers, "secs": l.secs,
             "tokens_per_s": l.tokens_per_s(), "conv_secs": l.conv_secs, "gate_secs": l.gate_secs, "delta_secs": l.delta_secs,
             "conv_gate_share": l.conv_gate_share()})
     };
-    let pair = |p: &deltanet::cpu::bench::LayerPair| {
+    let pair = |p: &deltanet_cli::bench::LayerPair| {
         serde_json::json!({"a": p.a.0.to_string(), "b": p.b.0.to_string(), "a_secs": p.a_secs, "b_secs": p.b_secs,
             "rate_ratio": p.rate_ratio(), "time_ratio": p.time_ratio()})
     };

@@ -72,7 +72,7 @@ fn run_serves_a_small_workload_and_checks_it() {
 #[cfg(feature = "cpu")]
 #[test]
 fn replay_of_a_golden_file_passes_and_writes_outputs() {
-    let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/golden/gdn_f32_varlen.safetensors");
+    let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/golden/gdn_f32_varlen.safetensors");
     let out_path = std::env::temp_dir().join(format!("deltanet-out-{}.safetensors", std::process::id()));
     let (ok, out) = deltanet(&["replay", golden, "--backend", "cpu-vk", "--out", out_path.to_str().unwrap()]);
     assert!(ok, "{out}");

@@ -4,14 +4,10 @@
 //! malformed input is a typed error, and every batch that validates is
 //! checked to be consistent with the pool it was validated against.
 
-use crate::access::KernelAccess;
-use crate::batch::{CommitBatch, DecodeBatch, ExtendBatch, Snapshot, VerifyBatch};
-use crate::dims::ModelDims;
-use crate::dispatch::Capabilities;
-use crate::error::Error;
-use crate::layout::{KMajor, LayoutKind};
-use crate::memory::HostMemory;
-use crate::pool::{MambaStatePool, PoolConfig, Slot, StatePool};
+use deltanet_core::{
+    Capabilities, CommitBatch, DecodeBatch, Error, ExtendBatch, HostMemory, KMajor, KernelAccess, LayoutKind, MambaStatePool, ModelDims,
+    PoolConfig, Slot, Snapshot, StatePool, VerifyBatch,
+};
 
 /// Reads bytes as small integers; past the end it yields zeros.
 struct Bytes<'a> {

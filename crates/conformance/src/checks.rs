@@ -1,19 +1,14 @@
 //! The checks. Each builds its cases from the suite seed, runs them through
 //! the harness and records one [`CaseReport`] per comparison.
 
-use super::gen::{bit_diff, cu_from_lens, mix_seed, to_f64, DeltaInputs, LayerInputs, LayerParams};
-use super::harness::{Batch, Bench, LAYERS};
-use super::{CaseReport, Check, SuiteOptions};
-use crate::batch::{CommitBatch, DecodeBatch, ExtendBatch, Snapshot, VerifyBatch};
-use crate::device_tensor::DeviceTensor;
-use crate::dims::{HeadMapping, ModelDims};
-use crate::dispatch::{Capabilities, DeltaIo, KernelDispatcher, PoolOf};
-use crate::dtype::DType;
-use crate::error::{Error, Result};
-use crate::layout::{KMajor, LayoutKind, StateLayout, VMajor};
-use crate::memory::HostMemory;
-use crate::oracle::error_ratio;
-use crate::pool::{HostState, MambaStatePool, Slot, StatePool};
+use crate::gen::{bit_diff, cu_from_lens, mix_seed, to_f64, DeltaInputs, LayerInputs, LayerParams};
+use crate::harness::{Batch, Bench, LAYERS};
+use crate::{CaseReport, Check, SuiteOptions};
+use deltanet_core::oracle::error_ratio;
+use deltanet_core::{
+    Capabilities, CommitBatch, DType, DecodeBatch, DeltaIo, DeviceTensor, Error, ExtendBatch, HeadMapping, HostMemory, HostState, KMajor,
+    KernelDispatcher, LayoutKind, MambaStatePool, ModelDims, PoolOf, Result, Slot, Snapshot, StateLayout, StatePool, VMajor, VerifyBatch,
+};
 
 pub(crate) struct Ctx<'a> {
     pub check: Check,
@@ -199,7 +194,7 @@ pub(crate) fn extend_oracle<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn F
 pub(crate) fn split_extend<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() -> D) -> Result<()> {
     let d = make();
     let (dt, sd) = (Bench::default_dtype(&d), Bench::default_state_dtype(&d));
-    let mut rs = super::gen::rng(ctx.seed(&[999]));
+    let mut rs = crate::gen::rng(ctx.seed(&[999]));
     let r1 = rand::Rng::gen_range(&mut rs, 2..100usize);
     let r2 = rand::Rng::gen_range(&mut rs, r1 + 1..190usize);
     let splits: Vec<Vec<usize>> = vec![vec![1], vec![63], vec![64], vec![65], vec![64, 128], vec![1, 64, 65], vec![r1, r2]];
@@ -506,7 +501,7 @@ pub(crate) fn determinism<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn(
 
 /// Imports `st` into a host-reference pool of layout `L`, exports it back.
 fn through_host<L: StateLayout>(st: &HostState) -> Result<HostState> {
-    let cfg = crate::pool::PoolConfig::new(st.layers, 1, st.dims).with_state_dtype(st.state_dtype).with_conv_dtype(st.conv_dtype);
+    let cfg = deltanet_core::PoolConfig::new(st.layers, 1, st.dims).with_state_dtype(st.state_dtype).with_conv_dtype(st.conv_dtype);
     let mut caps = Capabilities::host_reference(L::KIND);
     caps.state_dtypes = vec![st.state_dtype];
     caps.conv_dtypes = vec![st.conv_dtype];
@@ -843,7 +838,7 @@ pub(crate) fn bad_input<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() 
     // dtype: a state dtype the backend does not claim
     for sdt in [DType::F32, DType::BF16] {
         if !caps.state_dtypes.contains(&sdt) {
-            let r = d.new_pool(crate::pool::PoolConfig::new(1, 1, dims).with_state_dtype(sdt));
+            let r = d.new_pool(deltanet_core::PoolConfig::new(1, 1, dims).with_state_dtype(sdt));
             ctx.exact(
                 &format!("{n}: dtype: unclaimed state dtype {sdt}"),
                 matches!(r, Err(Error::UnsupportedDType { .. })),
@@ -935,9 +930,9 @@ pub(crate) fn bad_input<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() 
             format!("{:?}", r.err()),
         );
         // device: host tensors for a device backend
-        if caps.device != crate::tensor::Device::Host {
+        if caps.device != deltanet_core::Device::Host {
             let qh: Vec<f32> = data.q.clone();
-            let qv = crate::tensor::TensorRef::from_slice(&qh, &[tt, dims.num_k_heads, dims.head_k_dim])?;
+            let qv = deltanet_core::TensorRef::from_slice(&qh, &[tt, dims.num_k_heads, dims.head_k_dim])?;
             let mut io = st.io(params);
             io.q = qv;
             let r = b.run_io(op, io);
@@ -1084,7 +1079,7 @@ pub(crate) fn bad_input<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() 
         {
             let xin = DeviceTensor::from_f32(m, dt, &[x_tokens, x_dim], &vec![0.5; x_tokens * x_dim])?;
             let mut out = DeviceTensor::zeros(m, dt, &[tokens, c])?;
-            let io = crate::dispatch::ConvIo {
+            let io = deltanet_core::ConvIo {
                 x: xin.view(),
                 weight: if weight_bf16 { cw16.view() } else { cw.view() },
                 bias: None,
@@ -1107,7 +1102,7 @@ pub(crate) fn bad_input<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() 
     let al = DeviceTensor::from_f32(m, DType::F32, &[hv], &w.a_log)?;
     let dtb = DeviceTensor::from_f32(m, DType::F32, &[hv], &w.dt_bias)?;
     let (mut g, mut beta) = (DeviceTensor::zeros(m, DType::F32, &[5, hv])?, DeviceTensor::zeros(m, DType::F32, &[5, hv])?);
-    let io = crate::dispatch::GateIo {
+    let io = deltanet_core::GateIo {
         a: ab.view(),
         b: ab.view(),
         a_log: al16.view(),
@@ -1118,7 +1113,7 @@ pub(crate) fn bad_input<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() 
     let r = d.gate(&dims, io);
     ctx.exact(&format!("{n}: gate with bf16 A_log"), matches!(r, Err(Error::DTypeMismatch { .. })), format!("{:?}", r.err()));
     let mut g4 = DeviceTensor::zeros(m, DType::F32, &[4, hv])?;
-    let io = crate::dispatch::GateIo {
+    let io = deltanet_core::GateIo {
         a: ab.view(),
         b: ab.view(),
         a_log: al.view(),

@@ -5,9 +5,9 @@
 //! acceptance over chains and trees, slots freed and reused), with a sample of
 //! every phase's outputs and final states checked against the f64 oracle.
 
-use crate::backend::{Backend, BackendVisitor};
 use crate::models::ModelPreset;
 use crate::synth::{inputs_for, layer_oracle, mix, SynthWeights};
+use deltanet::backend::{Backend, BackendVisitor};
 use deltanet_core::oracle::{error_ratio, worst_ratio};
 use deltanet_core::{
     commit, forward_decode, forward_extend, forward_verify, CommitBatch, DType, DecodeBatch, DeltaParams, DeviceTensor, Error, ExtendBatch,

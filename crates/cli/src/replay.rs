@@ -2,7 +2,7 @@
 //! and the f64 oracle, and localise any disagreement per sequence, head and
 //! 64-token chunk. The schema is in the README ("Replay files").
 
-use crate::backend::{Backend, BackendVisitor};
+use deltanet::backend::{Backend, BackendVisitor};
 use deltanet_core::oracle::{self, error_ratio};
 use deltanet_core::{
     forward_extend, DType, DeltaIo, DeltaParams, DeviceTensor, Error, ExtendBatch, HeadMapping, HostState, KernelDispatcher, LayerInput,

@@ -1,15 +1,15 @@
 //! Replay files: parsing and its typed errors (every build), and replaying the
 //! golden files through the CPU backends (with `cpu`).
 
-use deltanet::replay::{ReplayFile, ReplayInputs};
 use deltanet::DType;
+use deltanet_cli::replay::{ReplayFile, ReplayInputs};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 fn golden(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden").join(name)
 }
 
 struct T {
@@ -131,8 +131,8 @@ fn truncated_and_garbled_bytes_never_panic() {
 #[cfg(feature = "cpu")]
 mod on_cpu {
     use super::*;
-    use deltanet::replay;
     use deltanet::Backend;
+    use deltanet_cli::replay;
 
     const GOLDEN: [&str; 5] = [
         "gdn_f32_varlen.safetensors",

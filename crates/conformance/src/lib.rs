@@ -3,12 +3,12 @@
 //! ([`conformance_tests!`](crate::conformance_tests), one `#[test]` per check).
 //!
 //! Every input is generated on the host from a seed, moved into the backend's
-//! memory with [`DeviceMemory::write`](crate::DeviceMemory::write) (through
-//! [`DeviceTensor`](crate::DeviceTensor)), and every output is read back with
-//! [`DeviceMemory::read`](crate::DeviceMemory::read); pool states are compared
-//! in canonical order through [`MambaStatePool::export`](crate::MambaStatePool::export).
-//! References come from the f64 [`oracle`](crate::oracle); errors are
-//! [`oracle::error_ratio`](crate::oracle::error_ratio) (`rms(x - ref) / rms(ref)`).
+//! memory with [`DeviceMemory::write`](deltanet_core::DeviceMemory::write) (through
+//! [`DeviceTensor`](deltanet_core::DeviceTensor)), and every output is read back with
+//! [`DeviceMemory::read`](deltanet_core::DeviceMemory::read); pool states are compared
+//! in canonical order through [`MambaStatePool::export`](deltanet_core::MambaStatePool::export).
+//! References come from the f64 [`oracle`](deltanet_core::oracle); errors are
+//! [`oracle::error_ratio`](deltanet_core::oracle::error_ratio) (`rms(x - ref) / rms(ref)`).
 //!
 //! # Checks
 //! | [`Check`] | DESIGN §5 | what |
@@ -55,10 +55,12 @@
 //! in [`SuiteOptions`].
 //!
 //! ```ignore
-//! use deltanet_core::conformance::{run_all, SuiteOptions};
+//! use deltanet_conformance::{run_all, SuiteOptions};
 //! let report = run_all(|| MyDispatcher::new(), &SuiteOptions::from_env());
 //! assert!(report.passed(), "{report}");
 //! ```
+
+#![warn(missing_docs)]
 
 mod checks;
 pub mod fuzz;
@@ -66,8 +68,7 @@ mod gen;
 mod harness;
 mod scenario;
 
-use crate::dispatch::KernelDispatcher;
-use crate::error::Error;
+use deltanet_core::{Error, KernelDispatcher};
 
 pub use gen::{mix_seed, DeltaInputs, LayerInputs, LayerParams};
 pub use scenario::{engine_scenario, engine_scenario_in};
@@ -317,7 +318,7 @@ pub fn run_check<D: KernelDispatcher>(check: Check, make: &dyn Fn() -> D, opts: 
 /// Runs every check on dispatchers made by `make`.
 ///
 /// ```no_run
-/// # use deltanet_core::conformance::*;
+/// # use deltanet_conformance::*;
 /// # fn check<D: deltanet_core::KernelDispatcher>(make: impl Fn() -> D) {
 /// let report = run_all(make, &SuiteOptions::from_env());
 /// assert!(report.passed(), "{report}");
@@ -351,7 +352,7 @@ pub fn assert_check<D: KernelDispatcher>(check: Check, make: &dyn Fn() -> D, opt
 /// (no library or device), [`Error::NotCompiled`] or [`Error::Unsupported`]
 /// (a device this backend does not support) print `skipped: <reason>` and
 /// return `None`; any other error panics.
-pub fn available<D>(made: crate::error::Result<D>) -> Option<D> {
+pub fn available<D>(made: deltanet_core::Result<D>) -> Option<D> {
     match made {
         Ok(d) => Some(d),
         Err(e @ (Error::Unavailable { .. } | Error::NotCompiled { .. } | Error::Unsupported { .. })) => {
@@ -378,13 +379,13 @@ pub fn cross_layout<A: KernelDispatcher, B: KernelDispatcher>(a: &A, b: &B, opts
 /// batches: an extend of sequences of `lens` (each starting from its slot's
 /// random state where `init`) vs the oracle; then, when `parents` is not
 /// empty, a verify of `parents.len() / lens.len()` drafts per sequence (tree
-/// parents, request-major, as [`VerifyBatch::tree`](crate::VerifyBatch::tree)
+/// parents, request-major, as [`VerifyBatch::tree`](deltanet_core::VerifyBatch::tree)
 /// takes them) and the commit of `accepted[i]` for each, vs decoding the
 /// accepted path from the extended state.
 #[allow(clippy::too_many_arguments)]
 pub fn check_batch<D: KernelDispatcher>(
     d: &D,
-    dims: crate::ModelDims,
+    dims: deltanet_core::ModelDims,
     lens: &[usize],
     init: &[bool],
     parents: &[i64],
@@ -403,17 +404,17 @@ pub fn check_batch<D: KernelDispatcher>(
 ///
 /// ```ignore
 /// mod cpu_kmajor {
-///     deltanet_core::conformance_tests!(deltanet_backend_cpu::CpuKMajor::new());
+///     deltanet_conformance::conformance_tests!(deltanet_backend_cpu::CpuKMajor::new());
 /// }
 /// // a backend that may be unavailable (constructor returns Result):
 /// mod cuda {
-///     deltanet_core::conformance_tests!(fallible deltanet_backend_cuda::CudaDispatcher::new(0));
+///     deltanet_conformance::conformance_tests!(fallible deltanet_backend_cuda::CudaDispatcher::new(0));
 /// }
 /// ```
 #[macro_export]
 macro_rules! conformance_tests {
     (fallible $ctor:expr) => {
-        $crate::conformance_tests!(@tests (|| $crate::conformance::available($ctor)));
+        $crate::conformance_tests!(@tests (|| $crate::available($ctor)));
     };
     ($ctor:expr) => {
         $crate::conformance_tests!(@tests (|| Some($ctor)));
@@ -438,10 +439,10 @@ macro_rules! conformance_tests {
             if make().is_none() {
                 return;
             }
-            $crate::conformance::assert_check(
-                $crate::conformance::Check::$check,
+            $crate::assert_check(
+                $crate::Check::$check,
                 &|| make().expect("the dispatcher was available a moment ago"),
-                &$crate::conformance::SuiteOptions::from_env(),
+                &$crate::SuiteOptions::from_env(),
             );
         }
     };

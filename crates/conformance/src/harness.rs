@@ -1,14 +1,10 @@
 //! Staging inputs in a backend's memory and running one operation on its pool.
 
-use super::gen::{rng, uniform, DeltaInputs, LayerInputs, LayerParams};
-use crate::batch::{CommitBatch, DecodeBatch, ExtendBatch, VerifyBatch};
-use crate::device_tensor::DeviceTensor;
-use crate::dims::{DeltaParams, ModelDims};
-use crate::dispatch::{DeltaIo, KernelDispatcher, PoolOf};
-use crate::dtype::DType;
-use crate::error::Result;
-use crate::forward::{self, LayerInput, LayerWeights, LayerWorkspace};
-use crate::pool::{HostState, MambaStatePool, PoolConfig, Slot};
+use crate::gen::{rng, uniform, DeltaInputs, LayerInputs, LayerParams};
+use deltanet_core::{
+    CommitBatch, DType, DecodeBatch, DeltaIo, DeltaParams, DeviceTensor, ExtendBatch, HostState, KernelDispatcher, LayerInput,
+    LayerWeights, LayerWorkspace, MambaStatePool, ModelDims, PoolConfig, PoolOf, Result, Slot, VerifyBatch,
+};
 
 /// Which batch an operation runs.
 #[derive(Clone, Copy)]
@@ -19,7 +15,7 @@ pub(crate) enum Batch<'b> {
 }
 
 /// Raw delta-rule inputs staged in device memory.
-pub(crate) struct Staged<M: crate::memory::DeviceMemory> {
+pub(crate) struct Staged<M: deltanet_core::DeviceMemory> {
     pub q: DeviceTensor<M>,
     pub k: DeviceTensor<M>,
     pub v: DeviceTensor<M>,
@@ -28,7 +24,7 @@ pub(crate) struct Staged<M: crate::memory::DeviceMemory> {
     pub o: DeviceTensor<M>,
 }
 
-impl<M: crate::memory::DeviceMemory> Staged<M> {
+impl<M: deltanet_core::DeviceMemory> Staged<M> {
     pub fn io(&mut self, params: DeltaParams) -> DeltaIo<'_> {
         DeltaIo {
             q: self.q.view(),
@@ -197,7 +193,7 @@ impl<'d, D: KernelDispatcher> Bench<'d, D> {
 
     /// Commit through the dispatcher.
     pub fn commit(&mut self, b: &CommitBatch) -> Result<()> {
-        forward::commit(self.d, &mut self.pool, self.layer, b)
+        deltanet_core::commit(self.d, &mut self.pool, self.layer, b)
     }
 
     /// Runs the layer forward (conv + gate + delta rule); returns `o` as f32.
@@ -218,9 +214,15 @@ impl<'d, D: KernelDispatcher> Bench<'d, D> {
         let mut ws = LayerWorkspace::new(m.clone());
         let (dd, layer, params) = (self.d, self.layer, self.params);
         match b {
-            Batch::Extend(b) => forward::forward_extend(dd, &mut self.pool, layer, b, &weights, &input, params, &mut ws, o.view_mut())?,
-            Batch::Decode(b) => forward::forward_decode(dd, &mut self.pool, layer, b, &weights, &input, params, &mut ws, o.view_mut())?,
-            Batch::Verify(b) => forward::forward_verify(dd, &mut self.pool, layer, b, &weights, &input, params, &mut ws, o.view_mut())?,
+            Batch::Extend(b) => {
+                deltanet_core::forward_extend(dd, &mut self.pool, layer, b, &weights, &input, params, &mut ws, o.view_mut())?
+            }
+            Batch::Decode(b) => {
+                deltanet_core::forward_decode(dd, &mut self.pool, layer, b, &weights, &input, params, &mut ws, o.view_mut())?
+            }
+            Batch::Verify(b) => {
+                deltanet_core::forward_verify(dd, &mut self.pool, layer, b, &weights, &input, params, &mut ws, o.view_mut())?
+            }
         }
         o.to_f32()
     }

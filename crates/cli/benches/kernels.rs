@@ -1,10 +1,10 @@
 //! Criterion benches of the CPU kernels on the Qwen3.5-35B-A3B GDN shape
 //! (HK 16, HV 32, K = V = 128, f32 state), 2 threads (override with
 //! `DELTANET_BENCH_THREADS`), printing the machine ceilings measured in the
-//! same run. The same setups back `deltanet bench` (see `deltanet_backend_cpu::bench`).
+//! same run. The same setups back `deltanet bench` (see `deltanet_cli::bench`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use deltanet_backend_cpu::bench::*;
+use deltanet_cli::bench::*;
 use deltanet_core::DType;
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! `deltanet info`: which backends this build has, which can run here, and what they support.
 
-use crate::backend::{Backend, BACKEND_NAMES};
+use deltanet::backend::{Backend, BACKEND_NAMES};
 
 /// One line per backend name: compiled in or not, usable or why not, layout, dtypes.
 pub fn describe() -> Vec<String> {

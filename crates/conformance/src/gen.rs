@@ -1,9 +1,8 @@
 //! Random inputs for the suite (host f32 values, already rounded to the dtype
 //! the kernel will see) and the oracle runs that go with them.
 
-use crate::dims::{DeltaParams, ModelDims};
-use crate::dtype::DType;
-use crate::oracle;
+use deltanet_core::oracle;
+use deltanet_core::{DType, DeltaParams, ModelDims};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

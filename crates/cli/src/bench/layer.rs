@@ -7,7 +7,7 @@
 
 use super::timing::interleaved;
 use super::{cycle_bytes, Lcg};
-use crate::CpuKMajor;
+use deltanet_backend_cpu::CpuKMajor;
 use deltanet_core::*;
 use std::time::Duration;
 

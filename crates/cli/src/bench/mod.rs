@@ -10,7 +10,7 @@
 //! group with [`interleaved`] (A B A B rounds, best of each), so that every
 //! ratio compares runs made under the same load of a shared machine.
 //! [`run_report`] runs the issues' whole set
-//! (`cargo run --release -p deltanet-backend-cpu --example bench_report`);
+//! (`cargo run --release -p deltanet-cli --example bench_report`);
 //! the README's Performance section has the latest table and what bounds
 //! each miss.
 
@@ -22,7 +22,7 @@ pub use ceiling::{CopyBench, GemmBench, RmwBench};
 pub use layer::{bench_layer, bench_layer_pair, LayerBench, LayerPair, LayerResult, LayerStep, Part};
 pub use timing::interleaved;
 
-use crate::{CpuDispatcher, CHUNK};
+use deltanet_backend_cpu::{CpuDispatcher, CHUNK};
 use deltanet_core::*;
 use std::time::{Duration, Instant};
 

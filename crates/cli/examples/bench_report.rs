@@ -1,6 +1,6 @@
-//! Prints the benchmark table of the issue (`cargo run --release --example bench_report -p deltanet-backend-cpu [quick]`).
+//! Prints the benchmark table of the issue (`cargo run --release --example bench_report -p deltanet-cli [quick]`).
 
-use deltanet_backend_cpu::bench::{run_report, ReportOptions};
+use deltanet_cli::bench::{run_report, ReportOptions};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
