@@ -125,7 +125,7 @@ fn delta_file<L: StateLayout>(name: &str) {
     let to64 = |x: Vec<f32>| x.into_iter().map(f64::from).collect::<Vec<_>>();
     let (eo, ef) = (error_ratio(&o, &to64(f.f32("expected_o"))), error_ratio(&fin, &to64(f.f32("expected_final_state"))));
     println!("{name} {:?}: o {eo:.2e} state {ef:.2e}", L::KIND);
-    assert!(eo <= 1e-5 && ef <= 1e-5, "{name} {:?}: o {eo:e} state {ef:e}", L::KIND);
+    assert!(eo <= tolerance::REFERENCE && ef <= tolerance::REFERENCE, "{name} {:?}: o {eo:e} state {ef:e}", L::KIND);
 }
 
 #[test]
@@ -182,7 +182,7 @@ fn layer_file<L: StateLayout>() {
     let ef = error_ratio(&fin, &to64(f.f32("expected_final_state")));
     let ec = error_ratio(&conv, &to64(f.f32("expected_conv_state_out")));
     println!("layer_f32 {:?}: o {eo:.2e} state {ef:.2e} conv {ec:.2e}", L::KIND);
-    assert!(eo <= 1e-5 && ef <= 1e-5, "layer {:?}: o {eo:e} state {ef:e}", L::KIND);
+    assert!(eo <= tolerance::REFERENCE && ef <= tolerance::REFERENCE, "layer {:?}: o {eo:e} state {ef:e}", L::KIND);
     assert_eq!(ec, 0.0, "the conv state is the last W-1 raw inputs, exactly");
 }
 

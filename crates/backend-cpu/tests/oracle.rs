@@ -134,8 +134,8 @@ fn f32_extend_matches_oracle_varlen_both_layouts() {
     for (i, dims) in shapes().into_iter().enumerate() {
         for init in [false, true] {
             let lens = [1, 63, 64, 65, 200];
-            check::<KMajor, f32>(dims, DType::F32, &lens, init, 2e-6, 10 + i as u64);
-            check::<VMajor, f32>(dims, DType::F32, &lens, init, 2e-6, 20 + i as u64);
+            check::<KMajor, f32>(dims, DType::F32, &lens, init, tolerance::F32, 10 + i as u64);
+            check::<VMajor, f32>(dims, DType::F32, &lens, init, tolerance::F32, 20 + i as u64);
         }
     }
 }
@@ -144,29 +144,29 @@ fn f32_extend_matches_oracle_varlen_both_layouts() {
 fn f32_extend_4096_tokens() {
     let dims = ModelDims::new(1, 2, 128, 128, 4).unwrap();
     for init in [false, true] {
-        check::<KMajor, f32>(dims, DType::F32, &[4096], init, 2e-6, 31);
-        check::<VMajor, f32>(dims, DType::F32, &[4096], init, 2e-6, 32);
+        check::<KMajor, f32>(dims, DType::F32, &[4096], init, tolerance::F32, 31);
+        check::<VMajor, f32>(dims, DType::F32, &[4096], init, tolerance::F32, 32);
     }
     let odd = ModelDims::new(1, 4, 17, 48, 4).unwrap();
-    check::<VMajor, f32>(odd, DType::F32, &[4096, 5], true, 2e-6, 33);
+    check::<VMajor, f32>(odd, DType::F32, &[4096, 5], true, tolerance::F32, 33);
 }
 
 #[test]
 fn bf16_and_f16_inputs_f32_state() {
     for (i, dims) in shapes().into_iter().enumerate() {
-        check::<KMajor, bf16>(dims, DType::F32, &[65, 130], true, 2e-6, 40 + i as u64);
-        check::<VMajor, f16>(dims, DType::F32, &[65, 130], false, 2e-6, 50 + i as u64);
+        check::<KMajor, bf16>(dims, DType::F32, &[65, 130], true, tolerance::F32, 40 + i as u64);
+        check::<VMajor, f16>(dims, DType::F32, &[65, 130], false, tolerance::F32, 50 + i as u64);
     }
     let dims = ModelDims::new(1, 2, 128, 128, 4).unwrap();
-    check::<VMajor, bf16>(dims, DType::F32, &[4096], true, 2e-6, 60);
+    check::<VMajor, bf16>(dims, DType::F32, &[4096], true, tolerance::F32, 60);
 }
 
 #[test]
 fn bf16_state_4096_tokens() {
     let dims = ModelDims::new(1, 2, 128, 128, 4).unwrap();
     for init in [false, true] {
-        check::<KMajor, f32>(dims, DType::BF16, &[4096], init, 5e-3, 70);
-        check::<VMajor, bf16>(dims, DType::BF16, &[4096], init, 5e-3, 71);
+        check::<KMajor, f32>(dims, DType::BF16, &[4096], init, tolerance::BF16, 70);
+        check::<VMajor, bf16>(dims, DType::BF16, &[4096], init, tolerance::BF16, 71);
     }
 }
 
@@ -218,7 +218,7 @@ fn decode_verify<L: StateLayout>(dims: ModelDims) {
         let cu: Vec<usize> = (0..=n).map(|i| i * draft).collect();
         let r = gated_delta_rule(&dims, &DeltaParams::new(&dims), &q, &kk, &vv, &g, &b, &cu, Some(&x.init[..n * per]));
         let e = error_ratio(&o, &r.o);
-        assert!(e <= 2e-6, "verify outputs {e:e}");
+        assert!(e <= tolerance::F32, "verify outputs {e:e}");
     }
     for j in 0..steps {
         let (q, kk, vv, g, b) =
@@ -243,7 +243,7 @@ fn decode_verify<L: StateLayout>(dims: ModelDims) {
     let r = gated_delta_rule(&dims, &DeltaParams::new(&dims), &x.q, &x.k, &x.v, &x.g, &x.beta, &cu, Some(&x.init[..n * per]));
     let fin: Vec<f32> = slots.iter().flat_map(|s| pool.export(*s).unwrap().temporal_f32()[per..].to_vec()).collect();
     let (eo, ef) = (error_ratio(&o_all, &r.o), error_ratio(&fin, &r.final_state));
-    assert!(eo <= 2e-6 && ef <= 2e-6, "{:?} {dims:?}: decode o {eo:e} state {ef:e}", L::KIND);
+    assert!(eo <= tolerance::F32 && ef <= tolerance::F32, "{:?} {dims:?}: decode o {eo:e} state {ef:e}", L::KIND);
 }
 
 /// Splitting at multiples of 64 is bitwise one extend; snapshots do not change outputs.
@@ -324,7 +324,7 @@ fn snapshots_inside_chunks() {
         for (p, st) in positions.iter().zip(&snaps) {
             let r = gated_delta_rule(&dims, &DeltaParams::new(&dims), &x.q, &x.k, &x.v, &x.g, &x.beta, &[0, *p], Some(&x.init));
             let e = error_ratio(st, &r.final_state);
-            assert!(e <= 2e-6, "snapshot at {p}: {e:e}");
+            assert!(e <= tolerance::F32, "snapshot at {p}: {e:e}");
         }
     }
 }
@@ -455,7 +455,7 @@ fn mixed_step_matches_oracle_and_decode() {
         let d = CpuDispatcher::<L>::with_threads(2).unwrap();
         let (o, fin) = run_extend::<L, f32>(&d, dims, sd, &lens, true, &x);
         let (ro, rf) = oracle::<f32>(dims, sd, &lens, true, &x);
-        let tol = if sd == DType::F32 { 2e-6 } else { 5e-3 };
+        let tol = if sd == DType::F32 { tolerance::F32 } else { tolerance::BF16 };
         let (eo, ef) = (error_ratio(&o, &ro), error_ratio(&fin, &rf));
         assert!(eo <= tol && ef <= tol, "{:?} {sd}: mixed step o {eo:e} state {ef:e}", L::KIND);
         let (per_o, per) = (dims.num_v_heads * dims.head_v_dim, dims.state_elems());

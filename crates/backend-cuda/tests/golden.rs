@@ -110,7 +110,7 @@ fn golden_delta_rule_files() {
         let eo = error_ratio(&o.to_f32().unwrap(), &f64s(f.f32("expected_o")));
         let ef = error_ratio(&fin, &f64s(f.f32("expected_final_state")));
         println!("{name}: o {eo:.2e} state {ef:.2e}");
-        assert!(eo <= 1e-5 && ef <= 1e-5, "{name}: o {eo:e} state {ef:e}");
+        assert!(eo <= deltanet_core::tolerance::REFERENCE && ef <= deltanet_core::tolerance::REFERENCE, "{name}: o {eo:e} state {ef:e}");
     }
 }
 
@@ -151,6 +151,6 @@ fn golden_layer_forward() {
     let ef = error_ratio(&fin, &f64s(f.f32("expected_final_state")));
     let ec = error_ratio(&conv, &f64s(f.f32("expected_conv_state_out")));
     println!("layer_f32: o {eo:.2e} state {ef:.2e} conv {ec:.2e}");
-    assert!(eo <= 1e-5 && ef <= 1e-5, "layer: o {eo:e} state {ef:e}");
+    assert!(eo <= deltanet_core::tolerance::REFERENCE && ef <= deltanet_core::tolerance::REFERENCE, "layer: o {eo:e} state {ef:e}");
     assert_eq!(ec, 0.0, "the conv state is the last W-1 raw inputs, exactly");
 }

@@ -29,7 +29,7 @@ fn readme_c_example_runs() {
     let (g, beta) = (vec![-0.05f32; t], vec![0.5f32; t]);
     let want = facade::oracle::gated_delta_rule(&dims, &facade::DeltaParams::new(&dims), &qk, &qk, &v, &g, &beta, &[0, t], None);
     let e = facade::oracle::error_ratio(&values, &want.o[(t - 1) * 4..]);
-    assert!(e < 1e-5, "error ratio {e:.3e} against the oracle: {out}");
+    assert!(e < facade::tolerance::REFERENCE, "error ratio {e:.3e} against the oracle: {out}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -71,7 +71,7 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
         /// Largest accepted error ratio against the oracle.
-        #[arg(long, default_value_t = 1e-5)]
+        #[arg(long, default_value_t = deltanet_core::tolerance::REFERENCE)]
         tolerance: f64,
     },
     /// CPU throughput table with the machine's GEMM and copy ceilings measured in the same run.

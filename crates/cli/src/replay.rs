@@ -538,7 +538,7 @@ pub fn report(f: &ReplayFile, out: &ReplayOutputs) -> ReplayReport {
             let mut sorted = errs.clone();
             sorted.sort_by(f64::total_cmp);
             let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
-            if first_jump.is_none() && e > 1e-5 && e > 10.0 * median.max(1e-7) {
+            if first_jump.is_none() && e > deltanet_core::tolerance::REFERENCE && e > 10.0 * median.max(1e-7) {
                 first_jump = Some((i, t));
             }
             errs.push(e);

@@ -253,7 +253,7 @@ impl<'d, D: KernelDispatcher> Engine<'d, D> {
         for r in done.iter().filter(|r| r.checked) {
             self.check(r);
         }
-        let tolerance = if cfg.state_dtype == DType::BF16 { 1e-2 } else { 1e-5 };
+        let tolerance = deltanet_core::tolerance::serve(cfg.state_dtype);
         let [p, d, v, s] = self.stats;
         let mut phases = vec![("prefill", p), ("decode", d)];
         if cfg.draft > 0 {

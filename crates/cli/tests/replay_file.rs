@@ -1,6 +1,7 @@
 //! Replay files: parsing and its typed errors (every build), and replaying the
 //! golden files through the CPU backends (with `cpu`).
 
+use deltanet::tolerance::{F32_ELEMENTWISE, F32_LONG, REFERENCE};
 use deltanet::DType;
 use deltanet_cli::replay::{ReplayFile, ReplayInputs};
 use safetensors::tensor::TensorView;
@@ -150,11 +151,11 @@ mod on_cpu {
                 let b = Backend::from_name(backend).unwrap();
                 let out = replay::run(&b, &f).unwrap();
                 let r = replay::report(&f, &out);
-                assert!(r.o_ratio <= 1e-5 && r.state_ratio <= 1e-5, "{name} on {backend}: {r:?}");
+                assert!(r.o_ratio <= F32_LONG && r.state_ratio <= F32_LONG, "{name} on {backend}: {r:?}");
                 let (eo, es) = r.vs_expected.expect("golden files carry expected outputs");
-                assert!(eo <= 1e-5 && es <= 1e-5, "{name} on {backend} vs fla/transformers: o {eo:e} state {es:e}");
+                assert!(eo <= REFERENCE && es <= REFERENCE, "{name} on {backend} vs fla/transformers: o {eo:e} state {es:e}");
                 if let Some(c) = r.conv_ratio {
-                    assert!(c <= 1e-6, "{name}: conv state {c:e}");
+                    assert!(c <= F32_ELEMENTWISE, "{name}: conv state {c:e}");
                 }
                 assert!(r.first_jump.is_none(), "{name}: {r:?}");
             }
@@ -174,7 +175,7 @@ mod on_cpu {
         let mut odd = whole.clone();
         odd.chunk_splits = vec![1, 63, 65];
         let r = replay::report(&odd, &replay::run(&b, &odd).unwrap());
-        assert!(r.o_ratio <= 1e-5 && r.state_ratio <= 1e-5, "{r:?}");
+        assert!(r.o_ratio <= F32_LONG && r.state_ratio <= F32_LONG, "{r:?}");
     }
 
     #[test]

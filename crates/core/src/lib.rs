@@ -30,6 +30,7 @@ pub mod pool;
 pub mod size;
 pub mod slot;
 pub mod tensor;
+pub mod tolerance;
 
 pub use batch::{CommitBatch, DecodeBatch, ExtendBatch, Snapshot, VerifyBatch};
 pub use device_tensor::DeviceTensor;

@@ -106,7 +106,7 @@ pub fn read_records(path: &Path) -> Vec<Vec<f32>> {
 
 /// Error ratio (fla's `rms(x - ref) / rms(ref)`) of a C result against the oracle.
 pub fn check(what: &str, got: &[f32], want: &[f64], seed: u64) {
-    const TOL: f64 = 1e-5;
+    const TOL: f64 = facade::tolerance::REFERENCE;
     assert_eq!(got.len(), want.len(), "{what}: length (seed {seed})");
     let e = facade::oracle::error_ratio(got, want);
     assert!(e.is_finite() && e < TOL, "{what}: error ratio {e:.3e} >= {TOL:.0e} against the oracle (seed {seed})");

@@ -5,7 +5,7 @@
 use super::{chunk_index, init_states, scatter, sh, Ctx, Shape};
 use crate::gen::{cu_from_lens, to_f64, DeltaInputs};
 use crate::harness::{Batch, Bench};
-use deltanet_core::{DecodeBatch, ExtendBatch, KernelDispatcher, MambaStatePool, Result, Slot, Snapshot};
+use deltanet_core::{tolerance, DecodeBatch, ExtendBatch, KernelDispatcher, MambaStatePool, Result, Slot, Snapshot};
 
 pub(crate) fn extend_oracle<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() -> D) -> Result<()> {
     let cases: Vec<(Shape, Vec<usize>, bool)> = vec![
@@ -117,8 +117,8 @@ pub(crate) fn split_extend<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn
                 let tol = ctx.tol(dt, sd, 200);
                 ctx.ratio(&format!("{name}: outputs vs oracle"), &o, &r.o, tol);
                 ctx.ratio(&format!("{name}: states vs oracle"), &st, &r.final_state, tol);
-                ctx.ratio(&format!("{name}: outputs vs one extend"), &o, &to_f64(&o_whole), 2.0 * tol);
-                ctx.ratio(&format!("{name}: states vs one extend"), &st, &to_f64(&st_whole), 2.0 * tol);
+                ctx.ratio(&format!("{name}: outputs vs one extend"), &o, &to_f64(&o_whole), tolerance::CROSS_FACTOR * tol);
+                ctx.ratio(&format!("{name}: states vs one extend"), &st, &to_f64(&st_whole), tolerance::CROSS_FACTOR * tol);
             }
         }
     }
@@ -169,8 +169,8 @@ pub(crate) fn extend_decode<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn F
         let st = b.states(&slots)?;
         ctx.ratio(&format!("{name}: outputs vs oracle"), &o, &r.o, tol);
         ctx.ratio(&format!("{name}: states vs oracle"), &st, &r.final_state, tol);
-        ctx.ratio(&format!("{name}: outputs vs one extend"), &o, &to_f64(&o_whole), 2.0 * tol);
-        ctx.ratio(&format!("{name}: states vs one extend"), &st, &to_f64(&st_whole), 2.0 * tol);
+        ctx.ratio(&format!("{name}: outputs vs one extend"), &o, &to_f64(&o_whole), tolerance::CROSS_FACTOR * tol);
+        ctx.ratio(&format!("{name}: states vs one extend"), &st, &to_f64(&st_whole), tolerance::CROSS_FACTOR * tol);
     }
     Ok(())
 }

@@ -5,8 +5,8 @@ use super::{concat, init_states, sh, Ctx};
 use crate::gen::{cu_from_lens, to_f64, DeltaInputs};
 use crate::harness::{Batch, Bench};
 use deltanet_core::{
-    Capabilities, DType, DecodeBatch, ExtendBatch, HostMemory, HostState, KMajor, KernelDispatcher, LayoutKind, MambaStatePool, Result,
-    StateLayout, StatePool, VMajor,
+    tolerance, Capabilities, DType, DecodeBatch, ExtendBatch, HostMemory, HostState, KMajor, KernelDispatcher, LayoutKind, MambaStatePool,
+    Result, StateLayout, StatePool, VMajor,
 };
 
 /// Imports `st` into a host-reference pool of layout `L`, exports it back.
@@ -98,9 +98,9 @@ pub(crate) fn cross<A: KernelDispatcher, B: KernelDispatcher>(ctx: &mut Ctx<'_>,
         let db = bb.run(Batch::Decode(&DecodeBatch::new(&bb.pool, &sb)?), &dec)?;
         let (sta, stb) = (ba.states(&sa)?, bb.states(&sb)?);
         let tol = ctx.tol(dt, sd, 130);
-        ctx.ratio(&format!("{name}: extend outputs"), &oa, &to_f64(&ob), 2.0 * tol);
-        ctx.ratio(&format!("{name}: decode outputs"), &da, &to_f64(&db), 2.0 * tol);
-        ctx.ratio(&format!("{name}: canonical states"), &sta, &to_f64(&stb), 2.0 * tol);
+        ctx.ratio(&format!("{name}: extend outputs"), &oa, &to_f64(&ob), tolerance::CROSS_FACTOR * tol);
+        ctx.ratio(&format!("{name}: decode outputs"), &da, &to_f64(&db), tolerance::CROSS_FACTOR * tol);
+        ctx.ratio(&format!("{name}: canonical states"), &sta, &to_f64(&stb), tolerance::CROSS_FACTOR * tol);
         // and both against the oracle
         let mut idx: Vec<usize> = Vec::new();
         let mut cu2 = vec![0];

@@ -24,7 +24,7 @@ pub(crate) use verify::verify_commit;
 use crate::gen::{bit_diff, mix_seed, DeltaInputs};
 use crate::{CaseReport, Check, SuiteOptions};
 use deltanet_core::oracle::error_ratio;
-use deltanet_core::{DType, HeadMapping, ModelDims, Result};
+use deltanet_core::{tolerance, DType, HeadMapping, ModelDims, Result};
 
 pub(crate) struct Ctx<'a> {
     pub check: Check,
@@ -78,7 +78,7 @@ impl Ctx<'_> {
             self.opts.bf16_tol
         } else if dtype == DType::F16 {
             self.opts.f16_tol
-        } else if max_len > 256 {
+        } else if max_len > tolerance::LONG_SEQUENCE {
             self.opts.f32_long_tol
         } else {
             self.opts.f32_tol
