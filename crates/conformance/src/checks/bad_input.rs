@@ -5,8 +5,8 @@ use super::{sh, Ctx};
 use crate::gen::{DeltaInputs, LayerInputs, LayerParams};
 use crate::harness::{Batch, Bench, LAYERS};
 use deltanet_core::{
-    CommitBatch, DType, DecodeBatch, DeviceTensor, Error, ExtendBatch, KernelDispatcher, LayoutKind, MambaStatePool, PoolOf, Result, Slot,
-    Snapshot, StateLayout, StatePool, VerifyBatch,
+    Capabilities, CommitBatch, DType, DecodeBatch, DeviceTensor, Error, ExtendBatch, KernelDispatcher, LayoutKind, MambaStatePool,
+    ModelDims, PoolOf, Result, Slot, Snapshot, StateLayout, StatePool, VerifyBatch,
 };
 
 /// Runs `call`, expects an error `want` accepts, and the pool digest unchanged.
@@ -30,28 +30,76 @@ fn expect_err<D: KernelDispatcher>(
     Ok(())
 }
 
+/// Every bad-input case's name starts with this.
+const N: &str = "bad input";
+/// Drafts per request of the fixture's pool.
+const DRAFT: usize = 2;
+
+/// What every group of cases works on: a two-layer pool of 5 slots with
+/// random states, two allocated sequences `x` and `y` (plus two spare slots),
+/// valid batches over them and valid inputs for each.
+struct Fixture<'d, D: KernelDispatcher> {
+    d: &'d D,
+    caps: Capabilities,
+    dims: ModelDims,
+    dt: DType,
+    sd: DType,
+    seed: u64,
+    b: Bench<'d, D>,
+    slots: Vec<Slot>,
+    x: Slot,
+    y: Slot,
+    cu: [usize; 3],
+    inp: DeltaInputs,
+    inp_dec: DeltaInputs,
+    inp_ver: DeltaInputs,
+    eb: ExtendBatch,
+    db: DecodeBatch,
+    vb: VerifyBatch,
+    w: LayerParams,
+}
+
+impl<'d, D: KernelDispatcher> Fixture<'d, D> {
+    fn new(ctx: &Ctx<'_>, d: &'d D) -> Result<Self> {
+        let caps = d.capabilities().clone();
+        let shape = sh(1, 2, 16, 32, false);
+        let dims = shape.dims()?;
+        let (dt, sd) = (Bench::default_dtype(d), Bench::default_state_dtype(d));
+        let seed = ctx.seed(&[]);
+        let mut b = Bench::new(d, dims, 5, sd, Some(DRAFT), dt)?;
+        let slots = b.pool.alloc(4)?;
+        b.randomize(&slots, seed)?;
+        let (x, y) = (slots[0], slots[1]);
+        let cu = [0usize, 3, 5];
+        let inp = DeltaInputs::random(&dims, 5, dt, seed ^ 29);
+        let eb = ExtendBatch::new(&b.pool, &cu, &[x, y], &[true, true])?;
+        let db = DecodeBatch::new(&b.pool, &[x, y])?;
+        let vb = VerifyBatch::chain(&b.pool, &[x, y], DRAFT)?;
+        let (inp_dec, inp_ver) = (inp.slice(0..2), inp.slice(0..4));
+        let w = LayerParams::random(&dims, seed ^ 31);
+        Ok(Fixture { d, caps, dims, dt, sd, seed, b, slots, x, y, cu, inp, inp_dec, inp_ver, eb, db, vb, w })
+    }
+}
+
 pub(crate) fn bad_input<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() -> D) -> Result<()> {
     let d = make();
-    let caps = d.capabilities().clone();
-    let shape = sh(1, 2, 16, 32, false);
-    let dims = shape.dims()?;
-    let (dt, sd) = (Bench::default_dtype(&d), Bench::default_state_dtype(&d));
-    let seed = ctx.seed(&[]);
-    let draft = 2;
-    let mut b = Bench::new(&d, dims, 5, sd, Some(draft), dt)?;
-    let slots = b.pool.alloc(4)?;
-    b.randomize(&slots, seed)?;
-    let (x, y) = (slots[0], slots[1]);
-    let cu = [0usize, 3, 5];
-    let inp = DeltaInputs::random(&dims, 5, dt, seed ^ 29);
-    let eb = ExtendBatch::new(&b.pool, &cu, &[x, y], &[true, true])?;
-    let db = DecodeBatch::new(&b.pool, &[x, y])?;
-    let vb = VerifyBatch::chain(&b.pool, &[x, y], draft)?;
-    let inp_dec = inp.slice(0..2);
-    let inp_ver = inp.slice(0..4);
-    let n = "bad input";
-    let is = |f: fn(&Error) -> bool| f;
+    let mut f = Fixture::new(ctx, &d)?;
+    pool_construction(ctx, &mut f)?;
+    kernel_tensors(ctx, &mut f)?;
+    foreign_batches(ctx, &mut f)?;
+    batch_construction(ctx, &mut f)?;
+    freed_slot(ctx, &mut f)?;
+    layer_forward_input(ctx, &mut f)?;
+    conv_and_gate(ctx, &mut f)?;
+    Ok(())
+}
 
+/// A pool of the wrong layout for this backend, or in a state dtype it does not claim, cannot be made.
+fn pool_construction<D: KernelDispatcher>(ctx: &mut Ctx<'_>, f: &mut Fixture<'_, D>) -> Result<()> {
+    let (d, dims) = (f.d, f.dims);
+    let caps = &f.caps;
+    let b = &mut f.b;
+    let n = N;
     // layout (runtime): a pool of the wrong layout for this backend cannot be made
     let mut flipped = caps.clone();
     flipped.native_layout = match D::Layout::KIND {
@@ -75,8 +123,17 @@ pub(crate) fn bad_input<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() 
             );
         }
     }
+    Ok(())
+}
+
+/// Each kernel entry point (extend, decode, verify) with one bad tensor or index at a time: dtype, shape, stride, layer, device.
+fn kernel_tensors<D: KernelDispatcher>(ctx: &mut Ctx<'_>, f: &mut Fixture<'_, D>) -> Result<()> {
+    let (d, dims, dt) = (f.d, f.dims, f.dt);
+    let (caps, inp, inp_dec, inp_ver, eb, db, vb) = (&f.caps, &f.inp, &f.inp_dec, &f.inp_ver, &f.eb, &f.db, &f.vb);
+    let b = &mut f.b;
+    let n = N;
     // dtype: g must be f32; an unclaimed input dtype
-    for (label, op) in [("extend", Batch::Extend(&eb)), ("decode", Batch::Decode(&db)), ("verify", Batch::Verify(&vb))] {
+    for (label, op) in [("extend", Batch::Extend(eb)), ("decode", Batch::Decode(db)), ("verify", Batch::Verify(vb))] {
         let data = match op {
             Batch::Extend(_) => &inp,
             Batch::Decode(_) => &inp_dec,
@@ -172,9 +229,19 @@ pub(crate) fn bad_input<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() 
             );
         }
     }
+    Ok(())
+}
+
+/// Batches validated against another pool of the same backend.
+fn foreign_batches<D: KernelDispatcher>(ctx: &mut Ctx<'_>, f: &mut Fixture<'_, D>) -> Result<()> {
+    let (d, dims, dt, sd, cu) = (f.d, f.dims, f.dt, f.sd, f.cu);
+    let (inp, inp_dec, inp_ver) = (&f.inp, &f.inp_dec, &f.inp_ver);
+    let b = &mut f.b;
+    let n = N;
+    let draft = DRAFT;
     // foreign batch: validated against another pool of the same backend
     {
-        let other = Bench::new(&d, dims, 5, sd, Some(draft), dt)?;
+        let other = Bench::new(d, dims, 5, sd, Some(draft), dt)?;
         let os = other.pool.alloc(2)?;
         let feb = ExtendBatch::new(&other.pool, &cu, &os, &[true, true])?;
         let fdb = DecodeBatch::new(&other.pool, &os)?;
@@ -199,6 +266,17 @@ pub(crate) fn bad_input<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() 
             format!("{:?}", r.err()),
         );
     }
+    Ok(())
+}
+
+/// Batch constructors: cu_seqlens, slots, draft and accepted counts, snapshot positions.
+fn batch_construction<D: KernelDispatcher>(ctx: &mut Ctx<'_>, f: &mut Fixture<'_, D>) -> Result<()> {
+    let (cu, x, y) = (f.cu, f.x, f.y);
+    let (slots, eb) = (&f.slots, &f.eb);
+    let b = &mut f.b;
+    let n = N;
+    let draft = DRAFT;
+    let is = |f: fn(&Error) -> bool| f;
     // batch construction: cu_seqlens, slots, draft / accepted counts, snapshot positions
     let never = {
         let s = b.pool.alloc(1)?;
@@ -274,27 +352,54 @@ pub(crate) fn bad_input<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() 
     expect_err::<D>(ctx, p, &format!("{n}: snapshot position 0"), "BadSnapshot", is(|e| matches!(e, Error::BadSnapshot { .. })), || {
         eb.clone().with_snapshots(p, &[Snapshot { seq: 0, position: 0, slot: slots[2] }]).map(|_| ())
     })?;
+    Ok(())
+}
+
+/// A slot freed after its batch was validated: the kernel re-checks.
+fn freed_slot<D: KernelDispatcher>(ctx: &mut Ctx<'_>, f: &mut Fixture<'_, D>) -> Result<()> {
+    let (cu, x) = (f.cu, f.x);
+    let (slots, inp) = (&f.slots, &f.inp);
+    let b = &mut f.b;
+    let n = N;
     // slot freed after validation: the kernel re-checks
     let eb2 = ExtendBatch::new(&b.pool, &cu, &[x, slots[3]], &[true, true])?;
     b.pool.free(&[slots[3]])?;
     let digest = b.pool.digest()?;
-    let r = b.run(Batch::Extend(&eb2), &inp).map(|_| ());
+    let r = b.run(Batch::Extend(&eb2), inp).map(|_| ());
     ctx.exact(
         &format!("{n}: slot freed after the batch was validated"),
         matches!(r, Err(Error::SlotNotAllocated { .. })) && b.pool.digest()? == digest,
         format!("{:?}", r.err()),
     );
+    Ok(())
+}
+
+/// Through the layer forward: a bad mixed_qkv leaves conv and recurrent state unchanged.
+fn layer_forward_input<D: KernelDispatcher>(ctx: &mut Ctx<'_>, f: &mut Fixture<'_, D>) -> Result<()> {
+    let (dims, dt, seed) = (f.dims, f.dt, f.seed);
+    let (eb, w) = (&f.eb, &f.w);
+    let b = &mut f.b;
+    let n = N;
     // through the layer forward: a bad mixed_qkv leaves conv and recurrent state unchanged
-    let w = LayerParams::random(&dims, seed ^ 31);
     let mut li = LayerInputs::random(&dims, 5, dt, seed ^ 37);
     li = li.slice(0..4);
     let digest = b.pool.digest()?;
-    let r = b.layer(Batch::Extend(&eb), &w, &li).map(|_| ());
+    let r = b.layer(Batch::Extend(eb), w, &li).map(|_| ());
     ctx.exact(
         &format!("{n}: layer forward with T-1 tokens"),
         matches!(r, Err(Error::ShapeMismatch { .. })) && b.pool.digest()? == digest,
         format!("{:?}", r.err()),
     );
+    Ok(())
+}
+
+/// The separate conv and gate entry points.
+fn conv_and_gate<D: KernelDispatcher>(ctx: &mut Ctx<'_>, f: &mut Fixture<'_, D>) -> Result<()> {
+    let (d, dims, dt, x, y) = (f.d, f.dims, f.dt, f.x, f.y);
+    let (eb, w) = (&f.eb, &f.w);
+    let b = &mut f.b;
+    let n = N;
+    let draft = DRAFT;
     // the separate conv and gate entry points
     let m = d.memory();
     let c = dims.conv_dim();
@@ -316,7 +421,7 @@ pub(crate) fn bad_input<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() 
             };
             let digest = b.pool.digest()?;
             let r = match label {
-                "conv_extend" => d.conv_extend(&mut b.pool, 1, &eb, io),
+                "conv_extend" => d.conv_extend(&mut b.pool, 1, eb, io),
                 "conv_update" => d.conv_update(&mut b.pool, 1, &db2, io),
                 _ => d.conv_verify(&mut b.pool, 1, &vb2, io),
             };
