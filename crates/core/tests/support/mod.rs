@@ -1,6 +1,7 @@
 //! A deliberately plain host dispatcher (token-by-token f32 recurrence, no
-//! chunking) used to exercise the conformance suite inside deltanet-core,
-//! plus switchable faults to show the suite catches them.
+//! chunking) with which deltanet-core's tests exercise the conformance suite
+//! (the deltanet-conformance dev-dependency), plus switchable faults to show
+//! the suite catches them.
 
 #![allow(dead_code)]
 
