@@ -50,21 +50,29 @@
 
 pub mod bench;
 mod conv;
-mod delta;
+mod delta_views;
+mod extend;
+mod gate;
+mod gemm;
 mod io;
+mod scratch;
 mod simd;
+mod state_io;
+mod steps;
 mod vmath;
 
-pub use delta::CHUNK;
+pub use extend::CHUNK;
 
 use conv::{ConvBlock, CONV_BLOCK};
-use delta::{extend_head, steps_head, DeltaViews, ExtendTarget};
+use delta_views::DeltaViews;
 use deltanet_core::*;
+use extend::{extend_head, ExtendTarget};
 use half::bf16;
 use io::{In, Out, RawBuf};
 use rayon::prelude::*;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use steps::steps_head;
 
 /// The CPU dispatcher for state layout `L`.
 pub struct CpuDispatcher<L: StateLayout> {
@@ -203,7 +211,7 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
         io.validate(&self.caps, dims, t)?;
         let (a, b, al, db) = (In::new(&io.a)?, In::new(&io.b)?, In::new(&io.a_log)?, In::new(&io.dt_bias)?);
         let (g, beta) = (Out::new(&mut io.g)?, Out::new(&mut io.beta)?);
-        conv::gate(&a, &b, &al, &db, &g, &beta, t, dims.num_v_heads);
+        gate::gate(&a, &b, &al, &db, &g, &beta, t, dims.num_v_heads);
         Ok(())
     }
 
