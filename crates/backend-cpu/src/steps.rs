@@ -80,39 +80,32 @@ pub(crate) unsafe fn steps_head<E: StateElem>(
     })
 }
 
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn steps_head_avx2<E: StateElem>(
-    sc: &mut StepScratch,
-    kind: LayoutKind,
-    io: &DeltaViews<'_>,
-    h: usize,
-    tokens: &[usize],
-    parents: &[Option<usize>],
-    src: *const E,
-    dsts: &[*mut E],
-    next: *const E,
-) {
-    // SAFETY: forwarded from the caller.
-    unsafe { steps_head_body::<E, ACC>(sc, kind, io, h, tokens, parents, src, dsts, next) }
+/// Defines `$name`: [`steps_head_body`] compiled with the target features
+/// `$features` and `$acc` register columns, for [`steps_head`] to pick at run
+/// time (the same body in every version, so the same bits).
+macro_rules! steps_head_with {
+    ($name:ident, $features:literal, $acc:expr) => {
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name<E: StateElem>(
+            sc: &mut StepScratch,
+            kind: LayoutKind,
+            io: &DeltaViews<'_>,
+            h: usize,
+            tokens: &[usize],
+            parents: &[Option<usize>],
+            src: *const E,
+            dsts: &[*mut E],
+            next: *const E,
+        ) {
+            // SAFETY: forwarded from the caller.
+            unsafe { steps_head_body::<E, $acc>(sc, kind, io, h, tokens, parents, src, dsts, next) }
+        }
+    };
 }
 
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn steps_head_avx512<E: StateElem>(
-    sc: &mut StepScratch,
-    kind: LayoutKind,
-    io: &DeltaViews<'_>,
-    h: usize,
-    tokens: &[usize],
-    parents: &[Option<usize>],
-    src: *const E,
-    dsts: &[*mut E],
-    next: *const E,
-) {
-    // SAFETY: forwarded from the caller.
-    unsafe { steps_head_body::<E, ACC512>(sc, kind, io, h, tokens, parents, src, dsts, next) }
-}
+steps_head_with!(steps_head_avx2, "avx2,fma", ACC);
+steps_head_with!(steps_head_avx512, "avx512f,avx2,fma", ACC512);
 
 /// A decode (one step, in place) on a K-major head, reading the state where it
 /// lies: the general path's f32 copy of the block does not fit L1 and costs an
