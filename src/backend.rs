@@ -1,8 +1,8 @@
 //! The runtime backend: one enum whose variants exist in every build. A
 //! backend that was not compiled in is a typed [`Error::NotCompiled`]; one
-//! that is compiled but cannot run here is [`Error::Unavailable`]. Every
-//! match over it is exhaustive, so a new backend must be handled everywhere
-//! before anything compiles.
+//! that is compiled but cannot run here is [`Error::Unavailable`]. The
+//! [`Backend`] and [`Pool`] enums and every match over their variants are
+//! written once, by `runtime_backends!` from one list of backends.
 
 use deltanet_core::{
     Capabilities, Checked, CommitBatch, ConvIo, DecodeBatch, DeltaIo, DeltaParams, Error, ExtendBatch, GateCall, GateIo, HostMemory,
@@ -79,22 +79,125 @@ pub type NpuDispatcher = deltanet_backend_npu::NpuDispatcher;
 #[cfg(not(feature = "npu"))]
 pub type NpuDispatcher = Disabled<deltanet_core::VMajor>;
 
-/// A backend chosen at run time.
+/// Every runtime backend, listed once: variant, dispatcher type (the
+/// [`Disabled`] stand-in when compiled out) and the name of the backend its
+/// pools serve. From this one list the macro writes the [`Backend`] and
+/// [`Pool`] enums and every match over their variants (`on_pool!` included,
+/// the match the kernel and forward methods below run through), so a new
+/// backend is one line here, its dispatcher type alias above and its
+/// constructor on [`Backend`] (and its name in [`Backend::from_name`]).
 ///
-/// ```
-/// let b = deltanet::Backend::from_name("cpu").unwrap();
-/// assert_eq!(b.name(), "cpu");
-/// assert!(matches!(deltanet::Backend::from_name("tpu:0"), Err(deltanet::Error::InvalidConfig(_))));
-/// ```
-pub enum Backend {
+/// The leading `$` is passed in so that the macro can define `on_pool!`,
+/// whose own metavariables need a `$` the outer macro does not expand.
+macro_rules! runtime_backends {
+    ($dollar:tt $( $(#[$doc:meta])* $variant:ident($dispatcher:ty) = $name:literal, )*) => {
+        /// A backend chosen at run time.
+        ///
+        /// ```
+        /// let b = deltanet::Backend::from_name("cpu").unwrap();
+        /// assert_eq!(b.name(), "cpu");
+        /// assert!(matches!(deltanet::Backend::from_name("tpu:0"), Err(deltanet::Error::InvalidConfig(_))));
+        /// ```
+        #[non_exhaustive]
+        pub enum Backend {
+            $( $(#[$doc])* $variant($dispatcher), )*
+        }
+
+        /// A pool of any backend, carrying its layout. Handing it to another
+        /// backend's operation is [`Error::LayoutMismatch`] (or a device mismatch
+        /// when the layouts agree but the memory does not).
+        pub enum Pool {
+            $( #[doc = concat!("For [`Backend::", stringify!($variant), "`].")] $variant(PoolOf<$dispatcher>), )*
+        }
+
+        impl Backend {
+            /// Runs generic code on the concrete dispatcher.
+            pub fn visit<V: BackendVisitor>(&self, v: V) -> V::Output {
+                match self {
+                    $( Backend::$variant(d) => v.visit(d), )*
+                }
+            }
+
+            /// The backend's capabilities.
+            pub fn capabilities(&self) -> &Capabilities {
+                match self {
+                    $( Backend::$variant(d) => d.capabilities(), )*
+                }
+            }
+
+            /// A pool in this backend's layout, memory and a supported dtype.
+            pub fn new_pool(&self, config: PoolConfig) -> Result<Pool> {
+                Ok(match self {
+                    $( Backend::$variant(d) => Pool::$variant(d.new_pool(config)?), )*
+                })
+            }
+        }
+
+        impl Pool {
+            /// The pool as the scheduler-facing trait object.
+            pub fn as_dyn(&self) -> &dyn MambaStatePool {
+                match self {
+                    $( Pool::$variant(p) => p, )*
+                }
+            }
+
+            /// Mutable trait object.
+            pub fn as_dyn_mut(&mut self) -> &mut dyn MambaStatePool {
+                match self {
+                    $( Pool::$variant(p) => p, )*
+                }
+            }
+
+            /// The concrete pool, for the downcast of [`Pool::typed_mut`].
+            fn as_any_mut(&mut self) -> &mut dyn Any {
+                match self {
+                    $( Pool::$variant(p) => p, )*
+                }
+            }
+
+            /// The backend that made this pool.
+            pub fn backend_name(&self) -> &'static str {
+                match self {
+                    $( Pool::$variant(_) => $name, )*
+                }
+            }
+
+            /// The name of the backend whose pools are `PoolOf<D>` (the first
+            /// in the list with that pool type).
+            fn backend_of<D: KernelDispatcher>() -> &'static str {
+                let t = TypeId::of::<PoolOf<D>>();
+                $( if t == TypeId::of::<PoolOf<$dispatcher>>() {
+                    return $name;
+                } )*
+                "another backend"
+            }
+        }
+
+        /// Runs `body` with `d` bound to `backend`'s concrete dispatcher and
+        /// `p` to `pool` as that dispatcher's `PoolOf`, or returns the typed
+        /// error of [`Pool::typed_mut`].
+        macro_rules! on_pool {
+            ($dollar backend:expr, $dollar pool:expr, |$dollar d:ident, $dollar p:ident| $dollar body:expr) => {
+                match $dollar backend {
+                    $( Backend::$variant($dollar d) => {
+                        let $dollar p = $dollar pool.typed_mut::<$dispatcher>()?;
+                        $dollar body
+                    } )*
+                }
+            };
+        }
+    };
+}
+
+runtime_backends! {$
     /// CPU kernels on a K-major pool.
-    CpuKMajor(CpuKMajorDispatcher),
+    CpuKMajor(CpuKMajorDispatcher) = "cpu",
     /// CPU kernels on a V-major pool (the NPU's and CUDA's layout, on any machine).
-    CpuVMajor(CpuVMajorDispatcher),
+    CpuVMajor(CpuVMajorDispatcher) = "cpu-vk",
     /// NVIDIA GPU.
-    Cuda(CudaDispatcher),
+    Cuda(CudaDispatcher) = "cuda",
     /// Ascend NPU.
-    Npu(NpuDispatcher),
+    Npu(NpuDispatcher) = "npu",
 }
 
 /// Generic code run on whichever dispatcher a [`Backend`] holds.
@@ -174,26 +277,6 @@ impl Backend {
         }
     }
 
-    /// Runs generic code on the concrete dispatcher.
-    pub fn visit<V: BackendVisitor>(&self, v: V) -> V::Output {
-        match self {
-            Backend::CpuKMajor(d) => v.visit(d),
-            Backend::CpuVMajor(d) => v.visit(d),
-            Backend::Cuda(d) => v.visit(d),
-            Backend::Npu(d) => v.visit(d),
-        }
-    }
-
-    /// The backend's capabilities.
-    pub fn capabilities(&self) -> &Capabilities {
-        match self {
-            Backend::CpuKMajor(d) => d.capabilities(),
-            Backend::CpuVMajor(d) => d.capabilities(),
-            Backend::Cuda(d) => d.capabilities(),
-            Backend::Npu(d) => d.capabilities(),
-        }
-    }
-
     /// The backend's name as its capabilities give it.
     pub fn name(&self) -> &str {
         &self.capabilities().backend
@@ -203,53 +286,9 @@ impl Backend {
     pub fn layout(&self) -> LayoutKind {
         self.capabilities().native_layout
     }
-
-    /// A pool in this backend's layout, memory and a supported dtype.
-    pub fn new_pool(&self, config: PoolConfig) -> Result<Pool> {
-        Ok(match self {
-            Backend::CpuKMajor(d) => Pool::CpuKMajor(d.new_pool(config)?),
-            Backend::CpuVMajor(d) => Pool::CpuVMajor(d.new_pool(config)?),
-            Backend::Cuda(d) => Pool::Cuda(d.new_pool(config)?),
-            Backend::Npu(d) => Pool::Npu(d.new_pool(config)?),
-        })
-    }
-}
-
-/// A pool of any backend, carrying its layout. Handing it to another
-/// backend's operation is [`Error::LayoutMismatch`] (or a device mismatch
-/// when the layouts agree but the memory does not).
-pub enum Pool {
-    /// For [`Backend::CpuKMajor`].
-    CpuKMajor(PoolOf<CpuKMajorDispatcher>),
-    /// For [`Backend::CpuVMajor`].
-    CpuVMajor(PoolOf<CpuVMajorDispatcher>),
-    /// For [`Backend::Cuda`].
-    Cuda(PoolOf<CudaDispatcher>),
-    /// For [`Backend::Npu`].
-    Npu(PoolOf<NpuDispatcher>),
 }
 
 impl Pool {
-    /// The pool as the scheduler-facing trait object.
-    pub fn as_dyn(&self) -> &dyn MambaStatePool {
-        match self {
-            Pool::CpuKMajor(p) => p,
-            Pool::CpuVMajor(p) => p,
-            Pool::Cuda(p) => p,
-            Pool::Npu(p) => p,
-        }
-    }
-
-    /// Mutable trait object.
-    pub fn as_dyn_mut(&mut self) -> &mut dyn MambaStatePool {
-        match self {
-            Pool::CpuKMajor(p) => p,
-            Pool::CpuVMajor(p) => p,
-            Pool::Cuda(p) => p,
-            Pool::Npu(p) => p,
-        }
-    }
-
     /// The pool's recurrent layout.
     pub fn layout(&self) -> LayoutKind {
         self.as_dyn().geometry().layout
@@ -258,13 +297,7 @@ impl Pool {
     /// The concrete pool of dispatcher `D`, or the typed error for handing it to the wrong one.
     pub fn typed_mut<D: KernelDispatcher>(&mut self) -> Result<&mut PoolOf<D>> {
         let (layout, device, made_by) = (self.layout(), self.as_dyn().device(), self.backend_name());
-        let any: &mut dyn Any = match self {
-            Pool::CpuKMajor(p) => p,
-            Pool::CpuVMajor(p) => p,
-            Pool::Cuda(p) => p,
-            Pool::Npu(p) => p,
-        };
-        any.downcast_mut::<PoolOf<D>>().ok_or_else(|| {
+        self.as_any_mut().downcast_mut::<PoolOf<D>>().ok_or_else(|| {
             if layout != D::Layout::KIND {
                 Error::LayoutMismatch { expected: D::Layout::KIND, actual: layout }
             } else {
@@ -279,55 +312,6 @@ impl Pool {
             }
         })
     }
-
-    /// The backend that made this pool.
-    pub fn backend_name(&self) -> &'static str {
-        match self {
-            Pool::CpuKMajor(_) => "cpu",
-            Pool::CpuVMajor(_) => "cpu-vk",
-            Pool::Cuda(_) => "cuda",
-            Pool::Npu(_) => "npu",
-        }
-    }
-
-    /// The name of the backend whose pools are `PoolOf<D>`.
-    fn backend_of<D: KernelDispatcher>() -> &'static str {
-        let t = TypeId::of::<PoolOf<D>>();
-        if t == TypeId::of::<PoolOf<CpuKMajorDispatcher>>() {
-            "cpu"
-        } else if t == TypeId::of::<PoolOf<CpuVMajorDispatcher>>() {
-            "cpu-vk"
-        } else if t == TypeId::of::<PoolOf<CudaDispatcher>>() {
-            "cuda"
-        } else if t == TypeId::of::<PoolOf<NpuDispatcher>>() {
-            "npu"
-        } else {
-            "another backend"
-        }
-    }
-}
-
-macro_rules! on_pool {
-    ($backend:expr, $pool:expr, |$d:ident, $p:ident| $body:expr) => {
-        match $backend {
-            Backend::CpuKMajor($d) => {
-                let $p = $pool.typed_mut::<CpuKMajorDispatcher>()?;
-                $body
-            }
-            Backend::CpuVMajor($d) => {
-                let $p = $pool.typed_mut::<CpuVMajorDispatcher>()?;
-                $body
-            }
-            Backend::Cuda($d) => {
-                let $p = $pool.typed_mut::<CudaDispatcher>()?;
-                $body
-            }
-            Backend::Npu($d) => {
-                let $p = $pool.typed_mut::<NpuDispatcher>()?;
-                $body
-            }
-        }
-    };
 }
 
 impl Backend {

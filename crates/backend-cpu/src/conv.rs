@@ -1,8 +1,9 @@
 //! The short causal convolution (depthwise, width W, optional bias, SiLU) over
 //! a block of channels, with its conv state (the last W-1 raw inputs,
-//! channels-first), and the fused gate.
+//! channels-first).
 
 use crate::io::{In, Out, RawBuf};
+use crate::scratch::grow;
 use crate::vmath;
 use deltanet_core::DType;
 use half::{bf16, f16};
@@ -64,12 +65,6 @@ pub(crate) struct ConvScratch {
 
 thread_local! {
     static SCRATCH: RefCell<ConvScratch> = RefCell::new(ConvScratch::default());
-}
-
-fn grow(v: &mut Vec<f32>, n: usize) {
-    if v.len() < n {
-        v.resize(n, 0.0);
-    }
 }
 
 /// One channel block of the conv with its inputs, outputs and window. The
@@ -247,42 +242,3 @@ vmath::dispatch!(
         y.iter_mut().for_each(|v| *v = vmath::silu_lane(*v));
     }
 );
-
-/// Per-thread gate scratch: `-exp(A_log)`, `dt_bias` and one token's rows.
-#[derive(Default)]
-struct GateScratch {
-    neg_a: Vec<f32>,
-    dt_bias: Vec<f32>,
-    a: Vec<f32>,
-    b: Vec<f32>,
-}
-
-thread_local! {
-    static GATE: RefCell<GateScratch> = RefCell::new(GateScratch::default());
-}
-
-/// `g = -exp(A_log) * softplus(a + dt_bias)` (threshold 20), `beta = sigmoid(b)`, over `[T, HV]`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gate(a: &In<'_>, b: &In<'_>, a_log: &In<'_>, dt_bias: &In<'_>, g: &Out, beta: &Out, tokens: usize, hv: usize) {
-    GATE.with(|s| {
-        let s = &mut *s.borrow_mut();
-        for v in [&mut s.neg_a, &mut s.dt_bias, &mut s.a, &mut s.b] {
-            grow(v, hv);
-        }
-        let (al, db, ar, br) = (&mut s.neg_a[..hv], &mut s.dt_bias[..hv], &mut s.a[..hv], &mut s.b[..hv]);
-        a_log.row(0, al);
-        dt_bias.row(0, db);
-        vmath::exp_in_place(al);
-        al.iter_mut().for_each(|x| *x = -*x);
-        for t in 0..tokens {
-            a.row(a.off2(t, 0), ar);
-            b.row(b.off2(t, 0), br);
-            vmath::gate_row(ar, br, al, db);
-            // SAFETY: single-threaded; row t of each output.
-            unsafe {
-                g.store(g.off2(t, 0), ar);
-                beta.store(beta.off2(t, 0), br);
-            }
-        }
-    })
-}

@@ -4,20 +4,29 @@
 //! [`CpuKMajor`] (`[HV, K, V]`, the default) and [`CpuVMajor`] (`[HV, V, K]`,
 //! the NPU's native layout, so pools of that layout run on every machine).
 //!
-//! - **extend**: the chunked algorithm of DESIGN §2 (chunk 64 aligned to each
-//!   sequence's extend start), dense per-chunk products through the `gemm`
-//!   crate, rayon over (sequence, value head); snapshots at any position
-//!   (computed from the chunk's `V'` without changing the main path, so a
-//!   sequence's outputs do not depend on whether snapshots were asked for).
-//! - **decode / verify**: one fused pass over each head's state per token,
-//!   in place (decode) or from the parent step into the scratch (verify).
-//! - **conv** extend / update / verify with the conv state; **gate** fused.
+//! - **extend** (`extend.rs`): the chunked algorithm of DESIGN §2 (chunk 64
+//!   aligned to each sequence's extend start), dense per-chunk products
+//!   through the `gemm` crate (`gemm.rs`), rayon over (sequence, key head):
+//!   the value heads that read one key head share its q, k and `[Q; K] K^T`,
+//!   so one task runs them all. A 1-token sequence continuing its state (a
+//!   decode in a mixed step) is one task per (sequence, value head) through
+//!   the decode step instead. Snapshots at any position (computed from the
+//!   chunk's `V'` without changing the main path, so a sequence's outputs do
+//!   not depend on whether snapshots were asked for).
+//! - **decode / verify** (`steps.rs`): rayon over (sequence, value head), one
+//!   fused pass over the head's state for all of a request's tokens, in place
+//!   (decode) or from the parent step into the scratch (verify).
+//! - **conv** (`conv.rs`) extend / update / verify with the conv state, rayon
+//!   over blocks of 2048 channels (each block runs every request of the call);
+//!   **gate** (`gate.rs`) fused, on the calling thread.
 //!
 //! Inputs f32, bf16 or f16 (widened on load), f32 accumulation, state f32 or
-//! bf16 (bf16: widened on load, rounded once per chunk / per token). Results
-//! of a sequence are bitwise independent of the batch, of the thread count
-//! and of the run: every (sequence, head) task runs the same single-threaded
-//! arithmetic on the same chunk boundaries.
+//! bf16 (bf16: widened on load, rounded once per chunk / per token;
+//! `state_io.rs`). Results of a sequence are bitwise independent of the
+//! batch, of the thread count and of the run: every task runs the same
+//! single-threaded arithmetic on the same chunk boundaries, and a 1-token
+//! chunk runs the decode step's arithmetic, so it gives the same bits
+//! whichever task shape ran it.
 //!
 //! ```
 //! use deltanet_backend_cpu::CpuKMajor;
@@ -49,21 +58,29 @@
 #![warn(missing_docs)]
 
 mod conv;
-mod delta;
+mod delta_views;
+mod extend;
+mod gate;
+mod gemm;
 mod io;
+mod scratch;
 mod simd;
+mod state_io;
+mod steps;
 mod vmath;
 
-pub use delta::CHUNK;
+pub use extend::CHUNK;
 
 use conv::{ConvBlock, CONV_BLOCK};
-use delta::{extend_head, steps_head, DeltaViews, ExtendTarget};
+use delta_views::DeltaViews;
 use deltanet_core::*;
+use extend::{extend_head, ExtendTarget};
 use half::bf16;
 use io::{In, Out, RawBuf};
 use rayon::prelude::*;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use steps::steps_head;
 
 /// The CPU dispatcher for state layout `L`.
 pub struct CpuDispatcher<L: StateLayout> {
@@ -191,7 +208,7 @@ impl<L: StateLayout> Kernels for CpuDispatcher<L> {
         let mut io = call.into_io();
         let (a, b, al, db) = (In::new(&io.a)?, In::new(&io.b)?, In::new(&io.a_log)?, In::new(&io.dt_bias)?);
         let (g, beta) = (Out::new(&mut io.g)?, Out::new(&mut io.beta)?);
-        conv::gate(&a, &b, &al, &db, &g, &beta, t, hv);
+        gate::gate(&a, &b, &al, &db, &g, &beta, t, hv);
         Ok(())
     }
 

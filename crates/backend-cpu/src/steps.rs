@@ -1,0 +1,354 @@
+//! The fused one-token steps of decode and verify: every step of one
+//! request on one head in a single pass over the head's state, in place
+//! (decode) or from the parent step into the scratch (verify), with a
+//! K-major in-place decode that reads the state where it lies. The extend
+//! runs its one-token chunks through the same step, so a 1-token chunk gives
+//! a decode's bits.
+
+use crate::delta_views::DeltaViews;
+use crate::scratch::grow;
+use crate::simd::{self, StateElem};
+use deltanet_core::LayoutKind;
+use std::cell::RefCell;
+
+/// Columns of a K-major state block processed together by [`steps_head`].
+const BW: usize = 128;
+/// Columns accumulated in registers at a time (divides [`BW`]) with AVX2:
+/// 2 x 4 ymm accumulators.
+const ACC: usize = 32;
+/// The same with AVX-512: 2 x 4 zmm accumulators, enough independent
+/// multiply-add chains to cover their latency. The width changes no bits
+/// (each column sums over K in order whatever the width).
+const ACC512: usize = 64;
+
+/// Per-step scalars and vectors of a multi-step run, grown on demand (size D, not T).
+#[derive(Default)]
+struct StepScratch {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    beta: Vec<f32>,
+    d: Vec<f32>,
+    kq: Vec<f32>,
+    /// Per-step state blocks (K-major: `[D, K, BW]`; V-major: `[D, K]`).
+    blk: Vec<f32>,
+    /// Source block.
+    src: Vec<f32>,
+    o: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+thread_local! {
+    static STEPS: RefCell<StepScratch> = RefCell::new(StepScratch::default());
+}
+
+/// One request's steps on one head, fused into a single pass over the state:
+/// step `i` reads token `tokens[i]`, starts from `parents[i]` (an earlier
+/// step, or the state at `src` for `None`) and writes its state to `dsts[i]`
+/// and its output row. Decode is one step with `dsts[0] == src`; verify is D
+/// steps into the scratch. Every step's state is rounded to `E` before a
+/// child reads it, so a chain gives the same bits as sequential decodes.
+///
+/// # Safety
+/// `src` and every `dsts[i]` point to `K*V` elements no other thread touches
+/// during the call; `dsts` are pairwise disjoint and disjoint from `src`,
+/// except that `dsts[0]` may equal `src` when there is one step. `next` (the
+/// head the next task reads, or null) is only prefetched, never read.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn steps_head<E: StateElem>(
+    kind: LayoutKind,
+    io: &DeltaViews<'_>,
+    h: usize,
+    tokens: &[usize],
+    parents: &[Option<usize>],
+    src: *const E,
+    dsts: &[*mut E],
+    next: *const E,
+) {
+    STEPS.with(|sc| {
+        let mut sc = sc.borrow_mut();
+        if simd::has_avx512() {
+            // SAFETY: AVX-512F, AVX2 and FMA are present; the pointer contract is the caller's.
+            unsafe { steps_head_avx512::<E>(&mut sc, kind, io, h, tokens, parents, src, dsts, next) }
+        } else if simd::has_avx2() {
+            // SAFETY: AVX2 and FMA are present; the pointer contract is the caller's.
+            unsafe { steps_head_avx2::<E>(&mut sc, kind, io, h, tokens, parents, src, dsts, next) }
+        } else {
+            // SAFETY: forwarded from the caller.
+            unsafe { steps_head_body::<E, ACC>(&mut sc, kind, io, h, tokens, parents, src, dsts, next) }
+        }
+    })
+}
+
+/// Defines `$name`: [`steps_head_body`] compiled with the target features
+/// `$features` and `$acc` register columns, for [`steps_head`] to pick at run
+/// time (the same body in every version, so the same bits).
+macro_rules! steps_head_with {
+    ($name:ident, $features:literal, $acc:expr) => {
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name<E: StateElem>(
+            sc: &mut StepScratch,
+            kind: LayoutKind,
+            io: &DeltaViews<'_>,
+            h: usize,
+            tokens: &[usize],
+            parents: &[Option<usize>],
+            src: *const E,
+            dsts: &[*mut E],
+            next: *const E,
+        ) {
+            // SAFETY: forwarded from the caller.
+            unsafe { steps_head_body::<E, $acc>(sc, kind, io, h, tokens, parents, src, dsts, next) }
+        }
+    };
+}
+
+steps_head_with!(steps_head_avx2, "avx2,fma", ACC);
+steps_head_with!(steps_head_avx512, "avx512f,avx2,fma", ACC512);
+
+/// A decode (one step, in place) on a K-major head, reading the state where it
+/// lies: the general path's f32 copy of the block does not fit L1 and costs an
+/// L2 write and two L2 reads per element, which is what bounded decode. Same
+/// arithmetic in the same order as the general path, so a decode and a verify
+/// step give the same bits.
+///
+/// # Safety
+/// `st` points to the `K*V` elements of one head no other thread touches.
+#[inline(always)]
+unsafe fn decode_kmajor<E: StateElem, const A: usize>(
+    sc: &mut StepScratch,
+    kd: usize,
+    vd: usize,
+    scale: f32,
+    st: *mut E,
+    pf: &mut simd::Prefetch,
+) {
+    let (kv, qv) = (&sc.k[..kd], &sc.q[..kd]);
+    let (beta, d, kq) = (sc.beta[0], sc.d[0], sc.kq[0]);
+    let (sk, sq) = sc.acc.split_at_mut(BW);
+    let mut c0 = 0;
+    while c0 < vd {
+        let w = BW.min(vd - c0);
+        // S^T k and S^T q over columns c0..c0+w, ACC columns in registers at a time
+        let mut jb = 0;
+        while jb < w {
+            let aw = A.min(w - jb);
+            let (mut a1, mut a2) = ([0f32; A], [0f32; A]);
+            for kk in 0..kd {
+                pf.step();
+                // SAFETY: row kk, columns c0+jb..c0+jb+aw of the head.
+                let row = unsafe { std::slice::from_raw_parts(st.add(kk * vd + c0 + jb), aw) };
+                let (a, b) = (kv[kk], qv[kk]);
+                if let Ok(row) = <&[E; A]>::try_from(row) {
+                    for j in 0..A {
+                        let p = row[j].ld();
+                        a1[j] = p.mul_add(a, a1[j]);
+                        a2[j] = p.mul_add(b, a2[j]);
+                    }
+                } else {
+                    for j in 0..aw {
+                        let p = row[j].ld();
+                        a1[j] = p.mul_add(a, a1[j]);
+                        a2[j] = p.mul_add(b, a2[j]);
+                    }
+                }
+            }
+            sk[jb..jb + aw].copy_from_slice(&a1[..aw]);
+            sq[jb..jb + aw].copy_from_slice(&a2[..aw]);
+            jb += aw;
+        }
+        let vrow = &sc.v[c0..c0 + w];
+        let orow = &mut sc.o[c0..c0 + w];
+        for j in 0..w {
+            let u = beta * (vrow[j] - d * sk[j]);
+            orow[j] = scale * (d * sq[j] + u * kq);
+            sk[j] = u;
+        }
+        for (kk, &a) in kv.iter().enumerate() {
+            // SAFETY: row kk, columns c0..c0+w of the head; no other reference to it is live.
+            let row = unsafe { std::slice::from_raw_parts_mut(st.add(kk * vd + c0), w) };
+            E::update_row(row, d, a, &sk[..w]);
+        }
+        c0 += w;
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn steps_head_body<E: StateElem, const A: usize>(
+    sc: &mut StepScratch,
+    kind: LayoutKind,
+    io: &DeltaViews<'_>,
+    h: usize,
+    tokens: &[usize],
+    parents: &[Option<usize>],
+    src: *const E,
+    dsts: &[*mut E],
+    next: *const E,
+) {
+    let (kd, vd) = (io.dims.head_k_dim, io.dims.head_v_dim);
+    let n = tokens.len();
+    grow(&mut sc.q, n * kd);
+    grow(&mut sc.k, n * kd);
+    grow(&mut sc.v, n * vd);
+    grow(&mut sc.beta, n);
+    grow(&mut sc.d, n);
+    grow(&mut sc.kq, n);
+    grow(&mut sc.o, n * vd);
+    grow(&mut sc.blk, n * kd * BW.max(1));
+    grow(&mut sc.src, kd * BW);
+    grow(&mut sc.acc, 2 * BW);
+    for (i, &t) in tokens.iter().enumerate() {
+        io.load_qk(t, h, &mut sc.q[i * kd..(i + 1) * kd], &mut sc.k[i * kd..(i + 1) * kd]);
+        io.v.row(io.v.off2(t, h), &mut sc.v[i * vd..(i + 1) * vd]);
+        sc.beta[i] = io.beta.get(io.beta.off2(t, h));
+        sc.d[i] = (io.g.get(io.g.off2(t, h)) as f64).exp() as f32;
+        sc.kq[i] = simd::dot(&sc.q[i * kd..(i + 1) * kd], &sc.k[i * kd..(i + 1) * kd]);
+    }
+    let scale = io.params.scale;
+    // verify: scratch states are written once, so bypass the cache (f32 state)
+    let stream = !E::NARROW && (n > 1 || !std::ptr::eq(dsts[0], src));
+    let bytes = kd * vd * std::mem::size_of::<E>();
+    match kind {
+        LayoutKind::KMajor if n == 1 && std::ptr::eq(dsts[0], src) => {
+            let mut pf = simd::Prefetch::new(next, bytes, vd.div_ceil(A) * kd);
+            // SAFETY: one step in place on the head at `dsts[0]` (the caller's contract).
+            unsafe { decode_kmajor::<E, A>(sc, kd, vd, scale, dsts[0], &mut pf) };
+        }
+        LayoutKind::KMajor => {
+            let mut pf = simd::Prefetch::new(next, bytes, vd.div_ceil(BW) * (BW / A) * kd);
+            let mut c0 = 0;
+            while c0 < vd {
+                let w = BW.min(vd - c0);
+                // load the source block [K, w]
+                for kk in 0..kd {
+                    // SAFETY: row kk, columns c0..c0+w of the source head.
+                    let s = unsafe { std::slice::from_raw_parts(src.add(kk * vd + c0), w) };
+                    sc.src[kk * BW..kk * BW + w].iter_mut().zip(s).for_each(|(d, x)| *d = x.ld());
+                }
+                for i in 0..n {
+                    let (done, rest) = sc.blk.split_at_mut(i * kd * BW);
+                    let out = &mut rest[..kd * BW];
+                    let parent: &[f32] = match parents[i] {
+                        None => &sc.src[..kd * BW],
+                        Some(p) => &done[p * kd * BW..(p + 1) * kd * BW],
+                    };
+                    let (kv, qv) = (&sc.k[i * kd..(i + 1) * kd], &sc.q[i * kd..(i + 1) * kd]);
+                    let (sk, sq) = sc.acc.split_at_mut(BW);
+                    // S^T k and S^T q over the block, 32 columns at a time so the
+                    // accumulators stay in registers
+                    for jb in (0..BW).step_by(A) {
+                        let (mut a1, mut a2) = ([0f32; A], [0f32; A]);
+                        for kk in 0..kd {
+                            if i == 0 {
+                                pf.step();
+                            }
+                            let prow: &[f32; A] = parent[kk * BW + jb..kk * BW + jb + A].try_into().expect("A columns");
+                            let (a, b) = (kv[kk], qv[kk]);
+                            for j in 0..A {
+                                a1[j] = prow[j].mul_add(a, a1[j]);
+                                a2[j] = prow[j].mul_add(b, a2[j]);
+                            }
+                        }
+                        sk[jb..jb + A].copy_from_slice(&a1);
+                        sq[jb..jb + A].copy_from_slice(&a2);
+                    }
+                    let (beta, d, kq) = (sc.beta[i], sc.d[i], sc.kq[i]);
+                    let vrow = &sc.v[i * vd + c0..i * vd + c0 + w];
+                    let orow = &mut sc.o[i * vd + c0..i * vd + c0 + w];
+                    for j in 0..w {
+                        let u = beta * (vrow[j] - d * sk[j]);
+                        orow[j] = scale * (d * sq[j] + u * kq);
+                        sk[j] = u;
+                    }
+                    let dst = dsts[i];
+                    for kk in 0..kd {
+                        let (prow, orow) = (&parent[kk * BW..kk * BW + w], &mut out[kk * BW..kk * BW + w]);
+                        let a = kv[kk];
+                        // SAFETY: row kk, columns c0..c0+w of step i's destination head; the
+                        // source block (which it may alias for one step) is already read.
+                        let p = unsafe { dst.add(kk * vd + c0) };
+                        if stream {
+                            for j in 0..w {
+                                orow[j] = d.mul_add(prow[j], a * sk[j]);
+                            }
+                            // SAFETY: as above; with `stream`, E is f32.
+                            if unsafe { simd::stream_f32(p as *mut f32, orow) } {
+                                continue;
+                            }
+                        }
+                        // SAFETY: as above.
+                        let o = unsafe { std::slice::from_raw_parts_mut(p, w) };
+                        if n == 1 {
+                            // one step (in-place decodes take decode_kmajor): no child step reads this block back
+                            for j in 0..w {
+                                o[j] = E::st(d.mul_add(prow[j], a * sk[j]));
+                            }
+                        } else {
+                            for j in 0..w {
+                                let r = E::st(d.mul_add(prow[j], a * sk[j]));
+                                o[j] = r;
+                                orow[j] = r.ld();
+                            }
+                        }
+                    }
+                }
+                c0 += w;
+            }
+        }
+        LayoutKind::VMajor => {
+            let mut pf = simd::Prefetch::new(next, bytes, vd);
+            for j in 0..vd {
+                pf.step();
+                // SAFETY: row j of the source head.
+                let s = unsafe { std::slice::from_raw_parts(src.add(j * kd), kd) };
+                sc.src[..kd].iter_mut().zip(s).for_each(|(d, x)| *d = x.ld());
+                for i in 0..n {
+                    let (done, rest) = sc.blk.split_at_mut(i * kd);
+                    let out = &mut rest[..kd];
+                    let parent: &[f32] = match parents[i] {
+                        None => &sc.src[..kd],
+                        Some(p) => &done[p * kd..(p + 1) * kd],
+                    };
+                    let (kv, qv) = (&sc.k[i * kd..(i + 1) * kd], &sc.q[i * kd..(i + 1) * kd]);
+                    let (skv, sqv) = simd::dot2(parent, kv, qv);
+                    let (beta, d) = (sc.beta[i], sc.d[i]);
+                    let u = beta * (sc.v[i * vd + j] - d * skv);
+                    sc.o[i * vd + j] = scale * (d * sqv + u * sc.kq[i]);
+                    // SAFETY: row j of step i's destination head; the source row is already read.
+                    let p = unsafe { dsts[i].add(j * kd) };
+                    if stream {
+                        for ((o, p), a) in out.iter_mut().zip(parent).zip(kv) {
+                            *o = d * p + u * a;
+                        }
+                        // SAFETY: as above; with `stream`, E is f32.
+                        if unsafe { simd::stream_f32(p as *mut f32, out) } {
+                            continue;
+                        }
+                    }
+                    // SAFETY: as above.
+                    let o = unsafe { std::slice::from_raw_parts_mut(p, kd) };
+                    if n == 1 {
+                        for ((o, p), a) in o.iter_mut().zip(parent).zip(kv) {
+                            *o = E::st(d * p + u * a);
+                        }
+                    } else {
+                        for ((o, (b, p)), a) in o.iter_mut().zip(out.iter_mut().zip(parent)).zip(kv) {
+                            let r = E::st(d * p + u * a);
+                            *o = r;
+                            *b = r.ld();
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if stream {
+        simd::store_fence();
+    }
+    for (i, &t) in tokens.iter().enumerate() {
+        // SAFETY: output row (t, h) belongs to this task alone.
+        unsafe { io.o.store(io.o.off2(t, h), &sc.o[i * vd..(i + 1) * vd]) };
+    }
+}
