@@ -19,7 +19,7 @@ pub enum UnaryOp {
     Sigmoid,
 }
 
-/// Every operator this crate calls, with its arguments (handles made by the same [`AclApi`]).
+/// Every operator this crate calls, with its arguments (handles made by the same [`AclApi`](crate::api::AclApi)).
 #[derive(Debug, Clone, PartialEq)]
 pub enum OpCall {
     /// `aclnnChunkGatedDeltaRule`.

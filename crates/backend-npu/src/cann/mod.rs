@@ -1,6 +1,6 @@
 //! [`Cann`]: the native CANN libraries, loaded at run time and called
 //! through the checked-in bindings. The operators' first phase goes through
-//! [`marshal`], which turns an [`OpCall`] into its FFI call.
+//! `marshal`, which turns an [`OpCall`] into its FFI call.
 
 mod marshal;
 
