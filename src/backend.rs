@@ -5,9 +5,9 @@
 //! before anything compiles.
 
 use deltanet_core::{
-    Capabilities, CommitBatch, ConvIo, DecodeBatch, DeltaIo, DeltaParams, Error, ExtendBatch, GateIo, HostMemory, KernelDispatcher,
-    LayerInput, LayerWeights, LayerWorkspace, LayoutKind, MambaStatePool, ModelDims, PoolConfig, PoolOf, Result, StateLayout, TensorMut,
-    VerifyBatch,
+    Capabilities, Checked, CommitBatch, ConvIo, DecodeBatch, DeltaIo, DeltaParams, Error, ExtendBatch, GateCall, GateIo, HostMemory,
+    KernelDispatcher, Kernels, LayerInput, LayerWeights, LayerWorkspace, LayoutKind, MambaStatePool, ModelDims, PoolConfig, PoolOf, Result,
+    StateLayout, TensorMut, VerifyBatch,
 };
 use std::any::{Any, TypeId};
 use std::marker::PhantomData;
@@ -22,7 +22,7 @@ pub enum Never {}
 #[derive(Debug)]
 pub struct Disabled<L: StateLayout>(Never, PhantomData<L>);
 
-impl<L: StateLayout> KernelDispatcher for Disabled<L> {
+impl<L: StateLayout> Kernels for Disabled<L> {
     type Layout = L;
     type Memory = HostMemory;
     fn capabilities(&self) -> &Capabilities {
@@ -31,25 +31,25 @@ impl<L: StateLayout> KernelDispatcher for Disabled<L> {
     fn memory(&self) -> &HostMemory {
         match self.0 {}
     }
-    fn gate(&self, _: &ModelDims, _: GateIo<'_>) -> Result<()> {
+    fn run_gate(&self, _: GateCall<'_>) -> Result<()> {
         match self.0 {}
     }
-    fn conv_extend(&self, _: &mut PoolOf<Self>, _: usize, _: &ExtendBatch, _: ConvIo<'_>) -> Result<()> {
+    fn run_conv_extend(&self, _: &mut PoolOf<Self>, _: Checked<'_, ExtendBatch, ConvIo<'_>>) -> Result<()> {
         match self.0 {}
     }
-    fn conv_update(&self, _: &mut PoolOf<Self>, _: usize, _: &DecodeBatch, _: ConvIo<'_>) -> Result<()> {
+    fn run_conv_update(&self, _: &mut PoolOf<Self>, _: Checked<'_, DecodeBatch, ConvIo<'_>>) -> Result<()> {
         match self.0 {}
     }
-    fn conv_verify(&self, _: &mut PoolOf<Self>, _: usize, _: &VerifyBatch, _: ConvIo<'_>) -> Result<()> {
+    fn run_conv_verify(&self, _: &mut PoolOf<Self>, _: Checked<'_, VerifyBatch, ConvIo<'_>>) -> Result<()> {
         match self.0 {}
     }
-    fn extend(&self, _: &mut PoolOf<Self>, _: usize, _: &ExtendBatch, _: DeltaIo<'_>) -> Result<()> {
+    fn run_extend(&self, _: &mut PoolOf<Self>, _: Checked<'_, ExtendBatch, DeltaIo<'_>>) -> Result<()> {
         match self.0 {}
     }
-    fn decode(&self, _: &mut PoolOf<Self>, _: usize, _: &DecodeBatch, _: DeltaIo<'_>) -> Result<()> {
+    fn run_decode(&self, _: &mut PoolOf<Self>, _: Checked<'_, DecodeBatch, DeltaIo<'_>>) -> Result<()> {
         match self.0 {}
     }
-    fn verify(&self, _: &mut PoolOf<Self>, _: usize, _: &VerifyBatch, _: DeltaIo<'_>) -> Result<()> {
+    fn run_verify(&self, _: &mut PoolOf<Self>, _: Checked<'_, VerifyBatch, DeltaIo<'_>>) -> Result<()> {
         match self.0 {}
     }
 }

@@ -19,7 +19,7 @@ pub fn describe() -> Vec<String> {
                     names(&c.input_dtypes),
                     c.chunk_size,
                     c.max_draft_tokens.map_or(String::new(), |d| format!(", max draft {d}")),
-                    c.max_head_dim.map_or(String::new(), |d| format!(", max head dim {d}")),
+                    c.limits.max_head_dim.map_or(String::new(), |d| format!(", max head dim {d}")),
                 )
             }
             Err(e @ deltanet_core::Error::NotCompiled { .. }) => format!("{name:<8} not built    {e}"),

@@ -103,7 +103,7 @@ mod cuda {
     fn cuda_agrees_with_cpu() {
         let Some(gpu) = deltanet_core::conformance::available(deltanet_backend_cuda::CudaDispatcher::new(0)) else { return };
         let opts = deltanet_core::conformance::SuiteOptions::from_env();
-        let cases = match deltanet_core::KernelDispatcher::capabilities(&gpu).native_layout {
+        let cases = match deltanet_core::Kernels::capabilities(&gpu).native_layout {
             deltanet_core::LayoutKind::KMajor => {
                 deltanet_core::conformance::cross_layout(&gpu, &deltanet_backend_cpu::CpuKMajor::new(), &opts)
             }

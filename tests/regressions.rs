@@ -62,7 +62,7 @@ fn as_contiguous<'a>(t: TensorRef<'a>) -> Result<TensorRef<'a>> {
     Ok(unsafe { TensorRef::from_raw(t.addr(), meta) })
 }
 
-impl<D: KernelDispatcher> KernelDispatcher for Faulty<D> {
+impl<D: KernelDispatcher> Kernels for Faulty<D> {
     type Layout = D::Layout;
     type Memory = D::Memory;
 
@@ -72,27 +72,29 @@ impl<D: KernelDispatcher> KernelDispatcher for Faulty<D> {
     fn memory(&self) -> &D::Memory {
         self.inner.memory()
     }
-    fn gate(&self, dims: &ModelDims, io: GateIo<'_>) -> Result<()> {
-        self.inner.gate(dims, io)
+    fn run_gate(&self, call: GateCall<'_>) -> Result<()> {
+        self.inner.run_gate(call)
     }
-    fn conv_extend(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &ExtendBatch, io: ConvIo<'_>) -> Result<()> {
-        self.inner.conv_extend(pool, layer, batch, io)
+    fn run_conv_extend(&self, pool: &mut PoolOf<Self>, call: Checked<'_, ExtendBatch, ConvIo<'_>>) -> Result<()> {
+        self.inner.run_conv_extend(pool, call)
     }
-    fn conv_update(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &DecodeBatch, io: ConvIo<'_>) -> Result<()> {
-        self.inner.conv_update(pool, layer, batch, io)
+    fn run_conv_update(&self, pool: &mut PoolOf<Self>, call: Checked<'_, DecodeBatch, ConvIo<'_>>) -> Result<()> {
+        self.inner.run_conv_update(pool, call)
     }
-    fn conv_verify(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &VerifyBatch, io: ConvIo<'_>) -> Result<()> {
-        self.inner.conv_verify(pool, layer, batch, io)
+    fn run_conv_verify(&self, pool: &mut PoolOf<Self>, call: Checked<'_, VerifyBatch, ConvIo<'_>>) -> Result<()> {
+        self.inner.run_conv_verify(pool, call)
     }
-    fn extend(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &ExtendBatch, mut io: DeltaIo<'_>) -> Result<()> {
+    fn run_extend(&self, pool: &mut PoolOf<Self>, mut call: Checked<'_, ExtendBatch, DeltaIo<'_>>) -> Result<()> {
+        let (layer, batch) = (call.layer(), call.batch());
         if self.mistake == Mistake::StridesIgnored {
+            let io = call.io_mut();
             io.q = as_contiguous(io.q)?;
             io.k = as_contiguous(io.k)?;
             io.v = as_contiguous(io.v)?;
             io.g = as_contiguous(io.g)?;
             io.beta = as_contiguous(io.beta)?;
         }
-        self.inner.extend(pool, layer, batch, io)?;
+        self.inner.run_extend(pool, call)?;
         match self.mistake {
             Mistake::ChunkStateWrongAxisOrder => {
                 for &s in batch.slots() {
@@ -108,26 +110,28 @@ impl<D: KernelDispatcher> KernelDispatcher for Faulty<D> {
         }
         Ok(())
     }
-    fn decode(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &DecodeBatch, io: DeltaIo<'_>) -> Result<()> {
+    fn run_decode(&self, pool: &mut PoolOf<Self>, call: Checked<'_, DecodeBatch, DeltaIo<'_>>) -> Result<()> {
         if self.mistake != Mistake::DecodeReadsOtherLayout {
-            return self.inner.decode(pool, layer, batch, io);
+            return self.inner.run_decode(pool, call);
         }
+        let (layer, batch) = (call.layer(), call.batch());
         for &s in batch.slots() {
             reinterpret(pool, s, layer, true)?;
         }
-        self.inner.decode(pool, layer, batch, io)?;
+        self.inner.run_decode(pool, call)?;
         for &s in batch.slots() {
             reinterpret(pool, s, layer, false)?;
         }
         Ok(())
     }
-    fn verify(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &VerifyBatch, io: DeltaIo<'_>) -> Result<()> {
-        self.inner.verify(pool, layer, batch, io)
+    fn run_verify(&self, pool: &mut PoolOf<Self>, call: Checked<'_, VerifyBatch, DeltaIo<'_>>) -> Result<()> {
+        self.inner.run_verify(pool, call)
     }
-    fn commit(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &CommitBatch) -> Result<()> {
+    fn run_commit(&self, pool: &mut PoolOf<Self>, call: Checked<'_, CommitBatch, ()>) -> Result<()> {
+        let (layer, batch) = (call.layer(), call.batch());
         match self.mistake {
             Mistake::CommitCopiesOtherLayout => {
-                self.inner.commit(pool, layer, batch)?;
+                self.inner.run_commit(pool, call)?;
                 for &s in batch.slots() {
                     reinterpret(pool, s, layer, true)?;
                 }
@@ -135,7 +139,7 @@ impl<D: KernelDispatcher> KernelDispatcher for Faulty<D> {
             }
             Mistake::ConvWindowOffByAccepted => {
                 // the right state, the window of the next step
-                self.inner.commit(pool, layer, batch)?;
+                self.inner.run_commit(pool, call)?;
                 let right: Vec<HostState> = batch.slots().iter().map(|&s| pool.export(s)).collect::<Result<_>>()?;
                 let d = pool.geometry().draft();
                 let shifted: Vec<usize> = batch.accepted().iter().map(|a| (a + 1) % d).collect();
@@ -151,7 +155,7 @@ impl<D: KernelDispatcher> KernelDispatcher for Faulty<D> {
                 }
                 Ok(())
             }
-            _ => self.inner.commit(pool, layer, batch),
+            _ => self.inner.run_commit(pool, call),
         }
     }
 }

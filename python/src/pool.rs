@@ -83,7 +83,7 @@ impl PyBackend {
         d.set_item("conv_dtypes", names(&c.conv_dtypes))?;
         d.set_item("input_dtypes", names(&c.input_dtypes))?;
         d.set_item("max_draft_tokens", c.max_draft_tokens)?;
-        d.set_item("max_head_dim", c.max_head_dim)?;
+        d.set_item("max_head_dim", c.limits.max_head_dim)?;
         d.set_item("chunk_size", c.chunk_size)?;
         Ok(d)
     }

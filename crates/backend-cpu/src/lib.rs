@@ -97,18 +97,7 @@ impl<L: StateLayout> CpuDispatcher<L> {
             LayoutKind::KMajor => "cpu",
             LayoutKind::VMajor => "cpu-vk",
         };
-        let caps = Capabilities {
-            backend: backend.into(),
-            device: Device::Host,
-            native_layout: L::KIND,
-            conv_layout: ConvLayoutKind::ChannelsFirst,
-            state_dtypes: vec![DType::F32, DType::BF16],
-            conv_dtypes: vec![DType::F32, DType::BF16, DType::F16],
-            input_dtypes: vec![DType::F32, DType::BF16, DType::F16],
-            max_draft_tokens: None,
-            max_head_dim: None,
-            chunk_size: CHUNK,
-        };
+        let caps = Capabilities::new(backend, Device::Host, L::KIND).with_chunk_size(CHUNK);
         CpuDispatcher { caps, threads: None, _layout: PhantomData }
     }
 
@@ -186,7 +175,7 @@ impl<L: StateLayout> CpuDispatcher<L> {
     }
 }
 
-impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
+impl<L: StateLayout> Kernels for CpuDispatcher<L> {
     type Layout = L;
     type Memory = HostMemory;
 
@@ -198,23 +187,20 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
         &HostMemory
     }
 
-    fn gate(&self, dims: &ModelDims, mut io: GateIo<'_>) -> Result<()> {
-        let t = io.a.meta().shape()[0];
-        io.validate(&self.caps, dims, t)?;
+    fn run_gate(&self, call: GateCall<'_>) -> Result<()> {
+        let (t, hv) = (call.tokens(), call.dims().num_v_heads);
+        let mut io = call.into_io();
         let (a, b, al, db) = (In::new(&io.a)?, In::new(&io.b)?, In::new(&io.a_log)?, In::new(&io.dt_bias)?);
         let (g, beta) = (Out::new(&mut io.g)?, Out::new(&mut io.beta)?);
-        conv::gate(&a, &b, &al, &db, &g, &beta, t, dims.num_v_heads);
+        conv::gate(&a, &b, &al, &db, &g, &beta, t, hv);
         Ok(())
     }
 
-    fn conv_extend(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &ExtendBatch, mut io: ConvIo<'_>) -> Result<()> {
-        batch.check_pool(pool)?;
-        pool.geometry().check_layer(layer)?;
-        let g = *pool.geometry();
+    fn run_conv_extend(&self, pool: &mut PoolOf<Self>, call: Checked<'_, ExtendBatch, ConvIo<'_>>) -> Result<()> {
+        let (ticket, layer, batch, g) = (call.ticket(), call.layer(), call.batch(), *call.geometry());
         let dims = g.config.dims;
-        io.validate(&self.caps, &dims, batch.tokens())?;
-        let _span = tracing::debug_span!("conv_extend", backend = %self.caps.backend, layer, tokens = batch.tokens()).entered();
-        pool.kernel_parts(layer, KernelAccess::Extend(batch), |parts| {
+        let mut io = call.into_io();
+        pool.checked_parts(ticket, |parts| {
             let conv = RawBuf::new(parts.conv.bytes_mut());
             let (cdt, w1, es) = (g.config.conv_dtype, dims.conv_state_len(), g.config.conv_dtype.size());
             self.conv_blocks(&dims, &mut io, |blk| {
@@ -244,13 +230,11 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
         })
     }
 
-    fn conv_update(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &DecodeBatch, mut io: ConvIo<'_>) -> Result<()> {
-        batch.check_pool(pool)?;
-        pool.geometry().check_layer(layer)?;
-        let g = *pool.geometry();
+    fn run_conv_update(&self, pool: &mut PoolOf<Self>, call: Checked<'_, DecodeBatch, ConvIo<'_>>) -> Result<()> {
+        let (ticket, layer, batch, g) = (call.ticket(), call.layer(), call.batch(), *call.geometry());
         let dims = g.config.dims;
-        io.validate(&self.caps, &dims, batch.tokens())?;
-        pool.kernel_parts(layer, KernelAccess::Decode(batch), |parts| {
+        let mut io = call.into_io();
+        pool.checked_parts(ticket, |parts| {
             let conv = RawBuf::new(parts.conv.bytes_mut());
             let (cdt, w1, es) = (g.config.conv_dtype, dims.conv_state_len(), g.config.conv_dtype.size());
             self.conv_blocks(&dims, &mut io, |blk| {
@@ -261,13 +245,11 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
         })
     }
 
-    fn conv_verify(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &VerifyBatch, mut io: ConvIo<'_>) -> Result<()> {
-        batch.check_pool(pool)?;
-        pool.geometry().check_layer(layer)?;
-        let g = *pool.geometry();
+    fn run_conv_verify(&self, pool: &mut PoolOf<Self>, call: Checked<'_, VerifyBatch, ConvIo<'_>>) -> Result<()> {
+        let (ticket, layer, batch, g) = (call.ticket(), call.layer(), call.batch(), *call.geometry());
         let dims = g.config.dims;
-        io.validate(&self.caps, &dims, batch.tokens())?;
-        pool.kernel_parts(layer, KernelAccess::ConvVerify(batch), |parts| {
+        let mut io = call.into_io();
+        pool.checked_parts(ticket, |parts| {
             let windows = RawBuf::new(parts.windows.ok_or(Error::NoSpeculativeBuffers)?.bytes_mut());
             let conv = RawBuf::new(parts.conv.bytes_mut());
             let (cdt, w1, es, dn) = (g.config.conv_dtype, dims.conv_state_len(), g.config.conv_dtype.size(), batch.draft());
@@ -290,18 +272,12 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
         })
     }
 
-    fn extend(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &ExtendBatch, mut io: DeltaIo<'_>) -> Result<()> {
-        batch.check_pool(pool)?;
-        pool.geometry().check_layer(layer)?;
-        let g = *pool.geometry();
+    fn run_extend(&self, pool: &mut PoolOf<Self>, call: Checked<'_, ExtendBatch, DeltaIo<'_>>) -> Result<()> {
+        let (ticket, layer, batch, g) = (call.ticket(), call.layer(), call.batch(), *call.geometry());
         let dims = g.config.dims;
-        io.validate(&self.caps, &dims, batch.tokens())?;
-        deltanet_core::finite::check_delta(pool, layer, KernelAccess::Extend(batch), &io)?;
-        let _span =
-            tracing::debug_span!("extend", backend = %self.caps.backend, layer, sequences = batch.num_seqs(), tokens = batch.tokens())
-                .entered();
+        let mut io = call.into_io();
         let views = delta_views(&mut io, dims)?;
-        pool.kernel_parts(layer, KernelAccess::Extend(batch), |parts| {
+        pool.checked_parts(ticket, |parts| {
             let tgt = ExtendTarget { temporal: RawBuf::new(parts.temporal.bytes_mut()), geometry: &g, layer, batch };
             let (hk, hv, per) = (dims.num_k_heads, dims.num_v_heads, dims.head_k_dim * dims.head_v_dim);
             // a 1-token sequence continuing its state (a decode in a mixed step) is a
@@ -335,15 +311,12 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
         })
     }
 
-    fn decode(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &DecodeBatch, mut io: DeltaIo<'_>) -> Result<()> {
-        batch.check_pool(pool)?;
-        pool.geometry().check_layer(layer)?;
-        let g = *pool.geometry();
+    fn run_decode(&self, pool: &mut PoolOf<Self>, call: Checked<'_, DecodeBatch, DeltaIo<'_>>) -> Result<()> {
+        let (ticket, layer, batch, g) = (call.ticket(), call.layer(), call.batch(), *call.geometry());
         let dims = g.config.dims;
-        io.validate(&self.caps, &dims, batch.tokens())?;
-        deltanet_core::finite::check_delta(pool, layer, KernelAccess::Decode(batch), &io)?;
+        let mut io = call.into_io();
         let views = delta_views(&mut io, dims)?;
-        pool.kernel_parts(layer, KernelAccess::Decode(batch), |parts| {
+        pool.checked_parts(ticket, |parts| {
             let temporal = RawBuf::new(parts.temporal.bytes_mut());
             let hv = dims.num_v_heads;
             with_state_type!(g.config.state_dtype, E => self.install(|| {
@@ -360,15 +333,12 @@ impl<L: StateLayout> KernelDispatcher for CpuDispatcher<L> {
         })
     }
 
-    fn verify(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &VerifyBatch, mut io: DeltaIo<'_>) -> Result<()> {
-        batch.check_pool(pool)?;
-        pool.geometry().check_layer(layer)?;
-        let g = *pool.geometry();
+    fn run_verify(&self, pool: &mut PoolOf<Self>, call: Checked<'_, VerifyBatch, DeltaIo<'_>>) -> Result<()> {
+        let (ticket, layer, batch, g) = (call.ticket(), call.layer(), call.batch(), *call.geometry());
         let dims = g.config.dims;
-        io.validate(&self.caps, &dims, batch.tokens())?;
-        deltanet_core::finite::check_delta(pool, layer, KernelAccess::Verify(batch), &io)?;
+        let mut io = call.into_io();
         let views = delta_views(&mut io, dims)?;
-        pool.kernel_parts(layer, KernelAccess::Verify(batch), |parts| {
+        pool.checked_parts(ticket, |parts| {
             let scratch = RawBuf::new(parts.scratch.ok_or(Error::NoSpeculativeBuffers)?.bytes_mut());
             let temporal = RawBuf::new(parts.temporal.bytes_mut());
             let (hv, per, dn) = (dims.num_v_heads, dims.head_k_dim * dims.head_v_dim, batch.draft());

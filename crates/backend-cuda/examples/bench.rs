@@ -9,8 +9,8 @@
 
 use deltanet_backend_cuda::CudaDispatcher;
 use deltanet_core::{
-    DType, DecodeBatch, DeltaIo, DeltaParams, DeviceMemory, DeviceTensor, ExtendBatch, KernelDispatcher, MambaStatePool, ModelDims,
-    PoolConfig,
+    DType, DecodeBatch, DeltaIo, DeltaParams, DeviceMemory, DeviceTensor, ExtendBatch, KernelDispatcher, Kernels, MambaStatePool,
+    ModelDims, PoolConfig,
 };
 use std::time::Instant;
 

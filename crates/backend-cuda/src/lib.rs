@@ -31,9 +31,8 @@ pub use gpu::{CudaBuffer, CudaMemory, GpuLauncher};
 pub use launcher::Launcher;
 
 use deltanet_core::{
-    Capabilities, CommitBatch, ConvIo, ConvLayoutKind, DType, DecodeBatch, DeltaIo, Device, DeviceMemory, Error, ExtendBatch, GateIo,
-    HeadMapping, KernelAccess, KernelDispatcher, LayoutKind, MambaStatePool, ModelDims, PoolOf, Result, TensorMeta, TensorMut, TensorRef,
-    VMajor, VerifyBatch,
+    plan, Capabilities, Checked, CommitBatch, ConvIo, DType, DecodeBatch, DeltaIo, Device, DeviceMemory, DimLimits, Error, ExtendBatch,
+    GateCall, HeadMapping, Kernels, LayoutKind, ModelDims, PoolOf, Result, TensorMeta, TensorMut, TensorRef, VMajor, VerifyBatch,
 };
 use kernels::{dtype_code, Args, Kernel, CHUNK, EXTEND_ROWS, MAX_CONV_WIDTH, MAX_HEAD_DIM, ROWS_PER_BLOCK};
 use std::sync::{Mutex, MutexGuard};
@@ -118,18 +117,9 @@ fn stride2(m: &TensorMeta) -> i64 {
 impl<L: Launcher> CudaDispatcher<L> {
     /// A dispatcher over any launcher whose memory lives on `device`.
     pub fn with_launcher(launcher: L, device: Device) -> Self {
-        let caps = Capabilities {
-            backend: launcher.backend().into(),
-            device,
-            native_layout: LayoutKind::VMajor,
-            conv_layout: ConvLayoutKind::ChannelsFirst,
-            state_dtypes: vec![DType::F32, DType::BF16],
-            conv_dtypes: vec![DType::F32, DType::BF16, DType::F16],
-            input_dtypes: vec![DType::F32, DType::BF16, DType::F16],
-            max_draft_tokens: None,
-            max_head_dim: Some(MAX_HEAD_DIM),
-            chunk_size: CHUNK,
-        };
+        let limits =
+            DimLimits { max_head_dim: Some(MAX_HEAD_DIM), conv_widths: Some((2..=MAX_CONV_WIDTH).collect()), ..DimLimits::default() };
+        let caps = Capabilities::new(launcher.backend(), device, LayoutKind::VMajor).with_limits(limits).with_chunk_size(CHUNK);
         CudaDispatcher { launcher, caps, arena: Mutex::new(Arena { buf: None, cap: 0 }), extend_workspace_budget: DEFAULT_EXTEND_WORKSPACE }
     }
 
@@ -213,16 +203,6 @@ impl<L: Launcher> CudaDispatcher<L> {
         self.launcher.launch(kernel, (grid.0 as u32, grid.1 as u32, grid.2 as u32), block, args)
     }
 
-    fn check_dims(&self, dims: &ModelDims) -> Result<()> {
-        if dims.conv_width > MAX_CONV_WIDTH {
-            return Err(unsupported(self.launcher.backend(), format!("conv width {} > {MAX_CONV_WIDTH}", dims.conv_width)));
-        }
-        if dims.head_k_dim > MAX_HEAD_DIM || dims.head_v_dim > MAX_HEAD_DIM {
-            return Err(unsupported(self.launcher.backend(), format!("head dims > {MAX_HEAD_DIM}")));
-        }
-        Ok(())
-    }
-
     /// The argument fields every delta-rule kernel shares (dims, dtypes, strides, addresses).
     fn delta_args(&self, dims: &ModelDims, io: &DeltaIo<'_>) -> Args {
         let mut a = Args::default();
@@ -274,7 +254,7 @@ impl<L: Launcher> CudaDispatcher<L> {
     }
 }
 
-impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
+impl<L: Launcher> Kernels for CudaDispatcher<L> {
     type Layout = VMajor;
     type Memory = L::Memory;
 
@@ -286,11 +266,8 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         self.launcher.memory()
     }
 
-    fn gate(&self, dims: &ModelDims, io: GateIo<'_>) -> Result<()> {
-        let tokens = io.a.meta().shape()[0];
-        io.validate(&self.caps, dims, tokens)?;
-        let _span = tracing::debug_span!("gate", backend = %self.caps.backend, tokens).entered();
-        let hv = dims.num_v_heads;
+    fn run_gate(&self, call: GateCall<'_>) -> Result<()> {
+        let (tokens, hv, io) = (call.tokens(), call.dims().num_v_heads, call.io());
         let mut a = Args::default();
         a.p[..6].copy_from_slice(&[io.a.addr(), io.b.addr(), io.a_log.addr(), io.dt_bias.addr(), io.g.addr(), io.beta.addr()]);
         a.n[0] = tokens as i64;
@@ -305,14 +282,9 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         self.run(Kernel::Gate, ((tokens * hv).div_ceil(bt), 1, 1), &a)
     }
 
-    fn conv_extend(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &ExtendBatch, io: ConvIo<'_>) -> Result<()> {
-        batch.check_pool(pool)?;
-        pool.geometry().check_layer(layer)?;
-        let g = *pool.geometry();
+    fn run_conv_extend(&self, pool: &mut PoolOf<Self>, call: Checked<'_, ExtendBatch, ConvIo<'_>>) -> Result<()> {
+        let (ticket, layer, batch, g, io) = (call.ticket(), call.layer(), call.batch(), *call.geometry(), call.io());
         let dims = g.config.dims;
-        io.validate(&self.caps, &dims, batch.tokens())?;
-        self.check_dims(&dims)?;
-        let _span = tracing::debug_span!("conv_extend", backend = %self.caps.backend, layer, tokens = batch.tokens()).entered();
         let n = batch.num_seqs();
         let (mut seqs, mut snaps) = (Vec::with_capacity(n * 6), Vec::new());
         for i in 0..n {
@@ -326,7 +298,7 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         }
         let st = self.stage(&[&seqs, &snaps], 0)?;
         let m = self.launcher.memory();
-        pool.kernel_parts(layer, KernelAccess::Extend(batch), |parts| {
+        pool.checked_parts(ticket, |parts| {
             let mut a = self.conv_args(&dims, &io, g.config.conv_dtype);
             a.p[4] = m.addr(parts.conv) + g.conv_offset(layer, 0) as u64;
             a.p[6] = st.tables[0];
@@ -338,19 +310,14 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         })
     }
 
-    fn conv_update(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &DecodeBatch, io: ConvIo<'_>) -> Result<()> {
-        batch.check_pool(pool)?;
-        pool.geometry().check_layer(layer)?;
-        let g = *pool.geometry();
+    fn run_conv_update(&self, pool: &mut PoolOf<Self>, call: Checked<'_, DecodeBatch, ConvIo<'_>>) -> Result<()> {
+        let (ticket, layer, batch, g, io) = (call.ticket(), call.layer(), call.batch(), *call.geometry(), call.io());
         let dims = g.config.dims;
-        io.validate(&self.caps, &dims, batch.tokens())?;
-        self.check_dims(&dims)?;
-        let _span = tracing::debug_span!("conv_update", backend = %self.caps.backend, layer, requests = batch.num_seqs()).entered();
         let n = batch.num_seqs();
         let seqs: Vec<i64> = batch.slots().iter().enumerate().flat_map(|(i, s)| [i as i64, 1, s.index() as i64, 1, 0, 0]).collect();
         let st = self.stage(&[&seqs], 0)?;
         let m = self.launcher.memory();
-        pool.kernel_parts(layer, KernelAccess::Decode(batch), |parts| {
+        pool.checked_parts(ticket, |parts| {
             let mut a = self.conv_args(&dims, &io, g.config.conv_dtype);
             a.p[4] = m.addr(parts.conv) + g.conv_offset(layer, 0) as u64;
             a.p[6] = st.tables[0];
@@ -362,20 +329,15 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         })
     }
 
-    fn conv_verify(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &VerifyBatch, io: ConvIo<'_>) -> Result<()> {
-        batch.check_pool(pool)?;
-        pool.geometry().check_layer(layer)?;
-        let g = *pool.geometry();
+    fn run_conv_verify(&self, pool: &mut PoolOf<Self>, call: Checked<'_, VerifyBatch, ConvIo<'_>>) -> Result<()> {
+        let (ticket, layer, batch, g, io) = (call.ticket(), call.layer(), call.batch(), *call.geometry(), call.io());
         let dims = g.config.dims;
-        io.validate(&self.caps, &dims, batch.tokens())?;
-        self.check_dims(&dims)?;
-        let _span = tracing::debug_span!("conv_verify", backend = %self.caps.backend, layer, requests = batch.num_seqs()).entered();
         let (n, d) = (batch.num_seqs(), batch.draft());
         let seqs: Vec<i64> =
             batch.slots().iter().enumerate().flat_map(|(i, s)| [(i * d) as i64, d as i64, s.index() as i64, 1, 0, 0]).collect();
         let st = self.stage(&[&seqs, batch.parents()], 0)?;
         let m = self.launcher.memory();
-        pool.kernel_parts(layer, KernelAccess::ConvVerify(batch), |parts| {
+        pool.checked_parts(ticket, |parts| {
             let windows = parts.windows.ok_or(Error::NoSpeculativeBuffers)?;
             let mut a = self.conv_args(&dims, &io, g.config.conv_dtype);
             a.p[4] = m.addr(parts.conv) + g.conv_offset(layer, 0) as u64;
@@ -391,33 +353,21 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         })
     }
 
-    fn extend(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &ExtendBatch, io: DeltaIo<'_>) -> Result<()> {
-        batch.check_pool(pool)?;
-        pool.geometry().check_layer(layer)?;
-        let g = *pool.geometry();
+    fn run_extend(&self, pool: &mut PoolOf<Self>, call: Checked<'_, ExtendBatch, DeltaIo<'_>>) -> Result<()> {
+        let (ticket, layer, batch, g, io) = (call.ticket(), call.layer(), call.batch(), *call.geometry(), call.io());
         let dims = g.config.dims;
-        io.validate(&self.caps, &dims, batch.tokens())?;
-        deltanet_core::finite::check_delta(pool, layer, KernelAccess::Extend(batch), &io)?;
-        self.check_dims(&dims)?;
-        let _span = tracing::debug_span!("extend", backend = %self.caps.backend, layer, tokens = batch.tokens()).entered();
         let n = batch.num_seqs();
         // Chunks of CHUNK tokens from each sequence's start, also cut at snapshot
-        // positions; each snapshot is taken at the end of its chunk.
+        // positions (core's plan); each snapshot is taken at the end of its chunk.
         let (mut seqs, mut chunks, mut snap_slots) = (Vec::with_capacity(n * 6), Vec::new(), Vec::new());
+        let pieces = plan::extend_pieces(batch, Some(CHUNK));
         for i in 0..n {
             let r = batch.seq_range(i);
-            let mut cuts: Vec<usize> = (CHUNK..r.len()).step_by(CHUNK).collect();
-            cuts.extend(batch.snapshots_of(i).map(|s| s.position).filter(|&p| p < r.len()));
-            cuts.push(r.len());
-            cuts.sort_unstable();
-            cuts.dedup();
             let first_chunk = chunks.len() as i64 / 4;
-            let mut start = 0;
-            for end in cuts {
+            for p in pieces.iter().filter(|p| p.seq == i) {
                 let sb = snap_slots.len() as i64;
-                snap_slots.extend(batch.snapshots_of(i).filter(|s| s.position == end).map(|s| s.slot.index() as i64));
-                chunks.extend([(r.start + start) as i64, (end - start) as i64, sb, snap_slots.len() as i64]);
-                start = end;
+                snap_slots.extend(plan::slot_indices(&p.snapshots));
+                chunks.extend([p.tokens.start as i64, p.tokens.len() as i64, sb, snap_slots.len() as i64]);
             }
             let init = batch.has_initial_state()[i] as i64;
             seqs.extend([r.start as i64, r.len() as i64, batch.slots()[i].index() as i64, init, first_chunk, chunks.len() as i64 / 4]);
@@ -429,7 +379,7 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         // blocks stride over the sequences, so the workspace is bounded by the budget
         let rows = (self.extend_workspace_budget / (hv * tiles * per_block * 4)).clamp(1, n);
         let st = self.stage(&[&seqs, &chunks, &snap_slots], rows * hv * tiles * per_block * 4)?;
-        pool.kernel_parts(layer, KernelAccess::Extend(batch), |parts| {
+        pool.checked_parts(ticket, |parts| {
             let mut a = self.delta_args(&dims, &io);
             a.p[6] = m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64;
             a.p[7] = st.tables[0];
@@ -442,20 +392,14 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         })
     }
 
-    fn decode(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &DecodeBatch, io: DeltaIo<'_>) -> Result<()> {
-        batch.check_pool(pool)?;
-        pool.geometry().check_layer(layer)?;
-        let g = *pool.geometry();
+    fn run_decode(&self, pool: &mut PoolOf<Self>, call: Checked<'_, DecodeBatch, DeltaIo<'_>>) -> Result<()> {
+        let (ticket, layer, batch, g, io) = (call.ticket(), call.layer(), call.batch(), *call.geometry(), call.io());
         let dims = g.config.dims;
-        io.validate(&self.caps, &dims, batch.tokens())?;
-        deltanet_core::finite::check_delta(pool, layer, KernelAccess::Decode(batch), &io)?;
-        self.check_dims(&dims)?;
-        let _span = tracing::debug_span!("decode", backend = %self.caps.backend, layer, requests = batch.num_seqs()).entered();
         let n = batch.num_seqs();
-        let slots: Vec<i64> = batch.slots().iter().map(|s| s.index() as i64).collect();
+        let slots = plan::slot_indices(batch.slots());
         let st = self.stage(&[&slots], 0)?;
         let m = self.launcher.memory();
-        pool.kernel_parts(layer, KernelAccess::Decode(batch), |parts| {
+        pool.checked_parts(ticket, |parts| {
             let mut a = self.delta_args(&dims, &io);
             a.p[6] = m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64;
             a.p[8] = st.tables[0];
@@ -467,20 +411,14 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         })
     }
 
-    fn verify(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &VerifyBatch, io: DeltaIo<'_>) -> Result<()> {
-        batch.check_pool(pool)?;
-        pool.geometry().check_layer(layer)?;
-        let g = *pool.geometry();
+    fn run_verify(&self, pool: &mut PoolOf<Self>, call: Checked<'_, VerifyBatch, DeltaIo<'_>>) -> Result<()> {
+        let (ticket, layer, batch, g, io) = (call.ticket(), call.layer(), call.batch(), *call.geometry(), call.io());
         let dims = g.config.dims;
-        io.validate(&self.caps, &dims, batch.tokens())?;
-        deltanet_core::finite::check_delta(pool, layer, KernelAccess::Verify(batch), &io)?;
-        self.check_dims(&dims)?;
-        let _span = tracing::debug_span!("verify", backend = %self.caps.backend, layer, requests = batch.num_seqs()).entered();
         let (n, d) = (batch.num_seqs(), batch.draft());
-        let slots: Vec<i64> = batch.slots().iter().map(|s| s.index() as i64).collect();
+        let slots = plan::slot_indices(batch.slots());
         let st = self.stage(&[&slots, batch.parents()], 0)?;
         let m = self.launcher.memory();
-        pool.kernel_parts(layer, KernelAccess::Verify(batch), |parts| {
+        pool.checked_parts(ticket, |parts| {
             let scratch = parts.scratch.ok_or(Error::NoSpeculativeBuffers)?;
             let mut a = self.delta_args(&dims, &io);
             a.p[6] = m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64;
@@ -495,11 +433,8 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         })
     }
 
-    fn commit(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &CommitBatch) -> Result<()> {
-        batch.check_pool(pool)?;
-        pool.geometry().check_layer(layer)?;
-        let g = *pool.geometry();
-        let _span = tracing::debug_span!("commit", backend = %self.caps.backend, layer, requests = batch.slots().len()).entered();
+    fn run_commit(&self, pool: &mut PoolOf<Self>, call: Checked<'_, CommitBatch, ()>) -> Result<()> {
+        let (ticket, layer, batch, g) = (call.ticket(), call.layer(), call.batch(), *call.geometry());
         let mut targets = Vec::new();
         for (i, (&slot, &a)) in batch.slots().iter().zip(batch.accepted()).enumerate() {
             targets.extend([slot.index() as i64, a as i64, slot.index() as i64]);
@@ -509,7 +444,7 @@ impl<L: Launcher> KernelDispatcher for CudaDispatcher<L> {
         }
         let st = self.stage(&[&targets], 0)?;
         let m = self.launcher.memory();
-        pool.kernel_parts(layer, KernelAccess::Commit(batch), |parts| {
+        pool.checked_parts(ticket, |parts| {
             let (scratch, windows) = match (parts.scratch, parts.windows) {
                 (Some(s), Some(w)) => (s, w),
                 _ => return Err(Error::NoSpeculativeBuffers),

@@ -20,9 +20,8 @@ use crate::memory::NpuMemory;
 use crate::result::BACKEND;
 use crate::safe::{DeviceBuffer, NpuContext};
 use deltanet_core::{
-    Capabilities, CommitBatch, ConvIo, ConvLayoutKind, DType, DecodeBatch, DeltaIo, Device, Error, ExtendBatch, GateIo, HeadMapping,
-    KernelAccess, KernelDispatcher, LayoutKind, MambaStatePool, ModelDims, PoolConfig, PoolOf, Result, Slot, StatePool, TensorMeta, VMajor,
-    VerifyBatch, L2NORM_EPS,
+    Capabilities, Checked, CommitBatch, ConvIo, ConvLayoutKind, DType, DecodeBatch, DeltaIo, Device, DimLimits, Error, ExtendBatch,
+    GateCall, HeadMapping, Kernels, LayoutKind, PoolOf, Result, Slot, TensorMeta, VMajor, VerifyBatch, L2NORM_EPS,
 };
 use std::ffi::CStr;
 use std::sync::Arc;
@@ -79,18 +78,14 @@ impl SocFamily {
             SocFamily::Ascend950 => vec![DType::BF16, DType::F32],
             SocFamily::Other(_) => vec![],
         };
-        Capabilities {
-            backend: BACKEND.into(),
-            device: Device::Npu(device),
-            native_layout: LayoutKind::VMajor,
-            conv_layout: ConvLayoutKind::ChannelsLast,
-            state_dtypes,
-            conv_dtypes: vec![DType::BF16],
-            input_dtypes: vec![DType::BF16],
-            max_draft_tokens: Some(MAX_RECURRENT_TOKENS),
-            max_head_dim: Some(MAX_HEAD_DIM),
-            chunk_size: 64,
-        }
+        Capabilities::new(BACKEND, Device::Npu(device), LayoutKind::VMajor)
+            .with_conv_layout(ConvLayoutKind::ChannelsLast)
+            .with_state_dtypes(&state_dtypes)
+            .with_conv_dtypes(&[DType::BF16])
+            .with_input_dtypes(&[DType::BF16])
+            .with_max_draft_tokens(MAX_RECURRENT_TOKENS)
+            .with_limits(dim_limits())
+            .with_chunk_size(64)
     }
 
     /// Whether `aclnnCausalConv1dFn` / `aclnnCausalConv1dUpdate` are documented for it
@@ -100,23 +95,19 @@ impl SocFamily {
     }
 }
 
-/// Model-dimension limits of the operators that [`Capabilities`] has no field for.
-pub fn check_dims(dims: &ModelDims) -> Result<()> {
-    let bad = |reason: String| Err(Error::Unsupported { backend: BACKEND.into(), reason });
-    if dims.num_k_heads > MAX_HEADS || dims.num_v_heads > MAX_HEADS {
-        return bad(format!("HK={} HV={}: aclnnChunkGatedDeltaRule takes at most {MAX_HEADS} heads", dims.num_k_heads, dims.num_v_heads));
+/// Model-dimension limits of the operators: heads and head dims of
+/// `aclnnChunkGatedDeltaRule`, the grouped head mapping (`h / (HV/HK)`) of
+/// the GDN operators, and the CausalConv1d operators' widths and channel
+/// range (`64 <= dim <= 16384`, `dim * 2` bytes a multiple of 32).
+pub fn dim_limits() -> DimLimits {
+    DimLimits {
+        max_heads: Some(MAX_HEADS),
+        max_head_dim: Some(MAX_HEAD_DIM),
+        conv_widths: Some(CONV_WIDTHS.to_vec()),
+        conv_dim_range: Some(CONV_DIM_RANGE),
+        conv_dim_multiple: 16,
+        head_mappings: Some(vec![HeadMapping::Grouped]),
     }
-    if dims.head_mapping != HeadMapping::Grouped {
-        return bad("the aclnn GDN operators use the grouped head mapping (h / (HV/HK)); tiled is not supported".into());
-    }
-    if !CONV_WIDTHS.contains(&dims.conv_width) {
-        return bad(format!("conv width {}: the CausalConv1d operators take 2, 3 or 4", dims.conv_width));
-    }
-    let c = dims.conv_dim();
-    if c < CONV_DIM_RANGE.0 || c > CONV_DIM_RANGE.1 || !(c * 2).is_multiple_of(32) {
-        return bad(format!("conv_dim {c}: the CausalConv1d operators need 64 <= dim <= 16384 and dim*2 bytes a multiple of 32"));
-    }
-    Ok(())
 }
 
 /// The Ascend NPU backend. Native layout V-major (`[HV, V, K]`), the layout of the aclnn GDN operators.
@@ -467,14 +458,7 @@ fn window_sources(w1: usize, tokens: &[usize]) -> Vec<std::result::Result<usize,
     all.split_off(all.len() - w1)
 }
 
-fn check_batch_tokens(expected: usize, io_tokens: usize) -> Result<()> {
-    if expected != io_tokens {
-        return Err(Error::shape("tokens", &[expected], &[io_tokens]));
-    }
-    Ok(())
-}
-
-impl KernelDispatcher for NpuDispatcher {
+impl Kernels for NpuDispatcher {
     type Layout = VMajor;
     type Memory = NpuMemory;
 
@@ -485,20 +469,9 @@ impl KernelDispatcher for NpuDispatcher {
         &self.memory
     }
 
-    /// Refuses what the operators cannot run ([`Capabilities::check_pool_config`]
-    /// plus the head-count, head-mapping and conv limits of [`check_dims`]) before allocating.
-    fn new_pool(&self, config: PoolConfig) -> Result<PoolOf<Self>> {
-        config.validate()?;
-        self.caps.check_pool_config(&config)?;
-        check_dims(&config.dims)?;
-        StatePool::new(self.memory.clone(), config, &self.caps)
-    }
-
-    fn gate(&self, dims: &ModelDims, io: GateIo<'_>) -> Result<()> {
-        let t = io.a.meta().shape().first().copied().unwrap_or(0);
-        io.validate(&self.caps, dims, t)?;
+    fn run_gate(&self, call: GateCall<'_>) -> Result<()> {
+        let (t, hv, io) = (call.tokens(), call.dims().num_v_heads, call.io());
         let ctx = self.ctx();
-        let hv = dims.num_v_heads;
         let a = View::of(io.a.addr(), io.a.meta());
         let b = View::of(io.b.addr(), io.b.meta());
         let a_log = View::of(io.a_log.addr(), io.a_log.meta());
@@ -529,12 +502,9 @@ impl KernelDispatcher for NpuDispatcher {
         Ok(ctx.synchronize()?)
     }
 
-    fn conv_extend(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &ExtendBatch, io: ConvIo<'_>) -> Result<()> {
-        let geo = *pool.geometry();
+    fn run_conv_extend(&self, pool: &mut PoolOf<Self>, call: Checked<'_, ExtendBatch, ConvIo<'_>>) -> Result<()> {
+        let (ticket, layer, batch, geo, io) = (call.ticket(), call.layer(), call.batch(), *call.geometry(), call.io());
         let dims = geo.config.dims;
-        io.validate(&self.caps, &dims, batch.tokens())?;
-        batch.check_pool(pool)?;
-        geo.check_layer(layer)?;
         self.conv_ops_available()?;
         let ctx = self.ctx();
         let (c, w1) = (dims.conv_dim(), dims.conv_state_len());
@@ -543,7 +513,7 @@ impl KernelDispatcher for NpuDispatcher {
         let x = View::of(io.x.addr(), io.x.meta());
         let y = View::of(io.out.addr(), io.out.meta());
         let (_keep, wv, bias) = self.conv_weights(&io, dt)?;
-        pool.kernel_parts(layer, KernelAccess::Extend(batch), |parts| {
+        pool.checked_parts(ticket, |parts| {
             let base = parts.conv.ptr() + geo.conv_offset(layer, 0) as u64;
             // Snapshot windows first: they read the slot's state before the operator overwrites it.
             for s in batch.snapshots() {
@@ -579,12 +549,9 @@ impl KernelDispatcher for NpuDispatcher {
         })
     }
 
-    fn conv_update(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &DecodeBatch, io: ConvIo<'_>) -> Result<()> {
-        let geo = *pool.geometry();
+    fn run_conv_update(&self, pool: &mut PoolOf<Self>, call: Checked<'_, DecodeBatch, ConvIo<'_>>) -> Result<()> {
+        let (ticket, layer, batch, geo, io) = (call.ticket(), call.layer(), call.batch(), *call.geometry(), call.io());
         let dims = geo.config.dims;
-        io.validate(&self.caps, &dims, batch.tokens())?;
-        batch.check_pool(pool)?;
-        geo.check_layer(layer)?;
         self.conv_ops_available()?;
         let ctx = self.ctx();
         let (n, c, w1) = (batch.num_seqs(), dims.conv_dim(), dims.conv_state_len());
@@ -593,7 +560,7 @@ impl KernelDispatcher for NpuDispatcher {
         let x = View { addr: io.x.addr(), dtype: io.x.meta().dtype().into(), shape: vec![n, 1, c], strides: vec![xs, c, 1] };
         let y = View { addr: io.out.addr(), dtype: io.out.meta().dtype().into(), shape: vec![n, 1, c], strides: vec![ys, c, 1] };
         let (_keep, wv, bias) = self.conv_weights(&io, dt)?;
-        pool.kernel_parts(layer, KernelAccess::Decode(batch), |parts| {
+        pool.checked_parts(ticket, |parts| {
             let base = parts.conv.ptr() + geo.conv_offset(layer, 0) as u64;
             let idx: Vec<i32> = batch.slots().iter().map(|s| s.index() as i32).collect();
             let idx_b = ctx.upload_i32(&idx)?;
@@ -618,12 +585,9 @@ impl KernelDispatcher for NpuDispatcher {
         })
     }
 
-    fn conv_verify(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &VerifyBatch, io: ConvIo<'_>) -> Result<()> {
-        let geo = *pool.geometry();
+    fn run_conv_verify(&self, pool: &mut PoolOf<Self>, call: Checked<'_, VerifyBatch, ConvIo<'_>>) -> Result<()> {
+        let (ticket, layer, batch, geo, io) = (call.ticket(), call.layer(), call.batch(), *call.geometry(), call.io());
         let dims = geo.config.dims;
-        io.validate(&self.caps, &dims, batch.tokens())?;
-        batch.check_pool(pool)?;
-        geo.check_layer(layer)?;
         self.conv_ops_available()?;
         let ctx = self.ctx();
         let (c, w1, d) = (dims.conv_dim(), dims.conv_state_len(), batch.draft());
@@ -632,7 +596,7 @@ impl KernelDispatcher for NpuDispatcher {
         let x = View::of(io.x.addr(), io.x.meta());
         let y = View::of(io.out.addr(), io.out.meta());
         let (_keep, wv, bias) = self.conv_weights(&io, dt)?;
-        pool.kernel_parts(layer, KernelAccess::ConvVerify(batch), |parts| {
+        pool.checked_parts(ticket, |parts| {
             let conv_base = parts.conv.ptr() + geo.conv_offset(layer, 0) as u64;
             let win = parts.windows.ok_or(Error::NoSpeculativeBuffers)?;
             let win_base = win.ptr() + geo.window_offset(layer, 0, 0) as u64;
@@ -681,12 +645,9 @@ impl KernelDispatcher for NpuDispatcher {
         })
     }
 
-    fn extend(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &ExtendBatch, io: DeltaIo<'_>) -> Result<()> {
-        let geo = *pool.geometry();
+    fn run_extend(&self, pool: &mut PoolOf<Self>, call: Checked<'_, ExtendBatch, DeltaIo<'_>>) -> Result<()> {
+        let (ticket, layer, batch, geo, io) = (call.ticket(), call.layer(), call.batch(), *call.geometry(), call.io());
         let dims = geo.config.dims;
-        io.validate(&self.caps, &dims, batch.tokens())?;
-        batch.check_pool(pool)?;
-        geo.check_layer(layer)?;
         let ctx = self.ctx();
         let (hv, k, v) = (dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
         let sdt: AclDType = geo.config.state_dtype.into();
@@ -695,7 +656,7 @@ impl KernelDispatcher for NpuDispatcher {
         let vv = View::of(io.v.addr(), io.v.meta());
         let g = View::of(io.g.addr(), io.g.meta());
         let o = View::of(io.o.addr(), io.o.meta());
-        pool.kernel_parts(layer, KernelAccess::Extend(batch), |parts| {
+        pool.checked_parts(ticket, |parts| {
             let base = parts.temporal.ptr() + geo.temporal_offset(layer, 0) as u64;
             let slot_addr = |s: Slot| base + (s.index() * sb) as u64;
             for pieces in extend_plan(batch) {
@@ -748,17 +709,13 @@ impl KernelDispatcher for NpuDispatcher {
         })
     }
 
-    fn decode(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &DecodeBatch, io: DeltaIo<'_>) -> Result<()> {
-        let geo = *pool.geometry();
+    fn run_decode(&self, pool: &mut PoolOf<Self>, call: Checked<'_, DecodeBatch, DeltaIo<'_>>) -> Result<()> {
+        let (ticket, layer, batch, geo, io) = (call.ticket(), call.layer(), call.batch(), *call.geometry(), call.io());
         let dims = geo.config.dims;
-        io.validate(&self.caps, &dims, batch.tokens())?;
-        batch.check_pool(pool)?;
-        geo.check_layer(layer)?;
         let n = batch.num_seqs();
-        check_batch_tokens(n, io.q.meta().shape()[0])?;
         let (hv, k, v) = (dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
         let (_keep, q, kk, beta) = self.delta_inputs(&io)?;
-        pool.kernel_parts(layer, KernelAccess::Decode(batch), |parts| {
+        pool.checked_parts(ticket, |parts| {
             let base = parts.temporal.ptr() + geo.temporal_offset(layer, 0) as u64;
             let state = View {
                 addr: base,
@@ -772,21 +729,15 @@ impl KernelDispatcher for NpuDispatcher {
         })
     }
 
-    fn verify(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &VerifyBatch, io: DeltaIo<'_>) -> Result<()> {
-        let geo = *pool.geometry();
+    fn run_verify(&self, pool: &mut PoolOf<Self>, call: Checked<'_, VerifyBatch, DeltaIo<'_>>) -> Result<()> {
+        let (ticket, layer, batch, geo, io) = (call.ticket(), call.layer(), call.batch(), *call.geometry(), call.io());
         let dims = geo.config.dims;
-        io.validate(&self.caps, &dims, batch.tokens())?;
-        batch.check_pool(pool)?;
-        geo.check_layer(layer)?;
         let d = batch.draft();
-        if d > MAX_RECURRENT_TOKENS {
-            return Err(Error::Unsupported { backend: BACKEND.into(), reason: format!("{d} draft tokens > {MAX_RECURRENT_TOKENS}") });
-        }
         let ctx = self.ctx();
         let (hv, k, v) = (dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
         let sb = geo.state_bytes();
         let (_keep, q, kk, beta) = self.delta_inputs(&io)?;
-        pool.kernel_parts(layer, KernelAccess::Verify(batch), |parts| {
+        pool.checked_parts(ticket, |parts| {
             let main = parts.temporal.ptr() + geo.temporal_offset(layer, 0) as u64;
             let scratch = parts.scratch.ok_or(Error::NoSpeculativeBuffers)?;
             let sbase = scratch.ptr() + geo.scratch_offset(layer, 0, 0) as u64;
@@ -826,9 +777,8 @@ impl KernelDispatcher for NpuDispatcher {
         })
     }
 
-    fn commit(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &CommitBatch) -> Result<()> {
-        let _span = tracing::debug_span!("commit", backend = BACKEND, layer, requests = batch.slots().len()).entered();
-        pool.commit_accepted(layer, batch)?;
+    fn run_commit(&self, pool: &mut PoolOf<Self>, call: Checked<'_, CommitBatch, ()>) -> Result<()> {
+        pool.commit_checked(&call)?;
         Ok(self.ctx().synchronize()?)
     }
 }

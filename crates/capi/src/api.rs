@@ -107,7 +107,7 @@ pub unsafe extern "C" fn dn_backend_capabilities(backend: *const dn_backend, out
             conv_dtypes: dtype_mask(&c.conv_dtypes),
             input_dtypes: dtype_mask(&c.input_dtypes),
             max_draft_tokens: c.max_draft_tokens.unwrap_or(0),
-            max_head_dim: c.max_head_dim.unwrap_or(0),
+            max_head_dim: c.limits.max_head_dim.unwrap_or(0),
             chunk_size: c.chunk_size,
         };
         // SAFETY: caller's contract.

@@ -91,42 +91,48 @@ pub enum dn_status {
     DN_ERR_INTERNAL = 199,
 }
 
-/// The code of a Rust error. Exhaustive on purpose: a new `Error` variant
-/// does not compile until it has a code here (and in the header).
+/// The code of a Rust error: its [`Error::code`] (core numbers every kind,
+/// exhaustively; `tests::every_error_code_has_its_status` fails until a new
+/// kind has its `dn_status` here and in the header).
 pub fn code_of(e: &Error) -> dn_status {
+    status_of_code(e.code())
+}
+
+fn status_of_code(code: u16) -> dn_status {
     use dn_status::*;
-    match e {
-        Error::LayoutMismatch { .. } => DN_ERR_LAYOUT_MISMATCH,
-        Error::UnsupportedDType { .. } => DN_ERR_UNSUPPORTED_DTYPE,
-        Error::Unsupported { .. } => DN_ERR_UNSUPPORTED,
-        Error::InvalidConfig(_) => DN_ERR_INVALID_CONFIG,
-        Error::ShapeMismatch { .. } => DN_ERR_SHAPE_MISMATCH,
-        Error::DTypeMismatch { .. } => DN_ERR_DTYPE_MISMATCH,
-        Error::BadStrides { .. } => DN_ERR_BAD_STRIDES,
-        Error::DeviceMismatch { .. } => DN_ERR_DEVICE_MISMATCH,
-        Error::PaddingSlot { .. } => DN_ERR_PADDING_SLOT,
-        Error::SlotOutOfRange { .. } => DN_ERR_SLOT_OUT_OF_RANGE,
-        Error::SlotNotAllocated { .. } => DN_ERR_SLOT_NOT_ALLOCATED,
-        Error::DoubleFree { .. } => DN_ERR_DOUBLE_FREE,
-        Error::DuplicateSlot { .. } => DN_ERR_DUPLICATE_SLOT,
-        Error::PoolExhausted { .. } => DN_ERR_POOL_EXHAUSTED,
-        Error::BadCuSeqlens { .. } => DN_ERR_BAD_CU_SEQLENS,
-        Error::LengthMismatch { .. } => DN_ERR_LENGTH_MISMATCH,
-        Error::DraftMismatch { .. } => DN_ERR_DRAFT_MISMATCH,
-        Error::NoSpeculativeBuffers => DN_ERR_NO_SPECULATIVE_BUFFERS,
-        Error::AcceptedOutOfRange { .. } => DN_ERR_ACCEPTED_OUT_OF_RANGE,
-        Error::BadParent { .. } => DN_ERR_BAD_PARENT,
-        Error::BadSnapshot { .. } => DN_ERR_BAD_SNAPSHOT,
-        Error::LayerOutOfRange { .. } => DN_ERR_LAYER_OUT_OF_RANGE,
-        Error::ForeignBatch { .. } => DN_ERR_FOREIGN_BATCH,
-        Error::StateMismatch(_) => DN_ERR_STATE_MISMATCH,
-        Error::Unavailable { .. } => DN_ERR_UNAVAILABLE,
-        Error::NotCompiled { .. } => DN_ERR_NOT_COMPILED,
-        Error::OutOfMemory { .. } => DN_ERR_OUT_OF_MEMORY,
-        Error::Device { .. } => DN_ERR_DEVICE,
-        Error::StaleSlot { .. } => DN_ERR_STALE_SLOT,
-        Error::NoCurrentVerify { .. } => DN_ERR_NO_CURRENT_VERIFY,
-        Error::NonFinite { .. } => DN_ERR_NON_FINITE,
+    match code {
+        1 => DN_ERR_LAYOUT_MISMATCH,
+        2 => DN_ERR_UNSUPPORTED_DTYPE,
+        3 => DN_ERR_UNSUPPORTED,
+        4 => DN_ERR_INVALID_CONFIG,
+        5 => DN_ERR_SHAPE_MISMATCH,
+        6 => DN_ERR_DTYPE_MISMATCH,
+        7 => DN_ERR_BAD_STRIDES,
+        8 => DN_ERR_DEVICE_MISMATCH,
+        9 => DN_ERR_PADDING_SLOT,
+        10 => DN_ERR_SLOT_OUT_OF_RANGE,
+        11 => DN_ERR_SLOT_NOT_ALLOCATED,
+        12 => DN_ERR_DOUBLE_FREE,
+        13 => DN_ERR_DUPLICATE_SLOT,
+        14 => DN_ERR_POOL_EXHAUSTED,
+        15 => DN_ERR_BAD_CU_SEQLENS,
+        16 => DN_ERR_LENGTH_MISMATCH,
+        17 => DN_ERR_DRAFT_MISMATCH,
+        18 => DN_ERR_NO_SPECULATIVE_BUFFERS,
+        19 => DN_ERR_ACCEPTED_OUT_OF_RANGE,
+        20 => DN_ERR_BAD_PARENT,
+        21 => DN_ERR_BAD_SNAPSHOT,
+        22 => DN_ERR_LAYER_OUT_OF_RANGE,
+        23 => DN_ERR_FOREIGN_BATCH,
+        24 => DN_ERR_STATE_MISMATCH,
+        25 => DN_ERR_UNAVAILABLE,
+        26 => DN_ERR_NOT_COMPILED,
+        27 => DN_ERR_OUT_OF_MEMORY,
+        28 => DN_ERR_DEVICE,
+        29 => DN_ERR_STALE_SLOT,
+        30 => DN_ERR_NO_CURRENT_VERIFY,
+        31 => DN_ERR_NON_FINITE,
+        _ => DN_ERR_INTERNAL,
     }
 }
 
@@ -223,5 +229,13 @@ mod tests {
         assert_eq!(other, "", "another thread sees its own (empty) message");
         assert_eq!(guard(|| Ok(())), dn_status::DN_OK);
         assert_eq!(message(), "double free of slot 3", "success leaves the last error in place");
+    }
+
+    #[test]
+    fn every_error_code_has_its_status() {
+        for code in 1..=Error::MAX_CODE {
+            assert_eq!(status_of_code(code) as u16, code, "Error code {code} has no dn_status of the same value");
+        }
+        assert_eq!(status_of_code(Error::MAX_CODE + 1), dn_status::DN_ERR_INTERNAL);
     }
 }

@@ -9,7 +9,9 @@ use crate::tensor::Device;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Typed errors. Variants that concern one sequence of a batch name its index.
+/// New kinds may be added: match with a wildcard arm, or on [`Error::code`].
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A pool of one recurrent-state layout was handed to a kernel of another.
     #[error("layout mismatch: the kernel needs a {} pool, got a {} pool", expected.name(), actual.name())]
@@ -284,5 +286,48 @@ impl Error {
     /// Shorthand for [`Error::ShapeMismatch`].
     pub fn shape(name: &str, expected: &[usize], actual: &[usize]) -> Self {
         Error::ShapeMismatch { name: name.to_string(), expected: expected.to_vec(), actual: actual.to_vec() }
+    }
+}
+
+impl Error {
+    /// The largest [`code`](Self::code).
+    pub const MAX_CODE: u16 = 31;
+
+    /// A stable number per kind, 1..=[`MAX_CODE`](Self::MAX_CODE): the C ABI's
+    /// `dn_status` values. A kind keeps its number; new kinds take the next one.
+    pub fn code(&self) -> u16 {
+        match self {
+            Error::LayoutMismatch { .. } => 1,
+            Error::UnsupportedDType { .. } => 2,
+            Error::Unsupported { .. } => 3,
+            Error::InvalidConfig(_) => 4,
+            Error::ShapeMismatch { .. } => 5,
+            Error::DTypeMismatch { .. } => 6,
+            Error::BadStrides { .. } => 7,
+            Error::DeviceMismatch { .. } => 8,
+            Error::PaddingSlot { .. } => 9,
+            Error::SlotOutOfRange { .. } => 10,
+            Error::SlotNotAllocated { .. } => 11,
+            Error::DoubleFree { .. } => 12,
+            Error::DuplicateSlot { .. } => 13,
+            Error::PoolExhausted { .. } => 14,
+            Error::BadCuSeqlens { .. } => 15,
+            Error::LengthMismatch { .. } => 16,
+            Error::DraftMismatch { .. } => 17,
+            Error::NoSpeculativeBuffers => 18,
+            Error::AcceptedOutOfRange { .. } => 19,
+            Error::BadParent { .. } => 20,
+            Error::BadSnapshot { .. } => 21,
+            Error::LayerOutOfRange { .. } => 22,
+            Error::ForeignBatch { .. } => 23,
+            Error::StateMismatch(_) => 24,
+            Error::Unavailable { .. } => 25,
+            Error::NotCompiled { .. } => 26,
+            Error::OutOfMemory { .. } => 27,
+            Error::Device { .. } => 28,
+            Error::StaleSlot { .. } => 29,
+            Error::NoCurrentVerify { .. } => 30,
+            Error::NonFinite { .. } => 31,
+        }
     }
 }

@@ -19,10 +19,10 @@
 //! [`PoolConfig::with_finite_check`]: crate::PoolConfig::with_finite_check
 
 use crate::access::KernelAccess;
-use crate::dispatch::DeltaIo;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::forward::LayerInput;
+use crate::kernel_io::DeltaIo;
 use crate::layout::StateLayout;
 use crate::memory::DeviceMemory;
 use crate::pool::{MambaStatePool, StatePool};
@@ -117,9 +117,10 @@ fn check_states<M: DeviceMemory, L: StateLayout>(pool: &StatePool<M, L>, layer: 
 }
 
 /// The delta rule's check: with the pool's finite check on, refuses a call
-/// whose inputs or starting states hold a non-finite value. Every backend's
-/// extend, decode and verify call it after validating `io`, before writing.
-pub fn check_delta<M: DeviceMemory, L: StateLayout>(
+/// whose inputs or starting states hold a non-finite value. Part of every
+/// extend, decode and verify's validation ([`crate::checked`]), after the
+/// batch and `io` were checked, before anything is written.
+pub(crate) fn check_delta<M: DeviceMemory, L: StateLayout>(
     pool: &StatePool<M, L>,
     layer: usize,
     access: KernelAccess<'_>,
@@ -128,7 +129,6 @@ pub fn check_delta<M: DeviceMemory, L: StateLayout>(
     if !pool.geometry().config.check_finite {
         return Ok(());
     }
-    access.check_pool(pool)?;
     check_states(pool, layer, &access)?;
     check_tensors(&access, &[("q", &io.q), ("k", &io.k), ("v", &io.v), ("g", &io.g), ("beta", &io.beta)])
 }
@@ -144,7 +144,6 @@ pub(crate) fn check_layer<M: DeviceMemory, L: StateLayout>(
     if !pool.geometry().config.check_finite {
         return Ok(());
     }
-    access.check_pool(pool)?;
     check_states(pool, layer, &access)?;
     check_tensors(&access, &[("mixed_qkv", &x.mixed_qkv), ("a", &x.a), ("b", &x.b)])
 }

@@ -9,12 +9,13 @@
 
 use crate::access::KernelAccess;
 use crate::batch::{CommitBatch, DecodeBatch, ExtendBatch, VerifyBatch};
+use crate::checked::{Checked, GateCall, Ticket};
 use crate::dims::{DeltaParams, ModelDims};
-use crate::dispatch::{ConvIo, DeltaIo, GateIo, KernelDispatcher, PoolOf};
+use crate::dispatch::{KernelDispatcher, PoolOf};
 use crate::dtype::DType;
 use crate::error::Result;
+use crate::kernel_io::{ConvIo, DeltaIo, GateIo};
 use crate::memory::DeviceMemory;
-use crate::pool::MambaStatePool;
 use crate::tensor::{TensorMeta, TensorMut, TensorRef};
 
 /// A layer's weights.
@@ -122,7 +123,7 @@ impl<M: DeviceMemory> LayerWorkspace<M> {
 /// f32 where the backend accepts it (CPU, CUDA: full precision between the
 /// kernels), else the first input dtype it accepts (the NPU's operators take
 /// bf16 only). With no input dtype at all, f32, and validation names the mismatch.
-fn conv_out_dtype(caps: &crate::dispatch::Capabilities) -> DType {
+fn conv_out_dtype(caps: &crate::Capabilities) -> DType {
     if caps.input_dtypes.contains(&DType::F32) {
         DType::F32
     } else {
@@ -130,28 +131,33 @@ fn conv_out_dtype(caps: &crate::dispatch::Capabilities) -> DType {
     }
 }
 
-/// The shared body of every forward: validate everything, then conv, gate,
-/// delta rule. `conv` and `delta` are the batch-specific kernels; nothing
-/// here knows which batch type, backend, layout or dtype it runs.
+/// The shared body of every forward: validate everything once, then conv,
+/// gate, delta rule. `conv` and `delta` are the batch-specific kernels, run
+/// on calls checked here; nothing here knows which batch type, backend,
+/// layout or dtype it runs.
 #[allow(clippy::too_many_arguments)]
-fn run_layer<D: KernelDispatcher>(
+fn run_layer<'c, D: KernelDispatcher, B>(
     d: &D,
     pool: &mut PoolOf<D>,
-    (layer, access): (usize, KernelAccess<'_>),
+    (layer, batch, conv_access, delta_access): (usize, &'c B, KernelAccess<'c>, KernelAccess<'c>),
     tokens: usize,
-    w: &LayerWeights<'_>,
-    x: &LayerInput<'_>,
+    w: &LayerWeights<'c>,
+    x: &LayerInput<'c>,
     params: DeltaParams,
     ws: &mut LayerWorkspace<D::Memory>,
-    mut out: TensorMut<'_>,
-    conv: impl Fn(&mut PoolOf<D>, ConvIo<'_>) -> Result<()>,
-    delta: impl Fn(&mut PoolOf<D>, DeltaIo<'_>) -> Result<()>,
+    mut out: TensorMut<'c>,
+    conv: impl FnOnce(&mut PoolOf<D>, Checked<'_, B, ConvIo<'_>>) -> Result<()>,
+    delta: impl FnOnce(&mut PoolOf<D>, Checked<'_, B, DeltaIo<'_>>) -> Result<()>,
 ) -> Result<()> {
-    let dims = pool.geometry().config.dims;
     let caps = d.capabilities();
+    // The pool, the layer and the capabilities once (the conv and the delta
+    // rule read the same slots), then all three stages' tensors before the
+    // first one writes the pool, so a bad tensor for the delta rule cannot
+    // leave a half-updated conv state behind.
+    let conv_ticket = Ticket::check(caps, pool, layer, conv_access)?;
+    let delta_ticket = conv_ticket.with_access(delta_access);
+    let dims = conv_ticket.geometry().config.dims;
     ws.ensure(&dims, tokens, conv_out_dtype(caps))?;
-    // Validate all three stages before the first one writes the pool, so a bad
-    // tensor for the delta rule cannot leave a half-updated conv state behind.
     ConvIo { x: x.mixed_qkv, weight: w.conv_weight, bias: w.conv_bias, out: ws.conv_out_mut(&dims, tokens)? }
         .validate(caps, &dims, tokens)?;
     let [g, beta] = ws.gate_out_mut(&dims, tokens)?;
@@ -161,14 +167,15 @@ fn run_layer<D: KernelDispatcher>(
         let [g, beta] = ws.gate_out(&dims, tokens)?;
         DeltaIo { q, k, v, g, beta, o: out.reborrow(), params }.validate(caps, &dims, tokens)?;
     }
-    crate::finite::check_layer(pool, layer, access, x)?;
+    crate::finite::check_layer(pool, layer, delta_access, x)?;
 
-    conv(pool, ConvIo { x: x.mixed_qkv, weight: w.conv_weight, bias: w.conv_bias, out: ws.conv_out_mut(&dims, tokens)? })?;
+    let conv_out = ws.conv_out_mut(&dims, tokens)?;
+    conv(pool, Checked::trusted(conv_ticket, batch, ConvIo { x: x.mixed_qkv, weight: w.conv_weight, bias: w.conv_bias, out: conv_out }))?;
     let [g, beta] = ws.gate_out_mut(&dims, tokens)?;
-    d.gate(&dims, GateIo { a: x.a, b: x.b, a_log: w.a_log, dt_bias: w.dt_bias, g, beta })?;
+    d.run_gate(GateCall::trusted(dims, tokens, GateIo { a: x.a, b: x.b, a_log: w.a_log, dt_bias: w.dt_bias, g, beta }))?;
     let [q, k, v] = ws.qkv(&dims, tokens)?;
     let [g, beta] = ws.gate_out(&dims, tokens)?;
-    delta(pool, DeltaIo { q, k, v, g, beta, o: out, params })
+    delta(pool, Checked::trusted(delta_ticket, batch, DeltaIo { q, k, v, g, beta, o: out, params }))
 }
 
 /// Prefill / chunked prefill of one layer: conv from each slot's conv state,
@@ -186,20 +193,19 @@ pub fn forward_extend<D: KernelDispatcher>(
     out: TensorMut<'_>,
 ) -> Result<()> {
     let _span = tracing::info_span!("forward_extend", backend = %d.capabilities().backend, layer, sequences = batch.num_seqs(), tokens = batch.tokens()).entered();
-    batch.check_pool(pool)?;
-    pool.geometry().check_layer(layer)?;
+    let access = KernelAccess::Extend(batch);
     run_layer(
         d,
         pool,
-        (layer, KernelAccess::Extend(batch)),
+        (layer, batch, access, access),
         batch.tokens(),
         weights,
         input,
         params,
         ws,
         out,
-        |p, io| d.conv_extend(p, layer, batch, io),
-        |p, io| d.extend(p, layer, batch, io),
+        |p, call| d.run_conv_extend(p, call),
+        |p, call| d.run_extend(p, call),
     )
 }
 
@@ -217,20 +223,19 @@ pub fn forward_decode<D: KernelDispatcher>(
     out: TensorMut<'_>,
 ) -> Result<()> {
     let _span = tracing::info_span!("forward_decode", backend = %d.capabilities().backend, layer, sequences = batch.num_seqs(), tokens = batch.tokens()).entered();
-    batch.check_pool(pool)?;
-    pool.geometry().check_layer(layer)?;
+    let access = KernelAccess::Decode(batch);
     run_layer(
         d,
         pool,
-        (layer, KernelAccess::Decode(batch)),
+        (layer, batch, access, access),
         batch.tokens(),
         weights,
         input,
         params,
         ws,
         out,
-        |p, io| d.conv_update(p, layer, batch, io),
-        |p, io| d.decode(p, layer, batch, io),
+        |p, call| d.run_conv_update(p, call),
+        |p, call| d.run_decode(p, call),
     )
 }
 
@@ -249,27 +254,23 @@ pub fn forward_verify<D: KernelDispatcher>(
     out: TensorMut<'_>,
 ) -> Result<()> {
     let _span = tracing::info_span!("forward_verify", backend = %d.capabilities().backend, layer, sequences = batch.num_seqs(), tokens = batch.tokens()).entered();
-    batch.check_pool(pool)?;
-    pool.geometry().check_layer(layer)?;
     run_layer(
         d,
         pool,
-        (layer, KernelAccess::Verify(batch)),
+        (layer, batch, KernelAccess::ConvVerify(batch), KernelAccess::Verify(batch)),
         batch.tokens(),
         weights,
         input,
         params,
         ws,
         out,
-        |p, io| d.conv_verify(p, layer, batch, io),
-        |p, io| d.verify(p, layer, batch, io),
+        |p, call| d.run_conv_verify(p, call),
+        |p, call| d.run_verify(p, call),
     )
 }
 
-/// Commit of one layer: the accepted step of each request becomes its state.
+/// Commit of one layer: the accepted step of each request becomes its state
+/// (the same as [`KernelDispatcher::commit`]).
 pub fn commit<D: KernelDispatcher>(d: &D, pool: &mut PoolOf<D>, layer: usize, batch: &CommitBatch) -> Result<()> {
-    let _span = tracing::info_span!("commit", backend = %d.capabilities().backend, layer, sequences = batch.slots().len()).entered();
-    batch.check_pool(pool)?;
-    pool.geometry().check_layer(layer)?;
     d.commit(pool, layer, batch)
 }

@@ -2,8 +2,10 @@
 //!
 //! The backend-independent heart of deltanet: recurrent-state layouts
 //! ([`KMajor`], [`VMajor`]), the state pool ([`StatePool`]), validated batch
-//! metadata, the dispatcher contract every backend implements
-//! ([`KernelDispatcher`]), the layer forward written once over it
+//! metadata, the dispatcher contract (a backend implements [`Kernels`] over
+//! calls core validated once, [`checked`]; engines call [`KernelDispatcher`]),
+//! the batch planning the accelerator backends share ([`plan`]), the layer
+//! forward written once over it
 //! ([`forward_extend`], [`forward_decode`], [`forward_verify`], [`commit`]),
 //! and the f64 [`oracle`] every test compares with.
 //!
@@ -16,6 +18,8 @@
 
 pub mod access;
 pub mod batch;
+pub mod capabilities;
+pub mod checked;
 pub mod conformance;
 pub mod device_tensor;
 pub mod dims;
@@ -24,21 +28,26 @@ pub mod dtype;
 pub mod error;
 pub mod finite;
 pub mod forward;
+pub mod kernel_io;
 pub mod layout;
 pub mod memory;
 pub mod oracle;
+pub mod plan;
 pub mod pool;
 pub mod size;
 pub mod slot;
 pub mod tensor;
 
 pub use batch::{CommitBatch, DecodeBatch, ExtendBatch, Snapshot, VerifyBatch};
+pub use capabilities::{Capabilities, DimLimits};
+pub use checked::{Checked, GateCall, Ticket};
 pub use device_tensor::DeviceTensor;
 pub use dims::{DeltaParams, HeadMapping, ModelDims, L2NORM_EPS};
-pub use dispatch::{Capabilities, ConvIo, DeltaIo, GateIo, KernelDispatcher, PoolOf};
+pub use dispatch::{KernelDispatcher, Kernels, PoolOf};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use forward::{commit, forward_decode, forward_extend, forward_verify, LayerInput, LayerWeights, LayerWorkspace};
+pub use kernel_io::{ConvIo, DeltaIo, GateIo};
 pub use layout::{convert_conv, convert_state, ConvLayoutKind, KMajor, LayoutKind, StateLayout, VMajor};
 pub use memory::{DeviceMemory, HostBuffer, HostMemory};
 pub use pool::{

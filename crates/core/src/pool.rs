@@ -16,9 +16,11 @@
 //! `free` bumps it. Every operation checks the handle: a freed slot is
 //! [`Error::SlotNotAllocated`] (`free`: [`Error::DoubleFree`]), and once its
 //! index is allocated again, the old handle is [`Error::StaleSlot`]. A batch
-//! records its handles when it is built and every kernel re-checks them when
-//! it runs ([`StatePool::kernel_parts`]), so a batch built before a free and a
-//! re-allocation never runs on the index's new owner.
+//! records its handles when it is built and every operation re-checks them
+//! when it is validated ([`crate::checked`]; tools that reach the buffers
+//! without a checked call go through [`StatePool::kernel_parts`], which
+//! checks them too), so a batch built before a free and a re-allocation never
+//! runs on the index's new owner.
 //!
 //! # Speculative state: verify, then commit
 //! Per slot and layer the pool knows whether the scratch holds a *current*
@@ -50,6 +52,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 pub use crate::access::KernelAccess;
+use crate::checked::{Checked, Ticket};
 pub use crate::slot::Slot;
 use crate::slot::SlotAllocator;
 
@@ -325,6 +328,12 @@ pub struct BufferDescriptor {
 
 /// What a scheduler calls: slot lifecycle, copies, import/export, sizes.
 /// Object-safe, so engines can hold `&mut dyn MambaStatePool`.
+///
+/// Slot bookkeeping (`alloc`, `free`, queries) takes `&self`: it touches only
+/// the allocator behind its own mutex, so a scheduler thread can allocate and
+/// free while another holds the pool shared. Everything that writes state
+/// bytes (`zero`, `copy`, `fork`, `import`, and every kernel) takes
+/// `&mut self`, so the borrow checker rules out a write racing a kernel.
 pub trait MambaStatePool: Send + Sync {
     /// Process-unique id, recorded by validated batches.
     fn id(&self) -> u64;
@@ -422,7 +431,7 @@ pub struct PoolParts<'p, M: DeviceMemory> {
 impl<M: DeviceMemory, L: StateLayout> StatePool<M, L> {
     /// Allocates every buffer zeroed, in layout `L` and the configured dtypes,
     /// after checking them against the backend's capabilities.
-    pub fn new(memory: M, config: PoolConfig, caps: &crate::dispatch::Capabilities) -> Result<Self> {
+    pub fn new(memory: M, config: PoolConfig, caps: &crate::capabilities::Capabilities) -> Result<Self> {
         config.validate()?;
         if caps.native_layout != L::KIND {
             return Err(Error::LayoutMismatch { expected: caps.native_layout, actual: L::KIND });
@@ -481,15 +490,28 @@ impl<M: DeviceMemory, L: StateLayout> StatePool<M, L> {
         }
     }
 
-    /// Runs `kernel` on the buffers for `access` in `layer`: the one way a
-    /// kernel reaches a pool's state. First, at run time, the batch is checked
-    /// again (this pool, every slot still allocated under the generation the
-    /// batch was built with, so a batch built before a free and re-allocation
-    /// is [`Error::StaleSlot`]) and so is the layer; a commit needs a current
-    /// verify of each of its slots in `layer` ([`Error::NoCurrentVerify`]).
-    /// Refused here, nothing changed. After `kernel`, the verify bookkeeping
-    /// follows what it wrote (see the [module docs](self)); if `kernel` fails,
-    /// everything it may have written counts as stale.
+    /// Runs `kernel` on the buffers for the access `ticket` proves core
+    /// validated ([`crate::checked`]): the way a backend's kernel reaches a
+    /// pool's state. Only the pool's identity is checked again (the batch's
+    /// slots cannot change while the kernel holds the pool mutably). After
+    /// `kernel`, the verify bookkeeping follows what it wrote (see the
+    /// [module docs](self)); if `kernel` fails, everything it may have written
+    /// counts as stale.
+    pub fn checked_parts<R>(&mut self, ticket: Ticket<'_>, kernel: impl FnOnce(PoolParts<'_, M>) -> Result<R>) -> Result<R> {
+        if ticket.pool_id() != self.id {
+            return Err(Error::ForeignBatch { batch_pool: ticket.pool_id(), pool: self.id });
+        }
+        self.parts_for(ticket.layer(), ticket.access(), kernel)
+    }
+
+    /// Runs `kernel` on the buffers for `access` in `layer` without a checked
+    /// call (tools and tests that write the pool themselves): first the batch
+    /// is checked again (this pool, every slot still allocated under the
+    /// generation the batch was built with, so a batch built before a free and
+    /// re-allocation is [`Error::StaleSlot`]) and so is the layer; a commit
+    /// needs a current verify of each of its slots in `layer`
+    /// ([`Error::NoCurrentVerify`]). Refused here, nothing changed. The
+    /// bookkeeping afterwards is that of [`checked_parts`](Self::checked_parts).
     pub fn kernel_parts<R>(
         &mut self,
         layer: usize,
@@ -499,11 +521,21 @@ impl<M: DeviceMemory, L: StateLayout> StatePool<M, L> {
         access.check_pool(self)?;
         self.geometry.check_layer(layer)?;
         if let KernelAccess::Commit(b) = access {
-            let a = self.slots.get_mut().unwrap_or_else(|p| p.into_inner());
-            if let Some((index, s)) = b.slots().iter().enumerate().find(|(_, s)| !a.verified(layer, s.index())) {
-                return Err(Error::NoCurrentVerify { index, slot: s.index_u32(), layer });
-            }
+            self.check_current_verifies(layer, b)?;
         }
+        self.parts_for(layer, access, kernel)
+    }
+
+    /// [`Error::NoCurrentVerify`] unless every slot of `batch` has a current verify in `layer`.
+    pub(crate) fn check_current_verifies(&self, layer: usize, batch: &crate::batch::CommitBatch) -> Result<()> {
+        let a = self.allocator();
+        match batch.slots().iter().enumerate().find(|(_, s)| !a.verified(layer, s.index())) {
+            Some((index, s)) => Err(Error::NoCurrentVerify { index, slot: s.index_u32(), layer }),
+            None => Ok(()),
+        }
+    }
+
+    fn parts_for<R>(&mut self, layer: usize, access: KernelAccess<'_>, kernel: impl FnOnce(PoolParts<'_, M>) -> Result<R>) -> Result<R> {
         let r = kernel(self.raw_parts());
         let a = self.slots.get_mut().unwrap_or_else(|p| p.into_inner());
         for s in access.main_writes() {
@@ -536,25 +568,18 @@ impl<M: DeviceMemory, L: StateLayout> StatePool<M, L> {
     }
 
     /// Copies each request's accepted scratch step `a` (state and conv window) of
-    /// `layer` into its main slot, and into its snapshot slot when one is named.
-    /// The default `commit` of every dispatcher; backends may fuse it.
+    /// `layer` into its main slot, and into its snapshot slot when one is named,
+    /// checking the batch first as [`kernel_parts`](Self::kernel_parts) does.
+    /// Engines call [`KernelDispatcher::commit`](crate::KernelDispatcher::commit)
+    /// (or the layer [`commit`](crate::commit)), which may run a backend's fused commit.
     pub fn commit_accepted(&mut self, layer: usize, batch: &crate::batch::CommitBatch) -> Result<()> {
-        self.kernel_parts(layer, KernelAccess::Commit(batch), |p| {
-            let g = p.geometry;
-            let (scratch, windows) = match (p.scratch, p.windows) {
-                (Some(s), Some(w)) => (s, w),
-                _ => return Err(Error::NoSpeculativeBuffers),
-            };
-            for (i, (&slot, &a)) in batch.slots().iter().zip(batch.accepted()).enumerate() {
-                for dst in std::iter::once(slot).chain(batch.snapshots()[i]) {
-                    let (s, d) = (g.scratch_offset(layer, slot.index(), a), g.temporal_offset(layer, dst.index()));
-                    p.memory.copy_between(scratch, s, p.temporal, d, g.state_bytes())?;
-                    let (s, d) = (g.window_offset(layer, slot.index(), a), g.conv_offset(layer, dst.index()));
-                    p.memory.copy_between(windows, s, p.conv, d, g.conv_bytes())?;
-                }
-            }
-            Ok(())
-        })
+        self.kernel_parts(layer, KernelAccess::Commit(batch), |p| copy_accepted(p, layer, batch))
+    }
+
+    /// The default commit kernel ([`crate::Kernels::run_commit`]): [`commit_accepted`](Self::commit_accepted) of a checked call.
+    pub fn commit_checked(&mut self, call: &Checked<'_, crate::batch::CommitBatch, ()>) -> Result<()> {
+        let (layer, batch) = (call.layer(), call.batch());
+        self.checked_parts(call.ticket(), |p| copy_accepted(p, layer, batch))
     }
 
     fn state_elem_convert(&self, from: LayoutKind, to: LayoutKind, src: &[u8], dst: &mut [u8]) -> Result<()> {
@@ -574,6 +599,24 @@ impl<M: DeviceMemory, L: StateLayout> StatePool<M, L> {
             _ => convert_conv::<[u8; 2]>(from, to, c, w, bytemuck::cast_slice(src), bytemuck::cast_slice_mut(dst)),
         }
     }
+}
+
+/// Copies each request's accepted scratch step into its main (and snapshot) slot.
+fn copy_accepted<M: DeviceMemory>(p: PoolParts<'_, M>, layer: usize, batch: &crate::batch::CommitBatch) -> Result<()> {
+    let g = p.geometry;
+    let (scratch, windows) = match (p.scratch, p.windows) {
+        (Some(s), Some(w)) => (s, w),
+        _ => return Err(Error::NoSpeculativeBuffers),
+    };
+    for (i, (&slot, &a)) in batch.slots().iter().zip(batch.accepted()).enumerate() {
+        for dst in std::iter::once(slot).chain(batch.snapshots()[i]) {
+            let (s, d) = (g.scratch_offset(layer, slot.index(), a), g.temporal_offset(layer, dst.index()));
+            p.memory.copy_between(scratch, s, p.temporal, d, g.state_bytes())?;
+            let (s, d) = (g.window_offset(layer, slot.index(), a), g.conv_offset(layer, dst.index()));
+            p.memory.copy_between(windows, s, p.conv, d, g.conv_bytes())?;
+        }
+    }
+    Ok(())
 }
 
 impl<M: DeviceMemory, L: StateLayout> std::fmt::Debug for StatePool<M, L> {

@@ -186,9 +186,9 @@ fn pool_construction_errors() {
     assert!(matches!(r, Err(Error::InvalidConfig(_))));
     // limits
     caps.max_draft_tokens = Some(4);
-    caps.max_head_dim = Some(4);
+    caps.limits.max_head_dim = Some(4);
     assert!(matches!(StatePool::<HostMemory, KMajor>::new(HostMemory, cfg, &caps), Err(Error::Unsupported { .. })));
-    caps.max_head_dim = None;
+    caps.limits.max_head_dim = None;
     let r = StatePool::<HostMemory, KMajor>::new(HostMemory, cfg.with_speculative(5), &caps);
     assert!(matches!(r, Err(Error::Unsupported { .. })));
     // invalid configs

@@ -45,7 +45,7 @@ fn soc_names_and_capabilities() {
     assert_eq!(caps.state_dtypes, vec![DType::BF16]);
     assert_eq!(caps.input_dtypes, vec![DType::BF16]);
     assert_eq!(caps.max_draft_tokens, Some(8));
-    assert_eq!(caps.max_head_dim, Some(128));
+    assert_eq!(caps.limits.max_head_dim, Some(128));
     assert_eq!(SocFamily::Ascend950.capabilities(0).state_dtypes, vec![DType::BF16, DType::F32]);
     let rec = Arc::new(Recorder::new("Ascend310P3"));
     assert!(matches!(NpuDispatcher::with_api(rec, 0), Err(Error::Unsupported { .. })));

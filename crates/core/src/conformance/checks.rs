@@ -7,13 +7,13 @@ use super::{CaseReport, Check, SuiteOptions};
 use crate::batch::{CommitBatch, DecodeBatch, ExtendBatch, Snapshot, VerifyBatch};
 use crate::device_tensor::DeviceTensor;
 use crate::dims::{HeadMapping, ModelDims};
-use crate::dispatch::{Capabilities, DeltaIo, KernelDispatcher, PoolOf};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::layout::{KMajor, LayoutKind, StateLayout, VMajor};
 use crate::memory::HostMemory;
 use crate::oracle::error_ratio;
 use crate::pool::{HostState, MambaStatePool, Slot, StatePool};
+use crate::{Capabilities, DeltaIo, KernelDispatcher, PoolOf};
 
 pub(crate) struct Ctx<'a> {
     pub check: Check,
@@ -1084,12 +1084,8 @@ pub(crate) fn bad_input<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() 
         {
             let xin = DeviceTensor::from_f32(m, dt, &[x_tokens, x_dim], &vec![0.5; x_tokens * x_dim])?;
             let mut out = DeviceTensor::zeros(m, dt, &[tokens, c])?;
-            let io = crate::dispatch::ConvIo {
-                x: xin.view(),
-                weight: if weight_bf16 { cw16.view() } else { cw.view() },
-                bias: None,
-                out: out.view_mut(),
-            };
+            let io =
+                crate::ConvIo { x: xin.view(), weight: if weight_bf16 { cw16.view() } else { cw.view() }, bias: None, out: out.view_mut() };
             let digest = b.pool.digest()?;
             let r = match label {
                 "conv_extend" => d.conv_extend(&mut b.pool, 1, &eb, io),
@@ -1107,25 +1103,11 @@ pub(crate) fn bad_input<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() 
     let al = DeviceTensor::from_f32(m, DType::F32, &[hv], &w.a_log)?;
     let dtb = DeviceTensor::from_f32(m, DType::F32, &[hv], &w.dt_bias)?;
     let (mut g, mut beta) = (DeviceTensor::zeros(m, DType::F32, &[5, hv])?, DeviceTensor::zeros(m, DType::F32, &[5, hv])?);
-    let io = crate::dispatch::GateIo {
-        a: ab.view(),
-        b: ab.view(),
-        a_log: al16.view(),
-        dt_bias: dtb.view(),
-        g: g.view_mut(),
-        beta: beta.view_mut(),
-    };
+    let io = crate::GateIo { a: ab.view(), b: ab.view(), a_log: al16.view(), dt_bias: dtb.view(), g: g.view_mut(), beta: beta.view_mut() };
     let r = d.gate(&dims, io);
     ctx.exact(&format!("{n}: gate with bf16 A_log"), matches!(r, Err(Error::DTypeMismatch { .. })), format!("{:?}", r.err()));
     let mut g4 = DeviceTensor::zeros(m, DType::F32, &[4, hv])?;
-    let io = crate::dispatch::GateIo {
-        a: ab.view(),
-        b: ab.view(),
-        a_log: al.view(),
-        dt_bias: dtb.view(),
-        g: g4.view_mut(),
-        beta: beta.view_mut(),
-    };
+    let io = crate::GateIo { a: ab.view(), b: ab.view(), a_log: al.view(), dt_bias: dtb.view(), g: g4.view_mut(), beta: beta.view_mut() };
     let r = d.gate(&dims, io);
     ctx.exact(&format!("{n}: gate with g of T-1 tokens"), matches!(r, Err(Error::ShapeMismatch { .. })), format!("{:?}", r.err()));
     Ok(())

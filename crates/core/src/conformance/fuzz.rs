@@ -7,11 +7,11 @@
 use crate::access::KernelAccess;
 use crate::batch::{CommitBatch, DecodeBatch, ExtendBatch, Snapshot, VerifyBatch};
 use crate::dims::ModelDims;
-use crate::dispatch::Capabilities;
 use crate::error::Error;
 use crate::layout::{KMajor, LayoutKind};
 use crate::memory::HostMemory;
 use crate::pool::{MambaStatePool, PoolConfig, Slot, StatePool};
+use crate::Capabilities;
 
 /// Reads bytes as small integers; past the end it yields zeros.
 struct Bytes<'a> {

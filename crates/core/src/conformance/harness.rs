@@ -4,11 +4,11 @@ use super::gen::{rng, uniform, DeltaInputs, LayerInputs, LayerParams};
 use crate::batch::{CommitBatch, DecodeBatch, ExtendBatch, VerifyBatch};
 use crate::device_tensor::DeviceTensor;
 use crate::dims::{DeltaParams, ModelDims};
-use crate::dispatch::{DeltaIo, KernelDispatcher, PoolOf};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::forward::{self, LayerInput, LayerWeights, LayerWorkspace};
 use crate::pool::{HostState, MambaStatePool, PoolConfig, Slot};
+use crate::{DeltaIo, KernelDispatcher, PoolOf};
 
 /// Which batch an operation runs.
 #[derive(Clone, Copy)]

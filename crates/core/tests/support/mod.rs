@@ -18,8 +18,6 @@ pub enum Fault {
     CommitOffByOne,
     /// Read strided views as if contiguous.
     IgnoreStrides,
-    /// Skip validation of tensor views.
-    NoValidation,
     /// Output depends on the position in the batch (adds 1e-3 * index to o).
     BatchDependent,
 }
@@ -186,14 +184,6 @@ impl<L: StateLayout> Naive<L> {
         Ok(Tok { q: read(&io.q, ig)?, k: read(&io.k, ig)?, v: read(&io.v, ig)?, g: read(&io.g, ig)?, beta: read(&io.beta, ig)? })
     }
 
-    fn check(&self, pool: &PoolOf<Self>, layer: usize, io: &DeltaIo<'_>, tokens: usize) -> Result<()> {
-        pool.geometry().check_layer(layer)?;
-        if self.fault != Fault::NoValidation {
-            io.validate(&self.caps, &pool.geometry().config.dims, tokens)?;
-        }
-        Ok(())
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn conv_run(
         dims: &ModelDims,
@@ -226,7 +216,7 @@ impl<L: StateLayout> Naive<L> {
     }
 }
 
-impl<L: StateLayout> KernelDispatcher for Naive<L> {
+impl<L: StateLayout> Kernels for Naive<L> {
     type Layout = L;
     type Memory = HostMemory;
 
@@ -237,9 +227,9 @@ impl<L: StateLayout> KernelDispatcher for Naive<L> {
         &HostMemory
     }
 
-    fn gate(&self, dims: &ModelDims, mut io: GateIo<'_>) -> Result<()> {
-        let t = io.a.meta().shape()[0];
-        io.validate(&self.caps, dims, t)?;
+    fn run_gate(&self, call: GateCall<'_>) -> Result<()> {
+        let dims = *call.dims();
+        let mut io = call.into_io();
         let (a, b, al, db) = (read(&io.a, false)?, read(&io.b, false)?, read(&io.a_log, false)?, read(&io.dt_bias, false)?);
         let hv = dims.num_v_heads;
         let sp = |x: f32| if x > 20.0 { x } else { x.exp().ln_1p() };
@@ -249,16 +239,15 @@ impl<L: StateLayout> KernelDispatcher for Naive<L> {
         write(&mut io.beta, &beta)
     }
 
-    fn conv_extend(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &ExtendBatch, mut io: ConvIo<'_>) -> Result<()> {
-        batch.check_pool(pool)?;
-        pool.geometry().check_layer(layer)?;
-        let dims = pool.geometry().config.dims;
-        io.validate(&self.caps, &dims, batch.tokens())?;
+    fn run_conv_extend(&self, pool: &mut PoolOf<Self>, call: Checked<'_, ExtendBatch, ConvIo<'_>>) -> Result<()> {
+        let (ticket, layer, batch) = (call.ticket(), call.layer(), call.batch());
+        let dims = call.dims();
+        let mut io = call.into_io();
         let (x, w) = (read(&io.x, false)?, read(&io.weight, false)?);
         let bias = io.bias.as_ref().map(|b| read(b, false)).transpose()?;
         let mut out = vec![0.0; x.len()];
         let g = *pool.geometry();
-        pool.kernel_parts(layer, KernelAccess::Extend(batch), |parts| {
+        pool.checked_parts(ticket, |parts| {
             let cd = g.config.conv_dtype;
             for s in 0..batch.num_seqs() {
                 let slot = batch.slots()[s].index();
@@ -283,16 +272,15 @@ impl<L: StateLayout> KernelDispatcher for Naive<L> {
         write(&mut io.out, &out)
     }
 
-    fn conv_update(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &DecodeBatch, mut io: ConvIo<'_>) -> Result<()> {
-        batch.check_pool(pool)?;
-        pool.geometry().check_layer(layer)?;
-        let dims = pool.geometry().config.dims;
-        io.validate(&self.caps, &dims, batch.tokens())?;
+    fn run_conv_update(&self, pool: &mut PoolOf<Self>, call: Checked<'_, DecodeBatch, ConvIo<'_>>) -> Result<()> {
+        let (ticket, layer, batch) = (call.ticket(), call.layer(), call.batch());
+        let dims = call.dims();
+        let mut io = call.into_io();
         let (x, w) = (read(&io.x, false)?, read(&io.weight, false)?);
         let bias = io.bias.as_ref().map(|b| read(b, false)).transpose()?;
         let mut out = vec![0.0; x.len()];
         let g = *pool.geometry();
-        pool.kernel_parts(layer, KernelAccess::Decode(batch), |parts| {
+        pool.checked_parts(ticket, |parts| {
             let cd = g.config.conv_dtype;
             for (t, slot) in batch.slots().iter().enumerate() {
                 let off = g.conv_offset(layer, slot.index());
@@ -305,16 +293,15 @@ impl<L: StateLayout> KernelDispatcher for Naive<L> {
         write(&mut io.out, &out)
     }
 
-    fn conv_verify(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &VerifyBatch, mut io: ConvIo<'_>) -> Result<()> {
-        batch.check_pool(pool)?;
-        pool.geometry().check_layer(layer)?;
-        let dims = pool.geometry().config.dims;
-        io.validate(&self.caps, &dims, batch.tokens())?;
+    fn run_conv_verify(&self, pool: &mut PoolOf<Self>, call: Checked<'_, VerifyBatch, ConvIo<'_>>) -> Result<()> {
+        let (ticket, layer, batch) = (call.ticket(), call.layer(), call.batch());
+        let dims = call.dims();
+        let mut io = call.into_io();
         let (x, w) = (read(&io.x, false)?, read(&io.weight, false)?);
         let bias = io.bias.as_ref().map(|b| read(b, false)).transpose()?;
         let mut out = vec![0.0; x.len()];
         let g = *pool.geometry();
-        pool.kernel_parts(layer, KernelAccess::ConvVerify(batch), |parts| {
+        pool.checked_parts(ticket, |parts| {
             let windows = parts.windows.ok_or(Error::NoSpeculativeBuffers)?;
             let cd = g.config.conv_dtype;
             let dn = batch.draft();
@@ -339,15 +326,15 @@ impl<L: StateLayout> KernelDispatcher for Naive<L> {
         write(&mut io.out, &out)
     }
 
-    fn extend(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &ExtendBatch, mut io: DeltaIo<'_>) -> Result<()> {
-        batch.check_pool(pool)?;
-        self.check(pool, layer, &io, batch.tokens())?;
+    fn run_extend(&self, pool: &mut PoolOf<Self>, call: Checked<'_, ExtendBatch, DeltaIo<'_>>) -> Result<()> {
+        let (ticket, layer, batch) = (call.ticket(), call.layer(), call.batch());
+        let mut io = call.into_io();
         let x = self.tokens(&io)?;
         let g = *pool.geometry();
         let dims = g.config.dims;
         let per_o = dims.num_v_heads * dims.head_v_dim;
         let mut o = vec![0.0; batch.tokens() * per_o];
-        pool.kernel_parts(layer, KernelAccess::Extend(batch), |parts| {
+        pool.checked_parts(ticket, |parts| {
             for s in 0..batch.num_seqs() {
                 let off = g.temporal_offset(layer, batch.slots()[s].index());
                 let init = batch.has_initial_state()[s] || self.fault == Fault::IgnoreInitFlag;
@@ -373,15 +360,15 @@ impl<L: StateLayout> KernelDispatcher for Naive<L> {
         write(&mut io.o, &o)
     }
 
-    fn decode(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &DecodeBatch, mut io: DeltaIo<'_>) -> Result<()> {
-        batch.check_pool(pool)?;
-        self.check(pool, layer, &io, batch.tokens())?;
+    fn run_decode(&self, pool: &mut PoolOf<Self>, call: Checked<'_, DecodeBatch, DeltaIo<'_>>) -> Result<()> {
+        let (ticket, layer, batch) = (call.ticket(), call.layer(), call.batch());
+        let mut io = call.into_io();
         let x = self.tokens(&io)?;
         let g = *pool.geometry();
         let dims = g.config.dims;
         let per_o = dims.num_v_heads * dims.head_v_dim;
         let mut o = vec![0.0; batch.tokens() * per_o];
-        pool.kernel_parts(layer, KernelAccess::Decode(batch), |parts| {
+        pool.checked_parts(ticket, |parts| {
             for (t, slot) in batch.slots().iter().enumerate() {
                 let off = g.temporal_offset(layer, slot.index());
                 let mut st = load::<L>(&g, &parts.temporal.bytes()[off..off + g.state_bytes()]);
@@ -394,15 +381,15 @@ impl<L: StateLayout> KernelDispatcher for Naive<L> {
         write(&mut io.o, &o)
     }
 
-    fn verify(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &VerifyBatch, mut io: DeltaIo<'_>) -> Result<()> {
-        batch.check_pool(pool)?;
-        self.check(pool, layer, &io, batch.tokens())?;
+    fn run_verify(&self, pool: &mut PoolOf<Self>, call: Checked<'_, VerifyBatch, DeltaIo<'_>>) -> Result<()> {
+        let (ticket, layer, batch) = (call.ticket(), call.layer(), call.batch());
+        let mut io = call.into_io();
         let x = self.tokens(&io)?;
         let g = *pool.geometry();
         let dims = g.config.dims;
         let per_o = dims.num_v_heads * dims.head_v_dim;
         let mut o = vec![0.0; batch.tokens() * per_o];
-        pool.kernel_parts(layer, KernelAccess::Verify(batch), |parts| {
+        pool.checked_parts(ticket, |parts| {
             let scratch = parts.scratch.ok_or(Error::NoSpeculativeBuffers)?;
             let dn = batch.draft();
             for (i, slot) in batch.slots().iter().enumerate() {
@@ -427,12 +414,13 @@ impl<L: StateLayout> KernelDispatcher for Naive<L> {
         write(&mut io.o, &o)
     }
 
-    fn commit(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &CommitBatch) -> Result<()> {
+    fn run_commit(&self, pool: &mut PoolOf<Self>, call: Checked<'_, CommitBatch, ()>) -> Result<()> {
+        let (layer, batch) = (call.layer(), call.batch());
         if self.fault == Fault::CommitOffByOne {
             let acc: Vec<usize> = batch.accepted().iter().map(|a| a.saturating_sub(1)).collect();
             let b2 = CommitBatch::new(pool, batch.slots(), &acc, batch.snapshots())?;
             return pool.commit_accepted(layer, &b2);
         }
-        pool.commit_accepted(layer, batch)
+        pool.commit_checked(&call)
     }
 }
