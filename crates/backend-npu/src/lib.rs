@@ -148,20 +148,26 @@
 
 pub mod api;
 pub mod cann;
+mod conv;
 pub mod dispatch;
+mod elementwise;
+mod gdn;
 pub mod memory;
 pub mod ops;
 pub mod result;
 pub mod safe;
+pub mod soc;
 pub mod sys;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod view;
 
 pub use api::{AclApi, Cann};
-pub use dispatch::{NpuDispatcher, SocFamily};
+pub use dispatch::NpuDispatcher;
 pub use memory::NpuMemory;
 pub use result::AclError;
 pub use safe::{DeviceBuffer, NpuContext};
+pub use soc::SocFamily;
 
 /// Cheap check for `deltanet info`: loads the CANN libraries and counts
 /// devices, without opening one. `Err` says what is missing.

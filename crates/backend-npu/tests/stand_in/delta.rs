@@ -4,7 +4,6 @@
 
 use crate::common::*;
 use deltanet_backend_npu::api::{AclDType, OpCall};
-use deltanet_backend_npu::dispatch::chain_segments;
 use deltanet_backend_npu::testing::{Event, Recorded};
 use deltanet_core::*;
 use rand::SeedableRng;
@@ -196,15 +195,6 @@ fn verify_chain_index_tables_and_scratch_seeding() {
     let main = desc_addr(&pool, BufferKind::Temporal, 0)..temporal + (7 * sb) as u64;
     assert!(copies(&rec.events()).iter().all(|(dst, _, _)| !main.contains(dst)));
     assert_eq!(rec.live_tensors(), 0);
-}
-
-#[test]
-fn chain_segments_of_trees() {
-    assert_eq!(chain_segments(&[-1, 0, 1, 2]), vec![(0, 4, None)]);
-    assert_eq!(chain_segments(&[-1, 0, 0, 2]), vec![(0, 2, None), (2, 4, Some(0))]);
-    assert_eq!(chain_segments(&[-1, -1, 1, 1]), vec![(0, 1, None), (1, 3, None), (3, 4, Some(1))]);
-    assert_eq!(chain_segments(&[-1, 0, 0, 0]), vec![(0, 2, None), (2, 3, Some(0)), (3, 4, Some(0))]);
-    assert_eq!(chain_segments(&[-1]), vec![(0, 1, None)]);
 }
 
 #[test]
