@@ -19,8 +19,14 @@
 //! - [`safe`]: RAII device + stream ([`NpuContext`]), [`DeviceBuffer`],
 //!   `aclTensor` / `aclScalar` / `aclIntArray` owners, and
 //!   [`NpuContext::run`], the two-phase call with a per-stream workspace cache.
-//! - [`api`]: the function table as a trait ([`AclApi`]); [`Cann`] is the real
-//!   one, the tests use a recording stand-in.
+//! - [`api`]: the function table as a trait ([`AclApi`]) and the plain data it
+//!   takes (handles, [`api::AclDType`], [`api::TensorDesc`]).
+//! - [`ops`]: every aclnn operator call as data ([`ops::OpCall`]), its
+//!   arguments in FFI order under the bindings' parameter names.
+//! - [`cann`]: [`Cann`], the real function table (the loader, the runtime
+//!   calls, and the operators' first phase marshalled from an `OpCall`).
+//! - `testing` (cargo feature `testing`): the recording stand-in the tests
+//!   run against, over host memory.
 //! - [`dispatch`]: [`NpuDispatcher`], the [`deltanet_core::KernelDispatcher`]
 //!   with `Layout = VMajor` (the operators' `[HV, V, K]` state).
 //!
@@ -34,6 +40,37 @@
 //! bf16-only operator. The CausalConv1d operators are documented for Ascend
 //! 950 only: on A2/A3 the conv entry points return `Error::Unsupported`.
 //!
+//! ## What an error leaves in the pool
+//! An input error (tensors, batch, layer, the operator limits above) is
+//! found before anything is issued, and leaves the pool unchanged. A device
+//! error (an `aclError` or `aclnnStatus`, reported by the call or by the
+//! stream synchronisation that ends each operation) comes after earlier work
+//! of the same operation has run, and the stream is asynchronous, so the
+//! copies queued behind a failing operator may already have moved its
+//! unfinished output:
+//! - extend (`conv_extend`, `extend`): the slots and snapshot slots of the
+//!   batch may hold partly written states. `conv_extend` writes the snapshot
+//!   windows, then every slot's conv state in one operator call. `extend` runs
+//!   one chunk-operator call per group of sequences, in batch order (a
+//!   sequence with snapshots is one call per piece between them), each
+//!   followed by the copies into its slots: the sequences of the calls before
+//!   the failing one hold their new state (a sequence cut at snapshots may
+//!   stand at one of its snapshot positions), the failing call's slots and
+//!   snapshot slots are unspecified, the later ones unchanged.
+//! - decode (`conv_update`, `decode`): in place; every slot of the batch is unspecified.
+//! - verify (`conv_verify`, `verify`): only the scratch and draft windows are
+//!   written, so every slot's main recurrent and conv state stays unchanged
+//!   even then; the scratch and windows of the batch's slots are unspecified
+//!   (a commit of them would commit garbage).
+//! - commit: copies slot by slot, recurrent then conv state; each slot (and
+//!   snapshot slot) of the batch holds its old state, its committed one, or
+//!   the committed recurrent state with the old conv state.
+//! - the layer forward (`forward_*`) runs conv, gate and delta rule in turn:
+//!   a device error in the delta rule leaves the conv states already advanced.
+//!
+//! After a device error an engine treats the batch's slots as lost (frees or
+//! re-prefills them); the pool itself stays usable.
+//!
 //! ## Running the conformance suite on a real NPU
 //! On a machine with CANN (8.3 or newer, with the ops-transformer operators
 //! installed) and an Ascend device:
@@ -44,7 +81,8 @@
 //! cargo test -p deltanet-backend-npu -- --ignored        # on-device smoke tests of this crate
 //! ```
 //! Without CANN, `cargo test -p deltanet-backend-npu` runs the marshalling
-//! tests against the recording function table.
+//! tests (`tests/stand_in/`) against the recording function table of the
+//! `testing` feature.
 //!
 //! ## Bindings checked against CANN's headers
 //! `crates/backend-npu/check-bindings.sh` (a CI step) proves the runtime half
@@ -78,7 +116,7 @@
 //! (ops-transformer 9.0.0, for CANN >= 8.5.0, for the GDN and conv operators;
 //! the CANN 8.x API reference for the elementwise ones). Reading them found
 //! and fixed `aclnnChunkGatedDeltaRule`'s `out` and `finalState`, which are
-//! non-const `aclTensor *`. [`api::OpCall::args`] lists every operator's
+//! non-const `aclTensor *`. [`ops::OpCall::args`] lists every operator's
 //! arguments in FFI order under the bindings' parameter names; [`Cann`]
 //! passes `args()[i]` as parameter `i`, and the recording stand-in checks
 //! each call's list against the parameter list it reads from `bindings.rs`
@@ -109,22 +147,27 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod cann;
+mod conv;
 pub mod dispatch;
+mod elementwise;
+mod gdn;
 pub mod memory;
+pub mod ops;
 pub mod result;
 pub mod safe;
+pub mod soc;
 pub mod sys;
-
-#[cfg(test)]
-mod recording;
-#[cfg(test)]
-mod tests;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod view;
 
 pub use api::{AclApi, Cann};
-pub use dispatch::{NpuDispatcher, SocFamily};
+pub use dispatch::NpuDispatcher;
 pub use memory::NpuMemory;
 pub use result::AclError;
 pub use safe::{DeviceBuffer, NpuContext};
+pub use soc::SocFamily;
 
 /// Cheap check for `deltanet info`: loads the CANN libraries and counts
 /// devices, without opening one. `Err` says what is missing.

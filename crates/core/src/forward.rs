@@ -44,9 +44,14 @@ pub struct LayerInput<'a> {
 
 /// Device scratch for the layer forward (conv output, g, beta), grown on
 /// demand and reused across calls and layers.
+///
+/// The conv output is q, k and v of the delta rule, so it is held in an input
+/// dtype the backend accepts ([`conv_out_dtype`]); g and beta are f32.
 pub struct LayerWorkspace<M: DeviceMemory> {
     memory: M,
     conv_out: Option<M::Buffer>,
+    /// The dtype of the conv output, set by `ensure`.
+    conv_dtype: DType,
     g: Option<M::Buffer>,
     beta: Option<M::Buffer>,
     conv_cap: usize,
@@ -56,11 +61,12 @@ pub struct LayerWorkspace<M: DeviceMemory> {
 impl<M: DeviceMemory> LayerWorkspace<M> {
     /// An empty workspace on `memory`.
     pub fn new(memory: M) -> Self {
-        LayerWorkspace { memory, conv_out: None, g: None, beta: None, conv_cap: 0, gate_cap: 0 }
+        LayerWorkspace { memory, conv_out: None, conv_dtype: DType::F32, g: None, beta: None, conv_cap: 0, gate_cap: 0 }
     }
 
-    fn ensure(&mut self, dims: &ModelDims, tokens: usize) -> Result<()> {
-        let conv = tokens * dims.conv_dim() * 4;
+    fn ensure(&mut self, dims: &ModelDims, tokens: usize, conv_dtype: DType) -> Result<()> {
+        self.conv_dtype = conv_dtype;
+        let conv = tokens * dims.conv_dim() * conv_dtype.size();
         let gate = tokens * dims.num_v_heads * 4;
         if conv > self.conv_cap {
             self.conv_out = Some(self.memory.alloc_zeroed(conv)?);
@@ -74,14 +80,14 @@ impl<M: DeviceMemory> LayerWorkspace<M> {
         Ok(())
     }
 
-    fn meta(&self, shape: &[usize], strides: &[usize]) -> Result<TensorMeta> {
-        TensorMeta::strided(self.memory.device(), DType::F32, shape, strides)
+    fn meta(&self, dtype: DType, shape: &[usize], strides: &[usize]) -> Result<TensorMeta> {
+        TensorMeta::strided(self.memory.device(), dtype, shape, strides)
     }
 
     fn conv_out_mut(&mut self, dims: &ModelDims, t: usize) -> Result<TensorMut<'_>> {
-        let meta = self.meta(&[t, dims.conv_dim()], &[dims.conv_dim(), 1])?;
+        let meta = self.meta(self.conv_dtype, &[t, dims.conv_dim()], &[dims.conv_dim(), 1])?;
         let buf = self.conv_out.as_mut().expect("ensured");
-        // SAFETY: the buffer holds at least t*conv_dim f32 (ensured) and is borrowed mutably for the view's life.
+        // SAFETY: the buffer holds at least t*conv_dim elements of `conv_dtype` (ensured) and is borrowed mutably for the view's life.
         Ok(unsafe { TensorMut::from_raw(self.memory.addr(buf), meta) })
     }
 
@@ -89,27 +95,39 @@ impl<M: DeviceMemory> LayerWorkspace<M> {
     fn qkv(&self, dims: &ModelDims, t: usize) -> Result<[TensorRef<'_>; 3]> {
         let (hk, hv, k, v, c) = (dims.num_k_heads, dims.num_v_heads, dims.head_k_dim, dims.head_v_dim, dims.conv_dim());
         let buf = self.conv_out.as_ref().expect("ensured");
-        let base = self.memory.addr(buf);
+        let (base, dt) = (self.memory.addr(buf), self.conv_dtype);
         let view = |off: usize, shape: [usize; 3], strides: [usize; 3]| -> Result<TensorRef<'_>> {
-            let meta = self.meta(&shape, &strides)?;
-            // SAFETY: off + span <= t*conv_dim f32 inside the ensured buffer, borrowed shared for the view's life.
-            Ok(unsafe { TensorRef::from_raw(base + (off * 4) as u64, meta) })
+            let meta = self.meta(dt, &shape, &strides)?;
+            // SAFETY: off + span <= t*conv_dim elements of `dt` inside the ensured buffer, borrowed shared for the view's life.
+            Ok(unsafe { TensorRef::from_raw(base + (off * dt.size()) as u64, meta) })
         };
         Ok([view(0, [t, hk, k], [c, k, 1])?, view(hk * k, [t, hk, k], [c, k, 1])?, view(2 * hk * k, [t, hv, v], [c, v, 1])?])
     }
 
     fn gate_out_mut(&mut self, dims: &ModelDims, t: usize) -> Result<[TensorMut<'_>; 2]> {
-        let meta = self.meta(&[t, dims.num_v_heads], &[dims.num_v_heads, 1])?;
+        let meta = self.meta(DType::F32, &[t, dims.num_v_heads], &[dims.num_v_heads, 1])?;
         let (g, b) = (self.g.as_mut().expect("ensured"), self.beta.as_mut().expect("ensured"));
         // SAFETY: two distinct buffers of >= t*HV f32 each, each borrowed mutably for its view's life.
         Ok(unsafe { [TensorMut::from_raw(self.memory.addr(g), meta), TensorMut::from_raw(self.memory.addr(b), meta)] })
     }
 
     fn gate_out(&self, dims: &ModelDims, t: usize) -> Result<[TensorRef<'_>; 2]> {
-        let meta = self.meta(&[t, dims.num_v_heads], &[dims.num_v_heads, 1])?;
+        let meta = self.meta(DType::F32, &[t, dims.num_v_heads], &[dims.num_v_heads, 1])?;
         let (g, b) = (self.g.as_ref().expect("ensured"), self.beta.as_ref().expect("ensured"));
         // SAFETY: as in `gate_out_mut`, borrowed shared.
         Ok(unsafe { [TensorRef::from_raw(self.memory.addr(g), meta), TensorRef::from_raw(self.memory.addr(b), meta)] })
+    }
+}
+
+/// The dtype of the layer forward's conv output (q, k, v of the delta rule):
+/// f32 where the backend accepts it (CPU, CUDA: full precision between the
+/// kernels), else the first input dtype it accepts (the NPU's operators take
+/// bf16 only). With no input dtype at all, f32, and validation names the mismatch.
+fn conv_out_dtype(caps: &crate::Capabilities) -> DType {
+    if caps.input_dtypes.contains(&DType::F32) {
+        DType::F32
+    } else {
+        caps.input_dtypes.first().copied().unwrap_or(DType::F32)
     }
 }
 
@@ -139,7 +157,7 @@ fn run_layer<'c, D: KernelDispatcher, B>(
     let conv_ticket = Ticket::check(caps, pool, layer, conv_access)?;
     let delta_ticket = conv_ticket.with_access(delta_access);
     let dims = conv_ticket.geometry().config.dims;
-    ws.ensure(&dims, tokens)?;
+    ws.ensure(&dims, tokens, conv_out_dtype(caps))?;
     ConvIo { x: x.mixed_qkv, weight: w.conv_weight, bias: w.conv_bias, out: ws.conv_out_mut(&dims, tokens)? }
         .validate(caps, &dims, tokens)?;
     let [g, beta] = ws.gate_out_mut(&dims, tokens)?;

@@ -15,7 +15,7 @@
  *   no package available here, so no machine checks them. Each is marked
  *   "not in the runtime headers" and records the public header and CANN
  *   version it was read from; the recording stand-in's contract tests read
- *   their parameter lists from this file (src/recording.rs, `ffi_params`).
+ *   their parameter lists from this file (src/testing/recorder.rs, `ffi_params`).
  *
  * Functions are resolved at run time (libloading), so a build without CANN
  * links and runs.

@@ -2,7 +2,7 @@
 //! CANN libraries (`libascendcl`, `libnnopbase`, `libopapi` or its split
 //! libraries) by name and under the CANN root.
 //!
-//! Nothing here is safe to call directly; [`crate::api::Cann`] wraps the
+//! Nothing here is safe to call directly; [`crate::cann::Cann`] wraps the
 //! function table behind the [`crate::api::AclApi`] trait.
 
 #[allow(clippy::all, missing_docs, unsafe_op_in_unsafe_fn)]

@@ -1,7 +1,9 @@
-//! Test-only stand-in for ACL/aclnn: "device" memory is host memory (so copies
+//! The recording function table: "device" memory is host memory (so copies
 //! really move bytes and can be checked), every descriptor and operator call
 //! is recorded with its full tensor contract, and int32 index tables are
-//! captured at call time. Operators compute nothing.
+//! captured at call time. Operators compute nothing, unless the recorder
+//! was made with [`Recorder::evaluating`]: then each operator is also
+//! evaluated on the host memory (`evaluate.rs`).
 //!
 //! Every operator call's argument list is checked against the parameter list
 //! of its FFI type, read from `src/sys/bindings.rs` itself: names, order and
@@ -9,7 +11,9 @@
 //! the bindings' names, and the tensors an operator may write are the ones
 //! the bindings declare `*mut aclTensor`.
 
-use crate::api::*;
+use crate::api::{
+    AclApi, AclDType, Arg, DevPtr, ExecutorHandle, IntArrayHandle, OpCall, ScalarHandle, StreamHandle, TensorDesc, TensorHandle,
+};
 use crate::result::AclError;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -17,18 +21,24 @@ use std::sync::Mutex;
 /// One recorded operator call.
 #[derive(Debug, Clone)]
 pub struct Recorded {
+    /// The operator's name (`aclnnXxx`).
     pub op: &'static str,
+    /// The call as the dispatcher made it.
     pub call: OpCall,
+    /// Every tensor argument by its bindings name, with its descriptor (`None`: omitted optional).
     pub tensors: Vec<(&'static str, Option<TensorDesc>)>,
     /// The tensor parameters the bindings declare `*mut aclTensor` (written by the operator).
     pub written: Vec<&'static str>,
     /// Contents of every int32 tensor argument at call time.
     pub ints: HashMap<&'static str, Vec<i32>>,
+    /// Values of the scalar arguments, in argument order.
     pub scalars: Vec<f32>,
+    /// Values of the int-array arguments, in argument order.
     pub int_arrays: Vec<Vec<i64>>,
 }
 
 impl Recorded {
+    /// The descriptor of tensor argument `name`; panics when absent or omitted.
     pub fn t(&self, name: &str) -> TensorDesc {
         self.tensors
             .iter()
@@ -36,9 +46,11 @@ impl Recorded {
             .and_then(|(_, d)| d.clone())
             .unwrap_or_else(|| panic!("{}: no tensor {name}", self.op))
     }
+    /// The descriptor of tensor argument `name`, `None` when omitted.
     pub fn opt(&self, name: &str) -> Option<TensorDesc> {
         self.tensors.iter().find(|(n, _)| *n == name).and_then(|(_, d)| d.clone())
     }
+    /// The int32 contents of tensor argument `name` at call time; panics when absent.
     pub fn ints(&self, name: &str) -> Vec<i32> {
         self.ints.get(name).cloned().unwrap_or_else(|| panic!("{}: no int32 tensor {name}", self.op))
     }
@@ -46,7 +58,7 @@ impl Recorded {
 
 /// `(name, type)` of every parameter of the fn type `ty` in `src/sys/bindings.rs`, read from its source.
 pub fn ffi_params(ty: &str) -> Vec<(String, String)> {
-    const SRC: &str = include_str!("sys/bindings.rs");
+    const SRC: &str = include_str!("../sys/bindings.rs");
     let head = format!("pub type {ty} = unsafe extern \"C\" fn(");
     let start = SRC.find(&head).unwrap_or_else(|| panic!("no `{head}` in bindings.rs")) + head.len();
     let end = start + SRC[start..].find(") -> ").unwrap_or_else(|| panic!("{ty}: no `) -> `"));
@@ -97,13 +109,28 @@ pub fn check_args(ty: &str, args: &[(&'static str, Arg)]) -> Result<Vec<bool>, S
     Ok(written)
 }
 
-/// Everything the stand-in saw, in order (some fields are compared through `Debug`).
+/// Everything the stand-in saw, in order.
 #[derive(Debug, Clone)]
-#[allow(dead_code)]
 pub enum Event {
+    /// An operator's first phase.
     Call(Box<Recorded>),
-    Copy { dst: DevPtr, src: DevPtr, bytes: usize },
-    Zero { dst: DevPtr, bytes: usize },
+    /// `aclrtMemcpyAsync` device to device.
+    Copy {
+        /// Destination.
+        dst: DevPtr,
+        /// Source.
+        src: DevPtr,
+        /// Length.
+        bytes: usize,
+    },
+    /// `aclrtMemsetAsync` to zero.
+    Zero {
+        /// Destination.
+        dst: DevPtr,
+        /// Length.
+        bytes: usize,
+    },
+    /// `aclrtSynchronizeStream`.
     Sync,
 }
 
@@ -119,27 +146,40 @@ struct State {
     workspace_requests: Vec<u64>,
     /// `aclrtSetDevice` calls per OS thread.
     set_device: Vec<std::thread::ThreadId>,
+    /// Calls between their two phases, by executor handle (evaluating recorders only).
+    pending: HashMap<usize, Recorded>,
 }
 
+/// The recording function table over host memory (see the module docs).
 pub struct Recorder {
     soc: String,
     devices: u32,
+    evaluate: bool,
     st: Mutex<State>,
 }
 
 impl Recorder {
+    /// A stand-in reporting SoC `soc` and one device.
     pub fn new(soc: &str) -> Self {
-        Recorder { soc: soc.into(), devices: 1, st: Mutex::new(State { next: 0x1000, ..Default::default() }) }
+        Recorder { soc: soc.into(), devices: 1, evaluate: false, st: Mutex::new(State { next: 0x1000, ..Default::default() }) }
+    }
+    /// As [`new`](Self::new), and every operator is evaluated on the host
+    /// memory in its second phase, so outputs and states hold real values.
+    pub fn evaluating(soc: &str) -> Self {
+        Recorder { evaluate: true, ..Recorder::new(soc) }
     }
     fn st(&self) -> std::sync::MutexGuard<'_, State> {
         self.st.lock().unwrap()
     }
+    /// Everything seen since creation or the last [`clear`](Self::clear), in order.
     pub fn events(&self) -> Vec<Event> {
         self.st().events.clone()
     }
+    /// Forgets the recorded events.
     pub fn clear(&self) {
         self.st().events.clear();
     }
+    /// The recorded operator calls, in order.
     pub fn calls(&self) -> Vec<Recorded> {
         self.events()
             .into_iter()
@@ -149,15 +189,19 @@ impl Recorder {
             })
             .collect()
     }
+    /// `aclTensor`s created and not yet destroyed.
     pub fn live_tensors(&self) -> usize {
         self.st().tensors.len()
     }
+    /// Device allocations not yet freed.
     pub fn live_allocs(&self) -> usize {
         self.st().allocs.len()
     }
+    /// The OS thread of every `aclrtSetDevice` call, in order.
     pub fn set_device_threads(&self) -> Vec<std::thread::ThreadId> {
         self.st().set_device.clone()
     }
+    /// The workspace size every first phase asked for, in order.
     pub fn workspace_requests(&self) -> Vec<u64> {
         self.st().workspace_requests.clone()
     }
@@ -339,28 +383,32 @@ impl AclApi for Recorder {
             _ => 0,
         };
         st.workspace_requests.push(ws);
-        st.events.push(Event::Call(Box::new(Recorded {
-            op: call.name(),
-            call: call.clone(),
-            tensors,
-            written,
-            ints,
-            scalars,
-            int_arrays,
-        })));
-        Ok((ws, ExecutorHandle(0xE)))
+        let recorded = Recorded { op: call.name(), call: call.clone(), tensors, written, ints, scalars, int_arrays };
+        let exec = if self.evaluate {
+            st.next += 1;
+            let h = st.next;
+            st.pending.insert(h, recorded.clone());
+            h
+        } else {
+            0xE
+        };
+        st.events.push(Event::Call(Box::new(recorded)));
+        Ok((ws, ExecutorHandle(exec)))
     }
     fn execute(
         &self,
         _op: &'static str,
         workspace: DevPtr,
         size: u64,
-        _exec: ExecutorHandle,
+        exec: ExecutorHandle,
         _stream: StreamHandle,
     ) -> Result<(), AclError> {
+        let mut st = self.st();
         if size > 0 {
-            let st = self.st();
             Self::check_in_alloc(&st, workspace, size as usize, "workspace");
+        }
+        if let Some(call) = st.pending.remove(&exec.0) {
+            super::evaluate::evaluate(&super::evaluate::Host { allocs: &st.alloc_len }, &call);
         }
         Ok(())
     }
