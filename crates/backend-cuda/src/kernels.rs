@@ -20,10 +20,24 @@ pub const CAST: &str = include_str!("../../../kernels/cuda/cast.cu");
 pub const COMMIT: &str = include_str!("../../../kernels/cuda/commit.cu");
 
 /// The whole program NVRTC compiles (with [`ARGS_HEADER`] as its one header):
-/// common definitions, every kernel, then the check that the argument structs
-/// are laid out as on the host.
+/// common definitions, every kernel, then the checks that the argument structs
+/// are laid out as on the host and that the kernels' limits are the host's.
 pub fn program_source() -> String {
-    [COMMON, GATE, CONV, RECURRENT, EXTEND, CAST, COMMIT, &crate::args::layout_asserts()].join("\n")
+    [COMMON, GATE, CONV, RECURRENT, EXTEND, CAST, COMMIT, &crate::args::layout_asserts(), &constant_asserts()].join("\n")
+}
+
+/// C++ `static_assert`s that each `#define` the host mirrors below has the host's value.
+fn constant_asserts() -> String {
+    [
+        ("DN_ROWS_PER_BLOCK", ROWS_PER_BLOCK),
+        ("DN_KMAX", MAX_HEAD_DIM),
+        ("DN_MAX_CONV_W", MAX_CONV_WIDTH),
+        ("DN_BV", EXTEND_ROWS),
+        ("DN_CHUNK", CHUNK),
+    ]
+    .iter()
+    .map(|(name, v)| format!("static_assert({name} == {v}, \"{name} differs from the host's constant\");\n"))
+    .collect()
 }
 
 /// A kernel of the program.
