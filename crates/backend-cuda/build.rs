@@ -6,13 +6,26 @@ fn main() {
     println!("cargo:rerun-if-changed=../../kernels/cuda");
     #[cfg(feature = "emulate")]
     {
-        for f in ["common.cu", "gate.cu", "conv.cu", "recurrent.cu", "extend.cu", "cast.cu", "commit.cu", "emu/emu.h", "emu/emu.cpp"] {
+        for f in [
+            "args.h",
+            "common.cu",
+            "gate.cu",
+            "conv.cu",
+            "recurrent.cu",
+            "extend.cu",
+            "cast.cu",
+            "commit.cu",
+            "emu/emu.h",
+            "emu/emu.cpp",
+            "emu/layout.cpp",
+        ] {
             println!("cargo:rerun-if-changed=../../kernels/cuda/{f}");
         }
         cc::Build::new()
             .cpp(true)
             .std("c++20")
             .file("../../kernels/cuda/emu/emu.cpp")
+            .file("../../kernels/cuda/emu/layout.cpp")
             .flag("-pthread")
             .flag("-Wno-unknown-pragmas")
             .flag("-ffp-contract=off")

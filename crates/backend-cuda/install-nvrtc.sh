@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs NVRTC (CUDA 13, matching cudarc's `cuda-13040` feature) from PyPI
 # into <repo>/.nvrtc so the CUDA kernels' compile gate runs on machines without
-# a CUDA toolkit. Idempotent. Then:
-#   export LD_LIBRARY_PATH="$PWD/.nvrtc/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-# (cudarc dlopens libnvrtc.so.13 by name). Exits non-zero when the install fails.
+# a CUDA toolkit (the gate loads it from there). Idempotent. For a GPU run, either
+#   export DELTANET_NVRTC_DIR="$PWD/.nvrtc/nvidia/cu13/lib"
+# or put that directory on LD_LIBRARY_PATH (cudarc dlopens libnvrtc.so.13 by
+# name). Exits non-zero when the install fails.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 NVRTC_VERSION=13.5.37

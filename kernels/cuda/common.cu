@@ -1,18 +1,10 @@
 // deltanet CUDA kernels: shared definitions.
 //
-// Every kernel source is written without #include so NVRTC needs no headers;
-// the host concatenates common.cu with the kernel files into one program.
-// The same sources also compile as C++20 against emu/emu.h (the CPU emulation
-// of the CUDA execution model used by the tests), where DELTANET_EMU is set.
-//
-// Every kernel takes one `Args` by value: pointers, integers and floats whose
-// meaning each kernel documents. The Rust side mirrors it (#[repr(C)]).
-
-struct Args {
-    unsigned long long p[16];
-    long long n[40];
-    float f[4];
-};
+// The host concatenates common.cu with the kernel files into one program for
+// NVRTC, and hands NVRTC args.h (the kernels' argument structs) as a header by
+// name, so no file is read from disk at run time. The same sources also
+// compile as C++20 against emu/emu.h (the CPU emulation of the CUDA execution
+// model used by the tests), where DELTANET_EMU is set.
 
 // dtype codes shared with the host
 #define DT_F32 0

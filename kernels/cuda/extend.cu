@@ -12,19 +12,16 @@
 // State S is V-major [V][K]; it is carried in f32 in the workspace from the
 // slot (or zero) to the slot, and rounded to the state dtype only there.
 //
-// p: 0 q, 1 k, 2 v, 3 g f32, 4 beta, 5 o (as dnk_recurrent), 6 state of this
-//    layer [rows][HV][V][K], 7 sequence table (6 x i64: first token, length,
-//    slot, has_initial_state, first chunk, end chunk), 8 chunk table (4 x i64:
-//    first token, length, first snapshot, end snapshot), 9 snapshot slots (i64),
-//    10 f32 workspace, per block DN_BV*K + 64*(3K + 2*DN_BV) floats
-// n: as dnk_recurrent (0 N; 5 and 6 unused)
-// f: 0 scale
+// Arguments: ExtendArgs (args.h); its workspace holds, per block,
+// DN_BV*K + 64*(3K + 2*DN_BV) floats.
 // grid: (HV, <= N, ceil(V / DN_BV)): blocks stride over the sequences; any
 // block size that is a multiple of 32.
+#include "args.h"
+
 #define DN_CHUNK 64
 #define DN_BV 32
 
-extern "C" __global__ void dnk_extend(Args a) {
+extern "C" __global__ void dnk_extend(ExtendArgs a) {
     __shared__ float A[DN_CHUNK * DN_CHUNK];
     __shared__ float M[DN_CHUNK * DN_CHUNK];
     __shared__ float G[DN_CHUNK];
@@ -34,33 +31,33 @@ extern "C" __global__ void dnk_extend(Args a) {
     __shared__ float EG[DN_CHUNK]; // exp(G_j)
     __shared__ float DG[DN_CHUNK]; // exp(G_L - G_j)
 
-    const int HK = (int)a.n[1], HV = (int)a.n[2], K = (int)a.n[3], V = (int)a.n[4];
+    const int HK = (int)a.io.hk, HV = (int)a.io.hv, K = (int)a.io.dk, V = (int)a.io.dv;
     const int h = blockIdx.x;
     const int v0 = blockIdx.z * DN_BV;
     const int bv = V - v0 < DN_BV ? V - v0 : DN_BV;
-    const int kh = key_head(h, HK, HV, (int)a.n[7]);
+    const int kh = key_head(h, HK, HV, (int)a.io.head_mapping);
     const int tid = threadIdx.x, nt = blockDim.x;
-    const float scale = a.f[0];
-    const int sdt = (int)a.n[14];
-    const bool l2 = a.n[8] != 0;
-    const long long* chunks = (const long long*)a.p[8];
-    const long long* snaps = (const long long*)a.p[9];
-    void* state = (void*)a.p[6];
+    const float scale = a.io.scale;
+    const int sdt = (int)a.state_dtype;
+    const bool l2 = a.io.l2norm != 0;
+    const long long* chunks = a.chunks;
+    const long long* snaps = a.snapshot_slots;
+    void* state = a.state;
     const long long per = (long long)HV * V * K;
     const long long hoff = ((long long)h * V + v0) * K; // this tile's rows
     const long long VK = (long long)bv * K;              // elements of this tile
 
     // workspace of this block; blocks stride over the sequences (gridDim.y <= N)
     // so the workspace is bounded by the grid, not by the batch
-    float* S = (float*)a.p[10] + (((long long)blockIdx.y * HV + h) * gridDim.z + blockIdx.z) * ((long long)DN_BV * K + (long long)DN_CHUNK * (3 * K + 2 * DN_BV));
+    float* S = a.workspace + (((long long)blockIdx.y * HV + h) * gridDim.z + blockIdx.z) * ((long long)DN_BV * K + (long long)DN_CHUNK * (3 * K + 2 * DN_BV));
     float* Kc = S + VK;
     float* Qc = Kc + DN_CHUNK * K;
     float* Wc = Qc + DN_CHUNK * K;
     float* Uc = Wc + DN_CHUNK * K; // [DN_CHUNK][DN_BV]
     float* Oi = Uc + DN_CHUNK * DN_BV;
 
-    for (long long i = blockIdx.y; i < a.n[0]; i += gridDim.y) {
-        const long long* seq = (const long long*)a.p[7] + i * 6;
+    for (long long i = blockIdx.y; i < a.seqs_count; i += gridDim.y) {
+        const long long* seq = a.seqs + i * 6;
         const long long slot = seq[2];
         for (long long e = tid; e < VK; e += nt) S[e] = seq[3] ? ldx(state, sdt, slot * per + hoff + e) : 0.0f;
         __syncthreads();
@@ -72,17 +69,17 @@ extern "C" __global__ void dnk_extend(Args a) {
             for (int e = tid; e < L * K; e += nt) {
                 int j = e / K, x = e % K;
                 long long tok = t0 + j;
-                Kc[e] = ldx((const void*)a.p[1], (int)a.n[10], tok * a.n[17] + kh * a.n[18] + x);
-                Qc[e] = ldx((const void*)a.p[0], (int)a.n[9], tok * a.n[15] + kh * a.n[16] + x);
+                Kc[e] = ldx(a.io.k, (int)a.io.k_dtype, tok * a.io.k_token + kh * a.io.k_head + x);
+                Qc[e] = ldx(a.io.q, (int)a.io.q_dtype, tok * a.io.q_token + kh * a.io.q_head + x);
             }
             for (int j = tid; j < L; j += nt) {
                 long long tok = t0 + j;
-                Bt[j] = ldx((const void*)a.p[4], (int)a.n[12], tok * a.n[22] + h);
+                Bt[j] = ldx(a.io.beta, (int)a.io.beta_dtype, tok * a.io.beta_token + h);
             }
             if (tid == 0) {
                 float acc = 0.0f;
                 for (int j = 0; j < L; ++j) {
-                    acc += ((const float*)a.p[3])[(t0 + j) * a.n[21] + h];
+                    acc += a.io.g[(t0 + j) * a.io.g_token + h];
                     G[j] = acc;
                 }
             }
@@ -138,7 +135,7 @@ extern "C" __global__ void dnk_extend(Args a) {
                     if (isw) {
                         rhs = Bt[r] * EG[r] * Kc[r * K + x];
                     } else {
-                        rhs = Bt[r] * ldx((const void*)a.p[2], (int)a.n[11], (t0 + r) * a.n[19] + h * a.n[20] + v0 + x);
+                        rhs = Bt[r] * ldx(a.io.v, (int)a.io.v_dtype, (t0 + r) * a.io.v_token + h * a.io.v_head + v0 + x);
                     }
                     for (int j = 0; j < r; ++j) rhs -= A[r * DN_CHUNK + j] * X[j * ld + x];
                     X[r * ld + x] = rhs;
@@ -163,7 +160,7 @@ extern "C" __global__ void dnk_extend(Args a) {
                 int r = e / bv, v = e % bv;
                 float acc = Oi[r * DN_BV + v];
                 for (int j = 0; j <= r; ++j) acc += M[r * DN_CHUNK + j] * Uc[j * DN_BV + v];
-                stx((void*)a.p[5], (int)a.n[13], (t0 + r) * a.n[23] + h * a.n[24] + v0 + v, scale * acc);
+                stx(a.io.o, (int)a.io.o_dtype, (t0 + r) * a.io.o_token + h * a.io.o_head + v0 + v, scale * acc);
             }
             // 6. state update
             const float dl = EG[L - 1];

@@ -6,37 +6,30 @@
 // Per token and value head h (kh its key head), with a = exp(g), b = beta:
 //   sk = S[v]·k, u = b (v_v - a sk), S[v] <- a S[v] + u k, o_v = scale S[v]·q
 //
-// p: 0 q [T,HK,K], 1 k [T,HK,K], 2 v [T,HV,V], 3 g f32 [T,HV], 4 beta [T,HV],
-//    5 o [T,HV,V], 6 state of this layer [rows][HV][V][K], 7 scratch of this
-//    layer [rows][D][HV][V][K] or 0, 8 slot per request (i64), 9 parents i64
-//    [N*D] or 0
-// n: 0 N, 1 HK, 2 HV, 3 K (<= DN_KMAX), 4 V, 5 D (1 for decode), 6 mode
-//    (0 decode, 1 verify), 7 head mapping, 8 L2-normalise q/k, 9 q dtype,
-//    10 k dtype, 11 v dtype, 12 beta dtype, 13 o dtype, 14 state dtype,
-//    15/16 q strides (token, head), 17/18 k strides, 19/20 v strides,
-//    21 g token stride, 22 beta token stride, 23/24 o strides
-// f: 0 scale
+// Arguments: RecurrentArgs (args.h).
 // grid: (ceil(V / DN_ROWS_PER_BLOCK), HV, N), block 128 threads (4 warps);
 // each warp owns rows v, lanes split K. No shared memory, no barriers.
+#include "args.h"
+
 #define DN_KMAX 128
 #define DN_KPL (DN_KMAX / 32)
 #define DN_ROWS_PER_BLOCK 16
 
-extern "C" __global__ void dnk_recurrent(Args a) {
-    const int HK = (int)a.n[1], HV = (int)a.n[2], K = (int)a.n[3], V = (int)a.n[4];
-    const long long D = a.n[5];
-    const int mode = (int)a.n[6];
+extern "C" __global__ void dnk_recurrent(RecurrentArgs a) {
+    const int HK = (int)a.io.hk, HV = (int)a.io.hv, K = (int)a.io.dk, V = (int)a.io.dv;
+    const long long D = a.draft;
+    const int mode = (int)a.mode;
     const int h = blockIdx.y;
     const long long i = blockIdx.z;
-    const int kh = key_head(h, HK, HV, (int)a.n[7]);
+    const int kh = key_head(h, HK, HV, (int)a.io.head_mapping);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    const float scale = a.f[0];
-    const long long slot = ((const long long*)a.p[8])[i];
+    const float scale = a.io.scale;
+    const long long slot = a.slots[i];
     const long long per = (long long)HV * V * K; // one state
-    const int sdt = (int)a.n[14];
-    void* state = (void*)a.p[6];
-    void* scratch = (void*)a.p[7];
-    const long long* parents = (const long long*)a.p[9];
+    const int sdt = (int)a.state_dtype;
+    void* state = a.state;
+    void* scratch = a.scratch;
+    const long long* parents = a.parents;
 
     for (long long t = 0; t < D; ++t) {
         const long long tok = i * D + t;
@@ -45,12 +38,12 @@ extern "C" __global__ void dnk_recurrent(Args a) {
 #pragma unroll
         for (int m = 0; m < DN_KPL; ++m) {
             int e = lane + 32 * m;
-            kv[m] = e < K ? ldx((const void*)a.p[1], (int)a.n[10], tok * a.n[17] + kh * a.n[18] + e) : 0.0f;
-            qv[m] = e < K ? ldx((const void*)a.p[0], (int)a.n[9], tok * a.n[15] + kh * a.n[16] + e) : 0.0f;
+            kv[m] = e < K ? ldx(a.io.k, (int)a.io.k_dtype, tok * a.io.k_token + kh * a.io.k_head + e) : 0.0f;
+            qv[m] = e < K ? ldx(a.io.q, (int)a.io.q_dtype, tok * a.io.q_token + kh * a.io.q_head + e) : 0.0f;
             ssk += kv[m] * kv[m];
             ssq += qv[m] * qv[m];
         }
-        if (a.n[8]) {
+        if (a.io.l2norm) {
             float rk = 1.0f / sqrtf(warp_sum(ssk) + 1e-6f);
             float rq = 1.0f / sqrtf(warp_sum(ssq) + 1e-6f);
 #pragma unroll
@@ -59,8 +52,8 @@ extern "C" __global__ void dnk_recurrent(Args a) {
                 qv[m] *= rq;
             }
         }
-        const float decay = expf(((const float*)a.p[3])[tok * a.n[21] + h]);
-        const float b = ldx((const void*)a.p[4], (int)a.n[12], tok * a.n[22] + h);
+        const float decay = expf(a.io.g[tok * a.io.g_token + h]);
+        const float b = ldx(a.io.beta, (int)a.io.beta_dtype, tok * a.io.beta_token + h);
         long long src, dst;
         const void* sbuf;
         void* dbuf;
@@ -93,7 +86,7 @@ extern "C" __global__ void dnk_recurrent(Args a) {
                 sk += s[m] * kv[m];
             }
             sk = warp_sum(sk);
-            const float vv = ldx((const void*)a.p[2], (int)a.n[11], tok * a.n[19] + h * a.n[20] + v);
+            const float vv = ldx(a.io.v, (int)a.io.v_dtype, tok * a.io.v_token + h * a.io.v_head + v);
             const float u = b * (vv - decay * sk);
             float oq = 0.0f;
 #pragma unroll
@@ -104,7 +97,7 @@ extern "C" __global__ void dnk_recurrent(Args a) {
                 oq += ns * qv[m];
             }
             oq = warp_sum(oq);
-            if (lane == 0) stx((void*)a.p[5], (int)a.n[13], tok * a.n[23] + h * a.n[24] + v, scale * oq);
+            if (lane == 0) stx(a.io.o, (int)a.io.o_dtype, tok * a.io.o_token + h * a.io.o_head + v, scale * oq);
         }
     }
 }

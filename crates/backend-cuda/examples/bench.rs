@@ -26,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("bf16") => DType::BF16,
         _ => DType::F32,
     };
-    let (name, arch) = d.launcher().device_info();
+    let (name, arch) = d.device_info();
     println!("device {name} sm_{}{}, state {state_dtype}", arch.0, arch.1);
     let m = d.memory();
 

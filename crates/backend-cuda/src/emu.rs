@@ -2,13 +2,14 @@
 //! by build.rs with the host C++ compiler: the same kernel sources, run with
 //! one OS thread per CUDA thread, on host memory.
 
-use crate::kernels::{Args, Kernel};
-use crate::launcher::Launcher;
+use crate::args::KernelArgs;
+use crate::kernels::Kernel;
+use crate::launcher::{sealed, Launcher};
 use deltanet_core::{Error, HostMemory, Result};
-use std::ffi::{c_char, CString};
+use std::ffi::{c_char, c_void, CString};
 
 extern "C" {
-    fn deltanet_emu_launch(name: *const c_char, gx: u32, gy: u32, gz: u32, bx: u32, args: *const Args) -> i32;
+    fn deltanet_emu_launch(name: *const c_char, gx: u32, gy: u32, gz: u32, bx: u32, args: *const c_void, args_size: usize) -> i32;
 }
 
 /// Launches the kernels in the emulation, on host memory.
@@ -25,6 +26,8 @@ impl EmuLauncher {
         EmuLauncher { threads }
     }
 }
+
+impl sealed::Sealed for EmuLauncher {}
 
 impl Launcher for EmuLauncher {
     type Memory = HostMemory;
@@ -46,12 +49,17 @@ impl Launcher for EmuLauncher {
             self.threads
         }
     }
-    fn launch(&self, kernel: Kernel, grid: (u32, u32, u32), block: u32, args: &Args) -> Result<()> {
+    fn launch<A: KernelArgs>(&self, grid: (u32, u32, u32), block: u32, args: &A) -> Result<()> {
+        let kernel = A::KERNEL;
         let name = CString::new(kernel.name()).expect("no NUL");
-        // SAFETY: `name` is NUL-terminated; `args` is a valid `Args` whose
-        // addresses the dispatcher made from live host buffers and views that
-        // outlive this call (the launch is synchronous).
-        let r = unsafe { deltanet_emu_launch(name.as_ptr(), grid.0, grid.1, grid.2, block, args) };
+        // SAFETY: `name` is NUL-terminated; `args` points to the `size_of::<A>()`
+        // bytes of the kernel's argument struct (the emulation checks the size
+        // against its own struct's); the addresses in it were made by the
+        // dispatcher from live host buffers and views that outlive this call
+        // (the launch is synchronous).
+        let r = unsafe {
+            deltanet_emu_launch(name.as_ptr(), grid.0, grid.1, grid.2, block, (args as *const A).cast(), std::mem::size_of::<A>())
+        };
         if r != 0 {
             return Err(Error::Device {
                 backend: "cuda-emulated".into(),
@@ -60,5 +68,61 @@ impl Launcher for EmuLauncher {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! args.h as the host C++ compiler lays it out (the emulation's table,
+    //! kernels/cuda/emu/layout.cpp) against the Rust mirrors.
+    use crate::args::LAYOUTS;
+    use std::ffi::{c_char, CStr};
+
+    #[repr(C)]
+    struct FieldLayout {
+        type_name: *const c_char,
+        field: *const c_char,
+        offset: usize,
+        type_size: usize,
+    }
+
+    extern "C" {
+        fn deltanet_emu_args_layout(fields: *mut *const FieldLayout) -> usize;
+    }
+
+    /// A struct's name, size and (field, offset) list.
+    type Layout = (String, usize, Vec<(String, usize)>);
+
+    /// Each struct's layout, in the table's order.
+    fn cpp_layouts() -> Vec<Layout> {
+        let mut p = std::ptr::null();
+        // SAFETY: writes the address of a static table and returns its length.
+        let n = unsafe { deltanet_emu_args_layout(&mut p) };
+        // SAFETY: `p` points to `n` entries of a static array.
+        let table = unsafe { std::slice::from_raw_parts(p, n) };
+        let mut out: Vec<Layout> = Vec::new();
+        for e in table {
+            // SAFETY: both are string literals of the table.
+            let (t, f) = unsafe { (CStr::from_ptr(e.type_name), CStr::from_ptr(e.field)) };
+            let (t, f) = (t.to_str().unwrap().to_string(), f.to_str().unwrap().to_string());
+            if out.last().is_none_or(|l| l.0 != t) {
+                out.push((t.clone(), e.type_size, Vec::new()));
+            }
+            let last = out.last_mut().unwrap();
+            assert_eq!(last.1, e.type_size, "{t}: two sizes");
+            last.2.push((f, e.offset));
+        }
+        out
+    }
+
+    #[test]
+    fn the_cpp_compiler_lays_out_every_argument_struct_as_rust_does() {
+        let cpp = cpp_layouts();
+        let rust: Vec<Layout> =
+            LAYOUTS.iter().map(|l| (l.name.to_string(), l.size, l.fields.iter().map(|&(f, o)| (f.to_string(), o)).collect())).collect();
+        assert_eq!(cpp.iter().map(|c| &c.0).collect::<Vec<_>>(), rust.iter().map(|r| &r.0).collect::<Vec<_>>(), "structs");
+        for (c, r) in cpp.iter().zip(&rust) {
+            assert_eq!(c, r, "{}: C++ (left) and Rust (right) differ", c.0);
+        }
     }
 }

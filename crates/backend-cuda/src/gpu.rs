@@ -1,8 +1,9 @@
 //! The GPU side: device memory through cudarc, NVRTC-compiled modules cached
 //! per device and architecture, and kernel launches.
 
-use crate::kernels::{Args, Kernel};
-use crate::launcher::Launcher;
+use crate::args::KernelArgs;
+use crate::kernels::Kernel;
+use crate::launcher::{sealed, Launcher};
 use crate::nvrtc;
 use cudarc::driver::{
     result as dres, sys as dsys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
@@ -127,7 +128,7 @@ fn module_cache() -> &'static ModuleCache {
     CACHE.get_or_init(Default::default)
 }
 
-/// Launches on a real GPU.
+/// Launches on a real GPU (the dispatcher's default launcher; built by [`CudaDispatcher::new`](crate::CudaDispatcher::new)).
 #[derive(Debug)]
 pub struct GpuLauncher {
     memory: CudaMemory,
@@ -139,17 +140,14 @@ pub struct GpuLauncher {
 impl GpuLauncher {
     /// Opens device `ordinal` and compiles (or fetches from the cache) the kernels
     /// for its architecture. `Unavailable` when the driver, NVRTC or the device is missing.
-    pub fn new(ordinal: usize) -> Result<Self> {
+    pub(crate) fn new(ordinal: usize) -> Result<Self> {
         let unavailable = |reason: String| Error::Unavailable { backend: "cuda".into(), reason };
         let count = probe().map_err(unavailable)?;
         if ordinal >= count {
             return Err(unavailable(format!("no device {ordinal} ({count} present)")));
         }
-        let nvrtc_dir = std::env::var_os("DELTANET_NVRTC_DIR").map(std::path::PathBuf::from);
-        if !nvrtc::nvrtc_present() && !nvrtc_dir.is_some_and(|d| nvrtc::preload_nvrtc(&d)) {
-            return Err(unavailable(
-                "libnvrtc.so.13 was not found on the library path or in DELTANET_NVRTC_DIR (needed to compile the kernels)".into(),
-            ));
+        if !nvrtc::load() {
+            return Err(unavailable(format!("{} (needed to compile the kernels)", nvrtc::WHERE)));
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| unavailable(format!("device {ordinal}: {e:?}")))?;
         let arch = ctx.compute_capability().map_err(|e| dev_err("compute capability", e))?;
@@ -158,6 +156,7 @@ impl GpuLauncher {
         let module = slot
             .get_or_init(|| {
                 let c = nvrtc::compile(&format!("sm_{}{}", arch.0, arch.1), &[])?;
+                tracing::debug!(ordinal, ?arch, nvrtc = ?nvrtc::nvrtc_version(), log = %c.log, "compiled the kernels with NVRTC");
                 ctx.load_module(cudarc::nvrtc::Ptx::from_binary(c.cubin)).map_err(|e| format!("cuModuleLoadData: {e:?}"))
             })
             .clone()
@@ -171,10 +170,12 @@ impl GpuLauncher {
     }
 
     /// Device name and compute capability.
-    pub fn device_info(&self) -> (String, (i32, i32)) {
+    pub(crate) fn device_info(&self) -> (String, (i32, i32)) {
         (self.name.clone(), self.arch)
     }
 }
+
+impl sealed::Sealed for GpuLauncher {}
 
 impl Launcher for GpuLauncher {
     type Memory = CudaMemory;
@@ -191,15 +192,17 @@ impl Launcher for GpuLauncher {
             _ => 256,
         }
     }
-    fn launch(&self, kernel: Kernel, grid: (u32, u32, u32), block: u32, args: &Args) -> Result<()> {
+    fn launch<A: KernelArgs>(&self, grid: (u32, u32, u32), block: u32, args: &A) -> Result<()> {
+        let kernel = A::KERNEL;
         let f = &self.functions[&kernel];
         let stream = &self.memory.stream;
         let cfg = LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: 0 };
         let mut b = stream.launch_builder(f);
         b.arg(args);
-        // SAFETY: every kernel takes exactly one `Args` by value; the addresses in
-        // it were made by the dispatcher from live buffers and validated views
-        // that outlive the launch (we synchronise before returning).
+        // SAFETY: the kernel takes exactly one argument, its struct `A` by value
+        // (`A::KERNEL` picked the function; NVRTC checked the layout); the
+        // addresses in it were made by the dispatcher from live buffers and
+        // validated views that outlive the launch (we synchronise before returning).
         unsafe { b.launch(cfg) }.map_err(|e| dev_err(kernel.name(), e))?;
         stream.synchronize().map_err(|e| dev_err("synchronize", e))
     }

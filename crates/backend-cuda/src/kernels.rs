@@ -1,8 +1,10 @@
-//! The CUDA C kernel sources (kernels/cuda), their argument block and names.
+//! The CUDA C kernel sources (kernels/cuda) and the kernels' names.
 
-use deltanet_core::DType;
-
-/// Shared definitions: argument block, dtype conversions by bit operations, warp sums.
+/// The kernels' argument structs, the one header the kernel sources include.
+pub const ARGS_HEADER: &str = include_str!("../../../kernels/cuda/args.h");
+/// The name the kernel sources include [`ARGS_HEADER`] by.
+pub const ARGS_HEADER_NAME: &str = "args.h";
+/// Shared definitions: dtype conversions by bit operations, warp sums.
 pub const COMMON: &str = include_str!("../../../kernels/cuda/common.cu");
 /// The gate.
 pub const GATE: &str = include_str!("../../../kernels/cuda/gate.cu");
@@ -17,9 +19,25 @@ pub const CAST: &str = include_str!("../../../kernels/cuda/cast.cu");
 /// Commit of accepted drafts (scratch step and conv window into the slot).
 pub const COMMIT: &str = include_str!("../../../kernels/cuda/commit.cu");
 
-/// The whole program NVRTC compiles: common definitions, then every kernel.
+/// The whole program NVRTC compiles (with [`ARGS_HEADER`] as its one header):
+/// common definitions, every kernel, then the checks that the argument structs
+/// are laid out as on the host and that the kernels' limits are the host's.
 pub fn program_source() -> String {
-    [COMMON, GATE, CONV, RECURRENT, EXTEND, CAST, COMMIT].join("\n")
+    [COMMON, GATE, CONV, RECURRENT, EXTEND, CAST, COMMIT, &crate::args::layout_asserts(), &constant_asserts()].join("\n")
+}
+
+/// C++ `static_assert`s that each `#define` the host mirrors below has the host's value.
+fn constant_asserts() -> String {
+    [
+        ("DN_ROWS_PER_BLOCK", ROWS_PER_BLOCK),
+        ("DN_KMAX", MAX_HEAD_DIM),
+        ("DN_MAX_CONV_W", MAX_CONV_WIDTH),
+        ("DN_BV", EXTEND_ROWS),
+        ("DN_CHUNK", CHUNK),
+    ]
+    .iter()
+    .map(|(name, v)| format!("static_assert({name} == {v}, \"{name} differs from the host's constant\");\n"))
+    .collect()
 }
 
 /// A kernel of the program.
@@ -69,34 +87,3 @@ pub const MAX_CONV_WIDTH: usize = 8;
 pub const EXTEND_ROWS: usize = 32;
 /// Chunk length of `dnk_extend` (`DN_CHUNK`).
 pub const CHUNK: usize = 64;
-
-/// The argument block every kernel takes by value (mirrors `struct Args` in common.cu).
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct Args {
-    /// Device addresses.
-    pub p: [u64; 16],
-    /// Integers.
-    pub n: [i64; 40],
-    /// Floats.
-    pub f: [f32; 4],
-}
-
-impl Default for Args {
-    fn default() -> Self {
-        Args { p: [0; 16], n: [0; 40], f: [0.0; 4] }
-    }
-}
-
-// SAFETY: `Args` is a #[repr(C)] plain-old-data struct whose layout matches the
-// kernels' `struct Args` (16 u64, 40 i64, 4 f32; no padding), passed by value.
-unsafe impl cudarc::driver::DeviceRepr for Args {}
-
-/// The kernels' dtype code.
-pub fn dtype_code(d: DType) -> i64 {
-    match d {
-        DType::F32 => 0,
-        DType::BF16 => 1,
-        DType::F16 => 2,
-    }
-}

@@ -2,11 +2,14 @@
 //! through the emulation. The dispatcher's host logic is written once over
 //! this trait.
 
-use crate::kernels::{Args, Kernel};
+use crate::args::KernelArgs;
+use crate::kernels::Kernel;
 use deltanet_core::{DeviceMemory, Result};
 
-/// Launches the kernels of kernels/cuda on some device.
-pub trait Launcher: Send + Sync + 'static {
+/// Launches the kernels of kernels/cuda on some device: [`GpuLauncher`](crate::GpuLauncher)
+/// or, with the `emulate` feature, `EmuLauncher`. Sealed: the kernels and
+/// their arguments are the crate's own, so only it implements this.
+pub trait Launcher: sealed::Sealed + Send + Sync + 'static {
     /// The memory kernels read and write.
     type Memory: DeviceMemory;
     /// The memory.
@@ -15,6 +18,12 @@ pub trait Launcher: Send + Sync + 'static {
     fn backend(&self) -> &'static str;
     /// Threads per block for `kernel` (a multiple of 32).
     fn block_threads(&self, kernel: Kernel) -> u32;
-    /// Runs `kernel` over `grid` blocks of `block` threads and waits for it.
-    fn launch(&self, kernel: Kernel, grid: (u32, u32, u32), block: u32, args: &Args) -> Result<()>;
+    /// Runs the kernel `A` is for over `grid` blocks of `block` threads, with
+    /// `args` by value, and waits for it.
+    fn launch<A: KernelArgs>(&self, grid: (u32, u32, u32), block: u32, args: &A) -> Result<()>;
+}
+
+pub(crate) mod sealed {
+    /// Implemented by the crate's launchers only.
+    pub trait Sealed {}
 }

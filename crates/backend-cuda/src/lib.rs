@@ -3,8 +3,9 @@
 //! The CUDA backend of deltanet: [`CudaDispatcher`] implements
 //! [`KernelDispatcher`] on NVIDIA GPUs with cudarc, in the V-major layout, with
 //! f32 or bf16 state and f32/bf16/f16 inputs. The kernels are CUDA C under
-//! `kernels/cuda`, written without `#include`, compiled at run time by NVRTC
-//! for the device's architecture and cached per device and architecture.
+//! `kernels/cuda`, compiled at run time by NVRTC for the device's architecture
+//! and cached per device and architecture. Each kernel takes one argument
+//! struct of `kernels/cuda/args.h`, mirrored in Rust with checked layouts.
 //!
 //! The dispatcher's host logic launches through a [`Launcher`]: [`GpuLauncher`]
 //! (cudarc) on a GPU, or, with the `emulate` feature, `EmuLauncher`, which runs
@@ -17,24 +18,29 @@
 
 #![warn(missing_docs)]
 
-pub mod gpu;
-pub mod kernels;
-pub mod launcher;
-pub mod nvrtc;
+mod args;
+mod gpu;
+mod kernels;
+mod launcher;
+mod nvrtc;
 
 #[cfg(feature = "emulate")]
-pub mod emu;
+mod emu;
+
+#[cfg(test)]
+mod compile_gate;
 
 #[cfg(feature = "emulate")]
 pub use emu::EmuLauncher;
 pub use gpu::{CudaBuffer, CudaMemory, GpuLauncher};
 pub use launcher::Launcher;
 
+use args::{dtype_code, CastArgs, CommitArgs, ConvArgs, DeltaArgs, ExtendArgs, GateArgs, KernelArgs, RecurrentArgs};
 use deltanet_core::{
     plan, Capabilities, Checked, CommitBatch, ConvIo, DType, DecodeBatch, DeltaIo, Device, DeviceMemory, DimLimits, Error, ExtendBatch,
     GateCall, HeadMapping, Kernels, LayoutKind, ModelDims, PoolOf, Result, TensorMeta, TensorMut, TensorRef, VMajor, VerifyBatch,
 };
-use kernels::{dtype_code, Args, Kernel, CHUNK, EXTEND_ROWS, MAX_CONV_WIDTH, MAX_HEAD_DIM, ROWS_PER_BLOCK};
+use kernels::{Kernel, CHUNK, EXTEND_ROWS, MAX_CONV_WIDTH, MAX_HEAD_DIM, ROWS_PER_BLOCK};
 use std::sync::{Mutex, MutexGuard};
 
 /// Checks, without panicking, that a CUDA driver and a device are present
@@ -90,6 +96,11 @@ impl CudaDispatcher<GpuLauncher> {
     pub fn new(ordinal: usize) -> Result<Self> {
         Ok(Self::with_launcher(GpuLauncher::new(ordinal)?, Device::Cuda(ordinal)))
     }
+
+    /// The device's name and compute capability.
+    pub fn device_info(&self) -> (String, (i32, i32)) {
+        self.launcher.device_info()
+    }
 }
 
 #[cfg(feature = "emulate")]
@@ -130,11 +141,6 @@ impl<L: Launcher> CudaDispatcher<L> {
         self
     }
 
-    /// The launcher.
-    pub fn launcher(&self) -> &L {
-        &self.launcher
-    }
-
     /// Converts the elements of a contiguous tensor into another dtype (f32, bf16,
     /// f16; round to nearest even), on the device, with the kernels' own conversions.
     pub fn cast(&self, src: TensorRef<'_>, dst: TensorMut<'_>) -> Result<()> {
@@ -150,14 +156,15 @@ impl<L: Launcher> CudaDispatcher<L> {
         if s.numel() != d.numel() {
             return Err(Error::shape("dst", s.shape(), d.shape()));
         }
-        let mut a = Args::default();
-        a.p[0] = src.addr();
-        a.p[1] = dst.addr();
-        a.n[0] = s.numel() as i64;
-        a.n[1] = dtype_code(s.dtype());
-        a.n[2] = dtype_code(d.dtype());
+        let a = CastArgs {
+            src: src.addr(),
+            dst: dst.addr(),
+            count: s.numel() as i64,
+            src_dtype: dtype_code(s.dtype()),
+            dst_dtype: dtype_code(d.dtype()),
+        };
         let bt = self.launcher.block_threads(Kernel::Cast) as usize;
-        self.run(Kernel::Cast, (s.numel().div_ceil(bt), 1, 1), &a)
+        self.run((s.numel().div_ceil(bt), 1, 1), &a)
     }
 
     /// Copies i64 tables to the device (one host-to-device copy) and reserves a
@@ -191,7 +198,8 @@ impl<L: Launcher> CudaDispatcher<L> {
         Ok(Staged { tables: offs.iter().map(|&o| base + o as u64).collect(), workspace: base + ws_off as u64, _guard: guard })
     }
 
-    fn run(&self, kernel: Kernel, grid: (usize, usize, usize), args: &Args) -> Result<()> {
+    fn run<A: KernelArgs>(&self, grid: (usize, usize, usize), args: &A) -> Result<()> {
+        let kernel = A::KERNEL;
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
@@ -200,57 +208,68 @@ impl<L: Launcher> CudaDispatcher<L> {
         }
         let block = self.launcher.block_threads(kernel);
         let _span = tracing::trace_span!("launch", kernel = kernel.name(), ?grid, block).entered();
-        self.launcher.launch(kernel, (grid.0 as u32, grid.1 as u32, grid.2 as u32), block, args)
+        self.launcher.launch((grid.0 as u32, grid.1 as u32, grid.2 as u32), block, args)
     }
 
-    /// The argument fields every delta-rule kernel shares (dims, dtypes, strides, addresses).
-    fn delta_args(&self, dims: &ModelDims, io: &DeltaIo<'_>) -> Args {
-        let mut a = Args::default();
-        a.p[0] = io.q.addr();
-        a.p[1] = io.k.addr();
-        a.p[2] = io.v.addr();
-        a.p[3] = io.g.addr();
-        a.p[4] = io.beta.addr();
-        a.p[5] = io.o.addr();
-        a.n[1] = dims.num_k_heads as i64;
-        a.n[2] = dims.num_v_heads as i64;
-        a.n[3] = dims.head_k_dim as i64;
-        a.n[4] = dims.head_v_dim as i64;
-        a.n[7] = match dims.head_mapping {
-            HeadMapping::Grouped => 0,
-            HeadMapping::Tiled => 1,
-        };
-        a.n[8] = io.params.use_qk_l2norm as i64;
-        a.n[9] = dtype_code(io.q.meta().dtype());
-        a.n[10] = dtype_code(io.k.meta().dtype());
-        a.n[11] = dtype_code(io.v.meta().dtype());
-        a.n[12] = dtype_code(io.beta.meta().dtype());
-        a.n[13] = dtype_code(io.o.meta().dtype());
-        (a.n[15], a.n[16]) = strides3(io.q.meta());
-        (a.n[17], a.n[18]) = strides3(io.k.meta());
-        (a.n[19], a.n[20]) = strides3(io.v.meta());
-        a.n[21] = stride2(io.g.meta());
-        a.n[22] = stride2(io.beta.meta());
-        (a.n[23], a.n[24]) = strides3(io.o.meta());
-        a.f[0] = io.params.scale;
-        a
+    /// The argument fields every delta-rule kernel shares (tensors, dims, dtypes, strides, parameters).
+    fn delta_args(&self, dims: &ModelDims, io: &DeltaIo<'_>) -> DeltaArgs {
+        let (q_token, q_head) = strides3(io.q.meta());
+        let (k_token, k_head) = strides3(io.k.meta());
+        let (v_token, v_head) = strides3(io.v.meta());
+        let (o_token, o_head) = strides3(io.o.meta());
+        DeltaArgs {
+            q: io.q.addr(),
+            k: io.k.addr(),
+            v: io.v.addr(),
+            g: io.g.addr(),
+            beta: io.beta.addr(),
+            o: io.o.addr(),
+            q_token,
+            q_head,
+            k_token,
+            k_head,
+            v_token,
+            v_head,
+            g_token: stride2(io.g.meta()),
+            beta_token: stride2(io.beta.meta()),
+            o_token,
+            o_head,
+            hk: dims.num_k_heads as i64,
+            hv: dims.num_v_heads as i64,
+            dk: dims.head_k_dim as i64,
+            dv: dims.head_v_dim as i64,
+            q_dtype: dtype_code(io.q.meta().dtype()),
+            k_dtype: dtype_code(io.k.meta().dtype()),
+            v_dtype: dtype_code(io.v.meta().dtype()),
+            beta_dtype: dtype_code(io.beta.meta().dtype()),
+            o_dtype: dtype_code(io.o.meta().dtype()),
+            head_mapping: match dims.head_mapping {
+                HeadMapping::Grouped => 0,
+                HeadMapping::Tiled => 1,
+            },
+            l2norm: io.params.use_qk_l2norm as i64,
+            scale: io.params.scale,
+            pad: 0.0,
+        }
     }
 
-    /// The argument fields of every conv kernel.
-    fn conv_args(&self, dims: &ModelDims, io: &ConvIo<'_>, state_dtype: DType) -> Args {
-        let mut a = Args::default();
-        a.p[0] = io.x.addr();
-        a.p[1] = io.weight.addr();
-        a.p[2] = io.bias.as_ref().map_or(0, |b| b.addr());
-        a.p[3] = io.out.addr();
-        a.n[1] = dims.conv_dim() as i64;
-        a.n[2] = dims.conv_width as i64;
-        a.n[3] = dtype_code(io.x.meta().dtype());
-        a.n[4] = stride2(io.x.meta());
-        a.n[5] = dtype_code(io.out.meta().dtype());
-        a.n[6] = stride2(io.out.meta());
-        a.n[7] = dtype_code(state_dtype);
-        a
+    /// The argument fields of every conv kernel; the caller sets the state,
+    /// the tables and the mode.
+    fn conv_args(&self, dims: &ModelDims, io: &ConvIo<'_>, state_dtype: DType) -> ConvArgs {
+        ConvArgs {
+            x: io.x.addr(),
+            weight: io.weight.addr(),
+            bias: io.bias.as_ref().map_or(0, |b| b.addr()),
+            out: io.out.addr(),
+            channels: dims.conv_dim() as i64,
+            width: dims.conv_width as i64,
+            x_dtype: dtype_code(io.x.meta().dtype()),
+            x_row: stride2(io.x.meta()),
+            out_dtype: dtype_code(io.out.meta().dtype()),
+            out_row: stride2(io.out.meta()),
+            state_dtype: dtype_code(state_dtype),
+            ..ConvArgs::default()
+        }
     }
 }
 
@@ -268,18 +287,24 @@ impl<L: Launcher> Kernels for CudaDispatcher<L> {
 
     fn run_gate(&self, call: GateCall<'_>) -> Result<()> {
         let (tokens, hv, io) = (call.tokens(), call.dims().num_v_heads, call.io());
-        let mut a = Args::default();
-        a.p[..6].copy_from_slice(&[io.a.addr(), io.b.addr(), io.a_log.addr(), io.dt_bias.addr(), io.g.addr(), io.beta.addr()]);
-        a.n[0] = tokens as i64;
-        a.n[1] = hv as i64;
-        a.n[2] = dtype_code(io.a.meta().dtype());
-        a.n[3] = dtype_code(io.b.meta().dtype());
-        a.n[4] = stride2(io.a.meta());
-        a.n[5] = stride2(io.b.meta());
-        a.n[6] = stride2(io.g.meta());
-        a.n[7] = stride2(io.beta.meta());
+        let a = GateArgs {
+            a: io.a.addr(),
+            b: io.b.addr(),
+            a_log: io.a_log.addr(),
+            dt_bias: io.dt_bias.addr(),
+            g: io.g.addr(),
+            beta: io.beta.addr(),
+            tokens: tokens as i64,
+            hv: hv as i64,
+            a_row: stride2(io.a.meta()),
+            b_row: stride2(io.b.meta()),
+            g_row: stride2(io.g.meta()),
+            beta_row: stride2(io.beta.meta()),
+            a_dtype: dtype_code(io.a.meta().dtype()),
+            b_dtype: dtype_code(io.b.meta().dtype()),
+        };
         let bt = self.launcher.block_threads(Kernel::Gate) as usize;
-        self.run(Kernel::Gate, ((tokens * hv).div_ceil(bt), 1, 1), &a)
+        self.run(((tokens * hv).div_ceil(bt), 1, 1), &a)
     }
 
     fn run_conv_extend(&self, pool: &mut PoolOf<Self>, call: Checked<'_, ExtendBatch, ConvIo<'_>>) -> Result<()> {
@@ -299,14 +324,15 @@ impl<L: Launcher> Kernels for CudaDispatcher<L> {
         let st = self.stage(&[&seqs, &snaps], 0)?;
         let m = self.launcher.memory();
         pool.checked_parts(ticket, |parts| {
-            let mut a = self.conv_args(&dims, &io, g.config.conv_dtype);
-            a.p[4] = m.addr(parts.conv) + g.conv_offset(layer, 0) as u64;
-            a.p[6] = st.tables[0];
-            a.p[7] = st.tables[1];
-            a.n[0] = n as i64;
-            a.n[8] = 0;
+            let a = ConvArgs {
+                state: m.addr(parts.conv) + g.conv_offset(layer, 0) as u64,
+                seqs: st.tables[0],
+                snapshots: st.tables[1],
+                mode: 0,
+                ..self.conv_args(&dims, &io, g.config.conv_dtype)
+            };
             let bt = self.launcher.block_threads(Kernel::Conv) as usize;
-            self.run(Kernel::Conv, (dims.conv_dim().div_ceil(bt), n, 1), &a)
+            self.run((dims.conv_dim().div_ceil(bt), n, 1), &a)
         })
     }
 
@@ -318,14 +344,14 @@ impl<L: Launcher> Kernels for CudaDispatcher<L> {
         let st = self.stage(&[&seqs], 0)?;
         let m = self.launcher.memory();
         pool.checked_parts(ticket, |parts| {
-            let mut a = self.conv_args(&dims, &io, g.config.conv_dtype);
-            a.p[4] = m.addr(parts.conv) + g.conv_offset(layer, 0) as u64;
-            a.p[6] = st.tables[0];
-            a.p[7] = a.p[6];
-            a.n[0] = n as i64;
-            a.n[8] = 1;
+            let a = ConvArgs {
+                state: m.addr(parts.conv) + g.conv_offset(layer, 0) as u64,
+                seqs: st.tables[0],
+                mode: 1,
+                ..self.conv_args(&dims, &io, g.config.conv_dtype)
+            };
             let bt = self.launcher.block_threads(Kernel::Conv) as usize;
-            self.run(Kernel::Conv, (dims.conv_dim().div_ceil(bt), n, 1), &a)
+            self.run((dims.conv_dim().div_ceil(bt), n, 1), &a)
         })
     }
 
@@ -339,17 +365,17 @@ impl<L: Launcher> Kernels for CudaDispatcher<L> {
         let m = self.launcher.memory();
         pool.checked_parts(ticket, |parts| {
             let windows = parts.windows.ok_or(Error::NoSpeculativeBuffers)?;
-            let mut a = self.conv_args(&dims, &io, g.config.conv_dtype);
-            a.p[4] = m.addr(parts.conv) + g.conv_offset(layer, 0) as u64;
-            a.p[5] = m.addr(windows) + g.window_offset(layer, 0, 0) as u64;
-            a.p[6] = st.tables[0];
-            a.p[7] = a.p[6];
-            a.p[8] = st.tables[1];
-            a.n[0] = n as i64;
-            a.n[8] = 2;
-            a.n[9] = d as i64;
+            let a = ConvArgs {
+                state: m.addr(parts.conv) + g.conv_offset(layer, 0) as u64,
+                windows: m.addr(windows) + g.window_offset(layer, 0, 0) as u64,
+                seqs: st.tables[0],
+                parents: st.tables[1],
+                draft: d as i64,
+                mode: 2,
+                ..self.conv_args(&dims, &io, g.config.conv_dtype)
+            };
             let bt = self.launcher.block_threads(Kernel::Conv) as usize;
-            self.run(Kernel::Conv, (dims.conv_dim().div_ceil(bt), n, 1), &a)
+            self.run((dims.conv_dim().div_ceil(bt), n, 1), &a)
         })
     }
 
@@ -380,15 +406,17 @@ impl<L: Launcher> Kernels for CudaDispatcher<L> {
         let rows = (self.extend_workspace_budget / (hv * tiles * per_block * 4)).clamp(1, n);
         let st = self.stage(&[&seqs, &chunks, &snap_slots], rows * hv * tiles * per_block * 4)?;
         pool.checked_parts(ticket, |parts| {
-            let mut a = self.delta_args(&dims, &io);
-            a.p[6] = m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64;
-            a.p[7] = st.tables[0];
-            a.p[8] = st.tables[1];
-            a.p[9] = st.tables[2];
-            a.p[10] = st.workspace;
-            a.n[0] = n as i64;
-            a.n[14] = dtype_code(g.config.state_dtype);
-            self.run(Kernel::Extend, (hv, rows, tiles), &a)
+            let a = ExtendArgs {
+                io: self.delta_args(&dims, &io),
+                state: m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64,
+                seqs: st.tables[0],
+                chunks: st.tables[1],
+                snapshot_slots: st.tables[2],
+                workspace: st.workspace,
+                seqs_count: n as i64,
+                state_dtype: dtype_code(g.config.state_dtype),
+            };
+            self.run((hv, rows, tiles), &a)
         })
     }
 
@@ -400,14 +428,17 @@ impl<L: Launcher> Kernels for CudaDispatcher<L> {
         let st = self.stage(&[&slots], 0)?;
         let m = self.launcher.memory();
         pool.checked_parts(ticket, |parts| {
-            let mut a = self.delta_args(&dims, &io);
-            a.p[6] = m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64;
-            a.p[8] = st.tables[0];
-            a.n[0] = n as i64;
-            a.n[5] = 1;
-            a.n[6] = 0;
-            a.n[14] = dtype_code(g.config.state_dtype);
-            self.run(Kernel::Recurrent, (dims.head_v_dim.div_ceil(ROWS_PER_BLOCK), dims.num_v_heads, n), &a)
+            let a = RecurrentArgs {
+                io: self.delta_args(&dims, &io),
+                state: m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64,
+                scratch: 0,
+                slots: st.tables[0],
+                parents: 0,
+                draft: 1,
+                state_dtype: dtype_code(g.config.state_dtype),
+                mode: 0,
+            };
+            self.run((dims.head_v_dim.div_ceil(ROWS_PER_BLOCK), dims.num_v_heads, n), &a)
         })
     }
 
@@ -420,16 +451,17 @@ impl<L: Launcher> Kernels for CudaDispatcher<L> {
         let m = self.launcher.memory();
         pool.checked_parts(ticket, |parts| {
             let scratch = parts.scratch.ok_or(Error::NoSpeculativeBuffers)?;
-            let mut a = self.delta_args(&dims, &io);
-            a.p[6] = m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64;
-            a.p[7] = m.addr(scratch) + g.scratch_offset(layer, 0, 0) as u64;
-            a.p[8] = st.tables[0];
-            a.p[9] = st.tables[1];
-            a.n[0] = n as i64;
-            a.n[5] = d as i64;
-            a.n[6] = 1;
-            a.n[14] = dtype_code(g.config.state_dtype);
-            self.run(Kernel::Recurrent, (dims.head_v_dim.div_ceil(ROWS_PER_BLOCK), dims.num_v_heads, n), &a)
+            let a = RecurrentArgs {
+                io: self.delta_args(&dims, &io),
+                state: m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64,
+                scratch: m.addr(scratch) + g.scratch_offset(layer, 0, 0) as u64,
+                slots: st.tables[0],
+                parents: st.tables[1],
+                draft: d as i64,
+                state_dtype: dtype_code(g.config.state_dtype),
+                mode: 1,
+            };
+            self.run((dims.head_v_dim.div_ceil(ROWS_PER_BLOCK), dims.num_v_heads, n), &a)
         })
     }
 
@@ -449,19 +481,19 @@ impl<L: Launcher> Kernels for CudaDispatcher<L> {
                 (Some(s), Some(w)) => (s, w),
                 _ => return Err(Error::NoSpeculativeBuffers),
             };
-            let mut a = Args::default();
-            a.p[0] = m.addr(scratch) + g.scratch_offset(layer, 0, 0) as u64;
-            a.p[1] = m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64;
-            a.p[2] = m.addr(windows) + g.window_offset(layer, 0, 0) as u64;
-            a.p[3] = m.addr(parts.conv) + g.conv_offset(layer, 0) as u64;
-            a.p[4] = st.tables[0];
             let (su, cu) = (g.state_bytes() / 2, g.conv_bytes() / 2);
-            a.n[0] = (targets.len() / 3) as i64;
-            a.n[1] = su as i64;
-            a.n[2] = cu as i64;
-            a.n[3] = g.draft() as i64;
+            let a = CommitArgs {
+                scratch: m.addr(scratch) + g.scratch_offset(layer, 0, 0) as u64,
+                state: m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64,
+                windows: m.addr(windows) + g.window_offset(layer, 0, 0) as u64,
+                conv: m.addr(parts.conv) + g.conv_offset(layer, 0) as u64,
+                targets: st.tables[0],
+                state_units: su as i64,
+                conv_units: cu as i64,
+                draft: g.draft() as i64,
+            };
             let bt = self.launcher.block_threads(Kernel::Commit) as usize;
-            self.run(Kernel::Commit, (su.max(cu).div_ceil(bt), targets.len() / 3, 1), &a)
+            self.run((su.max(cu).div_ceil(bt), targets.len() / 3, 1), &a)
         })
     }
 }

@@ -1,9 +1,18 @@
-//! Run-time compilation of the kernels with NVRTC, and the resource usage
-//! ptxas reports for each kernel (registers, shared memory, spills).
+//! Run-time compilation of the kernels with NVRTC.
+//!
+//! cudarc loads `libnvrtc.so.13` by name, so it is found on the dynamic
+//! loader's path (`LD_LIBRARY_PATH`, the system's library directories), or,
+//! when it is not there, in the directory `DELTANET_NVRTC_DIR` names (e.g. the
+//! `.nvrtc/nvidia/cu13/lib` that crates/backend-cuda/install-nvrtc.sh fills),
+//! which [`load`] loads it from first.
 
-use crate::kernels::program_source;
+use crate::kernels::{program_source, ARGS_HEADER, ARGS_HEADER_NAME};
 use cudarc::nvrtc::{result, sys};
 use std::ffi::CString;
+
+/// Where NVRTC is looked for, for error messages.
+pub const WHERE: &str = "libnvrtc.so.13 was found neither on the library path (LD_LIBRARY_PATH) nor in DELTANET_NVRTC_DIR \
+(crates/backend-cuda/install-nvrtc.sh installs it into .nvrtc/nvidia/cu13/lib)";
 
 /// Whether `libnvrtc` can be loaded (cudarc panics on first use otherwise).
 pub fn nvrtc_present() -> bool {
@@ -11,9 +20,14 @@ pub fn nvrtc_present() -> bool {
     unsafe { sys::is_culib_present() }
 }
 
-/// Loads `libnvrtc.so.13` from `dir` (e.g. the `.nvrtc/nvidia/cu13/lib` that
-/// install-nvrtc.sh fills) and keeps it loaded, so cudarc's later load by
-/// name finds it without `LD_LIBRARY_PATH`. Returns whether it is present now.
+/// Makes NVRTC loadable: true when it is on the library path, or once it is
+/// loaded from `DELTANET_NVRTC_DIR`.
+pub fn load() -> bool {
+    nvrtc_present() || std::env::var_os("DELTANET_NVRTC_DIR").is_some_and(|d| preload_nvrtc(std::path::Path::new(&d)))
+}
+
+/// Loads `libnvrtc.so.13` from `dir` and keeps it loaded, so cudarc's later
+/// load by name finds it without `LD_LIBRARY_PATH`. Returns whether it is present now.
 pub fn preload_nvrtc(dir: &std::path::Path) -> bool {
     if nvrtc_present() {
         return true;
@@ -47,8 +61,6 @@ pub fn nvrtc_version() -> Option<(i32, i32)> {
 /// The outcome of one compilation.
 #[derive(Debug, Clone)]
 pub struct Compiled {
-    /// Target, e.g. `sm_90`.
-    pub arch: String,
     /// The program log (warnings, and ptxas info with `--ptxas-options=-v`).
     pub log: String,
     /// The cubin for `arch`.
@@ -58,14 +70,23 @@ pub struct Compiled {
 /// Compiles the whole kernel program for a real architecture (`sm_80`, `sm_90`...)
 /// to a cubin, with `extra` NVRTC options. Errors carry the log.
 pub fn compile(arch: &str, extra: &[&str]) -> Result<Compiled, String> {
-    if !nvrtc_present() {
-        return Err(
-            "libnvrtc.so.13 not found (run crates/backend-cuda/install-nvrtc.sh and add .nvrtc/nvidia/cu13/lib to LD_LIBRARY_PATH)".into(),
-        );
+    if !load() {
+        return Err(WHERE.into());
     }
     let src = CString::new(program_source()).map_err(|e| e.to_string())?;
     let name = CString::new("deltanet.cu").expect("no NUL");
-    let prog = result::create_program(&src, Some(&name)).map_err(|e| format!("nvrtcCreateProgram: {e:?}"))?;
+    // the one header the sources include, handed over by name (nothing is read from disk)
+    let header = CString::new(ARGS_HEADER).map_err(|e| e.to_string())?;
+    let header_name = CString::new(ARGS_HEADER_NAME).expect("no NUL");
+    let mut prog = std::mem::MaybeUninit::uninit();
+    // SAFETY: NVRTC is present (checked above); every string is NUL-terminated and
+    // outlives the call (NVRTC copies them); the header arrays hold one entry each.
+    let r = unsafe { sys::nvrtcCreateProgram(prog.as_mut_ptr(), src.as_ptr(), name.as_ptr(), 1, &header.as_ptr(), &header_name.as_ptr()) };
+    if r != sys::nvrtcResult::NVRTC_SUCCESS {
+        return Err(format!("nvrtcCreateProgram: {r:?}"));
+    }
+    // SAFETY: nvrtcCreateProgram succeeded, so it wrote the program handle.
+    let prog = unsafe { prog.assume_init() };
     let mut opts: Vec<String> = vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()];
     opts.extend(extra.iter().map(|s| s.to_string()));
     // SAFETY: `prog` was created above and is destroyed once, at the end.
@@ -79,7 +100,7 @@ pub fn compile(arch: &str, extra: &[&str]) -> Result<Compiled, String> {
         .unwrap_or_default();
     let out = match compiled {
         Err(e) => Err(format!("NVRTC failed for {arch} ({e:?}):\n{log}")),
-        Ok(()) => get_cubin(prog).map(|cubin| Compiled { arch: arch.to_string(), log, cubin }),
+        Ok(()) => get_cubin(prog).map(|cubin| Compiled { log, cubin }),
     };
     // SAFETY: created above, not destroyed before.
     let _ = unsafe { result::destroy_program(prog) };
@@ -100,85 +121,4 @@ fn get_cubin(prog: sys::nvrtcProgram) -> Result<Vec<u8>, String> {
         return Err(format!("nvrtcGetCUBIN: {r:?}"));
     }
     Ok(cubin)
-}
-
-/// What ptxas reported for one kernel.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KernelResources {
-    /// Entry name.
-    pub name: String,
-    /// Registers per thread.
-    pub registers: u32,
-    /// Static shared memory in bytes.
-    pub shared_bytes: u32,
-    /// Stack frame in bytes.
-    pub stack_bytes: u32,
-    /// Bytes of spill stores.
-    pub spill_stores: u32,
-    /// Bytes of spill loads.
-    pub spill_loads: u32,
-}
-
-fn number_before(line: &str, unit: &str) -> Option<u32> {
-    let i = line.find(unit)?;
-    line[..i].trim_end().rsplit(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
-}
-
-/// Parses the ptxas `-v` lines of an NVRTC log into one entry per kernel.
-pub fn parse_ptxas_log(log: &str) -> Vec<KernelResources> {
-    let mut out: Vec<KernelResources> = Vec::new();
-    for line in log.lines() {
-        let quoted = line.split('\'').nth(1);
-        if line.contains("Compiling entry function") || line.contains("Function properties for") {
-            let name = quoted.map(str::to_string).or_else(|| line.rsplit(' ').next().map(str::to_string)).unwrap_or_default();
-            if out.last().is_none_or(|k| k.name != name) {
-                out.push(KernelResources { name, ..Default::default() });
-            }
-            continue;
-        }
-        let Some(k) = out.last_mut() else { continue };
-        if line.contains("spill stores") {
-            k.stack_bytes = number_before(line, "bytes stack frame").unwrap_or(0);
-            k.spill_stores = number_before(line, "bytes spill stores").unwrap_or(0);
-            k.spill_loads = number_before(line, "bytes spill loads").unwrap_or(0);
-        }
-        if line.contains("Used") && line.contains("registers") {
-            k.registers = number_before(line, "registers").unwrap_or(0);
-            k.shared_bytes = number_before(line, "bytes smem").unwrap_or(0);
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_ptxas_verbose_output() {
-        let log = "ptxas info    : 0 bytes gmem\n\
-ptxas info    : Compiling entry function 'dnk_extend' for 'sm_90'\n\
-ptxas info    : Function properties for dnk_extend\n\
-    8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads\n\
-ptxas info    : Used 40 registers, used 1 barriers, 33792 bytes smem, 928 bytes cmem[0]\n\
-ptxas info    : Compiling entry function 'dnk_gate' for 'sm_90'\n\
-ptxas info    : Function properties for dnk_gate\n\
-    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n\
-ptxas info    : Used 16 registers, 928 bytes cmem[0]\n";
-        let k = parse_ptxas_log(log);
-        assert_eq!(k.len(), 2);
-        assert_eq!(
-            k[0],
-            KernelResources {
-                name: "dnk_extend".into(),
-                registers: 40,
-                shared_bytes: 33792,
-                stack_bytes: 8,
-                spill_stores: 4,
-                spill_loads: 12
-            }
-        );
-        assert_eq!(k[1].name, "dnk_gate");
-        assert_eq!((k[1].registers, k[1].shared_bytes, k[1].spill_stores), (16, 0, 0));
-    }
 }

@@ -16,7 +16,7 @@ fn construction_without_a_gpu_is_a_typed_error() {
             println!("skipped: {why} ({reason})");
         }
         (Err(why), other) => panic!("probe says {why:?} but new(0) gave {:?}", other.map(|_| ())),
-        (Ok(()), Ok(d)) => println!("GPU present: {:?}", d.launcher().device_info()),
+        (Ok(()), Ok(d)) => println!("GPU present: {:?}", d.device_info()),
         (Ok(()), Err(e)) => {
             // a device is there but NVRTC may be missing: still a typed error
             assert!(matches!(e, Error::Unavailable { .. }), "unexpected error with a GPU present: {e}");

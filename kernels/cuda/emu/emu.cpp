@@ -20,33 +20,46 @@ dim3 gridDim;
 emu::Launch* emu::current = nullptr;
 
 namespace {
-typedef void (*Kernel)(Args);
+// Runs one kernel on the argument block at `args` (the kernel's own struct).
+typedef void (*Entry)(const void* args);
 
-struct Entry {
+template <class A, void (*F)(A)>
+void call(const void* args) {
+    F(*static_cast<const A*>(args));
+}
+
+struct Kernel {
     const char* name;
-    Kernel fn;
+    Entry fn;
+    size_t args_size;
 };
 
-const Entry KERNELS[] = {
-    {"dnk_gate", dnk_gate},
-    {"dnk_conv", dnk_conv},
-    {"dnk_recurrent", dnk_recurrent},
-    {"dnk_extend", dnk_extend},
-    {"dnk_cast", dnk_cast},
-    {"dnk_commit", dnk_commit},
+#define DN_KERNEL(name, A) {#name, call<A, name>, sizeof(A)}
+const Kernel KERNELS[] = {
+    DN_KERNEL(dnk_gate, GateArgs),
+    DN_KERNEL(dnk_conv, ConvArgs),
+    DN_KERNEL(dnk_recurrent, RecurrentArgs),
+    DN_KERNEL(dnk_extend, ExtendArgs),
+    DN_KERNEL(dnk_cast, CastArgs),
+    DN_KERNEL(dnk_commit, CommitArgs),
 };
+#undef DN_KERNEL
 } // namespace
 
 // Runs `name` over grid (gx, gy, gz) with blocks of bx threads (1-D blocks,
-// a multiple of 32). Returns 0, -1 for an unknown kernel, -2 for a bad block.
-extern "C" int deltanet_emu_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigned bx, const Args* args) {
+// a multiple of 32) on the `args_size` bytes at `args`, the kernel's argument
+// struct. Returns 0, -1 for an unknown kernel, -2 for a bad block, -3 when
+// `args_size` is not the size of that kernel's struct.
+extern "C" int deltanet_emu_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigned bx, const void* args,
+                                   size_t args_size) {
     static std::mutex lock;
-    Kernel fn = nullptr;
-    for (const Entry& e : KERNELS) {
-        if (std::strcmp(e.name, name) == 0) fn = e.fn;
+    const Kernel* k = nullptr;
+    for (const Kernel& e : KERNELS) {
+        if (std::strcmp(e.name, name) == 0) k = &e;
     }
-    if (!fn) return -1;
+    if (!k) return -1;
     if (bx == 0 || bx % 32 != 0 || bx > 1024) return -2;
+    if (args_size != k->args_size) return -3;
     std::lock_guard<std::mutex> guard(lock);
     emu::Launch launch;
     launch.block = std::make_unique<std::barrier<>>((std::ptrdiff_t)bx);
@@ -55,7 +68,7 @@ extern "C" int deltanet_emu_launch(const char* name, unsigned gx, unsigned gy, u
     emu::current = &launch;
     gridDim = dim3{gx, gy, gz};
     blockDim = dim3{bx, 1, 1};
-    const Args a = *args;
+    const Entry fn = k->fn;
     std::vector<std::thread> threads;
     threads.reserve(bx);
     for (unsigned t = 0; t < bx; ++t) {
@@ -65,7 +78,8 @@ extern "C" int deltanet_emu_launch(const char* name, unsigned gx, unsigned gy, u
                 for (unsigned y = 0; y < gy; ++y)
                     for (unsigned x = 0; x < gx; ++x) {
                         blockIdx = dim3{x, y, z};
-                        fn(a);
+                        // each call takes its own copy, as a kernel parameter
+                        fn(args);
                         // the block is over for everyone before its shared statics are reused
                         launch.block->arrive_and_wait();
                     }
