@@ -34,7 +34,7 @@ pub mod tensor;
 
 pub use batch::{CommitBatch, DecodeBatch, ExtendBatch, Snapshot, VerifyBatch};
 pub use device_tensor::DeviceTensor;
-pub use dims::{DeltaParams, HeadMapping, ModelDims, L2NORM_EPS};
+pub use dims::{DeltaParams, HeadMapping, ModelDims, ModelDimsBuilder, L2NORM_EPS};
 pub use dispatch::{Capabilities, ConvIo, DeltaIo, GateIo, KernelDispatcher, PoolOf};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
@@ -42,7 +42,7 @@ pub use forward::{commit, forward_decode, forward_extend, forward_verify, LayerI
 pub use layout::{convert_conv, convert_state, ConvLayoutKind, KMajor, LayoutKind, StateLayout, VMajor};
 pub use memory::{DeviceMemory, HostBuffer, HostMemory};
 pub use pool::{
-    BufferBytes, BufferDescriptor, BufferKind, HostState, KernelAccess, MambaStatePool, PoolConfig, PoolGeometry, PoolParts, Slot,
-    SpecConfig, StatePool,
+    BufferBytes, BufferDescriptor, BufferKind, HostState, KernelAccess, MambaStatePool, PoolConfig, PoolConfigBuilder, PoolGeometry,
+    PoolParts, Slot, SpecConfig, StatePool,
 };
 pub use tensor::{Device, TensorMeta, TensorMut, TensorRef};
