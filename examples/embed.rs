@@ -1,11 +1,14 @@
-//! Embedding deltanet: a pool, then extend, decode, verify and commit on one layer.
+//! The kernels one level below the layer forward: a pool, then the delta rule's
+//! extend, decode, verify and commit on one layer, on `DeltaIo` views (q, k, v,
+//! g, beta already computed). An engine calls the layer forward instead
+//! (`forward_extend` & co., see examples/engine.rs).
 use deltanet::cpu::CpuKMajor;
 use deltanet::*;
 
 fn main() -> Result<()> {
-    let dims = ModelDims::new(2, 4, 32, 32, 4)?; // HK, HV, K, V, conv width
+    let dims = ModelDims::builder().key_heads(2).value_heads(4).head_k_dim(32).head_v_dim(32).conv_width(4).build()?;
     let cpu = CpuKMajor::new();
-    let mut pool = cpu.new_pool(PoolConfig::new(1, 8, dims).with_speculative(3))?; // 1 layer, 8 slots, D = 3
+    let mut pool = cpu.new_pool(PoolConfig::builder(dims).layers(1).slots(8).speculative(3).build()?)?; // D = 3 drafts
     let slot = pool.alloc(1)?;
     let params = DeltaParams::new(&dims);
     let (hk, hv, k, v) = (2, 4, 32, 32);

@@ -25,3 +25,8 @@ pub use deltanet_backend_cuda as cuda;
 #[cfg(feature = "npu")]
 pub use deltanet_backend_npu as npu;
 pub use deltanet_core::*;
+
+/// The README's Rust snippets, compiled and run by `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -32,8 +32,8 @@
 //! use deltanet_backend_cpu::CpuKMajor;
 //! use deltanet_core::*;
 //! let d = CpuKMajor::new();
-//! let dims = ModelDims::new(1, 2, 16, 8, 4).unwrap();
-//! let mut pool = d.new_pool(PoolConfig::new(1, 2, dims)).unwrap();
+//! let dims = ModelDims::builder().key_heads(1).value_heads(2).head_k_dim(16).head_v_dim(8).conv_width(4).build().unwrap();
+//! let mut pool = d.new_pool(PoolConfig::builder(dims).layers(1).slots(2).build().unwrap()).unwrap();
 //! let s = pool.alloc(1).unwrap();
 //! let t = 3;
 //! let q = vec![0.5f32; t * 16];

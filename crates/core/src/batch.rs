@@ -54,9 +54,10 @@ pub fn validate_cu_seqlens(cu_seqlens: &[usize]) -> Result<()> {
 ///
 /// ```
 /// use deltanet_core::*;
-/// let dims = ModelDims::new(1, 1, 4, 4, 4).unwrap();
+/// let dims = ModelDims::builder().key_heads(1).value_heads(1).head_k_dim(4).head_v_dim(4).conv_width(4).build().unwrap();
 /// let caps = Capabilities::host_reference(LayoutKind::KMajor);
-/// let pool: StatePool<HostMemory, KMajor> = StatePool::new(HostMemory, PoolConfig::new(1, 4, dims), &caps).unwrap();
+/// let config = PoolConfig::builder(dims).layers(1).slots(4).build().unwrap();
+/// let pool: StatePool<HostMemory, KMajor> = StatePool::new(HostMemory, config, &caps).unwrap();
 /// let s = pool.alloc(2).unwrap();
 /// let b = ExtendBatch::new(&pool, &[0, 3, 8], &s, &[false, true]).unwrap();
 /// assert_eq!(b.tokens(), 8);

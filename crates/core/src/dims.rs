@@ -32,13 +32,16 @@ impl HeadMapping {
     }
 }
 
-/// Dimensions of one GDN layer.
+/// Dimensions of one GDN layer, built with named setters by [`ModelDims::builder`]
+/// (or positionally by [`ModelDims::new`]).
 ///
 /// ```
 /// use deltanet_core::ModelDims;
-/// let d = ModelDims::new(16, 32, 128, 128, 4).unwrap(); // Qwen3.5-35B-A3B
+/// let d = ModelDims::builder().key_heads(16).value_heads(32).head_k_dim(128).head_v_dim(128).conv_width(4).build()?; // Qwen3.5-35B-A3B
 /// assert_eq!(d.conv_dim(), 2 * 16 * 128 + 32 * 128);
 /// assert_eq!(d.key_head(31), 15);
+/// assert_eq!(d, ModelDims::new(16, 32, 128, 128, 4)?);
+/// # Ok::<(), deltanet_core::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ModelDims {
@@ -57,7 +60,14 @@ pub struct ModelDims {
 }
 
 impl ModelDims {
-    /// Validated dims with grouped head mapping.
+    /// A builder with named setters: every dim must be set; the head mapping
+    /// is [`HeadMapping::Grouped`] unless set.
+    pub fn builder() -> ModelDimsBuilder {
+        ModelDimsBuilder::default()
+    }
+
+    /// The positional shorthand of [`builder`](Self::builder): validated dims
+    /// `(HK, HV, K, V, W)` with grouped head mapping.
     pub fn new(hk: usize, hv: usize, k: usize, v: usize, conv_width: usize) -> Result<Self> {
         let d =
             ModelDims { num_k_heads: hk, num_v_heads: hv, head_k_dim: k, head_v_dim: v, conv_width, head_mapping: HeadMapping::Grouped };
@@ -126,6 +136,65 @@ impl ModelDims {
     }
 }
 
+/// Named setters for [`ModelDims`] ([`ModelDims::builder`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModelDimsBuilder {
+    key_heads: Option<usize>,
+    value_heads: Option<usize>,
+    head_k_dim: Option<usize>,
+    head_v_dim: Option<usize>,
+    conv_width: Option<usize>,
+    head_mapping: HeadMapping,
+}
+
+impl ModelDimsBuilder {
+    /// Query/key heads (HK; `linear_num_key_heads` in a Hugging Face config).
+    pub fn key_heads(mut self, n: usize) -> Self {
+        self.key_heads = Some(n);
+        self
+    }
+    /// Value heads (HV, a multiple of HK; `linear_num_value_heads`).
+    pub fn value_heads(mut self, n: usize) -> Self {
+        self.value_heads = Some(n);
+        self
+    }
+    /// Key head dim (K; `linear_key_head_dim`).
+    pub fn head_k_dim(mut self, n: usize) -> Self {
+        self.head_k_dim = Some(n);
+        self
+    }
+    /// Value head dim (V; `linear_value_head_dim`).
+    pub fn head_v_dim(mut self, n: usize) -> Self {
+        self.head_v_dim = Some(n);
+        self
+    }
+    /// Short-convolution kernel width (W; `linear_conv_kernel_dim`, 4 in every Qwen model).
+    pub fn conv_width(mut self, n: usize) -> Self {
+        self.conv_width = Some(n);
+        self
+    }
+    /// Query/key head of each value head (default [`HeadMapping::Grouped`]).
+    pub fn head_mapping(mut self, m: HeadMapping) -> Self {
+        self.head_mapping = m;
+        self
+    }
+    /// Validated dims; [`Error::InvalidConfig`] naming the first setter not called,
+    /// or the invariant [`ModelDims::validate`] finds broken.
+    pub fn build(self) -> Result<ModelDims> {
+        let need = |v: Option<usize>, name: &str| v.ok_or_else(|| Error::InvalidConfig(format!("ModelDims::builder: {name} not set")));
+        let d = ModelDims {
+            num_k_heads: need(self.key_heads, "key_heads")?,
+            num_v_heads: need(self.value_heads, "value_heads")?,
+            head_k_dim: need(self.head_k_dim, "head_k_dim")?,
+            head_v_dim: need(self.head_v_dim, "head_v_dim")?,
+            conv_width: need(self.conv_width, "conv_width")?,
+            head_mapping: self.head_mapping,
+        };
+        d.validate()?;
+        Ok(d)
+    }
+}
+
 /// Per-call parameters of the delta rule.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DeltaParams {
@@ -164,6 +233,27 @@ mod tests {
         assert!(matches!(ModelDims::new(3, 4, 8, 8, 4), Err(Error::InvalidConfig(_))));
         assert!(matches!(ModelDims::new(0, 4, 8, 8, 4), Err(Error::InvalidConfig(_))));
         assert!(matches!(ModelDims::new(1, 4, 8, 8, 1), Err(Error::InvalidConfig(_))));
+    }
+
+    #[test]
+    fn builder_names_each_dim() {
+        // Distinct values, so a setter wired to the wrong field changes the result.
+        let b = ModelDims::builder().key_heads(2).value_heads(6).head_k_dim(8).head_v_dim(16).conv_width(3);
+        let d = b.build().unwrap();
+        assert_eq!((d.num_k_heads, d.num_v_heads, d.head_k_dim, d.head_v_dim, d.conv_width), (2, 6, 8, 16, 3));
+        assert_eq!(d, ModelDims::new(2, 6, 8, 16, 3).unwrap());
+        assert_eq!(b.head_mapping(HeadMapping::Tiled).build().unwrap(), d.with_head_mapping(HeadMapping::Tiled));
+    }
+
+    #[test]
+    fn builder_refuses_missing_and_invalid_dims() {
+        let full = ModelDims::builder().key_heads(2).value_heads(6).head_k_dim(8).head_v_dim(16).conv_width(3);
+        let Err(Error::InvalidConfig(m)) = ModelDims::builder().key_heads(2).value_heads(6).head_k_dim(8).conv_width(3).build() else {
+            panic!("accepted without head_v_dim")
+        };
+        assert!(m.contains("head_v_dim"), "{m}");
+        assert!(matches!(full.value_heads(5).build(), Err(Error::InvalidConfig(_)))); // 5 % 2 != 0
+        assert!(matches!(full.conv_width(1).build(), Err(Error::InvalidConfig(_))));
     }
 
     #[test]

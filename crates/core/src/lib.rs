@@ -42,7 +42,7 @@ pub use batch::{CommitBatch, DecodeBatch, ExtendBatch, Snapshot, VerifyBatch};
 pub use capabilities::{Capabilities, DimLimits};
 pub use checked::{Checked, GateCall, Ticket};
 pub use device_tensor::DeviceTensor;
-pub use dims::{DeltaParams, HeadMapping, ModelDims, L2NORM_EPS};
+pub use dims::{DeltaParams, HeadMapping, ModelDims, ModelDimsBuilder, L2NORM_EPS};
 pub use dispatch::{KernelDispatcher, Kernels, PoolOf};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
@@ -51,7 +51,7 @@ pub use kernel_io::{ConvIo, DeltaIo, GateIo};
 pub use layout::{convert_conv, convert_state, ConvLayoutKind, KMajor, LayoutKind, StateLayout, VMajor};
 pub use memory::{DeviceMemory, HostBuffer, HostMemory};
 pub use pool::{
-    BufferBytes, BufferDescriptor, BufferKind, HostState, KernelAccess, MambaStatePool, PoolConfig, PoolGeometry, PoolParts, Slot,
-    SpecConfig, StatePool,
+    BufferBytes, BufferDescriptor, BufferKind, HostState, KernelAccess, MambaStatePool, PoolConfig, PoolConfigBuilder, PoolGeometry,
+    PoolParts, Slot, SpecConfig, StatePool,
 };
 pub use tensor::{Device, TensorMeta, TensorMut, TensorRef};

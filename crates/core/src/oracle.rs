@@ -1,9 +1,13 @@
 //! The f64 oracle: the naive recurrence of DESIGN §2, the gate and the causal
 //! conv1d, in plain loops. Deliberately obvious; every test compares with it.
 //! Inputs are f32 (already rounded to whatever dtype the kernel saw), all
-//! arithmetic is f64.
+//! arithmetic is f64. [`layer`] chains the pieces into what one layer step of
+//! the layer forward computes, in f64 throughout.
 
 use crate::dims::{DeltaParams, ModelDims};
+
+pub mod layer;
+pub use layer::{layer_decode, layer_extend, layer_verify, LayerOracleOutput, SlotState};
 
 /// Outputs of [`gated_delta_rule`].
 #[derive(Debug, Clone)]
@@ -35,6 +39,22 @@ pub fn gated_delta_rule(
     cu_seqlens: &[usize],
     initial_state: Option<&[f32]>,
 ) -> OracleOutput {
+    delta_rule_of(dims, params, q, k, v, g, beta, cu_seqlens, initial_state)
+}
+
+/// [`gated_delta_rule`] over f32 or f64 inputs (the layer oracle passes f64).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn delta_rule_of<T: Copy + Into<f64>>(
+    dims: &ModelDims,
+    params: &DeltaParams,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    g: &[T],
+    beta: &[T],
+    cu_seqlens: &[usize],
+    initial_state: Option<&[T]>,
+) -> OracleOutput {
     let (hk, hv, kd, vd) = (dims.num_k_heads, dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
     let n = cu_seqlens.len() - 1;
     let t_all = cu_seqlens[n];
@@ -45,16 +65,16 @@ pub fn gated_delta_rule(
         for h in 0..hv {
             let kh = dims.key_head(h);
             let mut st: Vec<f64> = match initial_state {
-                Some(init) => init[(s * hv + h) * per..(s * hv + h + 1) * per].iter().map(|&x| x as f64).collect(),
+                Some(init) => init[(s * hv + h) * per..(s * hv + h + 1) * per].iter().map(|&x| x.into()).collect(),
                 None => vec![0.0; per],
             };
             for t in cu_seqlens[s]..cu_seqlens[s + 1] {
-                let qv: Vec<f64> = q[(t * hk + kh) * kd..(t * hk + kh + 1) * kd].iter().map(|&x| x as f64).collect();
-                let kv: Vec<f64> = k[(t * hk + kh) * kd..(t * hk + kh + 1) * kd].iter().map(|&x| x as f64).collect();
+                let qv: Vec<f64> = q[(t * hk + kh) * kd..(t * hk + kh + 1) * kd].iter().map(|&x| x.into()).collect();
+                let kv: Vec<f64> = k[(t * hk + kh) * kd..(t * hk + kh + 1) * kd].iter().map(|&x| x.into()).collect();
                 let (qv, kv) = if params.use_qk_l2norm { (l2norm(&qv), l2norm(&kv)) } else { (qv, kv) };
                 let vv = &v[(t * hv + h) * vd..(t * hv + h + 1) * vd];
-                let decay = (g[t * hv + h] as f64).exp();
-                let b = beta[t * hv + h] as f64;
+                let decay = g[t * hv + h].into().exp();
+                let b: f64 = beta[t * hv + h].into();
                 st.iter_mut().for_each(|x| *x *= decay);
                 // u = beta * (v - S^T k)
                 let mut u = vec![0.0; vd];
@@ -63,7 +83,7 @@ pub fn gated_delta_rule(
                     for i in 0..kd {
                         sk += st[i * vd + j] * kv[i];
                     }
-                    *uj = b * (vv[j] as f64 - sk);
+                    *uj = b * (vv[j].into() - sk);
                 }
                 for i in 0..kd {
                     for j in 0..vd {
@@ -95,9 +115,14 @@ pub fn softplus(x: f64) -> f64 {
 
 /// The gate: `g = -exp(A_log) * softplus(a + dt_bias)`, `beta = sigmoid(b)`, over `[T, HV]`.
 pub fn gate(a: &[f32], b: &[f32], a_log: &[f32], dt_bias: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    gate_of(a, b, a_log, dt_bias)
+}
+
+/// [`gate`] over f32 or f64 inputs.
+pub(crate) fn gate_of<T: Copy + Into<f64>>(a: &[T], b: &[T], a_log: &[T], dt_bias: &[T]) -> (Vec<f64>, Vec<f64>) {
     let hv = a_log.len();
-    let g = a.iter().enumerate().map(|(i, &x)| -(a_log[i % hv] as f64).exp() * softplus(x as f64 + dt_bias[i % hv] as f64)).collect();
-    let beta = b.iter().map(|&x| 1.0 / (1.0 + (-(x as f64)).exp())).collect();
+    let g = a.iter().enumerate().map(|(i, &x)| -a_log[i % hv].into().exp() * softplus(x.into() + dt_bias[i % hv].into())).collect();
+    let beta = b.iter().map(|&x| 1.0 / (1.0 + (-x.into()).exp())).collect();
     (g, beta)
 }
 
@@ -121,6 +146,19 @@ pub fn causal_conv1d(
     cu_seqlens: &[usize],
     conv_state: Option<&[f32]>,
 ) -> ConvOutput {
+    causal_conv1d_of(x, weight, bias, conv_dim, width, cu_seqlens, conv_state)
+}
+
+/// [`causal_conv1d`] over f32 or f64 inputs.
+pub(crate) fn causal_conv1d_of<T: Copy + Into<f64>>(
+    x: &[T],
+    weight: &[T],
+    bias: Option<&[T]>,
+    conv_dim: usize,
+    width: usize,
+    cu_seqlens: &[usize],
+    conv_state: Option<&[T]>,
+) -> ConvOutput {
     let n = cu_seqlens.len() - 1;
     let w1 = width - 1;
     let mut out = vec![0.0; cu_seqlens[n] * conv_dim];
@@ -129,16 +167,16 @@ pub fn causal_conv1d(
         for c in 0..conv_dim {
             // history = [state | inputs of this sequence]
             let mut hist: Vec<f64> = match conv_state {
-                Some(st) => st[(s * conv_dim + c) * w1..(s * conv_dim + c + 1) * w1].iter().map(|&v| v as f64).collect(),
+                Some(st) => st[(s * conv_dim + c) * w1..(s * conv_dim + c + 1) * w1].iter().map(|&v| v.into()).collect(),
                 None => vec![0.0; w1],
             };
             for t in cu_seqlens[s]..cu_seqlens[s + 1] {
-                hist.push(x[t * conv_dim + c] as f64);
+                hist.push(x[t * conv_dim + c].into());
             }
             for (i, t) in (cu_seqlens[s]..cu_seqlens[s + 1]).enumerate() {
-                let mut acc = bias.map_or(0.0, |b| b[c] as f64);
+                let mut acc = bias.map_or(0.0, |b| b[c].into());
                 for j in 0..width {
-                    acc += weight[c * width + j] as f64 * hist[i + j];
+                    acc += weight[c * width + j].into() * hist[i + j];
                 }
                 out[t * conv_dim + c] = acc / (1.0 + (-acc).exp());
             }

@@ -63,14 +63,16 @@ pub struct SpecConfig {
     pub draft_tokens: usize,
 }
 
-/// What a pool holds.
+/// What a pool holds, built with named setters by [`PoolConfig::builder`]
+/// (or positionally by [`PoolConfig::new`] and the `with_*` methods).
 ///
 /// ```
 /// use deltanet_core::{ModelDims, PoolConfig, DType};
-/// let dims = ModelDims::new(2, 4, 32, 32, 4).unwrap();
-/// let cfg = PoolConfig::new(3, 8, dims).with_state_dtype(DType::BF16).with_speculative(4);
+/// let dims = ModelDims::builder().key_heads(2).value_heads(4).head_k_dim(32).head_v_dim(32).conv_width(4).build()?;
+/// let cfg = PoolConfig::builder(dims).layers(3).slots(8).state_dtype(DType::BF16).speculative(4).build()?;
 /// assert!(cfg.bytes_per_slot() > 0);
 /// assert_eq!(cfg.slots_for_budget(cfg.bytes_per_slot() * 10), 9); // one row is the padding slot
+/// # Ok::<(), deltanet_core::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PoolConfig {
@@ -92,6 +94,14 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
+    /// A builder with named setters for pools of `dims`: layers and slots must
+    /// be set; f32 state and conv, no speculative buffers and no finite check
+    /// unless set.
+    pub fn builder(dims: ModelDims) -> PoolConfigBuilder {
+        PoolConfigBuilder { layers: None, slots: None, config: PoolConfig::new(0, 0, dims) }
+    }
+    /// The positional shorthand of [`builder`](Self::builder), not validated
+    /// (the pool validates it): `layers` GDN layers, `slots` allocatable slots,
     /// f32 state and conv, no speculative buffers.
     pub fn new(layers: usize, slots: usize, dims: ModelDims) -> Self {
         PoolConfig { layers, slots, dims, state_dtype: DType::F32, conv_dtype: DType::F32, spec: None, check_finite: false }
@@ -169,6 +179,55 @@ impl PoolConfig {
         }
         self.buffer_bytes()?;
         Ok(())
+    }
+}
+
+/// Named setters for [`PoolConfig`] ([`PoolConfig::builder`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PoolConfigBuilder {
+    layers: Option<usize>,
+    slots: Option<usize>,
+    config: PoolConfig,
+}
+
+impl PoolConfigBuilder {
+    /// GDN layers (L).
+    pub fn layers(mut self, n: usize) -> Self {
+        self.layers = Some(n);
+        self
+    }
+    /// Allocatable slots (requests the pool holds at once).
+    pub fn slots(mut self, n: usize) -> Self {
+        self.slots = Some(n);
+        self
+    }
+    /// Recurrent-state dtype (f32 or bf16; default f32).
+    pub fn state_dtype(mut self, d: DType) -> Self {
+        self.config.state_dtype = d;
+        self
+    }
+    /// Conv-state dtype (default f32).
+    pub fn conv_dtype(mut self, d: DType) -> Self {
+        self.config.conv_dtype = d;
+        self
+    }
+    /// Speculative scratch for `draft_tokens` per request (default none).
+    pub fn speculative(mut self, draft_tokens: usize) -> Self {
+        self.config.spec = Some(SpecConfig { draft_tokens });
+        self
+    }
+    /// Turns the non-finite input check ([`crate::finite`]) on or off (default off).
+    pub fn finite_check(mut self, on: bool) -> Self {
+        self.config.check_finite = on;
+        self
+    }
+    /// The configuration, checked by [`PoolConfig::validate`]; [`Error::InvalidConfig`]
+    /// naming `layers` or `slots` when one was not set.
+    pub fn build(self) -> Result<PoolConfig> {
+        let need = |v: Option<usize>, name: &str| v.ok_or_else(|| Error::InvalidConfig(format!("PoolConfig::builder: {name} not set")));
+        let config = PoolConfig { layers: need(self.layers, "layers")?, slots: need(self.slots, "slots")?, ..self.config };
+        config.validate()?;
+        Ok(config)
     }
 }
 
@@ -389,10 +448,10 @@ static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
 ///
 /// ```
 /// use deltanet_core::*;
-/// let dims = ModelDims::new(1, 2, 4, 3, 4).unwrap();
+/// let dims = ModelDims::builder().key_heads(1).value_heads(2).head_k_dim(4).head_v_dim(3).conv_width(4).build().unwrap();
 /// let caps = Capabilities::host_reference(LayoutKind::KMajor);
-/// let mut pool: StatePool<HostMemory, KMajor> =
-///     StatePool::new(HostMemory, PoolConfig::new(2, 4, dims), &caps).unwrap();
+/// let config = PoolConfig::builder(dims).layers(2).slots(4).build().unwrap();
+/// let mut pool: StatePool<HostMemory, KMajor> = StatePool::new(HostMemory, config, &caps).unwrap();
 /// let s = pool.alloc(2).unwrap();
 /// pool.zero(&s).unwrap();
 /// let st = pool.export(s[0]).unwrap();
