@@ -329,7 +329,7 @@ impl<L: Launcher> Kernels for CudaDispatcher<L> {
                 seqs: st.tables[0],
                 snapshots: st.tables[1],
                 mode: 0,
-                ..self.conv_args(&dims, &io, g.config.conv_dtype)
+                ..self.conv_args(&dims, io, g.config.conv_dtype)
             };
             let bt = self.launcher.block_threads(Kernel::Conv) as usize;
             self.run((dims.conv_dim().div_ceil(bt), n, 1), &a)
@@ -348,7 +348,7 @@ impl<L: Launcher> Kernels for CudaDispatcher<L> {
                 state: m.addr(parts.conv) + g.conv_offset(layer, 0) as u64,
                 seqs: st.tables[0],
                 mode: 1,
-                ..self.conv_args(&dims, &io, g.config.conv_dtype)
+                ..self.conv_args(&dims, io, g.config.conv_dtype)
             };
             let bt = self.launcher.block_threads(Kernel::Conv) as usize;
             self.run((dims.conv_dim().div_ceil(bt), n, 1), &a)
@@ -372,7 +372,7 @@ impl<L: Launcher> Kernels for CudaDispatcher<L> {
                 parents: st.tables[1],
                 draft: d as i64,
                 mode: 2,
-                ..self.conv_args(&dims, &io, g.config.conv_dtype)
+                ..self.conv_args(&dims, io, g.config.conv_dtype)
             };
             let bt = self.launcher.block_threads(Kernel::Conv) as usize;
             self.run((dims.conv_dim().div_ceil(bt), n, 1), &a)
@@ -407,7 +407,7 @@ impl<L: Launcher> Kernels for CudaDispatcher<L> {
         let st = self.stage(&[&seqs, &chunks, &snap_slots], rows * hv * tiles * per_block * 4)?;
         pool.checked_parts(ticket, |parts| {
             let a = ExtendArgs {
-                io: self.delta_args(&dims, &io),
+                io: self.delta_args(&dims, io),
                 state: m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64,
                 seqs: st.tables[0],
                 chunks: st.tables[1],
@@ -429,7 +429,7 @@ impl<L: Launcher> Kernels for CudaDispatcher<L> {
         let m = self.launcher.memory();
         pool.checked_parts(ticket, |parts| {
             let a = RecurrentArgs {
-                io: self.delta_args(&dims, &io),
+                io: self.delta_args(&dims, io),
                 state: m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64,
                 scratch: 0,
                 slots: st.tables[0],
@@ -452,7 +452,7 @@ impl<L: Launcher> Kernels for CudaDispatcher<L> {
         pool.checked_parts(ticket, |parts| {
             let scratch = parts.scratch.ok_or(Error::NoSpeculativeBuffers)?;
             let a = RecurrentArgs {
-                io: self.delta_args(&dims, &io),
+                io: self.delta_args(&dims, io),
                 state: m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64,
                 scratch: m.addr(scratch) + g.scratch_offset(layer, 0, 0) as u64,
                 slots: st.tables[0],
