@@ -131,18 +131,31 @@ impl<'c, B, Io> Checked<'c, B, Io> {
     }
 }
 
+impl<'c, B, Io> Checked<'c, B, Io> {
+    /// Checks the access, then the tensors with `validate` (given the pool's dims).
+    fn validated<M: DeviceMemory, L: StateLayout>(
+        caps: &Capabilities,
+        pool: &StatePool<M, L>,
+        (layer, access, batch): (usize, KernelAccess<'c>, &'c B),
+        io: Io,
+        validate: impl FnOnce(&Io, &ModelDims) -> Result<()>,
+    ) -> Result<Self> {
+        let ticket = Ticket::check(caps, pool, layer, access)?;
+        validate(&io, &ticket.geometry.config.dims)?;
+        Ok(Checked { ticket, batch, io })
+    }
+}
+
 impl<'c, B> Checked<'c, B, ConvIo<'c>> {
     /// Validates a conv call of `tokens` tokens.
     pub(crate) fn conv<M: DeviceMemory, L: StateLayout>(
         caps: &Capabilities,
         pool: &StatePool<M, L>,
-        (layer, access, batch): (usize, KernelAccess<'c>, &'c B),
+        call: (usize, KernelAccess<'c>, &'c B),
         tokens: usize,
         io: ConvIo<'c>,
     ) -> Result<Self> {
-        let ticket = Ticket::check(caps, pool, layer, access)?;
-        io.validate(caps, &ticket.geometry.config.dims, tokens)?;
-        Ok(Checked { ticket, batch, io })
+        Self::validated(caps, pool, call, io, |io, dims| io.validate(caps, dims, tokens))
     }
 }
 
@@ -151,14 +164,15 @@ impl<'c, B> Checked<'c, B, DeltaIo<'c>> {
     pub(crate) fn delta<M: DeviceMemory, L: StateLayout>(
         caps: &Capabilities,
         pool: &StatePool<M, L>,
-        (layer, access, batch): (usize, KernelAccess<'c>, &'c B),
+        call: (usize, KernelAccess<'c>, &'c B),
         tokens: usize,
         io: DeltaIo<'c>,
     ) -> Result<Self> {
-        let ticket = Ticket::check(caps, pool, layer, access)?;
-        io.validate(caps, &ticket.geometry.config.dims, tokens)?;
-        crate::finite::check_delta(pool, layer, access, &io)?;
-        Ok(Checked { ticket, batch, io })
+        let (layer, access, _) = call;
+        Self::validated(caps, pool, call, io, |io, dims| {
+            io.validate(caps, dims, tokens)?;
+            crate::finite::check_delta(pool, layer, access, io)
+        })
     }
 }
 
