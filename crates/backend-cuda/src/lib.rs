@@ -1,7 +1,7 @@
 //! # deltanet-backend-cuda
 //!
-//! The CUDA backend of deltanet: [`CudaDispatcher`] implements
-//! [`KernelDispatcher`] on NVIDIA GPUs with cudarc, in the V-major layout, with
+//! The CUDA backend of deltanet: [`CudaDispatcher`] implements core's
+//! [`Kernels`] (so engines call it through `KernelDispatcher`) on NVIDIA GPUs with cudarc, in the V-major layout, with
 //! f32 or bf16 state and f32/bf16/f16 inputs. The kernels are CUDA C under
 //! `kernels/cuda`, compiled at run time by NVRTC for the device's architecture
 //! and cached per device and architecture. Each kernel takes one argument
@@ -11,7 +11,7 @@
 //! (cudarc) on a GPU, or, with the `emulate` feature, `EmuLauncher`, which runs
 //! the very same kernel sources compiled by the host C++ compiler against an
 //! emulation of the CUDA execution model (`kernels/cuda/emu`). The
-//! [`KernelDispatcher`] implementation is one piece of code over both.
+//! [`Kernels`] implementation is one piece of code over both.
 //!
 //! Without a driver library, NVRTC or a device, [`CudaDispatcher::new`] returns
 //! [`Error::Unavailable`] (cudarc would panic; the libraries are probed first).

@@ -27,7 +27,7 @@
 //!   calls, and the operators' first phase marshalled from an `OpCall`).
 //! - `testing` (cargo feature `testing`): the recording stand-in the tests
 //!   run against, over host memory.
-//! - [`dispatch`]: [`NpuDispatcher`], the [`deltanet_core::KernelDispatcher`]
+//! - [`dispatch`]: [`NpuDispatcher`], the [`deltanet_core::Kernels`] implementation
 //!   with `Layout = VMajor` (the operators' `[HV, V, K]` state).
 //!
 //! ## What the operators allow (and the pool therefore refuses)
@@ -35,8 +35,9 @@
 //! on Ascend 950 (the chunk operator takes f32 state only there); at most 8
 //! draft tokens; HK, HV <= 64 and K, V <= 128 (chunk operator); conv width 2..=4
 //! and conv_dim in 64..=16384 with `conv_dim * 2 % 32 == 0`; grouped head
-//! mapping. [`NpuDispatcher::new_pool`](deltanet_core::KernelDispatcher::new_pool)
-//! checks all of it before allocating, so an f32 pool never reaches a
+//! mapping. These are the dispatcher's capabilities and their limits
+//! ([`deltanet_core::DimLimits`]): `new_pool` checks all of it before allocating,
+//! and every operation checks its pool again, so an f32 pool never reaches a
 //! bf16-only operator. The CausalConv1d operators are documented for Ascend
 //! 950 only: on A2/A3 the conv entry points return `Error::Unsupported`.
 //!
