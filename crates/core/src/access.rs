@@ -37,14 +37,16 @@ impl KernelAccess<'_> {
         }
     }
 
-    /// Slots whose main state (recurrent or conv) the kernel writes: a verify
-    /// of them taken before is stale afterwards.
-    pub(crate) fn main_writes(&self) -> Vec<Slot> {
+    /// Calls `f` for each slot whose main state (recurrent or conv) the
+    /// kernel writes: a verify of it taken before is stale afterwards. A
+    /// visitor rather than a `Vec`, so the bookkeeping after every kernel call
+    /// allocates nothing.
+    pub(crate) fn for_each_main_write(&self, f: impl FnMut(Slot)) {
         match self {
-            KernelAccess::Extend(b) => b.slots().iter().copied().chain(b.snapshots().iter().map(|s| s.slot)).collect(),
-            KernelAccess::Decode(b) => b.slots().to_vec(),
-            KernelAccess::Verify(_) | KernelAccess::ConvVerify(_) => Vec::new(),
-            KernelAccess::Commit(b) => b.slots().iter().copied().chain(b.snapshots().iter().flatten().copied()).collect(),
+            KernelAccess::Extend(b) => b.slots().iter().copied().chain(b.snapshots().iter().map(|s| s.slot)).for_each(f),
+            KernelAccess::Decode(b) => b.slots().iter().copied().for_each(f),
+            KernelAccess::Verify(_) | KernelAccess::ConvVerify(_) => {}
+            KernelAccess::Commit(b) => b.slots().iter().copied().chain(b.snapshots().iter().flatten().copied()).for_each(f),
         }
     }
 }

@@ -597,9 +597,7 @@ impl<M: DeviceMemory, L: StateLayout> StatePool<M, L> {
     fn parts_for<R>(&mut self, layer: usize, access: KernelAccess<'_>, kernel: impl FnOnce(PoolParts<'_, M>) -> Result<R>) -> Result<R> {
         let r = kernel(self.raw_parts());
         let a = self.slots.get_mut().unwrap_or_else(|p| p.into_inner());
-        for s in access.main_writes() {
-            a.set_verified(layer, s.index(), false);
-        }
+        access.for_each_main_write(|s| a.set_verified(layer, s.index(), false));
         if let KernelAccess::Verify(b) = access {
             for s in b.slots() {
                 a.set_verified(layer, s.index(), r.is_ok());
