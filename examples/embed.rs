@@ -34,9 +34,9 @@ fn main() -> Result<()> {
     run(&mut pool, 100, &|p, io| cpu.extend(p, 0, &prefill, io))?;
     let step = DecodeBatch::new(&pool, &slot)?;
     run(&mut pool, 1, &|p, io| cpu.decode(p, 0, &step, io))?;
-    let drafts = VerifyBatch::chain(&pool, &slot, 3)?; // 3 draft tokens into the scratch
+    let drafts = VerifyBatch::chain(&pool, &slot)?; // 3 draft tokens into the scratch
     run(&mut pool, 3, &|p, io| cpu.verify(p, 0, &drafts, io))?;
-    let accept = CommitBatch::new(&pool, &slot, &[1], &[])?; // drafts 0 and 1 accepted
+    let accept = CommitBatch::new(&pool, &slot, &[Some(1)], &[])?; // drafts 0 and 1 accepted
     cpu.commit(&mut pool, 0, &accept)?;
     println!("state after commit: {} bytes in canonical order", pool.export(slot[0])?.temporal.len());
     pool.free(&slot)

@@ -105,7 +105,9 @@ macro_rules! runtime_backends {
 
         /// A pool of any backend, carrying its layout. Handing it to another
         /// backend's operation is [`Error::LayoutMismatch`] (or a device mismatch
-        /// when the layouts agree but the memory does not).
+        /// when the layouts agree but the memory does not). Like [`Backend`] it
+        /// may gain variants: match with a wildcard arm.
+        #[non_exhaustive]
         pub enum Pool {
             $( #[doc = concat!("For [`Backend::", stringify!($variant), "`].")] $variant(PoolOf<$dispatcher>), )*
         }

@@ -142,10 +142,10 @@ impl<D: KernelDispatcher> Kernels for Faulty<D> {
                 self.inner.run_commit(pool, call)?;
                 let right: Vec<HostState> = batch.slots().iter().map(|&s| pool.export(s)).collect::<Result<_>>()?;
                 let d = pool.geometry().draft();
-                let shifted: Vec<usize> = batch.accepted().iter().map(|a| (a + 1) % d).collect();
+                let shifted: Vec<Option<usize>> = batch.accepted().iter().map(|a| a.map(|a| (a + 1) % d)).collect();
                 // The first commit consumed the verify; this faulty backend claims it again
                 // (the scratch still holds it) to copy the next step's window.
-                let again = VerifyBatch::chain(pool, batch.slots(), d)?;
+                let again = VerifyBatch::chain(pool, batch.slots())?;
                 pool.kernel_parts(layer, KernelAccess::Verify(&again), |_| Ok(()))?;
                 self.inner.commit(pool, layer, &CommitBatch::new(pool, batch.slots(), &shifted, &[])?)?;
                 for (&s, r) in batch.slots().iter().zip(right) {

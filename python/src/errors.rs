@@ -97,7 +97,8 @@ pub fn class_name(e: &Error) -> &'static str {
         | Error::LengthMismatch { .. }
         | Error::BadCuSeqlens { .. }
         | Error::StateMismatch(_)
-        | Error::LayerOutOfRange { .. } => "ShapeError",
+        | Error::LayerOutOfRange { .. }
+        | Error::EmptyBatch { .. } => "ShapeError",
         Error::DTypeMismatch { .. } | Error::UnsupportedDType { .. } => "DTypeError",
         Error::PaddingSlot { .. }
         | Error::SlotOutOfRange { .. }
@@ -111,7 +112,8 @@ pub fn class_name(e: &Error) -> &'static str {
         | Error::AcceptedOutOfRange { .. }
         | Error::BadParent { .. }
         | Error::BadSnapshot { .. }
-        | Error::NoCurrentVerify { .. } => "SpeculativeError",
+        | Error::NoCurrentVerify { .. }
+        | Error::SnapshotOfSkipped { .. } => "SpeculativeError",
         Error::InvalidConfig(_) | Error::Unsupported { .. } => "ConfigError",
         Error::PoolExhausted { .. } => "OutOfMemoryError",
         Error::DeviceMismatch { .. } | Error::Device { .. } => "DeviceError",

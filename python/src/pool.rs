@@ -43,6 +43,24 @@ fn usizes(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<usize>> {
         .collect()
 }
 
+/// `accepted` of a commit: per request an accepted step (an int `>= 0`) or
+/// `None` (nothing accepted: the request is skipped); one int for one request.
+fn accepted_arg(obj: &Bound<'_, PyAny>) -> PyResult<Vec<Option<usize>>> {
+    let obj = if obj.hasattr("tolist")? { obj.call_method0("tolist")? } else { obj.clone() };
+    let step = |x: i64| usize::try_from(x).map_err(|_| raise("ShapeError", format!("`accepted` has a negative entry {x} (None skips a request)")));
+    if let Ok(i) = obj.extract::<i64>() {
+        return Ok(vec![Some(step(i)?)]);
+    }
+    obj.try_iter()?.map(|x| {
+        let x = x?;
+        if x.is_none() {
+            Ok(None)
+        } else {
+            step(x.extract()?).map(Some)
+        }
+    }).collect()
+}
+
 fn dtype_arg(s: &str) -> PyResult<DType> {
     DType::parse(s).ok_or_else(|| raise("DTypeError", format!("unknown dtype `{s}` (f32, bf16, f16)")))
 }
@@ -268,10 +286,9 @@ impl PyPool {
     }
 
     fn verify_batch(p: &Pool, slots: &[Slot], parents: Option<&[i64]>) -> deltanet::Result<VerifyBatch> {
-        let d = p.as_dyn().geometry().draft();
         match parents {
-            Some(par) => VerifyBatch::tree(p.as_dyn(), slots, d, par),
-            None => VerifyBatch::chain(p.as_dyn(), slots, d),
+            Some(par) => VerifyBatch::tree(p.as_dyn(), slots, par),
+            None => VerifyBatch::chain(p.as_dyn(), slots),
         }
     }
 
@@ -625,6 +642,8 @@ impl PyPool {
 
     /// Makes each request's accepted draft step (`accepted[i] < D`) its state (recurrent and
     /// conv), and also writes it to `snapshots[i]` when given (a slot or None per request).
+    /// `accepted[i] = None` skips request `i` (nothing accepted): its slot and its verify stay
+    /// as they are, and its snapshot entry must be None.
     #[pyo3(signature = (layer, slots, accepted, snapshots = None))]
     fn commit(
         &self,
@@ -636,7 +655,7 @@ impl PyPool {
     ) -> PyResult<()> {
         guard(|| {
             let s = slots_arg(slots)?;
-            let acc = usizes(accepted, "accepted")?;
+            let acc = accepted_arg(accepted)?;
             let snaps: Vec<Option<Slot>> = match snapshots.filter(|o| !o.is_none()) {
                 None => Vec::new(),
                 Some(o) => o

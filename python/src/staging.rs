@@ -90,6 +90,9 @@ fn read_typed<M: DeviceMemory, L: StateLayout>(p: &StatePool<M, L>, part: Part, 
     Ok(out)
 }
 
+/// Runs `body` with `p` bound to the concrete pool of every kind this module
+/// knows. `Pool` is `#[non_exhaustive]`: a pool kind added to the library
+/// later is a typed [`deltanet::Error::Unsupported`] here until it is listed.
 macro_rules! on_any_pool {
     ($pool:expr, |$p:ident| $body:expr) => {
         match $pool {
@@ -97,6 +100,10 @@ macro_rules! on_any_pool {
             Pool::CpuVMajor($p) => $body,
             Pool::Cuda($p) => $body,
             Pool::Npu($p) => $body,
+            other => Err(deltanet::Error::Unsupported {
+                backend: other.backend_name().into(),
+                reason: "the Python package cannot stage host values into this pool kind yet".into(),
+            }),
         }
     };
 }

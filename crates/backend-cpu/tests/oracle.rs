@@ -203,7 +203,7 @@ fn decode_verify<L: StateLayout>(dims: ModelDims) {
         let (q, kk, vv, g, b) = (pick(&x.q, hk * k), pick(&x.k, hk * k), pick(&x.v, hv * v), pick(&x.g, hv), pick(&x.beta, hv));
         let mut o = vec![0f32; t * hv * v];
         let before = pool.export(slots[0]).unwrap();
-        let batch = VerifyBatch::chain(&pool, &slots, draft).unwrap();
+        let batch = VerifyBatch::chain(&pool, &slots).unwrap();
         let io = DeltaIo {
             q: TensorRef::from_slice(&q, &[t, hk, k]).unwrap(),
             k: TensorRef::from_slice(&kk, &[t, hk, k]).unwrap(),
@@ -360,7 +360,7 @@ fn verify_commit_is_bitwise_decode() {
         // verify the chain on slot 0
         let mut ov = vec![0f32; draft * hv * v];
         let (q, kk, vv, g, b) = io(&mut ov, 0, draft);
-        let batch = VerifyBatch::chain(&pool, &s[..1], draft).unwrap();
+        let batch = VerifyBatch::chain(&pool, &s[..1]).unwrap();
         let dio = DeltaIo {
             q: TensorRef::from_slice(&q, &[draft, hk, k]).unwrap(),
             k: TensorRef::from_slice(&kk, &[draft, hk, k]).unwrap(),
@@ -372,7 +372,7 @@ fn verify_commit_is_bitwise_decode() {
         };
         d.verify(&mut pool, 0, &batch, dio).unwrap();
         let a = 2;
-        let cb = CommitBatch::new(&pool, &s[..1], &[a], &[]).unwrap();
+        let cb = CommitBatch::new(&pool, &s[..1], &[Some(a)], &[]).unwrap();
         d.commit(&mut pool, 0, &cb).unwrap();
         // decode a+1 tokens on slot 1
         for t in 0..=a {

@@ -468,11 +468,14 @@ impl<L: Launcher> Kernels for CudaDispatcher<L> {
     fn run_commit(&self, pool: &mut PoolOf<Self>, call: Checked<'_, CommitBatch, ()>) -> Result<()> {
         let (ticket, layer, batch, g) = (call.ticket(), call.layer(), call.batch(), *call.geometry());
         let mut targets = Vec::new();
-        for (i, (&slot, &a)) in batch.slots().iter().zip(batch.accepted()).enumerate() {
-            targets.extend([slot.index() as i64, a as i64, slot.index() as i64]);
-            if let Some(s) = batch.snapshots()[i] {
-                targets.extend([slot.index() as i64, a as i64, s.index() as i64]);
+        for c in batch.commits() {
+            for dst in std::iter::once(c.slot).chain(c.snapshot) {
+                targets.extend([c.slot.index() as i64, c.step as i64, dst.index() as i64]);
             }
+        }
+        if targets.is_empty() {
+            // Every request skipped: nothing to copy, and no launch of an empty grid.
+            return Ok(());
         }
         let st = self.stage(&[&targets], 0)?;
         let m = self.launcher.memory();

@@ -183,11 +183,11 @@ mod block_size {
         let mut s = Staged::new(&DeltaInputs::random(&dims, 3, dtype, 2), dtype);
         d.decode(&mut pool, 0, &b, s.io(params)).unwrap();
         outs.extend(s.out());
-        let b = VerifyBatch::tree(&pool, &slots, 3, &[-1, 0, 0, -1, -1, 1, -1, 0, 1]).unwrap();
+        let b = VerifyBatch::tree(&pool, &slots, &[-1, 0, 0, -1, -1, 1, -1, 0, 1]).unwrap();
         let mut s = Staged::new(&DeltaInputs::random(&dims, 9, dtype, 3), dtype);
         d.verify(&mut pool, 0, &b, s.io(params)).unwrap();
         outs.extend(s.out());
-        let c = CommitBatch::new(&pool, &slots, &[2, 0, 1], &[]).unwrap();
+        let c = CommitBatch::new(&pool, &slots, &[Some(2), Some(0), Some(1)], &[]).unwrap();
         d.commit(&mut pool, 0, &c).unwrap();
         (outs, pool.digest().unwrap())
     }
@@ -298,7 +298,7 @@ mod conv_and_gate {
             let x = rnd(&mut r, 9 * c, x_dt);
             let xt = DeviceTensor::from_f32(&m, x_dt, &[9, c], &x).unwrap();
             let mut out = DeviceTensor::zeros(&m, x_dt, &[9, c]).unwrap();
-            let b = VerifyBatch::tree(&pool, &slots, 3, &parents).unwrap();
+            let b = VerifyBatch::tree(&pool, &slots, &parents).unwrap();
             d.conv_verify(&mut pool, 0, &b, ConvIo { x: xt.view(), weight: wt.view(), bias: Some(bt.view()), out: out.view_mut() })
                 .unwrap();
             let out = out.to_f32().unwrap();
@@ -330,7 +330,7 @@ mod conv_and_gate {
                     let e = error_ratio(got, &want.out[(path.len() - 1) * c..]);
                     assert!(e <= tol, "{case}: verify request {i} step {t}: {e:e}");
                     if accepted[i] == t {
-                        let c_b = CommitBatch::new(&pool, &[slots[i]], &[t], &[]).unwrap();
+                        let c_b = CommitBatch::new(&pool, &[slots[i]], &[Some(t)], &[]).unwrap();
                         d.commit(&mut pool, 0, &c_b).unwrap();
                         assert!(exact(&conv_state(&pool, slots[i]), &want.conv_state), "{case}: committed window of request {i}");
                     }

@@ -153,12 +153,12 @@ fn verify_then_commit_equals_decoding_the_accepted_drafts() {
     let host = HostState::from_f32(1, m, DType::BF16, DType::BF16, &init, &vec![0.25; m.conv_elems()]).unwrap();
     pool.import(s[0], &host).unwrap();
     let before = pool.export(s[0]).unwrap();
-    let batch = VerifyBatch::chain(&pool, &s, dd).unwrap();
+    let batch = VerifyBatch::chain(&pool, &s).unwrap();
     let mut x = inputs(&d, &mut rng, &m, dd);
     d.verify(&mut pool, 0, &batch, x.io(&m)).unwrap();
     assert_eq!(pool.export(s[0]).unwrap(), before, "verify alone leaves the main state");
     let accepted = 2;
-    let cb = CommitBatch::new(&pool, &s, &[accepted], &[]).unwrap();
+    let cb = CommitBatch::new(&pool, &s, &[Some(accepted)], &[]).unwrap();
     d.commit(&mut pool, 0, &cb).unwrap();
     let params = DeltaParams::new(&m);
     let (hk, hv, k, v) = (m.num_k_heads, m.num_v_heads, m.head_k_dim, m.head_v_dim);

@@ -13,6 +13,10 @@ use crate::status::{dn_status, guard, CResult};
 use crate::types::dn_snapshot;
 use facade::{CommitBatch, DecodeBatch, ExtendBatch, Snapshot, VerifyBatch};
 
+/// `int64_t` value of `dn_batch_commit`'s `accepted[i]` for a request whose
+/// drafts were all rejected: the request is skipped.
+pub const DN_ACCEPTED_NONE: i64 = -1;
+
 fn offsets(raw: &[i64]) -> CResult<Vec<usize>> {
     raw.iter()
         .enumerate()
@@ -102,38 +106,33 @@ pub unsafe extern "C" fn dn_batch_decode(pool: *const dn_pool, slots: *const u64
     })
 }
 
-/// A speculative verify batch: `draft` tokens for each of `n` requests,
-/// packed request-major (`T = n * draft`). `parents` NULL is a chain; else
-/// `n * draft` entries, `parents[i*draft + t]` being -1 (the slot's state) or
-/// an earlier token `< t` of the same request (a tree).
+/// A speculative verify batch: the pool's `D` draft tokens for each of `n`
+/// requests, packed request-major (`T = n * D`). `parents` NULL is a chain;
+/// else `n * D` entries, `parents[i*D + t]` being -1 (the slot's state) or an
+/// earlier token `< t` of the same request (a tree).
 ///
 /// Thread safety: any thread; takes the pool's lock while validating.
 ///
 /// # Safety
 /// `slots` points to `n` readable `uint64_t`, `parents` (unless NULL) to
-/// `n * draft` readable `int64_t`; `out` to a writable handle.
+/// `n * D` readable `int64_t`; `out` to a writable handle.
 #[no_mangle]
-pub unsafe extern "C" fn dn_batch_verify(
-    pool: *const dn_pool,
-    slots: *const u64,
-    n: usize,
-    draft: usize,
-    parents: *const i64,
-    out: *mut *mut dn_batch,
-) -> dn_status {
+pub unsafe extern "C" fn dn_batch_verify(pool: *const dn_pool, slots: *const u64, n: usize, parents: *const i64, out: *mut *mut dn_batch) -> dn_status {
     guard(|| {
         // SAFETY: caller's contract.
-        let (sl, par) = unsafe {
+        let sl = unsafe {
             clear(out)?;
-            let par = if parents.is_null() { None } else { Some(args::slice(parents, n.saturating_mul(draft), "parents")?) };
-            (args::slice(slots, n, "slots")?, par)
+            args::slice(slots, n, "slots")?
         };
         let p = handles::pool(pool)?;
         let sl = slot::from_raw_all(sl)?;
         let g = handles::lock(&p)?;
+        let draft = g.pool.as_dyn().geometry().draft();
+        // SAFETY: caller's contract (`n * D` entries, D being the pool's).
+        let par = unsafe { if parents.is_null() { None } else { Some(args::slice(parents, n.saturating_mul(draft), "parents")?) } };
         let b = match par {
-            None => VerifyBatch::chain(g.pool.as_dyn(), &sl, draft)?,
-            Some(par) => VerifyBatch::tree(g.pool.as_dyn(), &sl, draft, par)?,
+            None => VerifyBatch::chain(g.pool.as_dyn(), &sl)?,
+            Some(par) => VerifyBatch::tree(g.pool.as_dyn(), &sl, par)?,
         };
         // SAFETY: checked writable by `clear`.
         unsafe { out.write(handles::new_batch(BatchObj::Verify(b))) };
@@ -142,8 +141,11 @@ pub unsafe extern "C" fn dn_batch_verify(
 }
 
 /// A commit batch: for each of `n` requests, the last accepted draft step
-/// `accepted[i]` (`0 <= a < D`) becomes its slot's state; `snapshot_slots`
-/// NULL, or `n` entries each `DN_SLOT_NONE` or a slot to also receive it.
+/// `accepted[i]` (`0 <= a < D`) becomes its slot's state, or
+/// `DN_ACCEPTED_NONE` (-1): nothing accepted, the request is skipped (its
+/// slot and its verify stay as they are). `snapshot_slots` NULL, or `n`
+/// entries each `DN_SLOT_NONE` or a slot to also receive the accepted step
+/// (`DN_SLOT_NONE` for a skipped request).
 ///
 /// Thread safety: any thread; takes the pool's lock while validating.
 ///
@@ -168,10 +170,13 @@ pub unsafe extern "C" fn dn_batch_commit(
         };
         let p = handles::pool(pool)?;
         let sl = slot::from_raw_all(sl)?;
-        let acc: Vec<usize> = acc
+        let acc: Vec<Option<usize>> = acc
             .iter()
             .enumerate()
-            .map(|(i, &a)| usize::try_from(a).map_err(|_| args::invalid(format!("accepted[{i}] = {a} is negative"))))
+            .map(|(i, &a)| match a {
+                DN_ACCEPTED_NONE => Ok(None),
+                _ => usize::try_from(a).map(Some).map_err(|_| args::invalid(format!("accepted[{i}] = {a} is negative and not DN_ACCEPTED_NONE"))),
+            })
             .collect::<CResult<_>>()?;
         let snaps = snaps
             .iter()

@@ -79,6 +79,11 @@ pub enum dn_status {
     DN_ERR_NO_CURRENT_VERIFY = 30,
     /// A non-finite input or starting state, refused by a pool made with the finite check.
     DN_ERR_NON_FINITE = 31,
+    /// An operation on no requests (a batch of none, `dn_pool_alloc` of 0, a
+    /// free or zero of no slots): refused, nothing changed.
+    DN_ERR_EMPTY_BATCH = 32,
+    /// A commit names a snapshot slot for a request it skips.
+    DN_ERR_SNAPSHOT_OF_SKIPPED = 33,
     /// A required pointer argument was NULL.
     DN_ERR_NULL_POINTER = 100,
     /// A handle that is not live: never made, already destroyed, or of another kind.
@@ -132,6 +137,8 @@ fn status_of_code(code: u16) -> dn_status {
         29 => DN_ERR_STALE_SLOT,
         30 => DN_ERR_NO_CURRENT_VERIFY,
         31 => DN_ERR_NON_FINITE,
+        32 => DN_ERR_EMPTY_BATCH,
+        33 => DN_ERR_SNAPSHOT_OF_SKIPPED,
         _ => DN_ERR_INTERNAL,
     }
 }

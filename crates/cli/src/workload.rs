@@ -416,11 +416,11 @@ impl<'d, D: KernelDispatcher> Engine<'d, D> {
                 keys.push(mix(&[4, running[i].id as u64, running[i].history.len() as u64, t as u64, step as u64]));
             }
         }
-        let batch = VerifyBatch::tree(&self.pool, &slots, dd, &parents)?;
+        let batch = VerifyBatch::tree(&self.pool, &slots, &parents)?;
         let outs =
             self.run_layers(&keys, VERIFY, |d, p, l, w, x, prm, ws, o| forward_verify(d, p, l, &batch, w, x, prm, ws, o.view_mut()))?;
         let accepted: Vec<usize> = ready.iter().map(|_| self.rng.gen_range(0..dd)).collect();
-        let cb = CommitBatch::new(&self.pool, &slots, &accepted, &[])?;
+        let cb = CommitBatch::new(&self.pool, &slots, &accepted.iter().map(|&a| Some(a)).collect::<Vec<_>>(), &[])?;
         let start = Instant::now();
         for layer in 0..self.cfg.model.layers {
             commit(self.d, &mut self.pool, layer, &cb)?;

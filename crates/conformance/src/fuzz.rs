@@ -96,10 +96,9 @@ pub fn batch_metadata(data: &[u8]) {
     }
     // verify
     let slots: Vec<Slot> = (0..b.len(3)).map(|_| slot(&mut b)).collect();
-    let d = b.len(4);
     let parents: Vec<i64> = (0..b.len(12)).map(|_| b.u8() as i8 as i64).collect();
-    let _ = VerifyBatch::chain(&pool, &slots, d);
-    let verified = VerifyBatch::tree(&pool, &slots, d, &parents).ok();
+    let _ = VerifyBatch::chain(&pool, &slots);
+    let verified = VerifyBatch::tree(&pool, &slots, &parents).ok();
     if let Some(vb) = &verified {
         assert!(consistent(vb.slots()) && vb.draft() == draft && vb.tokens() == slots.len() * draft);
         for i in 0..vb.num_seqs() {
@@ -110,29 +109,34 @@ pub fn batch_metadata(data: &[u8]) {
     }
     // commit
     let slots: Vec<Slot> = (0..b.len(3)).map(|_| slot(&mut b)).collect();
-    let accepted: Vec<usize> = (0..b.len(3)).map(|_| b.len(5)).collect();
+    // 0 draws a skipped request (nothing accepted), k > 0 accepted step k - 1
+    let accepted: Vec<Option<usize>> = (0..b.len(3)).map(|_| b.len(5).checked_sub(1)).collect();
     let csnaps: Vec<Option<Slot>> = (0..b.len(3)).map(|_| if b.u8() & 1 == 0 { None } else { Some(slot(&mut b)) }).collect();
     let layer = b.len(3);
     assert_eq!(pool.digest().expect("host digest"), digest, "validation changed the pool");
     if let Ok(cb) = CommitBatch::new(&pool, &slots, &accepted, &csnaps) {
-        assert!(cb.accepted().iter().all(|&a| a < draft));
+        assert!(!cb.slots().is_empty() && cb.accepted().iter().flatten().all(|&a| a < draft));
+        assert!(cb.accepted().iter().zip(cb.snapshots()).all(|(a, s)| a.is_some() || s.is_none()), "a skipped request with a snapshot");
         let mut all = cb.slots().to_vec();
         all.extend(cb.snapshots().iter().flatten());
         assert!(consistent(&all));
         // Nothing was verified yet: refused (unless there is nothing to commit), nothing written.
         let r = pool.commit_accepted(layer, &cb);
-        let empty = cb.slots().is_empty() && layer < cfg.layers;
-        assert!(empty || matches!(r, Err(Error::NoCurrentVerify { .. } | Error::LayerOutOfRange { .. })), "{r:?}");
+        let nothing = cb.commits().next().is_none() && layer < cfg.layers;
+        assert!(nothing || matches!(r, Err(Error::NoCurrentVerify { .. } | Error::LayerOutOfRange { .. })), "{r:?}");
         assert_eq!(pool.digest().expect("host digest"), digest, "refused commit changed the pool");
         // Mark the verify batch's slots verified (as a verify kernel would), then commit.
         if let Some(vb) = &verified {
             let _ = pool.kernel_parts(layer, KernelAccess::Verify(vb), |_| Ok(()));
         }
-        let current = layer < cfg.layers && cb.slots().iter().all(|s| pool.has_current_verify(*s, layer));
+        let current = layer < cfg.layers && cb.commits().all(|c| pool.has_current_verify(c.slot, layer));
+        let skipped: Vec<(Slot, bool)> =
+            cb.slots().iter().zip(cb.accepted()).filter(|(_, a)| a.is_none()).map(|(&s, _)| (s, pool.has_current_verify(s, layer))).collect();
         let r = pool.commit_accepted(layer, &cb);
         assert_eq!(r.is_ok(), current, "{r:?}");
         if r.is_ok() {
-            assert!(cb.slots().iter().all(|s| !pool.has_current_verify(*s, layer)), "commit did not consume its verify");
+            assert!(cb.commits().all(|c| !pool.has_current_verify(c.slot, layer)), "commit did not consume its verify");
+            assert!(skipped.iter().all(|&(s, was)| pool.has_current_verify(s, layer) == was), "commit changed a skipped request's verify");
         }
     }
 }

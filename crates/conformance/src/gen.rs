@@ -2,7 +2,7 @@
 //! the kernel will see) and the oracle runs that go with them.
 
 use deltanet_core::oracle;
-use deltanet_core::{DType, DeltaParams, ModelDims};
+use deltanet_core::{DType, DeltaParams, LayerInput, LayerWeights, ModelDims, Result, TensorRef};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -114,6 +114,17 @@ impl LayerParams {
             conv_bias: uniform(&mut r, c, -0.2, 0.2, DType::F32),
         }
     }
+
+    /// Host f32 views of the weights, as the layer forward and the layer oracle take them.
+    pub fn weights(&self, dims: &ModelDims) -> Result<LayerWeights<'_>> {
+        let (hv, c) = (dims.num_v_heads, dims.conv_dim());
+        Ok(LayerWeights {
+            a_log: TensorRef::from_slice(&self.a_log, &[hv])?,
+            dt_bias: TensorRef::from_slice(&self.dt_bias, &[hv])?,
+            conv_weight: TensorRef::from_slice(&self.conv_weight, &[c, dims.conv_width])?,
+            conv_bias: Some(TensorRef::from_slice(&self.conv_bias, &[c])?),
+        })
+    }
 }
 
 /// A layer's per-token inputs: `mixed_qkv: [T, conv_dim]`, `a, b: [T, HV]`.
@@ -151,6 +162,16 @@ impl LayerInputs {
             a: uniform(&mut r, tokens * hv, -2.0, 2.0, dtype),
             b: uniform(&mut r, tokens * hv, -2.0, 2.0, dtype),
         }
+    }
+
+    /// Host views of the inputs, as the layer forward and the layer oracle take them.
+    pub fn input(&self) -> Result<LayerInput<'_>> {
+        let (t, hv) = (self.tokens, self.dims.num_v_heads);
+        Ok(LayerInput {
+            mixed_qkv: TensorRef::from_slice(&self.mixed_qkv, &[t, self.dims.conv_dim()])?,
+            a: TensorRef::from_slice(&self.a, &[t, hv])?,
+            b: TensorRef::from_slice(&self.b, &[t, hv])?,
+        })
     }
 
     /// The tokens at `idx`, in that order.

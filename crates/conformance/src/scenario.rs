@@ -171,7 +171,7 @@ fn worker_step<D: KernelDispatcher>(
             }
         }
         let x = world.token(ver.len() * DRAFT);
-        let vb = VerifyBatch::tree(&b.pool, &slots, DRAFT, &parents)?;
+        let vb = VerifyBatch::tree(&b.pool, &slots, &parents)?;
         let o = b.layer(Batch::Verify(&vb), &world.w, &x)?;
         let params = b.params;
         let mut accepted = Vec::new();
@@ -204,7 +204,7 @@ fn worker_step<D: KernelDispatcher>(
             r.gen_left = r.gen_left.saturating_sub(p.len());
             r.story.push(format!("w{wid} verify {} accept {a}", kinds[j]));
         }
-        b.commit(&CommitBatch::new(&b.pool, &slots, &accepted, &[])?)?;
+        b.commit(&CommitBatch::new(&b.pool, &slots, &accepted.iter().map(|&a| Some(a)).collect::<Vec<_>>(), &[])?)?;
     }
     // finished requests: compare everything, free the slot
     for r in reqs.iter_mut().filter(|r| r.worker == wid && !r.done && r.slot.is_some() && r.pos == r.prompt.tokens && r.gen_left == 0) {

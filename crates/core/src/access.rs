@@ -20,8 +20,9 @@ pub enum KernelAccess<'b> {
     Verify(&'b VerifyBatch),
     /// `conv_verify`: writes the conv windows of the batch's slots only.
     ConvVerify(&'b VerifyBatch),
-    /// `commit`: needs a current verify of every slot of the batch, consumes
-    /// it, and writes the main state of the slots and their snapshot slots.
+    /// `commit`: needs a current verify of every slot it commits, consumes
+    /// it, and writes the main state of those slots and their snapshot slots
+    /// (a skipped request's slot, and its verify, are left as they are).
     Commit(&'b CommitBatch),
 }
 
@@ -46,7 +47,7 @@ impl KernelAccess<'_> {
             KernelAccess::Extend(b) => b.slots().iter().copied().chain(b.snapshots().iter().map(|s| s.slot)).for_each(f),
             KernelAccess::Decode(b) => b.slots().iter().copied().for_each(f),
             KernelAccess::Verify(_) | KernelAccess::ConvVerify(_) => {}
-            KernelAccess::Commit(b) => b.slots().iter().copied().chain(b.snapshots().iter().flatten().copied()).for_each(f),
+            KernelAccess::Commit(b) => b.commits().flat_map(|c| std::iter::once(c.slot).chain(c.snapshot)).for_each(f),
         }
     }
 }

@@ -2,6 +2,23 @@
 //! construction against the pool it will run on. Kernels trust a validated
 //! batch; at dispatch they only re-check that it belongs to the pool and that
 //! its slots are still allocated.
+//!
+//! # Building a batch while holding the pool mutably
+//! A batch does not borrow the pool: it keeps the pool's id and the slot
+//! handles (with their generations), so it can be built right before the call
+//! that runs it. An engine that holds `pool: &mut StatePool` can build it in
+//! the call's arguments, `d.decode(pool, layer, &DecodeBatch::new(pool, &slots)?, io)`
+//! (the implicit reborrow of `pool` starts only when the call runs); an engine
+//! that owns the pool binds the batch first (`let b = DecodeBatch::new(&pool, &slots)?;`),
+//! since Rust refuses `&mut pool` and `&pool` in one argument list.
+//!
+//! # Empty batches
+//! One rule everywhere: an operation on no requests is refused with
+//! [`Error::EmptyBatch`] and changes nothing. That holds for every batch
+//! (an extend of `cu_seqlens = [0]`, a decode, verify or commit of no slots)
+//! and for the pool's `alloc(0)`, `free` and `zero` of no slots. A commit
+//! whose requests are all skipped ([`CommitBatch::new`]) is not empty: it
+//! names its requests and commits none of them.
 
 use crate::error::{Error, Result};
 use crate::pool::{MambaStatePool, Slot};
@@ -24,6 +41,14 @@ fn check_pool_id<P: MambaStatePool + ?Sized>(batch_pool: u64, pool: &P, slots: &
         return Err(Error::ForeignBatch { batch_pool, pool: pool.id() });
     }
     pool.check_slots(slots)
+}
+
+/// [`Error::EmptyBatch`] for an operation on no requests (the rule in the [module docs](self)).
+pub(crate) fn check_not_empty(what: &'static str, requests: usize) -> Result<()> {
+    if requests == 0 {
+        return Err(Error::EmptyBatch { what });
+    }
+    Ok(())
 }
 
 /// Validates `cu_seqlens` (N+1 offsets from 0, strictly increasing).
@@ -74,7 +99,11 @@ pub struct ExtendBatch {
 
 impl ExtendBatch {
     /// Validates `cu_seqlens` (N+1), one slot and one `has_initial_state` flag per sequence.
+    /// `cu_seqlens = [0]` (no sequences) is [`Error::EmptyBatch`].
     pub fn new<P: MambaStatePool + ?Sized>(pool: &P, cu_seqlens: &[usize], slots: &[Slot], has_initial_state: &[bool]) -> Result<Self> {
+        if cu_seqlens == [0] {
+            check_not_empty("extend", 0)?;
+        }
         validate_cu_seqlens(cu_seqlens)?;
         let n = cu_seqlens.len() - 1;
         if slots.len() != n {
@@ -166,11 +195,9 @@ pub struct DecodeBatch {
 }
 
 impl DecodeBatch {
-    /// Validates the slots (allocated, distinct).
+    /// Validates the slots (at least one, allocated, distinct).
     pub fn new<P: MambaStatePool + ?Sized>(pool: &P, slots: &[Slot]) -> Result<Self> {
-        if slots.is_empty() {
-            return Err(Error::LengthMismatch { name: "slots".into(), expected: 1, actual: 0 });
-        }
+        check_not_empty("decode", slots.len())?;
         pool.check_slots(slots)?;
         Ok(DecodeBatch { pool: pool.id(), slots: slots.to_vec() })
     }
@@ -194,7 +221,23 @@ impl DecodeBatch {
 
 /// D draft tokens for each of N requests, packed request-major (`T = N*D`),
 /// as a chain or a tree. Step `t` of request `i` starts from the state of its
-/// parent step (`-1`: the slot's state) and writes scratch `[slot, t]`.
+/// parent step (`-1`: the slot's state) and writes scratch `[slot, t]`. D is
+/// the pool's ([`PoolConfig::speculative`](crate::PoolConfigBuilder::speculative)):
+/// the speculative buffers hold D steps per slot, so a verify always runs D.
+///
+/// ```
+/// use deltanet_core::*;
+/// let dims = ModelDims::builder().key_heads(1).value_heads(1).head_k_dim(4).head_v_dim(4).conv_width(4).build()?;
+/// let config = PoolConfig::builder(dims).layers(1).slots(4).speculative(3).build()?;
+/// let pool: StatePool<HostMemory, VMajor> = StatePool::new(HostMemory, config, &Capabilities::host_reference(LayoutKind::VMajor))?;
+/// let s = pool.alloc(2)?;
+/// assert_eq!(VerifyBatch::chain(&pool, &s)?.tokens(), 6);
+/// // request 0: steps 1 and 2 both follow step 0; request 1: a chain
+/// let tree = VerifyBatch::tree(&pool, &s, &[-1, 0, 0, -1, 0, 1])?;
+/// assert_eq!((tree.parent(0, 2), tree.parent(1, 2)), (Some(0), Some(1)));
+/// assert!(matches!(VerifyBatch::chain(&pool, &[]), Err(Error::EmptyBatch { .. })));
+/// # Ok::<(), Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct VerifyBatch {
     pool: u64,
@@ -204,24 +247,21 @@ pub struct VerifyBatch {
 }
 
 impl VerifyBatch {
-    /// A chain: token `t` follows token `t-1`.
-    pub fn chain<P: MambaStatePool + ?Sized>(pool: &P, slots: &[Slot], draft: usize) -> Result<Self> {
-        let parents: Vec<i64> = (0..slots.len()).flat_map(|_| (0..draft as i64).map(|t| t - 1)).collect();
-        Self::tree(pool, slots, draft, &parents)
+    /// A chain of the pool's D draft tokens per request: token `t` follows token `t-1`.
+    pub fn chain<P: MambaStatePool + ?Sized>(pool: &P, slots: &[Slot]) -> Result<Self> {
+        let d = pool.geometry().draft();
+        let parents: Vec<i64> = (0..slots.len()).flat_map(|_| (0..d as i64).map(|t| t - 1)).collect();
+        Self::tree(pool, slots, &parents)
     }
 
-    /// A tree: `parents[i*D + t]` is `-1` (root: the slot's state) or an earlier step `< t`.
-    pub fn tree<P: MambaStatePool + ?Sized>(pool: &P, slots: &[Slot], draft: usize, parents: &[i64]) -> Result<Self> {
-        let d = pool.geometry().draft();
-        if d == 0 {
+    /// A tree of the pool's D draft tokens per request: `parents[i*D + t]` is
+    /// `-1` (root: the slot's state) or an earlier step `< t`.
+    pub fn tree<P: MambaStatePool + ?Sized>(pool: &P, slots: &[Slot], parents: &[i64]) -> Result<Self> {
+        let draft = pool.geometry().draft();
+        if draft == 0 {
             return Err(Error::NoSpeculativeBuffers);
         }
-        if draft != d {
-            return Err(Error::DraftMismatch { index: 0, expected: d, actual: draft });
-        }
-        if slots.is_empty() {
-            return Err(Error::LengthMismatch { name: "slots".into(), expected: 1, actual: 0 });
-        }
+        check_not_empty("verify", slots.len())?;
         if parents.len() != slots.len() * draft {
             return Err(Error::LengthMismatch { name: "parents".into(), expected: slots.len() * draft, actual: parents.len() });
         }
@@ -268,22 +308,61 @@ impl VerifyBatch {
 }
 
 /// For each request, the last accepted draft step `a` (< D) to copy from
-/// scratch into its main slot, and optionally into a snapshot slot.
+/// scratch into its main slot, and optionally into a snapshot slot; or `None`:
+/// nothing of this request's drafts was accepted, and the request is skipped.
+///
+/// A skipped request's slot is left as it is (state, conv state and scratch),
+/// so its verify stays current: it may be committed later (for instance after
+/// the engine has re-scored its drafts) as long as nothing wrote its state in
+/// between. Its slot must still be allocated, it needs no current verify, and
+/// it cannot name a snapshot slot (there is no accepted step to copy).
+///
+/// This is the batch of the one commit an engine calls,
+/// [`KernelDispatcher::commit`](crate::KernelDispatcher::commit).
+///
+/// ```
+/// use deltanet_core::*;
+/// let dims = ModelDims::builder().key_heads(1).value_heads(1).head_k_dim(4).head_v_dim(4).conv_width(4).build()?;
+/// let config = PoolConfig::builder(dims).layers(1).slots(4).speculative(3).build()?;
+/// let pool: StatePool<HostMemory, VMajor> = StatePool::new(HostMemory, config, &Capabilities::host_reference(LayoutKind::VMajor))?;
+/// let s = pool.alloc(2)?;
+/// // request 0 accepted its first two drafts (step 1); request 1 none
+/// let b = CommitBatch::new(&pool, &s, &[Some(1), None], &[])?;
+/// assert_eq!(b.commits().map(|c| (c.request, c.step)).collect::<Vec<_>>(), [(0, 1)]);
+/// assert!(matches!(CommitBatch::new(&pool, &s, &[Some(3), None], &[]), Err(Error::AcceptedOutOfRange { .. })));
+/// # Ok::<(), Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct CommitBatch {
     pool: u64,
     slots: Vec<Slot>,
-    accepted: Vec<usize>,
+    accepted: Vec<Option<usize>>,
     snapshots: Vec<Option<Slot>>,
 }
 
+/// One request a [`CommitBatch`] commits (skipped requests have none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Commit {
+    /// Request index in the batch.
+    pub request: usize,
+    /// Its slot.
+    pub slot: Slot,
+    /// The accepted scratch step copied into the slot.
+    pub step: usize,
+    /// The snapshot slot that also receives the step, if any.
+    pub snapshot: Option<Slot>,
+}
+
 impl CommitBatch {
-    /// Validates slots and accepted steps; `snapshots` is empty or one entry per request.
-    pub fn new<P: MambaStatePool + ?Sized>(pool: &P, slots: &[Slot], accepted: &[usize], snapshots: &[Option<Slot>]) -> Result<Self> {
+    /// Validates slots (at least one) and accepted steps (`Some(a)`, `a < D`,
+    /// or `None` to skip the request); `snapshots` is empty or one entry per
+    /// request, `None` for every skipped one.
+    pub fn new<P: MambaStatePool + ?Sized>(pool: &P, slots: &[Slot], accepted: &[Option<usize>], snapshots: &[Option<Slot>]) -> Result<Self> {
         let d = pool.geometry().draft();
         if d == 0 {
             return Err(Error::NoSpeculativeBuffers);
         }
+        check_not_empty("commit", slots.len())?;
         if accepted.len() != slots.len() {
             return Err(Error::LengthMismatch { name: "accepted".into(), expected: slots.len(), actual: accepted.len() });
         }
@@ -291,8 +370,10 @@ impl CommitBatch {
             return Err(Error::LengthMismatch { name: "snapshots".into(), expected: slots.len(), actual: snapshots.len() });
         }
         for (i, &a) in accepted.iter().enumerate() {
-            if a >= d {
-                return Err(Error::AcceptedOutOfRange { index: i, accepted: a, draft: d });
+            match a {
+                Some(a) if a >= d => return Err(Error::AcceptedOutOfRange { index: i, accepted: a, draft: d }),
+                None if snapshots.get(i).is_some_and(Option::is_some) => return Err(Error::SnapshotOfSkipped { index: i }),
+                _ => {}
             }
         }
         let mut all: Vec<Slot> = slots.to_vec();
@@ -307,16 +388,23 @@ impl CommitBatch {
         all.extend(self.snapshots.iter().flatten());
         check_pool_id(self.pool, pool, &all)
     }
-    /// Slot per request.
+    /// Slot per request (skipped ones included).
     pub fn slots(&self) -> &[Slot] {
         &self.slots
     }
-    /// Accepted step per request.
-    pub fn accepted(&self) -> &[usize] {
+    /// Accepted step per request (`None`: skipped).
+    pub fn accepted(&self) -> &[Option<usize>] {
         &self.accepted
     }
     /// Snapshot slot per request.
     pub fn snapshots(&self) -> &[Option<Slot>] {
         &self.snapshots
+    }
+    /// The requests this commit copies, in batch order: what a commit kernel
+    /// iterates (skipped requests are not among them).
+    pub fn commits(&self) -> impl Iterator<Item = Commit> + '_ {
+        self.slots.iter().zip(&self.accepted).zip(&self.snapshots).enumerate().filter_map(|(request, ((&slot, &a), &snapshot))| {
+            a.map(|step| Commit { request, slot, step, snapshot })
+        })
     }
 }

@@ -60,8 +60,10 @@ pub trait Kernels: Send + Sync {
     fn run_decode(&self, pool: &mut PoolOf<Self>, call: Checked<'_, DecodeBatch, DeltaIo<'_>>) -> Result<()>;
     /// Draft tokens: each step from its parent's state, written to scratch; main state untouched.
     fn run_verify(&self, pool: &mut PoolOf<Self>, call: Checked<'_, VerifyBatch, DeltaIo<'_>>) -> Result<()>;
-    /// Copies each request's accepted scratch step into its slot (and snapshot
-    /// slot). The default copies through the pool's memory; backends may fuse it.
+    /// Copies each committed request's accepted scratch step into its slot
+    /// (and snapshot slot), iterating [`CommitBatch::commits`] so skipped
+    /// requests are never touched. The default copies through the pool's
+    /// memory; backends may fuse it.
     fn run_commit(&self, pool: &mut PoolOf<Self>, call: Checked<'_, CommitBatch, ()>) -> Result<()> {
         pool.commit_checked(&call)
     }
@@ -121,7 +123,9 @@ pub trait KernelDispatcher: Kernels {
         let call = Checked::delta(self.capabilities(), pool, (layer, KernelAccess::Verify(batch), batch), batch.tokens(), io)?;
         self.run_verify(pool, call)
     }
-    /// The accepted scratch step of each request becomes its state ([`Kernels::run_commit`]).
+    /// The commit an engine calls after a verify: the accepted scratch step
+    /// of each request becomes its state; a skipped request (accepted `None`)
+    /// keeps its state and its current verify ([`CommitBatch`], [`Kernels::run_commit`]).
     fn commit(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &CommitBatch) -> Result<()> {
         let _span = tracing::debug_span!("commit", backend = %self.capabilities().backend, layer, requests = batch.slots().len()).entered();
         self.run_commit(pool, Checked::commit(self.capabilities(), pool, layer, batch)?)

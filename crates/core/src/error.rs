@@ -161,7 +161,8 @@ pub enum Error {
         /// Entries given.
         actual: usize,
     },
-    /// Draft-token count different from the pool's speculative configuration.
+    /// Draft-token count different from the pool's speculative configuration
+    /// (kept for its stable code; batches now take D from the pool).
     #[error("draft count {actual} does not match the pool's {expected} draft tokens (request {index})")]
     DraftMismatch {
         /// Request index.
@@ -170,6 +171,21 @@ pub enum Error {
         expected: usize,
         /// Given.
         actual: usize,
+    },
+    /// An operation on no requests: a batch of no sequences or slots, `alloc(0)`,
+    /// `free` or `zero` of no slots. One rule for every operation (see
+    /// [`crate::batch`]): refused, nothing changed.
+    #[error("{what} of no requests: every batch and slot operation needs at least one")]
+    EmptyBatch {
+        /// The operation (`"decode"`, `"alloc"`, ...).
+        what: &'static str,
+    },
+    /// A commit names a snapshot slot for a request it skips (accepted `None`):
+    /// there is no accepted step to copy into it.
+    #[error("commit request {index} is skipped (nothing accepted) but names a snapshot slot")]
+    SnapshotOfSkipped {
+        /// Request index in the commit batch.
+        index: usize,
     },
     /// The pool has no speculative buffers but a verify or commit was requested.
     #[error("the pool was created without speculative-decoding buffers")]
@@ -291,7 +307,7 @@ impl Error {
 
 impl Error {
     /// The largest [`code`](Self::code).
-    pub const MAX_CODE: u16 = 31;
+    pub const MAX_CODE: u16 = 33;
 
     /// A stable number per kind, 1..=[`MAX_CODE`](Self::MAX_CODE): the C ABI's
     /// `dn_status` values. A kind keeps its number; new kinds take the next one.
@@ -328,6 +344,8 @@ impl Error {
             Error::StaleSlot { .. } => 29,
             Error::NoCurrentVerify { .. } => 30,
             Error::NonFinite { .. } => 31,
+            Error::EmptyBatch { .. } => 32,
+            Error::SnapshotOfSkipped { .. } => 33,
         }
     }
 }

@@ -269,8 +269,11 @@ pub fn forward_verify<D: KernelDispatcher>(
     )
 }
 
-/// Commit of one layer: the accepted step of each request becomes its state
-/// (the same as [`KernelDispatcher::commit`]).
+/// Commit of one layer after [`forward_verify`]: the accepted step of each
+/// request becomes its state, skipped requests (accepted `None`) keep theirs.
+/// This is the engine's commit: the same call as [`KernelDispatcher::commit`],
+/// named here beside the forwards it follows. (`StatePool::commit_accepted`
+/// is the backend-less low-level copy for tools and tests.)
 pub fn commit<D: KernelDispatcher>(d: &D, pool: &mut PoolOf<D>, layer: usize, batch: &CommitBatch) -> Result<()> {
     d.commit(pool, layer, batch)
 }

@@ -38,7 +38,7 @@ pub mod slot;
 pub mod tensor;
 pub mod tolerance;
 
-pub use batch::{CommitBatch, DecodeBatch, ExtendBatch, Snapshot, VerifyBatch};
+pub use batch::{Commit, CommitBatch, DecodeBatch, ExtendBatch, Snapshot, VerifyBatch};
 pub use capabilities::{Capabilities, DimLimits};
 pub use checked::{Checked, GateCall, Ticket};
 pub use device_tensor::DeviceTensor;

@@ -52,6 +52,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 pub use crate::access::KernelAccess;
+use crate::batch::check_not_empty;
 use crate::checked::{Checked, Ticket};
 pub use crate::slot::Slot;
 use crate::slot::SlotAllocator;
@@ -410,11 +411,12 @@ pub trait MambaStatePool: Send + Sync {
     fn is_allocated(&self, slot: Slot) -> bool;
     /// Checks `slots` are allocated, in range, not padding and distinct.
     fn check_slots(&self, slots: &[Slot]) -> Result<()>;
-    /// Allocates `n` slots (contents unspecified: zero them, import, or extend without initial state).
+    /// Allocates `n >= 1` slots (contents unspecified: zero them, import, or extend without initial state);
+    /// `n = 0` is [`Error::EmptyBatch`], as for every operation on no requests.
     fn alloc(&self, n: usize) -> Result<Vec<Slot>>;
-    /// Frees slots; all or nothing.
+    /// Frees slots (at least one); all or nothing.
     fn free(&self, slots: &[Slot]) -> Result<()>;
-    /// Zeroes the conv and recurrent state of `slots` in every layer.
+    /// Zeroes the conv and recurrent state of `slots` (at least one) in every layer.
     fn zero(&mut self, slots: &[Slot]) -> Result<()>;
     /// Copies `src`'s conv and recurrent state into `dst` (both allocated, distinct).
     fn copy(&mut self, src: Slot, dst: Slot) -> Result<()>;
@@ -586,10 +588,11 @@ impl<M: DeviceMemory, L: StateLayout> StatePool<M, L> {
     }
 
     /// [`Error::NoCurrentVerify`] unless every slot of `batch` has a current verify in `layer`.
+    /// (A skipped request needs none: nothing of its scratch is read.)
     pub(crate) fn check_current_verifies(&self, layer: usize, batch: &crate::batch::CommitBatch) -> Result<()> {
         let a = self.allocator();
-        match batch.slots().iter().enumerate().find(|(_, s)| !a.verified(layer, s.index())) {
-            Some((index, s)) => Err(Error::NoCurrentVerify { index, slot: s.index_u32(), layer }),
+        match batch.commits().find(|c| !a.verified(layer, c.slot.index())) {
+            Some(c) => Err(Error::NoCurrentVerify { index: c.request, slot: c.slot.index_u32(), layer }),
             None => Ok(()),
         }
     }
@@ -624,11 +627,16 @@ impl<M: DeviceMemory, L: StateLayout> StatePool<M, L> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Copies each request's accepted scratch step `a` (state and conv window) of
-    /// `layer` into its main slot, and into its snapshot slot when one is named,
-    /// checking the batch first as [`kernel_parts`](Self::kernel_parts) does.
-    /// Engines call [`KernelDispatcher::commit`](crate::KernelDispatcher::commit)
-    /// (or the layer [`commit`](crate::commit)), which may run a backend's fused commit.
+    /// The low-level commit, for tools and tests that hold a pool but no
+    /// backend: copies each committed request's accepted scratch step (state
+    /// and conv window) of `layer` through the pool's memory into its main
+    /// slot, and into its snapshot slot when one is named, checking the batch
+    /// first as [`kernel_parts`](Self::kernel_parts) does.
+    ///
+    /// Engines do not call this: the commit an engine calls is
+    /// [`KernelDispatcher::commit`](crate::KernelDispatcher::commit) (on a
+    /// runtime pool, `Backend::commit`), which validates once and runs the
+    /// backend's own commit kernel (fused on CUDA, synchronised on the NPU).
     pub fn commit_accepted(&mut self, layer: usize, batch: &crate::batch::CommitBatch) -> Result<()> {
         self.kernel_parts(layer, KernelAccess::Commit(batch), |p| copy_accepted(p, layer, batch))
     }
@@ -665,8 +673,9 @@ fn copy_accepted<M: DeviceMemory>(p: PoolParts<'_, M>, layer: usize, batch: &cra
         (Some(s), Some(w)) => (s, w),
         _ => return Err(Error::NoSpeculativeBuffers),
     };
-    for (i, (&slot, &a)) in batch.slots().iter().zip(batch.accepted()).enumerate() {
-        for dst in std::iter::once(slot).chain(batch.snapshots()[i]) {
+    for c in batch.commits() {
+        let (slot, a) = (c.slot, c.step);
+        for dst in std::iter::once(slot).chain(c.snapshot) {
             let (s, d) = (g.scratch_offset(layer, slot.index(), a), g.temporal_offset(layer, dst.index()));
             p.memory.copy_between(scratch, s, p.temporal, d, g.state_bytes())?;
             let (s, d) = (g.window_offset(layer, slot.index(), a), g.conv_offset(layer, dst.index()));
@@ -712,16 +721,19 @@ impl<M: DeviceMemory, L: StateLayout> MambaStatePool for StatePool<M, L> {
 
     fn alloc(&self, n: usize) -> Result<Vec<Slot>> {
         let _span = tracing::debug_span!("pool.alloc", n).entered();
+        check_not_empty("alloc", n)?;
         self.allocator().alloc(n)
     }
 
     fn free(&self, slots: &[Slot]) -> Result<()> {
         let _span = tracing::debug_span!("pool.free", n = slots.len()).entered();
+        check_not_empty("free", slots.len())?;
         self.allocator().free(slots)
     }
 
     fn zero(&mut self, slots: &[Slot]) -> Result<()> {
         let _span = tracing::debug_span!("pool.zero", n = slots.len()).entered();
+        check_not_empty("zero", slots.len())?;
         let a = self.slots.get_mut().unwrap_or_else(|p| p.into_inner());
         a.check_distinct(slots)?;
         slots.iter().for_each(|s| a.forget_verify(s.index()));

@@ -172,7 +172,7 @@ fn verify_runs_each_step_along_its_tree_path() {
     let parents = [-1, 0, 1, -1, 0, 0, -1, -1, -1];
     let paths: [&[usize]; 9] = [&[0], &[0, 1], &[0, 1, 2], &[0], &[0, 1], &[0, 2], &[0], &[1], &[2]];
     let x = w.inputs(9);
-    let b = VerifyBatch::tree(&w.pool, &w.slots[..3], d, &parents).unwrap();
+    let b = VerifyBatch::tree(&w.pool, &w.slots[..3], &parents).unwrap();
     let r = oracle::layer_verify(&w.pool, 0, &b, &w.weights(), &views(&x, 9, &w.dims), DeltaParams::new(&w.dims)).unwrap();
     let row = w.dims.num_v_heads * w.dims.head_v_dim;
     for (n, path) in paths.iter().enumerate() {

@@ -209,6 +209,10 @@ fn slot_errors_leave_pool_unchanged() {
     let never = Slot::new(3, 0);
     assert!(!p.is_allocated(never));
 
+    // no slots: the one empty-batch rule
+    rejects!(p, p.alloc(0), Error::EmptyBatch { what: "alloc" });
+    rejects!(p, p.free(&[]), Error::EmptyBatch { what: "free" });
+    rejects!(p, p.zero(&[]), Error::EmptyBatch { what: "zero" });
     // exhaustion
     rejects!(p, p.alloc(2), Error::PoolExhausted { requested: 2, available: 1 });
     // double free, slot 0, out of range, never allocated, same slot twice in one free
@@ -261,7 +265,8 @@ fn batch_errors_leave_pool_unchanged() {
     let (a, b) = (s[0], s[1]);
 
     // cu_seqlens
-    rejects!(p, ExtendBatch::new(&p, &[0], &[], &[]), Error::BadCuSeqlens { index: 0, .. });
+    // no sequences: the one empty-batch rule
+    rejects!(p, ExtendBatch::new(&p, &[0], &[], &[]), Error::EmptyBatch { what: "extend" });
     rejects!(p, ExtendBatch::new(&p, &[], &[], &[]), Error::BadCuSeqlens { index: 0, .. });
     rejects!(p, ExtendBatch::new(&p, &[1, 3], &[a], &[false]), Error::BadCuSeqlens { index: 0, value: 1, .. });
     rejects!(p, ExtendBatch::new(&p, &[0, 3, 3], &[a, b], &[false, false]), Error::BadCuSeqlens { index: 2, value: 3, .. });
@@ -291,31 +296,34 @@ fn batch_errors_leave_pool_unchanged() {
     assert_eq!(ok.snapshots_of(1).count(), 1);
 
     // decode
-    rejects!(p, DecodeBatch::new(&p, &[]), Error::LengthMismatch { .. });
+    rejects!(p, DecodeBatch::new(&p, &[]), Error::EmptyBatch { what: "decode" });
     rejects!(p, DecodeBatch::new(&p, &[a, a]), Error::DuplicateSlot { .. });
     rejects!(p, DecodeBatch::new(&p, &[never]), Error::SlotNotAllocated { .. });
     rejects!(p, DecodeBatch::new(&p, &[Slot::new(0, 0)]), Error::PaddingSlot { .. });
-    // verify: draft mismatch, bad parents, parents length, slots
-    rejects!(p, VerifyBatch::chain(&p, &[a], 2), Error::DraftMismatch { expected: 3, actual: 2, .. });
-    rejects!(p, VerifyBatch::chain(&p, &[], 3), Error::LengthMismatch { .. });
-    rejects!(p, VerifyBatch::tree(&p, &[a], 3, &[-1, 0]), Error::LengthMismatch { .. });
-    rejects!(p, VerifyBatch::tree(&p, &[a], 3, &[-1, 0, 2]), Error::BadParent { index: 0, token: 2, parent: 2 });
-    rejects!(p, VerifyBatch::tree(&p, &[a], 3, &[0, 0, 1]), Error::BadParent { token: 0, parent: 0, .. });
-    rejects!(p, VerifyBatch::tree(&p, &[a, b], 3, &[-1, 0, 1, -1, -2, 0]), Error::BadParent { index: 1, token: 1, parent: -2 });
-    rejects!(p, VerifyBatch::chain(&p, &[a, never], 3), Error::SlotNotAllocated { index: 1, .. });
-    rejects!(p, VerifyBatch::chain(&p, &[b, b], 3), Error::DuplicateSlot { .. });
-    let tree = VerifyBatch::tree(&p, &[a], 3, &[-1, 0, 0]).unwrap();
+    // verify: no requests, bad parents, parents length (D is the pool's), slots
+    rejects!(p, VerifyBatch::chain(&p, &[]), Error::EmptyBatch { what: "verify" });
+    rejects!(p, VerifyBatch::tree(&p, &[], &[]), Error::EmptyBatch { what: "verify" });
+    assert_eq!(VerifyBatch::chain(&p, &[a]).unwrap().draft(), 3);
+    rejects!(p, VerifyBatch::tree(&p, &[a], &[-1, 0]), Error::LengthMismatch { .. });
+    rejects!(p, VerifyBatch::tree(&p, &[a], &[-1, 0, 2]), Error::BadParent { index: 0, token: 2, parent: 2 });
+    rejects!(p, VerifyBatch::tree(&p, &[a], &[0, 0, 1]), Error::BadParent { token: 0, parent: 0, .. });
+    rejects!(p, VerifyBatch::tree(&p, &[a, b], &[-1, 0, 1, -1, -2, 0]), Error::BadParent { index: 1, token: 1, parent: -2 });
+    rejects!(p, VerifyBatch::chain(&p, &[a, never]), Error::SlotNotAllocated { index: 1, .. });
+    rejects!(p, VerifyBatch::chain(&p, &[b, b]), Error::DuplicateSlot { .. });
+    let tree = VerifyBatch::tree(&p, &[a], &[-1, 0, 0]).unwrap();
     assert_eq!((tree.parent(0, 0), tree.parent(0, 2)), (None, Some(0)));
-    // commit: accepted >= D, lengths, snapshot slots
-    rejects!(p, CommitBatch::new(&p, &[a, b], &[0, 3], &[]), Error::AcceptedOutOfRange { index: 1, accepted: 3, draft: 3 });
-    rejects!(p, CommitBatch::new(&p, &[a, b], &[0], &[]), Error::LengthMismatch { .. });
-    rejects!(p, CommitBatch::new(&p, &[a, b], &[0, 1], &[None]), Error::LengthMismatch { .. });
-    rejects!(p, CommitBatch::new(&p, &[a, b], &[0, 1], &[None, Some(a)]), Error::DuplicateSlot { .. });
-    rejects!(p, CommitBatch::new(&p, &[a], &[0], &[Some(never)]), Error::SlotNotAllocated { .. });
-    rejects!(p, CommitBatch::new(&p, &[Slot::new(0, 0)], &[0], &[]), Error::PaddingSlot { .. });
+    // commit: no requests, accepted >= D, lengths, snapshot slots, a snapshot of a skipped request
+    rejects!(p, CommitBatch::new(&p, &[], &[], &[]), Error::EmptyBatch { what: "commit" });
+    rejects!(p, CommitBatch::new(&p, &[a, b], &[None, Some(0)], &[Some(s[2]), None]), Error::SnapshotOfSkipped { index: 0 });
+    rejects!(p, CommitBatch::new(&p, &[a, b], &[Some(0), Some(3)], &[]), Error::AcceptedOutOfRange { index: 1, accepted: 3, draft: 3 });
+    rejects!(p, CommitBatch::new(&p, &[a, b], &[Some(0)], &[]), Error::LengthMismatch { .. });
+    rejects!(p, CommitBatch::new(&p, &[a, b], &[Some(0), Some(1)], &[None]), Error::LengthMismatch { .. });
+    rejects!(p, CommitBatch::new(&p, &[a, b], &[Some(0), Some(1)], &[None, Some(a)]), Error::DuplicateSlot { .. });
+    rejects!(p, CommitBatch::new(&p, &[a], &[Some(0)], &[Some(never)]), Error::SlotNotAllocated { .. });
+    rejects!(p, CommitBatch::new(&p, &[Slot::new(0, 0)], &[Some(0)], &[]), Error::PaddingSlot { .. });
 
     // layer out of range, foreign batch, slot freed after validation: at dispatch (commit_accepted)
-    let cb = CommitBatch::new(&p, &[a, b], &[1, 2], &[Some(s[2]), None]).unwrap();
+    let cb = CommitBatch::new(&p, &[a, b], &[Some(1), Some(2)], &[Some(s[2]), None]).unwrap();
     rejects!(p, p.commit_accepted(2, &cb), Error::LayerOutOfRange { layer: 2, layers: 2 });
     let mut other = pool_of::<VMajor>(cfg);
     let os = other.alloc(4).unwrap();
@@ -330,8 +338,8 @@ fn batch_errors_leave_pool_unchanged() {
     // commit on a pool without speculative buffers
     let plain = pool_of::<VMajor>(PoolConfig::new(1, 2, cfg.dims));
     let ps = plain.alloc(1).unwrap();
-    rejects!(plain, CommitBatch::new(&plain, &ps, &[0], &[]), Error::NoSpeculativeBuffers);
-    rejects!(plain, VerifyBatch::chain(&plain, &ps, 1), Error::NoSpeculativeBuffers);
+    rejects!(plain, CommitBatch::new(&plain, &ps, &[Some(0)], &[]), Error::NoSpeculativeBuffers);
+    rejects!(plain, VerifyBatch::chain(&plain, &ps), Error::NoSpeculativeBuffers);
 }
 
 #[test]
@@ -342,7 +350,7 @@ fn commit_accepted_copies_the_right_step() {
     let s = p.alloc(3).unwrap();
     p.zero(&s).unwrap();
     let g = *p.geometry();
-    let vb = VerifyBatch::chain(&p, &[s[0]], 3).unwrap();
+    let vb = VerifyBatch::chain(&p, &[s[0]]).unwrap();
     p.kernel_parts(1, KernelAccess::Verify(&vb), |parts| {
         let scratch = parts.scratch.unwrap();
         for layer in 0..2 {
@@ -360,7 +368,7 @@ fn commit_accepted_copies_the_right_step() {
         Ok(())
     })
     .unwrap();
-    let cb = CommitBatch::new(&p, &[s[0]], &[2], &[Some(s[2])]).unwrap();
+    let cb = CommitBatch::new(&p, &[s[0]], &[Some(2)], &[Some(s[2])]).unwrap();
     p.commit_accepted(1, &cb).unwrap();
     for slot in [s[0], s[2]] {
         let e = p.export(slot).unwrap();
@@ -382,4 +390,52 @@ fn commit_accepted_copies_the_right_step() {
         assert!(conv[cb..].iter().all(|&b| b == 3), "window of step 2");
     }
     assert!(p.export(s[1]).unwrap().temporal.iter().all(|&b| b == 0));
+}
+
+#[test]
+fn commit_skips_a_request_and_keeps_its_verify() {
+    // Two slots with random states; random scratch for both as a verify of layer 0 would write.
+    let cfg = PoolConfig::new(1, 3, dims(1, 2, 4, 3)).with_speculative(3);
+    let mut p = pool_of::<KMajor>(cfg);
+    let s = p.alloc(2).unwrap();
+    for (i, &x) in s.iter().enumerate() {
+        p.import(x, &random_state(&cfg, 30 + i as u64)).unwrap();
+    }
+    let g = *p.geometry();
+    let mut rng = ChaCha8Rng::seed_from_u64(31);
+    let mut scratch = Vec::new();
+    let vb = VerifyBatch::chain(&p, &s).unwrap();
+    p.kernel_parts(0, KernelAccess::Verify(&vb), |parts| {
+        let (sc, wi) = (parts.scratch.unwrap(), parts.windows.unwrap());
+        for b in [sc.bytes_mut(), wi.bytes_mut()] {
+            let vals: Vec<f32> = (0..b.len() / 4).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+            b.copy_from_slice(bytemuck::cast_slice(&vals));
+        }
+        scratch = sc.bytes_mut().to_vec();
+        Ok(())
+    })
+    .unwrap();
+    let step = |x: Slot, t: usize| scratch[g.scratch_offset(0, x.index(), t)..][..g.state_bytes()].to_vec();
+    let main = |p: &StatePool<HostMemory, KMajor>, x: Slot| {
+        let e = p.export(x).unwrap();
+        (e.temporal, e.conv)
+    };
+    let before1 = main(&p, s[1]);
+
+    // request 0 accepts step 1, request 1 nothing: slot 1 untouched, its verify still current
+    p.commit_accepted(0, &CommitBatch::new(&p, &s, &[Some(1), None], &[]).unwrap()).unwrap();
+    assert_eq!(main(&p, s[1]), before1, "a skipped request's slot changed");
+    assert!(!p.has_current_verify(s[0], 0), "the commit consumed request 0's verify");
+    assert!(p.has_current_verify(s[1], 0), "a skipped request's verify stays current");
+    // K-major f32 pool: the exported recurrent state is the stored bytes
+    assert_eq!(main(&p, s[0]).0, step(s[0], 1), "request 0 holds its step 1");
+    // a second commit of request 0 needs a new verify; request 1 can still be committed
+    rejects!(p, p.commit_accepted(0, &CommitBatch::new(&p, &s, &[Some(0), None], &[]).unwrap()), Error::NoCurrentVerify { index: 0, .. });
+    p.commit_accepted(0, &CommitBatch::new(&p, &s, &[None, Some(2)], &[]).unwrap()).unwrap();
+    assert_eq!(main(&p, s[1]).0, step(s[1], 2), "request 1 holds its step 2");
+    // all skipped: a batch with requests, nothing to commit, nothing changes
+    let all_skipped = CommitBatch::new(&p, &s, &[None, None], &[]).unwrap();
+    let before = p.digest().unwrap();
+    p.commit_accepted(0, &all_skipped).unwrap();
+    assert_eq!(p.digest().unwrap(), before);
 }

@@ -72,7 +72,7 @@ impl Inputs {
 }
 
 fn verify(d: &D, pool: &mut PoolOf<D>, layer: usize, slots: &[Slot], rng: &mut ChaCha8Rng) {
-    let vb = VerifyBatch::chain(pool, slots, DRAFT).unwrap();
+    let vb = VerifyBatch::chain(pool, slots).unwrap();
     let mut x = Inputs::random(rng, slots.len() * DRAFT);
     d.verify(pool, layer, &vb, x.io()).unwrap();
 }
@@ -98,7 +98,7 @@ macro_rules! refused {
 }
 
 fn commit(d: &D, pool: &mut PoolOf<D>, layer: usize, slots: &[Slot], accepted: &[usize]) -> Result<()> {
-    let cb = CommitBatch::new(pool, slots, accepted, &[])?;
+    let cb = CommitBatch::new(pool, slots, &accepted.iter().map(|&a| Some(a)).collect::<Vec<_>>(), &[])?;
     d.commit(pool, layer, &cb)
 }
 
@@ -176,7 +176,7 @@ fn every_main_state_write_makes_the_verify_stale() {
 fn verify_free_reallocate_commit_is_refused() {
     let (d, mut pool, s, mut rng) = setup(6);
     verify(&d, &mut pool, 0, &s[..1], &mut rng);
-    let old = CommitBatch::new(&pool, &s[..1], &[1], &[]).unwrap();
+    let old = CommitBatch::new(&pool, &s[..1], &[Some(1)], &[]).unwrap();
     pool.free(&s[..1]).unwrap();
     let again = pool.alloc(1).unwrap()[0];
     assert_eq!(again.index(), s[0].index(), "LIFO free list: same index");
@@ -192,7 +192,7 @@ fn batch_validated_before_free_and_reallocation_is_refused() {
     let (d, mut pool, s, mut rng) = setup(7);
     let db = DecodeBatch::new(&pool, &s[..2]).unwrap();
     let eb = ExtendBatch::new(&pool, &[0, 2, 4], &s[..2], &[true, true]).unwrap();
-    let vb = VerifyBatch::chain(&pool, &s[1..2], DRAFT).unwrap();
+    let vb = VerifyBatch::chain(&pool, &s[1..2]).unwrap();
     pool.free(&s[1..2]).unwrap();
     let new_owner = pool.alloc(1).unwrap()[0];
     assert_eq!(new_owner.index(), s[1].index());
@@ -218,7 +218,7 @@ fn batch_validated_before_free_and_reallocation_is_refused() {
 fn legal_sequences_still_commit_the_verified_step() {
     let (d, mut pool, s, mut rng) = setup(8);
     let before = pool.export(s[0]).unwrap();
-    let vb = VerifyBatch::chain(&pool, &s[..1], DRAFT).unwrap();
+    let vb = VerifyBatch::chain(&pool, &s[..1]).unwrap();
     let mut x = Inputs::random(&mut rng, DRAFT);
     d.verify(&mut pool, 0, &vb, x.io()).unwrap();
     assert_eq!(pool.export(s[0]).unwrap(), before, "verify leaves the main state");

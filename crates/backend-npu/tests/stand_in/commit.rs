@@ -17,7 +17,7 @@ fn commit_copies_the_accepted_step_of_a_vmajor_pool() {
     let (sb, cb) = (geo.state_bytes(), geo.conv_bytes());
     let layer = 1;
     // Random scratch, as a verify of the two committed slots would leave it (current).
-    let vb = VerifyBatch::chain(&pool, &[s[0], s[1]], dd).unwrap();
+    let vb = VerifyBatch::chain(&pool, &[s[0], s[1]]).unwrap();
     pool.kernel_parts(layer, KernelAccess::Verify(&vb), |parts| {
         let scratch = parts.scratch.unwrap();
         let bytes: Vec<u8> = (0..parts.memory.len(scratch)).map(|_| rng.gen()).collect();
@@ -28,7 +28,7 @@ fn commit_copies_the_accepted_step_of_a_vmajor_pool() {
         Ok(())
     })
     .unwrap();
-    let batch = CommitBatch::new(&pool, &[s[0], s[1]], &[2, 0], &[Some(s[3]), None]).unwrap();
+    let batch = CommitBatch::new(&pool, &[s[0], s[1]], &[Some(2), Some(0)], &[Some(s[3]), None]).unwrap();
     let before = pool.export(s[2]).unwrap();
     rec.clear();
     d.commit(&mut pool, layer, &batch).unwrap();

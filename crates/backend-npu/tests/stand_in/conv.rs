@@ -158,7 +158,7 @@ fn conv_verify_builds_every_window_and_leaves_the_slot_alone() {
     let slots = [s[1], s[2]];
     // Request 0 a tree (steps 1 and 2 both children of 0), request 1 a chain.
     let parents = [-1, 0, 0, -1, 0, 1];
-    let batch = VerifyBatch::tree(&pool, &slots, dd, &parents).unwrap();
+    let batch = VerifyBatch::tree(&pool, &slots, &parents).unwrap();
     let state = randomise_conv_state(&d, &mut pool, &mut rng);
     let mut io = conv_t(&d, &mut rng, 2 * dd);
     let layer = 1;

@@ -168,7 +168,7 @@ fn verify_chain_index_tables_and_scratch_seeding() {
     let mut pool = spec_pool(&d, dd);
     let s = pool.alloc(4).unwrap();
     let slots = [s[3], s[0]];
-    let batch = VerifyBatch::chain(&pool, &slots, dd).unwrap();
+    let batch = VerifyBatch::chain(&pool, &slots).unwrap();
     let mut io = delta_t(&d, &mut rng, 2 * dd, DType::BF16);
     let layer = 1;
     let (temporal, scratch) = (desc_addr(&pool, BufferKind::Temporal, layer), desc_addr(&pool, BufferKind::Scratch, layer));
@@ -208,7 +208,7 @@ fn verify_tree_runs_one_call_per_chain_segment_from_its_parent() {
     let s = pool.alloc(3).unwrap();
     let slots = [s[2], s[0]];
     let parents = [-1, 0, 0, 2, -1, -1, 1, 1];
-    let batch = VerifyBatch::tree(&pool, &slots, dd, &parents).unwrap();
+    let batch = VerifyBatch::tree(&pool, &slots, &parents).unwrap();
     let mut io = delta_t(&d, &mut rng, 2 * dd, DType::BF16);
     let layer = 0;
     let (temporal, scratch) = (desc_addr(&pool, BufferKind::Temporal, layer), desc_addr(&pool, BufferKind::Scratch, layer));
@@ -284,7 +284,7 @@ fn f32_state_verify_on_950_hands_f32_scratch_to_the_recurrent_operator() {
     let cfg = PoolConfig::new(1, 4, m).with_state_dtype(DType::F32).with_conv_dtype(DType::BF16).with_speculative(dd);
     let mut pool = d.new_pool(cfg).unwrap();
     let s = pool.alloc(1).unwrap();
-    let batch = VerifyBatch::chain(&pool, &s, dd).unwrap();
+    let batch = VerifyBatch::chain(&pool, &s).unwrap();
     let mut io = delta_t(&d, &mut rng, dd, DType::BF16);
     rec.clear();
     d.verify(&mut pool, 0, &batch, io.io()).unwrap();

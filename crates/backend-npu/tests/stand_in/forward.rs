@@ -258,9 +258,9 @@ fn verify_then_commit(seed: u64, parents: &[i64], accepted: &[usize]) {
     let before: Vec<SlotState> = s.iter().map(|&sl| state_of(&f.pool, sl)).collect();
     let input = f.input(n * DRAFT);
     let batch = if parents.iter().enumerate().all(|(t, &p)| p == (t % DRAFT) as i64 - 1) {
-        VerifyBatch::chain(&f.pool, &s, DRAFT).unwrap()
+        VerifyBatch::chain(&f.pool, &s).unwrap()
     } else {
-        VerifyBatch::tree(&f.pool, &s, DRAFT, parents).unwrap()
+        VerifyBatch::tree(&f.pool, &s, parents).unwrap()
     };
     let mut out = f.out(n * DRAFT);
     let w = f.w.layer();
@@ -275,7 +275,7 @@ fn verify_then_commit(seed: u64, parents: &[i64], accepted: &[usize]) {
         assert_eq!(state_of(&f.pool, sl), before[i], "verify leaves request {i}'s state alone");
     }
 
-    let commit_batch = CommitBatch::new(&f.pool, &s, accepted, &vec![None; n]).unwrap();
+    let commit_batch = CommitBatch::new(&f.pool, &s, &accepted.iter().map(|&a| Some(a)).collect::<Vec<_>>(), &vec![None; n]).unwrap();
     commit(&f.d, &mut f.pool, LAYER, &commit_batch).unwrap();
     for (i, &sl) in s.iter().enumerate() {
         let ps = &parents[i * DRAFT..(i + 1) * DRAFT];

@@ -151,12 +151,16 @@ static void bad_inputs(dn_backend *kb, dn_backend *vb, dn_pool *kp, dn_pool *vp,
   dn_snapshot snap = {0, 9, A}; /* position beyond the 4-token sequence */
   EXPECT_REFUSED(kp, dn_batch_extend(kp, cu1, 1, &A, flags, &snap, 1, &b), DN_ERR_BAD_SNAPSHOT);
   int64_t bad_parents[DRAFT] = {-1, 1, 0};
-  EXPECT_REFUSED(kp, dn_batch_verify(kp, &A, 1, DRAFT, bad_parents, &b), DN_ERR_BAD_PARENT);
-  EXPECT_REFUSED(kp, dn_batch_verify(kp, &A, 1, DRAFT - 1, NULL, &b), DN_ERR_DRAFT_MISMATCH);
+  EXPECT_REFUSED(kp, dn_batch_verify(kp, &A, 1, bad_parents, &b), DN_ERR_BAD_PARENT);
+  EXPECT_REFUSED(kp, dn_batch_verify(kp, &A, 0, NULL, &b), DN_ERR_EMPTY_BATCH);
   int64_t acc = DRAFT;
   EXPECT_REFUSED(kp, dn_batch_commit(kp, &A, 1, &acc, NULL, &b), DN_ERR_ACCEPTED_OUT_OF_RANGE);
-  acc = -1;
+  acc = -2;
   EXPECT_REFUSED(kp, dn_batch_commit(kp, &A, 1, &acc, NULL, &b), DN_ERR_INVALID_ARGUMENT);
+  acc = DN_ACCEPTED_NONE;
+  uint64_t snap_of_skipped = va;
+  EXPECT_REFUSED(kp, dn_batch_commit(kp, &A, 1, &acc, &snap_of_skipped, &b), DN_ERR_SNAPSHOT_OF_SKIPPED);
+  EXPECT_REFUSED(kp, dn_pool_alloc(kp, 0, &snap_of_skipped), DN_ERR_EMPTY_BATCH);
 
   /* Tensor checks on a valid decode batch of A. */
   dn_batch *dec = NULL, *foreign = NULL;
@@ -333,7 +337,7 @@ int main(int argc, char **argv) {
   v1.tq.t.data = padded;
   v1.tq.strides[0] = HK * (KD + 3), v1.tq.strides[1] = KD + 3, v1.tq.strides[2] = 1;
   v1.tq.t.strides = v1.tq.strides;
-  CHECK(dn_batch_verify(kp, &A, 1, DRAFT, NULL, &b));
+  CHECK(dn_batch_verify(kp, &A, 1, NULL, &b));
   CHECK(run(dn_verify, kb, kp, b, &v1));
   CHECK(dn_batch_destroy(b));
   write_array(out, v1.o, DRAFT * HV * VD * 4);
@@ -350,7 +354,7 @@ int main(int argc, char **argv) {
   Step v2;
   load(in, DRAFT, &v2);
   int64_t parents[DRAFT] = {-1, 0, 0};
-  CHECK(dn_batch_verify(kp, &B, 1, DRAFT, parents, &b));
+  CHECK(dn_batch_verify(kp, &B, 1, parents, &b));
   CHECK(run(dn_verify, kb, kp, b, &v2));
   CHECK(dn_batch_destroy(b));
   write_array(out, v2.o, DRAFT * HV * VD * 4);

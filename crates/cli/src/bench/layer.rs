@@ -220,7 +220,7 @@ impl LayerBench {
                         forward_decode(d, pool, layer, &batch, &w, &x, params, &mut self.ws, out)
                     }
                     LayerStep::Verify { draft, .. } => {
-                        let batch = VerifyBatch::chain(pool, slots, draft)?;
+                        let batch = VerifyBatch::chain(pool, slots)?;
                         forward_verify(d, pool, layer, &batch, &w, &x, params, &mut self.ws, out)?;
                         commit(d, pool, layer, &commit_batch(pool, slots, draft)?)
                     }
@@ -248,7 +248,7 @@ impl LayerBench {
                     d.conv_update(pool, layer, &DecodeBatch::new(pool, slots)?, conv_io(&x, &w, &mut self.conv_out, t, cd)?)
                 }
                 LayerStep::Verify { draft, .. } => {
-                    d.conv_verify(pool, layer, &VerifyBatch::chain(pool, slots, draft)?, conv_io(&x, &w, &mut self.conv_out, t, cd)?)
+                    d.conv_verify(pool, layer, &VerifyBatch::chain(pool, slots)?, conv_io(&x, &w, &mut self.conv_out, t, cd)?)
                 }
             },
             Part::Gate => d.gate(
@@ -281,7 +281,7 @@ impl LayerBench {
                         d.extend(pool, layer, &ExtendBatch::new(pool, &self.cu, slots, &init)?, io)
                     }
                     LayerStep::Decode { .. } => d.decode(pool, layer, &DecodeBatch::new(pool, slots)?, io),
-                    LayerStep::Verify { draft, .. } => d.verify(pool, layer, &VerifyBatch::chain(pool, slots, draft)?, io),
+                    LayerStep::Verify { draft, .. } => d.verify(pool, layer, &VerifyBatch::chain(pool, slots)?, io),
                 }
             }
         }
@@ -290,7 +290,7 @@ impl LayerBench {
 
 /// Every request accepts about half its drafts.
 fn commit_batch(pool: &PoolOf<CpuKMajor>, slots: &[Slot], draft: usize) -> Result<CommitBatch> {
-    let accepted: Vec<usize> = (0..slots.len()).map(|i| (draft / 2 + i) % draft).collect();
+    let accepted: Vec<Option<usize>> = (0..slots.len()).map(|i| Some((draft / 2 + i) % draft)).collect();
     CommitBatch::new(pool, slots, &accepted, &vec![None; slots.len()])
 }
 

@@ -264,7 +264,7 @@ impl DecodeBench {
 
     /// One verify of D drafts (a chain) on the next layer.
     pub fn verify_step(&mut self) {
-        let batch = VerifyBatch::chain(&self.pool, &self.slots, self.draft).expect("batch");
+        let batch = VerifyBatch::chain(&self.pool, &self.slots).expect("batch");
         let n = self.slots.len() * self.draft;
         let io = self.x.io(&self.dims, 0, n);
         self.d.verify(&mut self.pool, self.next, &batch, io).expect("verify");

@@ -74,7 +74,7 @@ impl<'d, D: KernelDispatcher> Fixture<'d, D> {
         let inp = DeltaInputs::random(&dims, 5, dt, seed ^ 29);
         let eb = ExtendBatch::new(&b.pool, &cu, &[x, y], &[true, true])?;
         let db = DecodeBatch::new(&b.pool, &[x, y])?;
-        let vb = VerifyBatch::chain(&b.pool, &[x, y], DRAFT)?;
+        let vb = VerifyBatch::chain(&b.pool, &[x, y])?;
         let (inp_dec, inp_ver) = (inp.slice(0..2), inp.slice(0..4));
         let w = LayerParams::random(&dims, seed ^ 31);
         Ok(Fixture { d, caps, dims, dt, sd, seed, b, slots, x, y, cu, inp, inp_dec, inp_ver, eb, db, vb, w })
@@ -245,8 +245,8 @@ fn foreign_batches<D: KernelDispatcher>(ctx: &mut Ctx<'_>, f: &mut Fixture<'_, D
         let os = other.pool.alloc(2)?;
         let feb = ExtendBatch::new(&other.pool, &cu, &os, &[true, true])?;
         let fdb = DecodeBatch::new(&other.pool, &os)?;
-        let fvb = VerifyBatch::chain(&other.pool, &os, draft)?;
-        let fcb = CommitBatch::new(&other.pool, &os, &[0, 1], &[])?;
+        let fvb = VerifyBatch::chain(&other.pool, &os)?;
+        let fcb = CommitBatch::new(&other.pool, &os, &[Some(0), Some(1)], &[])?;
         for (label, op, data) in
             [("extend", Batch::Extend(&feb), &inp), ("decode", Batch::Decode(&fdb), &inp_dec), ("verify", Batch::Verify(&fvb), &inp_ver)]
         {
@@ -327,11 +327,19 @@ fn batch_construction<D: KernelDispatcher>(ctx: &mut Ctx<'_>, f: &mut Fixture<'_
         is(|e| matches!(e, Error::DuplicateSlot { .. })),
         || ExtendBatch::new(p, &cu, &[y, y], &[true, true]).map(|_| ()),
     )?;
-    expect_err::<D>(ctx, p, &format!("{n}: draft count"), "DraftMismatch", is(|e| matches!(e, Error::DraftMismatch { .. })), || {
-        VerifyBatch::chain(p, &[x], draft + 1).map(|_| ())
+    expect_err::<D>(ctx, p, &format!("{n}: verify of no requests"), "EmptyBatch", is(|e| matches!(e, Error::EmptyBatch { .. })), || {
+        VerifyBatch::chain(p, &[]).map(|_| ())
     })?;
+    expect_err::<D>(
+        ctx,
+        p,
+        &format!("{n}: snapshot of a skipped request"),
+        "SnapshotOfSkipped",
+        is(|e| matches!(e, Error::SnapshotOfSkipped { .. })),
+        || CommitBatch::new(p, &[x], &[None], &[Some(slots[2])]).map(|_| ()),
+    )?;
     expect_err::<D>(ctx, p, &format!("{n}: tree parent"), "BadParent", is(|e| matches!(e, Error::BadParent { .. })), || {
-        VerifyBatch::tree(p, &[x], draft, &[-1, 1]).map(|_| ())
+        VerifyBatch::tree(p, &[x], &[-1, 1]).map(|_| ())
     })?;
     expect_err::<D>(
         ctx,
@@ -339,7 +347,7 @@ fn batch_construction<D: KernelDispatcher>(ctx: &mut Ctx<'_>, f: &mut Fixture<'_
         &format!("{n}: accepted >= D"),
         "AcceptedOutOfRange",
         is(|e| matches!(e, Error::AcceptedOutOfRange { .. })),
-        || CommitBatch::new(p, &[x], &[draft], &[]).map(|_| ()),
+        || CommitBatch::new(p, &[x], &[Some(draft)], &[]).map(|_| ()),
     )?;
     expect_err::<D>(
         ctx,
@@ -399,14 +407,13 @@ fn conv_and_gate<D: KernelDispatcher>(ctx: &mut Ctx<'_>, f: &mut Fixture<'_, D>)
     let (eb, w) = (&f.eb, &f.w);
     let b = &mut f.b;
     let n = N;
-    let draft = DRAFT;
     // the separate conv and gate entry points
     let m = d.memory();
     let c = dims.conv_dim();
     let cw = DeviceTensor::from_f32(m, DType::F32, &[c, dims.conv_width], &w.conv_weight)?;
     let cw16 = DeviceTensor::from_f32(m, DType::BF16, &[c, dims.conv_width], &w.conv_weight)?;
     let db2 = DecodeBatch::new(&b.pool, &[x, y])?;
-    let vb2 = VerifyBatch::chain(&b.pool, &[x, y], draft)?;
+    let vb2 = VerifyBatch::chain(&b.pool, &[x, y])?;
     for (label, tokens) in [("conv_extend", 5usize), ("conv_update", 2), ("conv_verify", 4)] {
         for (what, x_tokens, x_dim, weight_bf16) in
             [("x of T-1 tokens", tokens - 1, c, false), ("x of conv_dim+1", tokens, c + 1, false), ("bf16 weight", tokens, c, true)]

@@ -85,8 +85,8 @@ fn conv_dtypes<D: KernelDispatcher>(ctx: &mut Ctx<'_>, d: &D) -> Result<()> {
         let o1 =
             b.layer(Batch::Extend(&ExtendBatch::new(&b.pool, &cu_from_lens(&lens), &slots, &[true, true])?), &w, &pack([0..40, 0..3]))?;
         let o2 = b.layer(Batch::Decode(&DecodeBatch::new(&b.pool, &slots)?), &w, &pack([40..41, 3..4]))?;
-        let o3 = b.layer(Batch::Verify(&VerifyBatch::chain(&b.pool, &slots, 2)?), &w, &pack([41..43, 4..6]))?;
-        b.commit(&CommitBatch::new(&b.pool, &slots, &[1, 0], &[])?)?;
+        let o3 = b.layer(Batch::Verify(&VerifyBatch::chain(&b.pool, &slots)?), &w, &pack([41..43, 4..6]))?;
+        b.commit(&CommitBatch::new(&b.pool, &slots, &[Some(1), Some(0)], &[])?)?;
         let params = b.params;
         let oracle = |s: usize, n: usize| {
             let idx: Vec<usize> = (0..n).collect();

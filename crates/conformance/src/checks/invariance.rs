@@ -41,11 +41,11 @@ fn run_in_batch<D: KernelDispatcher>(d: &D, dims: ModelDims, layout: &[usize], x
         out.push(o[x_pos * per..(x_pos + 1) * per].to_vec());
     }
     out.push(b.state(slots[x_pos])?);
-    let vb = VerifyBatch::chain(&b.pool, &slots, draft)?;
+    let vb = VerifyBatch::chain(&b.pool, &slots)?;
     let parts: Vec<DeltaInputs> = (0..n).map(|j| stream(j, draft, 200)).collect();
     let o = b.run(Batch::Verify(&vb), &concat(&parts))?;
     out.push(o[x_pos * draft * per..(x_pos + 1) * draft * per].to_vec());
-    let cb = CommitBatch::new(&b.pool, &slots, &vec![1; n], &[])?;
+    let cb = CommitBatch::new(&b.pool, &slots, &vec![Some(1); n], &[])?;
     b.commit(&cb)?;
     out.push(b.state(slots[x_pos])?);
     Ok(out)

@@ -99,7 +99,7 @@ pub(crate) fn layer_forward<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn F
         // verify (chain, chain, tree) and commit of every step
         let parents: Vec<i64> = vec![-1, 0, 1, -1, 0, 1, -1, -1, 0];
         let saved: Vec<HostState> = slots.iter().map(|&s| b.pool.export(s)).collect::<Result<_>>()?;
-        let vb = VerifyBatch::tree(&b.pool, &slots, draft, &parents)?;
+        let vb = VerifyBatch::tree(&b.pool, &slots, &parents)?;
         let r: Vec<_> = (0..n).map(|s| pre[s]..pre[s] + draft).collect();
         let o = b.layer(Batch::Verify(&vb), &w, &pack(&r))?;
         let after: Vec<HostState> = slots.iter().map(|&s| b.pool.export(s)).collect::<Result<_>>()?;
@@ -118,7 +118,7 @@ pub(crate) fn layer_forward<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn F
         ctx.ratio(&format!("{name}: verify outputs (chains and a tree)"), &o, &want, tol);
         for a in 0..draft {
             let acc: Vec<usize> = (0..n).map(|s| (a + s) % draft).collect();
-            b.commit(&CommitBatch::new(&b.pool, &slots, &acc, &[])?)?;
+            b.commit(&CommitBatch::new(&b.pool, &slots, &acc.iter().map(|&a| Some(a)).collect::<Vec<_>>(), &[])?)?;
             for s in 0..n {
                 let rr = &refs[s * draft + acc[s]];
                 ctx.ratio(&format!("{name}: seq {s} commit of step {}: state", acc[s]), &b.state(slots[s])?, &rr.state, tol);

@@ -40,8 +40,8 @@ pub(crate) fn one_case<D: KernelDispatcher>(
         return Ok(());
     }
     let drafts = DeltaInputs::random(&dims, n * draft, dt, seed ^ 2);
-    b.run(Batch::Verify(&VerifyBatch::tree(&b.pool, &slots, draft, parents)?), &drafts)?;
-    b.commit(&CommitBatch::new(&b.pool, &slots, accepted, &[])?)?;
+    b.run(Batch::Verify(&VerifyBatch::tree(&b.pool, &slots, parents)?), &drafts)?;
+    b.commit(&CommitBatch::new(&b.pool, &slots, &accepted.iter().map(|&a| Some(a)).collect::<Vec<_>>(), &[])?)?;
     for i in 0..n {
         let p: Vec<usize> = path(&parents[i * draft..(i + 1) * draft], accepted[i]).iter().map(|&x| i * draft + x).collect();
         let rr = drafts.gather(&p).oracle(&b.params, &[0, p.len()], Some(&s0[i * per..(i + 1) * per]));

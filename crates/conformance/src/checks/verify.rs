@@ -1,5 +1,6 @@
 //! DESIGN §5.4: verify of D drafts (chains and trees) leaves the main state
-//! untouched, and the commit of every accepted step equals decoding it.
+//! untouched, the commit of every accepted step equals decoding it, and a
+//! commit that skips a request leaves it (and its verify) as it was.
 
 use super::{path, sh, Ctx};
 use crate::gen::{cu_from_lens, DeltaInputs};
@@ -36,7 +37,7 @@ pub(crate) fn verify_commit<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn F
             let s0 = b.states(&slots)?;
             let saved: Vec<HostState> = slots.iter().map(|&s| b.pool.export(s)).collect::<Result<_>>()?;
             let drafts = DeltaInputs::random(&dims, 3 * draft, dt, seed ^ 11);
-            let vb = VerifyBatch::tree(&b.pool, &slots, draft, parents)?;
+            let vb = VerifyBatch::tree(&b.pool, &slots, parents)?;
             let o = b.run(Batch::Verify(&vb), &drafts)?;
             let after: Vec<HostState> = slots.iter().map(|&s| b.pool.export(s)).collect::<Result<_>>()?;
             ctx.exact(&format!("{name}: main state untouched by verify"), after == saved, String::new());
@@ -59,7 +60,7 @@ pub(crate) fn verify_commit<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn F
             for a in 0..draft {
                 let acc: Vec<usize> = (0..3).map(|i| (a + i) % draft).collect();
                 let snaps = if a == 0 { vec![Some(snap), None, None] } else { vec![] };
-                let cb = CommitBatch::new(&b.pool, &slots, &acc, &snaps)?;
+                let cb = CommitBatch::new(&b.pool, &slots, &acc.iter().map(|&a| Some(a)).collect::<Vec<_>>(), &snaps)?;
                 b.commit(&cb)?;
                 for i in 0..3 {
                     ctx.ratio(
@@ -79,6 +80,17 @@ pub(crate) fn verify_commit<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn F
                 }
                 b.run(Batch::Verify(&vb), &drafts)?;
             }
+            // A commit that skips request 1 (nothing accepted) leaves its slot's
+            // bytes as they are and its verify current: a later commit of it
+            // still equals decoding its path.
+            let last = draft - 1;
+            b.commit(&CommitBatch::new(&b.pool, &slots, &[Some(0), None, Some(last)], &[])?)?;
+            ctx.exact(&format!("{name}: commit skipping request 1 leaves its slot untouched"), b.pool.export(slots[1])? == saved[1], String::new());
+            for (i, t) in [(0, 0), (2, last)] {
+                ctx.ratio(&format!("{name}: request {i} committed beside a skipped one"), &b.state(slots[i])?, &st_ref[i * draft + t], tol);
+            }
+            b.commit(&CommitBatch::new(&b.pool, &slots, &[None, Some(2), None], &[])?)?;
+            ctx.ratio(&format!("{name}: request 1 committed after being skipped"), &b.state(slots[1])?, &st_ref[draft + 2], tol);
         }
     }
     Ok(())

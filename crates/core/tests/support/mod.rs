@@ -418,7 +418,7 @@ impl<L: StateLayout> Kernels for Naive<L> {
     fn run_commit(&self, pool: &mut PoolOf<Self>, call: Checked<'_, CommitBatch, ()>) -> Result<()> {
         let (layer, batch) = (call.layer(), call.batch());
         if self.fault == Fault::CommitOffByOne {
-            let acc: Vec<usize> = batch.accepted().iter().map(|a| a.saturating_sub(1)).collect();
+            let acc: Vec<Option<usize>> = batch.accepted().iter().map(|a| a.map(|a| a.saturating_sub(1))).collect();
             let b2 = CommitBatch::new(pool, batch.slots(), &acc, batch.snapshots())?;
             return pool.commit_accepted(layer, &b2);
         }
