@@ -23,15 +23,18 @@ class                      also a                       raised for
                                                         kernel cannot honour (inner stride != 1,
                                                         negative), a tensor overrunning its data
 ``ShapeError``             ``ValueError``               wrong shapes, list lengths, ``cu_seqlens``,
-                                                        layer index, host-state dims
+                                                        layer index, host-state dims, an empty
+                                                        batch (no requests; ``alloc(0)``, ``free``
+                                                        of none: one rule for every operation)
 ``DTypeError``             ``TypeError``                a dtype the tensor or backend cannot take
 ``SlotError``              ``ValueError``               padding slot 0, out of range, not
                                                         allocated, double free, duplicates, a batch
                                                         of another pool, a stale handle (kept past
                                                         a free; the slot was re-allocated)
 ``SpeculativeError``       ``ValueError``               verify/commit without speculative buffers,
-                                                        draft count, accepted step, tree parents,
-                                                        snapshot positions, a commit with no
+                                                        accepted step, tree parents, snapshot
+                                                        positions (none for a request a commit
+                                                        skips with ``None``), a commit with no
                                                         current verify of that slot and layer
 ``ConfigError``            ``ValueError``               invalid or unsupported configuration
 ``UnsupportedArgumentError`` (a ``ConfigError``)        an fla/causal-conv1d argument deltanet does

@@ -121,6 +121,37 @@ def test_tree_verify_and_commit(backend, gen):
     assert np.array_equal(state_of(pool, snap, L), state_of(pool, a, L))
 
 
+def test_commit_skips_a_request_that_accepted_nothing(backend, gen):
+    pool = make_pool(backend)
+    L = 1
+    a, b = pool.alloc(2)
+    A, B = Stream(gen, 13), Stream(gen, 13)
+    q, k, v, g, beta = packed([(A, range(10)), (B, range(10))])
+    pool.extend(L, q, k, v, g, beta, torch.empty(20, HV, V), cu_seqlens=[0, 10, 20], slots=[a, b], has_initial_state=False)
+    q, k, v, g, beta = packed([(A, range(10, 13)), (B, range(10, 13))])
+    pool.verify(L, q, k, v, g, beta, torch.empty(6, HV, V), slots=[a, b])
+    before_b = pool.export_bytes(b)
+    # a accepts drafts 10 and 11 (step 1); b accepts nothing: its slot is untouched
+    pool.commit(L, [a, b], accepted=[1, None])
+    assert ratio(state_of(pool, a, L), A.oracle(range(12))[1]) < TOL
+    assert pool.export_bytes(b) == before_b
+    # b's verify is still current: committing it later equals decoding its path
+    pool.commit(L, [b], accepted=[2])
+    assert ratio(state_of(pool, b, L), B.oracle(range(13))[1]) < TOL
+    with pytest.raises(deltanet.SpeculativeError, match="skipped"):
+        pool.commit(L, [a], accepted=[None], snapshots=[b])
+
+
+def test_empty_batches_are_refused_everywhere():
+    pool = make_pool("cpu")
+    pool.alloc(1)
+    digest = pool.digest()
+    for call in [lambda: pool.alloc(0), lambda: pool.free([]), lambda: pool.zero([]), lambda: pool.commit(0, [], [])]:
+        with pytest.raises(deltanet.ShapeError, match="no requests"):
+            call()
+        assert pool.digest() == digest
+
+
 def layer_oracle(x, a, b, w):
     """conv -> gate -> delta rule in f64 along one request's whole stream (from zero state)."""
     n = x.shape[0]

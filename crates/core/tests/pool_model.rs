@@ -89,7 +89,8 @@ fn run<L: StateLayout>(ops: &[Op], state_dtype: DType) -> Result<(), TestCaseErr
         let ok = match op {
             Op::Alloc(n) => {
                 let r = pool.alloc(*n);
-                let expect = *n <= CAP as usize - m.allocated.len();
+                // One rule for empty operations: alloc(0) is refused like every empty batch.
+                let expect = *n >= 1 && *n <= CAP as usize - m.allocated.len();
                 prop_assert_eq!(r.is_ok(), expect, "{:?}", op);
                 if let Ok(slots) = &r {
                     prop_assert_eq!(slots.len(), *n);
@@ -100,14 +101,14 @@ fn run<L: StateLayout>(ops: &[Op], state_dtype: DType) -> Result<(), TestCaseErr
                         m.allocated.insert(i, None);
                     }
                 } else {
-                    let exhausted = matches!(r, Err(Error::PoolExhausted { .. }));
-                    prop_assert!(exhausted, "not PoolExhausted");
+                    let why = if *n == 0 { matches!(r, Err(Error::EmptyBatch { .. })) } else { matches!(r, Err(Error::PoolExhausted { .. })) };
+                    prop_assert!(why, "not EmptyBatch (n = 0) or PoolExhausted: {:?}", r);
                 }
                 r.is_ok()
             }
             Op::Free(slots) => {
                 let r = pool.free(&m.hs(slots));
-                prop_assert_eq!(r.is_ok(), m.distinct_valid(slots), "{:?}: {:?}", op, r);
+                prop_assert_eq!(r.is_ok(), !slots.is_empty() && m.distinct_valid(slots), "{:?}: {:?}", op, r);
                 if r.is_ok() {
                     for s in slots {
                         m.allocated.remove(s);
@@ -118,7 +119,7 @@ fn run<L: StateLayout>(ops: &[Op], state_dtype: DType) -> Result<(), TestCaseErr
             }
             Op::Zero(slots) => {
                 let r = pool.zero(&m.hs(slots));
-                prop_assert_eq!(r.is_ok(), m.distinct_valid(slots), "{:?}: {:?}", op, r);
+                prop_assert_eq!(r.is_ok(), !slots.is_empty() && m.distinct_valid(slots), "{:?}: {:?}", op, r);
                 if r.is_ok() {
                     for s in slots {
                         m.allocated.insert(*s, Some(zero_state(&cfg)));

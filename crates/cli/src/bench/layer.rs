@@ -247,7 +247,7 @@ impl LayerBench {
                 LayerStep::Decode { .. } => {
                     d.conv_update(pool, layer, &DecodeBatch::new(pool, slots)?, conv_io(&x, &w, &mut self.conv_out, t, cd)?)
                 }
-                LayerStep::Verify { draft, .. } => {
+                LayerStep::Verify { .. } => {
                     d.conv_verify(pool, layer, &VerifyBatch::chain(pool, slots)?, conv_io(&x, &w, &mut self.conv_out, t, cd)?)
                 }
             },
@@ -281,7 +281,7 @@ impl LayerBench {
                         d.extend(pool, layer, &ExtendBatch::new(pool, &self.cu, slots, &init)?, io)
                     }
                     LayerStep::Decode { .. } => d.decode(pool, layer, &DecodeBatch::new(pool, slots)?, io),
-                    LayerStep::Verify { draft, .. } => d.verify(pool, layer, &VerifyBatch::chain(pool, slots)?, io),
+                    LayerStep::Verify { .. } => d.verify(pool, layer, &VerifyBatch::chain(pool, slots)?, io),
                 }
             }
         }
