@@ -1,6 +1,6 @@
 """Type stubs of deltanet._native (the PyO3 extension). Tensors are torch tensors or numpy arrays."""
 
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple, Union
 
 Tensor = Any
 Slots = Any  # an int, a sequence of ints, a numpy array or a torch tensor of slot handles
@@ -114,7 +114,10 @@ class Pool:
         self, layer: int, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, o: Tensor, *,
         slots: Slots, parents: Optional[Slots] = None, scale: Optional[float] = None, use_qk_l2norm: bool = True,
     ) -> None: ...
-    def commit(self, layer: int, slots: Slots, accepted: Slots, snapshots: Optional[Sequence[Optional[int]]] = None) -> None: ...
+    def commit(
+        self, layer: int, slots: Slots, accepted: Union[int, Sequence[Optional[int]]],
+        snapshots: Optional[Sequence[Optional[int]]] = None,
+    ) -> None: ...
     def conv_extend(
         self, layer: int, x: Tensor, weight: Tensor, bias: Optional[Tensor], out: Tensor, *,
         cu_seqlens: Slots, slots: Slots, has_initial_state: Any = None,

@@ -11,11 +11,24 @@ use crate::handles::{self, dn_batch, dn_pool, BatchObj};
 use crate::slot;
 use crate::status::{dn_status, guard, CResult};
 use crate::types::dn_snapshot;
-use facade::{CommitBatch, DecodeBatch, ExtendBatch, Snapshot, VerifyBatch};
+use facade::{CommitBatch, DecodeBatch, ExtendBatch, Slot, Snapshot, VerifyBatch};
 
 /// `int64_t` value of `dn_batch_commit`'s `accepted[i]` for a request whose
 /// drafts were all rejected: the request is skipped.
 pub const DN_ACCEPTED_NONE: i64 = -1;
+
+/// Clears `out` (see [`clear`]) and reads the `n` slot handles of a batch's requests.
+///
+/// # Safety
+/// `out` points to a writable handle, `slots` to `n` readable `uint64_t`.
+unsafe fn request_slots(out: *mut *mut dn_batch, slots: *const u64, n: usize) -> CResult<Vec<Slot>> {
+    // SAFETY: caller's contract.
+    let raw = unsafe {
+        clear(out)?;
+        args::slice(slots, n, "slots")?
+    };
+    slot::from_raw_all(raw)
+}
 
 fn offsets(raw: &[i64]) -> CResult<Vec<usize>> {
     raw.iter()
@@ -93,12 +106,8 @@ pub unsafe extern "C" fn dn_batch_extend(
 pub unsafe extern "C" fn dn_batch_decode(pool: *const dn_pool, slots: *const u64, n: usize, out: *mut *mut dn_batch) -> dn_status {
     guard(|| {
         // SAFETY: caller's contract.
-        let sl = unsafe {
-            clear(out)?;
-            args::slice(slots, n, "slots")?
-        };
+        let sl = unsafe { request_slots(out, slots, n)? };
         let p = handles::pool(pool)?;
-        let sl = slot::from_raw_all(sl)?;
         let b = DecodeBatch::new(handles::lock(&p)?.pool.as_dyn(), &sl)?;
         // SAFETY: checked writable by `clear`.
         unsafe { out.write(handles::new_batch(BatchObj::Decode(b))) };
@@ -120,12 +129,8 @@ pub unsafe extern "C" fn dn_batch_decode(pool: *const dn_pool, slots: *const u64
 pub unsafe extern "C" fn dn_batch_verify(pool: *const dn_pool, slots: *const u64, n: usize, parents: *const i64, out: *mut *mut dn_batch) -> dn_status {
     guard(|| {
         // SAFETY: caller's contract.
-        let sl = unsafe {
-            clear(out)?;
-            args::slice(slots, n, "slots")?
-        };
+        let sl = unsafe { request_slots(out, slots, n)? };
         let p = handles::pool(pool)?;
-        let sl = slot::from_raw_all(sl)?;
         let g = handles::lock(&p)?;
         let draft = g.pool.as_dyn().geometry().draft();
         // SAFETY: caller's contract (`n * D` entries, D being the pool's).
