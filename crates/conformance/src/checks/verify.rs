@@ -1,18 +1,36 @@
-//! DESIGN §5.4: verify of D drafts (chains and trees) leaves the main state
-//! untouched, and the commit of every accepted step equals decoding it.
+//! DESIGN §5.4, in every speculative mode the backend implements: verify of
+//! D drafts (chains and trees) leaves the main state untouched, the commit of
+//! every accepted step equals decoding it, and a commit needs a current
+//! verify. A backend with both modes also gets replay compared with scratch
+//! and with decoding the accepted tokens one by one, bitwise.
 
 use super::{path, sh, Ctx};
 use crate::gen::{cu_from_lens, DeltaInputs};
 use crate::harness::{Batch, Bench};
-use deltanet_core::{CommitBatch, ExtendBatch, HostState, KernelDispatcher, MambaStatePool, Result, VerifyBatch};
+use deltanet_core::{
+    CommitBatch, DecodeBatch, Error, ExtendBatch, HostState, KernelDispatcher, MambaStatePool, Result, SpecMode, VerifyBatch,
+};
+
+const TREES: [(&str, [i64; 12]); 2] =
+    [("chains", [-1, 0, 1, 2, -1, 0, 1, 2, -1, 0, 1, 2]), ("trees", [-1, 0, 1, 2, -1, 0, 0, 1, -1, -1, 1, 2])];
 
 pub(crate) fn verify_commit<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() -> D) -> Result<()> {
+    let modes = make().capabilities().spec_modes.clone();
+    for &mode in &modes {
+        against_oracle(ctx, make, mode)?;
+        stale_verify(ctx, make, mode)?;
+    }
+    if modes.contains(&SpecMode::Scratch) && modes.contains(&SpecMode::Replay) {
+        replay_bitwise(ctx, make)?;
+    }
+    Ok(())
+}
+
+fn against_oracle<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() -> D, mode: SpecMode) -> Result<()> {
     let draft = 4usize;
-    let trees: [(&str, Vec<i64>); 2] =
-        [("chains", vec![-1, 0, 1, 2, -1, 0, 1, 2, -1, 0, 1, 2]), ("trees", vec![-1, 0, 1, 2, -1, 0, 0, 1, -1, -1, 1, 2])];
     for (si, shape) in [sh(1, 2, 32, 16, false), sh(2, 2, 16, 48, true), sh(1, 4, 64, 32, false)].iter().enumerate() {
-        for (ti, (kind, parents)) in trees.iter().enumerate() {
-            let name = format!("{} D={draft} {kind}", shape.name());
+        for (ti, (kind, parents)) in TREES.iter().enumerate() {
+            let name = format!("{} D={draft} {kind} ({mode} mode)", shape.name());
             if !ctx.opts.wants(&name) {
                 continue;
             }
@@ -24,7 +42,7 @@ pub(crate) fn verify_commit<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn F
             }
             let (dt, sd) = (Bench::default_dtype(&d), Bench::default_state_dtype(&d));
             let seed = ctx.seed(&[si as u64, ti as u64]);
-            let mut b = Bench::new(&d, dims, 4, sd, Some(draft), dt)?;
+            let mut b = Bench::speculative(&d, dims, 4, sd, draft, mode, dt)?;
             let slots = b.pool.alloc(3)?;
             let snap = b.pool.alloc(1)?[0];
             b.randomize(&slots, seed)?;
@@ -36,7 +54,7 @@ pub(crate) fn verify_commit<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn F
             let s0 = b.states(&slots)?;
             let saved: Vec<HostState> = slots.iter().map(|&s| b.pool.export(s)).collect::<Result<_>>()?;
             let drafts = DeltaInputs::random(&dims, 3 * draft, dt, seed ^ 11);
-            let vb = VerifyBatch::tree(&b.pool, &slots, draft, parents)?;
+            let vb = VerifyBatch::tree(&b.pool, &slots, draft, parents.as_slice())?;
             let o = b.run(Batch::Verify(&vb), &drafts)?;
             let after: Vec<HostState> = slots.iter().map(|&s| b.pool.export(s)).collect::<Result<_>>()?;
             ctx.exact(&format!("{name}: main state untouched by verify"), after == saved, String::new());
@@ -79,6 +97,87 @@ pub(crate) fn verify_commit<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn F
                 }
                 b.run(Batch::Verify(&vb), &drafts)?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// Commit without a current verify is [`Error::NoCurrentVerify`] and changes
+/// nothing: before any verify, after a decode made the verify stale, and a
+/// second commit of one verify.
+fn stale_verify<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() -> D, mode: SpecMode) -> Result<()> {
+    let (draft, shape) = (3usize, sh(1, 2, 16, 16, false));
+    let name = format!("{} stale verify ({mode} mode)", shape.name());
+    if !ctx.opts.wants(&name) {
+        return Ok(());
+    }
+    let d = make();
+    let dims = shape.dims()?;
+    let (dt, sd) = (Bench::default_dtype(&d), Bench::default_state_dtype(&d));
+    let seed = ctx.seed(&[mode as u64, 31]);
+    let mut b = Bench::speculative(&d, dims, 2, sd, draft, mode, dt)?;
+    let slots = b.pool.alloc(1)?;
+    b.randomize(&slots, seed)?;
+    let drafts = DeltaInputs::random(&dims, draft, dt, seed ^ 3);
+    let vb = VerifyBatch::chain(&b.pool, &slots, draft)?;
+    let cb = CommitBatch::new(&b.pool, &slots, &[draft - 1], &[])?;
+    let refused = |ctx: &mut Ctx<'_>, b: &mut Bench<'_, D>, when: &str| -> Result<()> {
+        let before = b.pool.digest()?;
+        let r = b.commit(&cb);
+        let ok = matches!(r, Err(Error::NoCurrentVerify { .. })) && b.pool.digest()? == before;
+        ctx.exact(&format!("{name}: commit {when} is NoCurrentVerify and changes nothing"), ok, format!("{r:?}"));
+        Ok(())
+    };
+    refused(ctx, &mut b, "before any verify")?;
+    b.run(Batch::Verify(&vb), &drafts)?;
+    b.run(Batch::Decode(&DecodeBatch::new(&b.pool, &slots)?), &DeltaInputs::random(&dims, 1, dt, seed ^ 5))?;
+    refused(ctx, &mut b, "after a decode of the slot")?;
+    b.run(Batch::Verify(&vb), &drafts)?;
+    b.commit(&cb)?;
+    refused(ctx, &mut b, "a second time after one verify")?;
+    Ok(())
+}
+
+/// Replay against scratch on the same states and drafts: verify outputs and
+/// committed states bitwise equal, and the replay commit bitwise equal to
+/// decoding the accepted path's tokens one by one.
+fn replay_bitwise<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() -> D) -> Result<()> {
+    let draft = 4usize;
+    for (si, shape) in [sh(1, 2, 32, 16, false), sh(2, 4, 16, 48, true)].iter().enumerate() {
+        for (ti, (kind, parents)) in TREES.iter().enumerate() {
+            let name = format!("{} D={draft} {kind} replay vs scratch", shape.name());
+            if !ctx.opts.wants(&name) {
+                continue;
+            }
+            let d = make();
+            let dims = shape.dims()?;
+            let (dt, sd) = (Bench::default_dtype(&d), Bench::default_state_dtype(&d));
+            let seed = ctx.seed(&[si as u64, ti as u64, 77]);
+            let mut scratch = Bench::speculative(&d, dims, 6, sd, draft, SpecMode::Scratch, dt)?;
+            let mut replay = Bench::speculative(&d, dims, 6, sd, draft, SpecMode::Replay, dt)?;
+            let slots = scratch.pool.alloc(3)?;
+            let (rslots, copies) = (replay.pool.alloc(3)?, replay.pool.alloc(3)?);
+            scratch.randomize(&slots, seed)?;
+            for (i, &s) in slots.iter().enumerate() {
+                let st = scratch.pool.export(s)?;
+                replay.pool.import(rslots[i], &st)?;
+                replay.pool.import(copies[i], &st)?;
+            }
+            let drafts = DeltaInputs::random(&dims, 3 * draft, dt, seed ^ 13);
+            let o_s = scratch.run(Batch::Verify(&VerifyBatch::tree(&scratch.pool, &slots, draft, parents.as_slice())?), &drafts)?;
+            let o_r = replay.run(Batch::Verify(&VerifyBatch::tree(&replay.pool, &rslots, draft, parents.as_slice())?), &drafts)?;
+            ctx.bits(&format!("{name}: verify outputs"), &o_r, &o_s);
+            let acc: Vec<usize> = (0..3).map(|i| (seed as usize + i) % draft).collect();
+            scratch.commit(&CommitBatch::new(&scratch.pool, &slots, &acc, &[])?)?;
+            replay.commit(&CommitBatch::new(&replay.pool, &rslots, &acc, &[])?)?;
+            ctx.bits(&format!("{name}: committed states (accepted {acc:?})"), &replay.states(&rslots)?, &scratch.states(&slots)?);
+            for i in 0..3 {
+                let dec = DecodeBatch::new(&replay.pool, &copies[i..i + 1])?;
+                for x in path(&parents[i * draft..(i + 1) * draft], acc[i]) {
+                    replay.run(Batch::Decode(&dec), &drafts.gather(&[i * draft + x]))?;
+                }
+            }
+            ctx.bits(&format!("{name}: replay commit == decoding the accepted tokens"), &replay.states(&rslots)?, &replay.states(&copies)?);
         }
     }
     Ok(())
