@@ -143,15 +143,18 @@ fn stale_verify<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() -> D, mo
 /// decoding the accepted path's tokens one by one.
 fn replay_bitwise<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() -> D) -> Result<()> {
     let draft = 4usize;
-    for (si, shape) in [sh(1, 2, 32, 16, false), sh(2, 4, 16, 48, true)].iter().enumerate() {
-        for (ti, (kind, parents)) in TREES.iter().enumerate() {
-            let name = format!("{} D={draft} {kind} replay vs scratch", shape.name());
+    let state_dtypes = make().capabilities().state_dtypes.clone();
+    let shapes = [sh(1, 2, 32, 16, false), sh(2, 4, 16, 48, true)];
+    let cases = shapes.iter().enumerate().flat_map(|(si, s)| TREES.iter().enumerate().map(move |(ti, t)| (si, s, ti, t)));
+    for ((si, shape, ti, (kind, parents)), &sd) in cases.flat_map(|c| state_dtypes.iter().map(move |sd| (c, sd))) {
+        {
+            let name = format!("{} D={draft} {kind} {sd} state replay vs scratch", shape.name());
             if !ctx.opts.wants(&name) {
                 continue;
             }
             let d = make();
             let dims = shape.dims()?;
-            let (dt, sd) = (Bench::default_dtype(&d), Bench::default_state_dtype(&d));
+            let dt = Bench::default_dtype(&d);
             let seed = ctx.seed(&[si as u64, ti as u64, 77]);
             let mut scratch = Bench::speculative(&d, dims, 6, sd, draft, SpecMode::Scratch, dt)?;
             let mut replay = Bench::speculative(&d, dims, 6, sd, draft, SpecMode::Replay, dt)?;
