@@ -16,6 +16,13 @@
 //! - **decode / verify** (`steps.rs`): rayon over (sequence, value head), one
 //!   fused pass over the head's state for all of a request's tokens, in place
 //!   (decode) or from the parent step into the scratch (verify).
+//! - **speculative modes** both ([`SpecMode`](deltanet_core::SpecMode)): scratch
+//!   as above; replay (`replay.rs`): verify writes no state (each step's state
+//!   lives only in the per-thread block its children read) and records the
+//!   drafts' raw conv inputs and the k, v, g, beta it used; commit replays the
+//!   accepted path in one pass over each head, in place, through the same
+//!   step. Both bitwise: replay commit == decoding the accepted tokens, replay
+//!   verify outputs == scratch verify outputs (the conformance suite checks it).
 //! - **conv** (`conv.rs`) extend / update / verify with the conv state, rayon
 //!   over blocks of 2048 channels (each block runs every request of the call);
 //!   **gate** (`gate.rs`) fused, on the calling thread.
