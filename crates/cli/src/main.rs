@@ -109,7 +109,21 @@ fn main() -> ExitCode {
 
 fn run(cmd: Cmd, threads: Option<usize>) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cmd {
-        Cmd::Run { model, backend, requests, prompt_len, chunk, decode, draft, spec_mode, max_running, state_dtype, check, seed, quiet } => {
+        Cmd::Run {
+            model,
+            backend,
+            requests,
+            prompt_len,
+            chunk,
+            decode,
+            draft,
+            spec_mode,
+            max_running,
+            state_dtype,
+            check,
+            seed,
+            quiet,
+        } => {
             let state_dtype = DType::parse(&state_dtype).ok_or_else(|| format!("unknown state dtype `{state_dtype}`"))?;
             let spec_mode: deltanet_core::SpecMode = spec_mode.parse()?;
             let cfg = RunConfig {

@@ -11,7 +11,8 @@ use deltanet::backend::{Backend, BackendVisitor};
 use deltanet_core::oracle::{error_ratio, worst_ratio};
 use deltanet_core::{
     commit, forward_decode, forward_extend, forward_verify, CommitBatch, DType, DecodeBatch, DeltaParams, DeviceTensor, Error, ExtendBatch,
-    KernelDispatcher, LayerInput, LayerWeights, LayerWorkspace, MambaStatePool, PoolConfig, PoolOf, Result, Slot, Snapshot, SpecMode, VerifyBatch,
+    KernelDispatcher, LayerInput, LayerWeights, LayerWorkspace, MambaStatePool, PoolConfig, PoolOf, Result, Slot, Snapshot, SpecMode,
+    VerifyBatch,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

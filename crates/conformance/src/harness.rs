@@ -60,7 +60,15 @@ impl<'d, D: KernelDispatcher> Bench<'d, D> {
     }
 
     /// As [`Bench::new`] with speculative buffers for `draft` tokens in `mode`.
-    pub fn speculative(d: &'d D, dims: ModelDims, slots: usize, state_dtype: DType, draft: usize, mode: SpecMode, dtype: DType) -> Result<Self> {
+    pub fn speculative(
+        d: &'d D,
+        dims: ModelDims,
+        slots: usize,
+        state_dtype: DType,
+        draft: usize,
+        mode: SpecMode,
+        dtype: DType,
+    ) -> Result<Self> {
         let cfg = PoolConfig::new(LAYERS, slots, dims)
             .with_state_dtype(state_dtype)
             .with_conv_dtype(Self::default_conv_dtype(d))

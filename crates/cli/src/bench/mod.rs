@@ -228,7 +228,14 @@ impl DecodeBench {
     }
 
     /// As [`new`](Self::new) with the speculative buffers of `(draft, mode)`.
-    pub fn speculative(dims: ModelDims, batch: usize, state: DType, (draft, mode): (usize, SpecMode), threads: usize, bytes: usize) -> Result<Self> {
+    pub fn speculative(
+        dims: ModelDims,
+        batch: usize,
+        state: DType,
+        (draft, mode): (usize, SpecMode),
+        threads: usize,
+        bytes: usize,
+    ) -> Result<Self> {
         let d = CpuDispatcher::<KMajor>::with_threads(threads)?;
         let per_layer = batch * dims.state_elems() * state.size();
         let layers = bytes.div_ceil(per_layer).max(2);

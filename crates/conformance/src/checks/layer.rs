@@ -9,7 +9,10 @@ use deltanet_core::{CommitBatch, DecodeBatch, ExtendBatch, HostState, KernelDisp
 pub(crate) fn layer_forward<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() -> D) -> Result<()> {
     let draft = 3usize;
     let modes = make().capabilities().spec_modes.clone();
-    let cases = [sh(1, 2, 16, 32, false), sh(2, 4, 32, 16, true)].into_iter().enumerate().flat_map(|(si, s)| modes.iter().map(move |&m| (si, s, m)));
+    let cases = [sh(1, 2, 16, 32, false), sh(2, 4, 32, 16, true)]
+        .into_iter()
+        .enumerate()
+        .flat_map(|(si, s)| modes.iter().map(move |&m| (si, s, m)));
     for (si, shape, mode) in cases {
         let name = format!("{} layer forward ({mode} mode)", shape.name());
         if !ctx.opts.wants(&name) {
