@@ -173,6 +173,15 @@ impl<'a> ConvBlock<'a, '_> {
         unsafe { self.out.store(self.out.off2(t, self.c0), &s.y[..n]) };
     }
 
+    /// Stores input row `t` of the block's channels as `dtype` at byte offset
+    /// `off` of `buf` (a replay verify's record of a draft's raw input): the
+    /// value a conv state holds once the token has been shifted into it.
+    pub fn store_input(&mut self, t: usize, buf: &RawBuf, dtype: DType, off: usize) {
+        let n = self.n;
+        self.x.row(self.x.off2(t, self.c0), &mut self.s.y[..n]);
+        store_conv(buf, dtype, off, &self.s.y[..n]);
+    }
+
     /// Convolves token `t` (reading input row `t`, writing output row `t`)
     /// and shifts it into the window.
     pub fn step(&mut self, t: usize) {

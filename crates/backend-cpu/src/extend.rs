@@ -8,7 +8,7 @@ use crate::gemm::{lower_mm, mm};
 use crate::io::RawBuf;
 use crate::simd::{self, StateElem};
 use crate::state_io::{load_state, store_state};
-use crate::steps::steps_head;
+use crate::steps::{steps_head, StepInputs};
 use deltanet_core::{ExtendBatch, LayoutKind, PoolGeometry};
 use std::cell::RefCell;
 
@@ -223,7 +223,7 @@ fn one_step(ws: &mut Workspace, kind: LayoutKind, io: &DeltaViews<'_>, h: usize,
     };
     let p = st.as_mut_ptr();
     // SAFETY: `p` is this thread's K*V working state, in `kind`'s order; one step in place.
-    unsafe { steps_head::<f32>(kind, io, h, &[t], &[None], p, &[p], std::ptr::null()) };
+    unsafe { steps_head::<f32>(kind, StepInputs::Call { io, tokens: &[t], record: &[] }, h, &[None], p, &[p], std::ptr::null()) };
     if kind == LayoutKind::VMajor {
         for (vv, row) in ws.snap_out.chunks_exact(kd).enumerate() {
             row.iter().enumerate().for_each(|(kk, &x)| ws.s[kk * vd + vv] = x);

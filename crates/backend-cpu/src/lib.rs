@@ -16,6 +16,13 @@
 //! - **decode / verify** (`steps.rs`): rayon over (sequence, value head), one
 //!   fused pass over the head's state for all of a request's tokens, in place
 //!   (decode) or from the parent step into the scratch (verify).
+//! - **speculative modes** both ([`SpecMode`](deltanet_core::SpecMode)): scratch
+//!   as above; replay (`replay.rs`): verify writes no state (each step's state
+//!   lives only in the per-thread block its children read) and records the
+//!   drafts' raw conv inputs and the k, v, g, beta it used; commit replays the
+//!   accepted path in one pass over each head, in place, through the same
+//!   step. Both bitwise: replay commit == decoding the accepted tokens, replay
+//!   verify outputs == scratch verify outputs (the conformance suite checks it).
 //! - **conv** (`conv.rs`) extend / update / verify with the conv state, rayon
 //!   over blocks of 2048 channels (each block runs every request of the call);
 //!   **gate** (`gate.rs`) fused, on the calling thread.
@@ -63,6 +70,7 @@ mod extend;
 mod gate;
 mod gemm;
 mod io;
+mod replay;
 mod scratch;
 mod simd;
 mod state_io;
@@ -80,7 +88,7 @@ use io::{In, Out, RawBuf};
 use rayon::prelude::*;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use steps::steps_head;
+use steps::{steps_head, StepInputs};
 
 /// The CPU dispatcher for state layout `L`.
 pub struct CpuDispatcher<L: StateLayout> {
@@ -113,7 +121,7 @@ impl<L: StateLayout> CpuDispatcher<L> {
             LayoutKind::KMajor => "cpu",
             LayoutKind::VMajor => "cpu-vk",
         };
-        let caps = Capabilities::new(backend, Device::Host, L::KIND).with_chunk_size(CHUNK);
+        let caps = Capabilities::new(backend, Device::Host, L::KIND).with_chunk_size(CHUNK).with_spec_modes(&SpecMode::ALL);
         CpuDispatcher { caps, threads: None, _layout: PhantomData }
     }
 
@@ -142,7 +150,7 @@ impl<L: StateLayout> CpuDispatcher<L> {
     }
 }
 
-fn delta_views<'a>(io: &'a mut DeltaIo<'_>, dims: ModelDims) -> Result<DeltaViews<'a>> {
+pub(crate) fn delta_views<'a>(io: &'a mut DeltaIo<'_>, dims: ModelDims) -> Result<DeltaViews<'a>> {
     Ok(DeltaViews {
         q: In::new(&io.q)?,
         k: In::new(&io.k)?,
@@ -170,6 +178,7 @@ macro_rules! with_state_type {
         }
     };
 }
+pub(crate) use with_state_type;
 
 impl<L: StateLayout> CpuDispatcher<L> {
     /// Conv over channel blocks: one task per block of [`CONV_BLOCK`]
@@ -320,7 +329,7 @@ impl<L: StateLayout> Kernels for CpuDispatcher<L> {
                     let next = steps.get((i + 1) / hv).map_or(std::ptr::null_mut(), |&s2| tgt.temporal.typed::<E>(head(s2, (i + 1) % hv, size), per));
                     // SAFETY: (slot, head) is this task's alone (slots are distinct); in place;
                     // `next` is only prefetched.
-                    unsafe { steps_head::<E>(L::KIND, &views, h, &[batch.seq_range(s).start], &[None], st, &[st], next) };
+                    unsafe { steps_head::<E>(L::KIND, StepInputs::Call { io: &views, tokens: &[batch.seq_range(s).start], record: &[] }, h, &[None], st, &[st], next) };
                 })
             }));
             Ok(())
@@ -342,11 +351,23 @@ impl<L: StateLayout> Kernels for CpuDispatcher<L> {
                     let next = main_head::<E>(&temporal, &g, layer, batch.slots(), task + 1);
                     // SAFETY: (slot, head) is this task's alone (slots are distinct); in place;
                     // `next` is only prefetched.
-                    unsafe { steps_head::<E>(L::KIND, &views, h, &[i], &[None], st, &[st], next) };
+                    unsafe { steps_head::<E>(L::KIND, StepInputs::Call { io: &views, tokens: &[i], record: &[] }, h, &[None], st, &[st], next) };
                 })
             }));
             Ok(())
         })
+    }
+
+    fn run_conv_verify_replay(&self, pool: &mut PoolOf<Self>, call: Checked<'_, VerifyBatch, ConvIo<'_>>) -> Result<()> {
+        self.conv_verify_replay(pool, call)
+    }
+
+    fn run_verify_replay(&self, pool: &mut PoolOf<Self>, call: Checked<'_, VerifyBatch, DeltaIo<'_>>) -> Result<()> {
+        self.verify_replay(pool, call)
+    }
+
+    fn run_commit_replay(&self, pool: &mut PoolOf<Self>, call: Checked<'_, CommitBatch, ()>) -> Result<()> {
+        self.commit_replay(pool, call)
     }
 
     fn run_verify(&self, pool: &mut PoolOf<Self>, call: Checked<'_, VerifyBatch, DeltaIo<'_>>) -> Result<()> {
@@ -376,7 +397,7 @@ impl<L: StateLayout> Kernels for CpuDispatcher<L> {
                     // SAFETY: this task alone touches (slot, head) of the main state (read only)
                     // and of every scratch step of the slot; the scratch steps are disjoint;
                     // `next` is only prefetched.
-                    unsafe { steps_head::<E>(L::KIND, &views, h, tokens, parents, src, dsts, next) };
+                    unsafe { steps_head::<E>(L::KIND, StepInputs::Call { io: &views, tokens, record: &[] }, h, parents, src, dsts, next) };
                 })
             }));
             Ok(())
@@ -389,7 +410,7 @@ impl<L: StateLayout> Kernels for CpuDispatcher<L> {
 /// last task. Decode and verify pass task + 1's head as a prefetch hint: rayon
 /// hands each thread a contiguous range, so it is most likely the next head
 /// this thread runs.
-fn main_head<E>(temporal: &RawBuf, g: &PoolGeometry, layer: usize, slots: &[Slot], task: usize) -> *mut E {
+pub(crate) fn main_head<E>(temporal: &RawBuf, g: &PoolGeometry, layer: usize, slots: &[Slot], task: usize) -> *mut E {
     let dims = g.config.dims;
     let (hv, per) = (dims.num_v_heads, dims.head_k_dim * dims.head_v_dim);
     match slots.get(task / hv) {

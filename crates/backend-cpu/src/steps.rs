@@ -1,9 +1,12 @@
-//! The fused one-token steps of decode and verify: every step of one
-//! request on one head in a single pass over the head's state, in place
-//! (decode) or from the parent step into the scratch (verify), with a
-//! K-major in-place decode that reads the state where it lies. The extend
-//! runs its one-token chunks through the same step, so a 1-token chunk gives
-//! a decode's bits.
+//! The fused one-token steps of decode, verify and replay commit: every step
+//! of one request on one head in a single pass over the head's state, in
+//! place (decode), from the parent step into the scratch (verify), into no
+//! state at all (replay verify, which records each step's k, v, g, beta), or
+//! from recorded steps with only the last written back in place (replay
+//! commit), with a K-major in-place decode that reads the state where it
+//! lies. The extend runs its one-token chunks through the same step, so a
+//! 1-token chunk gives a decode's bits; every caller runs the same arithmetic
+//! in the same order, so a replayed path gives the bits of its decodes.
 
 use crate::delta_views::DeltaViews;
 use crate::scratch::grow;
@@ -42,24 +45,51 @@ thread_local! {
     static STEPS: RefCell<StepScratch> = RefCell::new(StepScratch::default());
 }
 
+/// Where the steps of a run read their q, k, v, g, beta.
+#[derive(Clone, Copy)]
+pub(crate) enum StepInputs<'a> {
+    /// Step `i` is token `tokens[i]` of the call's tensors, its output written
+    /// to the call's output. With one `record` pointer per step (else empty),
+    /// the step's k (as used: normalised when asked), v, g and beta are also
+    /// written there, f32 (a replay verify's record, `K + V + 2` values).
+    Call { io: &'a DeltaViews<'a>, tokens: &'a [usize], record: &'a [*mut f32] },
+    /// Step `i` reads the record at `records[i]` (written by a replay verify
+    /// for the same head) and produces no output: a replay commit.
+    Recorded { kd: usize, vd: usize, records: &'a [*const f32] },
+}
+
+impl StepInputs<'_> {
+    fn steps(&self) -> usize {
+        match self {
+            StepInputs::Call { tokens, .. } => tokens.len(),
+            StepInputs::Recorded { records, .. } => records.len(),
+        }
+    }
+}
+
 /// One request's steps on one head, fused into a single pass over the state:
-/// step `i` reads token `tokens[i]`, starts from `parents[i]` (an earlier
-/// step, or the state at `src` for `None`) and writes its state to `dsts[i]`
-/// and its output row. Decode is one step with `dsts[0] == src`; verify is D
-/// steps into the scratch. Every step's state is rounded to `E` before a
-/// child reads it, so a chain gives the same bits as sequential decodes.
+/// step `i` reads its inputs ([`StepInputs`]), starts from `parents[i]` (an
+/// earlier step, or the state at `src` for `None`) and writes its state to
+/// `dsts[i]` (null: written nowhere) and, for a call, its output row. Decode
+/// is one step with `dsts[0] == src`; verify is D steps into the scratch;
+/// replay verify is D steps with null `dsts`; replay commit is the path's
+/// steps with only the last written, to `src`. Every step's state is rounded
+/// to `E` before a child reads it, so a chain gives the same bits as
+/// sequential decodes.
 ///
 /// # Safety
-/// `src` and every `dsts[i]` point to `K*V` elements no other thread touches
-/// during the call; `dsts` are pairwise disjoint and disjoint from `src`,
-/// except that `dsts[0]` may equal `src` when there is one step. `next` (the
-/// head the next task reads, or null) is only prefetched, never read.
+/// `src` and every non-null `dsts[i]` point to `K*V` elements no other thread
+/// touches during the call; the non-null `dsts` are pairwise disjoint and
+/// disjoint from `src`, except that the last may equal `src` (each block of
+/// the source is read before any of it is written). Each `record` pointer of
+/// a call points to `K + V + 2` writable f32 nobody else touches; each
+/// `records` pointer to as many readable f32. `next` (the head the next task
+/// reads, or null) is only prefetched, never read.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn steps_head<E: StateElem>(
     kind: LayoutKind,
-    io: &DeltaViews<'_>,
+    inputs: StepInputs<'_>,
     h: usize,
-    tokens: &[usize],
     parents: &[Option<usize>],
     src: *const E,
     dsts: &[*mut E],
@@ -69,13 +99,13 @@ pub(crate) unsafe fn steps_head<E: StateElem>(
         let mut sc = sc.borrow_mut();
         if simd::has_avx512() {
             // SAFETY: AVX-512F, AVX2 and FMA are present; the pointer contract is the caller's.
-            unsafe { steps_head_avx512::<E>(&mut sc, kind, io, h, tokens, parents, src, dsts, next) }
+            unsafe { steps_head_avx512::<E>(&mut sc, kind, inputs, h, parents, src, dsts, next) }
         } else if simd::has_avx2() {
             // SAFETY: AVX2 and FMA are present; the pointer contract is the caller's.
-            unsafe { steps_head_avx2::<E>(&mut sc, kind, io, h, tokens, parents, src, dsts, next) }
+            unsafe { steps_head_avx2::<E>(&mut sc, kind, inputs, h, parents, src, dsts, next) }
         } else {
             // SAFETY: forwarded from the caller.
-            unsafe { steps_head_body::<E, ACC>(&mut sc, kind, io, h, tokens, parents, src, dsts, next) }
+            unsafe { steps_head_body::<E, ACC>(&mut sc, kind, inputs, h, parents, src, dsts, next) }
         }
     })
 }
@@ -90,16 +120,15 @@ macro_rules! steps_head_with {
         unsafe fn $name<E: StateElem>(
             sc: &mut StepScratch,
             kind: LayoutKind,
-            io: &DeltaViews<'_>,
+            inputs: StepInputs<'_>,
             h: usize,
-            tokens: &[usize],
             parents: &[Option<usize>],
             src: *const E,
             dsts: &[*mut E],
             next: *const E,
         ) {
             // SAFETY: forwarded from the caller.
-            unsafe { steps_head_body::<E, $acc>(sc, kind, io, h, tokens, parents, src, dsts, next) }
+            unsafe { steps_head_body::<E, $acc>(sc, kind, inputs, h, parents, src, dsts, next) }
         }
     };
 }
@@ -179,16 +208,18 @@ unsafe fn decode_kmajor<E: StateElem, const A: usize>(
 unsafe fn steps_head_body<E: StateElem, const A: usize>(
     sc: &mut StepScratch,
     kind: LayoutKind,
-    io: &DeltaViews<'_>,
+    inputs: StepInputs<'_>,
     h: usize,
-    tokens: &[usize],
     parents: &[Option<usize>],
     src: *const E,
     dsts: &[*mut E],
     next: *const E,
 ) {
-    let (kd, vd) = (io.dims.head_k_dim, io.dims.head_v_dim);
-    let n = tokens.len();
+    let (kd, vd) = match inputs {
+        StepInputs::Call { io, .. } => (io.dims.head_k_dim, io.dims.head_v_dim),
+        StepInputs::Recorded { kd, vd, .. } => (kd, vd),
+    };
+    let n = inputs.steps();
     grow(&mut sc.q, n * kd);
     grow(&mut sc.k, n * kd);
     grow(&mut sc.v, n * vd);
@@ -199,14 +230,41 @@ unsafe fn steps_head_body<E: StateElem, const A: usize>(
     grow(&mut sc.blk, n * kd * BW.max(1));
     grow(&mut sc.src, kd * BW);
     grow(&mut sc.acc, 2 * BW);
-    for (i, &t) in tokens.iter().enumerate() {
-        io.load_qk(t, h, &mut sc.q[i * kd..(i + 1) * kd], &mut sc.k[i * kd..(i + 1) * kd]);
-        io.v.row(io.v.off2(t, h), &mut sc.v[i * vd..(i + 1) * vd]);
-        sc.beta[i] = io.beta.get(io.beta.off2(t, h));
-        sc.d[i] = (io.g.get(io.g.off2(t, h)) as f64).exp() as f32;
-        sc.kq[i] = simd::dot(&sc.q[i * kd..(i + 1) * kd], &sc.k[i * kd..(i + 1) * kd]);
-    }
-    let scale = io.params.scale;
+    let scale = match inputs {
+        StepInputs::Call { io, tokens, record } => {
+            for (i, &t) in tokens.iter().enumerate() {
+                io.load_qk(t, h, &mut sc.q[i * kd..(i + 1) * kd], &mut sc.k[i * kd..(i + 1) * kd]);
+                io.v.row(io.v.off2(t, h), &mut sc.v[i * vd..(i + 1) * vd]);
+                sc.beta[i] = io.beta.get(io.beta.off2(t, h));
+                let g = io.g.get(io.g.off2(t, h));
+                sc.d[i] = decay(g);
+                sc.kq[i] = simd::dot(&sc.q[i * kd..(i + 1) * kd], &sc.k[i * kd..(i + 1) * kd]);
+                if let Some(&r) = record.get(i) {
+                    // SAFETY: the caller's contract: K + V + 2 writable f32 of this task alone.
+                    let r = unsafe { std::slice::from_raw_parts_mut(r, kd + vd + 2) };
+                    r[..kd].copy_from_slice(&sc.k[i * kd..(i + 1) * kd]);
+                    r[kd..kd + vd].copy_from_slice(&sc.v[i * vd..(i + 1) * vd]);
+                    r[kd + vd] = g;
+                    r[kd + vd + 1] = sc.beta[i];
+                }
+            }
+            io.params.scale
+        }
+        StepInputs::Recorded { records, .. } => {
+            for (i, &r) in records.iter().enumerate() {
+                // SAFETY: the caller's contract: K + V + 2 readable f32.
+                let r = unsafe { std::slice::from_raw_parts(r, kd + vd + 2) };
+                sc.k[i * kd..(i + 1) * kd].copy_from_slice(&r[..kd]);
+                sc.v[i * vd..(i + 1) * vd].copy_from_slice(&r[kd..kd + vd]);
+                sc.d[i] = decay(r[kd + vd]);
+                sc.beta[i] = r[kd + vd + 1];
+                // no output: q reads as zeros (finite, discarded)
+                sc.q[i * kd..(i + 1) * kd].fill(0.0);
+                sc.kq[i] = 0.0;
+            }
+            0.0
+        }
+    };
     // verify: scratch states are written once, so bypass the cache (f32 state)
     let stream = !E::NARROW && (n > 1 || !std::ptr::eq(dsts[0], src));
     let bytes = kd * vd * std::mem::size_of::<E>();
@@ -266,6 +324,13 @@ unsafe fn steps_head_body<E: StateElem, const A: usize>(
                     for kk in 0..kd {
                         let (prow, orow) = (&parent[kk * BW..kk * BW + w], &mut out[kk * BW..kk * BW + w]);
                         let a = kv[kk];
+                        if dst.is_null() {
+                            // a state written nowhere (replay): kept, rounded as stored, for the children
+                            for j in 0..w {
+                                orow[j] = E::st(d.mul_add(prow[j], a * sk[j])).ld();
+                            }
+                            continue;
+                        }
                         // SAFETY: row kk, columns c0..c0+w of step i's destination head; the
                         // source block (which it may alias for one step) is already read.
                         let p = unsafe { dst.add(kk * vd + c0) };
@@ -316,6 +381,13 @@ unsafe fn steps_head_body<E: StateElem, const A: usize>(
                     let (beta, d) = (sc.beta[i], sc.d[i]);
                     let u = beta * (sc.v[i * vd + j] - d * skv);
                     sc.o[i * vd + j] = scale * (d * sqv + u * sc.kq[i]);
+                    if dsts[i].is_null() {
+                        // a state written nowhere (replay): kept, rounded as stored, for the children
+                        for ((o, p), a) in out.iter_mut().zip(parent).zip(kv) {
+                            *o = E::st(d * p + u * a).ld();
+                        }
+                        continue;
+                    }
                     // SAFETY: row j of step i's destination head; the source row is already read.
                     let p = unsafe { dsts[i].add(j * kd) };
                     if stream {
@@ -347,8 +419,17 @@ unsafe fn steps_head_body<E: StateElem, const A: usize>(
     if stream {
         simd::store_fence();
     }
-    for (i, &t) in tokens.iter().enumerate() {
-        // SAFETY: output row (t, h) belongs to this task alone.
-        unsafe { io.o.store(io.o.off2(t, h), &sc.o[i * vd..(i + 1) * vd]) };
+    if let StepInputs::Call { io, tokens, .. } = inputs {
+        for (i, &t) in tokens.iter().enumerate() {
+            // SAFETY: output row (t, h) belongs to this task alone.
+            unsafe { io.o.store(io.o.off2(t, h), &sc.o[i * vd..(i + 1) * vd]) };
+        }
     }
+}
+
+/// The decay `exp(g)` of a step, computed in f64 and rounded once: the same
+/// bits wherever a step's g is read (the call's tensor or a replay record).
+#[inline(always)]
+fn decay(g: f32) -> f32 {
+    (g as f64).exp() as f32
 }

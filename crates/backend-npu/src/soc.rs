@@ -5,7 +5,7 @@
 //! every pool and every call against, so nothing outside it reaches an operator.
 
 use crate::result::BACKEND;
-use deltanet_core::{Capabilities, ConvLayoutKind, DType, Device, DimLimits, HeadMapping, LayoutKind};
+use deltanet_core::{Capabilities, ConvLayoutKind, DType, Device, DimLimits, HeadMapping, LayoutKind, SpecMode};
 
 /// Largest tokens per sequence of `aclnnRecurrentGatedDeltaRule` (`0 < L_i <= 8`).
 pub const MAX_RECURRENT_TOKENS: usize = 8;
@@ -51,6 +51,13 @@ impl SocFamily {
     /// state bf16, plus f32 only on 950 (the chunk operator's "float32 only on
     /// Ascend 950" limit binds, the recurrent one takes both); at most 8 draft tokens;
     /// head dims <= 128; conv state channels-last `[stateLen, dim]` in the input dtype.
+    ///
+    /// Speculative mode scratch only: a replay verify must compute every draft's
+    /// output without writing the state, but `aclnnRecurrentGatedDeltaRule`
+    /// updates the state it reads in place, so each draft would need a state
+    /// copy first (the scratch mode's cost), and it takes no per-token parents,
+    /// so tree drafts cannot share one pass. A replay pool is refused
+    /// ([`Error::Unsupported`](deltanet_core::Error::Unsupported)).
     pub fn capabilities(&self, device: usize) -> Capabilities {
         let state_dtypes = match self {
             SocFamily::A2 | SocFamily::A3 => vec![DType::BF16],
@@ -65,6 +72,7 @@ impl SocFamily {
             .with_max_draft_tokens(MAX_RECURRENT_TOKENS)
             .with_limits(dim_limits())
             .with_chunk_size(64)
+            .with_spec_modes(&[SpecMode::Scratch])
     }
 
     /// Whether `aclnnCausalConv1dFn` / `aclnnCausalConv1dUpdate` are documented for it

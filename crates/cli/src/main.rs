@@ -44,6 +44,9 @@ enum Cmd {
         /// Draft tokens per speculative round (0 turns speculative decoding off).
         #[arg(long, default_value_t = 4)]
         draft: usize,
+        /// Speculative mode: scratch (per-step states) or replay (drafts' inputs, commit replays).
+        #[arg(long, default_value = "scratch")]
+        spec_mode: String,
         /// Requests running at once.
         #[arg(long, default_value_t = 4)]
         max_running: usize,
@@ -106,8 +109,23 @@ fn main() -> ExitCode {
 
 fn run(cmd: Cmd, threads: Option<usize>) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cmd {
-        Cmd::Run { model, backend, requests, prompt_len, chunk, decode, draft, max_running, state_dtype, check, seed, quiet } => {
+        Cmd::Run {
+            model,
+            backend,
+            requests,
+            prompt_len,
+            chunk,
+            decode,
+            draft,
+            spec_mode,
+            max_running,
+            state_dtype,
+            check,
+            seed,
+            quiet,
+        } => {
             let state_dtype = DType::parse(&state_dtype).ok_or_else(|| format!("unknown state dtype `{state_dtype}`"))?;
+            let spec_mode: deltanet_core::SpecMode = spec_mode.parse()?;
             let cfg = RunConfig {
                 model: models::find(&model)?,
                 requests,
@@ -115,6 +133,7 @@ fn run(cmd: Cmd, threads: Option<usize>) -> Result<ExitCode, Box<dyn std::error:
                 chunk,
                 decode,
                 draft,
+                spec_mode,
                 max_running,
                 state_dtype,
                 seed,
@@ -247,6 +266,11 @@ fn bench_json(rep: &deltanet_cli::bench::Report) -> serde_json::Value {
             "tokens_per_s": x.tokens_per_s, "gbps": x.gbps, "rmw_gbps": x.rmw_gbps, "ratio_to_rmw": x.gbps / x.rmw_gbps})).collect::<Vec<_>>(),
         "verify": rep.verify.iter().map(|x| serde_json::json!({
             "batch": x.batch, "draft": x.draft, "verify_secs": x.verify_secs, "decode_secs": x.decode_secs, "ratio": x.ratio})).collect::<Vec<_>>(),
+        "spec": rep.spec.iter().map(|x| serde_json::json!({
+            "batch": x.batch, "draft": x.draft, "scratch_secs": x.scratch_secs, "replay_secs": x.replay_secs,
+            "decode_secs": x.decode_secs, "replay_ratio": x.replay_ratio(), "scratch_ratio": x.scratch_ratio(),
+            "scratch_bytes_per_request_layer": x.scratch_bytes, "replay_bytes_per_request_layer": x.replay_bytes,
+            "memory_ratio": x.memory_ratio()})).collect::<Vec<_>>(),
         "chunked": rep.chunked.map(|c| serde_json::json!({
             "tokens": c.tokens, "chunk": c.chunk, "one_secs": c.one_secs, "chunked_secs": c.chunked_secs, "ratio": c.ratio})),
         "layer": rep.layer.iter().map(layer).collect::<Vec<_>>(),

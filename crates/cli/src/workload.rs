@@ -11,7 +11,8 @@ use deltanet::backend::{Backend, BackendVisitor};
 use deltanet_core::oracle::{error_ratio, worst_ratio};
 use deltanet_core::{
     commit, forward_decode, forward_extend, forward_verify, CommitBatch, DType, DecodeBatch, DeltaParams, DeviceTensor, Error, ExtendBatch,
-    KernelDispatcher, LayerInput, LayerWeights, LayerWorkspace, MambaStatePool, PoolConfig, PoolOf, Result, Slot, Snapshot, VerifyBatch,
+    KernelDispatcher, LayerInput, LayerWeights, LayerWorkspace, MambaStatePool, PoolConfig, PoolOf, Result, Slot, Snapshot, SpecMode,
+    VerifyBatch,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -33,6 +34,8 @@ pub struct RunConfig {
     pub decode: usize,
     /// Draft tokens per speculative round (0: no speculative decoding).
     pub draft: usize,
+    /// What the pool keeps between verify and commit.
+    pub spec_mode: SpecMode,
     /// Requests running at once (slots in use, not counting prefix-cache slots).
     pub max_running: usize,
     /// Recurrent-state dtype.
@@ -69,6 +72,10 @@ pub struct RunReport {
     pub tolerance: f64,
     /// Pool bytes.
     pub pool_bytes: usize,
+    /// Bytes of the pool's speculative buffers (0 without speculative decoding).
+    pub spec_bytes: usize,
+    /// Of those, bytes per request (all layers).
+    pub spec_bytes_per_request: usize,
     /// Most slots in use at once.
     pub peak_slots: usize,
     /// Slots in the pool.
@@ -144,7 +151,7 @@ impl<'d, D: KernelDispatcher> Engine<'d, D> {
         let groups = cfg.requests.div_ceil(2);
         let mut pc = PoolConfig::new(cfg.model.layers, cfg.max_running + groups, dims).with_state_dtype(cfg.state_dtype);
         if cfg.draft > 0 {
-            pc = pc.with_speculative(cfg.draft);
+            pc = pc.with_speculative(cfg.draft).with_spec_mode(cfg.spec_mode);
         }
         let pool = d.new_pool(pc)?;
         let mem = d.memory();
@@ -265,6 +272,8 @@ impl<'d, D: KernelDispatcher> Engine<'d, D> {
             phases,
             tolerance,
             pool_bytes: self.pool.bytes(),
+            spec_bytes: self.pool.geometry().config.buffer_bytes().map_or(0, |b| b.scratch + b.windows),
+            spec_bytes_per_request: self.pool.geometry().config.spec_bytes_per_slot(),
             peak_slots: self.peak,
             capacity: self.pool.capacity(),
             prefix_hits: self.prefix_hits,
@@ -524,4 +533,13 @@ pub fn print_report(cfg: &RunConfig, rep: &RunReport) {
         rep.capacity,
         rep.prefix_hits
     );
+    if cfg.draft > 0 {
+        println!(
+            "speculative buffers ({} mode, D = {}): {:.1} MiB, {:.1} KiB per request",
+            cfg.spec_mode,
+            cfg.draft,
+            rep.spec_bytes as f64 / (1024.0 * 1024.0),
+            rep.spec_bytes_per_request as f64 / 1024.0
+        );
+    }
 }

@@ -3,7 +3,7 @@
 use crate::gen::{rng, uniform, DeltaInputs, LayerInputs, LayerParams};
 use deltanet_core::{
     CommitBatch, DType, DecodeBatch, DeltaIo, DeltaParams, DeviceTensor, ExtendBatch, HostState, KernelDispatcher, LayerInput,
-    LayerWeights, LayerWorkspace, MambaStatePool, ModelDims, PoolConfig, PoolOf, Result, Slot, VerifyBatch,
+    LayerWeights, LayerWorkspace, MambaStatePool, ModelDims, PoolConfig, PoolOf, Result, Slot, SpecMode, VerifyBatch,
 };
 
 /// Which batch an operation runs.
@@ -56,9 +56,36 @@ impl<'d, D: KernelDispatcher> Bench<'d, D> {
     /// A pool of `slots` slots with `state_dtype` state, speculative buffers for
     /// `draft` tokens when given, f32 conv state when the backend has it.
     pub fn new(d: &'d D, dims: ModelDims, slots: usize, state_dtype: DType, draft: Option<usize>, dtype: DType) -> Result<Self> {
+        Self::with_conv(d, dims, slots, state_dtype, Self::default_conv_dtype(d), draft, dtype)
+    }
+
+    /// As [`Bench::new`] with speculative buffers for `draft` tokens in `mode`.
+    pub fn speculative(
+        d: &'d D,
+        dims: ModelDims,
+        slots: usize,
+        state_dtype: DType,
+        draft: usize,
+        mode: SpecMode,
+        dtype: DType,
+    ) -> Result<Self> {
+        let cfg = PoolConfig::new(LAYERS, slots, dims)
+            .with_state_dtype(state_dtype)
+            .with_conv_dtype(Self::default_conv_dtype(d))
+            .with_speculative(draft)
+            .with_spec_mode(mode);
+        let pool = d.new_pool(cfg)?;
+        Ok(Bench { d, pool, dims, layer: 1, params: DeltaParams::new(&dims), dtype })
+    }
+
+    /// f32 conv state if claimed, else the first claimed.
+    fn default_conv_dtype(d: &D) -> DType {
         let caps = d.capabilities();
-        let conv_dtype = if caps.conv_dtypes.contains(&DType::F32) { DType::F32 } else { caps.conv_dtypes[0] };
-        Self::with_conv(d, dims, slots, state_dtype, conv_dtype, draft, dtype)
+        if caps.conv_dtypes.contains(&DType::F32) {
+            DType::F32
+        } else {
+            caps.conv_dtypes[0]
+        }
     }
 
     /// As [`Bench::new`] with the conv-state dtype given.

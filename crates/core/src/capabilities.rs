@@ -10,6 +10,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::layout::{ConvLayoutKind, LayoutKind};
 use crate::pool::PoolConfig;
+use crate::spec::SpecMode;
 use crate::tensor::Device;
 
 /// Model-dimension limits of a backend's kernels (`None`: unbounded). Build
@@ -101,12 +102,15 @@ pub struct Capabilities {
     pub limits: DimLimits,
     /// Chunk length of the chunked extend (64).
     pub chunk_size: usize,
+    /// Speculative modes the kernels implement; a pool in another mode is refused.
+    pub spec_modes: Vec<SpecMode>,
 }
 
 impl Capabilities {
     /// A backend `backend` on `device` in `layout`, with the defaults every
     /// backend starts from: channels-first conv state, f32 or bf16 state,
-    /// f32/bf16/f16 conv state and inputs, no draft or dimension limit, chunk 64.
+    /// f32/bf16/f16 conv state and inputs, no draft or dimension limit, chunk 64,
+    /// [`SpecMode::Scratch`] only.
     pub fn new(backend: &str, device: Device, layout: LayoutKind) -> Self {
         Capabilities {
             backend: backend.into(),
@@ -119,6 +123,7 @@ impl Capabilities {
             max_draft_tokens: None,
             limits: DimLimits::default(),
             chunk_size: 64,
+            spec_modes: vec![SpecMode::Scratch],
         }
     }
 
@@ -157,6 +162,11 @@ impl Capabilities {
         self.limits = limits;
         self
     }
+    /// Sets the speculative modes the kernels implement.
+    pub fn with_spec_modes(mut self, modes: &[SpecMode]) -> Self {
+        self.spec_modes = modes.to_vec();
+        self
+    }
     /// Sets the chunk length of the chunked extend.
     pub fn with_chunk_size(mut self, chunk: usize) -> Self {
         self.chunk_size = chunk;
@@ -171,6 +181,15 @@ impl Capabilities {
         }
         if !self.conv_dtypes.contains(&cfg.conv_dtype) {
             return Err(Error::UnsupportedDType { backend: self.backend.clone(), what: "conv state".into(), dtype: cfg.conv_dtype });
+        }
+        if let Some(s) = cfg.spec {
+            if !self.spec_modes.contains(&s.mode) {
+                let modes: Vec<&str> = self.spec_modes.iter().map(|m| m.name()).collect();
+                return Err(Error::Unsupported {
+                    backend: self.backend.clone(),
+                    reason: format!("speculative mode {} (the kernels implement {})", s.mode, modes.join(", ")),
+                });
+            }
         }
         if let (Some(max), Some(s)) = (self.max_draft_tokens, cfg.spec) {
             if s.draft_tokens > max {

@@ -67,6 +67,27 @@ pub trait Kernels: Send + Sync {
     fn run_commit(&self, pool: &mut PoolOf<Self>, call: Checked<'_, CommitBatch, ()>) -> Result<()> {
         pool.commit_checked(&call)
     }
+
+    /// [`SpecMode::Replay`](crate::SpecMode::Replay) conv of draft tokens:
+    /// each step convolves on its root path's window (the slot's conv state
+    /// followed by its ancestors' inputs) and its raw input is recorded in the
+    /// pool; the slot's conv state is untouched. Only called on replay pools,
+    /// which only a backend listing the mode in its capabilities can make.
+    fn run_conv_verify_replay(&self, _pool: &mut PoolOf<Self>, _call: Checked<'_, VerifyBatch, ConvIo<'_>>) -> Result<()> {
+        Err(crate::spec::replay_unsupported(&self.capabilities().backend))
+    }
+    /// Replay verify: every draft step's output, each from its root path
+    /// applied to the slot's state, no state written; the k, v, g, beta each
+    /// step used are recorded in the pool for the commit.
+    fn run_verify_replay(&self, _pool: &mut PoolOf<Self>, _call: Checked<'_, VerifyBatch, DeltaIo<'_>>) -> Result<()> {
+        Err(crate::spec::replay_unsupported(&self.capabilities().backend))
+    }
+    /// Replay commit: the recorded steps of the path root → `a` applied to
+    /// each slot's state in place (the decode's arithmetic), its conv state
+    /// shifted by the path's inputs, and both copied to the snapshot slot if named.
+    fn run_commit_replay(&self, _pool: &mut PoolOf<Self>, _call: Checked<'_, CommitBatch, ()>) -> Result<()> {
+        Err(crate::spec::replay_unsupported(&self.capabilities().backend))
+    }
 }
 
 /// The operations an engine calls on a backend, each validated once by core
@@ -96,12 +117,13 @@ pub trait KernelDispatcher: Kernels {
         let call = Checked::conv(self.capabilities(), pool, (layer, KernelAccess::Decode(batch), batch), batch.tokens(), io)?;
         self.run_conv_update(pool, call)
     }
-    /// Conv of draft tokens ([`Kernels::run_conv_verify`]).
+    /// Conv of draft tokens, in the pool's speculative mode
+    /// ([`Kernels::run_conv_verify`] or [`Kernels::run_conv_verify_replay`]).
     fn conv_verify(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &VerifyBatch, io: ConvIo<'_>) -> Result<()> {
         let _span =
             tracing::debug_span!("conv_verify", backend = %self.capabilities().backend, layer, requests = batch.num_seqs()).entered();
         let call = Checked::conv(self.capabilities(), pool, (layer, KernelAccess::ConvVerify(batch), batch), batch.tokens(), io)?;
-        self.run_conv_verify(pool, call)
+        crate::spec::conv_verify(self, pool, call)
     }
     /// Chunked delta rule over packed sequences ([`Kernels::run_extend`]).
     fn extend(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &ExtendBatch, io: DeltaIo<'_>) -> Result<()> {
@@ -117,18 +139,20 @@ pub trait KernelDispatcher: Kernels {
         let call = Checked::delta(self.capabilities(), pool, (layer, KernelAccess::Decode(batch), batch), batch.tokens(), io)?;
         self.run_decode(pool, call)
     }
-    /// Draft tokens into the scratch ([`Kernels::run_verify`]).
+    /// Draft tokens, in the pool's speculative mode ([`Kernels::run_verify`]
+    /// or [`Kernels::run_verify_replay`]).
     fn verify(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &VerifyBatch, io: DeltaIo<'_>) -> Result<()> {
         let _span = tracing::debug_span!("verify", backend = %self.capabilities().backend, layer, requests = batch.num_seqs()).entered();
         let call = Checked::delta(self.capabilities(), pool, (layer, KernelAccess::Verify(batch), batch), batch.tokens(), io)?;
-        self.run_verify(pool, call)
+        crate::spec::verify(self, pool, call)
     }
-    /// The commit an engine calls after a verify: the accepted scratch step
-    /// of each request becomes its state; a skipped request (accepted `None`)
-    /// keeps its state and its current verify ([`CommitBatch`], [`Kernels::run_commit`]).
+    /// The commit an engine calls after a verify: the accepted step of each
+    /// request becomes its state, in the pool's speculative mode
+    /// ([`Kernels::run_commit`] or [`Kernels::run_commit_replay`]); a skipped
+    /// request (accepted `None`) keeps its state and its current verify ([`CommitBatch`]).
     fn commit(&self, pool: &mut PoolOf<Self>, layer: usize, batch: &CommitBatch) -> Result<()> {
         let _span = tracing::debug_span!("commit", backend = %self.capabilities().backend, layer, requests = batch.slots().len()).entered();
-        self.run_commit(pool, Checked::commit(self.capabilities(), pool, layer, batch)?)
+        crate::spec::commit(self, pool, Checked::commit(self.capabilities(), pool, layer, batch)?)
     }
 }
 

@@ -239,8 +239,8 @@ pub fn forward_decode<D: KernelDispatcher>(
     )
 }
 
-/// Speculative verify of one layer: every draft step written to scratch; the
-/// main state and conv state untouched until [`commit`].
+/// Speculative verify of one layer, in the pool's [`SpecMode`](crate::SpecMode):
+/// every draft's output; the main state and conv state untouched until [`commit`].
 #[allow(clippy::too_many_arguments)]
 pub fn forward_verify<D: KernelDispatcher>(
     d: &D,
@@ -264,8 +264,9 @@ pub fn forward_verify<D: KernelDispatcher>(
         params,
         ws,
         out,
-        |p, call| d.run_conv_verify(p, call),
-        |p, call| d.run_verify(p, call),
+        // the pool's speculative mode picks the kernels; nothing here asks which
+        |p, call| crate::spec::conv_verify(d, p, call),
+        |p, call| crate::spec::verify(d, p, call),
     )
 }
 

@@ -35,6 +35,7 @@ pub mod plan;
 pub mod pool;
 pub mod size;
 pub mod slot;
+pub mod spec;
 pub mod tensor;
 pub mod tolerance;
 
@@ -54,4 +55,5 @@ pub use pool::{
     BufferBytes, BufferDescriptor, BufferKind, HostState, KernelAccess, MambaStatePool, PoolConfig, PoolConfigBuilder, PoolGeometry,
     PoolParts, Slot, SpecConfig, StatePool,
 };
+pub use spec::SpecMode;
 pub use tensor::{Device, TensorMeta, TensorMut, TensorRef};

@@ -46,6 +46,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::layout::{convert_conv, convert_state, ConvLayoutKind, LayoutKind, StateLayout};
 use crate::memory::DeviceMemory;
+use crate::spec::SpecMode;
 use crate::tensor::Device;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +63,8 @@ use crate::slot::SlotAllocator;
 pub struct SpecConfig {
     /// Draft tokens verified per request per step (D).
     pub draft_tokens: usize,
+    /// What the pool keeps between verify and commit ([`crate::spec`]).
+    pub mode: SpecMode,
 }
 
 /// What a pool holds, built with named setters by [`PoolConfig::builder`]
@@ -99,7 +102,7 @@ impl PoolConfig {
     /// be set; f32 state and conv, no speculative buffers and no finite check
     /// unless set.
     pub fn builder(dims: ModelDims) -> PoolConfigBuilder {
-        PoolConfigBuilder { layers: None, slots: None, config: PoolConfig::new(0, 0, dims) }
+        PoolConfigBuilder { layers: None, slots: None, mode: SpecMode::Scratch, config: PoolConfig::new(0, 0, dims) }
     }
     /// The positional shorthand of [`builder`](Self::builder), not validated
     /// (the pool validates it): `layers` GDN layers, `slots` allocatable slots,
@@ -122,10 +125,47 @@ impl PoolConfig {
         self.conv_dtype = d;
         self
     }
-    /// Adds speculative scratch for `draft_tokens` per request.
+    /// Adds speculative buffers for `draft_tokens` per request, in
+    /// [`SpecMode::Scratch`] unless [`with_spec_mode`](Self::with_spec_mode) follows.
     pub fn with_speculative(mut self, draft_tokens: usize) -> Self {
-        self.spec = Some(SpecConfig { draft_tokens });
+        self.spec = Some(SpecConfig { draft_tokens, mode: SpecMode::Scratch });
         self
+    }
+    /// Sets the speculative mode (after [`with_speculative`](Self::with_speculative);
+    /// without it, a configuration of 0 draft tokens that validation refuses).
+    pub fn with_spec_mode(mut self, mode: SpecMode) -> Self {
+        self.spec = Some(SpecConfig { draft_tokens: self.draft_tokens(), mode });
+        self
+    }
+    /// The speculative mode (`None` without speculative buffers).
+    pub fn spec_mode(&self) -> Option<SpecMode> {
+        self.spec.map(|s| s.mode)
+    }
+    /// Bytes of one draft step of one request in one layer, in the
+    /// speculative buffers `(scratch, windows)`: a state and a conv window in
+    /// [`SpecMode::Scratch`]; in [`SpecMode::Replay`] the step's k, v, g, beta
+    /// per value head (f32, [`replay_record_elems`](Self::replay_record_elems))
+    /// and its raw conv input (`conv_dim` values of the conv dtype).
+    pub fn spec_step_bytes(&self) -> (usize, usize) {
+        let d = &self.dims;
+        match self.spec_mode() {
+            Some(SpecMode::Replay) => (
+                d.num_v_heads.saturating_mul(self.replay_record_elems()).saturating_mul(4),
+                d.conv_dim().saturating_mul(self.conv_dtype.size()),
+            ),
+            _ => (d.state_elems().saturating_mul(self.state_dtype.size()), d.conv_elems().saturating_mul(self.conv_dtype.size())),
+        }
+    }
+    /// f32 values a replay record holds per value head and draft step: k (K),
+    /// v (V), g and beta, in that order.
+    pub fn replay_record_elems(&self) -> usize {
+        self.dims.head_k_dim.saturating_add(self.dims.head_v_dim).saturating_add(2)
+    }
+    /// Bytes of one request's speculative buffers across all layers (0
+    /// without them): what the speculative mode costs per request.
+    pub fn spec_bytes_per_slot(&self) -> usize {
+        let (a, b) = self.spec_step_bytes();
+        self.layers.saturating_mul(self.draft_tokens()).saturating_mul(a.saturating_add(b))
     }
     /// Draft tokens D (0 without speculative buffers).
     pub fn draft_tokens(&self) -> usize {
@@ -134,10 +174,9 @@ impl PoolConfig {
     /// Bytes one slot costs across all layers and buffers (saturating at
     /// `usize::MAX` for a configuration [`validate`](Self::validate) refuses).
     pub fn bytes_per_slot(&self) -> usize {
-        let d = self.draft_tokens();
         let state = self.dims.state_elems().saturating_mul(self.state_dtype.size());
         let conv = self.dims.conv_elems().saturating_mul(self.conv_dtype.size());
-        self.layers.saturating_mul(state.saturating_add(conv)).saturating_mul(d.saturating_add(1))
+        self.layers.saturating_mul(state.saturating_add(conv)).saturating_add(self.spec_bytes_per_slot())
     }
     /// Byte lengths of the pool's buffers, in checked arithmetic: an impossible
     /// size is [`Error::InvalidConfig`] naming the buffer. Every offset the
@@ -148,11 +187,13 @@ impl PoolConfig {
         let state = self.dims.state_elems() * self.state_dtype.size();
         let conv = self.dims.conv_elems() * self.conv_dtype.size();
         let d = self.draft_tokens();
+        // the step sizes are products of validated dims; the buffer products are checked here
+        let (step, window) = self.spec_step_bytes();
         let b = BufferBytes {
             conv: crate::size::bytes("conv state buffer (layers * (slots + 1) * conv bytes)", &[rows, conv])?,
             temporal: crate::size::bytes("recurrent state buffer (layers * (slots + 1) * state bytes)", &[rows, state])?,
-            scratch: crate::size::bytes("speculative scratch buffer (layers * (slots + 1) * D * state bytes)", &[rows, d, state])?,
-            windows: crate::size::bytes("speculative conv windows (layers * (slots + 1) * D * conv bytes)", &[rows, d, conv])?,
+            scratch: crate::size::bytes("speculative scratch buffer (layers * (slots + 1) * D * step bytes)", &[rows, d, step])?,
+            windows: crate::size::bytes("speculative conv windows (layers * (slots + 1) * D * window bytes)", &[rows, d, window])?,
         };
         crate::size::sum("pool bytes", &[b.conv, b.temporal, b.scratch, b.windows])?;
         Ok(b)
@@ -188,6 +229,7 @@ impl PoolConfig {
 pub struct PoolConfigBuilder {
     layers: Option<usize>,
     slots: Option<usize>,
+    mode: SpecMode,
     config: PoolConfig,
 }
 
@@ -212,9 +254,18 @@ impl PoolConfigBuilder {
         self.config.conv_dtype = d;
         self
     }
-    /// Speculative scratch for `draft_tokens` per request (default none).
+    /// Speculative buffers for `draft_tokens` per request (default none).
     pub fn speculative(mut self, draft_tokens: usize) -> Self {
-        self.config.spec = Some(SpecConfig { draft_tokens });
+        self.config.spec = Some(SpecConfig { draft_tokens, mode: self.mode });
+        self
+    }
+    /// The speculative mode of those buffers (default [`SpecMode::Scratch`]);
+    /// takes effect with [`speculative`](Self::speculative), in either order.
+    pub fn spec_mode(mut self, mode: SpecMode) -> Self {
+        self.mode = mode;
+        if let Some(s) = &mut self.config.spec {
+            s.mode = mode;
+        }
         self
     }
     /// Turns the non-finite input check ([`crate::finite`]) on or off (default off).
@@ -233,16 +284,20 @@ impl PoolConfigBuilder {
 }
 
 /// Byte lengths of a pool's buffers ([`PoolConfig::buffer_bytes`]); 0 for the
-/// speculative ones of a pool without speculative buffers.
+/// speculative ones of a pool without speculative buffers. What the
+/// speculative buffers hold per step depends on the mode
+/// ([`PoolConfig::spec_step_bytes`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BufferBytes {
     /// Conv state `[L, slots+1, conv]`.
     pub conv: usize,
     /// Recurrent state `[L, slots+1, state]`.
     pub temporal: usize,
-    /// Speculative scratch `[L, slots+1, D, state]`.
+    /// Speculative scratch `[L, slots+1, D, step]`: states (scratch mode) or
+    /// k, v, g, beta records (replay mode).
     pub scratch: usize,
-    /// Speculative conv windows `[L, slots+1, D, conv]`.
+    /// Speculative conv windows `[L, slots+1, D, window]`: conv states
+    /// (scratch mode) or raw conv inputs (replay mode).
     pub windows: usize,
 }
 
@@ -283,13 +338,20 @@ impl PoolGeometry {
     pub fn conv_offset(&self, layer: usize, slot: usize) -> usize {
         (layer * self.rows() + slot) * self.conv_bytes()
     }
-    /// Byte offset of scratch step `step` of `slot` in `layer`.
+    /// Byte offset of scratch step `step` of `slot` in `layer`: its state
+    /// (scratch mode) or its replay record (replay mode; value head `h`'s
+    /// k, v, g, beta start [`PoolConfig::replay_record_elems`]` * h` f32 further).
     pub fn scratch_offset(&self, layer: usize, slot: usize, step: usize) -> usize {
-        ((layer * self.rows() + slot) * self.draft() + step) * self.state_bytes()
+        ((layer * self.rows() + slot) * self.draft() + step) * self.config.spec_step_bytes().0
     }
-    /// Byte offset of conv window `step` of `slot` in `layer`.
+    /// Byte offset of conv window `step` of `slot` in `layer`: its conv state
+    /// (scratch mode) or its raw conv input `[conv_dim]` (replay mode).
     pub fn window_offset(&self, layer: usize, slot: usize, step: usize) -> usize {
-        ((layer * self.rows() + slot) * self.draft() + step) * self.conv_bytes()
+        ((layer * self.rows() + slot) * self.draft() + step) * self.config.spec_step_bytes().1
+    }
+    /// The speculative mode (`None` without speculative buffers).
+    pub fn spec_mode(&self) -> Option<SpecMode> {
+        self.config.spec_mode()
     }
     /// Errors unless `layer < layers`.
     pub fn check_layer(&self, layer: usize) -> Result<()> {
@@ -362,9 +424,11 @@ pub enum BufferKind {
     Conv,
     /// Recurrent state `[slots+1, state]` of one layer.
     Temporal,
-    /// Speculative scratch states `[slots+1, D, state]` of one layer.
+    /// Speculative scratch `[slots+1, D, step]` of one layer: states (scratch
+    /// mode) or k, v, g, beta records (replay mode).
     Scratch,
-    /// Speculative conv windows `[slots+1, D, conv]` of one layer.
+    /// Speculative conv windows `[slots+1, D, window]` of one layer: conv
+    /// states (scratch mode) or raw conv inputs (replay mode).
     ConvWindows,
 }
 
@@ -469,6 +533,9 @@ pub struct StatePool<M: DeviceMemory, L: StateLayout> {
     temporal: M::Buffer,
     scratch: Option<M::Buffer>,
     windows: Option<M::Buffer>,
+    /// The draft tree of each (layer, slot)'s last successful verify,
+    /// `[L, slots+1, D]` (what a replay commit walks from `a` to the root).
+    verify_parents: Vec<i64>,
     slots: Mutex<SlotAllocator>,
     _layout: PhantomData<L>,
 }
@@ -487,6 +554,20 @@ pub struct PoolParts<'p, M: DeviceMemory> {
     pub scratch: Option<&'p mut M::Buffer>,
     /// Speculative conv windows `[L, slots+1, D, conv]`.
     pub windows: Option<&'p mut M::Buffer>,
+    /// Parent of each draft step in the last successful verify of each
+    /// (layer, slot), `[L, slots+1, D]` (`-1`: the slot's state); see
+    /// [`PoolParts::replay_path`].
+    pub verify_parents: &'p [i64],
+}
+
+impl<M: DeviceMemory> PoolParts<'_, M> {
+    /// The draft steps from the root to step `a` (inclusive, root first) of
+    /// the last verify of `slot` in `layer`: the path a replay commit applies.
+    pub fn replay_path(&self, layer: usize, slot: usize, a: usize) -> Vec<usize> {
+        let d = self.geometry.draft();
+        let row = (layer * self.geometry.rows() + slot) * d;
+        crate::plan::path_to(&self.verify_parents[row..row + d], a)
+    }
 }
 
 impl<M: DeviceMemory, L: StateLayout> StatePool<M, L> {
@@ -509,6 +590,7 @@ impl<M: DeviceMemory, L: StateLayout> StatePool<M, L> {
         };
         // After the buffers, which are larger: an impossible pool fails there first.
         let slots = SlotAllocator::new(config.slots, config.layers)?;
+        let verify_parents = vec![-1; config.layers * geometry.rows() * config.draft_tokens()];
         Ok(StatePool {
             id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
             memory,
@@ -517,6 +599,7 @@ impl<M: DeviceMemory, L: StateLayout> StatePool<M, L> {
             temporal,
             scratch,
             windows,
+            verify_parents,
             slots: Mutex::new(slots),
             _layout: PhantomData,
         })
@@ -548,6 +631,7 @@ impl<M: DeviceMemory, L: StateLayout> StatePool<M, L> {
             temporal: &mut self.temporal,
             scratch: self.scratch.as_mut(),
             windows: self.windows.as_mut(),
+            verify_parents: &self.verify_parents,
         }
     }
 
@@ -602,8 +686,13 @@ impl<M: DeviceMemory, L: StateLayout> StatePool<M, L> {
         let a = self.slots.get_mut().unwrap_or_else(|p| p.into_inner());
         access.for_each_main_write(|s| a.set_verified(layer, s.index(), false));
         if let KernelAccess::Verify(b) = access {
-            for s in b.slots() {
+            let (rows, d) = (self.geometry.rows(), self.geometry.draft());
+            for (i, s) in b.slots().iter().enumerate() {
                 a.set_verified(layer, s.index(), r.is_ok());
+                if r.is_ok() {
+                    let row = (layer * rows + s.index()) * d;
+                    self.verify_parents[row..row + d].copy_from_slice(&b.parents()[i * d..(i + 1) * d]);
+                }
             }
         }
         r
@@ -669,6 +758,12 @@ impl<M: DeviceMemory, L: StateLayout> StatePool<M, L> {
 /// Copies each request's accepted scratch step into its main (and snapshot) slot.
 fn copy_accepted<M: DeviceMemory>(p: PoolParts<'_, M>, layer: usize, batch: &crate::batch::CommitBatch) -> Result<()> {
     let g = p.geometry;
+    if g.spec_mode() == Some(SpecMode::Replay) {
+        return Err(Error::Unsupported {
+            backend: "pool".into(),
+            reason: "copying scratch steps: a replay pool holds no per-step states and commits through its backend's dispatcher".into(),
+        });
+    }
     let (scratch, windows) = match (p.scratch, p.windows) {
         (Some(s), Some(w)) => (s, w),
         _ => return Err(Error::NoSpeculativeBuffers),
@@ -857,8 +952,9 @@ impl<M: DeviceMemory, L: StateLayout> MambaStatePool for StatePool<M, L> {
         push(BufferKind::Conv, &self.conv, g.conv_bytes());
         push(BufferKind::Temporal, &self.temporal, g.state_bytes());
         if let (Some(s), Some(w)) = (&self.scratch, &self.windows) {
-            push(BufferKind::Scratch, s, g.state_bytes() * d);
-            push(BufferKind::ConvWindows, w, g.conv_bytes() * d);
+            let (step, window) = g.config.spec_step_bytes();
+            push(BufferKind::Scratch, s, step * d);
+            push(BufferKind::ConvWindows, w, window * d);
         }
         out
     }

@@ -1,7 +1,7 @@
 //! `PoolConfig::builder`: each named setter sets its own field, and `build`
 //! refuses what `PoolConfig::validate` refuses or a setter left out.
 
-use deltanet_core::{DType, Error, ModelDims, PoolConfig, SpecConfig};
+use deltanet_core::{DType, Error, ModelDims, PoolConfig, SpecConfig, SpecMode};
 
 fn dims() -> ModelDims {
     ModelDims::builder().key_heads(1).value_heads(2).head_k_dim(4).head_v_dim(3).conv_width(4).build().unwrap()
@@ -21,7 +21,7 @@ fn every_setter_sets_its_field() {
     assert_eq!((c.layers, c.slots, c.dims), (3, 7, dims()));
     assert_eq!(
         (c.state_dtype, c.conv_dtype, c.spec, c.check_finite),
-        (DType::BF16, DType::F16, Some(SpecConfig { draft_tokens: 5 }), true)
+        (DType::BF16, DType::F16, Some(SpecConfig { draft_tokens: 5, mode: SpecMode::Scratch }), true)
     );
     let positional = PoolConfig::new(3, 7, dims()).with_state_dtype(DType::BF16).with_conv_dtype(DType::F16).with_speculative(5);
     assert_eq!(c, positional.with_finite_check());

@@ -75,6 +75,22 @@ fn pool_refuses_what_the_operators_cannot_run() {
 }
 
 #[test]
+fn replay_mode_is_refused_with_a_typed_error_and_nothing_allocated() {
+    let (rec, a2) = setup(A2);
+    assert_eq!(a2.capabilities().spec_modes, [SpecMode::Scratch]);
+    let base = PoolConfig::new(2, 4, dims()).with_state_dtype(DType::BF16).with_conv_dtype(DType::BF16).with_speculative(4);
+    assert!(a2.new_pool(base).is_ok());
+    match a2.new_pool(base.with_spec_mode(SpecMode::Replay)) {
+        Err(Error::Unsupported { backend, reason }) => {
+            assert_eq!(backend, "npu");
+            assert!(reason.contains("replay"), "{reason}");
+        }
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+    assert_eq!(rec.live_allocs(), 0);
+}
+
+#[test]
 fn every_issuing_thread_binds_the_device_once() {
     let (rec, d) = setup(A2);
     let mut pool = d.new_pool(PoolConfig::new(1, 4, dims()).with_state_dtype(DType::BF16).with_conv_dtype(DType::BF16)).unwrap();

@@ -16,10 +16,12 @@
 
 mod ceiling;
 mod layer;
+mod spec;
 mod timing;
 
 pub use ceiling::{CopyBench, GemmBench, RmwBench};
 pub use layer::{bench_layer, bench_layer_pair, LayerBench, LayerPair, LayerResult, LayerStep, Part};
+pub use spec::{bench_spec, SpecResult};
 pub use timing::interleaved;
 
 use deltanet_backend_cpu::{CpuDispatcher, CHUNK};
@@ -222,12 +224,24 @@ impl DecodeBench {
     /// `batch` requests, state dtype `state`, `draft` > 0 adds speculative buffers of D drafts;
     /// layers chosen so the main states span at least `bytes`.
     pub fn new(dims: ModelDims, batch: usize, state: DType, draft: usize, threads: usize, bytes: usize) -> Result<Self> {
+        Self::speculative(dims, batch, state, (draft, SpecMode::Scratch), threads, bytes)
+    }
+
+    /// As [`new`](Self::new) with the speculative buffers of `(draft, mode)`.
+    pub fn speculative(
+        dims: ModelDims,
+        batch: usize,
+        state: DType,
+        (draft, mode): (usize, SpecMode),
+        threads: usize,
+        bytes: usize,
+    ) -> Result<Self> {
         let d = CpuDispatcher::<KMajor>::with_threads(threads)?;
         let per_layer = batch * dims.state_elems() * state.size();
         let layers = bytes.div_ceil(per_layer).max(2);
         let mut cfg = PoolConfig::new(layers, batch, dims).with_state_dtype(state);
         if draft > 0 {
-            cfg = cfg.with_speculative(draft);
+            cfg = cfg.with_speculative(draft).with_spec_mode(mode);
         }
         let mut pool = d.new_pool(cfg)?;
         let slots = pool.alloc(batch)?;
@@ -412,6 +426,8 @@ pub struct Report {
     pub gemm: GemmCeiling,
     /// Extend at each length.
     pub extend: Vec<ExtendResult>,
+    /// Speculative verify + commit in both modes against D decodes.
+    pub spec: Vec<SpecResult>,
     /// Decode at each batch and state dtype.
     pub decode: Vec<DecodeResult>,
     /// Verify D = 4.
@@ -506,11 +522,12 @@ pub fn run_report(opts: &ReportOptions) -> Result<Report> {
         decode.extend(bench_decode(dims, b, th)?);
     }
     let verify = opts.verify_batches.iter().map(|&b| bench_verify(dims, b, 4, th)).collect::<Result<Vec<_>>>()?;
+    let spec = opts.verify_batches.iter().map(|&b| bench_spec(dims, b, 4, th)).collect::<Result<Vec<_>>>()?;
     let chunked = opts.chunked.map(|(t, c)| bench_chunked(dims, t, c, th)).transpose()?;
     let layer = opts.layer_steps.iter().map(|&s| bench_layer(dims, s, th)).collect::<Result<Vec<_>>>()?;
     let short_vs_long = opts.short_vs_long.map(|(a, b)| bench_layer_pair(dims, (a, Part::Layer), (b, Part::Layer), th)).transpose()?;
     let mixed = opts.mixed.map(|m| bench_layer_pair(dims, (m, Part::Layer), (m, Part::Split), th)).transpose()?;
-    Ok(Report { threads: th, gemm, extend, decode, verify, chunked, layer, short_vs_long, mixed })
+    Ok(Report { threads: th, gemm, extend, spec, decode, verify, chunked, layer, short_vs_long, mixed })
 }
 
 impl std::fmt::Display for Report {
@@ -554,6 +571,9 @@ impl std::fmt::Display for Report {
                 v.draft,
                 v.ratio
             )?;
+        }
+        for x in &self.spec {
+            x.rows(f)?;
         }
         if let Some(c) = &self.chunked {
             writeln!(

@@ -8,8 +8,13 @@ use deltanet_core::{CommitBatch, DecodeBatch, ExtendBatch, HostState, KernelDisp
 
 pub(crate) fn layer_forward<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() -> D) -> Result<()> {
     let draft = 3usize;
-    for (si, shape) in [sh(1, 2, 16, 32, false), sh(2, 4, 32, 16, true)].iter().enumerate() {
-        let name = format!("{} layer forward", shape.name());
+    let modes = make().capabilities().spec_modes.clone();
+    let cases = [sh(1, 2, 16, 32, false), sh(2, 4, 32, 16, true)]
+        .into_iter()
+        .enumerate()
+        .flat_map(|(si, s)| modes.iter().map(move |&m| (si, s, m)));
+    for (si, shape, mode) in cases {
+        let name = format!("{} layer forward ({mode} mode)", shape.name());
         if !ctx.opts.wants(&name) {
             continue;
         }
@@ -26,7 +31,7 @@ pub(crate) fn layer_forward<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn F
         // one stream of tokens per sequence: extend tokens, decode tokens, drafts
         let streams: Vec<LayerInputs> =
             (0..n).map(|s| LayerInputs::random(&dims, lens[s] + ndec + draft, dt, seed ^ (43 + s as u64))).collect();
-        let mut b = Bench::new(&d, dims, n + 1, sd, Some(draft), dt)?;
+        let mut b = Bench::speculative(&d, dims, n + 1, sd, draft, mode, dt)?;
         let slots = b.pool.alloc(n)?;
         let snap = b.pool.alloc(1)?[0];
         b.randomize(&slots, seed)?;

@@ -1,19 +1,37 @@
-//! DESIGN §5.4: verify of D drafts (chains and trees) leaves the main state
-//! untouched, the commit of every accepted step equals decoding it, and a
-//! commit that skips a request leaves it (and its verify) as it was.
+//! DESIGN §5.4, in every speculative mode the backend implements: verify of
+//! D drafts (chains and trees) leaves the main state untouched, the commit of
+//! every accepted step equals decoding it, a commit that skips a request
+//! leaves it (and its verify) as it was, and a commit needs a current verify.
+//! A backend with both modes also gets replay compared with scratch and with
+//! decoding the accepted tokens one by one, bitwise.
 
 use super::{path, sh, Ctx};
 use crate::gen::{cu_from_lens, DeltaInputs};
 use crate::harness::{Batch, Bench};
-use deltanet_core::{CommitBatch, ExtendBatch, HostState, KernelDispatcher, MambaStatePool, Result, VerifyBatch};
+use deltanet_core::{
+    CommitBatch, DecodeBatch, Error, ExtendBatch, HostState, KernelDispatcher, MambaStatePool, Result, SpecMode, VerifyBatch,
+};
+
+const TREES: [(&str, [i64; 12]); 2] =
+    [("chains", [-1, 0, 1, 2, -1, 0, 1, 2, -1, 0, 1, 2]), ("trees", [-1, 0, 1, 2, -1, 0, 0, 1, -1, -1, 1, 2])];
 
 pub(crate) fn verify_commit<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() -> D) -> Result<()> {
+    let modes = make().capabilities().spec_modes.clone();
+    for &mode in &modes {
+        against_oracle(ctx, make, mode)?;
+        stale_verify(ctx, make, mode)?;
+    }
+    if modes.contains(&SpecMode::Scratch) && modes.contains(&SpecMode::Replay) {
+        replay_bitwise(ctx, make)?;
+    }
+    Ok(())
+}
+
+fn against_oracle<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() -> D, mode: SpecMode) -> Result<()> {
     let draft = 4usize;
-    let trees: [(&str, Vec<i64>); 2] =
-        [("chains", vec![-1, 0, 1, 2, -1, 0, 1, 2, -1, 0, 1, 2]), ("trees", vec![-1, 0, 1, 2, -1, 0, 0, 1, -1, -1, 1, 2])];
     for (si, shape) in [sh(1, 2, 32, 16, false), sh(2, 2, 16, 48, true), sh(1, 4, 64, 32, false)].iter().enumerate() {
-        for (ti, (kind, parents)) in trees.iter().enumerate() {
-            let name = format!("{} D={draft} {kind}", shape.name());
+        for (ti, (kind, parents)) in TREES.iter().enumerate() {
+            let name = format!("{} D={draft} {kind} ({mode} mode)", shape.name());
             if !ctx.opts.wants(&name) {
                 continue;
             }
@@ -25,7 +43,7 @@ pub(crate) fn verify_commit<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn F
             }
             let (dt, sd) = (Bench::default_dtype(&d), Bench::default_state_dtype(&d));
             let seed = ctx.seed(&[si as u64, ti as u64]);
-            let mut b = Bench::new(&d, dims, 4, sd, Some(draft), dt)?;
+            let mut b = Bench::speculative(&d, dims, 4, sd, draft, mode, dt)?;
             let slots = b.pool.alloc(3)?;
             let snap = b.pool.alloc(1)?[0];
             b.randomize(&slots, seed)?;
@@ -85,12 +103,100 @@ pub(crate) fn verify_commit<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn F
             // still equals decoding its path.
             let last = draft - 1;
             b.commit(&CommitBatch::new(&b.pool, &slots, &[Some(0), None, Some(last)], &[])?)?;
-            ctx.exact(&format!("{name}: commit skipping request 1 leaves its slot untouched"), b.pool.export(slots[1])? == saved[1], String::new());
+            ctx.exact(
+                &format!("{name}: commit skipping request 1 leaves its slot untouched"),
+                b.pool.export(slots[1])? == saved[1],
+                String::new(),
+            );
             for (i, t) in [(0, 0), (2, last)] {
                 ctx.ratio(&format!("{name}: request {i} committed beside a skipped one"), &b.state(slots[i])?, &st_ref[i * draft + t], tol);
             }
             b.commit(&CommitBatch::new(&b.pool, &slots, &[None, Some(2), None], &[])?)?;
             ctx.ratio(&format!("{name}: request 1 committed after being skipped"), &b.state(slots[1])?, &st_ref[draft + 2], tol);
+        }
+    }
+    Ok(())
+}
+
+/// Commit without a current verify is [`Error::NoCurrentVerify`] and changes
+/// nothing: before any verify, after a decode made the verify stale, and a
+/// second commit of one verify.
+fn stale_verify<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() -> D, mode: SpecMode) -> Result<()> {
+    let (draft, shape) = (3usize, sh(1, 2, 16, 16, false));
+    let name = format!("{} stale verify ({mode} mode)", shape.name());
+    if !ctx.opts.wants(&name) {
+        return Ok(());
+    }
+    let d = make();
+    let dims = shape.dims()?;
+    let (dt, sd) = (Bench::default_dtype(&d), Bench::default_state_dtype(&d));
+    let seed = ctx.seed(&[mode as u64, 31]);
+    let mut b = Bench::speculative(&d, dims, 2, sd, draft, mode, dt)?;
+    let slots = b.pool.alloc(1)?;
+    b.randomize(&slots, seed)?;
+    let drafts = DeltaInputs::random(&dims, draft, dt, seed ^ 3);
+    let vb = VerifyBatch::chain(&b.pool, &slots)?;
+    let cb = CommitBatch::new(&b.pool, &slots, &[Some(draft - 1)], &[])?;
+    let refused = |ctx: &mut Ctx<'_>, b: &mut Bench<'_, D>, when: &str| -> Result<()> {
+        let before = b.pool.digest()?;
+        let r = b.commit(&cb);
+        let ok = matches!(r, Err(Error::NoCurrentVerify { .. })) && b.pool.digest()? == before;
+        ctx.exact(&format!("{name}: commit {when} is NoCurrentVerify and changes nothing"), ok, format!("{r:?}"));
+        Ok(())
+    };
+    refused(ctx, &mut b, "before any verify")?;
+    b.run(Batch::Verify(&vb), &drafts)?;
+    b.run(Batch::Decode(&DecodeBatch::new(&b.pool, &slots)?), &DeltaInputs::random(&dims, 1, dt, seed ^ 5))?;
+    refused(ctx, &mut b, "after a decode of the slot")?;
+    b.run(Batch::Verify(&vb), &drafts)?;
+    b.commit(&cb)?;
+    refused(ctx, &mut b, "a second time after one verify")?;
+    Ok(())
+}
+
+/// Replay against scratch on the same states and drafts: verify outputs and
+/// committed states bitwise equal, and the replay commit bitwise equal to
+/// decoding the accepted path's tokens one by one.
+fn replay_bitwise<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() -> D) -> Result<()> {
+    let draft = 4usize;
+    let state_dtypes = make().capabilities().state_dtypes.clone();
+    let shapes = [sh(1, 2, 32, 16, false), sh(2, 4, 16, 48, true)];
+    let cases = shapes.iter().enumerate().flat_map(|(si, s)| TREES.iter().enumerate().map(move |(ti, t)| (si, s, ti, t)));
+    for ((si, shape, ti, (kind, parents)), &sd) in cases.flat_map(|c| state_dtypes.iter().map(move |sd| (c, sd))) {
+        {
+            let name = format!("{} D={draft} {kind} {sd} state replay vs scratch", shape.name());
+            if !ctx.opts.wants(&name) {
+                continue;
+            }
+            let d = make();
+            let dims = shape.dims()?;
+            let dt = Bench::default_dtype(&d);
+            let seed = ctx.seed(&[si as u64, ti as u64, 77]);
+            let mut scratch = Bench::speculative(&d, dims, 6, sd, draft, SpecMode::Scratch, dt)?;
+            let mut replay = Bench::speculative(&d, dims, 6, sd, draft, SpecMode::Replay, dt)?;
+            let slots = scratch.pool.alloc(3)?;
+            let (rslots, copies) = (replay.pool.alloc(3)?, replay.pool.alloc(3)?);
+            scratch.randomize(&slots, seed)?;
+            for (i, &s) in slots.iter().enumerate() {
+                let st = scratch.pool.export(s)?;
+                replay.pool.import(rslots[i], &st)?;
+                replay.pool.import(copies[i], &st)?;
+            }
+            let drafts = DeltaInputs::random(&dims, 3 * draft, dt, seed ^ 13);
+            let o_s = scratch.run(Batch::Verify(&VerifyBatch::tree(&scratch.pool, &slots, parents.as_slice())?), &drafts)?;
+            let o_r = replay.run(Batch::Verify(&VerifyBatch::tree(&replay.pool, &rslots, parents.as_slice())?), &drafts)?;
+            ctx.bits(&format!("{name}: verify outputs"), &o_r, &o_s);
+            let acc: Vec<Option<usize>> = (0..3).map(|i| Some((seed as usize + i) % draft)).collect();
+            scratch.commit(&CommitBatch::new(&scratch.pool, &slots, &acc, &[])?)?;
+            replay.commit(&CommitBatch::new(&replay.pool, &rslots, &acc, &[])?)?;
+            ctx.bits(&format!("{name}: committed states (accepted {acc:?})"), &replay.states(&rslots)?, &scratch.states(&slots)?);
+            for i in 0..3 {
+                let dec = DecodeBatch::new(&replay.pool, &copies[i..i + 1])?;
+                for x in path(&parents[i * draft..(i + 1) * draft], acc[i].expect("every request accepts a step")) {
+                    replay.run(Batch::Decode(&dec), &drafts.gather(&[i * draft + x]))?;
+                }
+            }
+            ctx.bits(&format!("{name}: replay commit == decoding the accepted tokens"), &replay.states(&rslots)?, &replay.states(&copies)?);
         }
     }
     Ok(())
