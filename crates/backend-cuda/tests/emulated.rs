@@ -41,6 +41,77 @@ checks! {
     layer_forward => LayerForward,
 }
 
+mod tensor_cores {
+    //! The tensor-core extend (`dnk_extend_tc`) forced for every input dtype:
+    //! the whole conformance suite again, with f32 and f16 inputs held to
+    //! [`TF32`] (tf32 operands keep 10 mantissa bits, as f16 does, and the
+    //! intermediates W, U, V' and S are rounded to them at every product),
+    //! and the two extend kernels against each other. bf16 inputs take the
+    //! tensor cores by default, so the main suite runs them there too.
+    use super::block_size::run_on;
+    use deltanet_backend_cuda::{CudaDispatcher, EmuLauncher, ExtendPath};
+    use deltanet_conformance::{assert_check, Check, SuiteOptions};
+    use deltanet_core::oracle::error_ratio;
+    use deltanet_core::{tolerance, DType};
+
+    /// Error ratio allowed with tf32 operands (f32 or f16 inputs on tensor cores).
+    const TF32: f64 = 5e-3;
+
+    fn make() -> CudaDispatcher<EmuLauncher> {
+        CudaDispatcher::emulated().with_extend_path(ExtendPath::TensorCore)
+    }
+
+    fn opts() -> SuiteOptions {
+        SuiteOptions { f32_tol: TF32, f32_long_tol: TF32, f16_tol: TF32, ..SuiteOptions::from_env() }
+    }
+
+    macro_rules! checks {
+        ($($name:ident => $check:ident),* $(,)?) => {
+            $(
+                #[test]
+                fn $name() {
+                    assert_check(Check::$check, &make, &opts());
+                }
+            )*
+        };
+    }
+
+    checks! {
+        extend_vs_oracle => ExtendOracle,
+        split_extend => SplitExtend,
+        extend_then_decode => ExtendDecode,
+        verify_commit => VerifyCommit,
+        batch_invariance => BatchInvariance,
+        determinism => Determinism,
+        dtypes => DTypes,
+        strides => Strides,
+        bad_input => BadInput,
+        layer_forward => LayerForward,
+    }
+
+    #[test]
+    fn tensor_core_and_portable_extend_agree() {
+        let portable = CudaDispatcher::emulated().with_extend_path(ExtendPath::Portable);
+        for (sd, dt, tol) in [(DType::F32, DType::BF16, tolerance::BF16), (DType::F32, DType::F32, TF32), (DType::BF16, DType::F16, tolerance::BF16)]
+        {
+            let (want, _) = run_on(&portable, sd, dt);
+            let (got, _) = run_on(&make(), sd, dt);
+            let err = error_ratio(&got, &want.iter().map(|&x| x as f64).collect::<Vec<_>>());
+            assert!(err <= tol, "state {sd}, inputs {dt}: tensor-core vs portable error {err:.3e} > {tol:.1e}");
+            assert!(err > 0.0, "state {sd}, inputs {dt}: the two paths gave identical bits (did both run the same kernel?)");
+        }
+    }
+
+    #[test]
+    fn auto_takes_tensor_cores_for_bf16_inputs_only() {
+        let auto = CudaDispatcher::emulated();
+        for (dt, path) in [(DType::BF16, ExtendPath::TensorCore), (DType::F32, ExtendPath::Portable), (DType::F16, ExtendPath::Portable)] {
+            let want = run_on(&CudaDispatcher::emulated().with_extend_path(path), DType::F32, dt);
+            assert_eq!(run_on(&auto, DType::F32, dt).1, want.1, "inputs {dt}: auto is not {path:?}");
+        }
+    }
+}
+
 mod conversions {
     //! The kernels' bit-operation conversions against the `half` crate, through `dnk_cast`.
     use super::make;
