@@ -78,7 +78,13 @@ fn cuobjdump() -> Option<std::path::PathBuf> {
 fn dump_sass(tool: &Path, cubin: &[u8], arch: &str) -> String {
     let file = std::env::temp_dir().join(format!("deltanet-gate-{}-{arch}.cubin", std::process::id()));
     std::fs::write(&file, cubin).expect("write the cubin");
-    let out = std::process::Command::new(tool).arg("--dump-sass").arg(&file).output().expect("run cuobjdump");
+    // cuobjdump runs nvdisasm, which lies beside it
+    let out = std::process::Command::new(tool)
+        .env("NVDISASM_PATH", tool.parent().expect("a file path"))
+        .arg("--dump-sass")
+        .arg(&file)
+        .output()
+        .expect("run cuobjdump");
     let _ = std::fs::remove_file(&file);
     assert!(out.status.success(), "cuobjdump failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
