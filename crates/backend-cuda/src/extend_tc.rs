@@ -7,7 +7,7 @@ use crate::args::{dtype_code, DeltaArgs, ExtendTcArgs};
 use crate::kernels::{tc_chunk_floats, EXTEND_TC_ROWS};
 use crate::launcher::Launcher;
 use crate::CudaDispatcher;
-use deltanet_core::{DType, DeltaIo, Error, Result};
+use deltanet_core::{DType, DeltaIo, Result};
 
 /// Which kernel runs extend ([`CudaDispatcher::with_extend_path`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
