@@ -65,18 +65,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     figure("d2d_copy_gbps", copy_bw);
     drop((src, dst));
 
-    let (hk, hv, k, v) = (16, 32, 128, 128);
-    let dims = ModelDims::new(hk, hv, k, v, 4)?;
+    let (hk, hv, dk, dv) = (16, 32, 128, 128);
+    let dims = ModelDims::new(hk, hv, dk, dv, 4)?;
     let params = DeltaParams::new(&dims);
     let inputs = |t: usize| -> deltanet_core::Result<[DeviceTensor<_>; 6]> {
         let wave = |n: usize, s: f32| (0..n).map(|i| (i as f32 * 0.37).sin() * s).collect::<Vec<f32>>();
         Ok([
-            DeviceTensor::from_f32(m, DType::BF16, &[t, hk, k], &wave(t * hk * k, 1.0))?,
-            DeviceTensor::from_f32(m, DType::BF16, &[t, hk, k], &wave(t * hk * k, 0.8))?,
-            DeviceTensor::from_f32(m, DType::BF16, &[t, hv, v], &wave(t * hv * v, 0.5))?,
+            DeviceTensor::from_f32(m, DType::BF16, &[t, hk, dk], &wave(t * hk * dk, 1.0))?,
+            DeviceTensor::from_f32(m, DType::BF16, &[t, hk, dk], &wave(t * hk * dk, 0.8))?,
+            DeviceTensor::from_f32(m, DType::BF16, &[t, hv, dv], &wave(t * hv * dv, 0.5))?,
             DeviceTensor::from_f32(m, DType::F32, &[t, hv], &vec![-0.05; t * hv])?,
             DeviceTensor::from_f32(m, DType::F32, &[t, hv], &vec![0.6; t * hv])?,
-            DeviceTensor::zeros(m, DType::BF16, &[t, hv, v])?,
+            DeviceTensor::zeros(m, DType::BF16, &[t, hv, dv])?,
         ])
     };
 
@@ -146,7 +146,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             tt += t.elapsed().as_secs_f64();
         }
         let (tp, tt) = (tp / reps as f64, tt / reps as f64);
-        let tflops = extend_flops(n * len, hv, k, v) / tt / 1e12;
+        let tflops = extend_flops(n * len, hv, dk, dv) / tt / 1e12;
         println!(
             "extend {n} x {len} tokens: portable {:>9.3} ms, tensor cores {:>9.3} ms ({tflops:.1} TFLOPS, {:.1}x the portable)",
             tp * 1e3,

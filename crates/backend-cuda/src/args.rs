@@ -166,8 +166,7 @@ mod tests {
 
     #[test]
     fn every_kernel_has_one_argument_struct() {
-        let mut kernels =
-            [
+        let mut kernels = [
             GateArgs::KERNEL,
             ConvArgs::KERNEL,
             RecurrentArgs::KERNEL,

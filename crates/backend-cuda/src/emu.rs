@@ -196,7 +196,7 @@ mod mma_tests {
     }
 
     fn rng() -> rand::rngs::StdRng {
-        rand::rngs::StdRng::seed_from_u64(0x6d6d_6173_796e_63)
+        rand::rngs::StdRng::seed_from_u64(0x006d_6d61_7379_6e63)
     }
 
     #[test]
@@ -215,7 +215,8 @@ mod mma_tests {
         let mut r = rng();
         for _ in 0..20 {
             // tf32 values: f32 with the low 13 mantissa bits clear
-            let mut tf = |n: usize| -> Vec<f32> { (0..n).map(|_| f32::from_bits(r.gen_range(-2.0f32..2.0).to_bits() & 0xffff_e000)).collect() };
+            let mut tf =
+                |n: usize| -> Vec<f32> { (0..n).map(|_| f32::from_bits(r.gen_range(-2.0f32..2.0).to_bits() & 0xffff_e000)).collect() };
             let (a, b) = (tf(WARPS * 128), tf(WARPS * 64));
             let c: Vec<f32> = (0..WARPS * 128).map(|_| r.gen_range(-4.0f32..4.0)).collect();
             check(8, &a, &b, &c, &probe(1, 8, &a, &b, &c));

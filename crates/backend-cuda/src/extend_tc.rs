@@ -84,7 +84,9 @@ impl<L: Launcher> CudaDispatcher<L> {
             ExtendPath::Portable => Ok(None),
             ExtendPath::Auto => Ok((all_bf16 && self.launcher.tensor_cores()).then_some(precision)),
             ExtendPath::TensorCore if self.launcher.tensor_cores() => Ok(Some(precision)),
-            ExtendPath::TensorCore => Err(crate::unsupported(self.launcher.backend(), "the device has no mma.sync tensor cores (sm_80 and later)".into())),
+            ExtendPath::TensorCore => {
+                Err(crate::unsupported(self.launcher.backend(), "the device has no mma.sync tensor cores (sm_80 and later)".into()))
+            }
         }
     }
 

@@ -37,12 +37,12 @@ pub use extend_tc::ExtendPath;
 pub use gpu::{CudaBuffer, CudaMemory, GpuLauncher};
 pub use launcher::Launcher;
 
-use extend_tc::ExtendTables;
 use args::{dtype_code, CastArgs, CommitArgs, ConvArgs, DeltaArgs, ExtendArgs, GateArgs, KernelArgs, RecurrentArgs};
 use deltanet_core::{
     plan, Capabilities, Checked, CommitBatch, ConvIo, DType, DecodeBatch, DeltaIo, Device, DeviceMemory, DimLimits, Error, ExtendBatch,
     GateCall, HeadMapping, Kernels, LayoutKind, ModelDims, PoolOf, Result, TensorMeta, TensorMut, TensorRef, VMajor, VerifyBatch,
 };
+use extend_tc::ExtendTables;
 use kernels::{Kernel, CHUNK, EXTEND_ROWS, MAX_CONV_WIDTH, MAX_HEAD_DIM, ROWS_PER_BLOCK};
 use std::sync::{Mutex, MutexGuard};
 

@@ -92,7 +92,8 @@ mod tensor_cores {
     #[test]
     fn tensor_core_and_portable_extend_agree() {
         let portable = CudaDispatcher::emulated().with_extend_path(ExtendPath::Portable);
-        for (sd, dt, tol) in [(DType::F32, DType::BF16, tolerance::BF16), (DType::F32, DType::F32, TF32), (DType::BF16, DType::F16, tolerance::BF16)]
+        for (sd, dt, tol) in
+            [(DType::F32, DType::BF16, tolerance::BF16), (DType::F32, DType::F32, TF32), (DType::BF16, DType::F16, tolerance::BF16)]
         {
             let (want, _) = run_on(&portable, sd, dt);
             let (got, _) = run_on(&make(), sd, dt);
