@@ -4,7 +4,8 @@
 //! prints registers, shared memory and spills per kernel, and fails on any
 //! spill. Then it disassembles each cubin with `cuobjdump --dump-sass` and
 //! fails unless the tensor-core extend (`dnk_extend_tc`) contains HMMA
-//! instructions (the mma.sync of kernels/cuda/mma.cu reached the machine code).
+//! instructions (the mma.sync of kernels/cuda/mma.cu reached the machine code)
+//! and decode/verify (`dnk_recurrent`) 16-byte loads and stores of the state.
 //! A unit test because it compiles through the crate's own NVRTC path, which
 //! is not public.
 //!
@@ -59,6 +60,11 @@ fn kernels_compile_for_sm80_and_sm90_without_warnings_or_spills_and_extend_tc_us
                 let hmma = count_in_function(&sass, Kernel::ExtendTc.name(), "HMMA");
                 println!("{arch}: {} has {hmma} HMMA instructions", Kernel::ExtendTc.name());
                 assert!(hmma > 0, "{arch}: no HMMA in {}:\n{sass}", Kernel::ExtendTc.name());
+                // decode and verify move the state in 16-byte accesses
+                let rec = Kernel::Recurrent.name();
+                let (ld, st) = (count_in_function(&sass, rec, "LDG.E.128"), count_in_function(&sass, rec, "STG.E.128"));
+                println!("{arch}: {rec} has {ld} LDG.E.128 and {st} STG.E.128");
+                assert!(ld > 0 && st > 0, "{arch}: no 16-byte state accesses in {rec}");
             }
             None => {
                 assert!(!required, "cuobjdump is required with NVRTC (crates/backend-cuda/install-cuobjdump.sh, or DELTANET_CUOBJDUMP)");
