@@ -17,14 +17,15 @@
 
 // round to nearest, ties away from zero, to the 10-bit mantissa of tf32 (cvt.rna.tf32.f32)
 __device__ __forceinline__ unsigned int f32_to_tf32(float x) {
-#if defined(DELTANET_EMU)
-    unsigned int u = f32_to_bits(x);
-    if ((u & 0x7f800000u) == 0x7f800000u) return u; // inf and NaN as they are
-    return (u + 0x1000u) & 0xffffe000u;
-#else
+#if !defined(DELTANET_EMU) && __CUDA_ARCH__ >= 800
     unsigned int u;
     asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(u) : "f"(x));
     return u;
+#else
+    // the emulation, and architectures without the instruction (which never run an mma)
+    unsigned int u = f32_to_bits(x);
+    if ((u & 0x7f800000u) == 0x7f800000u) return u; // inf and NaN as they are
+    return (u + 0x1000u) & 0xffffe000u;
 #endif
 }
 
