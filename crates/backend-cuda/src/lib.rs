@@ -417,7 +417,7 @@ impl<L: Launcher> Kernels for CudaDispatcher<L> {
         }
         let (k, v, hv) = (dims.head_k_dim, dims.head_v_dim, dims.num_v_heads);
         let m = self.launcher.memory();
-        if let Some(precision) = self.extend_precision(io)? {
+        if let Some(precision) = self.extend_precision(io, g.config.state_dtype)? {
             let chunks_per_seq: Vec<usize> = seqs.chunks(6).map(|s| (s[5] - s[4]) as usize).collect();
             let st = self.stage(&[&seqs, &chunks, &snap_slots], self.tc_workspace_bytes(&chunks_per_seq, k, v, hv))?;
             let tables = ExtendTables { seqs: st.tables[0], chunks: st.tables[1], snapshot_slots: st.tables[2], chunks_per_seq };

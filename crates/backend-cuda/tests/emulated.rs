@@ -46,13 +46,13 @@ mod tensor_cores {
     //! the whole conformance suite again (short cases), with f32 and f16 inputs held to
     //! [`TF32`] (tf32 operands keep 10 mantissa bits, as f16 does, and the
     //! intermediates W, U, V' and S are rounded to them at every product),
-    //! and the two extend kernels against each other. bf16 inputs take the
-    //! tensor cores by default, so the main suite runs them there too.
-    use super::block_size::run_on;
+    //! and the two extend kernels against each other. bf16 inputs with a bf16
+    //! state take the tensor cores by default, so the main suite runs those there too.
+    use super::block_size::{run_on, Staged};
     use deltanet_backend_cuda::{CudaDispatcher, EmuLauncher, ExtendPath};
-    use deltanet_conformance::{assert_check, Check, SuiteOptions};
+    use deltanet_conformance::{assert_check, Check, DeltaInputs, SuiteOptions};
     use deltanet_core::oracle::error_ratio;
-    use deltanet_core::{tolerance, DType};
+    use deltanet_core::{tolerance, DType, DeltaParams, ExtendBatch, KernelDispatcher, MambaStatePool, ModelDims, PoolConfig};
 
     /// Error ratio allowed with tf32 operands (f32 or f16 inputs on tensor cores).
     const TF32: f64 = 5e-3;
@@ -106,11 +106,37 @@ mod tensor_cores {
     }
 
     #[test]
-    fn auto_takes_tensor_cores_for_bf16_inputs_only() {
+    fn long_bf16_sequences_at_qwen_head_dims_match_the_oracle() {
+        // the conformance suite's long cases run f32 inputs: 1000 tokens of bf16 inputs on the
+        // tensor cores (f32 state), K = V = 128, beside a 130-token one
+        let dims = ModelDims::new(1, 2, 128, 128, 4).unwrap();
+        let params = DeltaParams::new(&dims);
+        let d = CudaDispatcher::emulated().with_extend_path(ExtendPath::TensorCore);
+        let mut pool = d.new_pool(PoolConfig::new(1, 2, dims)).unwrap();
+        let slots = pool.alloc(2).unwrap();
+        let cu = [0, 1000, 1130];
+        let inp = DeltaInputs::random(&dims, cu[2], DType::BF16, 0x1006);
+        let mut s = Staged::new(&inp, DType::BF16);
+        d.extend(&mut pool, 0, &ExtendBatch::new(&pool, &cu, &slots, &[false, false]).unwrap(), s.io(params)).unwrap();
+        let r = inp.oracle(&params, &cu, None);
+        let err = error_ratio(&s.out(), &r.o);
+        assert!(err <= tolerance::BF16, "outputs: error {err:.3e}");
+        let states: Vec<f32> = slots.iter().flat_map(|&sl| pool.export(sl).unwrap().temporal_f32()).collect();
+        let err = error_ratio(&states, &r.final_state);
+        assert!(err <= tolerance::BF16, "final states: error {err:.3e}");
+    }
+
+    #[test]
+    fn auto_takes_tensor_cores_for_bf16_inputs_and_state_only() {
         let auto = CudaDispatcher::emulated();
-        for (dt, path) in [(DType::BF16, ExtendPath::TensorCore), (DType::F32, ExtendPath::Portable), (DType::F16, ExtendPath::Portable)] {
-            let want = run_on(&CudaDispatcher::emulated().with_extend_path(path), DType::F32, dt);
-            assert_eq!(run_on(&auto, DType::F32, dt).1, want.1, "inputs {dt}: auto is not {path:?}");
+        for (sd, dt, path) in [
+            (DType::BF16, DType::BF16, ExtendPath::TensorCore),
+            (DType::F32, DType::BF16, ExtendPath::Portable),
+            (DType::BF16, DType::F32, ExtendPath::Portable),
+            (DType::BF16, DType::F16, ExtendPath::Portable),
+        ] {
+            let want = run_on(&CudaDispatcher::emulated().with_extend_path(path), sd, dt);
+            assert_eq!(run_on(&auto, sd, dt).1, want.1, "state {sd}, inputs {dt}: auto is not {path:?}");
         }
     }
 }
@@ -198,12 +224,13 @@ mod block_size {
         MambaStatePool, ModelDims, PoolConfig, Snapshot, VerifyBatch,
     };
 
-    struct Staged {
+    /// q, k, v (in one dtype), g, beta (f32) and o of a batch, on host memory.
+    pub(super) struct Staged {
         t: [DeviceTensor<HostMemory>; 6],
     }
 
     impl Staged {
-        fn new(inp: &DeltaInputs, dtype: DType) -> Staged {
+        pub(super) fn new(inp: &DeltaInputs, dtype: DType) -> Staged {
             let d = &inp.dims;
             let (hk, hv, k, v, t) = (d.num_k_heads, d.num_v_heads, d.head_k_dim, d.head_v_dim, inp.tokens);
             let m = HostMemory;
@@ -218,11 +245,11 @@ mod block_size {
                 ],
             }
         }
-        fn io(&mut self, params: DeltaParams) -> DeltaIo<'_> {
+        pub(super) fn io(&mut self, params: DeltaParams) -> DeltaIo<'_> {
             let [q, k, v, g, b, o] = &mut self.t;
             DeltaIo { q: q.view(), k: k.view(), v: v.view(), g: g.view(), beta: b.view(), o: o.view_mut(), params }
         }
-        fn out(&self) -> Vec<f32> {
+        pub(super) fn out(&self) -> Vec<f32> {
             self.t[5].to_f32().unwrap()
         }
     }
