@@ -117,7 +117,8 @@ mod tensor_cores {
         let cu = [0, 1000, 1130];
         let inp = DeltaInputs::random(&dims, cu[2], DType::BF16, 0x1006);
         let mut s = Staged::new(&inp, DType::BF16);
-        d.extend(&mut pool, 0, &ExtendBatch::new(&pool, &cu, &slots, &[false, false]).unwrap(), s.io(params)).unwrap();
+        let batch = ExtendBatch::new(&pool, &cu, &slots, &[false, false]).unwrap();
+        d.extend(&mut pool, 0, &batch, s.io(params)).unwrap();
         let r = inp.oracle(&params, &cu, None);
         let err = error_ratio(&s.out(), &r.o);
         assert!(err <= tolerance::BF16, "outputs: error {err:.3e}");
