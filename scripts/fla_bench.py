@@ -6,7 +6,8 @@ q/k repeated to the value heads as transformers does, L2 norm in the kernel),
 fused_recurrent_gated_delta_rule for one decode token and for D = 4 tokens
 per sequence at batch 1, 16, 64, 256, and torch's device-to-device copy.
 Times are host wall clock per call with a synchronisation after each, as the
-Rust bench measures. Prints `FIGURE <name> <value>` lines.
+Rust bench measures. Arguments by keyword (fla 0.6's fused_recurrent takes
+gk and gv between g and beta). Prints `FIGURE <name> <value>` lines.
 """
 import sys
 import time
@@ -60,7 +61,7 @@ def main():
             h0 = torch.zeros(batch, 32, 128, 128, device="cuda", dtype=torch.float32)
 
             def run():
-                fused_recurrent_gated_delta_rule(q, k, v, g, b, scale=scale, initial_state=h0, output_final_state=True,
+                fused_recurrent_gated_delta_rule(q, k, v, g=g, beta=b, scale=scale, initial_state=h0, output_final_state=True,
                                                  use_qk_l2norm_in_kernel=True)
 
             us = timed(run, 50) * 1e6
@@ -73,7 +74,7 @@ def main():
         h0 = torch.zeros(n, 32, 128, 128, device="cuda", dtype=torch.float32)
 
         def run():
-            chunk_gated_delta_rule(q, k, v, g, b, scale=scale, initial_state=h0, output_final_state=True, cu_seqlens=cu,
+            chunk_gated_delta_rule(q, k, v, g=g, beta=b, scale=scale, initial_state=h0, output_final_state=True, cu_seqlens=cu,
                                    use_qk_l2norm_in_kernel=True)
 
         ms = timed(run, 5) * 1e3
