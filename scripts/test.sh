@@ -15,8 +15,9 @@ pip=(python3 -m pip --disable-pip-version-check --quiet)
 step() { printf '\n== %s\n' "$*"; }
 fail() { echo "error: $*" >&2; exit 1; }
 
-step "installing NVRTC (CUDA compile gate) and the Python test dependencies"
+step "installing NVRTC and cuobjdump (CUDA compile gate) and the Python test dependencies"
 bash crates/backend-cuda/install-nvrtc.sh || fail "NVRTC install failed"
+bash crates/backend-cuda/install-cuobjdump.sh || fail "cuobjdump install failed"
 "${pip[@]}" install -r python/requirements-test.txt || fail "pip install of python/requirements-test.txt failed"
 
 step "Rust: cargo test --workspace --features cuda,npu,deltanet-backend-cuda/emulate"

@@ -9,13 +9,17 @@ fn main() {
         for f in [
             "args.h",
             "common.cu",
+            "mma.cu",
             "gate.cu",
             "conv.cu",
             "recurrent.cu",
             "extend.cu",
+            "extend_tc.cu",
             "cast.cu",
             "commit.cu",
             "emu/emu.h",
+            "emu/mma.h",
+            "emu/mma_probe.cu",
             "emu/emu.cpp",
             "emu/layout.cpp",
         ] {

@@ -111,6 +111,24 @@ struct ExtendArgs {
     long long state_dtype;
 };
 
+// dnk_extend_tc: the chunked delta rule on tensor cores, in two launches over the same tables:
+// phase 0 computes each chunk's products (all chunks in parallel), phase 1 runs the state
+// recurrence through the chunks of each sequence and writes outputs, snapshots and states.
+struct ExtendTcArgs {
+    DeltaArgs io;
+    void* state;                   // recurrent state of this layer [rows][HV][V][K], state_dtype
+    const long long* seqs;         // this launch's sequences, 6 x i64 each as for dnk_extend
+    const long long* chunks;       // 4 x i64 per chunk as for dnk_extend (indices are the whole call's)
+    const long long* snapshot_slots; // slot of each snapshot
+    float* workspace;              // per (chunk of this launch, value head): DN_TC_CHUNK_FLOATS(K, V) floats
+    long long seqs_count;          // sequences of this launch
+    long long chunk_begin;         // first chunk of this launch (the workspace's chunk 0)
+    long long chunk_count;         // chunks of this launch
+    long long state_dtype;
+    long long phase;               // 0 per-chunk products, 1 recurrence and outputs
+    long long precision;           // operands: 0 bf16 (mma m16n8k16), 1 tf32 (mma m16n8k8)
+};
+
 // dnk_cast: element-wise dtype conversion.
 struct CastArgs {
     const void* src;

@@ -82,6 +82,13 @@ kernel_args! {
         seqs_count: i64,
         state_dtype: i64,
     }
+    /// `dnk_extend_tc` (both phases).
+    struct ExtendTcArgs {
+        io: DeltaArgs,
+        state: u64, seqs: u64, chunks: u64, snapshot_slots: u64, workspace: u64,
+        seqs_count: i64, chunk_begin: i64, chunk_count: i64,
+        state_dtype: i64, phase: i64, precision: i64,
+    }
     /// `dnk_cast`.
     struct CastArgs {
         src: u64, dst: u64,
@@ -122,6 +129,7 @@ launches! {
     ConvArgs => Conv,
     RecurrentArgs => Recurrent,
     ExtendArgs => Extend,
+    ExtendTcArgs => ExtendTc,
     CastArgs => Cast,
     CommitArgs => Commit,
 }
@@ -158,8 +166,15 @@ mod tests {
 
     #[test]
     fn every_kernel_has_one_argument_struct() {
-        let mut kernels =
-            [GateArgs::KERNEL, ConvArgs::KERNEL, RecurrentArgs::KERNEL, ExtendArgs::KERNEL, CastArgs::KERNEL, CommitArgs::KERNEL];
+        let mut kernels = [
+            GateArgs::KERNEL,
+            ConvArgs::KERNEL,
+            RecurrentArgs::KERNEL,
+            ExtendArgs::KERNEL,
+            ExtendTcArgs::KERNEL,
+            CastArgs::KERNEL,
+            CommitArgs::KERNEL,
+        ];
         kernels.sort_by_key(|k| k.name());
         let mut all = Kernel::ALL;
         all.sort_by_key(|k| k.name());

@@ -1,9 +1,18 @@
 //! The compile gate: every kernel through NVRTC for sm_80 and sm_90 with
 //! `--ptxas-options=-v`. Fails on any error or warning (the program includes
 //! the static_asserts that the argument structs are laid out as in Rust),
-//! prints registers, shared memory and spills per kernel, and fails on spills
-//! in the decode and verify kernel (`dnk_recurrent`). A unit test because it
-//! compiles through the crate's own NVRTC path, which is not public.
+//! prints registers, shared memory and spills per kernel, and fails on any
+//! spill. Then it disassembles each cubin with `cuobjdump --dump-sass` and
+//! fails unless the tensor-core extend (`dnk_extend_tc`) contains HMMA
+//! instructions (the mma.sync of kernels/cuda/mma.cu reached the machine code)
+//! and decode/verify (`dnk_recurrent`) 16-byte loads and stores of the state.
+//! A unit test because it compiles through the crate's own NVRTC path, which
+//! is not public.
+//!
+//! cuobjdump comes from PyPI too: `crates/backend-cuda/install-cuobjdump.sh`
+//! installs it into `<repo>/.nvrtc/cuobjdump` (or name one with
+//! `DELTANET_CUOBJDUMP`); where NVRTC is required and cuobjdump is missing,
+//! the test fails.
 //!
 //! NVRTC comes from PyPI: `crates/backend-cuda/install-nvrtc.sh` installs it
 //! into `<repo>/.nvrtc`; the test loads it from there (or finds it on the
@@ -16,7 +25,7 @@ use crate::nvrtc::{compile, load, nvrtc_version, preload_nvrtc, WHERE};
 use std::path::Path;
 
 #[test]
-fn kernels_compile_for_sm80_and_sm90_without_warnings_or_decode_spills() {
+fn kernels_compile_for_sm80_and_sm90_without_warnings_or_spills_and_extend_tc_uses_hmma() {
     let installed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.nvrtc/nvidia/cu13/lib");
     let required = installed.exists() || std::env::var("DELTANET_REQUIRE_NVRTC").is_ok_and(|v| v == "1");
     if !preload_nvrtc(&installed) && !load() {
@@ -42,12 +51,71 @@ fn kernels_compile_for_sm80_and_sm90_without_warnings_or_decode_spills() {
             let r =
                 res.iter().find(|r| r.name == k.name()).unwrap_or_else(|| panic!("{arch}: no ptxas report for {}:\n{}", k.name(), c.log));
             assert!(r.registers > 0, "{arch}: {} reports no registers", k.name());
-            if k == Kernel::Recurrent {
-                assert_eq!((r.spill_stores, r.spill_loads), (0, 0), "{arch}: decode/verify kernel spills");
-            }
+            assert_eq!((r.spill_stores, r.spill_loads), (0, 0), "{arch}: {} spills", k.name());
             assert!(r.shared_bytes <= 48 * 1024, "{arch}: {} uses {} bytes of static shared memory", k.name(), r.shared_bytes);
         }
+        match cuobjdump() {
+            Some(tool) => {
+                let sass = dump_sass(&tool, &c.cubin, arch);
+                let hmma = count_in_function(&sass, Kernel::ExtendTc.name(), "HMMA");
+                println!("{arch}: {} has {hmma} HMMA instructions", Kernel::ExtendTc.name());
+                assert!(hmma > 0, "{arch}: no HMMA in {}:\n{sass}", Kernel::ExtendTc.name());
+                // decode and verify move the state in 16-byte accesses
+                let rec = Kernel::Recurrent.name();
+                let (ld, st) = (count_in_function(&sass, rec, "LDG.E.128"), count_in_function(&sass, rec, "STG.E.128"));
+                println!("{arch}: {rec} has {ld} LDG.E.128 and {st} STG.E.128");
+                assert!(ld > 0 && st > 0, "{arch}: no 16-byte state accesses in {rec}");
+            }
+            None => {
+                assert!(!required, "cuobjdump is required with NVRTC (crates/backend-cuda/install-cuobjdump.sh, or DELTANET_CUOBJDUMP)");
+                println!("{arch}: HMMA check skipped: no cuobjdump");
+            }
+        }
     }
+}
+
+/// cuobjdump: `DELTANET_CUOBJDUMP`, or where install-cuobjdump.sh puts it.
+fn cuobjdump() -> Option<std::path::PathBuf> {
+    let installed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.nvrtc/cuobjdump/nvidia/cu13/bin/cuobjdump");
+    std::env::var_os("DELTANET_CUOBJDUMP").map(Into::into).or(Some(installed)).filter(|p: &std::path::PathBuf| p.exists())
+}
+
+/// `cuobjdump --dump-sass` of a cubin.
+fn dump_sass(tool: &Path, cubin: &[u8], arch: &str) -> String {
+    let file = std::env::temp_dir().join(format!("deltanet-gate-{}-{arch}.cubin", std::process::id()));
+    std::fs::write(&file, cubin).expect("write the cubin");
+    // cuobjdump runs nvdisasm, which lies beside it
+    let out = std::process::Command::new(tool)
+        .env("NVDISASM_PATH", tool.parent().expect("a file path"))
+        .arg("--dump-sass")
+        .arg(&file)
+        .output()
+        .expect("run cuobjdump");
+    let _ = std::fs::remove_file(&file);
+    assert!(out.status.success(), "cuobjdump failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Lines containing `op` in the SASS of function `name` (from its `Function : name` header to the next).
+fn count_in_function(sass: &str, name: &str, op: &str) -> usize {
+    let mut inside = false;
+    let mut n = 0;
+    for line in sass.lines() {
+        if let Some(f) = line.trim().strip_prefix("Function : ") {
+            inside = f.trim() == name;
+        } else if inside && line.contains(op) {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn counts_instructions_of_one_function() {
+    let sass = "\tcode for sm_90\n\t\tFunction : dnk_gate\n\t/*0010*/ FFMA R1, R2, R3, R4 ;\n\t\tFunction : dnk_extend_tc\n\
+\t/*0020*/ HMMA.16816.F32.BF16 R4, R8, R12, R4 ;\n\t/*0030*/ HMMA.1688.F32.TF32 R4, R8, R12, R4 ;\n\t\tFunction : dnk_cast\n\t/*0040*/ HMMA.X ;\n";
+    assert_eq!(count_in_function(sass, "dnk_extend_tc", "HMMA"), 2);
+    assert_eq!(count_in_function(sass, "dnk_gate", "HMMA"), 0);
 }
 
 /// What ptxas reported for one kernel.

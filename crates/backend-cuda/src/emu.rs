@@ -38,6 +38,9 @@ impl Launcher for EmuLauncher {
     fn backend(&self) -> &'static str {
         "cuda-emulated"
     }
+    fn tensor_cores(&self) -> bool {
+        true
+    }
     fn block_threads(&self, kernel: Kernel) -> u32 {
         // Fewer threads than on a GPU (each is an OS thread); every kernel
         // computes each output with one thread in a fixed order, so results do
@@ -124,5 +127,115 @@ mod tests {
         for (c, r) in cpp.iter().zip(&rust) {
             assert_eq!(c, r, "{}: C++ (left) and Rust (right) differ", c.0);
         }
+    }
+}
+
+#[cfg(test)]
+mod mma_tests {
+    //! The emulated `mma.sync` (kernels/cuda/emu/mma.h) against a plain matrix
+    //! product on random data, through a one-block probe kernel whose lanes
+    //! hold the fragments the PTX ISA assigns them (kernels/cuda/emu/mma_probe.cu).
+    use half::bf16;
+    use rand::{Rng, SeedableRng};
+    use std::ffi::{c_char, c_void};
+
+    extern "C" {
+        fn deltanet_emu_launch(name: *const c_char, gx: u32, gy: u32, gz: u32, bx: u32, args: *const c_void, args_size: usize) -> i32;
+    }
+
+    /// `MmaProbeArgs` of mma_probe.cu.
+    #[repr(C)]
+    struct MmaProbeArgs {
+        a: *const f32,
+        b: *const f32,
+        c: *const f32,
+        d: *mut f32,
+        op: i64,
+    }
+
+    const WARPS: usize = 3;
+
+    /// D = A B + C for each of WARPS problems of shape 16 x kd x 8 (row-major), run by one warp each.
+    fn probe(op: i64, kd: usize, a: &[f32], b: &[f32], c: &[f32]) -> Vec<f32> {
+        assert_eq!((a.len(), b.len(), c.len()), (WARPS * 16 * kd, WARPS * kd * 8, WARPS * 128));
+        let mut d = vec![f32::NAN; WARPS * 128];
+        let args = MmaProbeArgs { a: a.as_ptr(), b: b.as_ptr(), c: c.as_ptr(), d: d.as_mut_ptr(), op };
+        // SAFETY: the name is NUL-terminated; the args struct is the probe's, its pointers
+        // address live buffers of the sizes asserted above, and the launch is synchronous.
+        let r = unsafe {
+            deltanet_emu_launch(
+                c"dnk_emu_mma_probe".as_ptr(),
+                1,
+                1,
+                1,
+                (32 * WARPS) as u32,
+                (&args as *const MmaProbeArgs).cast(),
+                std::mem::size_of::<MmaProbeArgs>(),
+            )
+        };
+        assert_eq!(r, 0, "probe launch");
+        d
+    }
+
+    /// Checks every element of `d` against the f64 product of the same operands.
+    fn check(kd: usize, a: &[f32], b: &[f32], c: &[f32], d: &[f32]) {
+        for w in 0..WARPS {
+            for r in 0..16 {
+                for n in 0..8 {
+                    let (mut exact, mut mag) = (c[w * 128 + r * 8 + n] as f64, c[w * 128 + r * 8 + n].abs() as f64);
+                    for k in 0..kd {
+                        let p = a[w * 16 * kd + r * kd + k] as f64 * b[w * kd * 8 + k * 8 + n] as f64;
+                        exact += p;
+                        mag += p.abs();
+                    }
+                    let got = d[w * 128 + r * 8 + n] as f64;
+                    assert!((got - exact).abs() <= 4e-7 * mag, "warp {w} D[{r}][{n}] = {got}, plain product {exact}");
+                }
+            }
+        }
+    }
+
+    fn rng() -> rand::rngs::StdRng {
+        rand::rngs::StdRng::seed_from_u64(0x006d_6d61_7379_6e63)
+    }
+
+    #[test]
+    fn bf16_m16n8k16_is_the_matrix_product() {
+        let mut r = rng();
+        for _ in 0..20 {
+            let mut bf = |n: usize| -> Vec<f32> { (0..n).map(|_| bf16::from_f32(r.gen_range(-2.0f32..2.0)).to_f32()).collect() };
+            let (a, b) = (bf(WARPS * 256), bf(WARPS * 128));
+            let c: Vec<f32> = (0..WARPS * 128).map(|_| r.gen_range(-4.0f32..4.0)).collect();
+            check(16, &a, &b, &c, &probe(0, 16, &a, &b, &c));
+        }
+    }
+
+    #[test]
+    fn tf32_m16n8k8_is_the_matrix_product() {
+        let mut r = rng();
+        for _ in 0..20 {
+            // tf32 values: f32 with the low 13 mantissa bits clear
+            let mut tf =
+                |n: usize| -> Vec<f32> { (0..n).map(|_| f32::from_bits(r.gen_range(-2.0f32..2.0).to_bits() & 0xffff_e000)).collect() };
+            let (a, b) = (tf(WARPS * 128), tf(WARPS * 64));
+            let c: Vec<f32> = (0..WARPS * 128).map(|_| r.gen_range(-4.0f32..4.0)).collect();
+            check(8, &a, &b, &c, &probe(1, 8, &a, &b, &c));
+        }
+    }
+
+    #[test]
+    fn operands_round_as_the_conversions_do() {
+        // f32 operands the probe converts: bf16 round to nearest even, tf32 round to nearest, ties away
+        let mut r = rng();
+        let a: Vec<f32> = (0..WARPS * 256).map(|_| r.gen_range(-2.0f32..2.0)).collect();
+        let b: Vec<f32> = (0..WARPS * 128).map(|_| r.gen_range(-2.0f32..2.0)).collect();
+        let c = vec![0.0f32; WARPS * 128];
+        let round_bf16 = |x: &f32| bf16::from_f32(*x).to_f32();
+        let d = probe(0, 16, &a, &b, &c);
+        check(16, &a.iter().map(round_bf16).collect::<Vec<_>>(), &b.iter().map(round_bf16).collect::<Vec<_>>(), &c, &d);
+        let round_tf32 = |x: &f32| f32::from_bits((x.to_bits() + 0x1000) & 0xffff_e000);
+        let (a8, b8) = (&a[..WARPS * 128], &b[..WARPS * 64]);
+        let d = probe(1, 8, a8, b8, &c);
+        check(8, &a8.iter().map(round_tf32).collect::<Vec<_>>(), &b8.iter().map(round_tf32).collect::<Vec<_>>(), &c, &d);
     }
 }

@@ -186,9 +186,12 @@ impl Launcher for GpuLauncher {
     fn backend(&self) -> &'static str {
         "cuda"
     }
+    fn tensor_cores(&self) -> bool {
+        self.arch.0 >= 8
+    }
     fn block_threads(&self, kernel: Kernel) -> u32 {
         match kernel {
-            Kernel::Recurrent => 128,
+            Kernel::Recurrent | Kernel::ExtendTc => 128,
             _ => 256,
         }
     }

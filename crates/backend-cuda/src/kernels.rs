@@ -6,6 +6,8 @@ pub const ARGS_HEADER: &str = include_str!("../../../kernels/cuda/args.h");
 pub const ARGS_HEADER_NAME: &str = "args.h";
 /// Shared definitions: dtype conversions by bit operations, warp sums.
 pub const COMMON: &str = include_str!("../../../kernels/cuda/common.cu");
+/// Tensor-core products: `mma.sync` (bf16 m16n8k16, tf32 m16n8k8) over 16x8 output tiles.
+pub const MMA: &str = include_str!("../../../kernels/cuda/mma.cu");
 /// The gate.
 pub const GATE: &str = include_str!("../../../kernels/cuda/gate.cu");
 /// The short convolution (extend, update, verify).
@@ -14,6 +16,8 @@ pub const CONV: &str = include_str!("../../../kernels/cuda/conv.cu");
 pub const RECURRENT: &str = include_str!("../../../kernels/cuda/recurrent.cu");
 /// Chunked extend with snapshots.
 pub const EXTEND: &str = include_str!("../../../kernels/cuda/extend.cu");
+/// Chunked extend on tensor cores (per-chunk products in parallel, then the recurrence).
+pub const EXTEND_TC: &str = include_str!("../../../kernels/cuda/extend_tc.cu");
 /// Element-wise dtype conversion.
 pub const CAST: &str = include_str!("../../../kernels/cuda/cast.cu");
 /// Commit of accepted drafts (scratch step and conv window into the slot).
@@ -23,17 +27,20 @@ pub const COMMIT: &str = include_str!("../../../kernels/cuda/commit.cu");
 /// common definitions, every kernel, then the checks that the argument structs
 /// are laid out as on the host and that the kernels' limits are the host's.
 pub fn program_source() -> String {
-    [COMMON, GATE, CONV, RECURRENT, EXTEND, CAST, COMMIT, &crate::args::layout_asserts(), &constant_asserts()].join("\n")
+    [COMMON, MMA, GATE, CONV, RECURRENT, EXTEND, EXTEND_TC, CAST, COMMIT, &crate::args::layout_asserts(), &constant_asserts()].join("\n")
 }
 
 /// C++ `static_assert`s that each `#define` the host mirrors below has the host's value.
 fn constant_asserts() -> String {
+    let tc_floats = format!("DN_TC_CHUNK_FLOATS({MAX_HEAD_DIM}, 96)");
     [
         ("DN_ROWS_PER_BLOCK", ROWS_PER_BLOCK),
         ("DN_KMAX", MAX_HEAD_DIM),
         ("DN_MAX_CONV_W", MAX_CONV_WIDTH),
         ("DN_BV", EXTEND_ROWS),
         ("DN_CHUNK", CHUNK),
+        ("DN_TC_BV", EXTEND_TC_ROWS),
+        (tc_floats.as_str(), tc_chunk_floats(MAX_HEAD_DIM, 96)),
     ]
     .iter()
     .map(|(name, v)| format!("static_assert({name} == {v}, \"{name} differs from the host's constant\");\n"))
@@ -51,6 +58,8 @@ pub enum Kernel {
     Recurrent,
     /// `dnk_extend`.
     Extend,
+    /// `dnk_extend_tc`.
+    ExtendTc,
     /// `dnk_cast`.
     Cast,
     /// `dnk_commit`.
@@ -59,7 +68,8 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 6] = [Kernel::Gate, Kernel::Conv, Kernel::Recurrent, Kernel::Extend, Kernel::Cast, Kernel::Commit];
+    pub const ALL: [Kernel; 7] =
+        [Kernel::Gate, Kernel::Conv, Kernel::Recurrent, Kernel::Extend, Kernel::ExtendTc, Kernel::Cast, Kernel::Commit];
 
     /// The `extern "C"` entry name. `dnk_`, not `dn_`: `dn_` is the public C
     /// ABI's prefix (crates/capi), and the `emulate` build links these
@@ -71,6 +81,7 @@ impl Kernel {
             Kernel::Conv => "dnk_conv",
             Kernel::Recurrent => "dnk_recurrent",
             Kernel::Extend => "dnk_extend",
+            Kernel::ExtendTc => "dnk_extend_tc",
             Kernel::Cast => "dnk_cast",
             Kernel::Commit => "dnk_commit",
         }
@@ -87,3 +98,11 @@ pub const MAX_CONV_WIDTH: usize = 8;
 pub const EXTEND_ROWS: usize = 32;
 /// Chunk length of `dnk_extend` (`DN_CHUNK`).
 pub const CHUNK: usize = 64;
+/// State rows one `dnk_extend_tc` recurrence block owns (`DN_TC_BV`).
+pub const EXTEND_TC_ROWS: usize = 32;
+
+/// Workspace floats of one (chunk, value head) of `dnk_extend_tc` (`DN_TC_CHUNK_FLOATS`):
+/// W `[64][K]`, U `[64][V]`, M `[64][64]`, and four per-row vectors.
+pub const fn tc_chunk_floats(k: usize, v: usize) -> usize {
+    CHUNK * k + CHUNK * v + CHUNK * CHUNK + 4 * CHUNK
+}

@@ -16,6 +16,12 @@ pub trait Launcher: sealed::Sealed + Send + Sync + 'static {
     fn memory(&self) -> &Self::Memory;
     /// Backend name for capabilities and errors.
     fn backend(&self) -> &'static str;
+    /// Whether `mma.sync` with bf16 and tf32 operands runs (sm_80 and later;
+    /// the emulation implements it), so `dnk_extend_tc` may be launched.
+    /// No by default: a launcher that does not say runs the portable kernels.
+    fn tensor_cores(&self) -> bool {
+        false
+    }
     /// Threads per block for `kernel` (a multiple of 32).
     fn block_threads(&self, kernel: Kernel) -> u32;
     /// Runs the kernel `A` is for over `grid` blocks of `block` threads, with

@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 mod args;
+mod extend_tc;
 mod gpu;
 mod kernels;
 mod launcher;
@@ -32,6 +33,7 @@ mod compile_gate;
 
 #[cfg(feature = "emulate")]
 pub use emu::EmuLauncher;
+pub use extend_tc::ExtendPath;
 pub use gpu::{CudaBuffer, CudaMemory, GpuLauncher};
 pub use launcher::Launcher;
 
@@ -40,6 +42,7 @@ use deltanet_core::{
     plan, Capabilities, Checked, CommitBatch, ConvIo, DType, DecodeBatch, DeltaIo, Device, DeviceMemory, DimLimits, Error, ExtendBatch,
     GateCall, HeadMapping, Kernels, LayoutKind, ModelDims, PoolOf, Result, TensorMeta, TensorMut, TensorRef, VMajor, VerifyBatch,
 };
+use extend_tc::ExtendTables;
 use kernels::{Kernel, CHUNK, EXTEND_ROWS, MAX_CONV_WIDTH, MAX_HEAD_DIM, ROWS_PER_BLOCK};
 use std::sync::{Mutex, MutexGuard};
 
@@ -59,6 +62,8 @@ pub struct CudaDispatcher<L: Launcher = GpuLauncher> {
     arena: Mutex<Arena<<L::Memory as DeviceMemory>::Buffer>>,
     /// Upper bound on the extend workspace (bytes); more sequences than fit take turns.
     extend_workspace_budget: usize,
+    /// Which kernel runs extend.
+    extend_path: ExtendPath,
 }
 
 impl<L: Launcher> std::fmt::Debug for CudaDispatcher<L> {
@@ -131,13 +136,25 @@ impl<L: Launcher> CudaDispatcher<L> {
         let limits =
             DimLimits { max_head_dim: Some(MAX_HEAD_DIM), conv_widths: Some((2..=MAX_CONV_WIDTH).collect()), ..DimLimits::default() };
         let caps = Capabilities::new(launcher.backend(), device, LayoutKind::VMajor).with_limits(limits).with_chunk_size(CHUNK);
-        CudaDispatcher { launcher, caps, arena: Mutex::new(Arena { buf: None, cap: 0 }), extend_workspace_budget: DEFAULT_EXTEND_WORKSPACE }
+        CudaDispatcher {
+            launcher,
+            caps,
+            arena: Mutex::new(Arena { buf: None, cap: 0 }),
+            extend_workspace_budget: DEFAULT_EXTEND_WORKSPACE,
+            extend_path: ExtendPath::default(),
+        }
     }
 
     /// Bounds the extend workspace to `bytes` (default 256 MiB): the kernel's
     /// blocks then take the sequences in turns. Results do not depend on it.
     pub fn with_extend_workspace_budget(mut self, bytes: usize) -> Self {
         self.extend_workspace_budget = bytes;
+        self
+    }
+
+    /// Picks the kernel that runs extend (default [`ExtendPath::Auto`]).
+    pub fn with_extend_path(mut self, path: ExtendPath) -> Self {
+        self.extend_path = path;
         self
     }
 
@@ -399,9 +416,18 @@ impl<L: Launcher> Kernels for CudaDispatcher<L> {
             seqs.extend([r.start as i64, r.len() as i64, batch.slots()[i].index() as i64, init, first_chunk, chunks.len() as i64 / 4]);
         }
         let (k, v, hv) = (dims.head_k_dim, dims.head_v_dim, dims.num_v_heads);
+        let m = self.launcher.memory();
+        if let Some(precision) = self.extend_precision(io, g.config.state_dtype)? {
+            let chunks_per_seq: Vec<usize> = seqs.chunks(6).map(|s| (s[5] - s[4]) as usize).collect();
+            let st = self.stage(&[&seqs, &chunks, &snap_slots], self.tc_workspace_bytes(&chunks_per_seq, k, v, hv))?;
+            let tables = ExtendTables { seqs: st.tables[0], chunks: st.tables[1], snapshot_slots: st.tables[2], chunks_per_seq };
+            return pool.checked_parts(ticket, |parts| {
+                let state = m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64;
+                self.run_extend_tc(self.delta_args(&dims, io), &tables, st.workspace, state, g.config.state_dtype, precision)
+            });
+        }
         let tiles = v.div_ceil(EXTEND_ROWS);
         let per_block = EXTEND_ROWS * k + CHUNK * (3 * k + 2 * EXTEND_ROWS);
-        let m = self.launcher.memory();
         // blocks stride over the sequences, so the workspace is bounded by the budget
         let rows = (self.extend_workspace_budget / (hv * tiles * per_block * 4)).clamp(1, n);
         let st = self.stage(&[&seqs, &chunks, &snap_slots], rows * hv * tiles * per_block * 4)?;

@@ -41,6 +41,107 @@ checks! {
     layer_forward => LayerForward,
 }
 
+mod tensor_cores {
+    //! The tensor-core extend (`dnk_extend_tc`) forced for every input dtype:
+    //! the whole conformance suite again (short cases), with f32 and f16 inputs held to
+    //! [`TF32`] (tf32 operands keep 10 mantissa bits, as f16 does, and the
+    //! intermediates W, U, V' and S are rounded to them at every product),
+    //! and the two extend kernels against each other. bf16 inputs with a bf16
+    //! state take the tensor cores by default, so the main suite runs those there too.
+    use super::block_size::{run_on, Staged};
+    use deltanet_backend_cuda::{CudaDispatcher, EmuLauncher, ExtendPath};
+    use deltanet_conformance::{assert_check, Check, DeltaInputs, SuiteOptions};
+    use deltanet_core::oracle::error_ratio;
+    use deltanet_core::{tolerance, DType, DeltaParams, ExtendBatch, KernelDispatcher, MambaStatePool, ModelDims, PoolConfig};
+
+    /// Error ratio allowed with tf32 operands (f32 or f16 inputs on tensor cores).
+    const TF32: f64 = 5e-3;
+
+    fn make() -> CudaDispatcher<EmuLauncher> {
+        CudaDispatcher::emulated().with_extend_path(ExtendPath::TensorCore)
+    }
+
+    fn opts() -> SuiteOptions {
+        // without the long cases (4096 and 1000 tokens), which the main suite runs (bf16 inputs
+        // on the tensor cores there): every mma is a warp barrier in the emulation
+        SuiteOptions { f32_tol: TF32, f32_long_tol: TF32, f16_tol: TF32, long: false, ..SuiteOptions::from_env() }
+    }
+
+    macro_rules! checks {
+        ($($name:ident => $check:ident),* $(,)?) => {
+            $(
+                #[test]
+                fn $name() {
+                    assert_check(Check::$check, &make, &opts());
+                }
+            )*
+        };
+    }
+
+    checks! {
+        extend_vs_oracle => ExtendOracle,
+        split_extend => SplitExtend,
+        extend_then_decode => ExtendDecode,
+        verify_commit => VerifyCommit,
+        batch_invariance => BatchInvariance,
+        determinism => Determinism,
+        dtypes => DTypes,
+        strides => Strides,
+        bad_input => BadInput,
+        layer_forward => LayerForward,
+    }
+
+    #[test]
+    fn tensor_core_and_portable_extend_agree() {
+        let portable = CudaDispatcher::emulated().with_extend_path(ExtendPath::Portable);
+        for (sd, dt, tol) in
+            [(DType::F32, DType::BF16, tolerance::BF16), (DType::F32, DType::F32, TF32), (DType::BF16, DType::F16, tolerance::BF16)]
+        {
+            let (want, _) = run_on(&portable, sd, dt);
+            let (got, _) = run_on(&make(), sd, dt);
+            let err = error_ratio(&got, &want.iter().map(|&x| x as f64).collect::<Vec<_>>());
+            assert!(err <= tol, "state {sd}, inputs {dt}: tensor-core vs portable error {err:.3e} > {tol:.1e}");
+            assert!(err > 0.0, "state {sd}, inputs {dt}: the two paths gave identical bits (did both run the same kernel?)");
+        }
+    }
+
+    #[test]
+    fn long_bf16_sequences_at_qwen_head_dims_match_the_oracle() {
+        // the conformance suite's long cases run f32 inputs: 1000 tokens of bf16 inputs on the
+        // tensor cores (f32 state), K = V = 128, beside a 130-token one
+        let dims = ModelDims::new(1, 2, 128, 128, 4).unwrap();
+        let params = DeltaParams::new(&dims);
+        let d = CudaDispatcher::emulated().with_extend_path(ExtendPath::TensorCore);
+        let mut pool = d.new_pool(PoolConfig::new(1, 2, dims)).unwrap();
+        let slots = pool.alloc(2).unwrap();
+        let cu = [0, 1000, 1130];
+        let inp = DeltaInputs::random(&dims, cu[2], DType::BF16, 0x1006);
+        let mut s = Staged::new(&inp, DType::BF16);
+        let batch = ExtendBatch::new(&pool, &cu, &slots, &[false, false]).unwrap();
+        d.extend(&mut pool, 0, &batch, s.io(params)).unwrap();
+        let r = inp.oracle(&params, &cu, None);
+        let err = error_ratio(&s.out(), &r.o);
+        assert!(err <= tolerance::BF16, "outputs: error {err:.3e}");
+        let states: Vec<f32> = slots.iter().flat_map(|&sl| pool.export(sl).unwrap().temporal_f32()).collect();
+        let err = error_ratio(&states, &r.final_state);
+        assert!(err <= tolerance::BF16, "final states: error {err:.3e}");
+    }
+
+    #[test]
+    fn auto_takes_tensor_cores_for_bf16_inputs_and_state_only() {
+        let auto = CudaDispatcher::emulated();
+        for (sd, dt, path) in [
+            (DType::BF16, DType::BF16, ExtendPath::TensorCore),
+            (DType::F32, DType::BF16, ExtendPath::Portable),
+            (DType::BF16, DType::F32, ExtendPath::Portable),
+            (DType::BF16, DType::F16, ExtendPath::Portable),
+        ] {
+            let want = run_on(&CudaDispatcher::emulated().with_extend_path(path), sd, dt);
+            assert_eq!(run_on(&auto, sd, dt).1, want.1, "state {sd}, inputs {dt}: auto is not {path:?}");
+        }
+    }
+}
+
 mod conversions {
     //! The kernels' bit-operation conversions against the `half` crate, through `dnk_cast`.
     use super::make;
@@ -124,12 +225,13 @@ mod block_size {
         MambaStatePool, ModelDims, PoolConfig, Snapshot, VerifyBatch,
     };
 
-    struct Staged {
+    /// q, k, v (in one dtype), g, beta (f32) and o of a batch, on host memory.
+    pub(super) struct Staged {
         t: [DeviceTensor<HostMemory>; 6],
     }
 
     impl Staged {
-        fn new(inp: &DeltaInputs, dtype: DType) -> Staged {
+        pub(super) fn new(inp: &DeltaInputs, dtype: DType) -> Staged {
             let d = &inp.dims;
             let (hk, hv, k, v, t) = (d.num_k_heads, d.num_v_heads, d.head_k_dim, d.head_v_dim, inp.tokens);
             let m = HostMemory;
@@ -144,11 +246,11 @@ mod block_size {
                 ],
             }
         }
-        fn io(&mut self, params: DeltaParams) -> DeltaIo<'_> {
+        pub(super) fn io(&mut self, params: DeltaParams) -> DeltaIo<'_> {
             let [q, k, v, g, b, o] = &mut self.t;
             DeltaIo { q: q.view(), k: k.view(), v: v.view(), g: g.view(), beta: b.view(), o: o.view_mut(), params }
         }
-        fn out(&self) -> Vec<f32> {
+        pub(super) fn out(&self) -> Vec<f32> {
             self.t[5].to_f32().unwrap()
         }
     }

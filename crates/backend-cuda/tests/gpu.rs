@@ -42,3 +42,27 @@ fn gpu_matches_the_emulation() {
     }
     assert!(!cases.is_empty() && cases.iter().all(|c| c.passed));
 }
+
+/// The tensor-core extend forced for every input dtype (tf32 operands for f32
+/// and f16 inputs, held to 5e-3 as in the emulated suite), on the GPU and in
+/// the emulation: the device's mma.sync against the emulated one.
+#[cfg(feature = "emulate")]
+#[test]
+fn gpu_tensor_core_extend_matches_the_emulation() {
+    use deltanet_backend_cuda::ExtendPath;
+    let Some(gpu) = deltanet_conformance::available(CudaDispatcher::new(0)) else { return };
+    let gpu = gpu.with_extend_path(ExtendPath::TensorCore);
+    let emu = CudaDispatcher::emulated().with_extend_path(ExtendPath::TensorCore);
+    let tf32 = 5e-3;
+    let opts = deltanet_conformance::SuiteOptions {
+        f32_tol: tf32,
+        f32_long_tol: tf32,
+        f16_tol: tf32,
+        ..deltanet_conformance::SuiteOptions::from_env()
+    };
+    let cases = deltanet_conformance::cross_layout(&gpu, &emu, &opts);
+    for c in &cases {
+        println!("{c}");
+    }
+    assert!(!cases.is_empty() && cases.iter().all(|c| c.passed));
+}

@@ -6,12 +6,15 @@
 #include <mutex>
 
 #include "../common.cu"
+#include "../mma.cu"
 #include "../gate.cu"
 #include "../conv.cu"
 #include "../recurrent.cu"
 #include "../extend.cu"
 #include "../cast.cu"
 #include "../commit.cu"
+#include "../extend_tc.cu"
+#include "mma_probe.cu"
 
 thread_local dim3 threadIdx;
 thread_local dim3 blockIdx;
@@ -42,6 +45,8 @@ const Kernel KERNELS[] = {
     DN_KERNEL(dnk_extend, ExtendArgs),
     DN_KERNEL(dnk_cast, CastArgs),
     DN_KERNEL(dnk_commit, CommitArgs),
+    DN_KERNEL(dnk_extend_tc, ExtendTcArgs),
+    DN_KERNEL(dnk_emu_mma_probe, MmaProbeArgs),
 };
 #undef DN_KERNEL
 } // namespace

@@ -9,6 +9,7 @@
 //   end-of-block barrier before the next block starts);
 // - warp shuffles exchange through a per-warp buffer between two warp barriers
 //   (every lane of the warp must take part, as with a full mask on a GPU);
+// - mma.sync is warp-collective the same way (emu/mma.h);
 // - threadIdx / blockIdx are thread_locals, blockDim / gridDim launch globals.
 #pragma once
 #include <atomic>
@@ -35,6 +36,10 @@ namespace emu {
 struct Warp {
     float buf[32];
     std::unique_ptr<std::barrier<>> bar;
+    // mma.sync operand exchange, double-buffered (see emu/mma.h): [turn][lane][register]
+    unsigned mma_a[2][32][4];
+    unsigned mma_b[2][32][2];
+    unsigned mma_turn[32]; // each lane's count of mma operations, mod 2
 };
 struct Launch {
     std::unique_ptr<std::barrier<>> block;
@@ -72,3 +77,5 @@ inline float __shfl_xor_sync(unsigned int, float v, int lane_mask) {
     w.bar->arrive_and_wait();
     return r;
 }
+
+#include "mma.h"

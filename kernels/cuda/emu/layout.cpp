@@ -38,6 +38,10 @@ const FieldLayout FIELDS[] = {
     F(ExtendArgs, io), F(ExtendArgs, state), F(ExtendArgs, seqs), F(ExtendArgs, chunks), F(ExtendArgs, snapshot_slots),
     F(ExtendArgs, workspace), F(ExtendArgs, seqs_count), F(ExtendArgs, state_dtype),
 
+    F(ExtendTcArgs, io), F(ExtendTcArgs, state), F(ExtendTcArgs, seqs), F(ExtendTcArgs, chunks),
+    F(ExtendTcArgs, snapshot_slots), F(ExtendTcArgs, workspace), F(ExtendTcArgs, seqs_count), F(ExtendTcArgs, chunk_begin),
+    F(ExtendTcArgs, chunk_count), F(ExtendTcArgs, state_dtype), F(ExtendTcArgs, phase), F(ExtendTcArgs, precision),
+
     F(CastArgs, src), F(CastArgs, dst), F(CastArgs, count), F(CastArgs, src_dtype), F(CastArgs, dst_dtype),
 
     F(CommitArgs, scratch), F(CommitArgs, state), F(CommitArgs, windows), F(CommitArgs, conv), F(CommitArgs, targets),
