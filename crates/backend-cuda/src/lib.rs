@@ -15,6 +15,78 @@
 //!
 //! Without a driver library, NVRTC or a device, [`CudaDispatcher::new`] returns
 //! [`Error::Unavailable`] (cudarc would panic; the libraries are probed first).
+//!
+//! ## Inside an engine's step: its stream, one plan per step, graph capture
+//!
+//! **Stream.** [`CudaDispatcher::new`] queues on the device's default stream;
+//! [`CudaDispatcher::on_stream`] on the engine's cudarc stream and
+//! [`CudaDispatcher::on_raw_stream`] on its raw `CUstream` (from PyTorch,
+//! `torch.cuda.current_stream().cuda_stream`). Operations only queue work:
+//! no launch, upload or table build waits for the device. A device fault of
+//! a queued kernel surfaces at the next call that waits for the stream (a
+//! pool export or read, a tensor read, the engine's own synchronisation), as
+//! [`Error::Device`]; the pool's bookkeeping (slots, generations, current
+//! verifies) is then the host's view of the calls that were accepted, and
+//! the states those calls wrote are undefined: the engine drops or
+//! re-imports them, as after any CUDA fault.
+//!
+//! **Step plans.** A forward step's batch (extend, decode, verify, commit) is
+//! the same for every layer, so its index tables are built once on the host
+//! into a [`StepPlan`] and uploaded once (one asynchronous copy from
+//! page-locked memory into a device buffer the plan owns); every layer then
+//! runs on [`CudaDispatcher::planned`], which implements the same [`Kernels`]
+//! (so the layer forward and every `KernelDispatcher` method take it). A plan
+//! is rebuilt in place each step: after the first step nothing is allocated.
+//! The batch-only entry points still work: each builds a one-use plan.
+//!
+//! **Graph capture.** A plan made [`StepPlan::with_capacity`]`(bucket)` keeps
+//! its device addresses for every batch of up to `bucket` requests (entries
+//! past the batch are padded onto slot 0), and a planned decode or verify
+//! step allocates nothing, never waits for the device and reads no device
+//! data on the host — so it can be captured. An engine captures once per
+//! bucket, with a batch of `bucket` requests, then before each replay
+//! rebuilds the plan for the step's batch (up to `bucket` requests; the
+//! engine pads its input buffers as it does for attention) and replays:
+//!
+//! ```no_run
+//! # use deltanet_backend_cuda::{cudarc::driver::{sys, CudaContext}, CudaDispatcher, StepPlan};
+//! # use deltanet_core::*;
+//! # fn layer_forward(d: &impl KernelDispatcher<Memory = deltanet_backend_cuda::CudaMemory, Layout = VMajor>,
+//! #     pool: &mut StatePool<deltanet_backend_cuda::CudaMemory, VMajor>, layer: usize, b: &DecodeBatch) -> Result<()> { Ok(()) }
+//! # fn main() -> Result<()> {
+//! let ctx = CudaContext::new(0).unwrap();
+//! let stream = ctx.new_stream().unwrap(); // the engine's stream
+//! let d = CudaDispatcher::on_stream(0, stream.clone())?;
+//! let mut pool = d.new_pool(PoolConfig::new(30, 256, ModelDims::new(16, 32, 128, 128, 4)?))?;
+//! let slots = pool.alloc(8)?;
+//! let mut plan = StepPlan::with_capacity(8); // one plan per captured batch bucket
+//!
+//! // eager step: plan once, every layer on the plan (forward_decode(&d.planned(&plan), ...))
+//! let batch = DecodeBatch::new(&pool, &slots)?;
+//! d.plan_decode(&mut plan, &pool, &batch)?;
+//! for layer in 0..30 {
+//!     layer_forward(&d.planned(&plan), &mut pool, layer, &batch)?;
+//! }
+//!
+//! // capture the same step once ...
+//! stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).unwrap();
+//! for layer in 0..30 {
+//!     layer_forward(&d.planned(&plan), &mut pool, layer, &batch)?;
+//! }
+//! let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0)).unwrap().unwrap();
+//! // ... and for each later step of up to 8 requests: rebuild the plan (one upload), replay
+//! let next = DecodeBatch::new(&pool, &slots[..5])?;
+//! d.plan_decode(&mut plan, &pool, &next)?;
+//! graph.launch().unwrap();
+//! # Ok(()) }
+//! ```
+//!
+//! Run the step once uncaptured first (it sizes the layer workspace and the
+//! plan). With cudarc's own streams, disable its cross-stream event tracking
+//! (`CudaContext::disable_event_tracking`) before capturing: a capture may
+//! not wait on events recorded outside it. The plan's staging memory is
+//! rewritten by the next build only after its previous upload has run; keep
+//! two plans to build step `n+1` while step `n` is still queued.
 
 #![warn(missing_docs)]
 
@@ -37,6 +109,7 @@ mod compile_gate;
 
 #[cfg(feature = "emulate")]
 pub use counting::{Counter, CountingLauncher, CountingMemory, Counts};
+pub use cudarc;
 #[cfg(feature = "emulate")]
 pub use emu::EmuLauncher;
 pub use gpu::{CudaBuffer, CudaMemory, GpuLauncher};

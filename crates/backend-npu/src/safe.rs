@@ -20,6 +20,9 @@ pub struct NpuContext {
     device: usize,
     soc: String,
     stream: StreamHandle,
+    /// Whether this context created the stream (and destroys it on drop);
+    /// an engine's stream ([`NpuContext::on_stream`]) is only borrowed.
+    owns_stream: bool,
     /// The per-stream workspace cache: grown on demand, reused by every operator.
     workspace: Mutex<Option<DeviceBuffer>>,
 }
@@ -33,6 +36,17 @@ impl std::fmt::Debug for NpuContext {
 impl NpuContext {
     /// Initialises ACL, selects `device` and creates a stream on it.
     pub fn new(api: Arc<dyn AclApi>, device: usize) -> Result<Self, AclError> {
+        Self::open(api, device, None)
+    }
+
+    /// Initialises ACL and selects `device`, issuing everything on the
+    /// engine's `stream` (an `aclrtStream` of that device, which the engine
+    /// keeps alive for the context's life; it is not destroyed on drop).
+    pub fn on_stream(api: Arc<dyn AclApi>, device: usize, stream: StreamHandle) -> Result<Self, AclError> {
+        Self::open(api, device, Some(stream))
+    }
+
+    fn open(api: Arc<dyn AclApi>, device: usize, engine_stream: Option<StreamHandle>) -> Result<Self, AclError> {
         let soc = api.init()?;
         let count = api.device_count()?;
         if device as u32 >= count {
@@ -40,14 +54,14 @@ impl NpuContext {
         }
         api.set_device(device as i32)?;
         BOUND.with(|b| b.borrow_mut().push(device));
-        let stream = match api.create_stream() {
+        let stream = match engine_stream.map_or_else(|| api.create_stream(), Ok) {
             Ok(s) => s,
             Err(e) => {
                 let _ = api.reset_device(device as i32);
                 return Err(e);
             }
         };
-        Ok(NpuContext { api, device, soc, stream, workspace: Mutex::new(None) })
+        Ok(NpuContext { api, device, soc, stream, owns_stream: engine_stream.is_none(), workspace: Mutex::new(None) })
     }
 
     /// The function table.
@@ -167,7 +181,9 @@ impl Drop for NpuContext {
         if let Ok(mut ws) = self.workspace.lock() {
             *ws = None;
         }
-        let _ = self.api.destroy_stream(self.stream);
+        if self.owns_stream {
+            let _ = self.api.destroy_stream(self.stream);
+        }
         let _ = self.api.reset_device(self.device as i32);
     }
 }

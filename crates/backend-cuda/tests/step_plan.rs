@@ -1,0 +1,257 @@
+//! Step plans on the counting emulation: a 30-layer extend step and a
+//! 30-layer decode step through the layer forward, after one warm-up step
+//! each, upload their tables exactly once, allocate nothing, never wait for
+//! the device and launch the same kernels for every layer — and give,
+//! bitwise, what the batch-only entry points (one-use plans) give.
+#![cfg(feature = "emulate")]
+
+use deltanet_backend_cuda::{CudaDispatcher, Launcher, StepPlan};
+use deltanet_conformance::{LayerInputs, LayerParams};
+use deltanet_core::{
+    forward_decode, forward_extend, DType, DecodeBatch, DeltaParams, DeviceMemory, DeviceTensor, Error, ExtendBatch, HostState,
+    KernelDispatcher, LayerInput, LayerWeights, LayerWorkspace, MambaStatePool, ModelDims, PoolConfig, PoolOf, Slot,
+};
+use rand::{Rng, SeedableRng};
+
+const LAYERS: usize = 30;
+const REQUESTS: usize = 3;
+/// Prefill lengths: one short sequence, one across a chunk boundary, one of one token.
+const CU_SEQLENS: [usize; REQUESTS + 1] = [0, 5, 75, 76];
+
+fn dims() -> ModelDims {
+    ModelDims::new(2, 4, 16, 24, 4).unwrap()
+}
+
+/// One engine: a dispatcher, a 30-layer pool with random states, each layer's weights, a workspace and a plan.
+struct Engine<L: Launcher> {
+    d: CudaDispatcher<L>,
+    pool: PoolOf<CudaDispatcher<L>>,
+    slots: Vec<Slot>,
+    weights: Vec<[DeviceTensor<L::Memory>; 4]>,
+    ws: LayerWorkspace<L::Memory>,
+    plan: StepPlan<L>,
+}
+
+/// One step's per-layer input and output tensors (the engine's, made before the step).
+struct StepTensors<M: DeviceMemory> {
+    layers: Vec<[DeviceTensor<M>; 4]>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Extend { continued: bool },
+    Decode,
+}
+
+impl<L: Launcher> Engine<L> {
+    fn new(d: CudaDispatcher<L>) -> Self {
+        let dims = dims();
+        let mut pool = d.new_pool(PoolConfig::new(LAYERS, REQUESTS + 1, dims)).unwrap();
+        let slots = pool.alloc(REQUESTS).unwrap();
+        let mut r = rand::rngs::StdRng::seed_from_u64(16);
+        let cfg = pool.geometry().config;
+        for &s in &slots {
+            let t: Vec<f32> = (0..LAYERS * dims.state_elems()).map(|_| r.gen_range(-0.5..0.5)).collect();
+            let c: Vec<f32> = (0..LAYERS * dims.conv_elems()).map(|_| r.gen_range(-1.0..1.0)).collect();
+            pool.import(s, &HostState::from_f32(LAYERS, dims, cfg.state_dtype, cfg.conv_dtype, &t, &c).unwrap()).unwrap();
+        }
+        let m = d.memory().clone();
+        let (hv, c, w) = (dims.num_v_heads, dims.conv_dim(), dims.conv_width);
+        let weights = (0..LAYERS)
+            .map(|l| {
+                let p = LayerParams::random(&dims, 100 + l as u64);
+                [
+                    DeviceTensor::from_f32(&m, DType::F32, &[hv], &p.a_log).unwrap(),
+                    DeviceTensor::from_f32(&m, DType::F32, &[hv], &p.dt_bias).unwrap(),
+                    DeviceTensor::from_f32(&m, DType::F32, &[c, w], &p.conv_weight).unwrap(),
+                    DeviceTensor::from_f32(&m, DType::F32, &[c], &p.conv_bias).unwrap(),
+                ]
+            })
+            .collect();
+        let ws = LayerWorkspace::new(m);
+        Engine { d, pool, slots, weights, ws, plan: StepPlan::new() }
+    }
+
+    fn tensors(&self, kind: Kind, seed: u64) -> StepTensors<L::Memory> {
+        let dims = dims();
+        let t = if kind == Kind::Decode { REQUESTS } else { CU_SEQLENS[REQUESTS] };
+        let m = self.d.memory();
+        let (hv, c) = (dims.num_v_heads, dims.conv_dim());
+        let layers = (0..LAYERS)
+            .map(|l| {
+                let x = LayerInputs::random(&dims, t, DType::F32, seed * 1000 + l as u64);
+                [
+                    DeviceTensor::from_f32(m, DType::F32, &[t, c], &x.mixed_qkv).unwrap(),
+                    DeviceTensor::from_f32(m, DType::F32, &[t, hv], &x.a).unwrap(),
+                    DeviceTensor::from_f32(m, DType::F32, &[t, hv], &x.b).unwrap(),
+                    DeviceTensor::zeros(m, DType::F32, &[t, hv, dims.head_v_dim]).unwrap(),
+                ]
+            })
+            .collect();
+        StepTensors { layers }
+    }
+
+    /// Runs one step over every layer: through a plan built once, or through the batch-only entry points.
+    fn step(&mut self, kind: Kind, x: &mut StepTensors<L::Memory>, planned: bool) {
+        let params = DeltaParams::new(&dims());
+        let Engine { d, pool, slots, weights, ws, plan } = self;
+        let extend = match kind {
+            Kind::Extend { continued } => Some(ExtendBatch::new(&*pool, &CU_SEQLENS, slots, &[continued; REQUESTS]).unwrap()),
+            Kind::Decode => None,
+        };
+        let decode = DecodeBatch::new(&*pool, slots).unwrap();
+        if planned {
+            match &extend {
+                Some(b) => d.plan_extend(plan, pool, b).unwrap(),
+                None => d.plan_decode(plan, pool, &decode).unwrap(),
+            }
+        }
+        for (l, (w, t)) in weights.iter().zip(x.layers.iter_mut()).enumerate() {
+            let weights = LayerWeights { a_log: w[0].view(), dt_bias: w[1].view(), conv_weight: w[2].view(), conv_bias: Some(w[3].view()) };
+            let [qkv, a, b, o] = t;
+            let input = LayerInput { mixed_qkv: qkv.view(), a: a.view(), b: b.view() };
+            let r = match (&extend, planned) {
+                (Some(e), true) => forward_extend(&d.planned(plan), pool, l, e, &weights, &input, params, ws, o.view_mut()),
+                (Some(e), false) => forward_extend(&*d, pool, l, e, &weights, &input, params, ws, o.view_mut()),
+                (None, true) => forward_decode(&d.planned(plan), pool, l, &decode, &weights, &input, params, ws, o.view_mut()),
+                (None, false) => forward_decode(&*d, pool, l, &decode, &weights, &input, params, ws, o.view_mut()),
+            };
+            r.unwrap();
+        }
+    }
+
+    /// Every layer's output and every slot's state, as bytes.
+    fn results(&self, x: &StepTensors<L::Memory>) -> (Vec<Vec<f32>>, Vec<HostState>) {
+        let outs = x.layers.iter().map(|t| t[3].to_f32().unwrap()).collect();
+        (outs, self.slots.iter().map(|&s| self.pool.export(s).unwrap()).collect())
+    }
+}
+
+#[test]
+fn a_planned_step_uploads_once_allocates_nothing_never_waits_and_matches_the_batch_path_bitwise() {
+    let (counting, counter) = CudaDispatcher::counting();
+    let mut planned = Engine::new(counting);
+    let mut plain = Engine::new(CudaDispatcher::emulated());
+    let steps = [
+        (Kind::Extend { continued: true }, 1, "extend warm-up"),
+        (Kind::Extend { continued: true }, 2, "extend"),
+        (Kind::Decode, 3, "decode warm-up"),
+        (Kind::Decode, 4, "decode"),
+    ];
+    for (kind, seed, name) in steps {
+        let (mut a, mut b) = (planned.tensors(kind, seed), plain.tensors(kind, seed));
+        counter.take();
+        planned.step(kind, &mut a, true);
+        let counts = counter.take();
+        plain.step(kind, &mut b, false);
+        let (pa, pb) = (planned.results(&a), plain.results(&b));
+        assert!(pa.0 == pb.0, "{name}: outputs differ from the batch-only path");
+        for (x, y) in pa.1.iter().zip(&pb.1) {
+            assert!(x.temporal == y.temporal && x.conv == y.conv, "{name}: states differ from the batch-only path");
+        }
+        if !name.ends_with("warm-up") {
+            let delta = if kind == Kind::Decode { "dnk_recurrent" } else { "dnk_extend" };
+            assert_eq!(counts.uploads, 1, "{name}: {counts:?}");
+            assert_eq!(counts.allocations, 0, "{name}: {counts:?}");
+            assert_eq!(counts.host_syncs, 0, "{name}: {counts:?}");
+            assert_eq!(counts.writes + counts.device_copies, 0, "{name}: {counts:?}");
+            let want: std::collections::BTreeMap<_, _> =
+                [("dnk_conv", LAYERS as u64), ("dnk_gate", LAYERS as u64), (delta, LAYERS as u64)].into();
+            assert_eq!(counts.launches, want, "{name}: one conv, one gate and one delta-rule launch per layer");
+        }
+    }
+}
+
+#[test]
+fn a_plan_refuses_another_batch_and_writes_nothing() {
+    let (d, _counter) = CudaDispatcher::counting();
+    let mut e = Engine::new(d);
+    let mut x = e.tensors(Kind::Decode, 7);
+    let mut plan = StepPlan::new();
+    let first = DecodeBatch::new(&e.pool, &e.slots[..2]).unwrap();
+    e.d.plan_decode(&mut plan, &e.pool, &first).unwrap();
+    let before: Vec<HostState> = e.slots.iter().map(|&s| e.pool.export(s).unwrap()).collect();
+    let other = DecodeBatch::new(&e.pool, &e.slots).unwrap();
+    let w = &e.weights[0];
+    let weights = LayerWeights { a_log: w[0].view(), dt_bias: w[1].view(), conv_weight: w[2].view(), conv_bias: Some(w[3].view()) };
+    let [qkv, a, b, o] = &mut x.layers[0];
+    let input = LayerInput { mixed_qkv: qkv.view(), a: a.view(), b: b.view() };
+    let r =
+        forward_decode(&e.d.planned(&plan), &mut e.pool, 0, &other, &weights, &input, DeltaParams::new(&dims()), &mut e.ws, o.view_mut());
+    assert!(matches!(r, Err(Error::InvalidConfig(_))), "{r:?}");
+    let r = e.d.planned(&StepPlan::new()).decode(
+        &mut e.pool,
+        0,
+        &other,
+        deltanet_core::DeltaIo {
+            q: qkv.view(),
+            k: qkv.view(),
+            v: qkv.view(),
+            g: a.view(),
+            beta: b.view(),
+            o: o.view_mut(),
+            params: DeltaParams::new(&dims()),
+        },
+    );
+    assert!(r.is_err(), "an unbuilt plan runs nothing");
+    let after: Vec<HostState> = e.slots.iter().map(|&s| e.pool.export(s).unwrap()).collect();
+    assert!(before.iter().zip(&after).all(|(x, y)| x.temporal == y.temporal && x.conv == y.conv), "a refused call changed a state");
+}
+
+#[test]
+fn a_fixed_capacity_plan_keeps_its_addresses_and_pads_onto_slot_zero() {
+    let (d, counter) = CudaDispatcher::counting();
+    let mut e = Engine::new(d);
+    let mut reference = Engine::new(CudaDispatcher::emulated());
+    let mut plan = StepPlan::with_capacity(8);
+    let full = DecodeBatch::new(&e.pool, &e.slots).unwrap();
+    e.d.plan_decode(&mut plan, &e.pool, &full).unwrap();
+    let bytes = plan.device_bytes();
+    counter.take();
+    // a smaller batch in the same bucket: no allocation, the same buffer
+    let part = DecodeBatch::new(&e.pool, &e.slots[1..]).unwrap();
+    e.d.plan_decode(&mut plan, &e.pool, &part).unwrap();
+    let c = counter.take();
+    assert_eq!((c.allocations, c.uploads, plan.device_bytes()), (0, 1, bytes), "{c:?}");
+    // and it computes what the batch-only path computes for that batch
+    let m = e.d.memory().clone();
+    let dims = dims();
+    let x = LayerInputs::random(&dims, 2, DType::F32, 99);
+    let w = LayerParams::random(&dims, 5);
+    let mut outs = Vec::new();
+    for engine_planned in [true, false] {
+        let (hv, c) = (dims.num_v_heads, dims.conv_dim());
+        let qkv = DeviceTensor::from_f32(&m, DType::F32, &[2, c], &x.mixed_qkv).unwrap();
+        let a = DeviceTensor::from_f32(&m, DType::F32, &[2, hv], &x.a).unwrap();
+        let b = DeviceTensor::from_f32(&m, DType::F32, &[2, hv], &x.b).unwrap();
+        let mut o = DeviceTensor::zeros(&m, DType::F32, &[2, hv, dims.head_v_dim]).unwrap();
+        let ws_w: Vec<DeviceTensor<_>> =
+            [(&w.a_log, vec![hv]), (&w.dt_bias, vec![hv]), (&w.conv_weight, vec![c, dims.conv_width]), (&w.conv_bias, vec![c])]
+                .iter()
+                .map(|(v, s)| DeviceTensor::from_f32(&m, DType::F32, s, v).unwrap())
+                .collect();
+        let weights =
+            LayerWeights { a_log: ws_w[0].view(), dt_bias: ws_w[1].view(), conv_weight: ws_w[2].view(), conv_bias: Some(ws_w[3].view()) };
+        let input = LayerInput { mixed_qkv: qkv.view(), a: a.view(), b: b.view() };
+        let params = DeltaParams::new(&dims);
+        if engine_planned {
+            forward_decode(&e.d.planned(&plan), &mut e.pool, 4, &part, &weights, &input, params, &mut e.ws, o.view_mut()).unwrap();
+            outs.push((o.to_f32().unwrap(), e.slots.iter().map(|&s| e.pool.export(s).unwrap().temporal).collect::<Vec<_>>()));
+        } else {
+            let rm = reference.d.memory().clone();
+            let t =
+                |d: &DeviceTensor<_>| DeviceTensor::from_f32(&rm, DType::F32, &d.meta().shape().to_vec(), &d.to_f32().unwrap()).unwrap();
+            let (qkv, a, b) = (t(&qkv), t(&a), t(&b));
+            let mut o = DeviceTensor::zeros(&rm, DType::F32, &[2, hv, dims.head_v_dim]).unwrap();
+            let rw: Vec<_> = ws_w.iter().map(t).collect();
+            let weights =
+                LayerWeights { a_log: rw[0].view(), dt_bias: rw[1].view(), conv_weight: rw[2].view(), conv_bias: Some(rw[3].view()) };
+            let input = LayerInput { mixed_qkv: qkv.view(), a: a.view(), b: b.view() };
+            let rpart = DecodeBatch::new(&reference.pool, &reference.slots[1..]).unwrap();
+            forward_decode(&reference.d, &mut reference.pool, 4, &rpart, &weights, &input, params, &mut reference.ws, o.view_mut())
+                .unwrap();
+            outs.push((o.to_f32().unwrap(), reference.slots.iter().map(|&s| reference.pool.export(s).unwrap().temporal).collect()));
+        }
+    }
+    assert!(outs[0] == outs[1], "a padded plan differs from the batch-only path");
+}
