@@ -36,6 +36,17 @@ enum StepBatch {
     Commit(CommitBatch),
 }
 
+impl StepBatch {
+    fn kind(&self) -> &'static str {
+        match self {
+            StepBatch::Extend(_) => "extend",
+            StepBatch::Decode(_) => "decode",
+            StepBatch::Verify(_) => "verify",
+            StepBatch::Commit(_) => "commit",
+        }
+    }
+}
+
 impl StepRef<'_> {
     fn to_owned(self) -> StepBatch {
         match self {
@@ -277,8 +288,8 @@ impl<L: Launcher> StepPlan<L> {
         match &self.built {
             Some((b, addrs)) if step.is(b) => Ok(*addrs),
             Some((b, _)) => Err(Error::InvalidConfig(format!(
-                "the step plan was built for another batch ({:?}) than this {} call's",
-                std::mem::discriminant(b),
+                "the step plan was built for another batch (a {} batch) than this {} call's",
+                b.kind(),
                 step.kind()
             ))),
             None => Err(Error::InvalidConfig(format!("the step plan is not built (a {} call)", step.kind()))),

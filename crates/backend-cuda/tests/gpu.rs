@@ -52,7 +52,7 @@ fn a_captured_decode_step_replays_as_the_uncaptured_one() {
     use deltanet_backend_cuda::{CudaMemory, GpuLauncher, StepPlan};
     use deltanet_conformance::{LayerInputs, LayerParams};
     use deltanet_core::{
-        forward_decode, DType, DecodeBatch, DeltaParams, DeviceTensor, HostState, KernelDispatcher, LayerInput, LayerWeights,
+        forward_decode, DType, DecodeBatch, DeltaParams, DeviceTensor, HostState, KernelDispatcher, Kernels, LayerInput, LayerWeights,
         LayerWorkspace, MambaStatePool, ModelDims, PoolConfig,
     };
     if let Err(why) = probe() {

@@ -9,7 +9,7 @@ use deltanet_backend_cuda::{CudaDispatcher, Launcher, StepPlan};
 use deltanet_conformance::{LayerInputs, LayerParams};
 use deltanet_core::{
     forward_decode, forward_extend, DType, DecodeBatch, DeltaParams, DeviceMemory, DeviceTensor, Error, ExtendBatch, HostState,
-    KernelDispatcher, LayerInput, LayerWeights, LayerWorkspace, MambaStatePool, ModelDims, PoolConfig, PoolOf, Slot,
+    KernelDispatcher, Kernels, LayerInput, LayerWeights, LayerWorkspace, MambaStatePool, ModelDims, PoolConfig, PoolOf, Slot,
 };
 use rand::{Rng, SeedableRng};
 
