@@ -138,7 +138,7 @@ pub struct CudaDispatcher<L: Launcher = GpuLauncher> {
     caps: Capabilities,
     /// The one-use plan of the batch-only entry points, rebuilt by each call
     /// (the lock is held from the build to the launch).
-    scratch: Mutex<StepPlan<L>>,
+    scratch: Mutex<Box<StepPlan<L>>>,
     /// Upper bound on the extend workspace (bytes); more sequences than fit take turns.
     extend_workspace_budget: usize,
 }
@@ -224,7 +224,7 @@ impl<L: Launcher> CudaDispatcher<L> {
         let limits =
             DimLimits { max_head_dim: Some(MAX_HEAD_DIM), conv_widths: Some((2..=MAX_CONV_WIDTH).collect()), ..DimLimits::default() };
         let caps = Capabilities::new(launcher.backend(), device, LayoutKind::VMajor).with_limits(limits).with_chunk_size(CHUNK);
-        CudaDispatcher { launcher, caps, scratch: Mutex::new(StepPlan::new()), extend_workspace_budget: DEFAULT_EXTEND_WORKSPACE }
+        CudaDispatcher { launcher, caps, scratch: Mutex::new(Box::default()), extend_workspace_budget: DEFAULT_EXTEND_WORKSPACE }
     }
 
     /// Bounds the extend workspace to `bytes` (default 256 MiB): the kernel's
