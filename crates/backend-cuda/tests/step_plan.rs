@@ -239,8 +239,7 @@ fn a_fixed_capacity_plan_keeps_its_addresses_and_pads_onto_slot_zero() {
             outs.push((o.to_f32().unwrap(), e.slots.iter().map(|&s| e.pool.export(s).unwrap().temporal).collect::<Vec<_>>()));
         } else {
             let rm = *reference.d.memory();
-            let t =
-                |d: &DeviceTensor<_>| DeviceTensor::from_f32(&rm, DType::F32, d.meta().shape(), &d.to_f32().unwrap()).unwrap();
+            let t = |d: &DeviceTensor<_>| DeviceTensor::from_f32(&rm, DType::F32, d.meta().shape(), &d.to_f32().unwrap()).unwrap();
             let (qkv, a, b) = (t(&qkv), t(&a), t(&b));
             let mut o = DeviceTensor::zeros(&rm, DType::F32, &[2, hv, dims.head_v_dim]).unwrap();
             let rw: Vec<_> = ws_w.iter().map(t).collect();
