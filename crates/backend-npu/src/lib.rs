@@ -72,6 +72,23 @@
 //! After a device error an engine treats the batch's slots as lost (frees or
 //! re-prefills them); the pool itself stays usable.
 //!
+//! ## The engine's stream
+//! [`NpuDispatcher::new`] issues everything on a stream of its own;
+//! [`NpuDispatcher::on_stream`] (or `with_api_on_stream` for a stand-in)
+//! issues every operator and copy on the engine's `aclrtStream` (torch_npu:
+//! `torch.npu.current_stream().npu_stream`), which the engine keeps alive and
+//! the dispatcher never destroys:
+//!
+//! ```no_run
+//! # fn engine_stream() -> deltanet_backend_npu::api::StreamHandle { unimplemented!() }
+//! let d = deltanet_backend_npu::NpuDispatcher::on_stream(0, engine_stream())?;
+//! # Ok::<(), deltanet_core::Error>(())
+//! ```
+//!
+//! Each operation still ends with one wait for that stream (its index tables
+//! and temporaries are freed when it returns); step plans and per-stream
+//! scratch, which remove that wait, exist on the CUDA backend only so far.
+//!
 //! ## Running the conformance suite on a real NPU
 //! On a machine with CANN (8.3 or newer, with the ops-transformer operators
 //! installed) and an Ascend device:
