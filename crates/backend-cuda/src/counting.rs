@@ -4,6 +4,9 @@
 //! the emulation (as `EmuLauncher`) on [`CountingMemory`], host memory that
 //! counts every allocation, transfer and device-side copy made through it —
 //! the pool's and the layer workspace's included, not only the dispatcher's.
+//! Like a CUDA stream, it can also capture the launches it is given into an
+//! [`EmuGraph`] that replays them with the same arguments (the same device
+//! addresses): what a captured step relies on, checked without a GPU.
 
 use crate::args::KernelArgs;
 use crate::kernels::Kernel;
@@ -37,21 +40,89 @@ impl Counts {
     }
 }
 
+/// One launch as captured: the kernel, its shape and its argument bytes.
+#[derive(Debug, Clone)]
+struct CapturedLaunch {
+    name: &'static str,
+    grid: (u32, u32, u32),
+    block: u32,
+    args: Vec<u8>,
+}
+
+/// Launches captured by [`Counter::begin_capture`] .. [`Counter::end_capture`],
+/// replayed with the very argument bytes they were captured with.
+#[derive(Debug, Clone)]
+pub struct EmuGraph {
+    launches: Vec<CapturedLaunch>,
+}
+
+impl EmuGraph {
+    /// Runs every captured launch again, in order.
+    pub fn launch(&self) -> Result<()> {
+        for l in &self.launches {
+            crate::emu::launch_bytes(l.name, l.grid, l.block, &l.args)?;
+        }
+        Ok(())
+    }
+    /// Launches captured.
+    pub fn len(&self) -> usize {
+        self.launches.len()
+    }
+    /// Whether nothing was captured.
+    pub fn is_empty(&self) -> bool {
+        self.launches.is_empty()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    counts: Counts,
+    capture: Option<Vec<CapturedLaunch>>,
+}
+
 /// Shared counters of one [`CountingLauncher`] and its memory.
 #[derive(Debug, Clone, Default)]
-pub struct Counter(Arc<Mutex<Counts>>);
+pub struct Counter(Arc<Mutex<Shared>>);
 
 impl Counter {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
     fn bump(&self, f: impl FnOnce(&mut Counts)) {
-        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
+        f(&mut self.lock().counts);
     }
     /// The counts so far.
     pub fn get(&self) -> Counts {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.lock().counts.clone()
     }
     /// The counts so far, resetting them to zero.
     pub fn take(&self) -> Counts {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut self.lock().counts)
+    }
+    /// Starts capturing launches (they still run, as the emulation has no queue to defer them to).
+    pub fn begin_capture(&self) {
+        self.lock().capture = Some(Vec::new());
+    }
+    /// Ends the capture. Like a CUDA stream capture, it fails when anything
+    /// but a launch reached the device in between (an allocation, an upload,
+    /// a write, a device copy or a host wait): a graph replays launches only.
+    pub fn end_capture(&self, since: &Counts) -> Result<EmuGraph> {
+        let mut s = self.lock();
+        let launches = s.capture.take().unwrap_or_default();
+        let now = &s.counts;
+        let other = (now.allocations - since.allocations)
+            + (now.uploads - since.uploads)
+            + (now.writes - since.writes)
+            + (now.device_copies - since.device_copies)
+            + (now.host_syncs - since.host_syncs);
+        if other > 0 {
+            return Err(deltanet_core::Error::Device {
+                backend: "cuda-emulated".into(),
+                op: "end_capture".into(),
+                message: format!("{other} operations other than launches during the capture ({since:?} -> {now:?})"),
+            });
+        }
+        Ok(EmuGraph { launches })
     }
 }
 
@@ -133,7 +204,16 @@ impl Launcher for CountingLauncher {
         64
     }
     fn launch<A: KernelArgs>(&self, grid: (u32, u32, u32), block: u32, args: &A) -> Result<()> {
-        self.memory.counter.bump(|c| *c.launches.entry(A::KERNEL.name()).or_default() += 1);
+        {
+            let mut s = self.memory.counter.lock();
+            *s.counts.launches.entry(A::KERNEL.name()).or_default() += 1;
+            if let Some(c) = s.capture.as_mut() {
+                // SAFETY: `A` is a #[repr(C)] struct of integers and floats without
+                // padding (checked in args.rs), so all its bytes are initialised.
+                let bytes = unsafe { std::slice::from_raw_parts((args as *const A).cast::<u8>(), std::mem::size_of::<A>()) };
+                c.push(CapturedLaunch { name: A::KERNEL.name(), grid, block, args: bytes.to_vec() });
+            }
+        }
         crate::emu::launch(grid, block, args)
     }
     fn alloc_device(&self, bytes: usize) -> Result<HostBuffer> {

@@ -69,21 +69,24 @@ impl Launcher for EmuLauncher {
 
 /// Runs one kernel in the emulation (synchronously: the emulation has no queue).
 pub(crate) fn launch<A: KernelArgs>(grid: (u32, u32, u32), block: u32, args: &A) -> Result<()> {
-    let kernel = A::KERNEL;
-    let name = CString::new(kernel.name()).expect("no NUL");
-    // SAFETY: `name` is NUL-terminated; `args` points to the `size_of::<A>()`
-    // bytes of the kernel's argument struct (the emulation checks the size
-    // against its own struct's); the addresses in it were made by the
-    // dispatcher from live host buffers and views that outlive this call
-    // (the emulated launch runs to completion before returning).
-    let r =
-        unsafe { deltanet_emu_launch(name.as_ptr(), grid.0, grid.1, grid.2, block, (args as *const A).cast(), std::mem::size_of::<A>()) };
+    // SAFETY: `A` is a #[repr(C)] struct of integers and floats without padding
+    // (checked in args.rs), so its `size_of::<A>()` bytes are initialised.
+    let bytes = unsafe { std::slice::from_raw_parts((args as *const A).cast::<u8>(), std::mem::size_of::<A>()) };
+    launch_bytes(A::KERNEL.name(), grid, block, bytes)
+}
+
+/// Runs kernel `name` with the bytes of its argument struct.
+pub(crate) fn launch_bytes(name: &'static str, grid: (u32, u32, u32), block: u32, args: &[u8]) -> Result<()> {
+    let c_name = CString::new(name).expect("no NUL");
+    // SAFETY: `c_name` is NUL-terminated; `args` holds the bytes of the
+    // kernel's argument struct (the emulation checks the size against its own
+    // struct's); the addresses in it were made by the dispatcher from live
+    // host buffers and views that outlive this call (the emulated launch runs
+    // to completion before returning; a replayed capture runs while the
+    // buffers it was captured with are alive, as a CUDA graph must).
+    let r = unsafe { deltanet_emu_launch(c_name.as_ptr(), grid.0, grid.1, grid.2, block, args.as_ptr().cast(), args.len()) };
     if r != 0 {
-        return Err(Error::Device {
-            backend: "cuda-emulated".into(),
-            op: kernel.name().into(),
-            message: format!("emulated launch failed ({r})"),
-        });
+        return Err(Error::Device { backend: "cuda-emulated".into(), op: name.into(), message: format!("emulated launch failed ({r})") });
     }
     Ok(())
 }

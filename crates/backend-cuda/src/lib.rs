@@ -108,7 +108,7 @@ mod emu;
 mod compile_gate;
 
 #[cfg(feature = "emulate")]
-pub use counting::{Counter, CountingLauncher, CountingMemory, Counts};
+pub use counting::{Counter, CountingLauncher, CountingMemory, Counts, EmuGraph};
 pub use cudarc;
 #[cfg(feature = "emulate")]
 pub use emu::EmuLauncher;
