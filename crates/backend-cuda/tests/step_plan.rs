@@ -254,3 +254,105 @@ fn a_fixed_capacity_plan_keeps_its_addresses_and_pads_onto_slot_zero() {
     }
     assert!(outs[0] == outs[1], "a padded plan differs from the batch-only path");
 }
+
+/// The first `n` rows of a view.
+fn first_rows(v: deltanet_core::TensorRef<'_>, n: usize) -> deltanet_core::TensorRef<'_> {
+    let mut shape = v.meta().shape().to_vec();
+    shape[0] = n;
+    v.restride(0, &shape, v.meta().strides()).unwrap()
+}
+
+/// The first `n` rows of a mutable view.
+fn first_rows_mut(v: deltanet_core::TensorMut<'_>, n: usize) -> deltanet_core::TensorMut<'_> {
+    let mut shape = v.meta().shape().to_vec();
+    assert!(n <= shape[0]);
+    shape[0] = n;
+    let meta = deltanet_core::TensorMeta::strided(v.meta().device(), v.meta().dtype(), &shape, v.meta().strides()).unwrap();
+    // SAFETY: the first `n` rows lie inside `v`'s span (n <= its rows, same
+    // strides), and `v`'s exclusive borrow moves into the new view.
+    unsafe { deltanet_core::TensorMut::from_raw(v.addr(), meta) }
+}
+
+/// Runs a decode step over every layer on the first `n` slots, with the first
+/// `n` rows of the step tensors: through `plan` when given, else through the
+/// batch-only entry points.
+fn decode_rows<L: Launcher>(e: &mut Engine<L>, n: usize, x: &mut StepTensors<L::Memory>, plan: Option<&StepPlan<L>>) {
+    let params = DeltaParams::new(&dims());
+    let batch = DecodeBatch::new(&e.pool, &e.slots[..n]).unwrap();
+    for (l, (w, t)) in e.weights.iter().zip(x.layers.iter_mut()).enumerate() {
+        let weights = LayerWeights { a_log: w[0].view(), dt_bias: w[1].view(), conv_weight: w[2].view(), conv_bias: Some(w[3].view()) };
+        let [qkv, a, b, o] = t;
+        let (qkv, a, b) = (first_rows(qkv.view(), n), first_rows(a.view(), n), first_rows(b.view(), n));
+        let input = LayerInput { mixed_qkv: qkv, a, b };
+        let out = first_rows_mut(o.view_mut(), n);
+        match plan {
+            Some(p) => forward_decode(&e.d.planned(p), &mut e.pool, l, &batch, &weights, &input, params, &mut e.ws, out),
+            None => forward_decode(&e.d, &mut e.pool, l, &batch, &weights, &input, params, &mut e.ws, out),
+        }
+        .unwrap();
+    }
+}
+
+/// The emulation's stand-in for a CUDA graph: a 30-layer decode step through
+/// a fixed-capacity plan, captured, replays bitwise — and, with the plan
+/// rebuilt for a smaller batch in the same bucket (padded onto slot 0) and
+/// new inputs in the same buffers, the replay equals the eager step of that
+/// batch, leaving the slot outside the batch untouched.
+#[test]
+fn a_captured_decode_step_replays_for_any_batch_of_its_bucket() {
+    let (d, counter) = CudaDispatcher::counting();
+    let mut e = Engine::new(d);
+    let mut reference = Engine::new(CudaDispatcher::emulated());
+    let mut x = e.tensors(Kind::Decode, 21);
+    let mut plan = StepPlan::with_capacity(REQUESTS);
+    let full = DecodeBatch::new(&e.pool, &e.slots).unwrap();
+    // warm-up, then capture the same step
+    e.d.plan_decode(&mut plan, &e.pool, &full).unwrap();
+    decode_rows(&mut e, REQUESTS, &mut x, Some(&plan));
+    let start: Vec<HostState> = e.slots.iter().map(|&s| e.pool.export(s).unwrap()).collect();
+    e.d.plan_decode(&mut plan, &e.pool, &full).unwrap();
+    let since = counter.get();
+    counter.begin_capture();
+    decode_rows(&mut e, REQUESTS, &mut x, Some(&plan));
+    let graph = counter.end_capture(&since).expect("nothing but launches during the step");
+    assert_eq!(graph.len(), 3 * LAYERS);
+    let eager = e.results(&x);
+    let restore = |e: &mut Engine<_>| {
+        for (&s, st) in e.slots.clone().iter().zip(&start) {
+            e.pool.import(s, st).unwrap();
+        }
+    };
+    restore(&mut e);
+    graph.launch().unwrap();
+    let replayed = e.results(&x);
+    assert!(eager.0 == replayed.0, "the replay's outputs differ");
+    assert!(eager.1.iter().zip(&replayed.1).all(|(a, b)| a.temporal == b.temporal && a.conv == b.conv), "the replay's states differ");
+
+    // a smaller batch of the bucket: new inputs in rows 0..2, the plan rebuilt, the graph replayed
+    let n = REQUESTS - 1;
+    restore(&mut e);
+    let fresh = e.tensors(Kind::Decode, 22);
+    for (t, f) in x.layers.iter_mut().zip(&fresh.layers) {
+        for i in 0..3 {
+            t[i].write_f32(&f[i].to_f32().unwrap()).unwrap();
+        }
+    }
+    let part = DecodeBatch::new(&e.pool, &e.slots[..n]).unwrap();
+    e.d.plan_decode(&mut plan, &e.pool, &part).unwrap();
+    graph.launch().unwrap();
+    let replayed = e.results(&x);
+    // the same step, eagerly, on the reference engine from the same states
+    for (&s, st) in reference.slots.clone().iter().zip(&start) {
+        reference.pool.import(s, st).unwrap();
+    }
+    let mut y = reference.tensors(Kind::Decode, 22);
+    decode_rows(&mut reference, n, &mut y, None);
+    let want = reference.results(&y);
+    let per_row = dims().num_v_heads * dims().head_v_dim;
+    for (l, (got, want)) in replayed.0.iter().zip(&want.0).enumerate() {
+        assert!(got[..n * per_row] == want[..n * per_row], "layer {l}: replayed outputs differ from the eager step");
+    }
+    for (i, (a, b)) in replayed.1.iter().zip(&want.1).enumerate() {
+        assert!(a.temporal == b.temporal && a.conv == b.conv, "slot {i}: replayed state differs from the eager step");
+    }
+}
