@@ -3,7 +3,8 @@
 //! planning ([`plan`]: extend pieces, draft chain segments and paths), the
 //! pool's states are gathered or indexed for the operators, the operator
 //! calls issued, and the stream drained before returning (the operation's
-//! temporaries are freed on return).
+//! temporaries and index tables return to the stream's scratch, reused by
+//! later operations once drained: no device allocation per call after warm-up).
 //!
 //! | operation | operators |
 //! |---|---|

@@ -11,7 +11,7 @@ use deltanet_core::{DeltaIo, Result, L2NORM_EPS};
 
 /// A contiguous temporary and its view.
 pub(crate) fn temp(ctx: &NpuContext, dtype: AclDType, shape: &[usize]) -> Result<(DeviceBuffer, View)> {
-    let buf = ctx.alloc(shape.iter().product::<usize>() * dtype.size())?;
+    let buf = ctx.scratch(shape.iter().product::<usize>() * dtype.size())?;
     let v = View::contiguous(&buf, dtype, shape);
     Ok((buf, v))
 }

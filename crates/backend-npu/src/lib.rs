@@ -85,9 +85,13 @@
 //! # Ok::<(), deltanet_core::Error>(())
 //! ```
 //!
-//! Each operation still ends with one wait for that stream (its index tables
-//! and temporaries are freed when it returns); step plans and per-stream
-//! scratch, which remove that wait, exist on the CUDA backend only so far.
+//! An operation's temporaries and index tables come from the stream's
+//! scratch ([`NpuContext::scratch`]): allocations released by earlier
+//! operations, reused once the stream has drained past them, so after a
+//! warm-up step no call allocates device memory; the operators' symbols are
+//! resolved once per process. Each operation still uploads its index tables
+//! with a blocking copy and ends with one wait for the stream; step plans,
+//! which remove both, exist on the CUDA backend only so far.
 //!
 //! ## Running the conformance suite on a real NPU
 //! On a machine with CANN (8.3 or newer, with the ops-transformer operators

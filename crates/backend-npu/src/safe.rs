@@ -25,6 +25,22 @@ pub struct NpuContext {
     owns_stream: bool,
     /// The per-stream workspace cache: grown on demand, reused by every operator.
     workspace: Mutex<Option<DeviceBuffer>>,
+    /// The per-stream scratch: operations' temporaries and index tables, recycled.
+    scratch: Arc<Mutex<Scratch>>,
+}
+
+/// Device allocations of released temporaries, kept for reuse instead of
+/// freed. A released allocation may still be read by operators queued on the
+/// stream, and a later temporary may be written by a synchronous host copy:
+/// so it is `pending` until the stream next drains, and only then `free` to
+/// hand out again. After a warm-up step, an operation's temporaries all come
+/// from `free`: no device allocation per call.
+#[derive(Debug, Default)]
+struct Scratch {
+    /// (capacity, address), reusable now.
+    free: Vec<(usize, DevPtr)>,
+    /// (capacity, address), released since the last drain.
+    pending: Vec<(usize, DevPtr)>,
 }
 
 impl std::fmt::Debug for NpuContext {
@@ -61,7 +77,15 @@ impl NpuContext {
                 return Err(e);
             }
         };
-        Ok(NpuContext { api, device, soc, stream, owns_stream: engine_stream.is_none(), workspace: Mutex::new(None) })
+        Ok(NpuContext {
+            api,
+            device,
+            soc,
+            stream,
+            owns_stream: engine_stream.is_none(),
+            workspace: Mutex::new(None),
+            scratch: Arc::default(),
+        })
     }
 
     /// The function table.
@@ -91,22 +115,49 @@ impl NpuContext {
         Ok(())
     }
 
-    /// Waits for everything issued so far.
+    /// Waits for everything issued so far (and makes the scratch released
+    /// before it reusable).
     pub fn synchronize(&self) -> Result<(), AclError> {
         self.bind()?;
-        self.api.synchronize(self.stream)
+        self.api.synchronize(self.stream)?;
+        let mut s = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        let drained = std::mem::take(&mut s.pending);
+        s.free.extend(drained);
+        Ok(())
     }
 
     /// Allocates `bytes` device bytes (uninitialised).
     pub fn alloc(&self, bytes: usize) -> Result<DeviceBuffer, AclError> {
         self.bind()?;
         let ptr = if bytes == 0 { 0 } else { self.api.malloc(bytes)? };
-        Ok(DeviceBuffer { api: self.api.clone(), ptr, len: bytes })
+        Ok(DeviceBuffer { api: self.api.clone(), ptr, len: bytes, capacity: bytes, recycle: None })
     }
 
-    /// Allocates and uploads `values` (small index tables), synchronously.
+    /// `bytes` device bytes (uninitialised) for a temporary of an operation:
+    /// the smallest free scratch allocation that fits, else a new one; it
+    /// returns to the scratch when dropped.
+    pub fn scratch(&self, bytes: usize) -> Result<DeviceBuffer, AclError> {
+        if bytes == 0 {
+            return self.alloc(0);
+        }
+        let reuse = {
+            let mut s = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+            let best = s.free.iter().enumerate().filter(|(_, &(cap, _))| cap >= bytes).min_by_key(|(_, &(cap, _))| cap).map(|(i, _)| i);
+            best.map(|i| s.free.swap_remove(i))
+        };
+        let (capacity, ptr) = match reuse {
+            Some(r) => r,
+            None => {
+                self.bind()?;
+                (bytes, self.api.malloc(bytes)?)
+            }
+        };
+        Ok(DeviceBuffer { api: self.api.clone(), ptr, len: bytes, capacity, recycle: Some(self.scratch.clone()) })
+    }
+
+    /// Uploads `values` (small index tables) into scratch, synchronously.
     pub fn upload_i32(&self, values: &[i32]) -> Result<DeviceBuffer, AclError> {
-        let buf = self.alloc(std::mem::size_of_val(values))?;
+        let buf = self.scratch(std::mem::size_of_val(values))?;
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         if !bytes.is_empty() {
             self.api.memcpy_h2d(buf.ptr, &bytes)?;
@@ -181,6 +232,12 @@ impl Drop for NpuContext {
         if let Ok(mut ws) = self.workspace.lock() {
             *ws = None;
         }
+        if let Ok(mut s) = self.scratch.lock() {
+            let (free, pending) = (std::mem::take(&mut s.free), std::mem::take(&mut s.pending));
+            for (_, ptr) in free.into_iter().chain(pending) {
+                let _ = self.api.free(ptr);
+            }
+        }
         if self.owns_stream {
             let _ = self.api.destroy_stream(self.stream);
         }
@@ -193,6 +250,10 @@ pub struct DeviceBuffer {
     api: Arc<dyn AclApi>,
     ptr: DevPtr,
     len: usize,
+    /// Bytes of the allocation (>= `len` for recycled scratch).
+    capacity: usize,
+    /// The scratch it returns to on drop (else it is freed).
+    recycle: Option<Arc<Mutex<Scratch>>>,
 }
 
 impl std::fmt::Debug for DeviceBuffer {
@@ -218,8 +279,14 @@ impl DeviceBuffer {
 
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
-        if self.ptr != 0 {
-            let _ = self.api.free(self.ptr);
+        if self.ptr == 0 {
+            return;
+        }
+        match &self.recycle {
+            Some(s) => s.lock().unwrap_or_else(|p| p.into_inner()).pending.push((self.capacity, self.ptr)),
+            None => {
+                let _ = self.api.free(self.ptr);
+            }
         }
     }
 }

@@ -13,3 +13,4 @@ mod forward;
 mod gate;
 mod loading;
 mod memory;
+mod steady_state;
