@@ -298,7 +298,7 @@ impl Kernels for NpuDispatcher {
                         ctx.copy(base + (snap.index() * sb) as u64, src, sb)?;
                     }
                 }
-                // The temporaries of this call are freed at the end of the iteration.
+                // Drained per chunk call, as before (removing it waits for NPU step plans).
                 ctx.synchronize()?;
             }
             Ok(ctx.synchronize()?)

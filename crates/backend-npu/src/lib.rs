@@ -89,9 +89,10 @@
 //! scratch ([`NpuContext::scratch`]): allocations released by earlier
 //! operations, reused once the stream has drained past them, so after a
 //! warm-up step no call allocates device memory; the operators' symbols are
-//! resolved once per process. Each operation still uploads its index tables
-//! with a blocking copy and ends with one wait for the stream; step plans,
-//! which remove both, exist on the CUDA backend only so far.
+//! resolved once per process, and the gate (no index tables) never waits.
+//! The conv and delta-rule operations still upload their index tables with a
+//! blocking copy and end with one wait for the stream; step plans, which
+//! remove both, exist on the CUDA backend only so far.
 //!
 //! ## Running the conformance suite on a real NPU
 //! On a machine with CANN (8.3 or newer, with the ops-transformer operators

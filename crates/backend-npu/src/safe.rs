@@ -30,11 +30,13 @@ pub struct NpuContext {
 }
 
 /// Device allocations of released temporaries, kept for reuse instead of
-/// freed. A released allocation may still be read by operators queued on the
-/// stream, and a later temporary may be written by a synchronous host copy:
-/// so it is `pending` until the stream next drains, and only then `free` to
-/// hand out again. After a warm-up step, an operation's temporaries all come
-/// from `free`: no device allocation per call.
+/// freed. A temporary only the stream writes (operators, device copies) is
+/// `free` again as soon as it is released: whatever reuses it is queued after
+/// every operator that used it. One the host wrote (an index table, copied
+/// synchronously) is `pending` until the stream next drains: its next user's
+/// host copy must not overwrite it under an operator still queued. After a
+/// warm-up step, an operation's temporaries all come from `free`: no device
+/// allocation per call.
 #[derive(Debug, Default)]
 struct Scratch {
     /// (capacity, address), reusable now.
@@ -137,6 +139,10 @@ impl NpuContext {
     /// the smallest free scratch allocation that fits, else a new one; it
     /// returns to the scratch when dropped.
     pub fn scratch(&self, bytes: usize) -> Result<DeviceBuffer, AclError> {
+        self.scratch_for(bytes, false)
+    }
+
+    fn scratch_for(&self, bytes: usize, host_written: bool) -> Result<DeviceBuffer, AclError> {
         if bytes == 0 {
             return self.alloc(0);
         }
@@ -152,12 +158,12 @@ impl NpuContext {
                 (bytes, self.api.malloc(bytes)?)
             }
         };
-        Ok(DeviceBuffer { api: self.api.clone(), ptr, len: bytes, capacity, recycle: Some(self.scratch.clone()) })
+        Ok(DeviceBuffer { api: self.api.clone(), ptr, len: bytes, capacity, recycle: Some((self.scratch.clone(), host_written)) })
     }
 
     /// Uploads `values` (small index tables) into scratch, synchronously.
     pub fn upload_i32(&self, values: &[i32]) -> Result<DeviceBuffer, AclError> {
-        let buf = self.scratch(std::mem::size_of_val(values))?;
+        let buf = self.scratch_for(std::mem::size_of_val(values), true)?;
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         if !bytes.is_empty() {
             self.api.memcpy_h2d(buf.ptr, &bytes)?;
@@ -252,8 +258,8 @@ pub struct DeviceBuffer {
     len: usize,
     /// Bytes of the allocation (>= `len` for recycled scratch).
     capacity: usize,
-    /// The scratch it returns to on drop (else it is freed).
-    recycle: Option<Arc<Mutex<Scratch>>>,
+    /// The scratch it returns to on drop (else it is freed), and whether the host wrote it.
+    recycle: Option<(Arc<Mutex<Scratch>>, bool)>,
 }
 
 impl std::fmt::Debug for DeviceBuffer {
@@ -283,7 +289,10 @@ impl Drop for DeviceBuffer {
             return;
         }
         match &self.recycle {
-            Some(s) => s.lock().unwrap_or_else(|p| p.into_inner()).pending.push((self.capacity, self.ptr)),
+            Some((s, host_written)) => {
+                let mut s = s.lock().unwrap_or_else(|p| p.into_inner());
+                if *host_written { &mut s.pending } else { &mut s.free }.push((self.capacity, self.ptr));
+            }
             None => {
                 let _ = self.api.free(self.ptr);
             }
