@@ -7,6 +7,7 @@
 mod bindings_contract;
 mod commit;
 mod common;
+mod conformance;
 mod conv;
 mod delta;
 mod forward;

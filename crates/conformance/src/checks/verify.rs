@@ -18,6 +18,9 @@ pub(crate) fn verify_commit<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn F
             }
             let d = make();
             let dims = shape.dims()?;
+            if ctx.outside_limits(d.capabilities(), &name, &dims) {
+                continue;
+            }
             if d.capabilities().max_draft_tokens.is_some_and(|m| m < draft) {
                 ctx.exact(&format!("{name}: skipped (backend allows fewer draft tokens)"), true, String::new());
                 continue;
