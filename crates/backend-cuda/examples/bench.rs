@@ -3,11 +3,14 @@
 //! sizes (as a fraction of that bandwidth: decode reads and writes every
 //! state once), and chunked extend. Needs a GPU:
 //! `cargo run --release -p deltanet-backend-cuda --example bench [-- <state dtype f32|bf16>]`.
-//! Times are host wall clock per call, including the per-call staging copy of
-//! the index tables and the synchronisation after each launch.
+//! Times are host wall clock. Decode: each call timed to the stream's
+//! completion, through the batch-only entry point (a one-use plan per call:
+//! table build and upload) and through a step plan built once (what every
+//! layer after the first pays), interleaved A B A B. Extend: repetitions
+//! queued back to back, the stream synchronised once after them.
 //! Compare extend with fla's `chunk_gated_delta_rule` on the same shape in the same run.
 
-use deltanet_backend_cuda::CudaDispatcher;
+use deltanet_backend_cuda::{CudaDispatcher, StepPlan};
 use deltanet_core::{
     DType, DecodeBatch, DeltaIo, DeltaParams, DeviceMemory, DeviceTensor, ExtendBatch, KernelDispatcher, Kernels, MambaStatePool,
     ModelDims, PoolConfig,
@@ -26,6 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("bf16") => DType::BF16,
         _ => DType::F32,
     };
+    let sync = || d.memory().stream().synchronize().map_err(|e| format!("synchronize: {e:?}"));
     let (name, arch) = d.device_info();
     println!("device {name} sm_{}{}, state {state_dtype}", arch.0, arch.1);
     let m = d.memory();
@@ -67,21 +71,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let slots = pool.alloc(batch)?;
         let b = DecodeBatch::new(&pool, &slots)?;
         let [q, k, v, g, beta, mut o] = inputs(batch)?;
-        let mut run = |pool: &mut _| {
+        let mut plan = StepPlan::new();
+        d.plan_decode(&mut plan, &pool, &b)?;
+        let planned = d.planned(&plan);
+        let mut run = |pool: &mut _, on_plan: bool| {
             let io = DeltaIo { q: q.view(), k: k.view(), v: v.view(), g: g.view(), beta: beta.view(), o: o.view_mut(), params };
-            d.decode(pool, 0, &b, io)
+            if on_plan {
+                planned.decode(pool, 0, &b, io)
+            } else {
+                d.decode(pool, 0, &b, io)
+            }
         };
-        run(&mut pool)?;
+        run(&mut pool, false)?;
         let reps = 50;
-        let t = Instant::now();
+        // one-use plans and the step plan, interleaved (A B A B)
+        let (mut t_one, mut t_plan) = (0.0, 0.0);
         for _ in 0..reps {
-            run(&mut pool)?;
+            sync()?;
+            let t = Instant::now();
+            run(&mut pool, false)?;
+            sync()?;
+            t_one += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            run(&mut pool, true)?;
+            sync()?;
+            t_plan += t.elapsed().as_secs_f64();
         }
-        let dt = t.elapsed().as_secs_f64() / reps as f64;
+        let (dt, dp) = (t_one / reps as f64, t_plan / reps as f64);
         let moved = 2.0 * (batch * dims.state_elems() * state_dtype.size()) as f64;
         println!(
-            "decode batch {batch:>4}: {:>8.1} us, {:>6.0} GB/s state traffic = {:>5.1}% of D2D copy",
+            "decode batch {batch:>4}: {:>8.1} us ({:>8.1} us on a step plan), {:>6.0} GB/s state traffic = {:>5.1}% of D2D copy",
             dt * 1e6,
+            dp * 1e6,
             moved / dt / 1e9,
             100.0 * moved / dt / 1e9 / copy_bw
         );
@@ -99,10 +120,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         run(&mut pool)?;
         let reps = 5;
+        sync()?;
         let t = Instant::now();
         for _ in 0..reps {
             run(&mut pool)?;
         }
+        sync()?;
         let dt = t.elapsed().as_secs_f64() / reps as f64;
         println!("extend {n} x {len} tokens: {:>9.3} ms ({:.0} tokens/s)", dt * 1e3, (n * len) as f64 / dt);
     }
