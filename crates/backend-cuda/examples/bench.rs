@@ -6,13 +6,18 @@
 //! repetitions interleaved (A B A B), with the FLOP rate of the README's
 //! formula. Needs a GPU:
 //! `cargo run --release -p deltanet-backend-cuda --example bench [-- <state dtype f32|bf16>]`.
-//! Times are host wall clock per call, including the per-call staging copy of
-//! the index tables and the synchronisation after each launch. Besides the
-//! human-readable lines, each figure is printed once as `FIGURE <name> <value>`
-//! for scripts/device-check.sh, which runs fla's kernels on the same shapes in
-//! the same run.
+//! Times are host wall clock, with the stream synchronised around each timed
+//! call or group of calls. Decode: each call timed to the stream's
+//! completion, through the batch-only entry point (a one-use plan per call:
+//! table build and upload) and through a step plan built once (what every
+//! layer after the first pays), interleaved A B A B; verify of D = 4 through
+//! the batch-only entry point. Extend: the portable and the tensor-core
+//! kernel interleaved, each repetition timed to the stream's completion.
+//! Besides the human-readable lines, each figure is printed once as
+//! `FIGURE <name> <value>` for scripts/device-check.sh, which runs fla's
+//! kernels on the same shapes in the same run.
 
-use deltanet_backend_cuda::{CudaDispatcher, ExtendPath};
+use deltanet_backend_cuda::{CudaDispatcher, ExtendPath, StepPlan};
 use deltanet_core::{
     DType, DecodeBatch, DeltaIo, DeltaParams, DeviceMemory, DeviceTensor, ExtendBatch, KernelDispatcher, Kernels, MambaStatePool,
     ModelDims, PoolConfig, VerifyBatch,
@@ -43,6 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("bf16") => DType::BF16,
         _ => DType::F32,
     };
+    let sync = || d.memory().stream().synchronize().map_err(|e| format!("synchronize: {e:?}"));
     let (name, arch) = d.device_info();
     println!("device {name} sm_{}{}, state {state_dtype}", arch.0, arch.1);
     let m = d.memory();
@@ -84,34 +90,50 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut pool = d.new_pool(PoolConfig::new(1, batch, dims).with_state_dtype(state_dtype).with_speculative(4))?;
         let slots = pool.alloc(batch)?;
         let b = DecodeBatch::new(&pool, &slots)?;
-        let vb = VerifyBatch::chain(&pool, &slots, 4)?;
+        let vb = VerifyBatch::chain(&pool, &slots)?;
         let [q, k, v, g, beta, mut o] = inputs(batch)?;
         let [vq, vk, vv, vg, vbeta, mut vo] = inputs(batch * 4)?;
-        let mut decode = |pool: &mut _| {
+        let mut plan = StepPlan::new();
+        d.plan_decode(&mut plan, &pool, &b)?;
+        let planned = d.planned(&plan);
+        let mut decode = |pool: &mut _, on_plan: bool| {
             let io = DeltaIo { q: q.view(), k: k.view(), v: v.view(), g: g.view(), beta: beta.view(), o: o.view_mut(), params };
-            d.decode(pool, 0, &b, io)
+            if on_plan {
+                planned.decode(pool, 0, &b, io)
+            } else {
+                d.decode(pool, 0, &b, io)
+            }
         };
         let mut verify = |pool: &mut _| {
             let io = DeltaIo { q: vq.view(), k: vk.view(), v: vv.view(), g: vg.view(), beta: vbeta.view(), o: vo.view_mut(), params };
             d.verify(pool, 0, &vb, io)
         };
-        decode(&mut pool)?;
+        decode(&mut pool, false)?;
         verify(&mut pool)?;
         let reps = 50;
-        let (mut t_dec, mut t_ver) = (0.0, 0.0);
+        // one-use plans, the step plan and verify, interleaved (A B C A B C)
+        let (mut t_one, mut t_plan, mut t_ver) = (0.0, 0.0, 0.0);
         for _ in 0..reps {
+            sync()?;
             let t = Instant::now();
-            decode(&mut pool)?;
-            t_dec += t.elapsed().as_secs_f64();
+            decode(&mut pool, false)?;
+            sync()?;
+            t_one += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            decode(&mut pool, true)?;
+            sync()?;
+            t_plan += t.elapsed().as_secs_f64();
             let t = Instant::now();
             verify(&mut pool)?;
+            sync()?;
             t_ver += t.elapsed().as_secs_f64();
         }
-        let (dt, vt) = (t_dec / reps as f64, t_ver / reps as f64);
+        let (dt, dp, vt) = (t_one / reps as f64, t_plan / reps as f64, t_ver / reps as f64);
         let moved = 2.0 * (batch * dims.state_elems() * state_dtype.size()) as f64;
         println!(
-            "decode batch {batch:>4}: {:>8.1} us, {:>6.0} GB/s state traffic = {:>5.1}% of D2D copy; verify D = 4: {:>8.1} us = {:.2}x decode",
+            "decode batch {batch:>4}: {:>8.1} us ({:>8.1} us on a step plan), {:>6.0} GB/s state traffic = {:>5.1}% of D2D copy; verify D = 4: {:>8.1} us = {:.2}x decode",
             dt * 1e6,
+            dp * 1e6,
             moved / dt / 1e9,
             100.0 * moved / dt / 1e9 / copy_bw,
             vt * 1e6,
@@ -119,6 +141,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         figure(&format!("decode_b{batch}_us"), dt * 1e6);
         figure(&format!("decode_b{batch}_copy_fraction"), moved / dt / 1e9 / copy_bw);
+        figure(&format!("decode_plan_b{batch}_us"), dp * 1e6);
         figure(&format!("verify4_b{batch}_us"), vt * 1e6);
         figure(&format!("verify4_b{batch}_over_decode"), vt / dt);
     }
@@ -138,11 +161,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let reps = 5;
         let (mut tp, mut tt) = (0.0, 0.0);
         for _ in 0..reps {
+            sync()?;
             let t = Instant::now();
             run(&portable, &mut pool)?;
+            sync()?;
             tp += t.elapsed().as_secs_f64();
             let t = Instant::now();
             run(&tc, &mut pool)?;
+            sync()?;
             tt += t.elapsed().as_secs_f64();
         }
         let (tp, tt) = (tp / reps as f64, tt / reps as f64);

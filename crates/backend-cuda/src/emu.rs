@@ -5,7 +5,7 @@
 use crate::args::KernelArgs;
 use crate::kernels::Kernel;
 use crate::launcher::{sealed, Launcher};
-use deltanet_core::{Error, HostMemory, Result};
+use deltanet_core::{DeviceMemory, Error, HostBuffer, HostMemory, Result};
 use std::ffi::{c_char, c_void, CString};
 
 extern "C" {
@@ -31,6 +31,7 @@ impl sealed::Sealed for EmuLauncher {}
 
 impl Launcher for EmuLauncher {
     type Memory = HostMemory;
+    type Staging = Vec<u8>;
 
     fn memory(&self) -> &HostMemory {
         &HostMemory
@@ -53,25 +54,44 @@ impl Launcher for EmuLauncher {
         }
     }
     fn launch<A: KernelArgs>(&self, grid: (u32, u32, u32), block: u32, args: &A) -> Result<()> {
-        let kernel = A::KERNEL;
-        let name = CString::new(kernel.name()).expect("no NUL");
-        // SAFETY: `name` is NUL-terminated; `args` points to the `size_of::<A>()`
-        // bytes of the kernel's argument struct (the emulation checks the size
-        // against its own struct's); the addresses in it were made by the
-        // dispatcher from live host buffers and views that outlive this call
-        // (the launch is synchronous).
-        let r = unsafe {
-            deltanet_emu_launch(name.as_ptr(), grid.0, grid.1, grid.2, block, (args as *const A).cast(), std::mem::size_of::<A>())
-        };
-        if r != 0 {
-            return Err(Error::Device {
-                backend: "cuda-emulated".into(),
-                op: kernel.name().into(),
-                message: format!("emulated launch failed ({r})"),
-            });
-        }
-        Ok(())
+        launch(grid, block, args)
     }
+    fn alloc_device(&self, bytes: usize) -> Result<HostBuffer> {
+        HostMemory.alloc_zeroed(bytes)
+    }
+    fn alloc_staging(&self, bytes: usize) -> Result<Vec<u8>> {
+        Ok(vec![0; bytes])
+    }
+    fn staging_mut<'s>(&self, staging: &'s mut Vec<u8>) -> Result<&'s mut [u8]> {
+        Ok(staging)
+    }
+    fn upload(&self, staging: &Vec<u8>, dst: &mut HostBuffer) -> Result<()> {
+        HostMemory.write(dst, 0, staging)
+    }
+}
+
+/// Runs one kernel in the emulation (synchronously: the emulation has no queue).
+pub(crate) fn launch<A: KernelArgs>(grid: (u32, u32, u32), block: u32, args: &A) -> Result<()> {
+    // SAFETY: `A` is a #[repr(C)] struct of integers and floats without padding
+    // (checked in args.rs), so its `size_of::<A>()` bytes are initialised.
+    let bytes = unsafe { std::slice::from_raw_parts((args as *const A).cast::<u8>(), std::mem::size_of::<A>()) };
+    launch_bytes(A::KERNEL.name(), grid, block, bytes)
+}
+
+/// Runs kernel `name` with the bytes of its argument struct.
+pub(crate) fn launch_bytes(name: &'static str, grid: (u32, u32, u32), block: u32, args: &[u8]) -> Result<()> {
+    let c_name = CString::new(name).expect("no NUL");
+    // SAFETY: `c_name` is NUL-terminated; `args` holds the bytes of the
+    // kernel's argument struct (the emulation checks the size against its own
+    // struct's); the addresses in it were made by the dispatcher from live
+    // host buffers and views that outlive this call (the emulated launch runs
+    // to completion before returning; a replayed capture runs while the
+    // buffers it was captured with are alive, as a CUDA graph must).
+    let r = unsafe { deltanet_emu_launch(c_name.as_ptr(), grid.0, grid.1, grid.2, block, args.as_ptr().cast(), args.len()) };
+    if r != 0 {
+        return Err(Error::Device { backend: "cuda-emulated".into(), op: name.into(), message: format!("emulated launch failed ({r})") });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

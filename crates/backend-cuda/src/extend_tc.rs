@@ -40,7 +40,7 @@ pub(crate) enum TcPrecision {
     Tf32 = 1,
 }
 
-/// The per-call tables `run_extend` builds for either kernel, on the device.
+/// The extend tables of a step plan, on the device (shared with the portable kernel).
 pub(crate) struct ExtendTables {
     /// 6 x i64 per sequence.
     pub seqs: u64,
@@ -81,7 +81,25 @@ pub(crate) fn tc_groups(chunks_per_seq: &[usize], chunk_bytes: usize, budget: us
     out
 }
 
+/// Workspace bytes of the largest group `tc_groups` makes for an extend of
+/// sequences of `chunks_per_seq` chunks under `budget` bytes.
+pub(crate) fn tc_workspace_bytes(chunks_per_seq: &[usize], k: usize, v: usize, hv: usize, budget: usize) -> usize {
+    let chunk_bytes = tc_chunk_floats(k, v) * hv * 4;
+    tc_groups(chunks_per_seq, chunk_bytes, budget).iter().map(|g| g.chunks * chunk_bytes).max().unwrap_or(0)
+}
+
 impl<L: Launcher> CudaDispatcher<L> {
+    /// Whether the tensor-core kernel may run an extend of a pool with
+    /// `state_dtype` (the inputs' dtypes are not known yet when a step plan
+    /// is built): its workspace is then sized for either kernel.
+    pub(crate) fn extend_may_use_tc(&self, state_dtype: DType) -> bool {
+        match self.extend_path {
+            ExtendPath::Portable => false,
+            ExtendPath::Auto => state_dtype == DType::BF16 && self.launcher.tensor_cores(),
+            ExtendPath::TensorCore => self.launcher.tensor_cores(),
+        }
+    }
+
     /// The tensor-core precision extend runs at, or `None` for the portable kernel.
     pub(crate) fn extend_precision(&self, io: &DeltaIo<'_>, state_dtype: DType) -> Result<Option<TcPrecision>> {
         let all_bf16 = [io.q.meta(), io.k.meta(), io.v.meta()].iter().all(|m| m.dtype() == DType::BF16);
@@ -96,13 +114,7 @@ impl<L: Launcher> CudaDispatcher<L> {
         }
     }
 
-    /// Workspace bytes of the largest group `tc_groups` makes for this call.
-    pub(crate) fn tc_workspace_bytes(&self, chunks_per_seq: &[usize], k: usize, v: usize, hv: usize) -> usize {
-        let chunk_bytes = tc_chunk_floats(k, v) * hv * 4;
-        tc_groups(chunks_per_seq, chunk_bytes, self.extend_workspace_budget).iter().map(|g| g.chunks * chunk_bytes).max().unwrap_or(0)
-    }
-
-    /// Runs `dnk_extend_tc` over the staged tables, group by group (phase 0 then 1 for each).
+    /// Runs `dnk_extend_tc` over a step plan's tables, group by group (phase 0 then 1 for each).
     pub(crate) fn run_extend_tc(
         &self,
         io: DeltaArgs,

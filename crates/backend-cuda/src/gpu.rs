@@ -6,7 +6,8 @@ use crate::kernels::Kernel;
 use crate::launcher::{sealed, Launcher};
 use crate::nvrtc;
 use cudarc::driver::{
-    result as dres, sys as dsys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+    result as dres, sys as dsys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PinnedHostSlice,
+    PushKernelArg,
 };
 use deltanet_core::memory::check_range;
 use deltanet_core::{Device, DeviceMemory, Error, Result};
@@ -137,10 +138,25 @@ pub struct GpuLauncher {
     arch: (i32, i32),
 }
 
+/// Which stream a [`GpuLauncher`] queues its work on.
+pub(crate) enum StreamChoice {
+    /// The context's default stream.
+    Default,
+    /// A cudarc stream of the engine's.
+    Cudarc(Arc<CudaStream>),
+    /// A raw `CUstream` of the engine's (borrowed: the engine keeps it alive).
+    Raw(dsys::CUstream),
+}
+
+// SAFETY: a `CUstream` is a handle the driver accepts from any thread; the
+// engine that handed it over keeps it alive (the contract of `on_raw_stream`).
+unsafe impl Send for StreamChoice {}
+
 impl GpuLauncher {
     /// Opens device `ordinal` and compiles (or fetches from the cache) the kernels
-    /// for its architecture. `Unavailable` when the driver, NVRTC or the device is missing.
-    pub(crate) fn new(ordinal: usize) -> Result<Self> {
+    /// for its architecture; work is queued on `stream`. `Unavailable` when the
+    /// driver, NVRTC or the device is missing.
+    pub(crate) fn new(ordinal: usize, stream: StreamChoice) -> Result<Self> {
         let unavailable = |reason: String| Error::Unavailable { backend: "cuda".into(), reason };
         let count = probe().map_err(unavailable)?;
         if ordinal >= count {
@@ -149,7 +165,10 @@ impl GpuLauncher {
         if !nvrtc::load() {
             return Err(unavailable(format!("{} (needed to compile the kernels)", nvrtc::WHERE)));
         }
-        let ctx = CudaContext::new(ordinal).map_err(|e| unavailable(format!("device {ordinal}: {e:?}")))?;
+        let ctx = match &stream {
+            StreamChoice::Cudarc(s) => s.context().clone(),
+            _ => CudaContext::new(ordinal).map_err(|e| unavailable(format!("device {ordinal}: {e:?}")))?,
+        };
         let arch = ctx.compute_capability().map_err(|e| dev_err("compute capability", e))?;
         let name = ctx.name().unwrap_or_else(|_| "unknown".into());
         let slot = module_cache().lock().unwrap_or_else(|p| p.into_inner()).entry((ordinal, arch.0, arch.1)).or_default().clone();
@@ -165,7 +184,14 @@ impl GpuLauncher {
         for k in Kernel::ALL {
             functions.insert(k, module.load_function(k.name()).map_err(|e| dev_err("load function", e))?);
         }
-        let stream = ctx.default_stream();
+        let stream = match stream {
+            StreamChoice::Default => ctx.default_stream(),
+            StreamChoice::Cudarc(s) => s,
+            // SAFETY: the caller of `CudaDispatcher::on_raw_stream` promised a
+            // live stream of this device's primary context that outlives the
+            // dispatcher; all our work on it is queued in order on it.
+            StreamChoice::Raw(raw) => unsafe { ctx.wrap_borrowed_stream(raw) },
+        };
         Ok(GpuLauncher { memory: CudaMemory { stream, ordinal }, functions, name, arch })
     }
 
@@ -179,6 +205,7 @@ impl sealed::Sealed for GpuLauncher {}
 
 impl Launcher for GpuLauncher {
     type Memory = CudaMemory;
+    type Staging = PinnedHostSlice<u8>;
 
     fn memory(&self) -> &CudaMemory {
         &self.memory
@@ -203,10 +230,28 @@ impl Launcher for GpuLauncher {
         let mut b = stream.launch_builder(f);
         b.arg(args);
         // SAFETY: the kernel takes exactly one argument, its struct `A` by value
-        // (`A::KERNEL` picked the function; NVRTC checked the layout); the
-        // addresses in it were made by the dispatcher from live buffers and
-        // validated views that outlive the launch (we synchronise before returning).
-        unsafe { b.launch(cfg) }.map_err(|e| dev_err(kernel.name(), e))?;
-        stream.synchronize().map_err(|e| dev_err("synchronize", e))
+        // (`A::KERNEL` picked the function; NVRTC checked the layout), copied
+        // into the launch at this call. The addresses in it were made by the
+        // dispatcher from live buffers and validated views; the work is queued
+        // on the stream, so the buffers must outlive it there: pool and plan
+        // buffers are freed stream-ordered, and the engine owns its tensors'
+        // lifetime on its stream (as for any kernel it queues).
+        unsafe { b.launch(cfg) }.map(|_| ()).map_err(|e| dev_err(kernel.name(), e))
+    }
+    fn alloc_device(&self, bytes: usize) -> Result<CudaBuffer> {
+        self.memory.alloc_zeroed(bytes)
+    }
+    fn alloc_staging(&self, bytes: usize) -> Result<PinnedHostSlice<u8>> {
+        // SAFETY: the bytes are left unset; every byte is written by the plan
+        // (`staging_mut`) before the first upload reads it.
+        unsafe { self.memory.stream.context().alloc_pinned::<u8>(bytes.max(1)) }.map_err(|e| dev_err("alloc pinned", e))
+    }
+    fn staging_mut<'s>(&self, staging: &'s mut PinnedHostSlice<u8>) -> Result<&'s mut [u8]> {
+        staging.as_mut_slice().map_err(|e| dev_err("staging", e))
+    }
+    fn upload(&self, staging: &PinnedHostSlice<u8>, dst: &mut CudaBuffer) -> Result<()> {
+        check_range(dst.slice.len(), 0, staging.len())?;
+        let mut view = dst.slice.slice_mut(0..staging.len());
+        self.memory.stream.memcpy_htod(staging, &mut view).map_err(|e| dev_err("upload", e))
     }
 }

@@ -15,6 +15,78 @@
 //!
 //! Without a driver library, NVRTC or a device, [`CudaDispatcher::new`] returns
 //! [`Error::Unavailable`] (cudarc would panic; the libraries are probed first).
+//!
+//! ## Inside an engine's step: its stream, one plan per step, graph capture
+//!
+//! **Stream.** [`CudaDispatcher::new`] queues on the device's default stream;
+//! [`CudaDispatcher::on_stream`] on the engine's cudarc stream and
+//! [`CudaDispatcher::on_raw_stream`] on its raw `CUstream` (from PyTorch,
+//! `torch.cuda.current_stream().cuda_stream`). Operations only queue work:
+//! no launch, upload or table build waits for the device. A device fault of
+//! a queued kernel surfaces at the next call that waits for the stream (a
+//! pool export or read, a tensor read, the engine's own synchronisation), as
+//! [`Error::Device`]; the pool's bookkeeping (slots, generations, current
+//! verifies) is then the host's view of the calls that were accepted, and
+//! the states those calls wrote are undefined: the engine drops or
+//! re-imports them, as after any CUDA fault.
+//!
+//! **Step plans.** A forward step's batch (extend, decode, verify, commit) is
+//! the same for every layer, so its index tables are built once on the host
+//! into a [`StepPlan`] and uploaded once (one asynchronous copy from
+//! page-locked memory into a device buffer the plan owns); every layer then
+//! runs on [`CudaDispatcher::planned`], which implements the same [`Kernels`]
+//! (so the layer forward and every `KernelDispatcher` method take it). A plan
+//! is rebuilt in place each step: after the first step nothing is allocated.
+//! The batch-only entry points still work: each builds a one-use plan.
+//!
+//! **Graph capture.** A plan made [`StepPlan::with_capacity`]`(bucket)` keeps
+//! its device addresses for every batch of up to `bucket` requests (entries
+//! past the batch are padded onto slot 0), and a planned decode or verify
+//! step allocates nothing, never waits for the device and reads no device
+//! data on the host — so it can be captured. An engine captures once per
+//! bucket, with a batch of `bucket` requests, then before each replay
+//! rebuilds the plan for the step's batch (up to `bucket` requests; the
+//! engine pads its input buffers as it does for attention) and replays:
+//!
+//! ```no_run
+//! # use deltanet_backend_cuda::{cudarc::driver::{sys, CudaContext}, CudaDispatcher, StepPlan};
+//! # use deltanet_core::*;
+//! # fn layer_forward(d: &impl KernelDispatcher<Memory = deltanet_backend_cuda::CudaMemory, Layout = VMajor>,
+//! #     pool: &mut StatePool<deltanet_backend_cuda::CudaMemory, VMajor>, layer: usize, b: &DecodeBatch) -> Result<()> { Ok(()) }
+//! # fn main() -> Result<()> {
+//! let ctx = CudaContext::new(0).unwrap();
+//! let stream = ctx.new_stream().unwrap(); // the engine's stream
+//! let d = CudaDispatcher::on_stream(0, stream.clone())?;
+//! let mut pool = d.new_pool(PoolConfig::new(30, 256, ModelDims::new(16, 32, 128, 128, 4)?))?;
+//! let slots = pool.alloc(8)?;
+//! let mut plan = StepPlan::with_capacity(8); // one plan per captured batch bucket
+//!
+//! // eager step: plan once, every layer on the plan (forward_decode(&d.planned(&plan), ...))
+//! let batch = DecodeBatch::new(&pool, &slots)?;
+//! d.plan_decode(&mut plan, &pool, &batch)?;
+//! for layer in 0..30 {
+//!     layer_forward(&d.planned(&plan), &mut pool, layer, &batch)?;
+//! }
+//!
+//! // capture the same step once ...
+//! stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).unwrap();
+//! for layer in 0..30 {
+//!     layer_forward(&d.planned(&plan), &mut pool, layer, &batch)?;
+//! }
+//! let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0)).unwrap().unwrap();
+//! // ... and for each later step of up to 8 requests: rebuild the plan (one upload), replay
+//! let next = DecodeBatch::new(&pool, &slots[..5])?;
+//! d.plan_decode(&mut plan, &pool, &next)?;
+//! graph.launch().unwrap();
+//! # Ok(()) }
+//! ```
+//!
+//! Run the step once uncaptured first (it sizes the layer workspace and the
+//! plan). With cudarc's own streams, disable its cross-stream event tracking
+//! (`CudaContext::disable_event_tracking`) before capturing: a capture may
+//! not wait on events recorded outside it. The plan's staging memory is
+//! rewritten by the next build only after its previous upload has run; keep
+//! two plans to build step `n+1` while step `n` is still queued.
 
 #![warn(missing_docs)]
 
@@ -23,8 +95,13 @@ mod extend_tc;
 mod gpu;
 mod kernels;
 mod launcher;
+mod launches;
 mod nvrtc;
+mod planned;
+mod step_plan;
 
+#[cfg(feature = "emulate")]
+mod counting;
 #[cfg(feature = "emulate")]
 mod emu;
 
@@ -32,19 +109,24 @@ mod emu;
 mod compile_gate;
 
 #[cfg(feature = "emulate")]
+pub use counting::{Counter, CountingLauncher, CountingMemory, Counts, EmuGraph};
+pub use cudarc;
+#[cfg(feature = "emulate")]
 pub use emu::EmuLauncher;
 pub use extend_tc::ExtendPath;
 pub use gpu::{CudaBuffer, CudaMemory, GpuLauncher};
 pub use launcher::Launcher;
+pub use planned::Planned;
+pub use step_plan::StepPlan;
 
-use args::{dtype_code, CastArgs, CommitArgs, ConvArgs, DeltaArgs, ExtendArgs, GateArgs, KernelArgs, RecurrentArgs};
+use args::{dtype_code, CastArgs, ConvArgs, DeltaArgs, GateArgs, KernelArgs};
 use deltanet_core::{
-    plan, Capabilities, Checked, CommitBatch, ConvIo, DType, DecodeBatch, DeltaIo, Device, DeviceMemory, DimLimits, Error, ExtendBatch,
-    GateCall, HeadMapping, Kernels, LayoutKind, ModelDims, PoolOf, Result, TensorMeta, TensorMut, TensorRef, VMajor, VerifyBatch,
+    Capabilities, Checked, CommitBatch, ConvIo, DType, DecodeBatch, DeltaIo, Device, DimLimits, Error, ExtendBatch, GateCall, HeadMapping,
+    Kernels, LayoutKind, MambaStatePool, ModelDims, PoolConfig, PoolOf, Result, TensorMeta, TensorMut, TensorRef, VMajor, VerifyBatch,
 };
-use extend_tc::ExtendTables;
-use kernels::{Kernel, CHUNK, EXTEND_ROWS, MAX_CONV_WIDTH, MAX_HEAD_DIM, ROWS_PER_BLOCK};
-use std::sync::{Mutex, MutexGuard};
+use kernels::{Kernel, CHUNK, MAX_CONV_WIDTH, MAX_HEAD_DIM};
+use std::sync::Mutex;
+use step_plan::{ExtendWorkspace, PlanAddrs, StepRef};
 
 /// Checks, without panicking, that a CUDA driver and a device are present
 /// (for `deltanet info`).
@@ -56,10 +138,9 @@ pub fn probe() -> std::result::Result<(), String> {
 pub struct CudaDispatcher<L: Launcher = GpuLauncher> {
     launcher: L,
     caps: Capabilities,
-    /// Device memory for each launch's index tables and workspace, grown on
-    /// demand and reused (launches are synchronous, and the lock is held
-    /// from staging to the end of the launch).
-    arena: Mutex<Arena<<L::Memory as DeviceMemory>::Buffer>>,
+    /// The one-use plan of the batch-only entry points, rebuilt by each call
+    /// (the lock is held from the build to the launch).
+    scratch: Mutex<Box<StepPlan<L>>>,
     /// Upper bound on the extend workspace (bytes); more sequences than fit take turns.
     extend_workspace_budget: usize,
     /// Which kernel runs extend.
@@ -72,34 +153,33 @@ impl<L: Launcher> std::fmt::Debug for CudaDispatcher<L> {
     }
 }
 
-/// A reusable device allocation.
-struct Arena<B> {
-    buf: Option<B>,
-    cap: usize,
-}
-
 /// Default bound on the extend workspace (each (sequence, head, 32-row tile)
 /// block needs `4 * (32 K + 64 (3 K + 64))` bytes: 128 KiB at K = 128).
 const DEFAULT_EXTEND_WORKSPACE: usize = 256 << 20;
-
-/// Alignment of every region of the arena.
-const ARENA_ALIGN: usize = 256;
-
-/// The staged tables and workspace of one launch; holds the arena until dropped.
-struct Staged<'a, B> {
-    _guard: MutexGuard<'a, Arena<B>>,
-    /// Device address of each table, in the order given.
-    tables: Vec<u64>,
-    /// Device address of the workspace.
-    workspace: u64,
-}
 
 impl CudaDispatcher<GpuLauncher> {
     /// Opens GPU `ordinal` and compiles the kernels for it (once per device and
     /// architecture). [`Error::Unavailable`] when the CUDA driver library,
     /// NVRTC or the device is missing.
     pub fn new(ordinal: usize) -> Result<Self> {
-        Ok(Self::with_launcher(GpuLauncher::new(ordinal)?, Device::Cuda(ordinal)))
+        Ok(Self::with_launcher(GpuLauncher::new(ordinal, gpu::StreamChoice::Default)?, Device::Cuda(ordinal)))
+    }
+
+    /// As [`new`](Self::new), queueing every operation on the engine's
+    /// cudarc `stream` (of device `ordinal`) instead of the default stream.
+    pub fn on_stream(ordinal: usize, stream: std::sync::Arc<cudarc::driver::CudaStream>) -> Result<Self> {
+        Ok(Self::with_launcher(GpuLauncher::new(ordinal, gpu::StreamChoice::Cudarc(stream))?, Device::Cuda(ordinal)))
+    }
+
+    /// As [`new`](Self::new), queueing every operation on the engine's raw
+    /// `CUstream` (what `torch.cuda.current_stream().cuda_stream` gives).
+    ///
+    /// # Safety
+    /// `stream` must be a live stream of device `ordinal`'s primary context
+    /// (the one PyTorch and cudarc use) and must outlive the dispatcher and
+    /// every pool and plan made from it; the dispatcher never destroys it.
+    pub unsafe fn on_raw_stream(ordinal: usize, stream: cudarc::driver::sys::CUstream) -> Result<Self> {
+        Ok(Self::with_launcher(GpuLauncher::new(ordinal, gpu::StreamChoice::Raw(stream))?, Device::Cuda(ordinal)))
     }
 
     /// The device's name and compute capability.
@@ -113,6 +193,18 @@ impl CudaDispatcher<EmuLauncher> {
     /// The kernels run in the CPU emulation of the CUDA execution model, on host memory.
     pub fn emulated() -> Self {
         Self::with_launcher(EmuLauncher::default(), Device::Host)
+    }
+}
+
+#[cfg(feature = "emulate")]
+impl CudaDispatcher<CountingLauncher> {
+    /// The emulation with a [`CountingLauncher`]: the returned [`Counter`]
+    /// counts every launch, upload, allocation and host wait of the
+    /// dispatcher and of every pool and workspace on its memory.
+    pub fn counting() -> (Self, Counter) {
+        let launcher = CountingLauncher::new();
+        let counter = launcher.counter();
+        (Self::with_launcher(launcher, Device::Host), counter)
     }
 }
 
@@ -139,7 +231,7 @@ impl<L: Launcher> CudaDispatcher<L> {
         CudaDispatcher {
             launcher,
             caps,
-            arena: Mutex::new(Arena { buf: None, cap: 0 }),
+            scratch: Mutex::new(Box::default()),
             extend_workspace_budget: DEFAULT_EXTEND_WORKSPACE,
             extend_path: ExtendPath::default(),
         }
@@ -184,35 +276,48 @@ impl<L: Launcher> CudaDispatcher<L> {
         self.run((s.numel().div_ceil(bt), 1, 1), &a)
     }
 
-    /// Copies i64 tables to the device (one host-to-device copy) and reserves a
-    /// workspace of `ws_bytes` (not zeroed) behind them, in the reused arena.
-    fn stage(&self, tables: &[&[i64]], ws_bytes: usize) -> Result<Staged<'_, <L::Memory as DeviceMemory>::Buffer>> {
-        let mut offs = Vec::with_capacity(tables.len());
-        let mut total = 0;
-        for t in tables {
-            offs.push(total);
-            total += (t.len().max(1) * 8).next_multiple_of(ARENA_ALIGN);
+    /// Builds `plan` for an extend step of `batch` (a batch of `pool`) and
+    /// queues its one upload; every layer's conv and delta rule of the step
+    /// then run on [`planned`](Self::planned)`(&plan)`.
+    pub fn plan_extend(&self, plan: &mut StepPlan<L>, pool: &PoolOf<Self>, batch: &ExtendBatch) -> Result<()> {
+        self.build_plan(plan, pool, StepRef::Extend(batch))
+    }
+    /// As [`plan_extend`](Self::plan_extend) for a decode step.
+    pub fn plan_decode(&self, plan: &mut StepPlan<L>, pool: &PoolOf<Self>, batch: &DecodeBatch) -> Result<()> {
+        self.build_plan(plan, pool, StepRef::Decode(batch))
+    }
+    /// As [`plan_extend`](Self::plan_extend) for a verify step.
+    pub fn plan_verify(&self, plan: &mut StepPlan<L>, pool: &PoolOf<Self>, batch: &VerifyBatch) -> Result<()> {
+        self.build_plan(plan, pool, StepRef::Verify(batch))
+    }
+    /// As [`plan_extend`](Self::plan_extend) for a commit step.
+    pub fn plan_commit(&self, plan: &mut StepPlan<L>, pool: &PoolOf<Self>, batch: &CommitBatch) -> Result<()> {
+        self.build_plan(plan, pool, StepRef::Commit(batch))
+    }
+
+    fn build_plan(&self, plan: &mut StepPlan<L>, pool: &PoolOf<Self>, step: StepRef<'_>) -> Result<()> {
+        match step {
+            StepRef::Extend(b) => b.check_pool(pool)?,
+            StepRef::Decode(b) => b.check_pool(pool)?,
+            StepRef::Verify(b) => b.check_pool(pool)?,
+            StepRef::Commit(b) => b.check_pool(pool)?,
         }
-        let ws_off = total;
-        total += ws_bytes.next_multiple_of(ARENA_ALIGN).max(ARENA_ALIGN);
-        let mut guard = self.arena.lock().unwrap_or_else(|p| p.into_inner());
-        let m = self.launcher.memory();
-        if guard.cap < total {
-            let cap = total.next_power_of_two();
-            guard.buf = None;
-            guard.buf = Some(m.alloc_zeroed(cap)?);
-            guard.cap = cap;
-        }
-        let buf = guard.buf.as_mut().expect("allocated above");
-        let mut bytes = vec![0u8; ws_off];
-        for (t, &o) in tables.iter().zip(&offs) {
-            for (j, x) in t.iter().enumerate() {
-                bytes[o + 8 * j..o + 8 * j + 8].copy_from_slice(&x.to_le_bytes());
-            }
-        }
-        m.write(buf, 0, &bytes)?;
-        let base = m.addr(buf);
-        Ok(Staged { tables: offs.iter().map(|&o| base + o as u64).collect(), workspace: base + ws_off as u64, _guard: guard })
+        let _span = tracing::debug_span!("plan", backend = self.launcher.backend()).entered();
+        let config = &pool.geometry().config;
+        plan.build(&self.launcher, step, &config.dims, self.extend_workspace(config.state_dtype)).map(|_| ())
+    }
+
+    /// How a plan of a pool with `state_dtype` sizes its extend workspace.
+    fn extend_workspace(&self, state_dtype: DType) -> ExtendWorkspace {
+        ExtendWorkspace { budget: self.extend_workspace_budget, tensor_cores: self.extend_may_use_tc(state_dtype) }
+    }
+
+    /// Runs `launch` on the tables of a one-use plan of `step` (the batch-only
+    /// entry points) for a pool of `config`.
+    fn with_scratch_plan(&self, step: StepRef<'_>, config: PoolConfig, launch: impl FnOnce(&PlanAddrs) -> Result<()>) -> Result<()> {
+        let mut plan = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        let addrs = plan.build(&self.launcher, step, &config.dims, self.extend_workspace(config.state_dtype))?;
+        launch(&addrs)
     }
 
     fn run<A: KernelArgs>(&self, grid: (usize, usize, usize), args: &A) -> Result<()> {
@@ -325,204 +430,30 @@ impl<L: Launcher> Kernels for CudaDispatcher<L> {
     }
 
     fn run_conv_extend(&self, pool: &mut PoolOf<Self>, call: Checked<'_, ExtendBatch, ConvIo<'_>>) -> Result<()> {
-        let (ticket, layer, batch, g, io) = (call.ticket(), call.layer(), call.batch(), *call.geometry(), call.io());
-        let dims = g.config.dims;
-        let n = batch.num_seqs();
-        let (mut seqs, mut snaps) = (Vec::with_capacity(n * 6), Vec::new());
-        for i in 0..n {
-            let begin = snaps.len() as i64 / 2;
-            for s in batch.snapshots_of(i) {
-                snaps.extend([s.position as i64, s.slot.index() as i64]);
-            }
-            let r = batch.seq_range(i);
-            let init = batch.has_initial_state()[i] as i64;
-            seqs.extend([r.start as i64, r.len() as i64, batch.slots()[i].index() as i64, init, begin, snaps.len() as i64 / 2]);
-        }
-        let st = self.stage(&[&seqs, &snaps], 0)?;
-        let m = self.launcher.memory();
-        pool.checked_parts(ticket, |parts| {
-            let a = ConvArgs {
-                state: m.addr(parts.conv) + g.conv_offset(layer, 0) as u64,
-                seqs: st.tables[0],
-                snapshots: st.tables[1],
-                mode: 0,
-                ..self.conv_args(&dims, io, g.config.conv_dtype)
-            };
-            let bt = self.launcher.block_threads(Kernel::Conv) as usize;
-            self.run((dims.conv_dim().div_ceil(bt), n, 1), &a)
-        })
+        self.with_scratch_plan(StepRef::Extend(call.batch()), call.geometry().config, |t| self.conv_extend_on(pool, call, t))
     }
 
     fn run_conv_update(&self, pool: &mut PoolOf<Self>, call: Checked<'_, DecodeBatch, ConvIo<'_>>) -> Result<()> {
-        let (ticket, layer, batch, g, io) = (call.ticket(), call.layer(), call.batch(), *call.geometry(), call.io());
-        let dims = g.config.dims;
-        let n = batch.num_seqs();
-        let seqs: Vec<i64> = batch.slots().iter().enumerate().flat_map(|(i, s)| [i as i64, 1, s.index() as i64, 1, 0, 0]).collect();
-        let st = self.stage(&[&seqs], 0)?;
-        let m = self.launcher.memory();
-        pool.checked_parts(ticket, |parts| {
-            let a = ConvArgs {
-                state: m.addr(parts.conv) + g.conv_offset(layer, 0) as u64,
-                seqs: st.tables[0],
-                mode: 1,
-                ..self.conv_args(&dims, io, g.config.conv_dtype)
-            };
-            let bt = self.launcher.block_threads(Kernel::Conv) as usize;
-            self.run((dims.conv_dim().div_ceil(bt), n, 1), &a)
-        })
+        self.with_scratch_plan(StepRef::Decode(call.batch()), call.geometry().config, |t| self.conv_update_on(pool, call, t))
     }
 
     fn run_conv_verify(&self, pool: &mut PoolOf<Self>, call: Checked<'_, VerifyBatch, ConvIo<'_>>) -> Result<()> {
-        let (ticket, layer, batch, g, io) = (call.ticket(), call.layer(), call.batch(), *call.geometry(), call.io());
-        let dims = g.config.dims;
-        let (n, d) = (batch.num_seqs(), batch.draft());
-        let seqs: Vec<i64> =
-            batch.slots().iter().enumerate().flat_map(|(i, s)| [(i * d) as i64, d as i64, s.index() as i64, 1, 0, 0]).collect();
-        let st = self.stage(&[&seqs, batch.parents()], 0)?;
-        let m = self.launcher.memory();
-        pool.checked_parts(ticket, |parts| {
-            let windows = parts.windows.ok_or(Error::NoSpeculativeBuffers)?;
-            let a = ConvArgs {
-                state: m.addr(parts.conv) + g.conv_offset(layer, 0) as u64,
-                windows: m.addr(windows) + g.window_offset(layer, 0, 0) as u64,
-                seqs: st.tables[0],
-                parents: st.tables[1],
-                draft: d as i64,
-                mode: 2,
-                ..self.conv_args(&dims, io, g.config.conv_dtype)
-            };
-            let bt = self.launcher.block_threads(Kernel::Conv) as usize;
-            self.run((dims.conv_dim().div_ceil(bt), n, 1), &a)
-        })
+        self.with_scratch_plan(StepRef::Verify(call.batch()), call.geometry().config, |t| self.conv_verify_on(pool, call, t))
     }
 
     fn run_extend(&self, pool: &mut PoolOf<Self>, call: Checked<'_, ExtendBatch, DeltaIo<'_>>) -> Result<()> {
-        let (ticket, layer, batch, g, io) = (call.ticket(), call.layer(), call.batch(), *call.geometry(), call.io());
-        let dims = g.config.dims;
-        let n = batch.num_seqs();
-        // Chunks of CHUNK tokens from each sequence's start, also cut at snapshot
-        // positions (core's plan); each snapshot is taken at the end of its chunk.
-        let (mut seqs, mut chunks, mut snap_slots) = (Vec::with_capacity(n * 6), Vec::new(), Vec::new());
-        let pieces = plan::extend_pieces(batch, Some(CHUNK));
-        for i in 0..n {
-            let r = batch.seq_range(i);
-            let first_chunk = chunks.len() as i64 / 4;
-            for p in pieces.iter().filter(|p| p.seq == i) {
-                let sb = snap_slots.len() as i64;
-                snap_slots.extend(plan::slot_indices(&p.snapshots));
-                chunks.extend([p.tokens.start as i64, p.tokens.len() as i64, sb, snap_slots.len() as i64]);
-            }
-            let init = batch.has_initial_state()[i] as i64;
-            seqs.extend([r.start as i64, r.len() as i64, batch.slots()[i].index() as i64, init, first_chunk, chunks.len() as i64 / 4]);
-        }
-        let (k, v, hv) = (dims.head_k_dim, dims.head_v_dim, dims.num_v_heads);
-        let m = self.launcher.memory();
-        if let Some(precision) = self.extend_precision(io, g.config.state_dtype)? {
-            let chunks_per_seq: Vec<usize> = seqs.chunks(6).map(|s| (s[5] - s[4]) as usize).collect();
-            let st = self.stage(&[&seqs, &chunks, &snap_slots], self.tc_workspace_bytes(&chunks_per_seq, k, v, hv))?;
-            let tables = ExtendTables { seqs: st.tables[0], chunks: st.tables[1], snapshot_slots: st.tables[2], chunks_per_seq };
-            return pool.checked_parts(ticket, |parts| {
-                let state = m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64;
-                self.run_extend_tc(self.delta_args(&dims, io), &tables, st.workspace, state, g.config.state_dtype, precision)
-            });
-        }
-        let tiles = v.div_ceil(EXTEND_ROWS);
-        let per_block = EXTEND_ROWS * k + CHUNK * (3 * k + 2 * EXTEND_ROWS);
-        // blocks stride over the sequences, so the workspace is bounded by the budget
-        let rows = (self.extend_workspace_budget / (hv * tiles * per_block * 4)).clamp(1, n);
-        let st = self.stage(&[&seqs, &chunks, &snap_slots], rows * hv * tiles * per_block * 4)?;
-        pool.checked_parts(ticket, |parts| {
-            let a = ExtendArgs {
-                io: self.delta_args(&dims, io),
-                state: m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64,
-                seqs: st.tables[0],
-                chunks: st.tables[1],
-                snapshot_slots: st.tables[2],
-                workspace: st.workspace,
-                seqs_count: n as i64,
-                state_dtype: dtype_code(g.config.state_dtype),
-            };
-            self.run((hv, rows, tiles), &a)
-        })
+        self.with_scratch_plan(StepRef::Extend(call.batch()), call.geometry().config, |t| self.extend_on(pool, call, t))
     }
 
     fn run_decode(&self, pool: &mut PoolOf<Self>, call: Checked<'_, DecodeBatch, DeltaIo<'_>>) -> Result<()> {
-        let (ticket, layer, batch, g, io) = (call.ticket(), call.layer(), call.batch(), *call.geometry(), call.io());
-        let dims = g.config.dims;
-        let n = batch.num_seqs();
-        let slots = plan::slot_indices(batch.slots());
-        let st = self.stage(&[&slots], 0)?;
-        let m = self.launcher.memory();
-        pool.checked_parts(ticket, |parts| {
-            let a = RecurrentArgs {
-                io: self.delta_args(&dims, io),
-                state: m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64,
-                scratch: 0,
-                slots: st.tables[0],
-                parents: 0,
-                draft: 1,
-                state_dtype: dtype_code(g.config.state_dtype),
-                mode: 0,
-            };
-            self.run((dims.head_v_dim.div_ceil(ROWS_PER_BLOCK), dims.num_v_heads, n), &a)
-        })
+        self.with_scratch_plan(StepRef::Decode(call.batch()), call.geometry().config, |t| self.decode_on(pool, call, t))
     }
 
     fn run_verify(&self, pool: &mut PoolOf<Self>, call: Checked<'_, VerifyBatch, DeltaIo<'_>>) -> Result<()> {
-        let (ticket, layer, batch, g, io) = (call.ticket(), call.layer(), call.batch(), *call.geometry(), call.io());
-        let dims = g.config.dims;
-        let (n, d) = (batch.num_seqs(), batch.draft());
-        let slots = plan::slot_indices(batch.slots());
-        let st = self.stage(&[&slots, batch.parents()], 0)?;
-        let m = self.launcher.memory();
-        pool.checked_parts(ticket, |parts| {
-            let scratch = parts.scratch.ok_or(Error::NoSpeculativeBuffers)?;
-            let a = RecurrentArgs {
-                io: self.delta_args(&dims, io),
-                state: m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64,
-                scratch: m.addr(scratch) + g.scratch_offset(layer, 0, 0) as u64,
-                slots: st.tables[0],
-                parents: st.tables[1],
-                draft: d as i64,
-                state_dtype: dtype_code(g.config.state_dtype),
-                mode: 1,
-            };
-            self.run((dims.head_v_dim.div_ceil(ROWS_PER_BLOCK), dims.num_v_heads, n), &a)
-        })
+        self.with_scratch_plan(StepRef::Verify(call.batch()), call.geometry().config, |t| self.verify_on(pool, call, t))
     }
 
     fn run_commit(&self, pool: &mut PoolOf<Self>, call: Checked<'_, CommitBatch, ()>) -> Result<()> {
-        let (ticket, layer, batch, g) = (call.ticket(), call.layer(), call.batch(), *call.geometry());
-        let mut targets = Vec::new();
-        for c in batch.commits() {
-            for dst in std::iter::once(c.slot).chain(c.snapshot) {
-                targets.extend([c.slot.index() as i64, c.step as i64, dst.index() as i64]);
-            }
-        }
-        if targets.is_empty() {
-            // Every request skipped: nothing to copy, and no launch of an empty grid.
-            return Ok(());
-        }
-        let st = self.stage(&[&targets], 0)?;
-        let m = self.launcher.memory();
-        pool.checked_parts(ticket, |parts| {
-            let (scratch, windows) = match (parts.scratch, parts.windows) {
-                (Some(s), Some(w)) => (s, w),
-                _ => return Err(Error::NoSpeculativeBuffers),
-            };
-            let (su, cu) = (g.state_bytes() / 2, g.conv_bytes() / 2);
-            let a = CommitArgs {
-                scratch: m.addr(scratch) + g.scratch_offset(layer, 0, 0) as u64,
-                state: m.addr(parts.temporal) + g.temporal_offset(layer, 0) as u64,
-                windows: m.addr(windows) + g.window_offset(layer, 0, 0) as u64,
-                conv: m.addr(parts.conv) + g.conv_offset(layer, 0) as u64,
-                targets: st.tables[0],
-                state_units: su as i64,
-                conv_units: cu as i64,
-                draft: g.draft() as i64,
-            };
-            let bt = self.launcher.block_threads(Kernel::Commit) as usize;
-            self.run((su.max(cu).div_ceil(bt), targets.len() / 3, 1), &a)
-        })
+        self.with_scratch_plan(StepRef::Commit(call.batch()), call.geometry().config, |t| self.commit_on(pool, call, t))
     }
 }

@@ -3,7 +3,8 @@
 //! planning ([`plan`]: extend pieces, draft chain segments and paths), the
 //! pool's states are gathered or indexed for the operators, the operator
 //! calls issued, and the stream drained before returning (the operation's
-//! temporaries are freed on return).
+//! temporaries and index tables return to the stream's scratch, reused by
+//! later operations once drained: no device allocation per call after warm-up).
 //!
 //! | operation | operators |
 //! |---|---|
@@ -92,7 +93,26 @@ impl NpuDispatcher {
     /// A dispatcher over any implementation of the function table (the real
     /// [`Cann`](crate::cann::Cann) loader, or a stand-in).
     pub fn with_api(api: Arc<dyn crate::api::AclApi>, device: usize) -> Result<Self> {
-        let ctx = Arc::new(NpuContext::new(api, device)?);
+        Self::with_context(NpuContext::new(api, device)?)
+    }
+
+    /// As [`new`](Self::new), issuing every operator and copy on the
+    /// engine's `aclrtStream` (`torch.npu.current_stream().npu_stream` in
+    /// torch_npu) instead of a stream of its own. The engine keeps the stream
+    /// alive for the dispatcher's life; it is not destroyed.
+    pub fn on_stream(device: usize, stream: crate::api::StreamHandle) -> Result<Self> {
+        let api = crate::cann::Cann::load()?;
+        Self::with_api_on_stream(Arc::new(api), device, stream)
+    }
+
+    /// As [`with_api`](Self::with_api), on the engine's `stream`.
+    pub fn with_api_on_stream(api: Arc<dyn crate::api::AclApi>, device: usize, stream: crate::api::StreamHandle) -> Result<Self> {
+        Self::with_context(NpuContext::on_stream(api, device, stream)?)
+    }
+
+    fn with_context(ctx: NpuContext) -> Result<Self> {
+        let ctx = Arc::new(ctx);
+        let device = ctx.device();
         let soc = SocFamily::from_soc_name(ctx.soc());
         if let SocFamily::Other(name) = &soc {
             return Err(Error::Unsupported {
@@ -278,7 +298,7 @@ impl Kernels for NpuDispatcher {
                         ctx.copy(base + (snap.index() * sb) as u64, src, sb)?;
                     }
                 }
-                // The temporaries of this call are freed at the end of the iteration.
+                // Drained per chunk call, as before (removing it waits for NPU step plans).
                 ctx.synchronize()?;
             }
             Ok(ctx.synchronize()?)

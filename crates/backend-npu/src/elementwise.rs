@@ -1,8 +1,8 @@
 //! The parts of a layer the GDN operators do not do, as chains of aclnn
 //! elementwise operators: the gate, the q/k L2 norm (f32 throughout, bf16
 //! out) and the casts of q/k/beta to the bf16 the GDN operators take. Each
-//! temporary lives in a [`DeviceBuffer`] the caller keeps until the stream
-//! has drained.
+//! temporary is a [`DeviceBuffer`] of the stream's scratch, which queued
+//! operators may still use after it is dropped: only work queued later reuses it.
 
 use crate::api::{AclDType, OpCall, UnaryOp};
 use crate::safe::{DeviceBuffer, NpuContext};
@@ -11,7 +11,7 @@ use deltanet_core::{DeltaIo, Result, L2NORM_EPS};
 
 /// A contiguous temporary and its view.
 pub(crate) fn temp(ctx: &NpuContext, dtype: AclDType, shape: &[usize]) -> Result<(DeviceBuffer, View)> {
-    let buf = ctx.alloc(shape.iter().product::<usize>() * dtype.size())?;
+    let buf = ctx.scratch(shape.iter().product::<usize>() * dtype.size())?;
     let v = View::contiguous(&buf, dtype, shape);
     Ok((buf, v))
 }
@@ -114,7 +114,6 @@ pub(crate) fn gate(ctx: &NpuContext, v: &GateViews) -> Result<()> {
     mul(ctx, &af, &ea, &sp)?;
     unary(ctx, UnaryOp::Neg, &sp, &v.g)?;
     cast(ctx, &v.b, &af)?;
-    unary(ctx, UnaryOp::Sigmoid, &af, &v.beta)?;
-    // The temporaries are freed on return: drain first.
-    Ok(ctx.synchronize()?)
+    // The temporaries return to the stream's scratch, reused only by work queued after this: no drain.
+    unary(ctx, UnaryOp::Sigmoid, &af, &v.beta)
 }

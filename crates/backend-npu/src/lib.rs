@@ -72,6 +72,28 @@
 //! After a device error an engine treats the batch's slots as lost (frees or
 //! re-prefills them); the pool itself stays usable.
 //!
+//! ## The engine's stream
+//! [`NpuDispatcher::new`] issues everything on a stream of its own;
+//! [`NpuDispatcher::on_stream`] (or `with_api_on_stream` for a stand-in)
+//! issues every operator and copy on the engine's `aclrtStream` (torch_npu:
+//! `torch.npu.current_stream().npu_stream`), which the engine keeps alive and
+//! the dispatcher never destroys:
+//!
+//! ```no_run
+//! # fn engine_stream() -> deltanet_backend_npu::api::StreamHandle { unimplemented!() }
+//! let d = deltanet_backend_npu::NpuDispatcher::on_stream(0, engine_stream())?;
+//! # Ok::<(), deltanet_core::Error>(())
+//! ```
+//!
+//! An operation's temporaries and index tables come from the stream's
+//! scratch ([`NpuContext::scratch`]): allocations released by earlier
+//! operations, reused once the stream has drained past them, so after a
+//! warm-up step no call allocates device memory; the operators' symbols are
+//! resolved once per process, and the gate (no index tables) never waits.
+//! The conv and delta-rule operations still upload their index tables with a
+//! blocking copy and end with one wait for the stream; step plans, which
+//! remove both, exist on the CUDA backend only so far.
+//!
 //! ## Running the conformance suite on a real NPU
 //! On a machine with CANN (8.3 or newer, with the ops-transformer operators
 //! installed) and an Ascend device:

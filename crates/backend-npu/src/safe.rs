@@ -20,8 +20,29 @@ pub struct NpuContext {
     device: usize,
     soc: String,
     stream: StreamHandle,
+    /// Whether this context created the stream (and destroys it on drop);
+    /// an engine's stream ([`NpuContext::on_stream`]) is only borrowed.
+    owns_stream: bool,
     /// The per-stream workspace cache: grown on demand, reused by every operator.
     workspace: Mutex<Option<DeviceBuffer>>,
+    /// The per-stream scratch: operations' temporaries and index tables, recycled.
+    scratch: Arc<Mutex<Scratch>>,
+}
+
+/// Device allocations of released temporaries, kept for reuse instead of
+/// freed. A temporary only the stream writes (operators, device copies) is
+/// `free` again as soon as it is released: whatever reuses it is queued after
+/// every operator that used it. One the host wrote (an index table, copied
+/// synchronously) is `pending` until the stream next drains: its next user's
+/// host copy must not overwrite it under an operator still queued. After a
+/// warm-up step, an operation's temporaries all come from `free`: no device
+/// allocation per call.
+#[derive(Debug, Default)]
+struct Scratch {
+    /// (capacity, address), reusable now.
+    free: Vec<(usize, DevPtr)>,
+    /// (capacity, address), released since the last drain.
+    pending: Vec<(usize, DevPtr)>,
 }
 
 impl std::fmt::Debug for NpuContext {
@@ -33,6 +54,17 @@ impl std::fmt::Debug for NpuContext {
 impl NpuContext {
     /// Initialises ACL, selects `device` and creates a stream on it.
     pub fn new(api: Arc<dyn AclApi>, device: usize) -> Result<Self, AclError> {
+        Self::open(api, device, None)
+    }
+
+    /// Initialises ACL and selects `device`, issuing everything on the
+    /// engine's `stream` (an `aclrtStream` of that device, which the engine
+    /// keeps alive for the context's life; it is not destroyed on drop).
+    pub fn on_stream(api: Arc<dyn AclApi>, device: usize, stream: StreamHandle) -> Result<Self, AclError> {
+        Self::open(api, device, Some(stream))
+    }
+
+    fn open(api: Arc<dyn AclApi>, device: usize, engine_stream: Option<StreamHandle>) -> Result<Self, AclError> {
         let soc = api.init()?;
         let count = api.device_count()?;
         if device as u32 >= count {
@@ -40,14 +72,22 @@ impl NpuContext {
         }
         api.set_device(device as i32)?;
         BOUND.with(|b| b.borrow_mut().push(device));
-        let stream = match api.create_stream() {
+        let stream = match engine_stream.map_or_else(|| api.create_stream(), Ok) {
             Ok(s) => s,
             Err(e) => {
                 let _ = api.reset_device(device as i32);
                 return Err(e);
             }
         };
-        Ok(NpuContext { api, device, soc, stream, workspace: Mutex::new(None) })
+        Ok(NpuContext {
+            api,
+            device,
+            soc,
+            stream,
+            owns_stream: engine_stream.is_none(),
+            workspace: Mutex::new(None),
+            scratch: Arc::default(),
+        })
     }
 
     /// The function table.
@@ -77,22 +117,53 @@ impl NpuContext {
         Ok(())
     }
 
-    /// Waits for everything issued so far.
+    /// Waits for everything issued so far (and makes the scratch released
+    /// before it reusable).
     pub fn synchronize(&self) -> Result<(), AclError> {
         self.bind()?;
-        self.api.synchronize(self.stream)
+        self.api.synchronize(self.stream)?;
+        let mut s = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        let drained = std::mem::take(&mut s.pending);
+        s.free.extend(drained);
+        Ok(())
     }
 
     /// Allocates `bytes` device bytes (uninitialised).
     pub fn alloc(&self, bytes: usize) -> Result<DeviceBuffer, AclError> {
         self.bind()?;
         let ptr = if bytes == 0 { 0 } else { self.api.malloc(bytes)? };
-        Ok(DeviceBuffer { api: self.api.clone(), ptr, len: bytes })
+        Ok(DeviceBuffer { api: self.api.clone(), ptr, len: bytes, capacity: bytes, recycle: None })
     }
 
-    /// Allocates and uploads `values` (small index tables), synchronously.
+    /// `bytes` device bytes (uninitialised) for a temporary of an operation:
+    /// the smallest free scratch allocation that fits, else a new one; it
+    /// returns to the scratch when dropped.
+    pub fn scratch(&self, bytes: usize) -> Result<DeviceBuffer, AclError> {
+        self.scratch_for(bytes, false)
+    }
+
+    fn scratch_for(&self, bytes: usize, host_written: bool) -> Result<DeviceBuffer, AclError> {
+        if bytes == 0 {
+            return self.alloc(0);
+        }
+        let reuse = {
+            let mut s = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+            let best = s.free.iter().enumerate().filter(|(_, &(cap, _))| cap >= bytes).min_by_key(|(_, &(cap, _))| cap).map(|(i, _)| i);
+            best.map(|i| s.free.swap_remove(i))
+        };
+        let (capacity, ptr) = match reuse {
+            Some(r) => r,
+            None => {
+                self.bind()?;
+                (bytes, self.api.malloc(bytes)?)
+            }
+        };
+        Ok(DeviceBuffer { api: self.api.clone(), ptr, len: bytes, capacity, recycle: Some((self.scratch.clone(), host_written)) })
+    }
+
+    /// Uploads `values` (small index tables) into scratch, synchronously.
     pub fn upload_i32(&self, values: &[i32]) -> Result<DeviceBuffer, AclError> {
-        let buf = self.alloc(std::mem::size_of_val(values))?;
+        let buf = self.scratch_for(std::mem::size_of_val(values), true)?;
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         if !bytes.is_empty() {
             self.api.memcpy_h2d(buf.ptr, &bytes)?;
@@ -167,7 +238,15 @@ impl Drop for NpuContext {
         if let Ok(mut ws) = self.workspace.lock() {
             *ws = None;
         }
-        let _ = self.api.destroy_stream(self.stream);
+        if let Ok(mut s) = self.scratch.lock() {
+            let (free, pending) = (std::mem::take(&mut s.free), std::mem::take(&mut s.pending));
+            for (_, ptr) in free.into_iter().chain(pending) {
+                let _ = self.api.free(ptr);
+            }
+        }
+        if self.owns_stream {
+            let _ = self.api.destroy_stream(self.stream);
+        }
         let _ = self.api.reset_device(self.device as i32);
     }
 }
@@ -177,6 +256,10 @@ pub struct DeviceBuffer {
     api: Arc<dyn AclApi>,
     ptr: DevPtr,
     len: usize,
+    /// Bytes of the allocation (>= `len` for recycled scratch).
+    capacity: usize,
+    /// The scratch it returns to on drop (else it is freed), and whether the host wrote it.
+    recycle: Option<(Arc<Mutex<Scratch>>, bool)>,
 }
 
 impl std::fmt::Debug for DeviceBuffer {
@@ -202,8 +285,17 @@ impl DeviceBuffer {
 
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
-        if self.ptr != 0 {
-            let _ = self.api.free(self.ptr);
+        if self.ptr == 0 {
+            return;
+        }
+        match &self.recycle {
+            Some((s, host_written)) => {
+                let mut s = s.lock().unwrap_or_else(|p| p.into_inner());
+                if *host_written { &mut s.pending } else { &mut s.free }.push((self.capacity, self.ptr));
+            }
+            None => {
+                let _ = self.api.free(self.ptr);
+            }
         }
     }
 }

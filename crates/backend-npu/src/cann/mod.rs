@@ -3,23 +3,24 @@
 //! `marshal`, which turns an [`OpCall`] into its FFI call.
 
 mod marshal;
+mod symbols;
 
 use crate::api::{AclApi, DevPtr, ExecutorHandle, IntArrayHandle, ScalarHandle, StreamHandle, TensorDesc, TensorHandle};
 use crate::ops::OpCall;
 use crate::result::{check, check_nn, AclError};
 use crate::sys::bindings as b;
 use crate::sys::{self, LoadError};
-use std::collections::HashMap;
 use std::ffi::{c_void, CStr, CString};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
+use symbols::{OperatorSymbols, Phase};
 
 /// The native CANN libraries, resolved at run time.
 pub struct Cann {
     acl: b::AscendCl,
     nnop: b::NnopBase,
     opapi: Vec<libloading::Library>,
-    /// Resolved operator symbols by name (raw addresses).
-    symbols: Mutex<HashMap<String, usize>>,
+    /// The operators' symbols, resolved on first use.
+    symbols: OperatorSymbols,
     init: OnceLock<Result<String, AclError>>,
 }
 
@@ -59,26 +60,23 @@ impl Cann {
             tried: vec![e.to_string()],
             roots: vec![],
         })?;
-        Ok(Cann { acl, nnop, opapi, symbols: Mutex::new(HashMap::new()), init: OnceLock::new() })
+        Ok(Cann { acl, nnop, opapi, symbols: OperatorSymbols::new(), init: OnceLock::new() })
     }
 
-    /// Address of an operator symbol, searched across the operator libraries.
-    fn symbol(&self, name: &str) -> Result<usize, AclError> {
-        let mut map = self.symbols.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(&a) = map.get(name) {
-            return Ok(a);
-        }
+    /// Address of an operator symbol, searched across the operator libraries
+    /// (once per operator and phase: [`OperatorSymbols`]).
+    fn symbol(&self, op: &'static str, phase: Phase) -> Result<usize, AclError> {
+        self.symbols.get(op, phase, |name| self.lookup(name))
+    }
+
+    fn lookup(&self, name: &str) -> Result<usize, AclError> {
         let cname = CString::new(name).expect("symbol names have no NUL");
         let mut last = String::from("no operator library loaded");
         for lib in &self.opapi {
             // SAFETY: the symbol is read as an untyped address; it is only
             // called through the fn-pointer type of its documented signature.
             match unsafe { lib.get::<*const c_void>(cname.as_bytes_with_nul()) } {
-                Ok(s) => {
-                    let a = *s as usize;
-                    map.insert(name.to_string(), a);
-                    return Ok(a);
-                }
+                Ok(s) => return Ok(*s as usize),
                 Err(e) => last = e.to_string(),
             }
         }
@@ -251,20 +249,22 @@ impl AclApi for Cann {
     }
 
     fn workspace_size(&self, call: &OpCall) -> Result<(u64, ExecutorHandle), AclError> {
-        let name = format!("{}GetWorkspaceSize", call.name());
-        let addr = self.symbol(&name)?;
+        let addr = self.symbol(call.name(), Phase::WorkspaceSize)?;
         let mut ws = 0u64;
         let mut ex: *mut b::aclOpExecutor = std::ptr::null_mut();
         // SAFETY: `addr` is the operator's phase-one symbol (looked up by
         // `call.name()`); every handle in `call` was made by this library and
         // outlives the call; `ws` and `ex` are valid for writes.
         let code = unsafe { marshal::get_workspace_size(addr, call, &mut ws, &mut ex) }?;
-        check_nn(&name, code)?;
+        if code != 0 {
+            // named by its phase-one symbol, as before (formatted on failure only)
+            check_nn(&format!("{}GetWorkspaceSize", call.name()), code)?;
+        }
         Ok((ws, ExecutorHandle(ex as usize)))
     }
 
     fn execute(&self, op: &'static str, workspace: DevPtr, size: u64, exec: ExecutorHandle, stream: StreamHandle) -> Result<(), AclError> {
-        let addr = self.symbol(op)?;
+        let addr = self.symbol(op, Phase::Execute)?;
         // SAFETY: `addr` is the operator's phase-two symbol (the shared
         // `aclnnXxx(workspace, size, executor, stream)` signature); the executor
         // came from its phase one; the workspace holds `size` bytes.

@@ -231,11 +231,29 @@ impl DeltaInputs {
     }
 }
 
+/// Chunk length of the modelled chunk operator.
+const CHUNK: usize = 64;
+
+/// `v` rounded to `dtype` (the floating dtypes; others unchanged).
+fn round_to(dtype: AclDType, v: f64) -> f64 {
+    match dtype {
+        AclDType::F32 => v as f32 as f64,
+        AclDType::F16 => half::f16::from_f64(v).to_f64(),
+        AclDType::BF16 => half::bf16::from_f64(v).to_f64(),
+        AclDType::I32 | AclDType::I64 => v,
+    }
+}
+
 /// `aclnnChunkGatedDeltaRule`: sequence `b` (of `actualSeqLengths[b]` packed
 /// tokens) runs from `initialState[b]`; its last state goes to `finalState[b]`.
+/// Modelled as a chunked kernel: the state is held in the state's dtype
+/// between chunks of [`CHUNK`] tokens from the sequence's start (so an extend
+/// split at multiples of 64 is bitwise one extend, DESIGN invariant 2; how
+/// the vendor operator holds it between chunks is not confirmed).
 fn chunk_delta_rule(host: &Host<'_>, r: &Recorded, scale: f64) {
     let x = DeltaInputs::read(host, r, "gOptional", scale);
     let (per, nv, dv) = (x.dv * x.dk, x.nv, x.dv);
+    let state_dtype = r.t("finalState").dtype;
     let mut state = host.read(&r.t("initialState"));
     let mut out = vec![0.0; x.v.len()];
     let mut t0 = 0;
@@ -244,6 +262,9 @@ fn chunk_delta_rule(host: &Host<'_>, r: &Recorded, scale: f64) {
             let s = &mut state[(b * nv + h) * per..][..per];
             for t in t0..t0 + len as usize {
                 x.step(t, h, s, &mut out[(t * nv + h) * dv..][..dv]);
+                if (t + 1 - t0) % CHUNK == 0 {
+                    s.iter_mut().for_each(|v| *v = round_to(state_dtype, *v));
+                }
             }
         }
         t0 += len as usize;

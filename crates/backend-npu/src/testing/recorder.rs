@@ -148,6 +148,10 @@ struct State {
     set_device: Vec<std::thread::ThreadId>,
     /// Calls between their two phases, by executor handle (evaluating recorders only).
     pending: HashMap<usize, Recorded>,
+    /// `aclrtMalloc` calls so far.
+    mallocs: usize,
+    /// Synchronous host-to-device copies (`aclrtMemcpy`) so far.
+    uploads: usize,
 }
 
 /// The recording function table over host memory (see the module docs).
@@ -192,6 +196,14 @@ impl Recorder {
     /// `aclTensor`s created and not yet destroyed.
     pub fn live_tensors(&self) -> usize {
         self.st().tensors.len()
+    }
+    /// `aclrtMalloc` calls since creation.
+    pub fn mallocs(&self) -> usize {
+        self.st().mallocs
+    }
+    /// Synchronous host-to-device copies since creation.
+    pub fn uploads(&self) -> usize {
+        self.st().uploads
     }
     /// Device allocations not yet freed.
     pub fn live_allocs(&self) -> usize {
@@ -252,6 +264,7 @@ impl AclApi for Recorder {
             .map_err(|_| AclError::Runtime { call: "aclrtMalloc".into(), code: crate::sys::bindings::ACL_ERROR_RT_MEMORY_ALLOCATION })?;
         v.resize(bytes.div_ceil(8), 0xA5A5_A5A5_A5A5_A5A5u64);
         let p = v.as_ptr() as DevPtr;
+        st.mallocs += 1;
         st.allocs.insert(p, v);
         st.alloc_len.insert(p, bytes);
         Ok(p)
@@ -280,7 +293,8 @@ impl AclApi for Recorder {
         Ok(())
     }
     fn memcpy_h2d(&self, dst: DevPtr, src: &[u8]) -> Result<(), AclError> {
-        let st = self.st();
+        let mut st = self.st();
+        st.uploads += 1;
         Self::check_in_alloc(&st, dst, src.len(), "h2d");
         // SAFETY: the range lies in a live host allocation (checked).
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };

@@ -7,9 +7,11 @@
 mod bindings_contract;
 mod commit;
 mod common;
+mod conformance;
 mod conv;
 mod delta;
 mod forward;
 mod gate;
 mod loading;
 mod memory;
+mod steady_state;

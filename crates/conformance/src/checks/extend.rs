@@ -28,6 +28,9 @@ pub(crate) fn extend_oracle<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn F
         }
         let d = make();
         let dims = shape.dims()?;
+        if ctx.outside_limits(d.capabilities(), &name, &dims) {
+            continue;
+        }
         let (dt, sd) = (Bench::default_dtype(&d), Bench::default_state_dtype(&d));
         let n = lens.len();
         let nsnap = if n >= 2 { 2 } else { 1 };
@@ -75,6 +78,9 @@ pub(crate) fn split_extend<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn
     let shapes = [sh(1, 2, 32, 16, false), sh(2, 4, 16, 48, true), sh(1, 2, 128, 128, false)];
     for (si, shape) in shapes.iter().enumerate() {
         let dims = shape.dims()?;
+        if ctx.outside_limits(d.capabilities(), &shape.name(), &dims) {
+            continue;
+        }
         let lens = [200usize, 193];
         let cu = cu_from_lens(&lens);
         let seed = ctx.seed(&[si as u64]);
@@ -136,6 +142,9 @@ pub(crate) fn extend_decode<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn F
         }
         let d = make();
         let dims = shape.dims()?;
+        if ctx.outside_limits(d.capabilities(), &name, &dims) {
+            continue;
+        }
         let (dt, sd) = (Bench::default_dtype(&d), Bench::default_state_dtype(&d));
         let seed = ctx.seed(&[si as u64]);
         let cu = cu_from_lens(&lens);

@@ -20,6 +20,9 @@ pub(crate) fn layer_forward<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn F
         }
         let d = make();
         let dims = shape.dims()?;
+        if ctx.outside_limits(d.capabilities(), &name, &dims) {
+            continue;
+        }
         let (dt, sd) = (Bench::default_dtype(&d), Bench::default_state_dtype(&d));
         let seed = ctx.seed(&[si as u64]);
         let w = LayerParams::random(&dims, seed ^ 41);

@@ -57,6 +57,19 @@ impl Ctx<'_> {
         self.push(case, n as f64, 0.0, n == 0, if n == 0 { String::new() } else { format!("{n} of {} elements differ", a.len()) });
     }
 
+    /// Whether `dims` lie outside what the backend declares it runs
+    /// ([`deltanet_core::DimLimits`]: head and conv dims, head mapping); such
+    /// a shape is recorded as skipped, with the backend's reason, and not run.
+    pub(crate) fn outside_limits(&mut self, caps: &deltanet_core::Capabilities, case: &str, dims: &ModelDims) -> bool {
+        match caps.limits.check(&caps.backend, dims) {
+            Ok(()) => false,
+            Err(e) => {
+                self.exact(&format!("{case}: skipped (outside the backend's declared limits)"), true, e.to_string());
+                true
+            }
+        }
+    }
+
     /// A yes/no condition.
     pub(crate) fn exact(&mut self, case: &str, ok: bool, detail: String) {
         self.push(case, if ok { 0.0 } else { 1.0 }, 0.0, ok, detail);

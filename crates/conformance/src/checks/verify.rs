@@ -37,6 +37,9 @@ fn against_oracle<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn Fn() -> D, 
             }
             let d = make();
             let dims = shape.dims()?;
+            if ctx.outside_limits(d.capabilities(), &name, &dims) {
+                continue;
+            }
             if d.capabilities().max_draft_tokens.is_some_and(|m| m < draft) {
                 ctx.exact(&format!("{name}: skipped (backend allows fewer draft tokens)"), true, String::new());
                 continue;
