@@ -126,7 +126,13 @@ pub unsafe extern "C" fn dn_batch_decode(pool: *const dn_pool, slots: *const u64
 /// `slots` points to `n` readable `uint64_t`, `parents` (unless NULL) to
 /// `n * D` readable `int64_t`; `out` to a writable handle.
 #[no_mangle]
-pub unsafe extern "C" fn dn_batch_verify(pool: *const dn_pool, slots: *const u64, n: usize, parents: *const i64, out: *mut *mut dn_batch) -> dn_status {
+pub unsafe extern "C" fn dn_batch_verify(
+    pool: *const dn_pool,
+    slots: *const u64,
+    n: usize,
+    parents: *const i64,
+    out: *mut *mut dn_batch,
+) -> dn_status {
     guard(|| {
         // SAFETY: caller's contract.
         let sl = unsafe { request_slots(out, slots, n)? };
@@ -134,7 +140,13 @@ pub unsafe extern "C" fn dn_batch_verify(pool: *const dn_pool, slots: *const u64
         let g = handles::lock(&p)?;
         let draft = g.pool.as_dyn().geometry().draft();
         // SAFETY: caller's contract (`n * D` entries, D being the pool's).
-        let par = unsafe { if parents.is_null() { None } else { Some(args::slice(parents, n.saturating_mul(draft), "parents")?) } };
+        let par = unsafe {
+            if parents.is_null() {
+                None
+            } else {
+                Some(args::slice(parents, n.saturating_mul(draft), "parents")?)
+            }
+        };
         let b = match par {
             None => VerifyBatch::chain(g.pool.as_dyn(), &sl)?,
             Some(par) => VerifyBatch::tree(g.pool.as_dyn(), &sl, par)?,
@@ -180,7 +192,9 @@ pub unsafe extern "C" fn dn_batch_commit(
             .enumerate()
             .map(|(i, &a)| match a {
                 DN_ACCEPTED_NONE => Ok(None),
-                _ => usize::try_from(a).map(Some).map_err(|_| args::invalid(format!("accepted[{i}] = {a} is negative and not DN_ACCEPTED_NONE"))),
+                _ => usize::try_from(a)
+                    .map(Some)
+                    .map_err(|_| args::invalid(format!("accepted[{i}] = {a} is negative and not DN_ACCEPTED_NONE"))),
             })
             .collect::<CResult<_>>()?;
         let snaps = snaps

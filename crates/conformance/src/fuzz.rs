@@ -130,8 +130,13 @@ pub fn batch_metadata(data: &[u8]) {
             let _ = pool.kernel_parts(layer, KernelAccess::Verify(vb), |_| Ok(()));
         }
         let current = layer < cfg.layers && cb.commits().all(|c| pool.has_current_verify(c.slot, layer));
-        let skipped: Vec<(Slot, bool)> =
-            cb.slots().iter().zip(cb.accepted()).filter(|(_, a)| a.is_none()).map(|(&s, _)| (s, pool.has_current_verify(s, layer))).collect();
+        let skipped: Vec<(Slot, bool)> = cb
+            .slots()
+            .iter()
+            .zip(cb.accepted())
+            .filter(|(_, a)| a.is_none())
+            .map(|(&s, _)| (s, pool.has_current_verify(s, layer)))
+            .collect();
         let r = pool.commit_accepted(layer, &cb);
         assert_eq!(r.is_ok(), current, "{r:?}");
         if r.is_ok() {

@@ -357,7 +357,12 @@ impl CommitBatch {
     /// Validates slots (at least one) and accepted steps (`Some(a)`, `a < D`,
     /// or `None` to skip the request); `snapshots` is empty or one entry per
     /// request, `None` for every skipped one.
-    pub fn new<P: MambaStatePool + ?Sized>(pool: &P, slots: &[Slot], accepted: &[Option<usize>], snapshots: &[Option<Slot>]) -> Result<Self> {
+    pub fn new<P: MambaStatePool + ?Sized>(
+        pool: &P,
+        slots: &[Slot],
+        accepted: &[Option<usize>],
+        snapshots: &[Option<Slot>],
+    ) -> Result<Self> {
         let d = pool.geometry().draft();
         if d == 0 {
             return Err(Error::NoSpeculativeBuffers);
@@ -403,8 +408,11 @@ impl CommitBatch {
     /// The requests this commit copies, in batch order: what a commit kernel
     /// iterates (skipped requests are not among them).
     pub fn commits(&self) -> impl Iterator<Item = Commit> + '_ {
-        self.slots.iter().zip(&self.accepted).zip(&self.snapshots).enumerate().filter_map(|(request, ((&slot, &a), &snapshot))| {
-            a.map(|step| Commit { request, slot, step, snapshot })
-        })
+        self.slots
+            .iter()
+            .zip(&self.accepted)
+            .zip(&self.snapshots)
+            .enumerate()
+            .filter_map(|(request, ((&slot, &a), &snapshot))| a.map(|step| Commit { request, slot, step, snapshot }))
     }
 }

@@ -101,7 +101,8 @@ fn run<L: StateLayout>(ops: &[Op], state_dtype: DType) -> Result<(), TestCaseErr
                         m.allocated.insert(i, None);
                     }
                 } else {
-                    let why = if *n == 0 { matches!(r, Err(Error::EmptyBatch { .. })) } else { matches!(r, Err(Error::PoolExhausted { .. })) };
+                    let why =
+                        if *n == 0 { matches!(r, Err(Error::EmptyBatch { .. })) } else { matches!(r, Err(Error::PoolExhausted { .. })) };
                     prop_assert!(why, "not EmptyBatch (n = 0) or PoolExhausted: {:?}", r);
                 }
                 r.is_ok()

@@ -85,7 +85,11 @@ pub(crate) fn verify_commit<D: KernelDispatcher>(ctx: &mut Ctx<'_>, make: &dyn F
             // still equals decoding its path.
             let last = draft - 1;
             b.commit(&CommitBatch::new(&b.pool, &slots, &[Some(0), None, Some(last)], &[])?)?;
-            ctx.exact(&format!("{name}: commit skipping request 1 leaves its slot untouched"), b.pool.export(slots[1])? == saved[1], String::new());
+            ctx.exact(
+                &format!("{name}: commit skipping request 1 leaves its slot untouched"),
+                b.pool.export(slots[1])? == saved[1],
+                String::new(),
+            );
             for (i, t) in [(0, 0), (2, last)] {
                 ctx.ratio(&format!("{name}: request {i} committed beside a skipped one"), &b.state(slots[i])?, &st_ref[i * draft + t], tol);
             }
