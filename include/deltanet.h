@@ -74,6 +74,10 @@ typedef struct {
 // time to catch a header/library mismatch.
 #define DN_ABI_VERSION 1
 
+// `int64_t` value of `dn_batch_commit`'s `accepted[i]` for a request whose
+// drafts were all rejected: the request is skipped.
+#define DN_ACCEPTED_NONE -1
+
 // DLPack `kDLCPU`.
 #define DN_KDL_CPU 1
 
@@ -168,6 +172,11 @@ typedef enum dn_status {
   DN_ERR_NO_CURRENT_VERIFY = 30,
   // A non-finite input or starting state, refused by a pool made with the finite check.
   DN_ERR_NON_FINITE = 31,
+  // An operation on no requests (a batch of none, `dn_pool_alloc` of 0, a
+  // free or zero of no slots): refused, nothing changed.
+  DN_ERR_EMPTY_BATCH = 32,
+  // A commit names a snapshot slot for a request it skips.
+  DN_ERR_SNAPSHOT_OF_SKIPPED = 33,
   // A required pointer argument was NULL.
   DN_ERR_NULL_POINTER = 100,
   // A handle that is not live: never made, already destroyed, or of another kind.
@@ -456,17 +465,18 @@ enum dn_status dn_pool_destroy(struct dn_pool *pool);
 // `out` points to a writable `dn_pool_info`.
 enum dn_status dn_pool_info_get(const struct dn_pool *pool, struct dn_pool_info *out);
 
-// Allocates `n` slots into `out_slots` (all or none). Their contents are
+// Allocates `n >= 1` slots into `out_slots` (all or none). Their contents are
 // unspecified: zero them, import into them, or extend without initial state.
+// `n = 0` is `DN_ERR_EMPTY_BATCH`, like every operation on no requests.
 //
 // Thread safety: any thread; serialised with every other call on this pool.
 //
 // # Safety
-// `out_slots` points to `n` writable `uint64_t` (may be NULL when `n` is 0).
+// `out_slots` points to `n` writable `uint64_t` (may be NULL when `n` is 0, which is refused).
 enum dn_status dn_pool_alloc(const struct dn_pool *pool, size_t n, uint64_t *out_slots);
 
-// Frees `n` slots (all or none: a double free, a foreign or padding slot
-// frees nothing).
+// Frees `n >= 1` slots (all or none: a double free, a foreign or padding slot
+// frees nothing; `n = 0` is `DN_ERR_EMPTY_BATCH`).
 //
 // Thread safety: any thread; serialised with every other call on this pool.
 //
@@ -474,7 +484,7 @@ enum dn_status dn_pool_alloc(const struct dn_pool *pool, size_t n, uint64_t *out
 // `slots` points to `n` readable `uint64_t`.
 enum dn_status dn_pool_free(const struct dn_pool *pool, const uint64_t *slots, size_t n);
 
-// Zeroes the conv and recurrent state of `n` allocated, distinct slots in every layer.
+// Zeroes the conv and recurrent state of `n >= 1` allocated, distinct slots in every layer.
 //
 // Thread safety: any thread; serialised with every other call on this pool.
 //
@@ -583,26 +593,28 @@ enum dn_status dn_batch_decode(const struct dn_pool *pool,
                                size_t n,
                                struct dn_batch **out);
 
-// A speculative verify batch: `draft` tokens for each of `n` requests,
-// packed request-major (`T = n * draft`). `parents` NULL is a chain; else
-// `n * draft` entries, `parents[i*draft + t]` being -1 (the slot's state) or
-// an earlier token `< t` of the same request (a tree).
+// A speculative verify batch: the pool's `D` draft tokens for each of `n`
+// requests, packed request-major (`T = n * D`). `parents` NULL is a chain;
+// else `n * D` entries, `parents[i*D + t]` being -1 (the slot's state) or an
+// earlier token `< t` of the same request (a tree).
 //
 // Thread safety: any thread; takes the pool's lock while validating.
 //
 // # Safety
 // `slots` points to `n` readable `uint64_t`, `parents` (unless NULL) to
-// `n * draft` readable `int64_t`; `out` to a writable handle.
+// `n * D` readable `int64_t`; `out` to a writable handle.
 enum dn_status dn_batch_verify(const struct dn_pool *pool,
                                const uint64_t *slots,
                                size_t n,
-                               size_t draft,
                                const int64_t *parents,
                                struct dn_batch **out);
 
 // A commit batch: for each of `n` requests, the last accepted draft step
-// `accepted[i]` (`0 <= a < D`) becomes its slot's state; `snapshot_slots`
-// NULL, or `n` entries each `DN_SLOT_NONE` or a slot to also receive it.
+// `accepted[i]` (`0 <= a < D`) becomes its slot's state, or
+// `DN_ACCEPTED_NONE` (-1): nothing accepted, the request is skipped (its
+// slot and its verify stay as they are). `snapshot_slots` NULL, or `n`
+// entries each `DN_SLOT_NONE` or a slot to also receive the accepted step
+// (`DN_SLOT_NONE` for a skipped request).
 //
 // Thread safety: any thread; takes the pool's lock while validating.
 //

@@ -47,18 +47,21 @@ fn usizes(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<usize>> {
 /// `None` (nothing accepted: the request is skipped); one int for one request.
 fn accepted_arg(obj: &Bound<'_, PyAny>) -> PyResult<Vec<Option<usize>>> {
     let obj = if obj.hasattr("tolist")? { obj.call_method0("tolist")? } else { obj.clone() };
-    let step = |x: i64| usize::try_from(x).map_err(|_| raise("ShapeError", format!("`accepted` has a negative entry {x} (None skips a request)")));
+    let step =
+        |x: i64| usize::try_from(x).map_err(|_| raise("ShapeError", format!("`accepted` has a negative entry {x} (None skips a request)")));
     if let Ok(i) = obj.extract::<i64>() {
         return Ok(vec![Some(step(i)?)]);
     }
-    obj.try_iter()?.map(|x| {
-        let x = x?;
-        if x.is_none() {
-            Ok(None)
-        } else {
-            step(x.extract()?).map(Some)
-        }
-    }).collect()
+    obj.try_iter()?
+        .map(|x| {
+            let x = x?;
+            if x.is_none() {
+                Ok(None)
+            } else {
+                step(x.extract()?).map(Some)
+            }
+        })
+        .collect()
 }
 
 fn dtype_arg(s: &str) -> PyResult<DType> {

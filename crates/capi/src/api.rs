@@ -212,13 +212,14 @@ pub unsafe extern "C" fn dn_pool_info_get(pool: *const dn_pool, out: *mut dn_poo
     })
 }
 
-/// Allocates `n` slots into `out_slots` (all or none). Their contents are
+/// Allocates `n >= 1` slots into `out_slots` (all or none). Their contents are
 /// unspecified: zero them, import into them, or extend without initial state.
+/// `n = 0` is `DN_ERR_EMPTY_BATCH`, like every operation on no requests.
 ///
 /// Thread safety: any thread; serialised with every other call on this pool.
 ///
 /// # Safety
-/// `out_slots` points to `n` writable `uint64_t` (may be NULL when `n` is 0).
+/// `out_slots` points to `n` writable `uint64_t` (may be NULL when `n` is 0, which is refused).
 #[no_mangle]
 pub unsafe extern "C" fn dn_pool_alloc(pool: *const dn_pool, n: usize, out_slots: *mut u64) -> dn_status {
     guard(|| {
@@ -233,8 +234,8 @@ pub unsafe extern "C" fn dn_pool_alloc(pool: *const dn_pool, n: usize, out_slots
     })
 }
 
-/// Frees `n` slots (all or none: a double free, a foreign or padding slot
-/// frees nothing).
+/// Frees `n >= 1` slots (all or none: a double free, a foreign or padding slot
+/// frees nothing; `n = 0` is `DN_ERR_EMPTY_BATCH`).
 ///
 /// Thread safety: any thread; serialised with every other call on this pool.
 ///
@@ -251,7 +252,7 @@ pub unsafe extern "C" fn dn_pool_free(pool: *const dn_pool, slots: *const u64, n
     })
 }
 
-/// Zeroes the conv and recurrent state of `n` allocated, distinct slots in every layer.
+/// Zeroes the conv and recurrent state of `n >= 1` allocated, distinct slots in every layer.
 ///
 /// Thread safety: any thread; serialised with every other call on this pool.
 ///
