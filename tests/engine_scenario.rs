@@ -40,3 +40,16 @@ fn bf16_state_pools() {
         &SuiteOptions::from_env(),
     ));
 }
+
+#[test]
+fn replay_mode_pools() {
+    for sd in [deltanet_core::DType::F32, deltanet_core::DType::BF16] {
+        check(deltanet_conformance::engine_scenario_mode(
+            &CpuVMajor::new(),
+            &CpuKMajor::new(),
+            sd,
+            deltanet_core::SpecMode::Replay,
+            &SuiteOptions::from_env(),
+        ));
+    }
+}

@@ -71,6 +71,27 @@ fn run_serves_a_small_workload_and_checks_it() {
 
 #[cfg(feature = "cpu")]
 #[test]
+fn run_in_both_spec_modes_checks_and_reports_each_modes_memory() {
+    let spec_kib = |mode: &str| -> f64 {
+        let args = ["run", "--model", "custom:2,2,4,32,32", "--requests", "4", "--prompt-len", "40", "--chunk", "32"];
+        let (ok, out) = deltanet(&[&args[..], &["--decode", "6", "--draft", "3", "--spec-mode", mode, "--check", "2", "--quiet"]].concat());
+        assert!(ok && out.contains("all checks passed") && !out.contains(" NO"), "{out}");
+        let line =
+            out.lines().find(|l| l.starts_with(&format!("speculative buffers ({mode} mode, D = 3)"))).unwrap_or_else(|| panic!("{out}"));
+        line.split(", ")
+            .last()
+            .and_then(|x| x.strip_suffix(" KiB per request"))
+            .and_then(|x| x.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"))
+    };
+    let (scratch, replay) = (spec_kib("scratch"), spec_kib("replay"));
+    assert!(replay > 0.0 && replay * 5.0 < scratch, "replay {replay} KiB vs scratch {scratch} KiB");
+    let (ok, out) = deltanet(&["run", "--spec-mode", "eager"]);
+    assert!(!ok && out.contains("speculative mode"), "{out}");
+}
+
+#[cfg(feature = "cpu")]
+#[test]
 fn replay_of_a_golden_file_passes_and_writes_outputs() {
     let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/golden/gdn_f32_varlen.safetensors");
     let out_path = std::env::temp_dir().join(format!("deltanet-out-{}.safetensors", std::process::id()));

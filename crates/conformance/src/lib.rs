@@ -73,7 +73,7 @@ mod scenario;
 use deltanet_core::{tolerance, Error, KernelDispatcher};
 
 pub use gen::{mix_seed, DeltaInputs, LayerInputs, LayerParams};
-pub use scenario::{engine_scenario, engine_scenario_in};
+pub use scenario::{engine_scenario, engine_scenario_in, engine_scenario_mode};
 
 /// Options of a suite run.
 #[derive(Debug, Clone, PartialEq)]

@@ -11,7 +11,8 @@ use crate::gen::{rng, LayerInputs, LayerParams};
 use crate::harness::{Batch, Bench};
 use crate::{CaseReport, Check, SuiteOptions};
 use deltanet_core::{
-    CommitBatch, DType, DecodeBatch, ExtendBatch, KernelDispatcher, MambaStatePool, ModelDims, Result, Slot, Snapshot, VerifyBatch,
+    CommitBatch, DType, DecodeBatch, ExtendBatch, KernelDispatcher, MambaStatePool, ModelDims, Result, Slot, Snapshot, SpecMode,
+    VerifyBatch,
 };
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -247,20 +248,31 @@ pub fn engine_scenario_in<A: KernelDispatcher, B: KernelDispatcher>(
     state_dtype: DType,
     opts: &SuiteOptions,
 ) -> Vec<CaseReport> {
+    engine_scenario_mode(a, b, state_dtype, SpecMode::Scratch, opts)
+}
+
+/// [`engine_scenario_in`] with both workers' pools in speculative `mode`.
+pub fn engine_scenario_mode<A: KernelDispatcher, B: KernelDispatcher>(
+    a: &A,
+    b: &B,
+    state_dtype: DType,
+    mode: SpecMode,
+    opts: &SuiteOptions,
+) -> Vec<CaseReport> {
     let mut out = Vec::new();
     let mut ctx = Ctx { check: Check::LayerForward, opts, out: &mut out };
-    if let Err(e) = run(&mut ctx, a, b, state_dtype) {
+    if let Err(e) = run(&mut ctx, a, b, state_dtype, mode) {
         ctx.fail("engine scenario aborted", format!("unexpected error: {e}"));
     }
     out
 }
 
-fn run<A: KernelDispatcher, B: KernelDispatcher>(ctx: &mut Ctx<'_>, a: &A, b: &B, state_dtype: DType) -> Result<()> {
+fn run<A: KernelDispatcher, B: KernelDispatcher>(ctx: &mut Ctx<'_>, a: &A, b: &B, state_dtype: DType, mode: SpecMode) -> Result<()> {
     let dims = ModelDims::new(2, 4, 32, 16, 4)?;
     let seed = crate::mix_seed(&[ctx.opts.seed, 0x00e4_614e]);
     let mut r0 = rng(seed);
-    let mut w0 = Bench::new(a, dims, 6, state_dtype, Some(DRAFT), DType::F32)?;
-    let mut w1 = Bench::new(b, dims, 5, state_dtype, Some(DRAFT), DType::F32)?;
+    let mut w0 = Bench::speculative(a, dims, 6, state_dtype, DRAFT, mode, DType::F32)?;
+    let mut w1 = Bench::speculative(b, dims, 5, state_dtype, DRAFT, mode, DType::F32)?;
     let cache = w0.pool.alloc(1)?[0];
     let prefix = LayerInputs::random(&dims, PREFIX, DType::F32, seed ^ 1);
     let mut world = World {
