@@ -20,6 +20,8 @@ struct Point {
     intensity: f64,
     gflops: f64,
     color: RGBColor,
+    /// Label on the left of the point.
+    left: bool,
 }
 
 fn points(rep: &Report) -> Vec<Point> {
@@ -33,6 +35,7 @@ fn points(rep: &Report) -> Vec<Point> {
             intensity: extend_flop_per_token_head(k, v) / extend_bytes_per_token_head(k, v),
             gflops: e.gflops,
             color: BLUE,
+            left: false,
         })
         .collect();
     for x in &rep.decode {
@@ -42,6 +45,7 @@ fn points(rep: &Report) -> Vec<Point> {
             intensity: flop / decode_bytes_per_token_head(k, v, x.state),
             gflops: x.tokens_per_s * hv * flop / 1e9,
             color: if x.state == deltanet_core::DType::F32 { RED } else { GREEN },
+            left: x.state == deltanet_core::DType::F32,
         });
     }
     pts
@@ -99,9 +103,10 @@ fn roofline(rep: &Report, area: &DrawingArea<BitMapBackend<'_>, Shift>) -> Resul
             .label(format!("in-place read-modify-write {rmw:.1} GB/s"))
             .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], MAGENTA.stroke_width(2)));
     }
-    for (i, p) in pts.iter().enumerate().filter(|(_, p)| finite(p.intensity) && finite(p.gflops)) {
-        // labels of points sharing an intensity (the decode batches) alternate sides
-        let dx = if i % 2 == 0 { 8 } else { -8 - 7 * p.label.len() as i32 };
+    for p in pts.iter().filter(|p| finite(p.intensity) && finite(p.gflops)) {
+        // f32 and bf16 decode points sit at two intensities, the batches one above
+        // the other: f32 labels go left of their points, the others right
+        let dx = if p.left { -10 - 7 * p.label.len() as i32 } else { 10 };
         chart.draw_series(std::iter::once(
             EmptyElement::at((p.intensity, p.gflops))
                 + Circle::new((0, 0), 5, p.color.filled())
@@ -120,6 +125,7 @@ fn roofline(rep: &Report, area: &DrawingArea<BitMapBackend<'_>, Shift>) -> Resul
 
 /// Stacked horizontal bars: conv, gate, delta rule and the rest of each whole-layer step, in % of the step.
 fn layer_shares(layer: &[LayerResult], area: &DrawingArea<BitMapBackend<'_>, Shift>) -> Result<(), PlotError> {
+    // n segments: a segmented 0..m range has m + 1
     let n = layer.len().max(1);
     let names: Vec<String> = layer.iter().map(|l| format!("{} {:.0} tok/s", l.step, l.tokens_per_s())).collect();
     let mut chart = ChartBuilder::on(area)
@@ -127,7 +133,7 @@ fn layer_shares(layer: &[LayerResult], area: &DrawingArea<BitMapBackend<'_>, Shi
         .margin(12)
         .x_label_area_size(45)
         .y_label_area_size(230)
-        .build_cartesian_2d(0.0..100.0, (0..n).into_segmented())?;
+        .build_cartesian_2d(0.0..100.0, (0..n - 1).into_segmented())?;
     chart
         .configure_mesh()
         .disable_y_mesh()
