@@ -53,6 +53,8 @@ pub(crate) fn store_conv(buf: &RawBuf, dtype: DType, off: usize, vals: &[f32]) {
 pub(crate) struct ConvScratch {
     /// Weights `[W, n]`: row j multiplies the input j steps after the oldest.
     wt: Vec<f32>,
+    /// The block's weights as given, channel-major `[n, W]`, widened to f32 (read in one pass, then transposed into `wt`).
+    w_given: Vec<f32>,
     /// Bias `[n]` (zeros without bias).
     bias: Vec<f32>,
     /// The last W raw inputs `[W, n]`, a ring: row `head` is the oldest.
@@ -108,9 +110,22 @@ impl<'a> ConvBlock<'a, '_> {
             grow(&mut s.ring, width * n);
             grow(&mut s.cf, (width - 1) * n);
             grow(&mut s.y, n);
-            for c in 0..n {
-                for j in 0..width {
-                    s.wt[j * n + c] = weight.get(weight.off2(c0 + c, j));
+            if weight.strides[0] == width && weight.strides[1] == 1 {
+                // the usual contiguous `[conv_dim, W]`: one widening pass over the
+                // block, then an f32 transpose (a per-element dtype dispatch
+                // here was a third of a batch-1 decode layer's conv time)
+                grow(&mut s.w_given, width * n);
+                weight.row(c0 * width, &mut s.w_given[..width * n]);
+                for (c, wc) in s.w_given[..width * n].chunks_exact(width).enumerate() {
+                    for (j, &x) in wc.iter().enumerate() {
+                        s.wt[j * n + c] = x;
+                    }
+                }
+            } else {
+                for c in 0..n {
+                    for j in 0..width {
+                        s.wt[j * n + c] = weight.get(weight.off2(c0 + c, j));
+                    }
                 }
             }
             match bias {

@@ -317,7 +317,10 @@ impl<L: StateLayout> Kernels for CpuDispatcher<L> {
             // byte offset of (sequence s, value head h) for elements of `size` bytes
             let head = |s: usize, h: usize, size: usize| g.temporal_offset(layer, batch.slots()[s].index()) + h * per * size;
             with_state_type!(g.config.state_dtype, E => self.install(|| {
-                (0..long * hk + steps.len() * hv).into_par_iter().for_each(|task| {
+                // every task its own rayon piece: the chunked tasks all sit at the front, and
+                // rayon's default split (a few leaves per thread, each run in order) gave one
+                // thread every prefill task of a mixed step and the other only the steps
+                (0..long * hk + steps.len() * hv).into_par_iter().with_max_len(1).for_each(|task| {
                     if task < long * hk {
                         // one task per (sequence, key head): its value heads share q, k and [Q; K] K^T
                         return extend_head::<E>(L::KIND, &views, &tgt, order[task / hk], task % hk);

@@ -6,7 +6,8 @@
 //! ([`workload`], over the deterministic inputs of [`synth`] and the model
 //! presets of [`models`]), the replay-file format of `deltanet replay`
 //! ([`replay`]), the CPU benchmark routines of `deltanet bench` and the
-//! criterion benches ([`bench`], feature `cpu`), and `deltanet info` ([`info`]).
+//! criterion benches ([`bench`], feature `cpu`), the PNG charts of
+//! `bench --plot` and `replay --plot` ([`plot`]), and `deltanet info` ([`info`]).
 //!
 //! Cargo features: `cpu` (default), `cuda`, `npu`, forwarded to the facade.
 
@@ -16,6 +17,7 @@
 pub mod bench;
 pub mod info;
 pub mod models;
+pub mod plot;
 pub mod replay;
 pub mod synth;
 pub mod workload;

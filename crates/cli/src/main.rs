@@ -76,6 +76,9 @@ enum Cmd {
         /// Largest accepted error ratio against the oracle.
         #[arg(long, default_value_t = deltanet_core::tolerance::REFERENCE)]
         tolerance: f64,
+        /// Also draw the error ratio per token and per chunk, with the chunk splits marked, as a PNG.
+        #[arg(long)]
+        plot: Option<PathBuf>,
     },
     /// CPU throughput table with the machine's GEMM and copy ceilings measured in the same run.
     Bench {
@@ -85,6 +88,9 @@ enum Cmd {
         /// Smaller sizes (a quick look, not the reported figures).
         #[arg(long)]
         quick: bool,
+        /// Also draw the results against their ceilings (roofline) and the whole-layer shares as a PNG.
+        #[arg(long)]
+        plot: Option<PathBuf>,
     },
     /// Backends compiled in, which are usable here and why not, layouts, dtypes and limits.
     Info,
@@ -151,7 +157,7 @@ fn run(cmd: Cmd, threads: Option<usize>) -> Result<ExitCode, Box<dyn std::error:
                 Ok(ExitCode::FAILURE)
             }
         }
-        Cmd::Replay { file, backend, out, tolerance } => {
+        Cmd::Replay { file, backend, out, tolerance, plot } => {
             if !(tolerance.is_finite() && tolerance >= 0.0) {
                 return Err(format!("--tolerance {tolerance}: must be a finite number >= 0").into());
             }
@@ -165,6 +171,10 @@ fn run(cmd: Cmd, threads: Option<usize>) -> Result<ExitCode, Box<dyn std::error:
                 replay::write_outputs(&path, &f, &outs)?;
                 println!("wrote {}", path.display());
             }
+            if let Some(path) = plot {
+                deltanet_cli::plot::replay_errors::write(&f, &rep, tolerance, b.name(), &path)?;
+                println!("wrote {}", path.display());
+            }
             let worst = worst_ratio(worst_ratio(rep.o_ratio, rep.state_ratio), rep.conv_ratio.unwrap_or(0.0));
             if worst <= tolerance {
                 Ok(ExitCode::SUCCESS)
@@ -176,7 +186,7 @@ fn run(cmd: Cmd, threads: Option<usize>) -> Result<ExitCode, Box<dyn std::error:
                 Ok(ExitCode::FAILURE)
             }
         }
-        Cmd::Bench { json, quick } => bench(json, quick, threads),
+        Cmd::Bench { json, quick, plot } => bench(json, quick, plot, threads),
         Cmd::Info => {
             println!("deltanet {} — backends in this build:", env!("CARGO_PKG_VERSION"));
             for line in deltanet_cli::info::describe() {
@@ -224,7 +234,12 @@ fn print_replay(f: &ReplayFile, r: &replay::ReplayReport, backend: &str) {
 }
 
 #[cfg(feature = "cpu")]
-fn bench(json: Option<PathBuf>, quick: bool, threads: Option<usize>) -> Result<ExitCode, Box<dyn std::error::Error>> {
+fn bench(
+    json: Option<PathBuf>,
+    quick: bool,
+    plot: Option<PathBuf>,
+    threads: Option<usize>,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
     use deltanet_cli::bench::{run_report, ReportOptions};
     let mut opts = if quick { ReportOptions::quick() } else { ReportOptions::default() };
     opts.threads = threads.unwrap_or(2);
@@ -237,6 +252,10 @@ fn bench(json: Option<PathBuf>, quick: bool, threads: Option<usize>) -> Result<E
     print!("{rep}");
     if let Some(path) = json {
         std::fs::write(&path, serde_json::to_string_pretty(&bench_json(&rep))?)?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = plot {
+        deltanet_cli::plot::roofline::write(&rep, &path)?;
         println!("wrote {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
@@ -280,6 +299,11 @@ fn bench_json(rep: &deltanet_cli::bench::Report) -> serde_json::Value {
 }
 
 #[cfg(not(feature = "cpu"))]
-fn bench(_json: Option<PathBuf>, _quick: bool, _threads: Option<usize>) -> Result<ExitCode, Box<dyn std::error::Error>> {
+fn bench(
+    _json: Option<PathBuf>,
+    _quick: bool,
+    _plot: Option<PathBuf>,
+    _threads: Option<usize>,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
     Err(Box::new(deltanet::Error::NotCompiled { backend: "cpu".into(), feature: "cpu".into() }))
 }

@@ -498,6 +498,8 @@ pub struct ReplayReport {
     pub per_head: Vec<f64>,
     /// Per sequence, per 64-token chunk: o ratio.
     pub per_chunk: Vec<Vec<f64>>,
+    /// Per sequence, per token: rms error of the token's output over the rms of the sequence's reference output.
+    pub per_token: Vec<Vec<f64>>,
     /// First (sequence, token within it) where the per-token error jumps.
     pub first_jump: Option<(usize, usize)>,
     /// Ratio against the file's own `expected_o` / `expected_final_state`, when present.
@@ -512,6 +514,7 @@ pub fn report(f: &ReplayFile, out: &ReplayOutputs) -> ReplayReport {
     let row = hv * vd;
     let mut per_seq = Vec::new();
     let mut per_chunk = Vec::new();
+    let mut per_token = Vec::new();
     let mut first_jump = None;
     for i in 0..n {
         let (a, b) = (f.cu_seqlens[i] * row, f.cu_seqlens[i + 1] * row);
@@ -543,6 +546,7 @@ pub fn report(f: &ReplayFile, out: &ReplayOutputs) -> ReplayReport {
             }
             errs.push(e);
         }
+        per_token.push(errs);
     }
     let per_head = (0..hv)
         .map(|h| {
@@ -570,6 +574,7 @@ pub fn report(f: &ReplayFile, out: &ReplayOutputs) -> ReplayReport {
         per_seq,
         per_head,
         per_chunk,
+        per_token,
         first_jump,
         vs_expected,
     }

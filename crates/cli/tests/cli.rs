@@ -101,3 +101,19 @@ fn replay_of_a_golden_file_passes_and_writes_outputs() {
     assert!(out_path.exists());
     std::fs::remove_file(out_path).unwrap();
 }
+
+#[cfg(feature = "cpu")]
+#[test]
+fn replay_writes_its_plot() {
+    let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/golden/gdn_f32_varlen.safetensors");
+    let png = std::env::temp_dir().join(format!("deltanet-replay-plot-{}.png", std::process::id()));
+    let (ok, out) = deltanet(&["replay", golden, "--plot", png.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let bytes = std::fs::read(&png).unwrap();
+    // PNG signature, then the IHDR chunk: width and height, big-endian
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(&bytes[12..16], b"IHDR");
+    let (w, h) = (u32::from_be_bytes(bytes[16..20].try_into().unwrap()), u32::from_be_bytes(bytes[20..24].try_into().unwrap()));
+    assert_eq!((w, h), deltanet_cli::plot::replay_errors::SIZE);
+    std::fs::remove_file(png).unwrap();
+}

@@ -35,6 +35,28 @@ pub fn extend_flop_per_token_head(k: usize, v: usize) -> f64 {
     2.0 * (3.0 * k * v + c * (1.5 * k + v) + c * c / 6.0)
 }
 
+/// Bytes per token per value head the chunked extend must move at least: q,
+/// k, v in and o out (f32), and the f32 state read and written once per
+/// 64-token chunk. The roofline's arithmetic intensity of an extend is
+/// [`extend_flop_per_token_head`] over this.
+pub fn extend_bytes_per_token_head(k: usize, v: usize) -> f64 {
+    let (k, v, c) = (k as f64, v as f64, CHUNK as f64);
+    4.0 * (2.0 * k + 2.0 * v) + 2.0 * 4.0 * k * v / c
+}
+
+/// FLOP per token per value head of a decode step: decay (`KV`), `S^T k`,
+/// the rank-1 write and the output read (`2KV` each), the correction (`3V`).
+pub fn decode_flop_per_token_head(k: usize, v: usize) -> f64 {
+    let (k, v) = (k as f64, v as f64);
+    7.0 * k * v + 3.0 * v
+}
+
+/// Bytes per token per value head of a decode step: its state read and written in place
+/// (the [`DecodeResult::gbps`] count).
+pub fn decode_bytes_per_token_head(k: usize, v: usize, state: DType) -> f64 {
+    2.0 * (k * v * state.size()) as f64
+}
+
 /// The Qwen3.5-35B-A3B GDN shape: HK 16, HV 32, K = V = 128, W 4.
 pub fn qwen35_35b_dims() -> ModelDims {
     ModelDims::new(16, 32, 128, 128, 4).expect("valid dims")
@@ -422,6 +444,8 @@ pub fn bench_verify(dims: ModelDims, batch: usize, draft: usize, threads: usize)
 pub struct Report {
     /// Threads.
     pub threads: usize,
+    /// Model shape of every bench.
+    pub dims: ModelDims,
     /// GEMM ceiling (the extend group's rounds).
     pub gemm: GemmCeiling,
     /// Extend at each length.
@@ -527,7 +551,7 @@ pub fn run_report(opts: &ReportOptions) -> Result<Report> {
     let layer = opts.layer_steps.iter().map(|&s| bench_layer(dims, s, th)).collect::<Result<Vec<_>>>()?;
     let short_vs_long = opts.short_vs_long.map(|(a, b)| bench_layer_pair(dims, (a, Part::Layer), (b, Part::Layer), th)).transpose()?;
     let mixed = opts.mixed.map(|m| bench_layer_pair(dims, (m, Part::Layer), (m, Part::Split), th)).transpose()?;
-    Ok(Report { threads: th, gemm, extend, spec, decode, verify, chunked, layer, short_vs_long, mixed })
+    Ok(Report { threads: th, dims, gemm, extend, spec, decode, verify, chunked, layer, short_vs_long, mixed })
 }
 
 impl std::fmt::Display for Report {
