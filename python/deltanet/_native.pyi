@@ -46,7 +46,9 @@ def causal_conv1d(
     x: Tensor, weight: Tensor, bias: Optional[Tensor], out: Tensor,
     initial_states: Optional[Tensor] = None, final_states: Optional[Tensor] = None,
 ) -> None: ...
-def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Optional[Tensor], out: Tensor) -> None: ...
+def causal_conv1d_update(
+    x: Tensor, conv_state: Tensor, weight: Tensor, bias: Optional[Tensor], out: Tensor, channels_first: bool = False
+) -> None: ...
 def oracle_gated_delta_rule(
     q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, cu_seqlens: Sequence[int],
     initial_state: Optional[Tensor] = None, scale: Optional[float] = None, use_qk_l2norm: bool = False,

@@ -311,6 +311,20 @@ impl Borrowed<'_> {
         Ok(unsafe { TensorMut::from_raw(r.addr(), *r.meta()) })
     }
 
+    /// The same memory with its last two dimensions swapped (a transpose; nothing is copied).
+    pub fn transpose_last(mut self) -> PyResult<Self> {
+        let (mut shape, mut strides) = (self.shape().to_vec(), self.strides().to_vec());
+        let r = shape.len();
+        if r < 2 {
+            return Err(raise("ShapeError", format!("tensor `{}`: rank {r} has no last two dims to swap", self.name)));
+        }
+        shape.swap(r - 2, r - 1);
+        strides.swap(r - 2, r - 1);
+        self.meta = TensorMeta::strided(self.meta.device(), self.meta.dtype(), &shape, &strides)
+            .map_err(|e| raise("LayoutError", format!("tensor `{}`: {e}", self.name)))?;
+        Ok(self)
+    }
+
     /// Element strides.
     pub fn strides(&self) -> &[usize] {
         self.meta.strides()
