@@ -494,7 +494,8 @@ fn shift_in(row: &mut [f32], t: usize, x: impl Fn(usize) -> f32) {
     if t < s {
         row.copy_within(t.., 0);
     }
-    for j in s.saturating_sub(t)..s {
-        row[j] = x(j + t - s);
+    let first = s.saturating_sub(t);
+    for (j, r) in row[first..].iter_mut().enumerate() {
+        *r = x(first + j + t - s);
     }
 }
