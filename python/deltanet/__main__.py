@@ -3,6 +3,7 @@
 import sys
 
 from . import Backend, Error, __version__, backend_names
+from ._native import kernel_threads
 
 
 def info() -> int:
@@ -19,6 +20,7 @@ def info() -> int:
             f"inputs {'/'.join(c['input_dtypes'])}, chunk {c['chunk_size']}"
         )
     print("fla-compatible functions run on the cpu backend (cpu-vk with state_v_first)")
+    print(f"CPU kernels run on {kernel_threads()} threads (RAYON_NUM_THREADS; the importing thread is one of them)")
     return 0
 
 

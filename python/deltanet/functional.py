@@ -431,10 +431,21 @@ def causal_conv1d_update(
     if len(x3.shape) != 3:
         raise _native.ShapeError(f"x must be [B, dim] or [B, dim, T], got {tuple(x.shape)}")
     B, dim, T = x3.shape
+    if T == 1 and _channel_stride(x3) == 1:
+        # A decode step (transformers' case): `x` and a `[B, dim, 1]` output are already
+        # token-major memory; the native side reads them through their strides, no view ops here.
+        out = _empty(x3, (B, dim, 1))
+        _native.causal_conv1d_update(x3, conv_state, _as_f32(weight), _as_f32(bias), out, channels_first=True)
+        return out[..., 0] if squeeze else out
     out_tm = _empty(x3, (B, T, dim))
     _native.causal_conv1d_update(_token_major(x3), conv_state, _as_f32(weight), _as_f32(bias), out_tm)
     out = _transpose_last(out_tm)
     return out[..., 0] if squeeze else out
+
+
+def _channel_stride(x: Tensor) -> int:
+    """The element stride of dim 1 of `[B, dim, T]`."""
+    return x.stride(1) if _is_torch(x) else x.strides[1] // x.itemsize
 
 
 def _transpose_last(x: Tensor) -> Tensor:

@@ -189,9 +189,15 @@ def _adopt_state(cache, layer_idx: int, state) -> None:
         states = cache.layers[layer_idx].recurrent_states
     except (AttributeError, IndexError, TypeError, ImportError):
         return
-    if not isinstance(states, list) or not states or not isinstance(states[0], torch.Tensor):
+    # transformers >= 5 keys a layer's states by `state_idx` in a dict; earlier versions, a list.
+    if isinstance(states, dict):
+        current = states.get(0)
+    elif isinstance(states, list) and states:
+        current = states[0]
+    else:
         return
-    current = states[0]
+    if not isinstance(current, torch.Tensor):
+        return
     if current.shape == state.shape and current.dtype == state.dtype and current.device == state.device:
         states[0] = state
 

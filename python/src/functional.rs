@@ -37,7 +37,8 @@ fn expect_shape(t: &Borrowed<'_>, want: &[usize], what: &str) -> PyResult<()> {
 
 /// How the `[B, T, ...]` tensors of a call are cut into kernel calls: one
 /// packed call when every tensor's batch stride is `T` times its token stride
-/// (always true for contiguous tensors), else one call per batch row.
+/// (always true for contiguous tensors) or `T = 1` (a decode step: the batch
+/// stride is the row stride), else one call per batch row.
 struct Groups {
     packed: bool,
     b: usize,
@@ -46,7 +47,7 @@ struct Groups {
 
 impl Groups {
     fn new(b: usize, t: usize, tensors: &[&Borrowed<'_>]) -> Self {
-        let packed = b == 1 || tensors.iter().all(|x| x.strides()[0] == t * x.strides()[1]);
+        let packed = b == 1 || t == 1 || tensors.iter().all(|x| x.strides()[0] == t * x.strides()[1]);
         Groups { packed, b, t }
     }
     /// (element offset multiplier per tensor is its batch stride) group index -> batch rows.
@@ -69,7 +70,8 @@ impl Groups {
     fn packed_dims(&self, x: &Borrowed<'_>, r: &std::ops::Range<usize>) -> (Vec<usize>, Vec<usize>) {
         let mut shape = vec![r.len() * self.t];
         shape.extend_from_slice(&x.shape()[2..]);
-        let mut strides = vec![x.strides()[1]];
+        // Rows of the packed view are tokens; with one token per sequence they are sequences.
+        let mut strides = vec![if self.t == 1 { x.strides()[0] } else { x.strides()[1] }];
         strides.extend_from_slice(&x.strides()[2..]);
         (shape, strides)
     }
@@ -414,10 +416,12 @@ pub fn causal_conv1d(
     })
 }
 
-/// `causal_conv1d_update`: `x`/`out` token-major `[B, T, dim]`, `conv_state`
-/// `[B, dim, S]` (`S >= W-1`) updated in place to the last `S` inputs.
+/// `causal_conv1d_update`: `x`/`out` token-major `[B, T, dim]` (or, with
+/// `channels_first`, `[B, dim, T]` as causal-conv1d passes them, read through
+/// their strides), `conv_state` `[B, dim, S]` (`S >= W-1`) updated in place to
+/// the last `S` inputs.
 #[pyfunction]
-#[pyo3(signature = (x, conv_state, weight, bias, out))]
+#[pyo3(signature = (x, conv_state, weight, bias, out, channels_first=false))]
 pub fn causal_conv1d_update(
     py: Python<'_>,
     x: &Bound<'_, PyAny>,
@@ -425,9 +429,14 @@ pub fn causal_conv1d_update(
     weight: &Bound<'_, PyAny>,
     bias: Option<&Bound<'_, PyAny>>,
     out: &Bound<'_, PyAny>,
+    channels_first: bool,
 ) -> PyResult<()> {
     guard(|| {
-        let (x, weight, out) = (borrow("x", x, false)?, borrow("weight", weight, false)?, borrow("out", out, true)?);
+        let (mut x, weight, mut out) = (borrow("x", x, false)?, borrow("weight", weight, false)?, borrow("out", out, true)?);
+        if channels_first {
+            // the kernels read token-major rows: the same memory with the last two dims swapped
+            (x, out) = (x.transpose_last()?, out.transpose_last()?);
+        }
         let state = borrow("conv_state", conv_state, true)?;
         let bias = borrow_opt("bias", bias, false)?;
         let xs = x.shape().to_vec();
@@ -435,6 +444,9 @@ pub fn causal_conv1d_update(
             return Err(raise("ShapeError", format!("x must be [B, dim, T] and weight [dim, W]; got {:?}, {:?}", xs, weight.shape())));
         }
         let (b, t, dim, w) = (xs[0], xs[1], xs[2], weight.shape()[1]);
+        if w < 2 {
+            return Err(raise("ShapeError", format!("tensor `weight`: conv width {w} < 2")));
+        }
         let ss = state.shape().to_vec();
         if ss.len() != 3 || ss[0] != b || ss[1] != dim || ss[2] + 1 < w {
             return Err(raise(
@@ -442,31 +454,48 @@ pub fn causal_conv1d_update(
                 format!("tensor `conv_state`: expected [{b}, {dim}, S] with S >= W-1 = {}, got {ss:?}", w - 1),
             ));
         }
-        let s_len = ss[2];
-        let old = state_values(&state)?;
-        // The kernel convolves over the newest W-1 columns.
-        let mut window = Vec::with_capacity(b * dim * (w - 1));
-        for row in old.chunks_exact(s_len) {
-            window.extend_from_slice(&row[s_len - (w - 1)..]);
-        }
+        let (s_len, keep) = (ss[2], w - 1);
+        // The kernel convolves over the newest W-1 columns of each (row, channel).
+        let window: Vec<f32> = {
+            let old = state_values(&state)?;
+            let mut window = vec![0f32; b * dim * keep];
+            for (dst, row) in window.chunks_exact_mut(keep).zip(old.chunks_exact(s_len)) {
+                dst.copy_from_slice(&row[s_len - keep..]);
+            }
+            window
+        };
         let call = ConvCall { x: &x, weight: &weight, bias: bias.as_ref(), out: &out };
         run_conv(py, &call, Some(&window))?.give_back();
         // The kernel succeeded: shift the caller's state by T and append x.
         let xv = state_values(&x)?;
-        let mut new = vec![0f32; old.len()];
-        for bi in 0..b {
-            for c in 0..dim {
-                let row = &old[(bi * dim + c) * s_len..(bi * dim + c + 1) * s_len];
-                let dst = &mut new[(bi * dim + c) * s_len..(bi * dim + c + 1) * s_len];
-                for (j, d) in dst.iter_mut().enumerate() {
-                    // position j of the new state is element j + t of [old | x]
-                    let src = j + t;
-                    *d = if src < s_len { row[src] } else { xv[(bi * t + (src - s_len)) * dim + c] };
-                }
+        let x_at = |row: usize, j: usize| xv[((row / dim) * t + j) * dim + row % dim];
+        if state.contiguous_f32().is_some() {
+            // In place on the caller's memory (the common case: a cache's contiguous f32 state).
+            let mut sv = state.sub_mut(0, state.shape(), state.strides())?;
+            let st = sv.host_slice_mut::<f32>().py_err()?;
+            for (r, row) in st.chunks_exact_mut(s_len).enumerate() {
+                shift_in(row, t, |j| x_at(r, j));
             }
+        } else {
+            let mut new = state.to_f32()?;
+            for (r, row) in new.chunks_exact_mut(s_len).enumerate() {
+                shift_in(row, t, |j| x_at(r, j));
+            }
+            write_state_values(&state, &new)?;
         }
-        drop(old); // a view of `conv_state`, which is written next
-        write_state_values(&state, &new)?;
         Ok(())
     })
+}
+
+/// Shifts one conv-state row (oldest first) left by `t` and appends `t` new inputs `x(0..t)`:
+/// position `j` becomes element `j + t` of `[row | x]`.
+fn shift_in(row: &mut [f32], t: usize, x: impl Fn(usize) -> f32) {
+    let s = row.len();
+    if t < s {
+        row.copy_within(t.., 0);
+    }
+    let first = s.saturating_sub(t);
+    for (j, r) in row[first..].iter_mut().enumerate() {
+        *r = x(first + j + t - s);
+    }
 }

@@ -7,7 +7,8 @@
 //! * [`staging`]: per-slot states between caller tensors and a pool;
 //! * [`states`]: the pools the fla-style functions hand out as final states;
 //! * [`pool`]: `Backend` and `Pool`, the serving-engine API;
-//! * [`oracle`]: the f64 reference, for tests.
+//! * [`oracle`]: the f64 reference, for tests;
+//! * [`threads`]: the kernels' worker threads (the importing thread is one).
 
 mod errors;
 mod functional;
@@ -17,6 +18,7 @@ mod slots;
 mod staging;
 mod states;
 mod tensor;
+mod threads;
 
 use pyo3::prelude::*;
 
@@ -32,6 +34,12 @@ fn backend_names() -> Vec<&'static str> {
     deltanet::backend::BACKEND_NAMES.to_vec()
 }
 
+/// Worker threads the CPU kernels run on (the importing thread included when there are two or more).
+#[pyfunction]
+fn kernel_threads() -> usize {
+    rayon::current_num_threads()
+}
+
 /// Test hook: panics inside the boundary guard, which must raise `InternalError`.
 #[pyfunction]
 fn _panic_for_test() -> PyResult<()> {
@@ -40,7 +48,9 @@ fn _panic_for_test() -> PyResult<()> {
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    threads::init_with_current_thread();
     errors::register(m)?;
+    m.add_function(wrap_pyfunction!(kernel_threads, m)?)?;
     m.add_function(wrap_pyfunction!(version, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     m.add_function(wrap_pyfunction!(backend_names, m)?)?;

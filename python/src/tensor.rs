@@ -14,6 +14,7 @@ use crate::errors::raise;
 use deltanet::{DType, Device, TensorMeta, TensorMut, TensorRef};
 use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyCapsule, PyDict};
 use std::ffi::{c_void, CStr};
 
@@ -157,7 +158,38 @@ fn device_of(name: &str, device_type: i32, id: i32) -> PyResult<Device> {
 }
 
 fn from_dlpack<'py>(name: &'static str, obj: &Bound<'py, PyAny>) -> PyResult<Borrowed<'py>> {
-    let capsule = obj.call_method0("__dlpack__")?;
+    from_capsule(name, obj, obj.call_method0("__dlpack__")?)
+}
+
+/// `torch.Tensor` and torch's C exporter `torch.utils.dlpack.to_dlpack`, looked up once.
+///
+/// Why: `Tensor.__dlpack__` and `__dlpack_device__` are Python methods (a few microseconds
+/// each), and a decode step borrows a dozen tensors; the C exporter makes the same capsule
+/// (the device is then read from it) in a fraction of that.
+fn torch_exporter(py: Python<'_>) -> Option<&'static (Py<PyAny>, Py<PyAny>)> {
+    static TORCH: GILOnceCell<(Py<PyAny>, Py<PyAny>)> = GILOnceCell::new();
+    if let Some(t) = TORCH.get(py) {
+        return Some(t);
+    }
+    // Only once the caller has imported torch: deltanet does not import it (and looks again later).
+    py.import("sys").ok()?.getattr("modules").ok()?.get_item("torch").ok()?;
+    let tensor = py.import("torch").ok()?.getattr("Tensor").ok()?;
+    let to_dlpack = py.import("torch.utils.dlpack").ok()?.getattr("to_dlpack").ok()?;
+    let _ = TORCH.set(py, (tensor.unbind(), to_dlpack.unbind()));
+    TORCH.get(py)
+}
+
+/// A plain `torch.Tensor` (not a subclass, which may override the export) through torch's C exporter.
+fn from_torch<'py>(name: &'static str, obj: &Bound<'py, PyAny>) -> PyResult<Option<Borrowed<'py>>> {
+    let py = obj.py();
+    let Some((tensor, to_dlpack)) = torch_exporter(py) else { return Ok(None) };
+    if !obj.get_type().is(tensor.bind(py)) {
+        return Ok(None);
+    }
+    from_capsule(name, obj, to_dlpack.bind(py).call1((obj,))?).map(Some)
+}
+
+fn from_capsule<'py>(name: &'static str, obj: &Bound<'py, PyAny>, capsule: Bound<'py, PyAny>) -> PyResult<Borrowed<'py>> {
     let capsule = capsule
         .downcast::<PyCapsule>()
         .map_err(|_| raise("LayoutError", format!("tensor `{name}`: __dlpack__ did not return a capsule")))?;
@@ -239,6 +271,11 @@ fn from_array_interface<'py>(name: &'static str, obj: &Bound<'py, PyAny>, writab
 
 /// Borrows `obj` (a torch tensor, numpy array or any DLPack / array-interface producer).
 pub fn borrow<'py>(name: &'static str, obj: &Bound<'py, PyAny>, writable: bool) -> PyResult<Borrowed<'py>> {
+    // torch's exporter takes tensors that require grad (deltanet computes no gradients) and
+    // the capsule carries the device, checked in `from_capsule`.
+    if let Some(b) = from_torch(name, obj)? {
+        return Ok(b);
+    }
     // torch refuses to export a tensor that requires grad; deltanet computes no
     // gradients, so borrow the detached alias (same memory, no copy).
     let detached;
@@ -309,6 +346,20 @@ impl Borrowed<'_> {
         // for an output), and deltanet never hands two overlapping writable views
         // to one kernel (the sub-views it makes are of distinct rows).
         Ok(unsafe { TensorMut::from_raw(r.addr(), *r.meta()) })
+    }
+
+    /// The same memory with its last two dimensions swapped (a transpose; nothing is copied).
+    pub fn transpose_last(mut self) -> PyResult<Self> {
+        let (mut shape, mut strides) = (self.shape().to_vec(), self.strides().to_vec());
+        let r = shape.len();
+        if r < 2 {
+            return Err(raise("ShapeError", format!("tensor `{}`: rank {r} has no last two dims to swap", self.name)));
+        }
+        shape.swap(r - 2, r - 1);
+        strides.swap(r - 2, r - 1);
+        self.meta = TensorMeta::strided(self.meta.device(), self.meta.dtype(), &shape, &strides)
+            .map_err(|e| raise("LayoutError", format!("tensor `{}`: {e}", self.name)))?;
+        Ok(self)
     }
 
     /// Element strides.

@@ -259,3 +259,30 @@ def test_decode_runs_in_place_on_the_cached_state(name):
             out = model(token, cache=cache, use_cache=True)
             token = out.logits[:, -1:].argmax(-1)
         assert [cache.layers[i].recurrent_states[0].data_ptr() for i in gdn] == ptrs
+
+
+@pytest.mark.parametrize("name", ["qwen3_5-hv1", "qwen3_next-hv4"])
+def test_cache_holds_the_state_deltanet_returned(name, monkeypatch):
+    """The prefill's final state (deltanet's memory) becomes the cache's state tensor, so decode
+    steps advance it in place instead of staging a copy in and out (transformers keys a layer's
+    states by index in a dict since 5.x; a list before)."""
+    model = make_model(name)
+    deltanet.hf.patch_model(model)
+    returned = []
+    chunk = deltanet.chunk_gated_delta_rule
+
+    def recording_chunk(*args, **kwargs):
+        out, state = chunk(*args, **kwargs)
+        returned.append(state)
+        return out, state
+
+    monkeypatch.setattr(deltanet, "chunk_gated_delta_rule", recording_chunk)
+    cache = DynamicCache(config=model.config)
+    gdn = [layer.layer_idx for layer in deltanet.hf.gdn_layers(model)]
+    with torch.no_grad():
+        out = model(prompt(40, seed=3), cache=cache, use_cache=True)
+        assert len(returned) == len(gdn)
+        assert all(cache.layers[i].recurrent_states[0] is state for i, state in zip(gdn, returned))
+        token = out.logits[:, -1:].argmax(-1)
+        model(token, cache=cache, use_cache=True)
+        assert all(cache.layers[i].recurrent_states[0] is state for i, state in zip(gdn, returned))
