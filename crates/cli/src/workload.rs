@@ -256,7 +256,10 @@ impl<'d, D: KernelDispatcher> Engine<'d, D> {
         }
         bar.finish_and_clear();
         let cached: Vec<Slot> = self.cache.values().map(|&(_, s)| s).collect();
-        self.pool.free(&cached)?;
+        // The pool refuses an empty batch; a run with no prefix cache hits has none to free.
+        if !cached.is_empty() {
+            self.pool.free(&cached)?;
+        }
         for r in done.iter().filter(|r| r.checked) {
             self.check(r);
         }

@@ -56,6 +56,7 @@ fn bench_chart_is_a_png_of_its_size_with_points_and_bars() {
         extend,
         decode: dec,
         verify: vec![],
+        spec: vec![],
         chunked: None,
         layer,
         short_vs_long: None,
