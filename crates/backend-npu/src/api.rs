@@ -46,6 +46,14 @@ handle!(
     /// An `aclrtStream`.
     StreamHandle
 );
+handle!(
+    /// An `aclrtEvent`.
+    EventHandle
+);
+
+/// A page-locked host address (`aclrtMallocHost`): the source of an
+/// asynchronous upload.
+pub type HostPtr = usize;
 
 /// Element types handed to ACL (`aclDataType`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -172,6 +180,24 @@ pub trait AclApi: Send + Sync + 'static {
     fn memset_zero_async(&self, dst: DevPtr, bytes: usize, stream: StreamHandle) -> Result<(), AclError>;
     /// `aclrtMemcpy` host to device (synchronous).
     fn memcpy_h2d(&self, dst: DevPtr, src: &[u8]) -> Result<(), AclError>;
+    /// `aclrtMallocHost`: page-locked host memory, which `aclrtMemcpyAsync`
+    /// copies from asynchronously.
+    fn malloc_host(&self, bytes: usize) -> Result<HostPtr, AclError>;
+    /// `aclrtFreeHost`.
+    fn free_host(&self, ptr: HostPtr) -> Result<(), AclError>;
+    /// `aclrtMemcpyAsync` host to device on `stream`, from page-locked `src`:
+    /// queued, not run; `src` must not be rewritten until the copy has run.
+    fn memcpy_h2d_async(&self, dst: DevPtr, src: HostPtr, bytes: usize, stream: StreamHandle) -> Result<(), AclError>;
+    /// `aclrtCreateEvent`.
+    fn create_event(&self) -> Result<EventHandle, AclError>;
+    /// `aclrtDestroyEvent`.
+    fn destroy_event(&self, event: EventHandle) -> Result<(), AclError>;
+    /// `aclrtRecordEvent`: the event completes when the work queued on `stream` before it has run.
+    fn record_event(&self, event: EventHandle, stream: StreamHandle) -> Result<(), AclError>;
+    /// `aclrtQueryEventStatus`: whether the recorded event has completed (never waits).
+    fn event_complete(&self, event: EventHandle) -> Result<bool, AclError>;
+    /// `aclrtSynchronizeEvent`: the host waits until the event completes.
+    fn synchronize_event(&self, event: EventHandle) -> Result<(), AclError>;
     /// `aclrtMemcpy` device to host (synchronous).
     fn memcpy_d2h(&self, dst: &mut [u8], src: DevPtr) -> Result<(), AclError>;
     /// `aclCreateTensor`.

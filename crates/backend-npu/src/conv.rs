@@ -74,13 +74,14 @@ pub(crate) fn write_window(
     Ok(())
 }
 
-/// The index tables of one `aclnnCausalConv1dFn` call: sequence `i` is
-/// packed rows `query_start[i]..query_start[i+1]`, reads and writes cache
-/// line `cache[i]`, from that line (`initial_mode[i]` 1) or zeros (0).
+/// The index tables of one `aclnnCausalConv1dFn` call (int32, in a step
+/// plan): sequence `i` is packed rows `query_start[i]..query_start[i+1]`,
+/// reads and writes cache line `cache[i]`, from that line (`initial_mode[i]`
+/// 1) or zeros (0).
 pub(crate) struct ConvFnTables {
-    pub(crate) query_start: Vec<i32>,
-    pub(crate) cache: Vec<i32>,
-    pub(crate) initial_mode: Vec<i32>,
+    pub(crate) query_start: TensorDesc,
+    pub(crate) cache: TensorDesc,
+    pub(crate) initial_mode: TensorDesc,
 }
 
 /// `aclnnCausalConv1dFn` (SiLU) from `x` to `y`, in place on the cache lines `states` (`[lines, W-1, C]`).
@@ -92,13 +93,11 @@ pub(crate) fn causal_conv1d_fn(
     tables: &ConvFnTables,
     y: &View,
 ) -> Result<()> {
-    let (qsl, idx, mode) = (&tables.query_start, &tables.cache, &tables.initial_mode);
-    let (qsl_b, idx_b, mode_b) = (ctx.upload_i32(qsl)?, ctx.upload_i32(idx)?, ctx.upload_i32(mode)?);
     let (tx, tw, ts, ty) = (ctx.tensor(&x.desc())?, ctx.tensor(&w.weight.desc())?, ctx.tensor(states)?, ctx.tensor(&y.desc())?);
     let tb = w.bias.as_ref().map(|b| ctx.tensor(&b.desc())).transpose()?;
-    let tq = ctx.tensor_of(&qsl_b, AclDType::I32, &[qsl.len()])?;
-    let ti = ctx.tensor_of(&idx_b, AclDType::I32, &[idx.len()])?;
-    let tm = ctx.tensor_of(&mode_b, AclDType::I32, &[mode.len()])?;
+    let tq = ctx.tensor(&tables.query_start)?;
+    let ti = ctx.tensor(&tables.cache)?;
+    let tm = ctx.tensor(&tables.initial_mode)?;
     Ok(ctx.run(&OpCall::CausalConv1dFn {
         x: tx.h(),
         weight: tw.h(),
@@ -115,19 +114,18 @@ pub(crate) fn causal_conv1d_fn(
 }
 
 /// `aclnnCausalConv1dUpdate` (SiLU) of one token per sequence (`x`, `y`:
-/// `[batch, 1, C]`), in place on cache lines `cache` of `states`.
+/// `[batch, 1, C]`), in place on cache lines `cache` (int32) of `states`.
 pub(crate) fn causal_conv1d_update(
     ctx: &NpuContext,
     x: &View,
     w: &ConvWeights,
     states: &TensorDesc,
-    cache: &[i32],
+    cache: &TensorDesc,
     y: &View,
 ) -> Result<()> {
-    let idx_b = ctx.upload_i32(cache)?;
     let (tx, tw, ts, ty) = (ctx.tensor(&x.desc())?, ctx.tensor(&w.weight.desc())?, ctx.tensor(states)?, ctx.tensor(&y.desc())?);
     let tb = w.bias.as_ref().map(|b| ctx.tensor(&b.desc())).transpose()?;
-    let ti = ctx.tensor_of(&idx_b, AclDType::I32, &[cache.len()])?;
+    let ti = ctx.tensor(cache)?;
     Ok(ctx.run(&OpCall::CausalConv1dUpdate {
         x: tx.h(),
         weight: tw.h(),

@@ -1,10 +1,11 @@
 //! [`NpuDispatcher`]: the kernels on Ascend, over calls core has already
-//! validated ([`Checked`]). Each operation is planned with core's batch
-//! planning ([`plan`]: extend pieces, draft chain segments and paths), the
-//! pool's states are gathered or indexed for the operators, the operator
-//! calls issued, and the stream drained before returning (the operation's
-//! temporaries and index tables return to the stream's scratch, reused by
-//! later operations once drained: no device allocation per call after warm-up).
+//! validated ([`Checked`]). Each operation reads its index tables from a
+//! step plan ([`StepPlan`]: uploaded once per step; the batch-only entry
+//! points build a one-use plan), is cut with core's batch planning
+//! ([`plan`]: extend pieces, draft chain segments and paths), gathers or
+//! indexes the pool's states for the operators and queues the operator
+//! calls on the stream. Nothing waits for the device: temporaries return to
+//! the stream's scratch, reused only by work queued after them.
 //!
 //! | operation | operators |
 //! |---|---|
@@ -23,59 +24,34 @@
 use crate::api::{AclDType, TensorDesc};
 use crate::conv::{causal_conv1d_fn, causal_conv1d_update, window_sources, write_window, ConvFnTables, ConvWeights};
 use crate::elementwise::{gate, temp, GateViews};
-use crate::gdn::{chunk, recurrent, DeltaViews};
+use crate::gdn::{chunk, recurrent, DeltaViews, RecurrentTables};
 use crate::memory::NpuMemory;
 use crate::result::BACKEND;
 use crate::safe::NpuContext;
 use crate::soc::SocFamily;
 use crate::view::View;
-use deltanet_core::plan::{self, ChainSegment, Piece};
+use crate::step_plan::{chunk_calls, scratch_row, verify_segments, PlanTables, StepPlan, StepRef, Table};
+use deltanet_core::plan::{self, ChainSegment};
 use deltanet_core::{
     Capabilities, Checked, CommitBatch, ConvIo, DecodeBatch, DeltaIo, Error, ExtendBatch, GateCall, Kernels, PoolOf, Result, Slot, VMajor,
     VerifyBatch,
 };
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The Ascend NPU backend. Native layout V-major (`[HV, V, K]`), the layout of the aclnn GDN operators.
 pub struct NpuDispatcher {
     memory: NpuMemory,
     caps: Capabilities,
     soc: SocFamily,
+    /// The one-use plan of the batch-only entry points, rebuilt by each call
+    /// (the lock is held from the build to the last operator queued).
+    scratch_plan: Mutex<StepPlan>,
 }
 
 impl std::fmt::Debug for NpuDispatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NpuDispatcher").field("soc", &self.soc).field("caps", &self.caps).finish()
     }
-}
-
-/// The slots as an operator index table (`int32`, what every aclnn index tensor holds).
-fn slot_table(slots: &[Slot]) -> Vec<i32> {
-    plan::slot_indices(slots).into_iter().map(|i| i as i32).collect()
-}
-
-/// Groups an extend's pieces (cut at snapshot positions only: the chunk
-/// operator chunks internally) into chunk-operator calls. The operator
-/// returns only each sequence's final state, so every piece of a sequence
-/// with snapshots is its own call, continuing from the previous piece's
-/// state in the slot; the sequences without snapshots between them share one.
-fn chunk_calls(batch: &ExtendBatch) -> Vec<Vec<Piece>> {
-    let mut calls: Vec<Vec<Piece>> = Vec::new();
-    let mut shared: Vec<Piece> = Vec::new();
-    for p in plan::extend_pieces(batch, None) {
-        if batch.snapshots_of(p.seq).next().is_none() {
-            shared.push(p);
-        } else {
-            if !shared.is_empty() {
-                calls.push(std::mem::take(&mut shared));
-            }
-            calls.push(vec![p]);
-        }
-    }
-    if !shared.is_empty() {
-        calls.push(shared);
-    }
-    calls
 }
 
 impl NpuDispatcher {
@@ -121,7 +97,7 @@ impl NpuDispatcher {
             });
         }
         let caps = soc.capabilities(device);
-        Ok(NpuDispatcher { memory: NpuMemory::new(ctx), caps, soc })
+        Ok(NpuDispatcher { memory: NpuMemory::new(ctx), caps, soc, scratch_plan: Mutex::default() })
     }
 
     /// The SoC generation.
@@ -145,18 +121,44 @@ impl NpuDispatcher {
     }
 }
 
-impl Kernels for NpuDispatcher {
-    type Layout = VMajor;
-    type Memory = NpuMemory;
-
-    fn capabilities(&self) -> &Capabilities {
-        &self.caps
+impl NpuDispatcher {
+    /// Builds `plan` for an extend step of `batch` (a batch of `pool`) and
+    /// queues its one upload; every layer's conv and delta rule of the step
+    /// then run on [`planned`](Self::planned)`(&plan)`.
+    pub fn plan_extend(&self, plan: &mut StepPlan, pool: &PoolOf<Self>, batch: &ExtendBatch) -> Result<()> {
+        batch.check_pool(pool)?;
+        self.build_plan(plan, StepRef::Extend(batch))
     }
-    fn memory(&self) -> &NpuMemory {
-        &self.memory
+    /// As [`plan_extend`](Self::plan_extend) for a decode step.
+    pub fn plan_decode(&self, plan: &mut StepPlan, pool: &PoolOf<Self>, batch: &DecodeBatch) -> Result<()> {
+        batch.check_pool(pool)?;
+        self.build_plan(plan, StepRef::Decode(batch))
+    }
+    /// As [`plan_extend`](Self::plan_extend) for a verify step.
+    pub fn plan_verify(&self, plan: &mut StepPlan, pool: &PoolOf<Self>, batch: &VerifyBatch) -> Result<()> {
+        batch.check_pool(pool)?;
+        self.build_plan(plan, StepRef::Verify(batch))
+    }
+    /// As [`plan_extend`](Self::plan_extend) for a commit step (device copies
+    /// only: nothing is uploaded).
+    pub fn plan_commit(&self, plan: &mut StepPlan, pool: &PoolOf<Self>, batch: &CommitBatch) -> Result<()> {
+        batch.check_pool(pool)?;
+        self.build_plan(plan, StepRef::Commit(batch))
     }
 
-    fn run_gate(&self, call: GateCall<'_>) -> Result<()> {
+    fn build_plan(&self, plan: &mut StepPlan, step: StepRef<'_>) -> Result<()> {
+        let _span = tracing::debug_span!("plan", backend = BACKEND).entered();
+        plan.build(self.ctx(), step).map(|_| ())
+    }
+
+    /// Runs `run` on the tables of a one-use plan of `step` (the batch-only entry points).
+    fn with_scratch_plan(&self, step: StepRef<'_>, run: impl FnOnce(&PlanTables) -> Result<()>) -> Result<()> {
+        let mut plan = self.scratch_plan.lock().unwrap_or_else(|p| p.into_inner());
+        let tables = plan.build(self.ctx(), step)?;
+        run(&tables)
+    }
+
+    pub(crate) fn gate_on(&self, call: GateCall<'_>) -> Result<()> {
         let io = call.io();
         gate(
             self.ctx(),
@@ -171,7 +173,7 @@ impl Kernels for NpuDispatcher {
         )
     }
 
-    fn run_conv_extend(&self, pool: &mut PoolOf<Self>, call: Checked<'_, ExtendBatch, ConvIo<'_>>) -> Result<()> {
+    pub(crate) fn conv_extend_on(&self, pool: &mut PoolOf<Self>, call: Checked<'_, ExtendBatch, ConvIo<'_>>, t: &PlanTables) -> Result<()> {
         let (ticket, layer, batch, geo, io) = (call.ticket(), call.layer(), call.batch(), *call.geometry(), call.io());
         let dims = geo.config.dims;
         self.conv_ops_available()?;
@@ -191,18 +193,14 @@ impl Kernels for NpuDispatcher {
                 let init = batch.has_initial_state()[s.seq].then(|| base + geo.conv_offset(0, batch.slots()[s.seq].index()) as u64);
                 write_window(ctx, base + geo.conv_offset(0, s.slot.index()) as u64, &window_sources(w1, &tokens), init, &x, row_bytes)?;
             }
-            let tables = ConvFnTables {
-                query_start: batch.cu_seqlens().iter().map(|&v| v as i32).collect(),
-                cache: slot_table(batch.slots()),
-                initial_mode: batch.has_initial_state().iter().map(|&h| h as i32).collect(),
-            };
+            let tables =
+                ConvFnTables { query_start: t.all(Table::CuSeqlens), cache: t.all(Table::Slots), initial_mode: t.all(Table::InitialMode) };
             let states = TensorDesc::contiguous(base, dt, &[geo.rows(), w1, c]);
-            causal_conv1d_fn(ctx, &x, &w, &states, &tables, &y)?;
-            Ok(ctx.synchronize()?)
+            causal_conv1d_fn(ctx, &x, &w, &states, &tables, &y)
         })
     }
 
-    fn run_conv_update(&self, pool: &mut PoolOf<Self>, call: Checked<'_, DecodeBatch, ConvIo<'_>>) -> Result<()> {
+    pub(crate) fn conv_update_on(&self, pool: &mut PoolOf<Self>, call: Checked<'_, DecodeBatch, ConvIo<'_>>, t: &PlanTables) -> Result<()> {
         let (ticket, layer, batch, geo, io) = (call.ticket(), call.layer(), call.batch(), *call.geometry(), call.io());
         let dims = geo.config.dims;
         self.conv_ops_available()?;
@@ -217,12 +215,11 @@ impl Kernels for NpuDispatcher {
         pool.checked_parts(ticket, |parts| {
             let base = parts.conv.ptr() + geo.conv_offset(layer, 0) as u64;
             let states = TensorDesc::contiguous(base, dt, &[geo.rows(), w1, c]);
-            causal_conv1d_update(ctx, &x, &w, &states, &slot_table(batch.slots()), &y)?;
-            Ok(ctx.synchronize()?)
+            causal_conv1d_update(ctx, &x, &w, &states, &t.all(Table::Slots), &y)
         })
     }
 
-    fn run_conv_verify(&self, pool: &mut PoolOf<Self>, call: Checked<'_, VerifyBatch, ConvIo<'_>>) -> Result<()> {
+    pub(crate) fn conv_verify_on(&self, pool: &mut PoolOf<Self>, call: Checked<'_, VerifyBatch, ConvIo<'_>>, t: &PlanTables) -> Result<()> {
         let (ticket, layer, batch, geo, io) = (call.ticket(), call.layer(), call.batch(), *call.geometry(), call.io());
         let dims = geo.config.dims;
         self.conv_ops_available()?;
@@ -233,19 +230,19 @@ impl Kernels for NpuDispatcher {
         let x = View::of(io.x.addr(), io.x.meta());
         let y = View::of(io.out.addr(), io.out.meta());
         let w = ConvWeights::new(ctx, io, dt)?;
+        let segs = verify_segments(batch);
         pool.checked_parts(ticket, |parts| {
             let conv_base = parts.conv.ptr() + geo.conv_offset(layer, 0) as u64;
             let win = parts.windows.ok_or(Error::NoSpeculativeBuffers)?;
             let win_base = win.ptr() + geo.window_offset(layer, 0, 0) as u64;
-            let win_addr = |slot: Slot, t: usize| win_base + ((slot.index() * d + t) * w1 * row_bytes) as u64;
-            // One operator sequence per chain segment; its cache line is the
-            // window row of the segment's last step.
-            let mut tables = ConvFnTables { query_start: vec![0], cache: Vec::new(), initial_mode: Vec::new() };
-            for (i, &slot) in batch.slots().iter().enumerate() {
+            let win_addr = |slot: Slot, t: usize| win_base + (scratch_row(slot, d, t) * w1 * row_bytes) as u64;
+            // One operator sequence per chain segment (the plan's tables); its
+            // cache line is the window row of the segment's last step.
+            for (i, (&slot, s)) in batch.slots().iter().zip(&segs).enumerate() {
                 let parents = &batch.parents()[i * d..(i + 1) * d];
                 let init = Some(conv_base + geo.conv_offset(0, slot.index()) as u64);
                 let global = |path: Vec<usize>| path.into_iter().map(|u| i * d + u).collect::<Vec<_>>();
-                for ChainSegment { start, end, parent } in plan::chain_segments(parents) {
+                for &ChainSegment { start, end, parent } in s {
                     // Windows of the segment's inner steps, built from their sources.
                     for t in start..end - 1 {
                         write_window(ctx, win_addr(slot, t), &window_sources(w1, &global(plan::path_to(parents, t))), init, &x, row_bytes)?;
@@ -254,18 +251,17 @@ impl Kernels for NpuDispatcher {
                     // leaves the segment's final window in.
                     let from = parent.map_or_else(Vec::new, |p| global(plan::path_to(parents, p)));
                     write_window(ctx, win_addr(slot, end - 1), &window_sources(w1, &from), init, &x, row_bytes)?;
-                    tables.query_start.push((i * d + end) as i32);
-                    tables.cache.push((slot.index() * d + end - 1) as i32);
-                    tables.initial_mode.push(1);
                 }
             }
+            let n = segs.iter().map(Vec::len).sum();
+            let tables =
+                ConvFnTables { query_start: t.all(Table::ConvStarts), cache: t.all(Table::ConvCache), initial_mode: t.slice(Table::Ones, 0, n) };
             let states = TensorDesc::contiguous(win_base, dt, &[geo.rows() * d, w1, c]);
-            causal_conv1d_fn(ctx, &x, &w, &states, &tables, &y)?;
-            Ok(ctx.synchronize()?)
+            causal_conv1d_fn(ctx, &x, &w, &states, &tables, &y)
         })
     }
 
-    fn run_extend(&self, pool: &mut PoolOf<Self>, call: Checked<'_, ExtendBatch, DeltaIo<'_>>) -> Result<()> {
+    pub(crate) fn extend_on(&self, pool: &mut PoolOf<Self>, call: Checked<'_, ExtendBatch, DeltaIo<'_>>, t: &PlanTables) -> Result<()> {
         let (ticket, layer, batch, geo, io) = (call.ticket(), call.layer(), call.batch(), *call.geometry(), call.io());
         let dims = geo.config.dims;
         let ctx = self.ctx();
@@ -276,6 +272,7 @@ impl Kernels for NpuDispatcher {
         pool.checked_parts(ticket, |parts| {
             let base = parts.temporal.ptr() + geo.temporal_offset(layer, 0) as u64;
             let slot_addr = |seq: usize| base + (batch.slots()[seq].index() * sb) as u64;
+            let mut lens_at = 0;
             for pieces in chunk_calls(batch) {
                 let nb = pieces.len();
                 // Each call's states are gathered into the operator's [B, HV, V, K] and scattered back after.
@@ -289,8 +286,9 @@ impl Kernels for NpuDispatcher {
                         ctx.zero(dst, sb)?;
                     }
                 }
-                let lens: Vec<i32> = pieces.iter().map(|p| p.tokens.len() as i32).collect();
-                chunk(ctx, &views, pieces[0].tokens.start, &lens, &s_in, &s_out)?;
+                let tokens = pieces.iter().map(|p| p.tokens.len()).sum();
+                chunk(ctx, &views, (pieces[0].tokens.start, tokens), &t.slice(Table::ChunkLens, lens_at, nb), &s_in, &s_out)?;
+                lens_at += nb;
                 for (j, p) in pieces.iter().enumerate() {
                     let src = s_out.addr + (j * sb) as u64;
                     ctx.copy(slot_addr(p.seq), src, sb)?;
@@ -298,14 +296,12 @@ impl Kernels for NpuDispatcher {
                         ctx.copy(base + (snap.index() * sb) as u64, src, sb)?;
                     }
                 }
-                // Drained per chunk call, as before (removing it waits for NPU step plans).
-                ctx.synchronize()?;
             }
-            Ok(ctx.synchronize()?)
+            Ok(())
         })
     }
 
-    fn run_decode(&self, pool: &mut PoolOf<Self>, call: Checked<'_, DecodeBatch, DeltaIo<'_>>) -> Result<()> {
+    pub(crate) fn decode_on(&self, pool: &mut PoolOf<Self>, call: Checked<'_, DecodeBatch, DeltaIo<'_>>, t: &PlanTables) -> Result<()> {
         let (ticket, layer, batch, geo, io) = (call.ticket(), call.layer(), call.batch(), *call.geometry(), call.io());
         let dims = geo.config.dims;
         let n = batch.num_seqs();
@@ -315,12 +311,12 @@ impl Kernels for NpuDispatcher {
         pool.checked_parts(ticket, |parts| {
             let base = parts.temporal.ptr() + geo.temporal_offset(layer, 0) as u64;
             let state = View::contiguous_at(base, geo.config.state_dtype.into(), &[geo.rows(), hv, v, k]);
-            recurrent(ctx, &views, &state, 0, &vec![1; n], &slot_table(batch.slots()), &vec![1; n])?;
-            Ok(ctx.synchronize()?)
+            let tables = RecurrentTables { lens: t.slice(Table::Ones, 0, n), indices: t.all(Table::Slots), accepted: t.slice(Table::Ones, 0, n) };
+            recurrent(ctx, &views, &state, (0, n), &tables)
         })
     }
 
-    fn run_verify(&self, pool: &mut PoolOf<Self>, call: Checked<'_, VerifyBatch, DeltaIo<'_>>) -> Result<()> {
+    pub(crate) fn verify_on(&self, pool: &mut PoolOf<Self>, call: Checked<'_, VerifyBatch, DeltaIo<'_>>, t: &PlanTables) -> Result<()> {
         let (ticket, layer, batch, geo, io) = (call.ticket(), call.layer(), call.batch(), *call.geometry(), call.io());
         let dims = geo.config.dims;
         let d = batch.draft();
@@ -328,43 +324,83 @@ impl Kernels for NpuDispatcher {
         let (hv, k, v) = (dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
         let sb = geo.state_bytes();
         let views = DeltaViews::new(ctx, io)?;
+        let segs = verify_segments(batch);
         pool.checked_parts(ticket, |parts| {
             let main = parts.temporal.ptr() + geo.temporal_offset(layer, 0) as u64;
             let scratch = parts.scratch.ok_or(Error::NoSpeculativeBuffers)?;
             let sbase = scratch.ptr() + geo.scratch_offset(layer, 0, 0) as u64;
             let state = View::contiguous_at(sbase, geo.config.state_dtype.into(), &[geo.rows() * d, hv, v, k]);
-            let row = |slot: Slot, t: usize| slot.index() * d + t;
-            let addr = |r: usize| sbase + (r * sb) as u64;
-            let segs: Vec<Vec<ChainSegment>> =
-                (0..batch.num_seqs()).map(|i| plan::chain_segments(&batch.parents()[i * d..(i + 1) * d])).collect();
+            let addr = |slot: Slot, t: usize| sbase + (scratch_row(slot, d, t) * sb) as u64;
             if segs.iter().all(|s| s.len() == 1) {
                 // Chains: the slot's state goes to scratch step 0; the operator reads it there
                 // (numAcceptedTokens = 1 → ssmStateIndices[start]) and writes step t's state to step t.
-                let mut idx = Vec::with_capacity(batch.tokens());
                 for &slot in batch.slots() {
-                    ctx.copy(addr(row(slot, 0)), main + (slot.index() * sb) as u64, sb)?;
-                    idx.extend((0..d).map(|t| row(slot, t) as i32));
+                    ctx.copy(addr(slot, 0), main + (slot.index() * sb) as u64, sb)?;
                 }
                 let n = batch.num_seqs();
-                recurrent(ctx, &views, &state, 0, &vec![d as i32; n], &idx, &vec![1; n])?;
+                let tables = RecurrentTables { lens: t.all(Table::DeltaLens), indices: t.all(Table::DeltaIndices), accepted: t.slice(Table::Ones, 0, n) };
+                recurrent(ctx, &views, &state, (0, batch.tokens()), &tables)
             } else {
                 // Trees: one call per chain segment, in step order (a parent's segment runs first),
                 // each starting from a copy of its parent's state.
-                for (i, &slot) in batch.slots().iter().enumerate() {
-                    for &ChainSegment { start, end, parent } in &segs[i] {
-                        let src = parent.map_or(main + (slot.index() * sb) as u64, |p| addr(row(slot, p)));
-                        ctx.copy(addr(row(slot, start)), src, sb)?;
-                        let idx: Vec<i32> = (start..end).map(|t| row(slot, t) as i32).collect();
-                        recurrent(ctx, &views, &state, i * d + start, &[(end - start) as i32], &idx, &[1])?;
+                let (mut call_at, mut idx_at) = (0, 0);
+                for (i, (&slot, s)) in batch.slots().iter().zip(&segs).enumerate() {
+                    for &ChainSegment { start, end, parent } in s {
+                        let src = parent.map_or(main + (slot.index() * sb) as u64, |p| addr(slot, p));
+                        ctx.copy(addr(slot, start), src, sb)?;
+                        let tables = RecurrentTables {
+                            lens: t.slice(Table::DeltaLens, call_at, 1),
+                            indices: t.slice(Table::DeltaIndices, idx_at, end - start),
+                            accepted: t.slice(Table::Ones, 0, 1),
+                        };
+                        recurrent(ctx, &views, &state, (i * d + start, end - start), &tables)?;
+                        (call_at, idx_at) = (call_at + 1, idx_at + end - start);
                     }
                 }
+                Ok(())
             }
-            Ok(ctx.synchronize()?)
         })
     }
 
+    pub(crate) fn commit_on(&self, pool: &mut PoolOf<Self>, call: Checked<'_, CommitBatch, ()>, _t: &PlanTables) -> Result<()> {
+        // Device copies on the stream, in order with every operator: nothing waits.
+        pool.commit_checked(&call)
+    }
+}
+
+impl Kernels for NpuDispatcher {
+    type Layout = VMajor;
+    type Memory = NpuMemory;
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+    fn memory(&self) -> &NpuMemory {
+        &self.memory
+    }
+
+    fn run_gate(&self, call: GateCall<'_>) -> Result<()> {
+        self.gate_on(call)
+    }
+    fn run_conv_extend(&self, pool: &mut PoolOf<Self>, call: Checked<'_, ExtendBatch, ConvIo<'_>>) -> Result<()> {
+        self.with_scratch_plan(StepRef::Extend(call.batch()), |t| self.conv_extend_on(pool, call, t))
+    }
+    fn run_conv_update(&self, pool: &mut PoolOf<Self>, call: Checked<'_, DecodeBatch, ConvIo<'_>>) -> Result<()> {
+        self.with_scratch_plan(StepRef::Decode(call.batch()), |t| self.conv_update_on(pool, call, t))
+    }
+    fn run_conv_verify(&self, pool: &mut PoolOf<Self>, call: Checked<'_, VerifyBatch, ConvIo<'_>>) -> Result<()> {
+        self.with_scratch_plan(StepRef::Verify(call.batch()), |t| self.conv_verify_on(pool, call, t))
+    }
+    fn run_extend(&self, pool: &mut PoolOf<Self>, call: Checked<'_, ExtendBatch, DeltaIo<'_>>) -> Result<()> {
+        self.with_scratch_plan(StepRef::Extend(call.batch()), |t| self.extend_on(pool, call, t))
+    }
+    fn run_decode(&self, pool: &mut PoolOf<Self>, call: Checked<'_, DecodeBatch, DeltaIo<'_>>) -> Result<()> {
+        self.with_scratch_plan(StepRef::Decode(call.batch()), |t| self.decode_on(pool, call, t))
+    }
+    fn run_verify(&self, pool: &mut PoolOf<Self>, call: Checked<'_, VerifyBatch, DeltaIo<'_>>) -> Result<()> {
+        self.with_scratch_plan(StepRef::Verify(call.batch()), |t| self.verify_on(pool, call, t))
+    }
     fn run_commit(&self, pool: &mut PoolOf<Self>, call: Checked<'_, CommitBatch, ()>) -> Result<()> {
-        pool.commit_checked(&call)?;
-        Ok(self.ctx().synchronize()?)
+        self.commit_on(pool, call, &PlanTables::default())
     }
 }

@@ -3,7 +3,7 @@
 //! initial state to a final state) and `aclnnRecurrentGatedDeltaRule`
 //! (decode, verify: in place on a state table through `ssmStateIndices`).
 
-use crate::api::{AclDType, OpCall};
+use crate::api::{OpCall, TensorDesc};
 use crate::elementwise::delta_inputs;
 use crate::safe::{DeviceBuffer, NpuContext};
 use crate::view::View;
@@ -40,10 +40,9 @@ impl DeltaViews {
 }
 
 /// One `aclnnChunkGatedDeltaRule` call over packed tokens `t0..t0+n`: `lens`
-/// tokens per sequence, from `initial` (`[B, HV, V, K]`) to `fin`.
-pub(crate) fn chunk(ctx: &NpuContext, x: &DeltaViews, t0: usize, lens: &[i32], initial: &View, fin: &View) -> Result<()> {
-    let n: usize = lens.iter().map(|&l| l as usize).sum();
-    let lens_b = ctx.upload_i32(lens)?;
+/// (int32, in a step plan) tokens per sequence, from `initial`
+/// (`[B, HV, V, K]`) to `fin`.
+pub(crate) fn chunk(ctx: &NpuContext, x: &DeltaViews, (t0, n): (usize, usize), lens: &TensorDesc, initial: &View, fin: &View) -> Result<()> {
     let tq = ctx.tensor(&x.q.rows(t0, n).desc())?;
     let tk = ctx.tensor(&x.k.rows(t0, n).desc())?;
     let tv = ctx.tensor(&x.v.rows(t0, n).desc())?;
@@ -51,7 +50,7 @@ pub(crate) fn chunk(ctx: &NpuContext, x: &DeltaViews, t0: usize, lens: &[i32], i
     let tg = ctx.tensor(&x.g.rows(t0, n).desc())?;
     let to = ctx.tensor(&x.o.rows(t0, n).desc())?;
     let (ti, tf) = (ctx.tensor(&initial.desc())?, ctx.tensor(&fin.desc())?);
-    let tl = ctx.tensor_of(&lens_b, AclDType::I32, &[lens.len()])?;
+    let tl = ctx.tensor(lens)?;
     Ok(ctx.run(&OpCall::ChunkGatedDeltaRule {
         query: tq.h(),
         key: tk.h(),
@@ -66,20 +65,20 @@ pub(crate) fn chunk(ctx: &NpuContext, x: &DeltaViews, t0: usize, lens: &[i32], i
     })?)
 }
 
-/// One `aclnnRecurrentGatedDeltaRule` call over packed tokens `t0..`, in
+/// The int32 tables of one `aclnnRecurrentGatedDeltaRule` call (slices of a step plan).
+pub(crate) struct RecurrentTables {
+    /// Tokens per sequence.
+    pub(crate) lens: TensorDesc,
+    /// Token `t`'s state block.
+    pub(crate) indices: TensorDesc,
+    /// Each sequence starts from `indices[start + accepted - 1]`.
+    pub(crate) accepted: TensorDesc,
+}
+
+/// One `aclnnRecurrentGatedDeltaRule` call over packed tokens `t0..t0+n`, in
 /// place on `state`: `lens` tokens per sequence, token `t`'s state at
 /// `indices[t]`, each sequence starting from `indices[start + accepted - 1]`.
-pub(crate) fn recurrent(
-    ctx: &NpuContext,
-    x: &DeltaViews,
-    state: &View,
-    t0: usize,
-    lens: &[i32],
-    indices: &[i32],
-    accepted: &[i32],
-) -> Result<()> {
-    let n: usize = lens.iter().map(|&l| l as usize).sum();
-    let (lens_b, idx_b, acc_b) = (ctx.upload_i32(lens)?, ctx.upload_i32(indices)?, ctx.upload_i32(accepted)?);
+pub(crate) fn recurrent(ctx: &NpuContext, x: &DeltaViews, state: &View, (t0, n): (usize, usize), tables: &RecurrentTables) -> Result<()> {
     let tq = ctx.tensor(&x.q.rows(t0, n).desc())?;
     let tk = ctx.tensor(&x.k.rows(t0, n).desc())?;
     let tv = ctx.tensor(&x.v.rows(t0, n).desc())?;
@@ -87,9 +86,7 @@ pub(crate) fn recurrent(
     let tg = ctx.tensor(&x.g.rows(t0, n).desc())?;
     let to = ctx.tensor(&x.o.rows(t0, n).desc())?;
     let ts = ctx.tensor(&state.desc())?;
-    let tl = ctx.tensor_of(&lens_b, AclDType::I32, &[lens.len()])?;
-    let ti = ctx.tensor_of(&idx_b, AclDType::I32, &[indices.len()])?;
-    let ta = ctx.tensor_of(&acc_b, AclDType::I32, &[accepted.len()])?;
+    let (tl, ti, ta) = (ctx.tensor(&tables.lens)?, ctx.tensor(&tables.indices)?, ctx.tensor(&tables.accepted)?);
     Ok(ctx.run(&OpCall::RecurrentGatedDeltaRule {
         query: tq.h(),
         key: tk.h(),

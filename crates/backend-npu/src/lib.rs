@@ -177,9 +177,11 @@ mod elementwise;
 mod gdn;
 pub mod memory;
 pub mod ops;
+mod planned;
 pub mod result;
 pub mod safe;
 pub mod soc;
+mod step_plan;
 pub mod sys;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -188,9 +190,11 @@ mod view;
 pub use api::{AclApi, Cann};
 pub use dispatch::NpuDispatcher;
 pub use memory::NpuMemory;
+pub use planned::Planned;
 pub use result::AclError;
 pub use safe::{DeviceBuffer, NpuContext};
 pub use soc::SocFamily;
+pub use step_plan::StepPlan;
 
 /// Cheap check for `deltanet info`: loads the CANN libraries and counts
 /// devices, without opening one. `Err` says what is missing.

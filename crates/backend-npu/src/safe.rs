@@ -3,7 +3,9 @@
 //! the two-phase aclnn call (GetWorkspaceSize → workspace from the stream's
 //! cache → execute).
 
-use crate::api::{AclApi, AclDType, DevPtr, IntArrayHandle, OpCall, ScalarHandle, StreamHandle, TensorDesc, TensorHandle};
+use crate::api::{
+    AclApi, AclDType, DevPtr, EventHandle, HostPtr, IntArrayHandle, OpCall, ScalarHandle, StreamHandle, TensorDesc, TensorHandle,
+};
 use crate::result::AclError;
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
@@ -171,6 +173,31 @@ impl NpuContext {
         Ok(buf)
     }
 
+    /// `bytes` of page-locked host memory (the staging of asynchronous uploads).
+    pub fn alloc_pinned(&self, bytes: usize) -> Result<PinnedBuffer, AclError> {
+        self.bind()?;
+        let ptr = self.api.malloc_host(bytes.max(1))?;
+        Ok(PinnedBuffer { api: self.api.clone(), ptr, len: bytes.max(1) })
+    }
+
+    /// Queues a copy of the first `bytes` of `src` to `dst` on the stream:
+    /// asynchronous, so `src` must stay unchanged until it has run (record an
+    /// [`StreamEvent`] after it and ask that).
+    pub fn upload_async(&self, dst: DevPtr, src: &PinnedBuffer, bytes: usize) -> Result<(), AclError> {
+        assert!(bytes <= src.len, "upload of {bytes} bytes from a staging buffer of {}", src.len);
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.bind()?;
+        self.api.memcpy_h2d_async(dst, src.ptr, bytes, self.stream)
+    }
+
+    /// A new event on this context's device.
+    pub fn event(&self) -> Result<StreamEvent, AclError> {
+        self.bind()?;
+        Ok(StreamEvent { api: self.api.clone(), handle: self.api.create_event()?, stream: self.stream })
+    }
+
     /// Device-to-device copy on the stream.
     pub fn copy(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<(), AclError> {
         if bytes == 0 {
@@ -297,6 +324,77 @@ impl Drop for DeviceBuffer {
                 let _ = self.api.free(self.ptr);
             }
         }
+    }
+}
+
+/// Page-locked host memory (`aclrtMallocHost`), freed on drop. Whoever
+/// uploads from it keeps it alive until the upload has run.
+pub struct PinnedBuffer {
+    api: Arc<dyn AclApi>,
+    ptr: HostPtr,
+    len: usize,
+}
+
+impl std::fmt::Debug for PinnedBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PinnedBuffer({:#x}, {} bytes)", self.ptr, self.len)
+    }
+}
+
+impl PinnedBuffer {
+    /// Bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether it holds no bytes (never: at least one is allocated).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The bytes, to write. The caller makes sure no queued upload still reads them.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr` is a live page-locked allocation of `len` bytes owned by
+        // this buffer, borrowed exclusively through `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr as *mut u8, self.len) }
+    }
+}
+
+impl Drop for PinnedBuffer {
+    fn drop(&mut self) {
+        let _ = self.api.free_host(self.ptr);
+    }
+}
+
+/// An `aclrtEvent` on a context's stream, destroyed on drop.
+pub struct StreamEvent {
+    api: Arc<dyn AclApi>,
+    handle: EventHandle,
+    stream: StreamHandle,
+}
+
+impl std::fmt::Debug for StreamEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StreamEvent({:?})", self.handle)
+    }
+}
+
+impl StreamEvent {
+    /// Records the event after everything queued on the stream so far.
+    pub fn record(&self) -> Result<(), AclError> {
+        self.api.record_event(self.handle, self.stream)
+    }
+    /// Waits until the work queued before the last `record` has run: asks
+    /// first (never waits when it has, the usual case) and only then blocks.
+    pub fn wait(&self) -> Result<(), AclError> {
+        if self.api.event_complete(self.handle)? {
+            return Ok(());
+        }
+        self.api.synchronize_event(self.handle)
+    }
+}
+
+impl Drop for StreamEvent {
+    fn drop(&mut self) {
+        let _ = self.api.destroy_event(self.handle);
     }
 }
 

@@ -5,7 +5,7 @@
 mod marshal;
 mod symbols;
 
-use crate::api::{AclApi, DevPtr, ExecutorHandle, IntArrayHandle, ScalarHandle, StreamHandle, TensorDesc, TensorHandle};
+use crate::api::{AclApi, DevPtr, EventHandle, ExecutorHandle, HostPtr, IntArrayHandle, ScalarHandle, StreamHandle, TensorDesc, TensorHandle};
 use crate::ops::OpCall;
 use crate::result::{check, check_nn, AclError};
 use crate::sys::bindings as b;
@@ -178,6 +178,55 @@ impl AclApi for Cann {
         check("aclrtMemcpy(H2D)", unsafe {
             f(dst as *mut c_void, src.len(), src.as_ptr() as *const c_void, src.len(), b::aclrtMemcpyKind_ACL_MEMCPY_HOST_TO_DEVICE)
         })
+    }
+    fn malloc_host(&self, bytes: usize) -> Result<HostPtr, AclError> {
+        let f = sym!(self.acl, aclrtMallocHost);
+        let mut p: *mut c_void = std::ptr::null_mut();
+        // SAFETY: writes one host pointer through a valid pointer.
+        check("aclrtMallocHost", unsafe { f(&mut p, bytes) })?;
+        Ok(p as HostPtr)
+    }
+    fn free_host(&self, ptr: HostPtr) -> Result<(), AclError> {
+        let f = sym!(self.acl, aclrtFreeHost);
+        // SAFETY: `ptr` came from aclrtMallocHost and is freed once (RAII owner), after its last upload ran.
+        check("aclrtFreeHost", unsafe { f(ptr as *mut c_void) })
+    }
+    fn memcpy_h2d_async(&self, dst: DevPtr, src: HostPtr, bytes: usize, stream: StreamHandle) -> Result<(), AclError> {
+        let f = sym!(self.acl, aclrtMemcpyAsync);
+        // SAFETY: `src` is page-locked host memory of at least `bytes`, left
+        // untouched until the copy has run (the plan's event); `dst` an in-bounds device range.
+        check("aclrtMemcpyAsync(H2D)", unsafe {
+            f(dst as *mut c_void, bytes, src as *const c_void, bytes, b::aclrtMemcpyKind_ACL_MEMCPY_HOST_TO_DEVICE, stream.0 as b::aclrtStream)
+        })
+    }
+    fn create_event(&self) -> Result<EventHandle, AclError> {
+        let f = sym!(self.acl, aclrtCreateEvent);
+        let mut e: b::aclrtEvent = std::ptr::null_mut();
+        // SAFETY: writes one event handle through a valid pointer.
+        check("aclrtCreateEvent", unsafe { f(&mut e) })?;
+        Ok(EventHandle(e as usize))
+    }
+    fn destroy_event(&self, event: EventHandle) -> Result<(), AclError> {
+        let f = sym!(self.acl, aclrtDestroyEvent);
+        // SAFETY: the handle came from aclrtCreateEvent and is destroyed once (RAII owner).
+        check("aclrtDestroyEvent", unsafe { f(event.0 as b::aclrtEvent) })
+    }
+    fn record_event(&self, event: EventHandle, stream: StreamHandle) -> Result<(), AclError> {
+        let f = sym!(self.acl, aclrtRecordEvent);
+        // SAFETY: a live event and a live stream.
+        check("aclrtRecordEvent", unsafe { f(event.0 as b::aclrtEvent, stream.0 as b::aclrtStream) })
+    }
+    fn event_complete(&self, event: EventHandle) -> Result<bool, AclError> {
+        let f = sym!(self.acl, aclrtQueryEventStatus);
+        let mut status: b::aclrtEventRecordedStatus = b::aclrtEventRecordedStatus_ACL_EVENT_RECORDED_STATUS_NOT_READY;
+        // SAFETY: a live event; writes one status through a valid pointer.
+        check("aclrtQueryEventStatus", unsafe { f(event.0 as b::aclrtEvent, &mut status) })?;
+        Ok(status == b::aclrtEventRecordedStatus_ACL_EVENT_RECORDED_STATUS_COMPLETE)
+    }
+    fn synchronize_event(&self, event: EventHandle) -> Result<(), AclError> {
+        let f = sym!(self.acl, aclrtSynchronizeEvent);
+        // SAFETY: a live event.
+        check("aclrtSynchronizeEvent", unsafe { f(event.0 as b::aclrtEvent) })
     }
     fn memcpy_d2h(&self, dst: &mut [u8], src: DevPtr) -> Result<(), AclError> {
         let f = sym!(self.acl, aclrtMemcpy);

@@ -28,6 +28,7 @@ pub type aclError = c_int;
 /// aclnn/acl_meta.h (`typedef int32_t aclnnStatus`), not in the runtime headers.
 pub type aclnnStatus = c_int;
 pub type aclrtStream = *mut c_void;
+pub type aclrtEvent = *mut c_void;
 
 pub const ACL_SUCCESS: aclError = 0;
 /// acl_base_rt.h: `aclInit` when ACL is already initialised in this process.
@@ -77,6 +78,10 @@ pub const aclrtMemcpyKind_ACL_MEMCPY_HOST_TO_DEVICE: aclrtMemcpyKind = 1;
 pub const aclrtMemcpyKind_ACL_MEMCPY_DEVICE_TO_HOST: aclrtMemcpyKind = 2;
 pub const aclrtMemcpyKind_ACL_MEMCPY_DEVICE_TO_DEVICE: aclrtMemcpyKind = 3;
 
+pub type aclrtEventRecordedStatus = c_uint;
+pub const aclrtEventRecordedStatus_ACL_EVENT_RECORDED_STATUS_NOT_READY: aclrtEventRecordedStatus = 0;
+pub const aclrtEventRecordedStatus_ACL_EVENT_RECORDED_STATUS_COMPLETE: aclrtEventRecordedStatus = 1;
+
 pub type aclrtMemMallocPolicy = c_uint;
 pub const aclrtMemMallocPolicy_ACL_MEM_MALLOC_HUGE_FIRST: aclrtMemMallocPolicy = 0;
 pub const aclrtMemMallocPolicy_ACL_MEM_MALLOC_HUGE_ONLY: aclrtMemMallocPolicy = 1;
@@ -118,6 +123,14 @@ pub struct AscendCl {
     pub aclrtMalloc:
         Result<unsafe extern "C" fn(devPtr: *mut *mut c_void, size: usize, policy: aclrtMemMallocPolicy) -> aclError, ::libloading::Error>,
     pub aclrtFree: Result<unsafe extern "C" fn(devPtr: *mut c_void) -> aclError, ::libloading::Error>,
+    pub aclrtMallocHost: Result<unsafe extern "C" fn(hostPtr: *mut *mut c_void, size: usize) -> aclError, ::libloading::Error>,
+    pub aclrtFreeHost: Result<unsafe extern "C" fn(hostPtr: *mut c_void) -> aclError, ::libloading::Error>,
+    pub aclrtCreateEvent: Result<unsafe extern "C" fn(event: *mut aclrtEvent) -> aclError, ::libloading::Error>,
+    pub aclrtDestroyEvent: Result<unsafe extern "C" fn(event: aclrtEvent) -> aclError, ::libloading::Error>,
+    pub aclrtRecordEvent: Result<unsafe extern "C" fn(event: aclrtEvent, stream: aclrtStream) -> aclError, ::libloading::Error>,
+    pub aclrtQueryEventStatus:
+        Result<unsafe extern "C" fn(event: aclrtEvent, status: *mut aclrtEventRecordedStatus) -> aclError, ::libloading::Error>,
+    pub aclrtSynchronizeEvent: Result<unsafe extern "C" fn(event: aclrtEvent) -> aclError, ::libloading::Error>,
     pub aclrtMemcpy: Result<
         unsafe extern "C" fn(dst: *mut c_void, destMax: usize, src: *const c_void, count: usize, kind: aclrtMemcpyKind) -> aclError,
         ::libloading::Error,
@@ -164,6 +177,13 @@ impl AscendCl {
         let aclrtSynchronizeStream = __library.get(b"aclrtSynchronizeStream\0").map(|sym| *sym);
         let aclrtMalloc = __library.get(b"aclrtMalloc\0").map(|sym| *sym);
         let aclrtFree = __library.get(b"aclrtFree\0").map(|sym| *sym);
+        let aclrtMallocHost = __library.get(b"aclrtMallocHost\0").map(|sym| *sym);
+        let aclrtFreeHost = __library.get(b"aclrtFreeHost\0").map(|sym| *sym);
+        let aclrtCreateEvent = __library.get(b"aclrtCreateEvent\0").map(|sym| *sym);
+        let aclrtDestroyEvent = __library.get(b"aclrtDestroyEvent\0").map(|sym| *sym);
+        let aclrtRecordEvent = __library.get(b"aclrtRecordEvent\0").map(|sym| *sym);
+        let aclrtQueryEventStatus = __library.get(b"aclrtQueryEventStatus\0").map(|sym| *sym);
+        let aclrtSynchronizeEvent = __library.get(b"aclrtSynchronizeEvent\0").map(|sym| *sym);
         let aclrtMemcpy = __library.get(b"aclrtMemcpy\0").map(|sym| *sym);
         let aclrtMemcpyAsync = __library.get(b"aclrtMemcpyAsync\0").map(|sym| *sym);
         let aclrtMemsetAsync = __library.get(b"aclrtMemsetAsync\0").map(|sym| *sym);
@@ -180,6 +200,13 @@ impl AscendCl {
             aclrtSynchronizeStream,
             aclrtMalloc,
             aclrtFree,
+            aclrtMallocHost,
+            aclrtFreeHost,
+            aclrtCreateEvent,
+            aclrtDestroyEvent,
+            aclrtRecordEvent,
+            aclrtQueryEventStatus,
+            aclrtSynchronizeEvent,
             aclrtMemcpy,
             aclrtMemcpyAsync,
             aclrtMemsetAsync,

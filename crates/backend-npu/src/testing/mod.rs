@@ -15,4 +15,4 @@
 mod evaluate;
 mod recorder;
 
-pub use recorder::{check_args, ffi_params, Event, Recorded, Recorder};
+pub use recorder::{check_args, ffi_params, Counts, Event, Recorded, Recorder};

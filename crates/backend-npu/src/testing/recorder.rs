@@ -12,7 +12,8 @@
 //! the bindings declare `*mut aclTensor`.
 
 use crate::api::{
-    AclApi, AclDType, Arg, DevPtr, ExecutorHandle, IntArrayHandle, OpCall, ScalarHandle, StreamHandle, TensorDesc, TensorHandle,
+    AclApi, AclDType, Arg, DevPtr, EventHandle, ExecutorHandle, HostPtr, IntArrayHandle, OpCall, ScalarHandle, StreamHandle, TensorDesc,
+    TensorHandle,
 };
 use crate::result::AclError;
 use std::collections::HashMap;
@@ -130,8 +131,43 @@ pub enum Event {
         /// Length.
         bytes: usize,
     },
-    /// `aclrtSynchronizeStream`.
+    /// `aclrtMemcpyAsync` host to device, from page-locked memory.
+    Upload {
+        /// Destination.
+        dst: DevPtr,
+        /// Length.
+        bytes: usize,
+    },
+    /// A wait of the host for the device: `aclrtSynchronizeStream` or `aclrtSynchronizeEvent`.
     Sync,
+}
+
+/// What the stand-in counted since its creation (compare two snapshots for a step).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Device allocations (`aclrtMalloc`).
+    pub device_allocs: usize,
+    /// Page-locked host allocations (`aclrtMallocHost`).
+    pub host_allocs: usize,
+    /// Host-to-device copies, synchronous (`aclrtMemcpy`) or asynchronous (`aclrtMemcpyAsync`).
+    pub uploads: usize,
+    /// Waits of the host for the device (stream or event synchronisation).
+    pub host_syncs: usize,
+    /// Operator calls (first phases).
+    pub operator_calls: usize,
+}
+
+impl std::ops::Sub for Counts {
+    type Output = Counts;
+    fn sub(self, o: Counts) -> Counts {
+        Counts {
+            device_allocs: self.device_allocs - o.device_allocs,
+            host_allocs: self.host_allocs - o.host_allocs,
+            uploads: self.uploads - o.uploads,
+            host_syncs: self.host_syncs - o.host_syncs,
+            operator_calls: self.operator_calls - o.operator_calls,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -152,6 +188,13 @@ struct State {
     mallocs: usize,
     /// Synchronous host-to-device copies (`aclrtMemcpy`) so far.
     uploads: usize,
+    /// Page-locked host allocations (address → bytes), standing in for `aclrtMallocHost`.
+    host: HashMap<HostPtr, Vec<u64>>,
+    host_len: HashMap<HostPtr, usize>,
+    /// Everything counted so far.
+    counts: Counts,
+    /// Live events.
+    events_live: std::collections::HashSet<usize>,
 }
 
 /// The recording function table over host memory (see the module docs).
@@ -205,6 +248,14 @@ impl Recorder {
     pub fn uploads(&self) -> usize {
         self.st().uploads
     }
+    /// Allocations, uploads, host waits and operator calls since creation.
+    pub fn counts(&self) -> Counts {
+        self.st().counts
+    }
+    /// Page-locked host allocations not yet freed.
+    pub fn live_host_allocs(&self) -> usize {
+        self.st().host.len()
+    }
     /// Device allocations not yet freed.
     pub fn live_allocs(&self) -> usize {
         self.st().allocs.len()
@@ -252,7 +303,9 @@ impl AclApi for Recorder {
         Ok(())
     }
     fn synchronize(&self, _stream: StreamHandle) -> Result<(), AclError> {
-        self.st().events.push(Event::Sync);
+        let mut st = self.st();
+        st.counts.host_syncs += 1;
+        st.events.push(Event::Sync);
         Ok(())
     }
     fn malloc(&self, bytes: usize) -> Result<DevPtr, AclError> {
@@ -265,6 +318,7 @@ impl AclApi for Recorder {
         v.resize(bytes.div_ceil(8), 0xA5A5_A5A5_A5A5_A5A5u64);
         let p = v.as_ptr() as DevPtr;
         st.mallocs += 1;
+        st.counts.device_allocs += 1;
         st.allocs.insert(p, v);
         st.alloc_len.insert(p, bytes);
         Ok(p)
@@ -292,9 +346,68 @@ impl AclApi for Recorder {
         st.events.push(Event::Zero { dst, bytes });
         Ok(())
     }
+    fn malloc_host(&self, bytes: usize) -> Result<HostPtr, AclError> {
+        let mut st = self.st();
+        let mut v = Vec::new();
+        v.try_reserve_exact(bytes.div_ceil(8))
+            .map_err(|_| AclError::Runtime { call: "aclrtMallocHost".into(), code: crate::sys::bindings::ACL_ERROR_BAD_ALLOC })?;
+        v.resize(bytes.div_ceil(8), 0x5A5A_5A5A_5A5A_5A5Au64);
+        let p = v.as_ptr() as HostPtr;
+        st.counts.host_allocs += 1;
+        st.host.insert(p, v);
+        st.host_len.insert(p, bytes);
+        Ok(p)
+    }
+    fn free_host(&self, ptr: HostPtr) -> Result<(), AclError> {
+        let mut st = self.st();
+        assert!(st.host.remove(&ptr).is_some(), "aclrtFreeHost of unknown pointer {ptr:#x}");
+        st.host_len.remove(&ptr);
+        Ok(())
+    }
+    fn memcpy_h2d_async(&self, dst: DevPtr, src: HostPtr, bytes: usize, _stream: StreamHandle) -> Result<(), AclError> {
+        let mut st = self.st();
+        Self::check_in_alloc(&st, dst, bytes, "h2d async dst");
+        // The documented contract: an asynchronous upload reads page-locked memory.
+        let pinned = st.host_len.iter().any(|(&a, &len)| src >= a && src + bytes <= a + len);
+        assert!(pinned, "aclrtMemcpyAsync(H2D): source {src:#x}+{bytes} is not page-locked memory from aclrtMallocHost");
+        // The stream runs in order and at once here: the copy happens when queued.
+        // SAFETY: both ranges lie in live host allocations (checked).
+        unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, bytes) };
+        st.counts.uploads += 1;
+        st.events.push(Event::Upload { dst, bytes });
+        Ok(())
+    }
+    fn create_event(&self) -> Result<EventHandle, AclError> {
+        let mut st = self.st();
+        st.next += 1;
+        let h = st.next;
+        st.events_live.insert(h);
+        Ok(EventHandle(h))
+    }
+    fn destroy_event(&self, event: EventHandle) -> Result<(), AclError> {
+        assert!(self.st().events_live.remove(&event.0), "destroy of unknown event {event:?}");
+        Ok(())
+    }
+    fn record_event(&self, event: EventHandle, _stream: StreamHandle) -> Result<(), AclError> {
+        assert!(self.st().events_live.contains(&event.0), "record of unknown event {event:?}");
+        Ok(())
+    }
+    fn event_complete(&self, event: EventHandle) -> Result<bool, AclError> {
+        assert!(self.st().events_live.contains(&event.0), "query of unknown event {event:?}");
+        // Queued work runs at once here, so a recorded event has always completed.
+        Ok(true)
+    }
+    fn synchronize_event(&self, event: EventHandle) -> Result<(), AclError> {
+        let mut st = self.st();
+        assert!(st.events_live.contains(&event.0), "synchronize of unknown event {event:?}");
+        st.counts.host_syncs += 1;
+        st.events.push(Event::Sync);
+        Ok(())
+    }
     fn memcpy_h2d(&self, dst: DevPtr, src: &[u8]) -> Result<(), AclError> {
         let mut st = self.st();
         st.uploads += 1;
+        st.counts.uploads += 1;
         Self::check_in_alloc(&st, dst, src.len(), "h2d");
         // SAFETY: the range lies in a live host allocation (checked).
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
@@ -397,6 +510,7 @@ impl AclApi for Recorder {
             _ => 0,
         };
         st.workspace_requests.push(ws);
+        st.counts.operator_calls += 1;
         let recorded = Recorded { op: call.name(), call: call.clone(), tensors, written, ints, scalars, int_arrays };
         let exec = if self.evaluate {
             st.next += 1;

@@ -69,6 +69,7 @@ fn step(
                     Event::Call(r) => r.op,
                     Event::Copy { .. } => "copy",
                     Event::Zero { .. } => "zero",
+                    Event::Upload { .. } => "upload",
                     Event::Sync => "sync",
                 })
                 .collect(),
