@@ -29,8 +29,8 @@ use crate::memory::NpuMemory;
 use crate::result::BACKEND;
 use crate::safe::NpuContext;
 use crate::soc::SocFamily;
-use crate::view::View;
 use crate::step_plan::{chunk_calls, scratch_row, verify_segments, PlanTables, StepPlan, StepRef, Table};
+use crate::view::View;
 use deltanet_core::plan::{self, ChainSegment};
 use deltanet_core::{
     Capabilities, Checked, CommitBatch, ConvIo, DecodeBatch, DeltaIo, Error, ExtendBatch, GateCall, Kernels, PoolOf, Result, Slot, VMajor,
@@ -254,8 +254,11 @@ impl NpuDispatcher {
                 }
             }
             let n = segs.iter().map(Vec::len).sum();
-            let tables =
-                ConvFnTables { query_start: t.all(Table::ConvStarts), cache: t.all(Table::ConvCache), initial_mode: t.slice(Table::Ones, 0, n) };
+            let tables = ConvFnTables {
+                query_start: t.all(Table::ConvStarts),
+                cache: t.all(Table::ConvCache),
+                initial_mode: t.slice(Table::Ones, 0, n),
+            };
             let states = TensorDesc::contiguous(win_base, dt, &[geo.rows() * d, w1, c]);
             causal_conv1d_fn(ctx, &x, &w, &states, &tables, &y)
         })
@@ -311,7 +314,8 @@ impl NpuDispatcher {
         pool.checked_parts(ticket, |parts| {
             let base = parts.temporal.ptr() + geo.temporal_offset(layer, 0) as u64;
             let state = View::contiguous_at(base, geo.config.state_dtype.into(), &[geo.rows(), hv, v, k]);
-            let tables = RecurrentTables { lens: t.slice(Table::Ones, 0, n), indices: t.all(Table::Slots), accepted: t.slice(Table::Ones, 0, n) };
+            let tables =
+                RecurrentTables { lens: t.slice(Table::Ones, 0, n), indices: t.all(Table::Slots), accepted: t.slice(Table::Ones, 0, n) };
             recurrent(ctx, &views, &state, (0, n), &tables)
         })
     }
@@ -338,7 +342,11 @@ impl NpuDispatcher {
                     ctx.copy(addr(slot, 0), main + (slot.index() * sb) as u64, sb)?;
                 }
                 let n = batch.num_seqs();
-                let tables = RecurrentTables { lens: t.all(Table::DeltaLens), indices: t.all(Table::DeltaIndices), accepted: t.slice(Table::Ones, 0, n) };
+                let tables = RecurrentTables {
+                    lens: t.all(Table::DeltaLens),
+                    indices: t.all(Table::DeltaIndices),
+                    accepted: t.slice(Table::Ones, 0, n),
+                };
                 recurrent(ctx, &views, &state, (0, batch.tokens()), &tables)
             } else {
                 // Trees: one call per chain segment, in step order (a parent's segment runs first),

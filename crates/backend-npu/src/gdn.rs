@@ -42,7 +42,14 @@ impl DeltaViews {
 /// One `aclnnChunkGatedDeltaRule` call over packed tokens `t0..t0+n`: `lens`
 /// (int32, in a step plan) tokens per sequence, from `initial`
 /// (`[B, HV, V, K]`) to `fin`.
-pub(crate) fn chunk(ctx: &NpuContext, x: &DeltaViews, (t0, n): (usize, usize), lens: &TensorDesc, initial: &View, fin: &View) -> Result<()> {
+pub(crate) fn chunk(
+    ctx: &NpuContext,
+    x: &DeltaViews,
+    (t0, n): (usize, usize),
+    lens: &TensorDesc,
+    initial: &View,
+    fin: &View,
+) -> Result<()> {
     let tq = ctx.tensor(&x.q.rows(t0, n).desc())?;
     let tk = ctx.tensor(&x.k.rows(t0, n).desc())?;
     let tv = ctx.tensor(&x.v.rows(t0, n).desc())?;

@@ -5,7 +5,9 @@
 mod marshal;
 mod symbols;
 
-use crate::api::{AclApi, DevPtr, EventHandle, ExecutorHandle, HostPtr, IntArrayHandle, ScalarHandle, StreamHandle, TensorDesc, TensorHandle};
+use crate::api::{
+    AclApi, DevPtr, EventHandle, ExecutorHandle, HostPtr, IntArrayHandle, ScalarHandle, StreamHandle, TensorDesc, TensorHandle,
+};
 use crate::ops::OpCall;
 use crate::result::{check, check_nn, AclError};
 use crate::sys::bindings as b;
@@ -196,7 +198,14 @@ impl AclApi for Cann {
         // SAFETY: `src` is page-locked host memory of at least `bytes`, left
         // untouched until the copy has run (the plan's event); `dst` an in-bounds device range.
         check("aclrtMemcpyAsync(H2D)", unsafe {
-            f(dst as *mut c_void, bytes, src as *const c_void, bytes, b::aclrtMemcpyKind_ACL_MEMCPY_HOST_TO_DEVICE, stream.0 as b::aclrtStream)
+            f(
+                dst as *mut c_void,
+                bytes,
+                src as *const c_void,
+                bytes,
+                b::aclrtMemcpyKind_ACL_MEMCPY_HOST_TO_DEVICE,
+                stream.0 as b::aclrtStream,
+            )
         })
     }
     fn create_event(&self) -> Result<EventHandle, AclError> {

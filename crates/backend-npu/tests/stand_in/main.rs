@@ -15,3 +15,4 @@ mod gate;
 mod loading;
 mod memory;
 mod steady_state;
+mod step_plan;
