@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 pub const RUNTIME_HEADERS: [&str; 1] = ["acl/acl.h"];
 
 /// Operator headers, present only in a full CANN install.
-pub const OPERATOR_HEADERS: [&str; 15] = [
+pub const OPERATOR_HEADERS: [&str; 16] = [
     "aclnn/acl_meta.h",
     "aclnnop/aclnn_chunk_gated_delta_rule.h",
     "aclnnop/aclnn_recurrent_gated_delta_rule.h",
@@ -28,6 +28,7 @@ pub const OPERATOR_HEADERS: [&str; 15] = [
     "aclnnop/aclnn_sigmoid.h",
     "aclnnop/aclnn_softplus.h",
     "aclnnop/aclnn_cast.h",
+    "aclnnop/aclnn_rms_norm.h",
 ];
 
 /// What to generate from.

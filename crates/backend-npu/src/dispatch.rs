@@ -9,8 +9,8 @@
 //!
 //! | operation | operators |
 //! |---|---|
-//! | gate | `aclnnCast`, `aclnnAdd`, `aclnnSoftplus`, `aclnnExp`, `aclnnMul`, `aclnnNeg`, `aclnnSigmoid` |
-//! | q/k L2 norm | `aclnnCast`, `aclnnMul`, `aclnnReduceSum`, `aclnnAdds`, `aclnnRsqrt`, `aclnnMul`, `aclnnCast` |
+//! | gate | `aclnnAdd`, `aclnnSoftplus`, `aclnnExp`, `aclnnMul`, `aclnnNeg`, `aclnnCast`, `aclnnSigmoid` |
+//! | q/k L2 norm | `aclnnRmsNorm` (one call per tensor) |
 //! | extend | `aclnnChunkGatedDeltaRule`, split at snapshot positions; states gathered/scattered by D2D copies |
 //! | decode | `aclnnRecurrentGatedDeltaRule`, in place on the pool (`ssmStateIndices` = slots) |
 //! | verify | `aclnnRecurrentGatedDeltaRule` on the scratch (one call for chains, one per chain segment for trees) |
@@ -26,6 +26,7 @@ use crate::conv::{causal_conv1d_fn, causal_conv1d_update, window_sources, write_
 use crate::elementwise::{gate, temp, GateViews};
 use crate::gdn::{chunk, recurrent, DeltaViews, RecurrentTables};
 use crate::memory::NpuMemory;
+use crate::norm_gamma::NormGammas;
 use crate::result::BACKEND;
 use crate::safe::NpuContext;
 use crate::soc::SocFamily;
@@ -46,6 +47,8 @@ pub struct NpuDispatcher {
     /// The one-use plan of the batch-only entry points, rebuilt by each call
     /// (the lock is held from the build to the last operator queued).
     scratch_plan: Mutex<StepPlan>,
+    /// The L2 norm's constant `gamma`s (uploaded once per head size).
+    norm_gammas: NormGammas,
 }
 
 impl std::fmt::Debug for NpuDispatcher {
@@ -97,7 +100,7 @@ impl NpuDispatcher {
             });
         }
         let caps = soc.capabilities(device);
-        Ok(NpuDispatcher { memory: NpuMemory::new(ctx), caps, soc, scratch_plan: Mutex::default() })
+        Ok(NpuDispatcher { memory: NpuMemory::new(ctx), caps, soc, scratch_plan: Mutex::default(), norm_gammas: NormGammas::default() })
     }
 
     /// The SoC generation.
@@ -271,7 +274,7 @@ impl NpuDispatcher {
         let (hv, k, v) = (dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
         let sdt: AclDType = geo.config.state_dtype.into();
         let sb = geo.state_bytes();
-        let views = DeltaViews::new(ctx, io)?;
+        let views = DeltaViews::new(ctx, &self.norm_gammas, io)?;
         pool.checked_parts(ticket, |parts| {
             let base = parts.temporal.ptr() + geo.temporal_offset(layer, 0) as u64;
             let slot_addr = |seq: usize| base + (batch.slots()[seq].index() * sb) as u64;
@@ -310,7 +313,7 @@ impl NpuDispatcher {
         let n = batch.num_seqs();
         let (hv, k, v) = (dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
         let ctx = self.ctx();
-        let views = DeltaViews::new(ctx, io)?;
+        let views = DeltaViews::new(ctx, &self.norm_gammas, io)?;
         pool.checked_parts(ticket, |parts| {
             let base = parts.temporal.ptr() + geo.temporal_offset(layer, 0) as u64;
             let state = View::contiguous_at(base, geo.config.state_dtype.into(), &[geo.rows(), hv, v, k]);
@@ -327,7 +330,7 @@ impl NpuDispatcher {
         let ctx = self.ctx();
         let (hv, k, v) = (dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
         let sb = geo.state_bytes();
-        let views = DeltaViews::new(ctx, io)?;
+        let views = DeltaViews::new(ctx, &self.norm_gammas, io)?;
         let segs = verify_segments(batch);
         pool.checked_parts(ticket, |parts| {
             let main = parts.temporal.ptr() + geo.temporal_offset(layer, 0) as u64;

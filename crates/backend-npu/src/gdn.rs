@@ -5,6 +5,7 @@
 
 use crate::api::{OpCall, TensorDesc};
 use crate::elementwise::delta_inputs;
+use crate::norm_gamma::NormGammas;
 use crate::safe::{DeviceBuffer, NpuContext};
 use crate::view::View;
 use deltanet_core::{DeltaIo, Result};
@@ -24,8 +25,8 @@ pub(crate) struct DeltaViews {
 
 impl DeltaViews {
     /// Normalises and casts what the operators need (issued on the stream).
-    pub(crate) fn new(ctx: &NpuContext, io: &DeltaIo<'_>) -> Result<Self> {
-        let (keep, q, k, beta) = delta_inputs(ctx, io)?;
+    pub(crate) fn new(ctx: &NpuContext, gammas: &NormGammas, io: &DeltaIo<'_>) -> Result<Self> {
+        let (keep, q, k, beta) = delta_inputs(ctx, gammas, io)?;
         Ok(DeltaViews {
             q,
             k,

@@ -176,6 +176,7 @@ pub mod dispatch;
 mod elementwise;
 mod gdn;
 pub mod memory;
+mod norm_gamma;
 pub mod ops;
 mod planned;
 pub mod result;

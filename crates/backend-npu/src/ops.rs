@@ -182,6 +182,20 @@ pub enum OpCall {
         /// Output.
         out: TensorHandle,
     },
+    /// `aclnnRmsNorm(x, gamma, epsilon, yOut, rstdOut)`: `y = x / sqrt(mean(x^2) + epsilon) * gamma`
+    /// over the trailing dims `gamma` spans, computed in f32.
+    RmsNorm {
+        /// Input.
+        x: TensorHandle,
+        /// Scale over the normalised dims.
+        gamma: TensorHandle,
+        /// Added to the mean of squares.
+        epsilon: f64,
+        /// Output like `x`.
+        y: TensorHandle,
+        /// `1 / sqrt(mean(x^2) + epsilon)`, f32, the normalised dims kept as 1.
+        rstd: TensorHandle,
+    },
     /// `aclnnReduceSum(self, dim, keepDim, dtype, out)`.
     ReduceSum {
         /// Input.
@@ -215,6 +229,7 @@ impl OpCall {
             OpCall::Softplus { .. } => "aclnnSoftplus",
             OpCall::Cast { .. } => "aclnnCast",
             OpCall::ReduceSum { .. } => "aclnnReduceSum",
+            OpCall::RmsNorm { .. } => "aclnnRmsNorm",
         }
     }
 
@@ -233,6 +248,7 @@ impl OpCall {
             OpCall::Softplus { .. } => "aclnnSoftplusGetWorkspaceSizeFn",
             OpCall::Cast { .. } => "aclnnCastGetWorkspaceSizeFn",
             OpCall::ReduceSum { .. } => "aclnnReduceSumGetWorkspaceSizeFn",
+            OpCall::RmsNorm { .. } => "aclnnRmsNormGetWorkspaceSizeFn",
         }
     }
 
@@ -241,7 +257,7 @@ impl OpCall {
     /// parameter. [`Cann`](crate::cann::Cann) passes `args()[i]` as parameter `i`; the tests
     /// check names and kinds against the bindings' parameter lists.
     pub fn args(&self) -> Vec<(&'static str, Arg)> {
-        use Arg::{Bool, DType, IntArray, Scalar, Str, Tensor, F32, I64};
+        use Arg::{Bool, DType, IntArray, Scalar, Str, Tensor, F32, F64, I64};
         let t = |h: TensorHandle| Tensor(Some(h));
         match *self {
             OpCall::ChunkGatedDeltaRule { query, key, value, beta, initial_state, actual_seq_lengths, g, scale, out, final_state } => vec![
@@ -354,6 +370,9 @@ impl OpCall {
             OpCall::ReduceSum { input, dims, keep_dim, dtype, out } => {
                 vec![("self_", t(input)), ("dim", IntArray(dims)), ("keepDim", Bool(keep_dim)), ("dtype", DType(dtype)), ("out", t(out))]
             }
+            OpCall::RmsNorm { x, gamma, epsilon, y, rstd } => {
+                vec![("x", t(x)), ("gamma", t(gamma)), ("epsilon", F64(epsilon)), ("yOut", t(y)), ("rstdOut", t(rstd))]
+            }
         }
     }
 
@@ -380,6 +399,8 @@ pub enum Arg {
     IntArray(IntArrayHandle),
     /// `float`.
     F32(f32),
+    /// `double`.
+    F64(f64),
     /// `int64_t`.
     I64(i64),
     /// `bool`.

@@ -46,6 +46,12 @@ impl FfiArgs {
             _ => Err(self.wrong(i, "f32")),
         }
     }
+    fn f64(&self, i: usize) -> Result<f64, AclError> {
+        match self.get(i, "f64")? {
+            Arg::F64(v) => Ok(v),
+            _ => Err(self.wrong(i, "f64")),
+        }
+    }
     fn i64(&self, i: usize) -> Result<i64, AclError> {
         match self.get(i, "i64")? {
             Arg::I64(v) => Ok(v),
@@ -163,6 +169,10 @@ pub(super) unsafe fn get_workspace_size(
             OpCall::Cast { .. } => {
                 let f: b::aclnnCastGetWorkspaceSizeFn = std::mem::transmute(addr);
                 f(a.t(0)?, a.dtype(1)?, a.t(2)?, ws, ex)
+            }
+            OpCall::RmsNorm { .. } => {
+                let f: b::aclnnRmsNormGetWorkspaceSizeFn = std::mem::transmute(addr);
+                f(a.t(0)?, a.t(1)?, a.f64(2)?, a.t(3)?, a.t(4)?, ws, ex)
             }
             OpCall::ReduceSum { .. } => {
                 let f: b::aclnnReduceSumGetWorkspaceSizeFn = std::mem::transmute(addr);

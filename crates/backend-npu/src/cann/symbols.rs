@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 /// Every operator this backend calls (`OpCall::name`), in a fixed order: the
 /// index of its symbols in [`OperatorSymbols`].
-pub(super) const OPERATORS: [&str; 14] = [
+pub(super) const OPERATORS: [&str; 15] = [
     "aclnnChunkGatedDeltaRule",
     "aclnnRecurrentGatedDeltaRule",
     "aclnnCausalConv1dFn",
@@ -23,6 +23,7 @@ pub(super) const OPERATORS: [&str; 14] = [
     "aclnnSoftplus",
     "aclnnCast",
     "aclnnReduceSum",
+    "aclnnRmsNorm",
 ];
 
 /// Which of an operator's two symbols.

@@ -415,6 +415,19 @@ pub type aclnnSoftplusGetWorkspaceSizeFn = unsafe extern "C" fn(
     executor: *mut *mut aclOpExecutor,
 ) -> aclnnStatus;
 
+/// aclnnRmsNormGetWorkspaceSize; not in the runtime headers.
+/// CANN aclnnop/aclnn_rms_norm.h (CANN 8.0–8.3 API reference signature: both outputs
+/// are declared `const aclTensor *`).
+pub type aclnnRmsNormGetWorkspaceSizeFn = unsafe extern "C" fn(
+    x: *const aclTensor,
+    gamma: *const aclTensor,
+    epsilon: f64,
+    yOut: *const aclTensor,
+    rstdOut: *const aclTensor,
+    workspaceSize: *mut u64,
+    executor: *mut *mut aclOpExecutor,
+) -> aclnnStatus;
+
 /// aclnnCastGetWorkspaceSize; not in the runtime headers.
 /// CANN ops-math aclnnop/aclnn_cast.h (CANN 8.x API reference signature).
 pub type aclnnCastGetWorkspaceSizeFn = unsafe extern "C" fn(

@@ -152,6 +152,7 @@ pub(super) fn evaluate(host: &Host<'_>, r: &Recorded) {
             unary(&|x| if beta * x > threshold { x } else { (beta * x).exp().ln_1p() / beta })
         }
         OpCall::ReduceSum { .. } => reduce_sum(host, r),
+        OpCall::RmsNorm { epsilon, .. } => rms_norm(host, r, epsilon),
         OpCall::ChunkGatedDeltaRule { scale, .. } => chunk_delta_rule(host, r, scale as f64),
         OpCall::RecurrentGatedDeltaRule { scale, .. } => recurrent_delta_rule(host, r, scale as f64),
         OpCall::CausalConv1dFn { activation, .. } | OpCall::CausalConv1dUpdate { activation, .. } => {
@@ -179,6 +180,25 @@ fn reduce_sum(host: &Host<'_>, r: &Recorded) {
         }
     }
     host.write(&out, &sums);
+}
+
+/// `aclnnRmsNorm`: over each run of the trailing `gamma` elements of `x`,
+/// `rstd = 1 / sqrt(mean(x^2) + epsilon)` and `y = x * rstd * gamma`, in f32
+/// as the operator computes (the docs' formula; the stand-in does it in f64
+/// and rounds `y` to its dtype and `rstd` to f32).
+fn rms_norm(host: &Host<'_>, r: &Recorded, epsilon: f64) {
+    let (x, gamma, y, rstd) = (r.t("x"), r.t("gamma"), r.t("yOut"), r.t("rstdOut"));
+    let (xv, gv) = (host.read(&x), host.read(&gamma));
+    let n = gv.len();
+    let mut out = Vec::with_capacity(xv.len());
+    let mut rs = Vec::with_capacity(xv.len() / n);
+    for row in xv.chunks_exact(n) {
+        let inv = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / n as f64 + epsilon).sqrt();
+        rs.push(inv);
+        out.extend(row.iter().zip(&gv).map(|(v, g)| v * inv * g));
+    }
+    host.write(&y, &out);
+    host.write(&rstd, &rs);
 }
 
 /// The per-token inputs of a GDN operator call, read densely.

@@ -97,6 +97,7 @@ pub fn check_args(ty: &str, args: &[(&'static str, Arg)]) -> Result<Vec<bool>, S
             Arg::Scalar(_) => pt == "*const aclScalar",
             Arg::IntArray(_) => pt == "*const aclIntArray",
             Arg::F32(_) => pt == "f32",
+            Arg::F64(_) => pt == "f64",
             Arg::I64(_) => pt == "i64",
             Arg::Bool(_) => pt == "bool",
             Arg::DType(_) => pt == "aclDataType",

@@ -3,7 +3,7 @@
 //! verify, f32 state on Ascend 950.
 
 use crate::common::*;
-use deltanet_backend_npu::api::{AclDType, OpCall};
+use deltanet_backend_npu::api::{AclApi, AclDType, OpCall};
 use deltanet_backend_npu::testing::{Event, Recorded};
 use deltanet_core::*;
 use rand::SeedableRng;
@@ -51,28 +51,30 @@ fn extend_marshals_chunk_operator_calls_split_at_snapshots() {
     let calls = rec.calls();
     let events = rec.events();
 
-    // q and k: L2 norm in f32 (Cast, Mul, ReduceSum(dim 2, keepdim), Adds(1e-6), Rsqrt, Mul, Cast to bf16).
+    // q and k: L2 norm as one RMS norm each (epsilon 1e-6/K, gamma K^-0.5 in bf16, f32 inside).
     let names: Vec<&str> = calls.iter().map(|c| c.op).collect();
-    let l2 = ["aclnnCast", "aclnnMul", "aclnnReduceSum", "aclnnAdds", "aclnnRsqrt", "aclnnMul", "aclnnCast"];
-    assert_eq!(&names[..7], &l2);
-    assert_eq!(&names[7..14], &l2);
-    assert_eq!(calls[0].t("self_").addr, io.q.addr());
-    assert_eq!(calls[7].t("self_").addr, io.k.addr());
-    expect_t(&calls[0], "out", AclDType::F32, &[t, hk, k]);
-    expect_t(&calls[2], "out", AclDType::F32, &[t, hk, 1]);
-    assert_eq!(calls[2].int_arrays, vec![vec![2]]);
-    assert!(matches!(calls[2].call, OpCall::ReduceSum { keep_dim: true, dtype: AclDType::F32, .. }));
-    assert_eq!(calls[3].scalars, vec![L2NORM_EPS, 1.0]);
-    let qn = expect_t(&calls[6], "out", AclDType::BF16, &[t, hk, k]).addr;
-    let kn = expect_t(&calls[13], "out", AclDType::BF16, &[t, hk, k]).addr;
+    assert_eq!(&names[..2], &["aclnnRmsNorm", "aclnnRmsNorm"]);
+    assert_eq!(expect_t(&calls[0], "x", AclDType::BF16, &[t, hk, k]).addr, io.q.addr());
+    assert_eq!(expect_t(&calls[1], "x", AclDType::BF16, &[t, hk, k]).addr, io.k.addr());
+    for c in &calls[..2] {
+        assert!(matches!(c.call, OpCall::RmsNorm { epsilon, .. } if epsilon == L2NORM_EPS as f64 / k as f64), "{:?}", c.call);
+        let gamma = expect_t(c, "gamma", AclDType::BF16, &[k]);
+        let mut bytes = vec![0u8; 2 * k];
+        rec.memcpy_d2h(&mut bytes, gamma.addr).unwrap();
+        let want = DType::BF16.round((k as f32).powf(-0.5));
+        assert!(DType::BF16.decode_vec(&bytes).iter().all(|&g| g == want), "gamma is K^-0.5");
+        expect_t(c, "rstdOut", AclDType::F32, &[t, hk, 1]);
+    }
+    let qn = expect_t(&calls[0], "yOut", AclDType::BF16, &[t, hk, k]).addr;
+    let kn = expect_t(&calls[1], "yOut", AclDType::BF16, &[t, hk, k]).addr;
     // beta f32 -> bf16 (the operators take bf16 beta).
-    assert_eq!(names[14], "aclnnCast");
-    assert_eq!(calls[14].t("self_").addr, io.beta.addr());
-    let beta16 = expect_t(&calls[14], "out", AclDType::BF16, &[t, hv]).addr;
+    assert_eq!(names[2], "aclnnCast");
+    assert_eq!(calls[2].t("self_").addr, io.beta.addr());
+    let beta16 = expect_t(&calls[2], "out", AclDType::BF16, &[t, hv]).addr;
 
     // Four chunk calls: seqs 0+1 together, seq 2 cut at 64 (and its end, 70), seq 3.
     let chunk: Vec<(usize, Recorded)> = calls.iter().cloned().enumerate().filter(|(_, c)| c.op == "aclnnChunkGatedDeltaRule").collect();
-    assert_eq!(names.len(), 15 + 4);
+    assert_eq!(names.len(), 3 + 4);
     let expected: [(usize, usize, Vec<i32>); 4] = [(0, 12, vec![5, 7]), (12, 64, vec![64]), (76, 6, vec![6]), (82, 3, vec![3])];
     // (from_slot per piece, slot per piece, snapshot slots per piece)
     let pieces: [Vec<(bool, Slot, Vec<Slot>)>; 4] = [
@@ -232,7 +234,7 @@ fn verify_tree_runs_one_call_per_chain_segment_from_its_parent() {
     rec.clear();
     d.verify(&mut pool, layer, &batch, io.io()).unwrap();
     let all = rec.calls();
-    let qn = all[6].t("out").addr;
+    let qn = all[0].t("yOut").addr;
     // (t0 in the packed batch, indices, source copied into the segment's first row)
     let (a, b) = (slots[0], slots[1]);
     let want: Vec<(usize, Vec<i32>, u64, u64)> = vec![

@@ -21,15 +21,17 @@ fn gate_marshals_elementwise_operators() {
     d.gate(&m, GateIo { a: a.r(), b: b.r(), a_log: al.r(), dt_bias: dt.r(), g: g.m(), beta: beta.m() }).unwrap();
     let calls = rec.calls();
     let names: Vec<&str> = calls.iter().map(|c| c.op).collect();
-    assert_eq!(names, ["aclnnCast", "aclnnAdd", "aclnnSoftplus", "aclnnExp", "aclnnMul", "aclnnNeg", "aclnnCast", "aclnnSigmoid"]);
-    assert_eq!(calls[0].t("self_").addr, a.addr());
-    assert_eq!(expect_t(&calls[1], "other", AclDType::F32, &[hv]).addr, dt.addr());
-    assert_eq!(calls[1].scalars, vec![1.0]);
-    assert_eq!(calls[2].scalars, vec![1.0, 20.0], "softplus beta 1, threshold 20");
-    assert_eq!(expect_t(&calls[3], "self_", AclDType::F32, &[hv]).addr, al.addr());
-    assert!(matches!(calls[5].call, OpCall::Unary { op: UnaryOp::Neg, .. }));
-    assert_eq!(expect_t(&calls[5], "out", AclDType::F32, &[t, hv]).addr, ga);
-    assert_eq!(calls[6].t("self_").addr, b.addr());
-    assert_eq!(expect_t(&calls[7], "out", AclDType::F32, &[t, hv]).addr, ba);
+    assert_eq!(names, ["aclnnAdd", "aclnnSoftplus", "aclnnExp", "aclnnMul", "aclnnNeg", "aclnnCast", "aclnnSigmoid"]);
+    // bf16 `a` + f32 `dt_bias`, promoted to an f32 output: no cast of `a`.
+    assert_eq!(expect_t(&calls[0], "self_", AclDType::BF16, &[t, hv]).addr, a.addr());
+    assert_eq!(expect_t(&calls[0], "other", AclDType::F32, &[hv]).addr, dt.addr());
+    expect_t(&calls[0], "out", AclDType::F32, &[t, hv]);
+    assert_eq!(calls[0].scalars, vec![1.0]);
+    assert_eq!(calls[1].scalars, vec![1.0, 20.0], "softplus beta 1, threshold 20");
+    assert_eq!(expect_t(&calls[2], "self_", AclDType::F32, &[hv]).addr, al.addr());
+    assert!(matches!(calls[4].call, OpCall::Unary { op: UnaryOp::Neg, .. }));
+    assert_eq!(expect_t(&calls[4], "out", AclDType::F32, &[t, hv]).addr, ga);
+    assert_eq!(calls[5].t("self_").addr, b.addr());
+    assert_eq!(expect_t(&calls[6], "out", AclDType::F32, &[t, hv]).addr, ba);
     assert_eq!(rec.live_tensors(), 0);
 }
