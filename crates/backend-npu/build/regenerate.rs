@@ -12,17 +12,14 @@ use std::path::{Path, PathBuf};
 pub const RUNTIME_HEADERS: [&str; 1] = ["acl/acl.h"];
 
 /// Operator headers, present only in a full CANN install.
-pub const OPERATOR_HEADERS: [&str; 16] = [
+pub const OPERATOR_HEADERS: [&str; 13] = [
     "aclnn/acl_meta.h",
     "aclnnop/aclnn_chunk_gated_delta_rule.h",
     "aclnnop/aclnn_recurrent_gated_delta_rule.h",
     "aclnnop/aclnn_causal_conv1d_fn.h",
     "aclnnop/aclnn_causal_conv1d_update.h",
     "aclnnop/aclnn_add.h",
-    "aclnnop/aclnn_adds.h",
     "aclnnop/aclnn_mul.h",
-    "aclnnop/aclnn_reduce_sum.h",
-    "aclnnop/aclnn_rsqrt.h",
     "aclnnop/aclnn_exp.h",
     "aclnnop/aclnn_neg.h",
     "aclnnop/aclnn_sigmoid.h",

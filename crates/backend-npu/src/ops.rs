@@ -3,14 +3,12 @@
 //! ([`OpCall::args`]), so the real function table, the recording stand-in
 //! and the contract tests all read one list and cannot drift apart.
 
-use crate::api::{AclDType, IntArrayHandle, ScalarHandle, TensorHandle};
+use crate::api::{AclDType, ScalarHandle, TensorHandle};
 use std::ffi::CStr;
 
-/// The elementwise operators used by the gate and the L2 norm with the `(self, out)` signature.
+/// The elementwise operators of the gate with the `(self, out)` signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum UnaryOp {
-    /// `aclnnRsqrt`.
-    Rsqrt,
     /// `aclnnExp`.
     Exp,
     /// `aclnnNeg`.
@@ -151,17 +149,6 @@ pub enum OpCall {
         /// Output.
         out: TensorHandle,
     },
-    /// `aclnnAdds(self, other, alpha, out)`.
-    Adds {
-        /// Input.
-        input: TensorHandle,
-        /// Added scalar.
-        other: ScalarHandle,
-        /// Its scale.
-        alpha: ScalarHandle,
-        /// Output.
-        out: TensorHandle,
-    },
     /// `aclnnSoftplus(self, beta, threshold, out)`.
     Softplus {
         /// Input.
@@ -196,19 +183,6 @@ pub enum OpCall {
         /// `1 / sqrt(mean(x^2) + epsilon)`, f32, the normalised dims kept as 1.
         rstd: TensorHandle,
     },
-    /// `aclnnReduceSum(self, dim, keepDim, dtype, out)`.
-    ReduceSum {
-        /// Input.
-        input: TensorHandle,
-        /// Reduced dims.
-        dims: IntArrayHandle,
-        /// Keep reduced dims as 1.
-        keep_dim: bool,
-        /// Accumulation/output dtype.
-        dtype: AclDType,
-        /// Output.
-        out: TensorHandle,
-    },
 }
 
 impl OpCall {
@@ -219,16 +193,13 @@ impl OpCall {
             OpCall::RecurrentGatedDeltaRule { .. } => "aclnnRecurrentGatedDeltaRule",
             OpCall::CausalConv1dFn { .. } => "aclnnCausalConv1dFn",
             OpCall::CausalConv1dUpdate { .. } => "aclnnCausalConv1dUpdate",
-            OpCall::Unary { op: UnaryOp::Rsqrt, .. } => "aclnnRsqrt",
             OpCall::Unary { op: UnaryOp::Exp, .. } => "aclnnExp",
             OpCall::Unary { op: UnaryOp::Neg, .. } => "aclnnNeg",
             OpCall::Unary { op: UnaryOp::Sigmoid, .. } => "aclnnSigmoid",
             OpCall::Mul { .. } => "aclnnMul",
             OpCall::Add { .. } => "aclnnAdd",
-            OpCall::Adds { .. } => "aclnnAdds",
             OpCall::Softplus { .. } => "aclnnSoftplus",
             OpCall::Cast { .. } => "aclnnCast",
-            OpCall::ReduceSum { .. } => "aclnnReduceSum",
             OpCall::RmsNorm { .. } => "aclnnRmsNorm",
         }
     }
@@ -244,10 +215,8 @@ impl OpCall {
             OpCall::Unary { .. } => "aclnnUnaryGetWorkspaceSizeFn",
             OpCall::Mul { .. } => "aclnnBinaryGetWorkspaceSizeFn",
             OpCall::Add { .. } => "aclnnAddGetWorkspaceSizeFn",
-            OpCall::Adds { .. } => "aclnnAddsGetWorkspaceSizeFn",
             OpCall::Softplus { .. } => "aclnnSoftplusGetWorkspaceSizeFn",
             OpCall::Cast { .. } => "aclnnCastGetWorkspaceSizeFn",
-            OpCall::ReduceSum { .. } => "aclnnReduceSumGetWorkspaceSizeFn",
             OpCall::RmsNorm { .. } => "aclnnRmsNormGetWorkspaceSizeFn",
         }
     }
@@ -257,7 +226,7 @@ impl OpCall {
     /// parameter. [`Cann`](crate::cann::Cann) passes `args()[i]` as parameter `i`; the tests
     /// check names and kinds against the bindings' parameter lists.
     pub fn args(&self) -> Vec<(&'static str, Arg)> {
-        use Arg::{Bool, DType, IntArray, Scalar, Str, Tensor, F32, F64, I64};
+        use Arg::{DType, Scalar, Str, Tensor, F32, F64, I64};
         let t = |h: TensorHandle| Tensor(Some(h));
         match *self {
             OpCall::ChunkGatedDeltaRule { query, key, value, beta, initial_state, actual_seq_lengths, g, scale, out, final_state } => vec![
@@ -360,16 +329,10 @@ impl OpCall {
             OpCall::Unary { input, out, .. } => vec![("self_", t(input)), ("out", t(out))],
             OpCall::Mul { a, b, out } => vec![("self_", t(a)), ("other", t(b)), ("out", t(out))],
             OpCall::Add { a, b, alpha, out } => vec![("self_", t(a)), ("other", t(b)), ("alpha", Scalar(alpha)), ("out", t(out))],
-            OpCall::Adds { input, other, alpha, out } => {
-                vec![("self_", t(input)), ("other", Scalar(other)), ("alpha", Scalar(alpha)), ("out", t(out))]
-            }
             OpCall::Softplus { input, beta, threshold, out } => {
                 vec![("self_", t(input)), ("beta", Scalar(beta)), ("threshold", Scalar(threshold)), ("out", t(out))]
             }
             OpCall::Cast { input, dtype, out } => vec![("self_", t(input)), ("dtype", DType(dtype)), ("out", t(out))],
-            OpCall::ReduceSum { input, dims, keep_dim, dtype, out } => {
-                vec![("self_", t(input)), ("dim", IntArray(dims)), ("keepDim", Bool(keep_dim)), ("dtype", DType(dtype)), ("out", t(out))]
-            }
             OpCall::RmsNorm { x, gamma, epsilon, y, rstd } => {
                 vec![("x", t(x)), ("gamma", t(gamma)), ("epsilon", F64(epsilon)), ("yOut", t(y)), ("rstdOut", t(rstd))]
             }
@@ -395,16 +358,12 @@ pub enum Arg {
     Tensor(Option<TensorHandle>),
     /// `const aclScalar *`.
     Scalar(ScalarHandle),
-    /// `const aclIntArray *`.
-    IntArray(IntArrayHandle),
     /// `float`.
     F32(f32),
     /// `double`.
     F64(f64),
     /// `int64_t`.
     I64(i64),
-    /// `bool`.
-    Bool(bool),
     /// `aclDataType`.
     DType(AclDType),
     /// `const char *`.

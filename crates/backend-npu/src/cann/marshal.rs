@@ -34,12 +34,6 @@ impl FfiArgs {
             _ => Err(self.wrong(i, "scalar")),
         }
     }
-    fn int_array(&self, i: usize) -> Result<*const b::aclIntArray, AclError> {
-        match self.get(i, "int array")? {
-            Arg::IntArray(h) => Ok(h.0 as *const b::aclIntArray),
-            _ => Err(self.wrong(i, "int array")),
-        }
-    }
     fn f32(&self, i: usize) -> Result<f32, AclError> {
         match self.get(i, "f32")? {
             Arg::F32(v) => Ok(v),
@@ -56,12 +50,6 @@ impl FfiArgs {
         match self.get(i, "i64")? {
             Arg::I64(v) => Ok(v),
             _ => Err(self.wrong(i, "i64")),
-        }
-    }
-    fn bool(&self, i: usize) -> Result<bool, AclError> {
-        match self.get(i, "bool")? {
-            Arg::Bool(v) => Ok(v),
-            _ => Err(self.wrong(i, "bool")),
         }
     }
     fn dtype(&self, i: usize) -> Result<b::aclDataType, AclError> {
@@ -158,10 +146,6 @@ pub(super) unsafe fn get_workspace_size(
                 let f: b::aclnnAddGetWorkspaceSizeFn = std::mem::transmute(addr);
                 f(a.t(0)?, a.t(1)?, a.scalar(2)?, a.t(3)?, ws, ex)
             }
-            OpCall::Adds { .. } => {
-                let f: b::aclnnAddsGetWorkspaceSizeFn = std::mem::transmute(addr);
-                f(a.t(0)?, a.scalar(1)?, a.scalar(2)?, a.t(3)?, ws, ex)
-            }
             OpCall::Softplus { .. } => {
                 let f: b::aclnnSoftplusGetWorkspaceSizeFn = std::mem::transmute(addr);
                 f(a.t(0)?, a.scalar(1)?, a.scalar(2)?, a.t(3)?, ws, ex)
@@ -173,10 +157,6 @@ pub(super) unsafe fn get_workspace_size(
             OpCall::RmsNorm { .. } => {
                 let f: b::aclnnRmsNormGetWorkspaceSizeFn = std::mem::transmute(addr);
                 f(a.t(0)?, a.t(1)?, a.f64(2)?, a.t(3)?, a.t(4)?, ws, ex)
-            }
-            OpCall::ReduceSum { .. } => {
-                let f: b::aclnnReduceSumGetWorkspaceSizeFn = std::mem::transmute(addr);
-                f(a.t(0)?, a.int_array(1)?, a.bool(2)?, a.dtype(3)?, a.t(4)?, ws, ex)
             }
         }
     };

@@ -8,21 +8,18 @@ use std::sync::OnceLock;
 
 /// Every operator this backend calls (`OpCall::name`), in a fixed order: the
 /// index of its symbols in [`OperatorSymbols`].
-pub(super) const OPERATORS: [&str; 15] = [
+pub(super) const OPERATORS: [&str; 12] = [
     "aclnnChunkGatedDeltaRule",
     "aclnnRecurrentGatedDeltaRule",
     "aclnnCausalConv1dFn",
     "aclnnCausalConv1dUpdate",
-    "aclnnRsqrt",
     "aclnnExp",
     "aclnnNeg",
     "aclnnSigmoid",
     "aclnnMul",
     "aclnnAdd",
-    "aclnnAdds",
     "aclnnSoftplus",
     "aclnnCast",
-    "aclnnReduceSum",
     "aclnnRmsNorm",
 ];
 

@@ -363,8 +363,8 @@ pub type aclnnCausalConv1dUpdateGetWorkspaceSizeFn = unsafe extern "C" fn(
     executor: *mut *mut aclOpExecutor,
 ) -> aclnnStatus;
 
-/// `(self, out)`: aclnnRsqrt, aclnnExp, aclnnNeg, aclnnSigmoid; not in the runtime headers.
-/// CANN ops-math aclnnop/aclnn_{rsqrt,exp,neg,sigmoid}.h (CANN 8.x API reference signatures).
+/// `(self, out)`: aclnnExp, aclnnNeg, aclnnSigmoid; not in the runtime headers.
+/// CANN ops-math aclnnop/aclnn_{exp,neg,sigmoid}.h (CANN 8.x API reference signatures).
 pub type aclnnUnaryGetWorkspaceSizeFn = unsafe extern "C" fn(
     self_: *const aclTensor,
     out: *mut aclTensor,
@@ -387,17 +387,6 @@ pub type aclnnBinaryGetWorkspaceSizeFn = unsafe extern "C" fn(
 pub type aclnnAddGetWorkspaceSizeFn = unsafe extern "C" fn(
     self_: *const aclTensor,
     other: *const aclTensor,
-    alpha: *const aclScalar,
-    out: *mut aclTensor,
-    workspaceSize: *mut u64,
-    executor: *mut *mut aclOpExecutor,
-) -> aclnnStatus;
-
-/// aclnnAddsGetWorkspaceSize; not in the runtime headers.
-/// CANN ops-math aclnnop/aclnn_add.h (CANN 8.x API reference signature).
-pub type aclnnAddsGetWorkspaceSizeFn = unsafe extern "C" fn(
-    self_: *const aclTensor,
-    other: *const aclScalar,
     alpha: *const aclScalar,
     out: *mut aclTensor,
     workspaceSize: *mut u64,
@@ -432,18 +421,6 @@ pub type aclnnRmsNormGetWorkspaceSizeFn = unsafe extern "C" fn(
 /// CANN ops-math aclnnop/aclnn_cast.h (CANN 8.x API reference signature).
 pub type aclnnCastGetWorkspaceSizeFn = unsafe extern "C" fn(
     self_: *const aclTensor,
-    dtype: aclDataType,
-    out: *mut aclTensor,
-    workspaceSize: *mut u64,
-    executor: *mut *mut aclOpExecutor,
-) -> aclnnStatus;
-
-/// aclnnReduceSumGetWorkspaceSize; not in the runtime headers.
-/// CANN ops-math aclnnop/aclnn_reduce_sum.h (CANN 8.x API reference signature).
-pub type aclnnReduceSumGetWorkspaceSizeFn = unsafe extern "C" fn(
-    self_: *const aclTensor,
-    dim: *const aclIntArray,
-    keepDim: bool,
     dtype: aclDataType,
     out: *mut aclTensor,
     workspaceSize: *mut u64,

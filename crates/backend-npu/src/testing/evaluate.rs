@@ -133,7 +133,6 @@ pub(super) fn evaluate(host: &Host<'_>, r: &Recorded) {
     match r.call {
         OpCall::Cast { .. } => unary(&|x| x),
         OpCall::Unary { op, .. } => unary(&match op {
-            UnaryOp::Rsqrt => |x: f64| 1.0 / x.sqrt(),
             UnaryOp::Exp => f64::exp,
             UnaryOp::Neg => |x: f64| -x,
             UnaryOp::Sigmoid => |x: f64| 1.0 / (1.0 + (-x).exp()),
@@ -143,15 +142,10 @@ pub(super) fn evaluate(host: &Host<'_>, r: &Recorded) {
             let alpha = r.scalars[0] as f64;
             binary(&|x, y| x + alpha * y)
         }
-        OpCall::Adds { .. } => {
-            let (other, alpha) = (r.scalars[0] as f64, r.scalars[1] as f64);
-            unary(&|x| x + alpha * other)
-        }
         OpCall::Softplus { .. } => {
             let (beta, threshold) = (r.scalars[0] as f64, r.scalars[1] as f64);
             unary(&|x| if beta * x > threshold { x } else { (beta * x).exp().ln_1p() / beta })
         }
-        OpCall::ReduceSum { .. } => reduce_sum(host, r),
         OpCall::RmsNorm { epsilon, .. } => rms_norm(host, r, epsilon),
         OpCall::ChunkGatedDeltaRule { scale, .. } => chunk_delta_rule(host, r, scale as f64),
         OpCall::RecurrentGatedDeltaRule { scale, .. } => recurrent_delta_rule(host, r, scale as f64),
@@ -159,27 +153,6 @@ pub(super) fn evaluate(host: &Host<'_>, r: &Recorded) {
             causal_conv1d(host, r, activation.to_bytes() == b"silu")
         }
     }
-}
-
-/// `aclnnReduceSum`: the sum over `dim` (kept as 1 or dropped: the same row-major order either way).
-fn reduce_sum(host: &Host<'_>, r: &Recorded) {
-    let (x, out) = (r.t("self_"), r.t("out"));
-    let dims: Vec<usize> = r.int_arrays[0].iter().map(|&d| d as usize).collect();
-    let kept: Vec<i64> = x.shape.iter().enumerate().map(|(a, &n)| if dims.contains(&a) { 1 } else { n }).collect();
-    let mut sums = vec![0.0; kept.iter().product::<i64>() as usize];
-    let mut idx = vec![0i64; x.shape.len()];
-    for v in host.read(&x) {
-        let lin = idx.iter().zip(&kept).fold(0i64, |acc, (&i, &n)| acc * n + if n == 1 { 0 } else { i });
-        sums[lin as usize] += v;
-        for a in (0..idx.len()).rev() {
-            idx[a] += 1;
-            if idx[a] < x.shape[a] {
-                break;
-            }
-            idx[a] = 0;
-        }
-    }
-    host.write(&out, &sums);
 }
 
 /// `aclnnRmsNorm`: over each run of the trailing `gamma` elements of `x`,

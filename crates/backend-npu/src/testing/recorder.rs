@@ -34,8 +34,6 @@ pub struct Recorded {
     pub ints: HashMap<&'static str, Vec<i32>>,
     /// Values of the scalar arguments, in argument order.
     pub scalars: Vec<f32>,
-    /// Values of the int-array arguments, in argument order.
-    pub int_arrays: Vec<Vec<i64>>,
 }
 
 impl Recorded {
@@ -95,11 +93,9 @@ pub fn check_args(ty: &str, args: &[(&'static str, Arg)]) -> Result<Vec<bool>, S
         let fits = match arg {
             Arg::Tensor(_) => pt == "*const aclTensor" || pt == "*mut aclTensor",
             Arg::Scalar(_) => pt == "*const aclScalar",
-            Arg::IntArray(_) => pt == "*const aclIntArray",
             Arg::F32(_) => pt == "f32",
             Arg::F64(_) => pt == "f64",
             Arg::I64(_) => pt == "i64",
-            Arg::Bool(_) => pt == "bool",
             Arg::DType(_) => pt == "aclDataType",
             Arg::Str(_) => pt == "*const c_char",
         };
@@ -495,12 +491,7 @@ impl AclApi for Recorder {
         let scalar = |h: ScalarHandle, st: &State| *st.scalars.get(&h.0).expect("live scalar");
         let scalars = match *call {
             OpCall::Add { alpha, .. } => vec![scalar(alpha, &st)],
-            OpCall::Adds { other, alpha, .. } => vec![scalar(other, &st), scalar(alpha, &st)],
             OpCall::Softplus { beta, threshold, .. } => vec![scalar(beta, &st), scalar(threshold, &st)],
-            _ => vec![],
-        };
-        let int_arrays = match *call {
-            OpCall::ReduceSum { dims, .. } => vec![st.arrays.get(&dims.0).expect("live int array").clone()],
             _ => vec![],
         };
         // Workspace sizes that vary by operator, so the cache has to grow.
@@ -512,7 +503,7 @@ impl AclApi for Recorder {
         };
         st.workspace_requests.push(ws);
         st.counts.operator_calls += 1;
-        let recorded = Recorded { op: call.name(), call: call.clone(), tensors, written, ints, scalars, int_arrays };
+        let recorded = Recorded { op: call.name(), call: call.clone(), tensors, written, ints, scalars };
         let exec = if self.evaluate {
             st.next += 1;
             let h = st.next;
