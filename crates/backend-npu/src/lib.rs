@@ -42,13 +42,29 @@
 //! 950 only: on A2/A3 the conv entry points return `Error::Unsupported`.
 //!
 //! ## What an error leaves in the pool
-//! An input error (tensors, batch, layer, the operator limits above) is
-//! found before anything is issued, and leaves the pool unchanged. A device
-//! error (an `aclError` or `aclnnStatus`, reported by the call or by the
-//! stream synchronisation that ends each operation) comes after earlier work
-//! of the same operation has run, and the stream is asynchronous, so the
-//! copies queued behind a failing operator may already have moved its
-//! unfinished output:
+//! An input error (tensors, batch, layer, the operator limits above, a step
+//! plan built for another batch) is found before anything is issued, and
+//! leaves the pool unchanged.
+//!
+//! **When a device error surfaces.** Operations only queue work on the
+//! stream and never wait for it, so an error of a queued operator or copy
+//! is not reported by the operation that queued it (only a refused first
+//! phase, `aclnnXxxGetWorkspaceSize`, or a refused enqueue is). It surfaces,
+//! as [`deltanet_core::Error::Device`], at the next call that waits for the
+//! stream: a pool export, import, read or write ([`NpuMemory`] drains the
+//! stream first), a step plan rebuilt while its previous upload is still
+//! queued, a workspace that has to grow, dropping the dispatcher — or the
+//! engine's own synchronisation of its stream (torch_npu reports it there).
+//!
+//! **What the pool guarantees then.** Its bookkeeping (which slots are
+//! allocated, their generations, which hold a current verify) is the host's
+//! view of every call it accepted and stays consistent; the pool stays
+//! usable. The states written by the work queued since the last successful
+//! wait are unspecified — every slot a batch of those calls named — and the
+//! engine drops them (frees or re-prefills those requests) or re-imports
+//! them, as after any device fault. Within one operation, work runs in
+//! stream order, so the copies queued behind a failing operator may already
+//! have moved its unfinished output:
 //! - extend (`conv_extend`, `extend`): the slots and snapshot slots of the
 //!   batch may hold partly written states. `conv_extend` writes the snapshot
 //!   windows, then every slot's conv state in one operator call. `extend` runs
@@ -69,30 +85,68 @@
 //! - the layer forward (`forward_*`) runs conv, gate and delta rule in turn:
 //!   a device error in the delta rule leaves the conv states already advanced.
 //!
-//! After a device error an engine treats the batch's slots as lost (frees or
-//! re-prefills them); the pool itself stays usable.
+//! ## Inside an engine's step: its stream, one plan per step, no host sync
+//! **Stream.** [`NpuDispatcher::new`] issues everything on a stream of its
+//! own; [`NpuDispatcher::on_stream`] (or `with_api_on_stream` for a
+//! stand-in) issues every operator and copy on the engine's `aclrtStream`
+//! (torch_npu: `torch.npu.current_stream().npu_stream`), which the engine
+//! keeps alive and the dispatcher never destroys. No operation waits for the
+//! device (see above for when a device error surfaces).
 //!
-//! ## The engine's stream
-//! [`NpuDispatcher::new`] issues everything on a stream of its own;
-//! [`NpuDispatcher::on_stream`] (or `with_api_on_stream` for a stand-in)
-//! issues every operator and copy on the engine's `aclrtStream` (torch_npu:
-//! `torch.npu.current_stream().npu_stream`), which the engine keeps alive and
-//! the dispatcher never destroys:
+//! **Step plans.** A forward step's batch (extend, decode, verify, commit)
+//! is the same for every layer, so the int32 index tables its operators read
+//! (cache lines, sequence lengths, state indices) are built once on the host
+//! into a [`StepPlan`] and uploaded once — one `aclrtMemcpyAsync` from
+//! page-locked memory (`aclrtMallocHost`) into a device buffer the plan
+//! owns. Every layer then runs on [`NpuDispatcher::planned`], which
+//! implements the same [`deltanet_core::Kernels`], so the layer forward and
+//! every `KernelDispatcher` method take it; a call whose batch is not the
+//! plan's is refused with `Error::InvalidConfig` before anything is queued.
+//! A plan is rebuilt in place each step: after the first step nothing is
+//! allocated. The batch-only entry points still work: each builds a one-use
+//! plan (one upload per operation instead of per step).
 //!
 //! ```no_run
+//! # use deltanet_backend_npu::{NpuDispatcher, NpuMemory, StepPlan};
+//! # use deltanet_core::*;
 //! # fn engine_stream() -> deltanet_backend_npu::api::StreamHandle { unimplemented!() }
-//! let d = deltanet_backend_npu::NpuDispatcher::on_stream(0, engine_stream())?;
-//! # Ok::<(), deltanet_core::Error>(())
+//! # fn layer_forward(d: &impl KernelDispatcher<Memory = NpuMemory, Layout = VMajor>,
+//! #     pool: &mut StatePool<NpuMemory, VMajor>, layer: usize, b: &DecodeBatch) -> Result<()> { Ok(()) }
+//! # fn main() -> Result<()> {
+//! let d = NpuDispatcher::on_stream(0, engine_stream())?; // the engine's aclrtStream
+//! let dims = ModelDims::new(16, 32, 128, 128, 4)?;
+//! let cfg = PoolConfig::new(30, 256, dims).with_state_dtype(DType::BF16).with_conv_dtype(DType::BF16);
+//! let mut pool = d.new_pool(cfg)?;
+//! let slots = pool.alloc(8)?;
+//! let mut plan = StepPlan::new(); // one per engine (or two, see below), reused every step
+//! for _step in 0..3 {
+//!     let batch = DecodeBatch::new(&pool, &slots)?;
+//!     d.plan_decode(&mut plan, &pool, &batch)?; // the step's one upload
+//!     for layer in 0..30 {
+//!         // forward_decode(&d.planned(&plan), &mut pool, layer, &batch, &weights, &input, params, &mut ws, out)
+//!         layer_forward(&d.planned(&plan), &mut pool, layer, &batch)?;
+//!     }
+//! }
+//! # Ok(()) }
 //! ```
 //!
-//! An operation's temporaries and index tables come from the stream's
-//! scratch ([`NpuContext::scratch`]): allocations released by earlier
-//! operations, reused once the stream has drained past them, so after a
-//! warm-up step no call allocates device memory; the operators' symbols are
-//! resolved once per process, and the gate (no index tables) never waits.
-//! The conv and delta-rule operations still upload their index tables with a
-//! blocking copy and end with one wait for the stream; step plans, which
-//! remove both, exist on the CUDA backend only so far.
+//! **Steady state.** Run one step first (it sizes the layer workspace, the
+//! plan, the operator workspace and the stream's scratch). After it, a
+//! planned step allocates no device or host memory, uploads once, never
+//! waits for the device, and every layer issues the same operator calls:
+//! temporaries come from the stream's scratch ([`NpuContext::scratch`],
+//! allocations released by earlier operations, reused by work queued after
+//! them), the operators' symbols are resolved once per process, and the L2
+//! norm's constant is uploaded once per head size. A plan's page-locked
+//! staging is rewritten by the next build only after its previous upload
+//! has run: the build asks the event recorded after that upload and waits
+//! only if it has not (it has, on any engine's schedule); keep two plans to
+//! build step `n+1` while step `n` may still be queued and never wait.
+//!
+//! | per layer, after warm-up | decode | extend |
+//! |---|---|---|
+//! | operator calls | conv, 7 gate, 2 L2 norm, 1 cast of beta (if f32), 1 delta rule | the same with one chunk call per group of sequences |
+//! | device allocations, uploads, host waits | 0 (the step's one upload is the plan's) | 0 |
 //!
 //! ## Running the conformance suite on a real NPU
 //! On a machine with CANN (8.3 or newer, with the ops-transformer operators
@@ -105,7 +159,8 @@
 //! ```
 //! Without CANN, `cargo test -p deltanet-backend-npu` runs the marshalling
 //! tests (`tests/stand_in/`) against the recording function table of the
-//! `testing` feature.
+//! `testing` feature, including the counting tests of planned 30-layer
+//! extend and decode steps (`tests/stand_in/step_plan.rs`).
 //!
 //! ## Bindings checked against CANN's headers
 //! `crates/backend-npu/check-bindings.sh` (a CI step) proves the runtime half
@@ -125,8 +180,12 @@
 //! a plain `cargo test` never needs it.
 //!
 //! **Proven against:** the CANN runtime headers vendored by torch_npu 2.14.0,
-//! whose install guide pairs it with CANN 9.1.0: 60 items (devices, streams,
-//! memory, `aclDataType`, `aclFormat`, `aclrtMemcpyKind`,
+//! whose install guide pairs it with CANN 9.1.0: 71 items (devices, streams,
+//! memory, page-locked host memory (`aclrtMallocHost`/`aclrtFreeHost`) and
+//! events (`aclrtEvent`, `aclrtCreateEvent`, `aclrtRecordEvent`,
+//! `aclrtQueryEventStatus` with `aclrtEventRecordedStatus`,
+//! `aclrtSynchronizeEvent`, `aclrtDestroyEvent`) for step plans,
+//! `aclDataType`, `aclFormat`, `aclrtMemcpyKind`,
 //! `aclrtMemMallocPolicy`, `ACL_SUCCESS`, `ACL_ERROR_REPEAT_INITIALIZE` =
 //! 100002, `ACL_ERROR_BAD_ALLOC` = 200000 and `ACL_ERROR_RT_MEMORY_ALLOCATION`
 //! = 207001, which map to `Error::OutOfMemory`, the descriptor functions, the
@@ -137,7 +196,7 @@
 //! machine checks them: each is marked "not in the runtime headers" in
 //! `bindings.rs` with the public header and CANN version it was read from
 //! (ops-transformer 9.0.0, for CANN >= 8.5.0, for the GDN and conv operators;
-//! the CANN 8.x API reference for the elementwise ones). Reading them found
+//! the CANN 8.x API reference for the elementwise ones and `aclnnRmsNorm`). Reading them found
 //! and fixed `aclnnChunkGatedDeltaRule`'s `out` and `finalState`, which are
 //! non-const `aclTensor *`. [`ops::OpCall::args`] lists every operator's
 //! arguments in FFI order under the bindings' parameter names; [`Cann`]
@@ -157,11 +216,14 @@
 //! transpose of the usual `[dim, K]`: the kernel (`op_kernel/arch35/causal_conv1d.h`)
 //! accumulates `ring[(t + j) % (K + 1)] * weight[j]` over a ring filled oldest
 //! first (the docs' formula `sum_j w_j x_{t-j}` reads reversed; the kernel is
-//! taken as authoritative). The elementwise signatures (`aclnnAdd`, `aclnnAdds`,
-//! `aclnnMul`, `aclnnSoftplus`, `aclnnReduceSum`, `aclnnCast`), `aclCreateTensor`,
+//! taken as authoritative). The elementwise and norm signatures (`aclnnAdd`,
+//! `aclnnMul`, `aclnnSoftplus`, `aclnnCast`, `aclnnRmsNorm`), `aclCreateTensor`,
 //! `aclrtMemsetAsync` and `ACL_BF16 = 27` / `ACL_FORMAT_ND = 2` match the CANN
 //! headers (the runtime ones now by machine, see above). Not confirmed: describing
 //! a view's storage to `aclCreateTensor` as one dimension spanning the view;
+//! `aclnnAdd` promoting a bf16 `self` against an f32 `other` into an f32 `out`
+//! (the documented type-promotion rule, unexercised); `aclnnRmsNorm` reading
+//! a strided (non-contiguous) `x`;
 //! `blockSizeToAlign = 0` disabling block-aligned caching; the names of the split
 //! operator libraries (`libopapi_transformer.so`...); the `Ascend950` SoC name
 //! prefix.
