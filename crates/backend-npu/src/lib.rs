@@ -53,8 +53,8 @@
 //! as [`deltanet_core::Error::Device`], at the next call that waits for the
 //! stream: a pool export, import, read or write ([`NpuMemory`] drains the
 //! stream first), a step plan rebuilt while its previous upload is still
-//! queued, a workspace that has to grow, dropping the dispatcher — or the
-//! engine's own synchronisation of its stream (torch_npu reports it there).
+//! queued (its event wait), or the engine's own synchronisation of its
+//! stream (torch_npu reports it there).
 //!
 //! **What the pool guarantees then.** Its bookkeeping (which slots are
 //! allocated, their generations, which hold a current verify) is the host's

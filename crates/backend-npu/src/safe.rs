@@ -27,24 +27,20 @@ pub struct NpuContext {
     owns_stream: bool,
     /// The per-stream workspace cache: grown on demand, reused by every operator.
     workspace: Mutex<Option<DeviceBuffer>>,
-    /// The per-stream scratch: operations' temporaries and index tables, recycled.
+    /// The per-stream scratch: operations' temporaries and step plans' device tables, recycled.
     scratch: Arc<Mutex<Scratch>>,
 }
 
 /// Device allocations of released temporaries, kept for reuse instead of
-/// freed. A temporary only the stream writes (operators, device copies) is
-/// `free` again as soon as it is released: whatever reuses it is queued after
-/// every operator that used it. One the host wrote (an index table, copied
-/// synchronously) is `pending` until the stream next drains: its next user's
-/// host copy must not overwrite it under an operator still queued. After a
-/// warm-up step, an operation's temporaries all come from `free`: no device
-/// allocation per call.
+/// freed. Only the stream writes them (operators, device copies, a plan's
+/// asynchronous upload), so one is `free` again as soon as it is released:
+/// whatever reuses it is queued after every operation that used it, and no
+/// host ever waits for that. After a warm-up step, an operation's
+/// temporaries all come from `free`: no device allocation per call.
 #[derive(Debug, Default)]
 struct Scratch {
-    /// (capacity, address), reusable now.
+    /// (capacity, address), reusable by work queued from now on.
     free: Vec<(usize, DevPtr)>,
-    /// (capacity, address), released since the last drain.
-    pending: Vec<(usize, DevPtr)>,
 }
 
 impl std::fmt::Debug for NpuContext {
@@ -119,15 +115,11 @@ impl NpuContext {
         Ok(())
     }
 
-    /// Waits for everything issued so far (and makes the scratch released
-    /// before it reusable).
+    /// Waits for everything issued so far (pool transfers to and from the
+    /// host wait; an operation never does).
     pub fn synchronize(&self) -> Result<(), AclError> {
         self.bind()?;
-        self.api.synchronize(self.stream)?;
-        let mut s = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
-        let drained = std::mem::take(&mut s.pending);
-        s.free.extend(drained);
-        Ok(())
+        self.api.synchronize(self.stream)
     }
 
     /// Allocates `bytes` device bytes (uninitialised).
@@ -141,10 +133,6 @@ impl NpuContext {
     /// the smallest free scratch allocation that fits, else a new one; it
     /// returns to the scratch when dropped.
     pub fn scratch(&self, bytes: usize) -> Result<DeviceBuffer, AclError> {
-        self.scratch_for(bytes, false)
-    }
-
-    fn scratch_for(&self, bytes: usize, host_written: bool) -> Result<DeviceBuffer, AclError> {
         if bytes == 0 {
             return self.alloc(0);
         }
@@ -160,17 +148,7 @@ impl NpuContext {
                 (bytes, self.api.malloc(bytes)?)
             }
         };
-        Ok(DeviceBuffer { api: self.api.clone(), ptr, len: bytes, capacity, recycle: Some((self.scratch.clone(), host_written)) })
-    }
-
-    /// Uploads `values` (small index tables) into scratch, synchronously.
-    pub fn upload_i32(&self, values: &[i32]) -> Result<DeviceBuffer, AclError> {
-        let buf = self.scratch_for(std::mem::size_of_val(values), true)?;
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        if !bytes.is_empty() {
-            self.api.memcpy_h2d(buf.ptr, &bytes)?;
-        }
-        Ok(buf)
+        Ok(DeviceBuffer { api: self.api.clone(), ptr, len: bytes, capacity, recycle: Some(self.scratch.clone()) })
     }
 
     /// `bytes` of page-locked host memory (the staging of asynchronous uploads).
@@ -235,19 +213,16 @@ impl NpuContext {
 
     /// The two-phase call: phase one sizes the workspace and builds the
     /// executor, the workspace comes from this stream's cache (grown when too
-    /// small, after the stream drained so no queued operator still uses the old
-    /// one), then phase two enqueues the operator on the stream.
+    /// small: the old one returns to the stream's scratch, reused only by work
+    /// queued after the operators that used it, so nothing waits), then phase
+    /// two enqueues the operator on the stream.
     pub fn run(&self, call: &OpCall) -> Result<(), AclError> {
         let _span = tracing::trace_span!("aclnn", op = call.name()).entered();
         self.bind()?;
         let (size, exec) = self.api.workspace_size(call)?;
         let mut cache = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
         if size > 0 && cache.as_ref().is_none_or(|b| (b.len as u64) < size) {
-            if cache.is_some() {
-                self.synchronize()?;
-            }
-            *cache = None;
-            *cache = Some(self.alloc(size as usize)?);
+            *cache = Some(self.scratch(size as usize)?);
         }
         let ws = if size > 0 { cache.as_ref().map_or(0, |b| b.ptr) } else { 0 };
         self.api.execute(call.name(), ws, size, exec, self.stream)
@@ -266,8 +241,7 @@ impl Drop for NpuContext {
             *ws = None;
         }
         if let Ok(mut s) = self.scratch.lock() {
-            let (free, pending) = (std::mem::take(&mut s.free), std::mem::take(&mut s.pending));
-            for (_, ptr) in free.into_iter().chain(pending) {
+            for (_, ptr) in std::mem::take(&mut s.free) {
                 let _ = self.api.free(ptr);
             }
         }
@@ -285,8 +259,8 @@ pub struct DeviceBuffer {
     len: usize,
     /// Bytes of the allocation (>= `len` for recycled scratch).
     capacity: usize,
-    /// The scratch it returns to on drop (else it is freed), and whether the host wrote it.
-    recycle: Option<(Arc<Mutex<Scratch>>, bool)>,
+    /// The scratch it returns to on drop (else it is freed).
+    recycle: Option<Arc<Mutex<Scratch>>>,
 }
 
 impl std::fmt::Debug for DeviceBuffer {
@@ -316,10 +290,7 @@ impl Drop for DeviceBuffer {
             return;
         }
         match &self.recycle {
-            Some((s, host_written)) => {
-                let mut s = s.lock().unwrap_or_else(|p| p.into_inner());
-                if *host_written { &mut s.pending } else { &mut s.free }.push((self.capacity, self.ptr));
-            }
+            Some(s) => s.lock().unwrap_or_else(|p| p.into_inner()).free.push((self.capacity, self.ptr)),
             None => {
                 let _ = self.api.free(self.ptr);
             }

@@ -1,8 +1,9 @@
 //! A serving step on the stand-in, after one warm-up step: every layer's
 //! temporaries and index tables come from the stream's recycled scratch (no
-//! device allocation), and every layer issues the same operators. The counts
-//! of what remains per layer (synchronous table uploads, stream drains) are
-//! printed: step plans, which remove them, exist on the CUDA backend only so far.
+//! device allocation), and every layer issues the same operators, on the
+//! batch-only entry points (one-use plans: one table upload per operation,
+//! printed). Planned steps (one upload per step, no host wait) are counted
+//! in `step_plan.rs`.
 
 use crate::common::{dims, A950};
 use deltanet_backend_npu::testing::{Event, Recorder};
