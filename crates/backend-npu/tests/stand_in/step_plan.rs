@@ -3,7 +3,9 @@
 //! each, upload their tables exactly once (asynchronously, from page-locked
 //! memory), allocate nothing on the device or the host, never wait for the
 //! device and issue the same operator calls for every layer — and give,
-//! bitwise, what the batch-only entry points (one-use plans) give.
+//! bitwise, what the batch-only entry points (one-use plans) give; planned
+//! verify (chains and a tree) and commit steps likewise, a commit uploading
+//! nothing; a plan refuses a call of another batch before queueing anything.
 
 use crate::common::{dims, A950};
 use deltanet_backend_npu::testing::{Counts, Event, Recorder};
@@ -40,10 +42,18 @@ type StepTensors = Vec<[DeviceTensor<NpuMemory>; 4]>;
 
 impl Engine {
     fn new() -> Self {
+        Self::with_draft(0)
+    }
+
+    /// With `draft` > 0, the pool keeps speculative scratch for that many draft tokens.
+    fn with_draft(draft: usize) -> Self {
         let rec = Arc::new(Recorder::evaluating(A950));
         let d = NpuDispatcher::with_api(rec.clone(), 0).unwrap();
         let dims = dims();
-        let cfg = PoolConfig::new(LAYERS, REQUESTS + 1, dims).with_state_dtype(DType::BF16).with_conv_dtype(DType::BF16);
+        let mut cfg = PoolConfig::new(LAYERS, REQUESTS + 1, dims).with_state_dtype(DType::BF16).with_conv_dtype(DType::BF16);
+        if draft > 0 {
+            cfg = cfg.with_speculative(draft);
+        }
         let mut pool = d.new_pool(cfg).unwrap();
         let slots = pool.alloc(REQUESTS).unwrap();
         let mut r = rand::rngs::StdRng::seed_from_u64(16);
@@ -70,8 +80,12 @@ impl Engine {
 
     /// Fresh random bf16 inputs (the NPU's input dtype) for every layer of a step.
     fn tensors(&self, kind: Kind, seed: u64) -> StepTensors {
+        self.tensors_of(if kind == Kind::Decode { REQUESTS } else { CU_SEQLENS[REQUESTS] }, seed)
+    }
+
+    /// As [`tensors`](Self::tensors), for `t` tokens.
+    fn tensors_of(&self, t: usize, seed: u64) -> StepTensors {
         let dims = dims();
-        let t = if kind == Kind::Decode { REQUESTS } else { CU_SEQLENS[REQUESTS] };
         let m = self.d.memory();
         let (hv, c) = (dims.num_v_heads, dims.conv_dim());
         (0..LAYERS)
@@ -192,4 +206,59 @@ fn a_plan_refuses_another_batch_and_writes_nothing() {
     assert!(queued.is_empty(), "a refused call queued work: {queued:?}");
     let after: Vec<HostState> = e.slots.iter().map(|&s| e.pool.export(s).unwrap()).collect();
     assert!(before.iter().zip(&after).all(|(x, y)| x.temporal == y.temporal && x.conv == y.conv), "a refused call changed a state");
+}
+
+/// Verify of a draft tree, then commit of one accepted step per request, over
+/// every layer: through one plan per step, or the batch-only entry points.
+fn verify_and_commit(e: &mut Engine, parents: &[i64], accepted: &[Option<usize>], planned: bool) -> (Vec<Vec<f32>>, Vec<HostState>) {
+    let dims = dims();
+    let t = parents.len();
+    let x = e.tensors_of(t, 9);
+    let batch = VerifyBatch::tree(&e.pool, &e.slots, parents).unwrap();
+    let commit_batch = CommitBatch::new(&e.pool, &e.slots, accepted, &[]).unwrap();
+    let params = DeltaParams::new(&dims);
+    if planned {
+        e.d.plan_verify(&mut e.plan, &e.pool, &batch).unwrap();
+    }
+    let mut outs = Vec::new();
+    for (l, (w, mut t)) in e.weights.iter().zip(x).enumerate() {
+        let weights = LayerWeights { a_log: w[0].view(), dt_bias: w[1].view(), conv_weight: w[2].view(), conv_bias: Some(w[3].view()) };
+        let [qkv, a, b, o] = &mut t;
+        let input = LayerInput { mixed_qkv: qkv.view(), a: a.view(), b: b.view() };
+        if planned {
+            forward_verify(&e.d.planned(&e.plan), &mut e.pool, l, &batch, &weights, &input, params, &mut e.ws, o.view_mut()).unwrap();
+        } else {
+            forward_verify(&e.d, &mut e.pool, l, &batch, &weights, &input, params, &mut e.ws, o.view_mut()).unwrap();
+        }
+        outs.push(o.to_f32().unwrap());
+    }
+    if planned {
+        let before = e.rec.counts();
+        e.d.plan_commit(&mut e.plan, &e.pool, &commit_batch).unwrap();
+        for l in 0..LAYERS {
+            commit(&e.d.planned(&e.plan), &mut e.pool, l, &commit_batch).unwrap();
+        }
+        let c = e.rec.counts() - before;
+        assert_eq!((c.uploads, c.host_syncs, c.device_allocs, c.operator_calls), (0, 0, 0, 0), "a commit is device copies only: {c:?}");
+    } else {
+        for l in 0..LAYERS {
+            commit(&e.d, &mut e.pool, l, &commit_batch).unwrap();
+        }
+    }
+    (outs, e.slots.iter().map(|&s| e.pool.export(s).unwrap()).collect())
+}
+
+#[test]
+fn planned_verify_and_commit_steps_match_the_batch_path_bitwise() {
+    const DRAFT: usize = 3;
+    // Request 0 drafts a chain, request 1 a tree (two children of the root), request 2 a chain.
+    let parents = [-1, 0, 1, -1, -1, 0, -1, 0, 1];
+    let accepted = [Some(2), Some(1), None];
+    let (mut planned, mut plain) = (Engine::with_draft(DRAFT), Engine::with_draft(DRAFT));
+    let (pa, pb) = (verify_and_commit(&mut planned, &parents, &accepted, true), verify_and_commit(&mut plain, &parents, &accepted, false));
+    assert!(pa.0.iter().flatten().any(|&v| v != 0.0), "the verify outputs were never written");
+    assert!(pa.0 == pb.0, "planned verify outputs differ from the batch-only path");
+    for (x, y) in pa.1.iter().zip(&pb.1) {
+        assert!(x.temporal == y.temporal && x.conv == y.conv, "planned commit states differ from the batch-only path");
+    }
 }
