@@ -118,7 +118,7 @@
 //! let cfg = PoolConfig::new(30, 256, dims).with_state_dtype(DType::BF16).with_conv_dtype(DType::BF16);
 //! let mut pool = d.new_pool(cfg)?;
 //! let slots = pool.alloc(8)?;
-//! let mut plan = StepPlan::new(); // one per engine (or two, see below), reused every step
+//! let mut plan = StepPlan::new(); // one per engine, reused every step
 //! for _step in 0..3 {
 //!     let batch = DecodeBatch::new(&pool, &slots)?;
 //!     d.plan_decode(&mut plan, &pool, &batch)?; // the step's one upload
@@ -138,10 +138,11 @@
 //! allocations released by earlier operations, reused by work queued after
 //! them), the operators' symbols are resolved once per process, and the L2
 //! norm's constant is uploaded once per head size. A plan's page-locked
-//! staging is rewritten by the next build only after its previous upload
-//! has run: the build asks the event recorded after that upload and waits
-//! only if it has not (it has, on any engine's schedule); keep two plans to
-//! build step `n+1` while step `n` may still be queued and never wait.
+//! staging is rewritten only after the upload from it has run: a build asks
+//! (never waits for) the event recorded after each upload and writes into a
+//! staging buffer whose upload has run, or into another while up to four
+//! uploads are still queued, so neither a plan rebuilt each step nor the
+//! batch-only path's one-use plan, rebuilt by every operation, waits.
 //!
 //! | per layer, after warm-up | decode | extend |
 //! |---|---|---|

@@ -8,7 +8,7 @@
 //! a power of 4, else within bf16's half-ulp (2^-9 relative, below the
 //! rounding of the bf16 output itself).
 
-use crate::safe::{DeviceBuffer, NpuContext, PinnedBuffer};
+use crate::safe::{DeviceBuffer, NpuContext, Staging};
 use crate::view::View;
 use deltanet_core::{DType, Result};
 use std::sync::Mutex;
@@ -17,9 +17,9 @@ use std::sync::Mutex;
 struct Gamma {
     k: usize,
     dtype: DType,
-    /// The page-locked source of its one upload, kept (never rewritten) so
-    /// the copy may still be queued when this returns.
-    _staging: PinnedBuffer,
+    /// The page-locked source of its one upload, kept (never rewritten) until
+    /// the dispatcher goes, so the copy may still be queued when `get` returns.
+    _staging: Staging,
     device: DeviceBuffer,
 }
 
@@ -39,10 +39,10 @@ impl NormGammas {
             Some(i) => i,
             None => {
                 let bytes = dtype.encode_vec(&vec![(k as f32).powf(-0.5); k]);
-                let mut staging = ctx.alloc_pinned(bytes.len())?;
-                staging.bytes_mut()[..bytes.len()].copy_from_slice(&bytes);
+                let mut staging = Staging::new(ctx, bytes.len())?;
+                staging.bytes_mut()?[..bytes.len()].copy_from_slice(&bytes);
                 let device = ctx.alloc(bytes.len())?;
-                ctx.upload_async(device.ptr(), &staging, bytes.len())?;
+                staging.upload(ctx, device.ptr(), bytes.len())?;
                 cached.push(Gamma { k, dtype, _staging: staging, device });
                 cached.len() - 1
             }

@@ -353,13 +353,77 @@ impl StreamEvent {
     pub fn record(&self) -> Result<(), AclError> {
         self.api.record_event(self.handle, self.stream)
     }
+    /// Whether the work queued before the last `record` has run (never waits).
+    pub fn has_run(&self) -> Result<bool, AclError> {
+        self.api.event_complete(self.handle)
+    }
     /// Waits until the work queued before the last `record` has run: asks
     /// first (never waits when it has, the usual case) and only then blocks.
     pub fn wait(&self) -> Result<(), AclError> {
-        if self.api.event_complete(self.handle)? {
+        if self.has_run()? {
             return Ok(());
         }
         self.api.synchronize_event(self.handle)
+    }
+}
+
+/// Page-locked memory that asynchronous uploads read, with the event
+/// recorded after its last upload: it is rewritten (by its owner, once
+/// [`idle`](Self::idle)) or freed (on drop, which waits if it must) only
+/// after that upload has run.
+pub struct Staging {
+    buf: PinnedBuffer,
+    uploaded: StreamEvent,
+    /// Whether `uploaded` was ever recorded.
+    recorded: bool,
+}
+
+impl std::fmt::Debug for Staging {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staging").field("buf", &self.buf).field("recorded", &self.recorded).finish()
+    }
+}
+
+impl Staging {
+    /// `bytes` of page-locked memory on `ctx`'s device, never uploaded yet.
+    pub fn new(ctx: &NpuContext, bytes: usize) -> Result<Self, AclError> {
+        Ok(Staging { buf: ctx.alloc_pinned(bytes)?, uploaded: ctx.event()?, recorded: false })
+    }
+    /// Bytes.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+    /// Whether it holds no bytes (never: at least one is allocated).
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+    /// Whether no upload from it is still queued (never waits).
+    pub fn idle(&self) -> Result<bool, AclError> {
+        Ok(!self.recorded || self.uploaded.has_run()?)
+    }
+    /// The bytes, to write: waits for the last upload from them first if it
+    /// is still queued (call [`idle`](Self::idle) to avoid that).
+    pub fn bytes_mut(&mut self) -> Result<&mut [u8], AclError> {
+        if self.recorded {
+            self.uploaded.wait()?;
+        }
+        Ok(self.buf.bytes_mut())
+    }
+    /// Queues a copy of its first `bytes` to `dst` on `ctx`'s stream and records the event after it.
+    pub fn upload(&mut self, ctx: &NpuContext, dst: DevPtr, bytes: usize) -> Result<(), AclError> {
+        ctx.upload_async(dst, &self.buf, bytes)?;
+        self.uploaded.record()?;
+        self.recorded = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // aclrtFreeHost under a queued copy would hand the copy freed memory.
+        if self.recorded {
+            let _ = self.uploaded.wait();
+        }
     }
 }
 

@@ -5,17 +5,26 @@
 //! and read by every layer's operators in that step.
 //!
 //! A plan is rebuilt in place for the next step: while the new tables fit,
-//! nothing is allocated. Before the staging memory is rewritten, the plan
-//! asks the event recorded after its previous upload whether that copy has
-//! run (it has, on any engine's schedule, by the time the next step is
-//! planned) and waits only if it has not, so a rebuild never races the copy.
-//! The device buffer is stream-ordered: a rebuild's upload is queued after
-//! every operator of the previous step that read it.
+//! nothing is allocated. Page-locked staging is rewritten only once the
+//! upload from it has run, which the plan asks (never waits for) through the
+//! event recorded after the upload: a rebuild writes into a staging buffer
+//! whose upload has run, or a new one while earlier uploads are still
+//! queued (at most [`MAX_STAGING`]; beyond that it waits for the oldest). So
+//! neither an engine's plan nor the batch-only path's one-use plan, rebuilt
+//! by every operation, waits in the steady state, and a rebuild never races
+//! a copy. The device buffer is stream-ordered: a rebuild's upload is queued
+//! after every operator of the previous step that read it.
 
 use crate::api::{AclDType, DevPtr, TensorDesc};
-use crate::safe::{DeviceBuffer, NpuContext, PinnedBuffer, StreamEvent};
+use crate::safe::{DeviceBuffer, NpuContext, Staging};
 use deltanet_core::plan::{self, ChainSegment, Piece};
 use deltanet_core::{CommitBatch, DecodeBatch, Error, ExtendBatch, Result, Slot, VerifyBatch};
+use std::collections::VecDeque;
+
+/// Most staging buffers a plan keeps with an upload still queued before a
+/// rebuild waits for the oldest: the depth of uploads in flight that is
+/// served without waiting (one is enough on any engine's schedule).
+pub(crate) const MAX_STAGING: usize = 4;
 
 /// Alignment of every table in the device buffer (`aclrtMemcpyAsync` and
 /// the operators' tensors want 64-byte aligned addresses).
@@ -220,10 +229,9 @@ impl PlanTables {
 /// of the step, rebuilt for the next step.
 #[derive(Default)]
 pub struct StepPlan {
-    staging: Option<PinnedBuffer>,
+    /// Page-locked staging, least recently uploaded first.
+    staging: VecDeque<Staging>,
     device: Option<DeviceBuffer>,
-    /// Recorded after the last upload; waited for before the staging is rewritten.
-    uploaded: Option<StreamEvent>,
     built: Option<(StepBatch, PlanTables)>,
 }
 
@@ -261,39 +269,47 @@ impl StepPlan {
             offsets.push(bytes);
             bytes += (t.len().max(1) * 4).next_multiple_of(ALIGN);
         }
-        // The previous upload must have run before its source is rewritten or freed.
-        if let Some(e) = &self.uploaded {
-            e.wait()?;
+        if bytes > self.device_bytes() {
+            // From the stream's scratch: the old buffer goes back to it,
+            // reused only by work queued after every operator that read it.
+            self.device = None;
+            self.device = Some(ctx.scratch(bytes.next_power_of_two())?);
         }
-        if bytes > self.staging.as_ref().map_or(0, |s| s.len()) {
-            let cap = bytes.next_power_of_two();
-            (self.staging, self.device) = (None, None);
-            self.staging = Some(ctx.alloc_pinned(cap)?);
-            // From the stream's scratch: an old buffer goes back to it when
-            // replaced, reused only by work queued after every reader of it.
-            self.device = Some(ctx.scratch(cap)?);
-        }
-        let (staging, device) = (self.staging.as_mut().expect("allocated above"), self.device.as_ref().expect("allocated above"));
-        let out = staging.bytes_mut();
+        let mut staging = self.idle_staging(ctx, bytes)?;
+        let out = staging.bytes_mut()?;
         for ((_, t), &o) in tables.iter().zip(&offsets) {
             for (j, v) in t.iter().enumerate() {
                 out[o + 4 * j..o + 4 * j + 4].copy_from_slice(&v.to_le_bytes());
             }
         }
-        ctx.upload_async(device.ptr(), staging, bytes)?;
-        if bytes > 0 {
-            let event = match self.uploaded.take() {
-                Some(e) => e,
-                None => ctx.event()?,
-            };
-            event.record()?;
-            self.uploaded = Some(event);
-        }
-        let base = device.ptr();
+        let base = self.device.as_ref().expect("allocated above").ptr();
+        let uploaded = staging.upload(ctx, base, bytes);
+        self.staging.push_back(staging);
+        uploaded?;
         let entries = tables.iter().zip(&offsets).map(|((name, t), &o)| (*name, base + o as u64, t.len())).collect();
         let planned = PlanTables { entries };
         self.built = Some((step.to_owned(), planned.clone()));
         Ok(planned)
+    }
+
+    /// Staging of at least `bytes` with no upload queued: the least recently
+    /// used such buffer, else a new one while fewer than [`MAX_STAGING`] are
+    /// in flight, else the oldest once its upload has run (the only wait).
+    fn idle_staging(&mut self, ctx: &NpuContext, bytes: usize) -> Result<Staging> {
+        for i in 0..self.staging.len() {
+            let s = &self.staging[i];
+            if s.len() >= bytes && s.idle()? {
+                return Ok(self.staging.remove(i).expect("in range"));
+            }
+        }
+        if self.staging.len() >= MAX_STAGING {
+            // Too small or still queued, all of them: the oldest goes (its drop waits for its upload).
+            let oldest = self.staging.pop_front().expect("MAX_STAGING > 0");
+            if oldest.len() >= bytes {
+                return Ok(oldest);
+            }
+        }
+        Ok(Staging::new(ctx, bytes.next_power_of_two())?)
     }
 
     /// The device tables, when the plan was built for exactly `step`'s batch.
