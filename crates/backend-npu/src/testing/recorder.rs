@@ -132,6 +132,8 @@ pub enum Event {
     Upload {
         /// Destination.
         dst: DevPtr,
+        /// Page-locked source.
+        src: HostPtr,
         /// Length.
         bytes: usize,
     },
@@ -192,6 +194,10 @@ struct State {
     counts: Counts,
     /// Live events.
     events_live: std::collections::HashSet<usize>,
+    /// Whether work queued from now on counts as still queued ([`Recorder::hold_queue`]).
+    holding: bool,
+    /// Events recorded while holding: not complete until a host wait.
+    events_pending: std::collections::HashSet<usize>,
 }
 
 /// The recording function table over host memory (see the module docs).
@@ -244,6 +250,18 @@ impl Recorder {
     /// Synchronous host-to-device copies since creation.
     pub fn uploads(&self) -> usize {
         self.st().uploads
+    }
+    /// While `hold`, every event recorded counts as still queued (its query
+    /// says not complete) until the host waits for it or for the stream, as
+    /// on a device that is behind the host. The stand-in still moves the bytes
+    /// when work is queued, so this models only what the host is told.
+    /// Ending the hold lets the device catch up: every such event completes.
+    pub fn hold_queue(&self, hold: bool) {
+        let mut st = self.st();
+        st.holding = hold;
+        if !hold {
+            st.events_pending.clear();
+        }
     }
     /// Allocations, uploads, host waits and operator calls since creation.
     pub fn counts(&self) -> Counts {
@@ -301,6 +319,7 @@ impl AclApi for Recorder {
     }
     fn synchronize(&self, _stream: StreamHandle) -> Result<(), AclError> {
         let mut st = self.st();
+        st.events_pending.clear();
         st.counts.host_syncs += 1;
         st.events.push(Event::Sync);
         Ok(())
@@ -371,7 +390,7 @@ impl AclApi for Recorder {
         // SAFETY: both ranges lie in live host allocations (checked).
         unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, bytes) };
         st.counts.uploads += 1;
-        st.events.push(Event::Upload { dst, bytes });
+        st.events.push(Event::Upload { dst, src, bytes });
         Ok(())
     }
     fn create_event(&self) -> Result<EventHandle, AclError> {
@@ -382,21 +401,31 @@ impl AclApi for Recorder {
         Ok(EventHandle(h))
     }
     fn destroy_event(&self, event: EventHandle) -> Result<(), AclError> {
-        assert!(self.st().events_live.remove(&event.0), "destroy of unknown event {event:?}");
+        let mut st = self.st();
+        assert!(!st.events_pending.contains(&event.0), "destroy of event {event:?} before the host waited for it");
+        assert!(st.events_live.remove(&event.0), "destroy of unknown event {event:?}");
         Ok(())
     }
     fn record_event(&self, event: EventHandle, _stream: StreamHandle) -> Result<(), AclError> {
-        assert!(self.st().events_live.contains(&event.0), "record of unknown event {event:?}");
+        let mut st = self.st();
+        assert!(st.events_live.contains(&event.0), "record of unknown event {event:?}");
+        if st.holding {
+            st.events_pending.insert(event.0);
+        } else {
+            st.events_pending.remove(&event.0);
+        }
         Ok(())
     }
     fn event_complete(&self, event: EventHandle) -> Result<bool, AclError> {
-        assert!(self.st().events_live.contains(&event.0), "query of unknown event {event:?}");
-        // Queued work runs at once here, so a recorded event has always completed.
-        Ok(true)
+        let st = self.st();
+        assert!(st.events_live.contains(&event.0), "query of unknown event {event:?}");
+        // Queued work runs at once here: a recorded event has completed unless held.
+        Ok(!st.events_pending.contains(&event.0))
     }
     fn synchronize_event(&self, event: EventHandle) -> Result<(), AclError> {
         let mut st = self.st();
         assert!(st.events_live.contains(&event.0), "synchronize of unknown event {event:?}");
+        st.events_pending.remove(&event.0);
         st.counts.host_syncs += 1;
         st.events.push(Event::Sync);
         Ok(())

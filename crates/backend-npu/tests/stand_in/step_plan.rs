@@ -262,3 +262,41 @@ fn planned_verify_and_commit_steps_match_the_batch_path_bitwise() {
         assert!(x.temporal == y.temporal && x.conv == y.conv, "planned commit states differ from the batch-only path");
     }
 }
+
+#[test]
+fn a_rebuild_never_rewrites_staging_under_a_queued_upload_and_waits_only_past_four_in_flight() {
+    let e = Engine::new();
+    let batch = DecodeBatch::new(&e.pool, &e.slots).unwrap();
+    let mut plan = StepPlan::new();
+    e.d.plan_decode(&mut plan, &e.pool, &batch).unwrap(); // warm-up: its upload has run
+    e.rec.hold_queue(true); // from now on the device is behind: every upload stays queued
+    let mut sources = Vec::new();
+    let mut per_build = Vec::new();
+    for _ in 0..5 {
+        e.rec.clear();
+        let before = e.rec.counts();
+        e.d.plan_decode(&mut plan, &e.pool, &batch).unwrap();
+        per_build.push(e.rec.counts() - before);
+        sources.extend(e.rec.events().into_iter().filter_map(|ev| match ev {
+            Event::Upload { src, .. } => Some(src),
+            _ => None,
+        }));
+    }
+    // The warm-up's staging first (its upload ran), then a new one per build while
+    // its predecessors' uploads are queued, up to four in flight.
+    let distinct: std::collections::HashSet<_> = sources[..4].iter().collect();
+    assert_eq!(distinct.len(), 4, "a queued upload's staging was rewritten: {sources:?}");
+    let allocs: Vec<usize> = per_build.iter().map(|c| c.host_allocs).collect();
+    let syncs: Vec<usize> = per_build.iter().map(|c| c.host_syncs).collect();
+    assert_eq!(allocs, [0, 1, 1, 1, 0], "{per_build:?}");
+    // The fifth build finds four uploads queued: it waits for the oldest and reuses its staging.
+    assert_eq!(syncs, [0, 0, 0, 0, 1], "{per_build:?}");
+    assert_eq!(sources[4], sources[0]);
+    assert!(per_build.iter().all(|c| c.uploads == 1 && c.device_allocs == 0), "{per_build:?}");
+    // Once the device catches up, a rebuild reuses a staging buffer without waiting.
+    e.rec.hold_queue(false);
+    let before = e.rec.counts();
+    e.d.plan_decode(&mut plan, &e.pool, &batch).unwrap();
+    let c = e.rec.counts() - before;
+    assert_eq!((c.host_allocs, c.host_syncs, c.uploads), (0, 0, 1), "{c:?}");
+}
