@@ -144,10 +144,10 @@
 //! uploads are still queued, so neither a plan rebuilt each step nor the
 //! batch-only path's one-use plan, rebuilt by every operation, waits.
 //!
-//! | per layer, after warm-up | decode | extend |
+//! | per layer of a planned step, after warm-up | decode | extend |
 //! |---|---|---|
-//! | operator calls | conv, 7 gate, 2 L2 norm, 1 cast of beta (if f32), 1 delta rule | the same with one chunk call per group of sequences |
-//! | device allocations, uploads, host waits | 0 (the step's one upload is the plan's) | 0 |
+//! | operator calls | 14: conv 3 (casts of its weight and bias, the conv), gate 7, q/k L2 norm 2, cast of beta 1, delta rule 1 (27 before: the L2 norm took 14, the gate 8) | the same, with one chunk-operator call per group of sequences |
+//! | device and host allocations, uploads, host waits | 0 (the step's one upload is the plan's) | 0 |
 //!
 //! ## Running the conformance suite on a real NPU
 //! On a machine with CANN (8.3 or newer, with the ops-transformer operators

@@ -49,7 +49,7 @@ fn step(
         .collect();
     let eb = ExtendBatch::new(&*pool, &CU, slots, &[true; 3]).unwrap();
     let db = DecodeBatch::new(&*pool, slots).unwrap();
-    let (mallocs, uploads) = (rec.mallocs(), rec.uploads());
+    let (mallocs, uploads) = (rec.mallocs(), rec.counts().uploads);
     rec.clear();
     let mut per_layer = Vec::new();
     for (l, (w, mut x)) in weights.iter().zip(inputs).enumerate() {
@@ -76,7 +76,7 @@ fn step(
                 .collect(),
         );
     }
-    (rec.mallocs() - mallocs, rec.uploads() - uploads, per_layer)
+    (rec.mallocs() - mallocs, rec.counts().uploads - uploads, per_layer)
 }
 
 #[test]
