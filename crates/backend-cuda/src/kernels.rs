@@ -29,7 +29,8 @@ pub const COMMIT: &str = include_str!("../../../kernels/cuda/commit.cu");
 /// common definitions, every kernel, then the checks that the argument structs
 /// are laid out as on the host and that the kernels' limits are the host's.
 pub fn program_source() -> String {
-    [COMMON, MMA, GATE, CONV, RECURRENT, REPLAY, EXTEND, EXTEND_TC, CAST, COMMIT, &crate::args::layout_asserts(), &constant_asserts()].join("\n")
+    [COMMON, MMA, GATE, CONV, RECURRENT, REPLAY, EXTEND, EXTEND_TC, CAST, COMMIT, &crate::args::layout_asserts(), &constant_asserts()]
+        .join("\n")
 }
 
 /// C++ `static_assert`s that each `#define` the host mirrors below has the host's value.

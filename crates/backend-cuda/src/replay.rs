@@ -47,7 +47,12 @@ impl<L: Launcher> CudaDispatcher<L> {
         })
     }
 
-    pub(crate) fn verify_replay_on(&self, pool: &mut PoolOf<Self>, call: Checked<'_, VerifyBatch, DeltaIo<'_>>, t: &PlanAddrs) -> Result<()> {
+    pub(crate) fn verify_replay_on(
+        &self,
+        pool: &mut PoolOf<Self>,
+        call: Checked<'_, VerifyBatch, DeltaIo<'_>>,
+        t: &PlanAddrs,
+    ) -> Result<()> {
         let (ticket, layer, batch, g, io) = (call.ticket(), call.layer(), call.batch(), *call.geometry(), call.io());
         let dims = g.config.dims;
         let m = self.launcher.memory();

@@ -15,7 +15,8 @@ use crate::extend_tc::tc_workspace_bytes;
 use crate::kernels::{CHUNK, EXTEND_ROWS};
 use crate::launcher::Launcher;
 use deltanet_core::{
-    plan, CommitBatch, DecodeBatch, DeviceMemory, Error, ExtendBatch, MambaStatePool, ModelDims, Result, StateLayout, StatePool, VerifyBatch,
+    plan, CommitBatch, DecodeBatch, DeviceMemory, Error, ExtendBatch, MambaStatePool, ModelDims, Result, StateLayout, StatePool,
+    VerifyBatch,
 };
 
 /// Alignment of every table and of the workspace.
