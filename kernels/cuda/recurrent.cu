@@ -68,14 +68,14 @@ __device__ __forceinline__ void st_state16(void* p, int dt, long long i, const f
 
 // How a block's lanes cover state rows: with 16-byte accesses (`vec`), `gw`
 // lanes per row (a power of two covering K), `epl` consecutive entries per
-// lane; otherwise one warp per row, lanes strided over K (DN_KPL entries).
+// lane from e0; otherwise one warp per row, lane e0 holding entries e0 + 32 m
+// (m < DN_KPL).
 struct DnLanes {
     bool vec;
     int gw;  // lanes per row
     int rpw; // rows per warp at a time
     int epl; // entries per lane
     int e0;  // this lane's first entry
-    int es;  // stride between its entries
     int sub; // this lane's row among the warp's rpw rows
 };
 
@@ -90,14 +90,12 @@ __device__ __forceinline__ DnLanes dn_lanes(int sdt, int K, unsigned long long b
         l.rpw = 32 / l.gw;
         l.epl = epl;
         l.e0 = (lane % l.gw) * epl;
-        l.es = 1;
         l.sub = lane / l.gw;
     } else {
         l.gw = 32;
         l.rpw = 1;
         l.epl = DN_KPL;
         l.e0 = lane;
-        l.es = 32;
         l.sub = 0;
     }
     return l;
@@ -169,27 +167,48 @@ __device__ __forceinline__ void dn_round_row(int sdt, float* s) {
 // u = b (v_v - a sk), S[v] <- a S[v] + u k. Every lane of the warp takes part.
 __device__ __forceinline__ void dn_row_update(float* s, const float* kn, const DnLanes& l, bool row, int K, float vv, float decay, float b) {
     float sk = 0.0f;
+    if (l.vec) {
+        const bool act = row && l.e0 < K;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-        const int e = l.e0 + j * l.es;
-        if (j < l.epl && row && e < K) sk += s[j] * kn[e];
+        for (int j = 0; j < 8; ++j)
+            if (act && j < l.epl) sk += s[j] * kn[l.e0 + j];
+    } else {
+#pragma unroll
+        for (int m = 0; m < DN_KPL; ++m) {
+            const int e = l.e0 + 32 * m;
+            sk += row && e < K ? s[m] * kn[e] : 0.0f;
+        }
     }
     sk = group_sum(sk, l.gw);
     const float u = b * (vv - decay * sk);
+    if (l.vec) {
+        const bool act = row && l.e0 < K;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-        const int e = l.e0 + j * l.es;
-        if (j < l.epl && row && e < K) s[j] = decay * s[j] + kn[e] * u;
+        for (int j = 0; j < 8; ++j)
+            if (act && j < l.epl) s[j] = decay * s[j] + kn[l.e0 + j] * u;
+    } else {
+#pragma unroll
+        for (int m = 0; m < DN_KPL; ++m) {
+            const int e = l.e0 + 32 * m;
+            if (row && e < K) s[m] = decay * s[m] + kn[e] * u;
+        }
     }
 }
 
 // S[v]·q over the row's lanes (every lane of the warp takes part)
 __device__ __forceinline__ float dn_row_dot(const float* s, const float* qn, const DnLanes& l, bool row, int K) {
     float oq = 0.0f;
+    if (l.vec) {
+        const bool act = row && l.e0 < K;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-        const int e = l.e0 + j * l.es;
-        if (j < l.epl && row && e < K) oq += s[j] * qn[e];
+        for (int j = 0; j < 8; ++j)
+            if (act && j < l.epl) oq += s[j] * qn[l.e0 + j];
+    } else {
+#pragma unroll
+        for (int m = 0; m < DN_KPL; ++m) {
+            const int e = l.e0 + 32 * m;
+            if (row && e < K) oq += s[m] * qn[e];
+        }
     }
     return group_sum(oq, l.gw);
 }
