@@ -16,6 +16,16 @@
 //! Without a driver library, NVRTC or a device, [`CudaDispatcher::new`] returns
 //! [`Error::Unavailable`] (cudarc would panic; the libraries are probed first).
 //!
+//! Both speculative modes ([`SpecMode`]) are implemented. In
+//! [`SpecMode::Replay`], verify writes no state (`dnk_replay` computes every
+//! draft's output from the slot's state, chains and trees, and records each
+//! draft's k, v, g, beta; the conv records its raw input) and commit replays
+//! the accepted path on the slot's state in place. `dnk_replay` runs the
+//! decode's device functions in the decode's order and rounds the state to
+//! its dtype after every step, so replay is bitwise: a commit leaves the state
+//! decoding the accepted tokens leaves, and verify's outputs are the scratch
+//! mode's (f32 and bf16 state).
+//!
 //! ## Inside an engine's step: its stream, one plan per step, graph capture
 //!
 //! **Stream.** [`CudaDispatcher::new`] queues on the device's default stream;
@@ -295,7 +305,10 @@ impl<L: Launcher> CudaDispatcher<L> {
     pub fn plan_verify(&self, plan: &mut StepPlan<L>, pool: &PoolOf<Self>, batch: &VerifyBatch) -> Result<()> {
         self.build_plan(plan, pool, StepRef::Verify(batch))
     }
-    /// As [`plan_extend`](Self::plan_extend) for a commit step.
+    /// As [`plan_extend`](Self::plan_extend) for a commit step. On a replay
+    /// pool the plan also holds the paths the commit replays, from the pool's
+    /// record of the step's verify (build it after the verify): a layer whose
+    /// verify was another tree is refused by the planned commit.
     pub fn plan_commit(&self, plan: &mut StepPlan<L>, pool: &PoolOf<Self>, batch: &CommitBatch) -> Result<()> {
         self.build_plan(plan, pool, StepRef::Commit(batch))
     }
