@@ -43,17 +43,22 @@ fn emu(threads: u32) -> Emu {
     CudaDispatcher::with_launcher(EmuLauncher::with_block_threads(threads), Device::Host)
 }
 
-/// One case: shape, dtypes.
+/// One case: shape, dtypes (recurrent state, conv state, inputs).
 #[derive(Debug, Clone, Copy)]
 struct Case {
     dims: ModelDims,
     state: DType,
+    conv: DType,
     input: DType,
 }
 
 impl Case {
     fn config(&self, mode: SpecMode) -> PoolConfig {
-        PoolConfig::new(LAYERS, 8, self.dims).with_state_dtype(self.state).with_speculative(D).with_spec_mode(mode)
+        PoolConfig::new(LAYERS, 8, self.dims)
+            .with_state_dtype(self.state)
+            .with_conv_dtype(self.conv)
+            .with_speculative(D)
+            .with_spec_mode(mode)
     }
 }
 
@@ -164,7 +169,7 @@ fn random_state(c: &Case, seed: u64) -> HostState {
     let mut r = rand::rngs::StdRng::seed_from_u64(seed);
     let t: Vec<f32> = (0..LAYERS * c.dims.state_elems()).map(|_| r.gen_range(-0.5f32..0.5)).collect();
     let cv: Vec<f32> = (0..LAYERS * c.dims.conv_elems()).map(|_| r.gen_range(-1.0f32..1.0)).collect();
-    HostState::from_f32(LAYERS, c.dims, c.state, DType::F32, &t, &cv).unwrap()
+    HostState::from_f32(LAYERS, c.dims, c.state, c.conv, &t, &cv).unwrap()
 }
 
 /// `LAYER`'s canonical (recurrent, conv) state of a slot, f32.
@@ -268,16 +273,23 @@ fn replay_case(d: &Emu, c: &Case, seed: u64) -> Outcome {
 }
 
 fn cases() -> Vec<Case> {
-    let dims = |hk, hv, k, v| ModelDims::new(hk, hv, k, v, 4).unwrap();
+    let dims = |hk, hv, k, v, w| ModelDims::new(hk, hv, k, v, w).unwrap();
     vec![
         // 16-byte lane groups: K = 128 f32 (one row per warp), two row blocks of V
-        Case { dims: dims(1, 2, 128, 32), state: DType::F32, input: DType::F32 },
-        // bf16 state in 16-byte groups (two rows per warp at K = 64), bf16 inputs, tiled heads
-        Case { dims: dims(2, 4, 64, 24).with_head_mapping(HeadMapping::Tiled), state: DType::BF16, input: DType::BF16 },
-        // one warp per row: K not a multiple of the lane's entries (f32 state, f16 inputs)
-        Case { dims: dims(1, 2, 18, 40), state: DType::F32, input: DType::F16 },
+        Case { dims: dims(1, 2, 128, 32, 4), state: DType::F32, conv: DType::F32, input: DType::F32 },
+        // bf16 state in 16-byte groups (two rows per warp at K = 64), bf16 inputs and conv
+        // state, tiled heads, a conv window of 2 (paths longer than it)
+        Case {
+            dims: dims(2, 4, 64, 24, 3).with_head_mapping(HeadMapping::Tiled),
+            state: DType::BF16,
+            conv: DType::BF16,
+            input: DType::BF16,
+        },
+        // one warp per row: K not a multiple of the lane's entries (f32 state, f16 inputs
+        // and conv state, a window of 7: longer than every path)
+        Case { dims: dims(1, 2, 18, 40, 8), state: DType::F32, conv: DType::F16, input: DType::F16 },
         // ... and of bf16's eight
-        Case { dims: dims(2, 2, 20, 16), state: DType::BF16, input: DType::F32 },
+        Case { dims: dims(2, 2, 20, 16, 4), state: DType::BF16, conv: DType::F32, input: DType::F32 },
     ]
 }
 
@@ -298,7 +310,7 @@ fn replay_results_do_not_depend_on_the_block_size() {
 
 #[test]
 fn planned_replay_steps_upload_once_never_wait_and_match_the_batch_entry_points() {
-    let c = Case { dims: ModelDims::new(1, 2, 32, 16, 4).unwrap(), state: DType::F32, input: DType::F32 };
+    let c = Case { dims: ModelDims::new(1, 2, 32, 16, 4).unwrap(), state: DType::F32, conv: DType::F32, input: DType::F32 };
     let (d, counter) = CudaDispatcher::counting();
     let reference = emu(0);
     let mut pool = d.new_pool(c.config(SpecMode::Replay)).unwrap();
