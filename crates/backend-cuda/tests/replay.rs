@@ -183,8 +183,23 @@ fn bits(a: &[f32]) -> Vec<u32> {
     a.iter().map(|x| x.to_bits()).collect()
 }
 
+/// Asserts `a` and `b` hold the same bits, naming the first element that differs.
+#[track_caller]
+fn assert_same<T: PartialEq + std::fmt::Debug>(a: &[T], b: &[T], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    if let Some(i) = (0..a.len()).find(|&i| a[i] != b[i]) {
+        panic!("{what}: element {i} of {} differs: {:?} vs {:?}", a.len(), a[i], b[i]);
+    }
+}
+
+/// Asserts two slots' exports are the same bytes.
+#[track_caller]
+fn assert_same_state(a: &HostState, b: &HostState, what: &str) {
+    assert_same(&a.temporal, &b.temporal, &format!("{what} (recurrent state bytes)"));
+    assert_same(&a.conv, &b.conv, &format!("{what} (conv state bytes)"));
+}
+
 /// What one replay run produced, for comparing block sizes.
-#[derive(Debug, PartialEq)]
 struct Outcome {
     conv_out: Vec<u32>,
     delta_out: Vec<u32>,
@@ -212,10 +227,10 @@ fn replay_case(d: &Emu, c: &Case, seed: u64) -> Outcome {
     let (rb, sb) = (VerifyBatch::tree(&replay, &slots, &TREES).unwrap(), VerifyBatch::tree(&scratch, &sslots, &TREES).unwrap());
     let (conv_r, delta_r) = run(d, &mut replay, LAYER, Op::Verify(&rb), c, &x);
     let (conv_s, delta_s) = run(d, &mut scratch, LAYER, Op::Verify(&sb), c, &x);
-    assert_eq!(bits(&conv_r), bits(&conv_s), "{name}: replay verify's conv outputs are scratch verify's");
-    assert_eq!(bits(&delta_r), bits(&delta_s), "{name}: replay verify's outputs are scratch verify's");
+    assert_same(&bits(&conv_r), &bits(&conv_s), &format!("{name}: replay verify's conv outputs are scratch verify's"));
+    assert_same(&bits(&delta_r), &bits(&delta_s), &format!("{name}: replay verify's outputs are scratch verify's"));
     for (i, init) in init.iter().enumerate() {
-        assert_eq!(replay.export(slots[i]).unwrap(), *init, "{name}: replay verify wrote request {i}'s slot");
+        assert_same_state(&replay.export(slots[i]).unwrap(), init, &format!("{name}: replay verify wrote request {i}'s slot"));
     }
     let per_o = c.dims.num_v_heads * c.dims.head_v_dim;
     let tol = if c.input == DType::F32 && c.state == DType::F32 { tolerance::F32 } else { tolerance::BF16 };
@@ -236,19 +251,19 @@ fn replay_case(d: &Emu, c: &Case, seed: u64) -> Outcome {
         (CommitBatch::new(&replay, &slots, &ACCEPTED, &snaps).unwrap(), CommitBatch::new(&scratch, &sslots, &ACCEPTED, &[]).unwrap());
     d.commit(&mut replay, LAYER, &rc).unwrap();
     d.commit(&mut scratch, LAYER, &sc).unwrap();
-    assert_eq!(replay.export(slots[1]).unwrap(), init[1], "{name}: the skipped request's slot changed");
+    assert_same_state(&replay.export(slots[1]).unwrap(), &init[1], &format!("{name}: the skipped request's slot changed"));
     for i in [0, 2] {
         let (r, s) = (layer_state(&replay, &c.dims, slots[i]), layer_state(&scratch, &c.dims, sslots[i]));
-        assert_eq!((bits(&r.0), bits(&r.1)), (bits(&s.0), bits(&s.1)), "{name}: request {i}: replay commit vs scratch commit");
+        assert_same(&bits(&r.0), &bits(&s.0), &format!("{name}: request {i}: replay commit vs scratch commit (state)"));
+        assert_same(&bits(&r.1), &bits(&s.1), &format!("{name}: request {i}: replay commit vs scratch commit (conv)"));
     }
     let snap_state = replay.export(snap).unwrap();
     let committed0 = replay.export(slots[0]).unwrap();
     let per = (replay.geometry().state_bytes(), replay.geometry().conv_bytes());
-    assert_eq!(
-        (&snap_state.temporal[LAYER * per.0..(LAYER + 1) * per.0], &snap_state.conv[LAYER * per.1..(LAYER + 1) * per.1]),
-        (&committed0.temporal[LAYER * per.0..(LAYER + 1) * per.0], &committed0.conv[LAYER * per.1..(LAYER + 1) * per.1]),
-        "{name}: the snapshot slot holds the committed state"
-    );
+    let (t, cv) = (LAYER * per.0..(LAYER + 1) * per.0, LAYER * per.1..(LAYER + 1) * per.1);
+    let what = format!("{name}: the snapshot slot holds the committed state");
+    assert_same(&snap_state.temporal[t.clone()], &committed0.temporal[t], &what);
+    assert_same(&snap_state.conv[cv.clone()], &committed0.conv[cv], &what);
 
     // decoding each accepted path's tokens one by one leaves the committed bits; layer 0 untouched
     for i in [0, 2] {
@@ -259,8 +274,8 @@ fn replay_case(d: &Emu, c: &Case, seed: u64) -> Outcome {
             run(d, &mut replay, LAYER, Op::Decode(&b), c, &x.token(i * D + s));
         }
         let (r, dec) = (replay.export(slots[i]).unwrap(), replay.export(copies[i]).unwrap());
-        assert_eq!(r, dec, "{name}: request {i}: replay commit of {steps:?} vs decoding those tokens");
-        assert_eq!(r.temporal[..LAYER * per.0], init[i].temporal[..LAYER * per.0], "{name}: layer 0 changed");
+        assert_same_state(&r, &dec, &format!("{name}: request {i}: replay commit of {steps:?} vs decoding those tokens"));
+        assert_same(&r.temporal[..LAYER * per.0], &init[i].temporal[..LAYER * per.0], &format!("{name}: layer 0 changed"));
         // and the oracle on the path
         let ps = c.dims.state_elems();
         let s0: Vec<f32> = init[i].temporal_f32()[LAYER * ps..(LAYER + 1) * ps].to_vec();
@@ -305,7 +320,12 @@ fn replay_is_bitwise_scratch_and_decode_and_matches_the_oracle() {
 fn replay_results_do_not_depend_on_the_block_size() {
     // one warp (four passes over a block's rows at K = 128) and four warps (one pass)
     let c = cases()[0];
-    assert_eq!(replay_case(&emu(32), &c, 7), replay_case(&emu(128), &c, 7));
+    let (one, four) = (replay_case(&emu(32), &c, 7), replay_case(&emu(128), &c, 7));
+    assert_same(&one.conv_out, &four.conv_out, "conv outputs");
+    assert_same(&one.delta_out, &four.delta_out, "delta outputs");
+    for (i, (a, b)) in one.committed.iter().zip(&four.committed).enumerate() {
+        assert_same_state(a, b, &format!("request {i} committed"));
+    }
 }
 
 #[test]
@@ -349,9 +369,14 @@ fn planned_replay_steps_upload_once_never_wait_and_match_the_batch_entry_points(
             touts.push((bits(&conv), bits(&delta)));
             reference.commit(&mut twin, layer, &tcb).unwrap();
         }
-        assert_eq!(outs, touts, "round {round}: planned verify outputs vs the batch entry points'");
+        for (layer, (o, t)) in outs.iter().zip(&touts).enumerate() {
+            let what = format!("round {round} layer {layer}: planned verify outputs vs the batch entry points'");
+            assert_same(&o.0, &t.0, &what);
+            assert_same(&o.1, &t.1, &what);
+        }
         for i in 0..REQUESTS {
-            assert_eq!(pool.export(slots[i]).unwrap(), twin.export(tslots[i]).unwrap(), "round {round}: request {i} committed");
+            let what = format!("round {round}: request {i} committed");
+            assert_same_state(&pool.export(slots[i]).unwrap(), &twin.export(tslots[i]).unwrap(), &what);
         }
     }
 
