@@ -13,6 +13,7 @@ fn main() {
             "gate.cu",
             "conv.cu",
             "recurrent.cu",
+            "replay.cu",
             "extend.cu",
             "extend_tc.cu",
             "cast.cu",

@@ -39,10 +39,12 @@ struct ConvArgs {
     const float* bias;          // [C], or null
     void* out;                  // [T, C], out_dtype
     void* state;                // conv state of this layer [rows][C][W-1], state_dtype
-    void* windows;              // conv windows of this layer [rows][D][C][W-1] (verify), or null
-    const long long* seqs;      // 6 x i64 per sequence: first token, length, slot, has_initial_state, first snapshot, end snapshot
+    void* windows;              // conv windows of this layer [rows][D][C][W-1] (verify), replay inputs [rows][D][C], or null
+    const long long* seqs;      // 6 x i64 per sequence: first token, length, slot, has_initial_state, first snapshot, end snapshot;
+                                // replay commit: 3 x i64 per commit: slot, path length, snapshot slot or -1
     const long long* snapshots; // 2 x i64 per snapshot: position, slot (extend), or null
-    const long long* parents;   // [N * D] parent step of each draft, -1 for the slot (verify), or null
+    const long long* parents;   // [N * D] parent step of each draft, -1 for the slot (verify), or null;
+                                // replay commit: [commits * D] the accepted path's steps, root first
     long long channels;         // C
     long long width;            // W (<= DN_MAX_CONV_W)
     long long x_row;            // row strides, in elements
@@ -51,7 +53,7 @@ struct ConvArgs {
     long long x_dtype;
     long long out_dtype;
     long long state_dtype;
-    long long mode;                   // 0 extend, 1 update, 2 verify
+    long long mode;                   // 0 extend, 1 update, 2 verify, 3 replay verify, 4 replay commit
 };
 
 // The tensors, head dimensions and parameters both delta-rule kernels take.
@@ -97,6 +99,21 @@ struct RecurrentArgs {
     long long draft;         // D (1 for decode)
     long long state_dtype;
     long long mode;                // 0 decode, 1 verify
+};
+
+// dnk_replay: speculative mode replay's delta rule, verify (no state written, k, v, g, beta
+// recorded per draft) or commit (the recorded path applied to the slot's state in place).
+struct ReplayArgs {
+    DeltaArgs io;               // verify: the drafts' tensors; commit: only the dimensions
+    void* state;                // recurrent state of this layer [rows][HV][V][K], state_dtype
+    float* records;             // replay records of this layer [rows][D][HV][K + V + 2]: k, v, g, beta
+    const long long* slots;     // verify: slot per request
+    const long long* parents;   // verify: [N * D] parent step of each draft, -1 for the slot
+    const long long* commits;   // commit: 3 x i64 per commit: slot, path length, snapshot slot or -1
+    const long long* paths;     // commit: [commits * D] the accepted path's steps, root first
+    long long draft;            // D
+    long long state_dtype;
+    long long mode;             // 0 verify, 1 commit
 };
 
 // dnk_extend: chunked delta rule over packed sequences, with snapshots at chunk ends.

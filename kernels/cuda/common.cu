@@ -66,6 +66,12 @@ __device__ __forceinline__ void stx(void* p, int dt, long long i, float v) {
     }
 }
 
+// v as dtype dt holds it (what stx then ldx give)
+__device__ __forceinline__ float round_to(int dt, float v) {
+    if (dt == DT_F32) return v;
+    return dt == DT_BF16 ? bf16_to_f32(f32_to_bf16(v)) : f16_to_f32(f32_to_f16(v));
+}
+
 __device__ __forceinline__ float warp_sum(float x) {
     x += __shfl_xor_sync(0xffffffffu, x, 16);
     x += __shfl_xor_sync(0xffffffffu, x, 8);

@@ -14,6 +14,8 @@
 // two rows per warp for bf16 at K = 128) when the state dtype, K and the
 // buffers' alignment allow; otherwise one warp per row, lanes strided over K.
 // Decode and verify run the same path, so a verify step is bitwise a decode.
+// The per-row arithmetic lives in the dn_* device functions below, which the
+// replay kernel (replay.cu) runs too: a replayed step is bitwise a decode.
 #include "args.h"
 
 #define DN_KMAX 128
@@ -63,6 +65,154 @@ __device__ __forceinline__ void st_state16(void* p, int dt, long long i, const f
 #endif
 }
 
+
+// How a block's lanes cover state rows: with 16-byte accesses (`vec`), `gw`
+// lanes per row (a power of two covering K), `epl` consecutive entries per
+// lane from e0; otherwise one warp per row, lane e0 holding entries e0 + 32 m
+// (m < DN_KPL).
+struct DnLanes {
+    bool vec;
+    int gw;  // lanes per row
+    int rpw; // rows per warp at a time
+    int epl; // entries per lane
+    int e0;  // this lane's first entry
+    int sub; // this lane's row among the warp's rpw rows
+};
+
+// `bases`: the state buffers' addresses or-ed (16-byte accesses need each aligned)
+__device__ __forceinline__ DnLanes dn_lanes(int sdt, int K, unsigned long long bases, int lane) {
+    DnLanes l;
+    const int epl = sdt == DT_F32 ? 4 : 8;
+    l.vec = (sdt == DT_F32 || sdt == DT_BF16) && K % epl == 0 && (bases & 15u) == 0;
+    if (l.vec) {
+        l.gw = 1;
+        while (l.gw * epl < K) l.gw *= 2;
+        l.rpw = 32 / l.gw;
+        l.epl = epl;
+        l.e0 = (lane % l.gw) * epl;
+        l.sub = lane / l.gw;
+    } else {
+        l.gw = 32;
+        l.rpw = 1;
+        l.epl = DN_KPL;
+        l.e0 = lane;
+        l.sub = 0;
+    }
+    return l;
+}
+
+// warp 0 of the block: token `tok`'s k (and q when `with_q`) of key head kh into
+// shared kn / qn, L2-normalised when asked
+__device__ __forceinline__ void dn_load_qk(const DeltaArgs& io, long long tok, int kh, float* kn, float* qn, bool with_q) {
+    const int K = (int)io.dk, lane = threadIdx.x & 31;
+    float kv[DN_KPL], qv[DN_KPL];
+    float ssk = 0.0f, ssq = 0.0f;
+#pragma unroll
+    for (int m = 0; m < DN_KPL; ++m) {
+        int e = lane + 32 * m;
+        kv[m] = e < K ? ldx(io.k, (int)io.k_dtype, tok * io.k_token + kh * io.k_head + e) : 0.0f;
+        qv[m] = e < K && with_q ? ldx(io.q, (int)io.q_dtype, tok * io.q_token + kh * io.q_head + e) : 0.0f;
+        ssk += kv[m] * kv[m];
+        ssq += qv[m] * qv[m];
+    }
+    float rk = 1.0f, rq = 1.0f;
+    if (io.l2norm) {
+        rk = 1.0f / sqrtf(warp_sum(ssk) + 1e-6f);
+        rq = 1.0f / sqrtf(warp_sum(ssq) + 1e-6f);
+    }
+#pragma unroll
+    for (int m = 0; m < DN_KPL; ++m) {
+        int e = lane + 32 * m;
+        if (e < K) {
+            kn[e] = io.l2norm ? kv[m] * rk : kv[m];
+            if (with_q) qn[e] = io.l2norm ? qv[m] * rq : qv[m];
+        }
+    }
+}
+
+// this lane's entries of one state row (element `at` starts the row) into s; zeros where it holds none
+__device__ __forceinline__ void dn_load_row(const void* buf, int sdt, long long at, const DnLanes& l, bool row, int K, float* s) {
+    if (l.vec) {
+        if (row && l.e0 < K) ld_state16(buf, sdt, at + l.e0, s);
+        return;
+    }
+#pragma unroll
+    for (int m = 0; m < DN_KPL; ++m) {
+        int e = l.e0 + 32 * m;
+        s[m] = row && e < K ? ldx(buf, sdt, at + e) : 0.0f;
+    }
+}
+
+// s (this lane's entries of one row) into the state row at element `at`, in the state dtype
+__device__ __forceinline__ void dn_store_row(void* buf, int sdt, long long at, const DnLanes& l, bool row, int K, const float* s) {
+    if (l.vec) {
+        if (row && l.e0 < K) st_state16(buf, sdt, at + l.e0, s);
+        return;
+    }
+#pragma unroll
+    for (int m = 0; m < DN_KPL; ++m) {
+        int e = l.e0 + 32 * m;
+        if (row && e < K) stx(buf, sdt, at + e, s[m]);
+    }
+}
+
+// s as the state dtype holds it (what a store then a load gives)
+__device__ __forceinline__ void dn_round_row(int sdt, float* s) {
+    if (sdt == DT_F32) return;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) s[j] = bf16_to_f32(f32_to_bf16(s[j]));
+}
+
+// One token's delta rule on this lane's entries of row v: sk = S[v]·k,
+// u = b (v_v - a sk), S[v] <- a S[v] + u k. Every lane of the warp takes part.
+__device__ __forceinline__ void dn_row_update(float* s, const float* kn, const DnLanes& l, bool row, int K, float vv, float decay, float b) {
+    float sk = 0.0f;
+    if (l.vec) {
+        const bool act = row && l.e0 < K;
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+            if (act && j < l.epl) sk += s[j] * kn[l.e0 + j];
+    } else {
+#pragma unroll
+        for (int m = 0; m < DN_KPL; ++m) {
+            const int e = l.e0 + 32 * m;
+            sk += row && e < K ? s[m] * kn[e] : 0.0f;
+        }
+    }
+    sk = group_sum(sk, l.gw);
+    const float u = b * (vv - decay * sk);
+    if (l.vec) {
+        const bool act = row && l.e0 < K;
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+            if (act && j < l.epl) s[j] = decay * s[j] + kn[l.e0 + j] * u;
+    } else {
+#pragma unroll
+        for (int m = 0; m < DN_KPL; ++m) {
+            const int e = l.e0 + 32 * m;
+            if (row && e < K) s[m] = decay * s[m] + kn[e] * u;
+        }
+    }
+}
+
+// S[v]·q over the row's lanes (every lane of the warp takes part)
+__device__ __forceinline__ float dn_row_dot(const float* s, const float* qn, const DnLanes& l, bool row, int K) {
+    float oq = 0.0f;
+    if (l.vec) {
+        const bool act = row && l.e0 < K;
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+            if (act && j < l.epl) oq += s[j] * qn[l.e0 + j];
+    } else {
+#pragma unroll
+        for (int m = 0; m < DN_KPL; ++m) {
+            const int e = l.e0 + 32 * m;
+            if (row && e < K) oq += s[m] * qn[e];
+        }
+    }
+    return group_sum(oq, l.gw);
+}
+
 extern "C" __global__ void dnk_recurrent(RecurrentArgs a) {
     __shared__ float kn[DN_KMAX]; // this token's k and q, normalised when asked
     __shared__ float qn[DN_KMAX];
@@ -80,40 +230,11 @@ extern "C" __global__ void dnk_recurrent(RecurrentArgs a) {
     void* state = a.state;
     void* scratch = a.scratch;
     const long long* parents = a.parents;
-    // 16-byte accesses: `epl` entries per lane, `gw` lanes per row (a power of two covering K)
-    const int epl = sdt == DT_F32 ? 4 : 8;
-    const unsigned long long bases = (unsigned long long)state | (unsigned long long)scratch;
-    const bool vec = (sdt == DT_F32 || sdt == DT_BF16) && K % epl == 0 && (bases & 15u) == 0;
-    int gw = 1;
-    while (gw * epl < K) gw *= 2;
+    const DnLanes l = dn_lanes(sdt, K, (unsigned long long)state | (unsigned long long)scratch, lane);
 
     for (long long t = 0; t < D; ++t) {
         const long long tok = i * D + t;
-        if (warp == 0) {
-            float kv[DN_KPL], qv[DN_KPL];
-            float ssk = 0.0f, ssq = 0.0f;
-#pragma unroll
-            for (int m = 0; m < DN_KPL; ++m) {
-                int e = lane + 32 * m;
-                kv[m] = e < K ? ldx(a.io.k, (int)a.io.k_dtype, tok * a.io.k_token + kh * a.io.k_head + e) : 0.0f;
-                qv[m] = e < K ? ldx(a.io.q, (int)a.io.q_dtype, tok * a.io.q_token + kh * a.io.q_head + e) : 0.0f;
-                ssk += kv[m] * kv[m];
-                ssq += qv[m] * qv[m];
-            }
-            float rk = 1.0f, rq = 1.0f;
-            if (a.io.l2norm) {
-                rk = 1.0f / sqrtf(warp_sum(ssk) + 1e-6f);
-                rq = 1.0f / sqrtf(warp_sum(ssq) + 1e-6f);
-            }
-#pragma unroll
-            for (int m = 0; m < DN_KPL; ++m) {
-                int e = lane + 32 * m;
-                if (e < K) {
-                    kn[e] = a.io.l2norm ? kv[m] * rk : kv[m];
-                    qn[e] = a.io.l2norm ? qv[m] * rq : qv[m];
-                }
-            }
-        }
+        if (warp == 0) dn_load_qk(a.io, tok, kh, kn, qn, true);
         __syncthreads();
         const float decay = expf(a.io.g[tok * a.io.g_token + h]);
         const float b = ldx(a.io.beta, (int)a.io.beta_dtype, tok * a.io.beta_token + h);
@@ -136,63 +257,18 @@ extern "C" __global__ void dnk_recurrent(RecurrentArgs a) {
             dbuf = state;
         }
         const int row0 = blockIdx.x * DN_ROWS_PER_BLOCK;
-        if (vec) {
-            // 32 / gw rows per warp at a time; lane gl of a row's group owns entries [gl * epl, + epl)
-            const int rpw = 32 / gw, sub = lane / gw, gl = lane % gw, e0 = gl * epl;
-            for (int r0 = warp * rpw; r0 < DN_ROWS_PER_BLOCK; r0 += nwarps * rpw) {
-                const int v = row0 + r0 + sub;
-                const bool row = r0 + sub < DN_ROWS_PER_BLOCK && v < V;
-                const bool act = row && e0 < K;
-                const long long rowoff = ((long long)h * V + v) * K;
-                float s[8];
-                float sk = 0.0f;
-                if (act) {
-                    ld_state16(sbuf, sdt, src + rowoff + e0, s);
-                    for (int j = 0; j < epl; ++j) sk += s[j] * kn[e0 + j];
-                }
-                sk = group_sum(sk, gw); // every lane takes part, active or not
-                const float vv = row ? ldx(a.io.v, (int)a.io.v_dtype, tok * a.io.v_token + h * a.io.v_head + v) : 0.0f;
-                const float u = b * (vv - decay * sk);
-                float oq = 0.0f;
-                if (act) {
-                    for (int j = 0; j < epl; ++j) {
-                        s[j] = decay * s[j] + kn[e0 + j] * u;
-                        oq += s[j] * qn[e0 + j];
-                    }
-                    st_state16(dbuf, sdt, dst + rowoff + e0, s);
-                }
-                oq = group_sum(oq, gw);
-                if (row && gl == 0) stx(a.io.o, (int)a.io.o_dtype, tok * a.io.o_token + h * a.io.o_head + v, scale * oq);
-            }
-        } else {
-            for (int r = warp; r < DN_ROWS_PER_BLOCK; r += nwarps) {
-                const int v = row0 + r;
-                if (v >= V) break; // whole warp leaves together
-                const long long rowoff = ((long long)h * V + v) * K;
-                float s[DN_KPL];
-                float sk = 0.0f;
-#pragma unroll
-                for (int m = 0; m < DN_KPL; ++m) {
-                    int e = lane + 32 * m;
-                    s[m] = e < K ? ldx(sbuf, sdt, src + rowoff + e) : 0.0f;
-                    sk += e < K ? s[m] * kn[e] : 0.0f;
-                }
-                sk = warp_sum(sk);
-                const float vv = ldx(a.io.v, (int)a.io.v_dtype, tok * a.io.v_token + h * a.io.v_head + v);
-                const float u = b * (vv - decay * sk);
-                float oq = 0.0f;
-#pragma unroll
-                for (int m = 0; m < DN_KPL; ++m) {
-                    int e = lane + 32 * m;
-                    if (e < K) {
-                        float ns = decay * s[m] + kn[e] * u;
-                        stx(dbuf, sdt, dst + rowoff + e, ns);
-                        oq += ns * qn[e];
-                    }
-                }
-                oq = warp_sum(oq);
-                if (lane == 0) stx(a.io.o, (int)a.io.o_dtype, tok * a.io.o_token + h * a.io.o_head + v, scale * oq);
-            }
+        // l.rpw rows per warp at a time
+        for (int r0 = warp * l.rpw; r0 < DN_ROWS_PER_BLOCK; r0 += nwarps * l.rpw) {
+            const int v = row0 + r0 + l.sub;
+            const bool row = r0 + l.sub < DN_ROWS_PER_BLOCK && v < V;
+            const long long rowoff = ((long long)h * V + v) * K;
+            float s[8] = {};
+            dn_load_row(sbuf, sdt, src + rowoff, l, row, K, s);
+            const float vv = row ? ldx(a.io.v, (int)a.io.v_dtype, tok * a.io.v_token + h * a.io.v_head + v) : 0.0f;
+            dn_row_update(s, kn, l, row, K, vv, decay, b);
+            dn_store_row(dbuf, sdt, dst + rowoff, l, row, K, s);
+            const float oq = dn_row_dot(s, qn, l, row, K);
+            if (row && lane % l.gw == 0) stx(a.io.o, (int)a.io.o_dtype, tok * a.io.o_token + h * a.io.o_head + v, scale * oq);
         }
         // the next token's q and k replace these
         __syncthreads();

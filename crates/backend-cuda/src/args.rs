@@ -75,6 +75,13 @@ kernel_args! {
         draft: i64,
         state_dtype: i64, mode: i64,
     }
+    /// `dnk_replay` (replay verify and commit).
+    struct ReplayArgs {
+        io: DeltaArgs,
+        state: u64, records: u64, slots: u64, parents: u64, commits: u64, paths: u64,
+        draft: i64,
+        state_dtype: i64, mode: i64,
+    }
     /// `dnk_extend`.
     struct ExtendArgs {
         io: DeltaArgs,
@@ -128,6 +135,7 @@ launches! {
     GateArgs => Gate,
     ConvArgs => Conv,
     RecurrentArgs => Recurrent,
+    ReplayArgs => Replay,
     ExtendArgs => Extend,
     ExtendTcArgs => ExtendTc,
     CastArgs => Cast,
@@ -170,6 +178,7 @@ mod tests {
             GateArgs::KERNEL,
             ConvArgs::KERNEL,
             RecurrentArgs::KERNEL,
+            ReplayArgs::KERNEL,
             ExtendArgs::KERNEL,
             ExtendTcArgs::KERNEL,
             CastArgs::KERNEL,

@@ -218,7 +218,7 @@ impl Launcher for GpuLauncher {
     }
     fn block_threads(&self, kernel: Kernel) -> u32 {
         match kernel {
-            Kernel::Recurrent | Kernel::ExtendTc => 128,
+            Kernel::Recurrent | Kernel::Replay | Kernel::ExtendTc => 128,
             _ => 256,
         }
     }

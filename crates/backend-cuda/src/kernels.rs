@@ -14,6 +14,8 @@ pub const GATE: &str = include_str!("../../../kernels/cuda/gate.cu");
 pub const CONV: &str = include_str!("../../../kernels/cuda/conv.cu");
 /// Fused one-token recurrence (decode, verify of chains and trees).
 pub const RECURRENT: &str = include_str!("../../../kernels/cuda/recurrent.cu");
+/// Speculative mode replay's delta rule (verify without state writes, commit by replaying the path).
+pub const REPLAY: &str = include_str!("../../../kernels/cuda/replay.cu");
 /// Chunked extend with snapshots.
 pub const EXTEND: &str = include_str!("../../../kernels/cuda/extend.cu");
 /// Chunked extend on tensor cores (per-chunk products in parallel, then the recurrence).
@@ -27,7 +29,8 @@ pub const COMMIT: &str = include_str!("../../../kernels/cuda/commit.cu");
 /// common definitions, every kernel, then the checks that the argument structs
 /// are laid out as on the host and that the kernels' limits are the host's.
 pub fn program_source() -> String {
-    [COMMON, MMA, GATE, CONV, RECURRENT, EXTEND, EXTEND_TC, CAST, COMMIT, &crate::args::layout_asserts(), &constant_asserts()].join("\n")
+    [COMMON, MMA, GATE, CONV, RECURRENT, REPLAY, EXTEND, EXTEND_TC, CAST, COMMIT, &crate::args::layout_asserts(), &constant_asserts()]
+        .join("\n")
 }
 
 /// C++ `static_assert`s that each `#define` the host mirrors below has the host's value.
@@ -56,6 +59,8 @@ pub enum Kernel {
     Conv,
     /// `dnk_recurrent`.
     Recurrent,
+    /// `dnk_replay`.
+    Replay,
     /// `dnk_extend`.
     Extend,
     /// `dnk_extend_tc`.
@@ -68,8 +73,8 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 7] =
-        [Kernel::Gate, Kernel::Conv, Kernel::Recurrent, Kernel::Extend, Kernel::ExtendTc, Kernel::Cast, Kernel::Commit];
+    pub const ALL: [Kernel; 8] =
+        [Kernel::Gate, Kernel::Conv, Kernel::Recurrent, Kernel::Replay, Kernel::Extend, Kernel::ExtendTc, Kernel::Cast, Kernel::Commit];
 
     /// The `extern "C"` entry name. `dnk_`, not `dn_`: `dn_` is the public C
     /// ABI's prefix (crates/capi), and the `emulate` build links these
@@ -80,6 +85,7 @@ impl Kernel {
             Kernel::Gate => "dnk_gate",
             Kernel::Conv => "dnk_conv",
             Kernel::Recurrent => "dnk_recurrent",
+            Kernel::Replay => "dnk_replay",
             Kernel::Extend => "dnk_extend",
             Kernel::ExtendTc => "dnk_extend_tc",
             Kernel::Cast => "dnk_cast",
@@ -88,7 +94,7 @@ impl Kernel {
     }
 }
 
-/// Rows of V one `dnk_recurrent` block handles (`DN_ROWS_PER_BLOCK`).
+/// Rows of V one `dnk_recurrent` or `dnk_replay` block handles (`DN_ROWS_PER_BLOCK`).
 pub const ROWS_PER_BLOCK: usize = 16;
 /// Largest K the kernels take (`DN_KMAX`).
 pub const MAX_HEAD_DIM: usize = 128;

@@ -16,6 +16,16 @@
 //! Without a driver library, NVRTC or a device, [`CudaDispatcher::new`] returns
 //! [`Error::Unavailable`] (cudarc would panic; the libraries are probed first).
 //!
+//! Both speculative modes ([`SpecMode`]) are implemented. In
+//! [`SpecMode::Replay`], verify writes no state (`dnk_replay` computes every
+//! draft's output from the slot's state, chains and trees, and records each
+//! draft's k, v, g, beta; the conv records its raw input) and commit replays
+//! the accepted path on the slot's state in place. `dnk_replay` runs the
+//! decode's device functions in the decode's order and rounds the state to
+//! its dtype after every step, so replay is bitwise: a commit leaves the state
+//! decoding the accepted tokens leaves, and verify's outputs are the scratch
+//! mode's (f32 and bf16 state).
+//!
 //! ## Inside an engine's step: its stream, one plan per step, graph capture
 //!
 //! **Stream.** [`CudaDispatcher::new`] queues on the device's default stream;
@@ -98,6 +108,7 @@ mod launcher;
 mod launches;
 mod nvrtc;
 mod planned;
+mod replay;
 mod step_plan;
 
 #[cfg(feature = "emulate")]
@@ -122,11 +133,12 @@ pub use step_plan::StepPlan;
 use args::{dtype_code, CastArgs, ConvArgs, DeltaArgs, GateArgs, KernelArgs};
 use deltanet_core::{
     Capabilities, Checked, CommitBatch, ConvIo, DType, DecodeBatch, DeltaIo, Device, DimLimits, Error, ExtendBatch, GateCall, HeadMapping,
-    Kernels, LayoutKind, MambaStatePool, ModelDims, PoolConfig, PoolOf, Result, TensorMeta, TensorMut, TensorRef, VMajor, VerifyBatch,
+    Kernels, LayoutKind, MambaStatePool, ModelDims, PoolConfig, PoolOf, Result, SpecMode, TensorMeta, TensorMut, TensorRef, VMajor,
+    VerifyBatch,
 };
 use kernels::{Kernel, CHUNK, MAX_CONV_WIDTH, MAX_HEAD_DIM};
 use std::sync::Mutex;
-use step_plan::{ExtendWorkspace, PlanAddrs, StepRef};
+use step_plan::{ExtendWorkspace, PlanAddrs, ReplayPaths, StepRef};
 
 /// Checks, without panicking, that a CUDA driver and a device are present
 /// (for `deltanet info`).
@@ -227,7 +239,10 @@ impl<L: Launcher> CudaDispatcher<L> {
     pub fn with_launcher(launcher: L, device: Device) -> Self {
         let limits =
             DimLimits { max_head_dim: Some(MAX_HEAD_DIM), conv_widths: Some((2..=MAX_CONV_WIDTH).collect()), ..DimLimits::default() };
-        let caps = Capabilities::new(launcher.backend(), device, LayoutKind::VMajor).with_limits(limits).with_chunk_size(CHUNK);
+        let caps = Capabilities::new(launcher.backend(), device, LayoutKind::VMajor)
+            .with_limits(limits)
+            .with_chunk_size(CHUNK)
+            .with_spec_modes(&SpecMode::ALL);
         CudaDispatcher {
             launcher,
             caps,
@@ -290,7 +305,10 @@ impl<L: Launcher> CudaDispatcher<L> {
     pub fn plan_verify(&self, plan: &mut StepPlan<L>, pool: &PoolOf<Self>, batch: &VerifyBatch) -> Result<()> {
         self.build_plan(plan, pool, StepRef::Verify(batch))
     }
-    /// As [`plan_extend`](Self::plan_extend) for a commit step.
+    /// As [`plan_extend`](Self::plan_extend) for a commit step. On a replay
+    /// pool the plan also holds the paths the commit replays, from the pool's
+    /// record of the step's verify (build it after the verify): a layer whose
+    /// verify was another tree is refused by the planned commit.
     pub fn plan_commit(&self, plan: &mut StepPlan<L>, pool: &PoolOf<Self>, batch: &CommitBatch) -> Result<()> {
         self.build_plan(plan, pool, StepRef::Commit(batch))
     }
@@ -300,10 +318,20 @@ impl<L: Launcher> CudaDispatcher<L> {
             StepRef::Extend(b) => b.check_pool(pool)?,
             StepRef::Decode(b) => b.check_pool(pool)?,
             StepRef::Verify(b) => b.check_pool(pool)?,
-            StepRef::Commit(b) => b.check_pool(pool)?,
+            StepRef::Commit(b) | StepRef::CommitReplay(b, _) => b.check_pool(pool)?,
         }
         let _span = tracing::debug_span!("plan", backend = self.launcher.backend()).entered();
         let config = &pool.geometry().config;
+        // A replay pool's commit replays the paths of the step's verify (layer 0's: every
+        // layer of a step verifies the same batch; each layer's call checks its own).
+        let paths;
+        let step = match step {
+            StepRef::Commit(b) if config.spec_mode() == Some(SpecMode::Replay) => {
+                paths = ReplayPaths::of(pool, 0, b);
+                StepRef::CommitReplay(b, &paths)
+            }
+            step => step,
+        };
         plan.build(&self.launcher, step, &config.dims, self.extend_workspace(config.state_dtype)).map(|_| ())
     }
 
@@ -356,22 +384,30 @@ impl<L: Launcher> CudaDispatcher<L> {
             beta_token: stride2(io.beta.meta()),
             o_token,
             o_head,
-            hk: dims.num_k_heads as i64,
-            hv: dims.num_v_heads as i64,
-            dk: dims.head_k_dim as i64,
-            dv: dims.head_v_dim as i64,
             q_dtype: dtype_code(io.q.meta().dtype()),
             k_dtype: dtype_code(io.k.meta().dtype()),
             v_dtype: dtype_code(io.v.meta().dtype()),
             beta_dtype: dtype_code(io.beta.meta().dtype()),
             o_dtype: dtype_code(io.o.meta().dtype()),
+            l2norm: io.params.use_qk_l2norm as i64,
+            scale: io.params.scale,
+            ..self.delta_dims(dims)
+        }
+    }
+
+    /// The head dimensions of the delta-rule arguments, no tensors (a replay
+    /// commit reads its inputs from the pool's records).
+    fn delta_dims(&self, dims: &ModelDims) -> DeltaArgs {
+        DeltaArgs {
+            hk: dims.num_k_heads as i64,
+            hv: dims.num_v_heads as i64,
+            dk: dims.head_k_dim as i64,
+            dv: dims.head_v_dim as i64,
             head_mapping: match dims.head_mapping {
                 HeadMapping::Grouped => 0,
                 HeadMapping::Tiled => 1,
             },
-            l2norm: io.params.use_qk_l2norm as i64,
-            scale: io.params.scale,
-            pad: 0.0,
+            ..DeltaArgs::default()
         }
     }
 
@@ -455,5 +491,19 @@ impl<L: Launcher> Kernels for CudaDispatcher<L> {
 
     fn run_commit(&self, pool: &mut PoolOf<Self>, call: Checked<'_, CommitBatch, ()>) -> Result<()> {
         self.with_scratch_plan(StepRef::Commit(call.batch()), call.geometry().config, |t| self.commit_on(pool, call, t))
+    }
+
+    fn run_conv_verify_replay(&self, pool: &mut PoolOf<Self>, call: Checked<'_, VerifyBatch, ConvIo<'_>>) -> Result<()> {
+        self.with_scratch_plan(StepRef::Verify(call.batch()), call.geometry().config, |t| self.conv_verify_replay_on(pool, call, t))
+    }
+
+    fn run_verify_replay(&self, pool: &mut PoolOf<Self>, call: Checked<'_, VerifyBatch, DeltaIo<'_>>) -> Result<()> {
+        self.with_scratch_plan(StepRef::Verify(call.batch()), call.geometry().config, |t| self.verify_replay_on(pool, call, t))
+    }
+
+    fn run_commit_replay(&self, pool: &mut PoolOf<Self>, call: Checked<'_, CommitBatch, ()>) -> Result<()> {
+        let paths = ReplayPaths::of(pool, call.layer(), call.batch());
+        let step = StepRef::CommitReplay(call.batch(), &paths);
+        self.with_scratch_plan(step, call.geometry().config, |t| self.commit_replay_on(pool, call, t))
     }
 }

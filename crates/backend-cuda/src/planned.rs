@@ -5,7 +5,7 @@
 //! before anything is queued.
 
 use crate::launcher::Launcher;
-use crate::step_plan::{StepPlan, StepRef};
+use crate::step_plan::{ReplayPaths, StepPlan, StepRef};
 use crate::CudaDispatcher;
 use deltanet_core::{
     Capabilities, Checked, CommitBatch, ConvIo, DecodeBatch, DeltaIo, ExtendBatch, GateCall, Kernels, PoolOf, Result, VMajor, VerifyBatch,
@@ -74,5 +74,19 @@ impl<L: Launcher> Kernels for Planned<'_, L> {
     fn run_commit(&self, pool: &mut PoolOf<Self>, call: Checked<'_, CommitBatch, ()>) -> Result<()> {
         let t = self.plan.addrs_for(StepRef::Commit(call.batch()))?;
         self.d.commit_on(pool, call, &t)
+    }
+    fn run_conv_verify_replay(&self, pool: &mut PoolOf<Self>, call: Checked<'_, VerifyBatch, ConvIo<'_>>) -> Result<()> {
+        let t = self.plan.addrs_for(StepRef::Verify(call.batch()))?;
+        self.d.conv_verify_replay_on(pool, call, &t)
+    }
+    fn run_verify_replay(&self, pool: &mut PoolOf<Self>, call: Checked<'_, VerifyBatch, DeltaIo<'_>>) -> Result<()> {
+        let t = self.plan.addrs_for(StepRef::Verify(call.batch()))?;
+        self.d.verify_replay_on(pool, call, &t)
+    }
+    fn run_commit_replay(&self, pool: &mut PoolOf<Self>, call: Checked<'_, CommitBatch, ()>) -> Result<()> {
+        // the plan holds the paths of the verify it was built after: this layer's must be the same
+        let paths = ReplayPaths::of(pool, call.layer(), call.batch());
+        let t = self.plan.addrs_for(StepRef::CommitReplay(call.batch(), &paths))?;
+        self.d.commit_replay_on(pool, call, &t)
     }
 }

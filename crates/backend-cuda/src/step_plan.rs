@@ -14,7 +14,10 @@
 use crate::extend_tc::tc_workspace_bytes;
 use crate::kernels::{CHUNK, EXTEND_ROWS};
 use crate::launcher::Launcher;
-use deltanet_core::{plan, CommitBatch, DecodeBatch, DeviceMemory, Error, ExtendBatch, ModelDims, Result, VerifyBatch};
+use deltanet_core::{
+    plan, CommitBatch, DecodeBatch, DeviceMemory, Error, ExtendBatch, MambaStatePool, ModelDims, Result, StateLayout, StatePool,
+    VerifyBatch,
+};
 
 /// Alignment of every table and of the workspace.
 const ALIGN: usize = 256;
@@ -26,6 +29,27 @@ pub(crate) enum StepRef<'a> {
     Decode(&'a DecodeBatch),
     Verify(&'a VerifyBatch),
     Commit(&'a CommitBatch),
+    /// A commit of a replay pool, with the paths its requests replay.
+    CommitReplay(&'a CommitBatch, &'a ReplayPaths),
+}
+
+/// The accepted paths of a replay commit, per committed request (root
+/// first), from the pool's record of the last verify: a replay commit's
+/// tables are these paths, so a plan is built for them as well as for its batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReplayPaths {
+    /// Draft tokens D of the pool (the paths table's row length).
+    pub draft: usize,
+    /// One path per [`CommitBatch::commits`] entry.
+    pub paths: Vec<Vec<usize>>,
+}
+
+impl ReplayPaths {
+    /// The paths `batch` (a batch of `pool`) replays in `layer`.
+    pub fn of<M: DeviceMemory, L: StateLayout>(pool: &StatePool<M, L>, layer: usize, batch: &CommitBatch) -> Self {
+        let paths = batch.commits().map(|c| pool.replay_path(layer, c.slot.index(), c.step)).collect();
+        ReplayPaths { draft: pool.geometry().draft(), paths }
+    }
 }
 
 /// The batch a plan was built from, kept to refuse a call with another batch.
@@ -35,6 +59,7 @@ enum StepBatch {
     Decode(DecodeBatch),
     Verify(VerifyBatch),
     Commit(CommitBatch),
+    CommitReplay(CommitBatch, ReplayPaths),
 }
 
 impl StepBatch {
@@ -44,6 +69,7 @@ impl StepBatch {
             StepBatch::Decode(_) => "decode",
             StepBatch::Verify(_) => "verify",
             StepBatch::Commit(_) => "commit",
+            StepBatch::CommitReplay(..) => "replay commit",
         }
     }
 }
@@ -55,6 +81,7 @@ impl StepRef<'_> {
             StepRef::Decode(b) => StepBatch::Decode(b.clone()),
             StepRef::Verify(b) => StepBatch::Verify(b.clone()),
             StepRef::Commit(b) => StepBatch::Commit(b.clone()),
+            StepRef::CommitReplay(b, p) => StepBatch::CommitReplay(b.clone(), p.clone()),
         }
     }
     fn is(self, owned: &StepBatch) -> bool {
@@ -63,6 +90,7 @@ impl StepRef<'_> {
             (StepRef::Decode(a), StepBatch::Decode(b)) => a == b,
             (StepRef::Verify(a), StepBatch::Verify(b)) => a == b,
             (StepRef::Commit(a), StepBatch::Commit(b)) => a == b,
+            (StepRef::CommitReplay(a, pa), StepBatch::CommitReplay(b, pb)) => a == b && pa == pb,
             _ => false,
         }
     }
@@ -72,6 +100,7 @@ impl StepRef<'_> {
             StepRef::Decode(_) => "decode",
             StepRef::Verify(_) => "verify",
             StepRef::Commit(_) => "commit",
+            StepRef::CommitReplay(..) => "replay commit",
         }
     }
 }
@@ -86,7 +115,7 @@ pub(crate) struct PlanAddrs {
     pub workspace: u64,
     /// Blocks of the extend kernel along the sequences (they take the sequences in turns).
     pub extend_rows: usize,
-    /// (target, step, slot) triples of a commit.
+    /// (target, step, slot) triples of a commit; committed requests of a replay commit.
     pub commit_targets: usize,
 }
 
@@ -106,7 +135,7 @@ const MAX_TABLES: usize = 5;
 struct HostTables {
     /// Extend: conv sequences, conv snapshots, delta sequences, chunks,
     /// snapshot slots. Decode: conv sequences, slots. Verify: conv sequences,
-    /// parents, slots. Commit: targets.
+    /// parents, slots. Commit: targets. Replay commit: commits, paths.
     tables: Vec<Vec<i64>>,
     /// Elements each table's region is laid out for (at least its length).
     regions: Vec<usize>,
@@ -194,6 +223,18 @@ fn host_tables(step: StepRef<'_>, dims: &ModelDims, capacity: usize, ws: ExtendW
             out.commit_targets = targets.len() / 3;
             out.regions = vec![capacity * 6];
             out.tables = vec![targets];
+        }
+        StepRef::CommitReplay(batch, replay) => {
+            // Per committed request: (slot, path length, snapshot slot or -1), and
+            // its path padded to D steps (a request accepted `None` is skipped).
+            let (mut commits, mut paths) = (Vec::new(), Vec::new());
+            for (c, path) in batch.commits().zip(&replay.paths) {
+                commits.extend([c.slot.index() as i64, path.len() as i64, c.snapshot.map_or(-1, |s| s.index() as i64)]);
+                paths.extend((0..replay.draft).map(|j| path.get(j).map_or(-1, |&t| t as i64)));
+            }
+            out.commit_targets = commits.len() / 3;
+            out.regions = vec![capacity * 3, capacity * replay.draft];
+            out.tables = vec![commits, paths];
         }
     }
     out.regions.resize(out.tables.len(), 0);

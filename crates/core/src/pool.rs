@@ -564,10 +564,15 @@ impl<M: DeviceMemory> PoolParts<'_, M> {
     /// The draft steps from the root to step `a` (inclusive, root first) of
     /// the last verify of `slot` in `layer`: the path a replay commit applies.
     pub fn replay_path(&self, layer: usize, slot: usize, a: usize) -> Vec<usize> {
-        let d = self.geometry.draft();
-        let row = (layer * self.geometry.rows() + slot) * d;
-        crate::plan::path_to(&self.verify_parents[row..row + d], a)
+        replay_path(self.geometry, self.verify_parents, layer, slot, a)
     }
+}
+
+/// The path a replay commit applies, from a pool's verify parents `[L, slots+1, D]`.
+fn replay_path(geometry: &PoolGeometry, verify_parents: &[i64], layer: usize, slot: usize, a: usize) -> Vec<usize> {
+    let d = geometry.draft();
+    let row = (layer * geometry.rows() + slot) * d;
+    crate::plan::path_to(&verify_parents[row..row + d], a)
 }
 
 impl<M: DeviceMemory, L: StateLayout> StatePool<M, L> {
@@ -613,6 +618,15 @@ impl<M: DeviceMemory, L: StateLayout> StatePool<M, L> {
     /// The layout tag (`L::KIND`).
     pub fn layout(&self) -> LayoutKind {
         L::KIND
+    }
+
+    /// [`PoolParts::replay_path`] without the buffers: the draft steps from
+    /// the root to step `a` (root first) of the last verify of `slot` in
+    /// `layer`, for a backend that builds a replay commit's tables before
+    /// its kernels run. `layer`, `slot` and `a` must be in range (a validated
+    /// commit's).
+    pub fn replay_path(&self, layer: usize, slot: usize, a: usize) -> Vec<usize> {
+        replay_path(&self.geometry, &self.verify_parents, layer, slot, a)
     }
 
     /// Mutable access to every buffer, untracked: the pool cannot know what

@@ -10,6 +10,7 @@
 #include "../gate.cu"
 #include "../conv.cu"
 #include "../recurrent.cu"
+#include "../replay.cu"
 #include "../extend.cu"
 #include "../cast.cu"
 #include "../commit.cu"
@@ -42,6 +43,7 @@ const Kernel KERNELS[] = {
     DN_KERNEL(dnk_gate, GateArgs),
     DN_KERNEL(dnk_conv, ConvArgs),
     DN_KERNEL(dnk_recurrent, RecurrentArgs),
+    DN_KERNEL(dnk_replay, ReplayArgs),
     DN_KERNEL(dnk_extend, ExtendArgs),
     DN_KERNEL(dnk_cast, CastArgs),
     DN_KERNEL(dnk_commit, CommitArgs),

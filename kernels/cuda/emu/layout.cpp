@@ -35,6 +35,9 @@ const FieldLayout FIELDS[] = {
     F(RecurrentArgs, io), F(RecurrentArgs, state), F(RecurrentArgs, scratch), F(RecurrentArgs, slots),
     F(RecurrentArgs, parents), F(RecurrentArgs, draft), F(RecurrentArgs, state_dtype), F(RecurrentArgs, mode),
 
+    F(ReplayArgs, io), F(ReplayArgs, state), F(ReplayArgs, records), F(ReplayArgs, slots), F(ReplayArgs, parents),
+    F(ReplayArgs, commits), F(ReplayArgs, paths), F(ReplayArgs, draft), F(ReplayArgs, state_dtype), F(ReplayArgs, mode),
+
     F(ExtendArgs, io), F(ExtendArgs, state), F(ExtendArgs, seqs), F(ExtendArgs, chunks), F(ExtendArgs, snapshot_slots),
     F(ExtendArgs, workspace), F(ExtendArgs, seqs_count), F(ExtendArgs, state_dtype),
 
