@@ -5,11 +5,13 @@
 use deltanet_cli::plot;
 use std::path::{Path, PathBuf};
 
+#[cfg_attr(not(feature = "cpu"), allow(dead_code))]
 fn tmp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("deltanet-plot-{}-{name}.png", std::process::id()))
 }
 
 /// Decodes `path` and returns (width, height, RGB pixels).
+#[cfg_attr(not(feature = "cpu"), allow(dead_code))]
 fn decode(path: &Path) -> (u32, u32, Vec<[u8; 3]>) {
     let bytes = std::fs::read(path).unwrap();
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "PNG signature");
@@ -21,6 +23,7 @@ fn decode(path: &Path) -> (u32, u32, Vec<[u8; 3]>) {
     (info.width, info.height, px)
 }
 
+#[cfg_attr(not(feature = "cpu"), allow(dead_code))]
 fn count(px: &[[u8; 3]], f: impl Fn(&[u8; 3]) -> bool) -> usize {
     px.iter().filter(|p| f(p)).count()
 }

@@ -1,6 +1,7 @@
 //! Replay files: parsing and its typed errors (every build), and replaying the
 //! golden files through the CPU backends (with `cpu`).
 
+#[cfg(feature = "cpu")]
 use deltanet::tolerance::{F32_ELEMENTWISE, F32_LONG, REFERENCE};
 use deltanet::DType;
 use deltanet_cli::replay::{ReplayFile, ReplayInputs};
