@@ -98,6 +98,9 @@ macro_rules! runtime_backends {
         /// assert_eq!(b.name(), "cpu");
         /// assert!(matches!(deltanet::Backend::from_name("tpu:0"), Err(deltanet::Error::InvalidConfig(_))));
         /// ```
+        // A backend is made once and held for the process's life: its size does not
+        // matter, and boxing a variant would change the payload engines match on.
+        #[allow(clippy::large_enum_variant)]
         #[non_exhaustive]
         pub enum Backend {
             $( $(#[$doc])* $variant($dispatcher), )*
