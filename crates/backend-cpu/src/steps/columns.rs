@@ -77,9 +77,10 @@ pub(super) unsafe fn steps_kmajor_columns<E: StateElem, const A: usize, const Q:
                 Some(c) => (&sc.k[c * kd..(c + 1) * kd], &sc.q[c * kd..(c + 1) * kd]),
                 None => (kv, kv),
             };
-            let mut row = [0f32; A];
             for kk in 0..kd {
-                // the parent's row: the source head's, or an earlier step's block
+                // the parent's row (the source head's, or an earlier step's block), by
+                // value so that it stays in registers
+                let mut row = [0f32; A];
                 match parents[i] {
                     None => {
                         // SAFETY: row kk, columns c0..c0+w of the source head; a destination
@@ -95,21 +96,14 @@ pub(super) unsafe fn steps_kmajor_columns<E: StateElem, const A: usize, const Q:
                             }
                         }
                     }
-                    Some(p) => row.copy_from_slice(&done[p * kd * A + kk * A..p * kd * A + (kk + 1) * A]),
+                    Some(p) => row = *<&[f32; A]>::try_from(&done[(p * kd + kk) * A..(p * kd + kk + 1) * A]).expect("A columns"),
                 }
                 let a = kv[kk];
                 for j in 0..A {
                     row[j] = E::st(d.mul_add(row[j], a * u[j])).ld();
                 }
-                if !dst.is_null() {
-                    // SAFETY: row kk, columns c0..c0+w of step i's destination head, which
-                    // no other step writes; its source row (if aliased) is already read.
-                    unsafe { store_row(dst.add(kk * vd + c0), &row[..w], stream) };
-                }
                 if fc.is_some() {
-                    out[kk * A..(kk + 1) * A].copy_from_slice(&row);
-                }
-                if fc.is_some() {
+                    *<&mut [f32; A]>::try_from(&mut out[kk * A..(kk + 1) * A]).expect("A columns") = row;
                     let (b, c) = (kc[kk], qc[kk]);
                     for j in 0..A {
                         a1[j] = row[j].mul_add(b, a1[j]);
@@ -117,6 +111,13 @@ pub(super) unsafe fn steps_kmajor_columns<E: StateElem, const A: usize, const Q:
                             a2[j] = row[j].mul_add(c, a2[j]);
                         }
                     }
+                }
+                if !dst.is_null() {
+                    // a copy, so that `row` itself is never borrowed (and stays in registers)
+                    let kept = row;
+                    // SAFETY: row kk, columns c0..c0+w of step i's destination head, which
+                    // no other step writes; its source row (if aliased) is already read.
+                    unsafe { store_row(dst.add(kk * vd + c0), &kept[..w], stream) };
                 }
             }
             let Some(fc) = fc else { continue };
