@@ -14,9 +14,7 @@ use crate::simd::{self, StateElem};
 use deltanet_core::LayoutKind;
 use std::cell::RefCell;
 
-mod columns;
-
-/// Columns of a K-major state block processed together by a decode.
+/// Columns of a K-major state block processed together by [`steps_head`].
 const BW: usize = 128;
 /// Columns accumulated in registers at a time (divides [`BW`]) with AVX2:
 /// 2 x 4 ymm accumulators.
@@ -35,9 +33,9 @@ struct StepScratch {
     beta: Vec<f32>,
     d: Vec<f32>,
     kq: Vec<f32>,
-    /// Per-step state blocks (K-major: `[D, K, A]`, one column group; V-major: `[D, K]`).
+    /// Per-step state blocks (K-major: `[D, K, BW]`; V-major: `[D, K]`).
     blk: Vec<f32>,
-    /// Source row (V-major).
+    /// Source block.
     src: Vec<f32>,
     o: Vec<f32>,
     acc: Vec<f32>,
@@ -229,9 +227,8 @@ unsafe fn steps_head_body<E: StateElem, const A: usize>(
     grow(&mut sc.d, n);
     grow(&mut sc.kq, n);
     grow(&mut sc.o, n * vd);
-    // V-major sizes; the K-major pass grows `blk` to its column groups
-    grow(&mut sc.blk, n * kd);
-    grow(&mut sc.src, kd);
+    grow(&mut sc.blk, n * kd * BW.max(1));
+    grow(&mut sc.src, kd * BW);
     grow(&mut sc.acc, 2 * BW);
     let scale = match inputs {
         StepInputs::Call { io, tokens, record } => {
@@ -278,15 +275,91 @@ unsafe fn steps_head_body<E: StateElem, const A: usize>(
             unsafe { decode_kmajor::<E, A>(sc, kd, vd, scale, dsts[0], &mut pf) };
         }
         LayoutKind::KMajor => {
-            let mut pf = simd::Prefetch::new(next, bytes, vd.div_ceil(A) * kd);
-            let outputs = matches!(inputs, StepInputs::Call { .. });
-            // SAFETY: the caller's contract; parents precede their children (batch metadata).
-            unsafe {
-                if outputs {
-                    columns::steps_kmajor_columns::<E, A, true>(sc, (kd, vd, scale), parents, src, dsts, stream, &mut pf)
-                } else {
-                    columns::steps_kmajor_columns::<E, A, false>(sc, (kd, vd, scale), parents, src, dsts, stream, &mut pf)
+            let mut pf = simd::Prefetch::new(next, bytes, vd.div_ceil(BW) * (BW / A) * kd);
+            let mut c0 = 0;
+            while c0 < vd {
+                let w = BW.min(vd - c0);
+                // load the source block [K, w]
+                for kk in 0..kd {
+                    // SAFETY: row kk, columns c0..c0+w of the source head.
+                    let s = unsafe { std::slice::from_raw_parts(src.add(kk * vd + c0), w) };
+                    sc.src[kk * BW..kk * BW + w].iter_mut().zip(s).for_each(|(d, x)| *d = x.ld());
                 }
+                for i in 0..n {
+                    let (done, rest) = sc.blk.split_at_mut(i * kd * BW);
+                    let out = &mut rest[..kd * BW];
+                    let parent: &[f32] = match parents[i] {
+                        None => &sc.src[..kd * BW],
+                        Some(p) => &done[p * kd * BW..(p + 1) * kd * BW],
+                    };
+                    let (kv, qv) = (&sc.k[i * kd..(i + 1) * kd], &sc.q[i * kd..(i + 1) * kd]);
+                    let (sk, sq) = sc.acc.split_at_mut(BW);
+                    // S^T k and S^T q over the block, 32 columns at a time so the
+                    // accumulators stay in registers
+                    for jb in (0..BW).step_by(A) {
+                        let (mut a1, mut a2) = ([0f32; A], [0f32; A]);
+                        for kk in 0..kd {
+                            if i == 0 {
+                                pf.step();
+                            }
+                            let prow: &[f32; A] = parent[kk * BW + jb..kk * BW + jb + A].try_into().expect("A columns");
+                            let (a, b) = (kv[kk], qv[kk]);
+                            for j in 0..A {
+                                a1[j] = prow[j].mul_add(a, a1[j]);
+                                a2[j] = prow[j].mul_add(b, a2[j]);
+                            }
+                        }
+                        sk[jb..jb + A].copy_from_slice(&a1);
+                        sq[jb..jb + A].copy_from_slice(&a2);
+                    }
+                    let (beta, d, kq) = (sc.beta[i], sc.d[i], sc.kq[i]);
+                    let vrow = &sc.v[i * vd + c0..i * vd + c0 + w];
+                    let orow = &mut sc.o[i * vd + c0..i * vd + c0 + w];
+                    for j in 0..w {
+                        let u = beta * (vrow[j] - d * sk[j]);
+                        orow[j] = scale * (d * sq[j] + u * kq);
+                        sk[j] = u;
+                    }
+                    let dst = dsts[i];
+                    for kk in 0..kd {
+                        let (prow, orow) = (&parent[kk * BW..kk * BW + w], &mut out[kk * BW..kk * BW + w]);
+                        let a = kv[kk];
+                        if dst.is_null() {
+                            // a state written nowhere (replay): kept, rounded as stored, for the children
+                            for j in 0..w {
+                                orow[j] = E::st(d.mul_add(prow[j], a * sk[j])).ld();
+                            }
+                            continue;
+                        }
+                        // SAFETY: row kk, columns c0..c0+w of step i's destination head; the
+                        // source block (which it may alias for one step) is already read.
+                        let p = unsafe { dst.add(kk * vd + c0) };
+                        if stream {
+                            for j in 0..w {
+                                orow[j] = d.mul_add(prow[j], a * sk[j]);
+                            }
+                            // SAFETY: as above; with `stream`, E is f32.
+                            if unsafe { simd::stream_f32(p as *mut f32, orow) } {
+                                continue;
+                            }
+                        }
+                        // SAFETY: as above.
+                        let o = unsafe { std::slice::from_raw_parts_mut(p, w) };
+                        if n == 1 {
+                            // one step (in-place decodes take decode_kmajor): no child step reads this block back
+                            for j in 0..w {
+                                o[j] = E::st(d.mul_add(prow[j], a * sk[j]));
+                            }
+                        } else {
+                            for j in 0..w {
+                                let r = E::st(d.mul_add(prow[j], a * sk[j]));
+                                o[j] = r;
+                                orow[j] = r.ld();
+                            }
+                        }
+                    }
+                }
+                c0 += w;
             }
         }
         LayoutKind::VMajor => {
