@@ -275,6 +275,7 @@ unsafe fn steps_head_body<E: StateElem, const A: usize>(
             unsafe { decode_kmajor::<E, A>(sc, kd, vd, scale, dsts[0], &mut pf) };
         }
         LayoutKind::KMajor => {
+            let outputs = matches!(inputs, StepInputs::Call { .. });
             let mut pf = simd::Prefetch::new(next, bytes, vd.div_ceil(BW) * (BW / A) * kd);
             let mut c0 = 0;
             while c0 < vd {
@@ -304,9 +305,16 @@ unsafe fn steps_head_body<E: StateElem, const A: usize>(
                             }
                             let prow: &[f32; A] = parent[kk * BW + jb..kk * BW + jb + A].try_into().expect("A columns");
                             let (a, b) = (kv[kk], qv[kk]);
-                            for j in 0..A {
-                                a1[j] = prow[j].mul_add(a, a1[j]);
-                                a2[j] = prow[j].mul_add(b, a2[j]);
+                            if outputs {
+                                for j in 0..A {
+                                    a1[j] = prow[j].mul_add(a, a1[j]);
+                                    a2[j] = prow[j].mul_add(b, a2[j]);
+                                }
+                            } else {
+                                // a replay commit: S^T q would only feed a discarded output
+                                for j in 0..A {
+                                    a1[j] = prow[j].mul_add(a, a1[j]);
+                                }
                             }
                         }
                         sk[jb..jb + A].copy_from_slice(&a1);
@@ -321,6 +329,10 @@ unsafe fn steps_head_body<E: StateElem, const A: usize>(
                         sk[j] = u;
                     }
                     let dst = dsts[i];
+                    if dst.is_null() && !parents[i + 1..].contains(&Some(i)) {
+                        // a replay verify's leaf: its state is read by nobody
+                        continue;
+                    }
                     for kk in 0..kd {
                         let (prow, orow) = (&parent[kk * BW..kk * BW + w], &mut out[kk * BW..kk * BW + w]);
                         let a = kv[kk];
