@@ -75,7 +75,9 @@ impl StepInputs<'_> {
 /// replay verify is D steps with null `dsts`; replay commit is the path's
 /// steps with only the last written, to `src`. Every step's state is rounded
 /// to `E` before a child reads it, so a chain gives the same bits as
-/// sequential decodes.
+/// sequential decodes. Only needed work is done: on K-major state a step with
+/// no destination and no child (a replay verify's leaf) computes no state, and
+/// a run from records (no outputs) does not sum `S^T q`.
 ///
 /// # Safety
 /// `src` and every non-null `dsts[i]` point to `K*V` elements no other thread
