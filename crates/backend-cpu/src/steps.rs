@@ -75,7 +75,9 @@ impl StepInputs<'_> {
 /// replay verify is D steps with null `dsts`; replay commit is the path's
 /// steps with only the last written, to `src`. Every step's state is rounded
 /// to `E` before a child reads it, so a chain gives the same bits as
-/// sequential decodes.
+/// sequential decodes. Only needed work is done: on K-major state a step with
+/// no destination and no child (a replay verify's leaf) computes no state, and
+/// a run from records (no outputs) does not sum `S^T q`.
 ///
 /// # Safety
 /// `src` and every non-null `dsts[i]` point to `K*V` elements no other thread
@@ -275,6 +277,7 @@ unsafe fn steps_head_body<E: StateElem, const A: usize>(
             unsafe { decode_kmajor::<E, A>(sc, kd, vd, scale, dsts[0], &mut pf) };
         }
         LayoutKind::KMajor => {
+            let outputs = matches!(inputs, StepInputs::Call { .. });
             let mut pf = simd::Prefetch::new(next, bytes, vd.div_ceil(BW) * (BW / A) * kd);
             let mut c0 = 0;
             while c0 < vd {
@@ -304,9 +307,16 @@ unsafe fn steps_head_body<E: StateElem, const A: usize>(
                             }
                             let prow: &[f32; A] = parent[kk * BW + jb..kk * BW + jb + A].try_into().expect("A columns");
                             let (a, b) = (kv[kk], qv[kk]);
-                            for j in 0..A {
-                                a1[j] = prow[j].mul_add(a, a1[j]);
-                                a2[j] = prow[j].mul_add(b, a2[j]);
+                            if outputs {
+                                for j in 0..A {
+                                    a1[j] = prow[j].mul_add(a, a1[j]);
+                                    a2[j] = prow[j].mul_add(b, a2[j]);
+                                }
+                            } else {
+                                // a replay commit: S^T q would only feed a discarded output
+                                for j in 0..A {
+                                    a1[j] = prow[j].mul_add(a, a1[j]);
+                                }
                             }
                         }
                         sk[jb..jb + A].copy_from_slice(&a1);
@@ -321,6 +331,10 @@ unsafe fn steps_head_body<E: StateElem, const A: usize>(
                         sk[j] = u;
                     }
                     let dst = dsts[i];
+                    if dst.is_null() && !parents[i + 1..].contains(&Some(i)) {
+                        // a replay verify's leaf: its state is read by nobody
+                        continue;
+                    }
                     for kk in 0..kd {
                         let (prow, orow) = (&parent[kk * BW..kk * BW + w], &mut out[kk * BW..kk * BW + w]);
                         let a = kv[kk];
