@@ -459,43 +459,66 @@ pub fn causal_conv1d_update(
         let window: Vec<f32> = {
             let old = state_values(&state)?;
             let mut window = vec![0f32; b * dim * keep];
-            for (dst, row) in window.chunks_exact_mut(keep).zip(old.chunks_exact(s_len)) {
-                dst.copy_from_slice(&row[s_len - keep..]);
-            }
+            newest_columns(&old, s_len, &mut window, keep);
             window
         };
         let call = ConvCall { x: &x, weight: &weight, bias: bias.as_ref(), out: &out };
         run_conv(py, &call, Some(&window))?.give_back();
         // The kernel succeeded: shift the caller's state by T and append x.
         let xv = state_values(&x)?;
-        let x_at = |row: usize, j: usize| xv[((row / dim) * t + j) * dim + row % dim];
         if state.contiguous_f32().is_some() {
             // In place on the caller's memory (the common case: a cache's contiguous f32 state).
             let mut sv = state.sub_mut(0, state.shape(), state.strides())?;
-            let st = sv.host_slice_mut::<f32>().py_err()?;
-            for (r, row) in st.chunks_exact_mut(s_len).enumerate() {
-                shift_in(row, t, |j| x_at(r, j));
-            }
+            shift_in(sv.host_slice_mut::<f32>().py_err()?, s_len, t, dim, &xv);
         } else {
             let mut new = state.to_f32()?;
-            for (r, row) in new.chunks_exact_mut(s_len).enumerate() {
-                shift_in(row, t, |j| x_at(r, j));
-            }
+            shift_in(&mut new, s_len, t, dim, &xv);
             write_state_values(&state, &new)?;
         }
         Ok(())
     })
 }
 
-/// Shifts one conv-state row (oldest first) left by `t` and appends `t` new inputs `x(0..t)`:
-/// position `j` becomes element `j + t` of `[row | x]`.
-fn shift_in(row: &mut [f32], t: usize, x: impl Fn(usize) -> f32) {
-    let s = row.len();
-    if t < s {
-        row.copy_within(t.., 0);
+/// Copies the last `keep` columns of each `s_len`-column row of `rows` into `window`
+/// (`keep` columns per row). A decode step does this for every (sequence, channel): the copy
+/// length is a constant for the usual widths, so no row pays a `memcpy` call.
+fn newest_columns(rows: &[f32], s_len: usize, window: &mut [f32], keep: usize) {
+    fn fixed<const N: usize>(rows: &[f32], s_len: usize, window: &mut [f32]) {
+        for (dst, row) in window.chunks_exact_mut(N).zip(rows.chunks_exact(s_len)) {
+            let src: &[f32; N] = row[s_len - N..].try_into().expect("N <= s_len");
+            dst.copy_from_slice(src);
+        }
     }
-    let first = s.saturating_sub(t);
-    for (j, r) in row[first..].iter_mut().enumerate() {
-        *r = x(first + j + t - s);
+    match keep {
+        1 => fixed::<1>(rows, s_len, window),
+        2 => fixed::<2>(rows, s_len, window),
+        3 => fixed::<3>(rows, s_len, window),
+        4 => fixed::<4>(rows, s_len, window),
+        _ => {
+            for (dst, row) in window.chunks_exact_mut(keep).zip(rows.chunks_exact(s_len)) {
+                dst.copy_from_slice(&row[s_len - keep..]);
+            }
+        }
+    }
+}
+
+/// Shifts every `s_len`-element row of `state` (one per (sequence, channel), oldest first)
+/// left by `t` and appends that row's `t` new inputs from token-major `x` `[B, t, dim]`.
+///
+/// One `memmove` of the whole buffer shifts every row at once (element `j < s_len - t` of a
+/// row comes from `j + t` of the same row); the last `t` elements of each row, which that
+/// move filled from the next row, are then overwritten with the inputs.
+fn shift_in(state: &mut [f32], s_len: usize, t: usize, dim: usize, x: &[f32]) {
+    if t < s_len {
+        state.copy_within(t.., 0);
+    }
+    let first = s_len.saturating_sub(t);
+    for (seq, rows) in state.chunks_exact_mut(dim * s_len).enumerate() {
+        let x_seq = &x[seq * t * dim..(seq + 1) * t * dim];
+        for (channel, row) in rows.chunks_exact_mut(s_len).enumerate() {
+            for (j, v) in row[first..].iter_mut().enumerate() {
+                *v = x_seq[(first + j + t - s_len) * dim + channel];
+            }
+        }
     }
 }

@@ -34,12 +34,18 @@ fn write_typed<M: DeviceMemory, L: StateLayout>(p: &mut StatePool<M, L>, part: P
     let mut native = vec![0f32; per];
     for (i, s) in slots.iter().enumerate() {
         let src = &vals[i * per..(i + 1) * per];
-        if let (Part::Temporal(from), DType::F32) = (part, dtype) {
-            if from == L::KIND {
-                // The pool's own layout and dtype: one copy, no conversion pass.
+        // The pool's own layout and dtype: one copy, no conversion or encoding pass (a conv
+        // update stages its window on every decode step, so this is the common case too).
+        match (part, dtype) {
+            (Part::Temporal(from), DType::F32) if from == L::KIND => {
                 mem.write(parts.temporal, g.temporal_offset(0, s.index()), bytemuck::cast_slice(src))?;
                 continue;
             }
+            (Part::Conv, DType::F32) if g.conv_layout == ConvLayoutKind::ChannelsFirst => {
+                mem.write(parts.conv, g.conv_offset(0, s.index()), bytemuck::cast_slice(src))?;
+                continue;
+            }
+            _ => {}
         }
         match part {
             Part::Temporal(from) => convert_state(from, L::KIND, dims.num_v_heads, dims.head_k_dim, dims.head_v_dim, src, &mut native)?,

@@ -265,6 +265,20 @@ def test_causal_conv1d_update(gen, state_len, T, squeeze):
     assert torch.equal(state, torch.cat([before, x], -1)[..., -state_len:])
 
 
+@pytest.mark.parametrize("W,state_len,T", [(6, 5, 1), (6, 7, 2), (4, 3, 5), (2, 1, 3)])
+def test_causal_conv1d_update_widths_and_long_steps(gen, W, state_len, T):
+    """Window widths off the unrolled copies (W-1 = 5), and steps of more tokens than the state holds."""
+    B, dim = 2, 9
+    weight, bias = randn(gen, dim, W), randn(gen, dim)
+    state = randn(gen, B, dim, state_len)
+    before = state.clone()
+    x = randn(gen, B, dim, T)
+    out = deltanet.causal_conv1d_update(x, state, weight, bias, activation="silu")
+    ref, _ = torch_conv_reference(x, weight, bias, before[..., -(W - 1) :])
+    assert ratio(out, ref) < 1e-6
+    assert torch.equal(state, torch.cat([before, x], -1)[..., -state_len:])
+
+
 def test_conv_prefill_then_updates_equal_one_prefill(gen):
     """The decode conv continues the prefill's final states exactly."""
     B, dim, T, W = 2, 16, 10, 4
