@@ -12,8 +12,8 @@ use crate::slots::{slot_to_py, slots_from_py};
 use crate::tensor::{borrow, borrow_opt, Borrowed};
 use deltanet::{
     commit, Backend, BackendVisitor, BufferKind, CommitBatch, ConvIo, DType, DecodeBatch, DeltaIo, DeltaParams, ExtendBatch, GateIo,
-    HeadMapping, HostState, KernelDispatcher, LayerInput, LayerWeights, LayoutKind, ModelDims, Pool, PoolConfig, Slot, Snapshot, TensorMut,
-    VerifyBatch,
+    HeadMapping, HostState, KernelDispatcher, LayerInput, LayerWeights, LayoutKind, ModelDims, Pool, PoolConfig, Slot, Snapshot, SpecMode,
+    TensorMut, VerifyBatch,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
@@ -62,6 +62,17 @@ fn accepted_arg(obj: &Bound<'_, PyAny>) -> PyResult<Vec<Option<usize>>> {
             }
         })
         .collect()
+}
+
+/// `config` with speculative buffers for `draft_tokens` in the mode named
+/// `spec_mode` ("scratch" or "replay"); none when `draft_tokens` is 0 and the
+/// mode is the default (a replay pool without drafts is refused by the pool).
+fn with_spec(config: PoolConfig, draft_tokens: usize, spec_mode: &str) -> PyResult<PoolConfig> {
+    let mode: SpecMode = spec_mode.parse().py_err()?;
+    Ok(match (draft_tokens, mode) {
+        (0, SpecMode::Scratch) => config,
+        _ => config.with_speculative(draft_tokens).with_spec_mode(mode),
+    })
 }
 
 fn dtype_arg(s: &str) -> PyResult<DType> {
@@ -313,7 +324,7 @@ impl PyPool {
     /// A pool of `slots` requests for `layers` GDN layers of the given dims.
     #[new]
     #[pyo3(signature = (backend, *, layers, slots, num_k_heads, num_v_heads, head_k_dim, head_v_dim, conv_width = 4,
-        state_dtype = "f32", conv_dtype = "f32", draft_tokens = 0, head_mapping = "grouped"))]
+        state_dtype = "f32", conv_dtype = "f32", draft_tokens = 0, head_mapping = "grouped", spec_mode = "scratch"))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         backend: &Bound<'_, PyAny>,
@@ -328,6 +339,7 @@ impl PyPool {
         conv_dtype: &str,
         draft_tokens: usize,
         head_mapping: &str,
+        spec_mode: &str,
     ) -> PyResult<Self> {
         guard(|| {
             let backend = match backend.downcast::<PyBackend>() {
@@ -337,11 +349,11 @@ impl PyPool {
             let mapping = HeadMapping::parse(head_mapping)
                 .ok_or_else(|| raise("ConfigError", format!("head_mapping `{head_mapping}` (grouped or tiled)")))?;
             let dims = ModelDims::new(num_k_heads, num_v_heads, head_k_dim, head_v_dim, conv_width).py_err()?.with_head_mapping(mapping);
-            let mut config =
-                PoolConfig::new(layers, slots, dims).with_state_dtype(dtype_arg(state_dtype)?).with_conv_dtype(dtype_arg(conv_dtype)?);
-            if draft_tokens > 0 {
-                config = config.with_speculative(draft_tokens);
-            }
+            let config = with_spec(
+                PoolConfig::new(layers, slots, dims).with_state_dtype(dtype_arg(state_dtype)?).with_conv_dtype(dtype_arg(conv_dtype)?),
+                draft_tokens,
+                spec_mode,
+            )?;
             let pool = backend.new_pool(config).py_err()?;
             Ok(PyPool { backend, inner: Mutex::new(pool), config })
         })
@@ -366,6 +378,13 @@ impl PyPool {
     #[getter]
     fn draft_tokens(&self) -> usize {
         self.config.draft_tokens()
+    }
+    /// Speculative mode of verify and commit: `"scratch"` (per-step states; commit
+    /// copies one back) or `"replay"` (the drafts' inputs; commit replays the
+    /// accepted path); `None` without speculative buffers.
+    #[getter]
+    fn spec_mode(&self) -> Option<&'static str> {
+        self.config.spec_mode().map(SpecMode::name)
     }
     /// Channels of the short convolution, `2*HK*K + HV*V`.
     #[getter]
@@ -507,7 +526,9 @@ impl PyPool {
     /// `__array_interface__`, so `numpy.asarray(pool.buffer("temporal", 0))` aliases the pool.
     /// Shapes: temporal `[slots+1, HV, K, V]` (k-major) or `[slots+1, HV, V, K]` (v-major),
     /// conv `[slots+1, conv_dim, W-1]`, scratch `[slots+1, D, HV, ...]`, conv_windows
-    /// `[slots+1, D, conv_dim, W-1]`. bf16 buffers appear as uint16 (raw bits).
+    /// `[slots+1, D, conv_dim, W-1]`; in replay mode scratch holds the records
+    /// `[slots+1, D, HV, K+V+2]` (f32: k, v, g, beta) and conv_windows the raw conv
+    /// inputs `[slots+1, D, conv_dim]`. bf16 buffers appear as uint16 (raw bits).
     /// The view keeps the pool alive; writing through it while a kernel runs is a data race.
     fn buffer(slf: &Bound<'_, Self>, py: Python<'_>, kind: &str, layer: usize) -> PyResult<BufferView> {
         let me = slf.get();
@@ -536,7 +557,12 @@ impl PyPool {
         };
         let conv_tail = vec![dims.conv_dim(), dims.conv_state_len()];
         let rows = c.slots + 1;
+        let replay = c.spec_mode() == Some(SpecMode::Replay);
         let (mut shape, dtype) = match want {
+            // replay records: k, v, g, beta per value head, f32
+            BufferKind::Scratch if replay => (vec![dims.num_v_heads, c.replay_record_elems()], DType::F32),
+            // replay windows: each draft's raw conv input
+            BufferKind::ConvWindows if replay => (vec![dims.conv_dim()], c.conv_dtype),
             BufferKind::Temporal | BufferKind::Scratch => (state_tail, c.state_dtype),
             BufferKind::Conv | BufferKind::ConvWindows => (conv_tail, c.conv_dtype),
         };
@@ -887,7 +913,7 @@ impl BufferView {
 /// How many slots fit in `budget` bytes (slot 0 included in the cost).
 #[pyfunction]
 #[pyo3(signature = (budget, *, layers, num_k_heads, num_v_heads, head_k_dim, head_v_dim, conv_width = 4,
-    state_dtype = "f32", conv_dtype = "f32", draft_tokens = 0))]
+    state_dtype = "f32", conv_dtype = "f32", draft_tokens = 0, spec_mode = "scratch"))]
 #[allow(clippy::too_many_arguments)]
 pub fn slots_for_budget(
     budget: usize,
@@ -900,13 +926,11 @@ pub fn slots_for_budget(
     state_dtype: &str,
     conv_dtype: &str,
     draft_tokens: usize,
+    spec_mode: &str,
 ) -> PyResult<usize> {
     let dims = ModelDims::new(num_k_heads, num_v_heads, head_k_dim, head_v_dim, conv_width).py_err()?;
-    let mut c = PoolConfig::new(layers, 1, dims).with_state_dtype(dtype_arg(state_dtype)?).with_conv_dtype(dtype_arg(conv_dtype)?);
-    if draft_tokens > 0 {
-        c = c.with_speculative(draft_tokens);
-    }
-    Ok(c.slots_for_budget(budget))
+    let c = PoolConfig::new(layers, 1, dims).with_state_dtype(dtype_arg(state_dtype)?).with_conv_dtype(dtype_arg(conv_dtype)?);
+    Ok(with_spec(c, draft_tokens, spec_mode)?.slots_for_budget(budget))
 }
 
 /// Registers the pool classes.
