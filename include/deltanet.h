@@ -72,7 +72,7 @@ typedef struct {
 // The ABI this header describes. Bumped on any incompatible change of a
 // struct, enum value or signature; compare with `dn_abi_version()` at run
 // time to catch a header/library mismatch.
-#define DN_ABI_VERSION 1
+#define DN_ABI_VERSION 2
 
 // `int64_t` value of `dn_batch_commit`'s `accepted[i]` for a request whose
 // drafts were all rejected: the request is skipped.
@@ -229,11 +229,22 @@ typedef enum dn_buffer_kind {
   DN_BUFFER_CONV = 0,
   // Recurrent state, `[slots+1, state bytes]` of one layer.
   DN_BUFFER_TEMPORAL = 1,
-  // Speculative scratch states, `[slots+1, D, state bytes]` of one layer.
+  // Speculative scratch states, `[slots+1, D, state bytes]` of one layer (replay
+  // mode: the drafts' k, v, g, beta records, `[slots+1, D, HV, K+V+2]` f32).
   DN_BUFFER_SCRATCH = 2,
-  // Speculative conv windows, `[slots+1, D, conv bytes]` of one layer.
+  // Speculative conv windows, `[slots+1, D, conv bytes]` of one layer (replay mode:
+  // the drafts' raw conv inputs, `[slots+1, D, conv_dim]` in the conv dtype).
   DN_BUFFER_CONV_WINDOWS = 3,
 } dn_buffer_kind;
+
+// How a pool holds speculative drafts between verify and commit.
+typedef enum dn_spec_mode {
+  // D per-step states and conv windows per request; commit copies one back (the default).
+  DN_SPEC_SCRATCH = 0,
+  // The drafts' inputs per request; commit replays the accepted path (same bits, a
+  // fraction of the memory; see the backend's capabilities for support).
+  DN_SPEC_REPLAY = 1,
+} dn_spec_mode;
 
 // A backend handle (opaque to C).
 typedef struct dn_backend dn_backend;
@@ -298,6 +309,8 @@ typedef struct dn_pool_config {
   uint32_t conv_dtype;
   // Speculative draft tokens D per request (0: no speculative buffers).
   size_t draft_tokens;
+  // A `dn_spec_mode` value (0, scratch, when zero-initialised); replay needs `draft_tokens > 0`.
+  uint32_t spec_mode;
 } dn_pool_config;
 
 // Where a pool stands.
@@ -320,6 +333,8 @@ typedef struct dn_pool_info {
   size_t free_count;
   // Draft tokens D (0: none).
   size_t draft_tokens;
+  // A `dn_spec_mode` value (scratch when the pool has no speculative buffers).
+  uint32_t spec_mode;
   // Total bytes of every buffer.
   size_t bytes;
   // Bytes of one slot's exported recurrent state, `[L, HV, K, V]` in `state_dtype`.

@@ -17,7 +17,7 @@ int main(void) {
     g[t] = -0.05f, beta[t] = 0.5f;
   }
   dn_backend *cpu; dn_pool *pool; dn_batch *batch; uint64_t slot;
-  dn_pool_config cfg = {1, 4, {1, 1, 4, 4, 4, DN_HEAD_MAPPING_GROUPED}, DN_DTYPE_F32, DN_DTYPE_F32, 0};
+  dn_pool_config cfg = {1, 4, {1, 1, 4, 4, 4, DN_HEAD_MAPPING_GROUPED}, DN_DTYPE_F32, DN_DTYPE_F32, 0, DN_SPEC_SCRATCH};
   if (dn_backend_create("cpu", &cpu) || dn_pool_create(cpu, &cfg, &pool) || dn_pool_alloc(pool, 1, &slot)) goto fail;
 
   int64_t s3[3] = {T - 1, 1, 4}, s2[2] = {T - 1, 1}, cu[2] = {0, T - 1}; /* prefill T-1 tokens */

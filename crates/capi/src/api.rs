@@ -10,7 +10,7 @@ use crate::handles::{self, dn_backend, dn_pool, BackendObj, PoolObj};
 use crate::slot;
 use crate::status::{dn_status, guard, last_error_ptr, Failure};
 use crate::types::*;
-use facade::{Backend, HostState};
+use facade::{Backend, HostState, SpecMode};
 use std::ffi::{c_char, c_void, CString};
 
 /// Major version of this library (semver).
@@ -22,7 +22,7 @@ pub const DN_VERSION_PATCH: u32 = 0;
 /// The ABI this header describes. Bumped on any incompatible change of a
 /// struct, enum value or signature; compare with `dn_abi_version()` at run
 /// time to catch a header/library mismatch.
-pub const DN_ABI_VERSION: u32 = 1;
+pub const DN_ABI_VERSION: u32 = 2;
 
 /// The library's ABI version (`DN_ABI_VERSION` of the header it was built with).
 /// Thread-safe; never fails.
@@ -203,6 +203,10 @@ pub unsafe extern "C" fn dn_pool_info_get(pool: *const dn_pool, out: *mut dn_poo
             capacity: dp.capacity(),
             free_count: dp.free_count(),
             draft_tokens: cfg.draft_tokens(),
+            spec_mode: match cfg.spec_mode() {
+                Some(SpecMode::Replay) => dn_spec_mode::DN_SPEC_REPLAY,
+                _ => dn_spec_mode::DN_SPEC_SCRATCH,
+            } as u32,
             bytes: dp.bytes(),
             export_state_bytes: cfg.layers * geo.state_bytes(),
             export_conv_bytes: cfg.layers * geo.conv_bytes(),

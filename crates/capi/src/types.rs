@@ -6,7 +6,7 @@
 use crate::args::invalid;
 use crate::dlpack::{DLDevice, DLTensor, DN_KDL_CPU, DN_KDL_CUDA, DN_KDL_EXT_DEV};
 use crate::status::CResult;
-use facade::{BufferKind, ConvLayoutKind, DType, DeltaParams, Device, HeadMapping, LayoutKind, ModelDims, PoolConfig};
+use facade::{BufferKind, ConvLayoutKind, DType, DeltaParams, Device, HeadMapping, LayoutKind, ModelDims, PoolConfig, SpecMode};
 
 /// Element types (`uint32_t` fields and bit positions of dtype masks).
 #[repr(C)]
@@ -54,6 +54,18 @@ pub enum dn_head_mapping {
     DN_HEAD_MAPPING_TILED = 1,
 }
 
+/// How a pool holds speculative drafts between verify and commit.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(non_camel_case_types)]
+pub enum dn_spec_mode {
+    /// D per-step states and conv windows per request; commit copies one back (the default).
+    DN_SPEC_SCRATCH = 0,
+    /// The drafts' inputs per request; commit replays the accepted path (same bits, a
+    /// fraction of the memory; see the backend's capabilities for support).
+    DN_SPEC_REPLAY = 1,
+}
+
 /// Which buffer a `dn_buffer_descriptor` describes.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,9 +75,11 @@ pub enum dn_buffer_kind {
     DN_BUFFER_CONV = 0,
     /// Recurrent state, `[slots+1, state bytes]` of one layer.
     DN_BUFFER_TEMPORAL = 1,
-    /// Speculative scratch states, `[slots+1, D, state bytes]` of one layer.
+    /// Speculative scratch states, `[slots+1, D, state bytes]` of one layer (replay
+    /// mode: the drafts' k, v, g, beta records, `[slots+1, D, HV, K+V+2]` f32).
     DN_BUFFER_SCRATCH = 2,
-    /// Speculative conv windows, `[slots+1, D, conv bytes]` of one layer.
+    /// Speculative conv windows, `[slots+1, D, conv bytes]` of one layer (replay mode:
+    /// the drafts' raw conv inputs, `[slots+1, D, conv_dim]` in the conv dtype).
     DN_BUFFER_CONV_WINDOWS = 3,
 }
 
@@ -103,6 +117,8 @@ pub struct dn_pool_config {
     pub conv_dtype: u32,
     /// Speculative draft tokens D per request (0: no speculative buffers).
     pub draft_tokens: usize,
+    /// A `dn_spec_mode` value (0, scratch, when zero-initialised); replay needs `draft_tokens > 0`.
+    pub spec_mode: u32,
 }
 
 /// What a backend supports.
@@ -153,6 +169,8 @@ pub struct dn_pool_info {
     pub free_count: usize,
     /// Draft tokens D (0: none).
     pub draft_tokens: usize,
+    /// A `dn_spec_mode` value (scratch when the pool has no speculative buffers).
+    pub spec_mode: u32,
     /// Total bytes of every buffer.
     pub bytes: usize,
     /// Bytes of one slot's exported recurrent state, `[L, HV, K, V]` in `state_dtype`.
@@ -293,8 +311,14 @@ pub fn config_from(c: &dn_pool_config) -> CResult<PoolConfig> {
     let mut cfg = PoolConfig::new(c.layers, c.slots, dims_from(&c.dims)?)
         .with_state_dtype(dtype_from(c.state_dtype, "state_dtype")?)
         .with_conv_dtype(dtype_from(c.conv_dtype, "conv_dtype")?);
-    if c.draft_tokens > 0 {
-        cfg = cfg.with_speculative(c.draft_tokens);
+    let mode = match c.spec_mode {
+        0 => SpecMode::Scratch,
+        1 => SpecMode::Replay,
+        other => return Err(invalid(format!("`spec_mode` = {other} is not a dn_spec_mode"))),
+    };
+    if c.draft_tokens > 0 || mode != SpecMode::Scratch {
+        // replay without drafts is refused by `validate` below
+        cfg = cfg.with_speculative(c.draft_tokens).with_spec_mode(mode);
     }
     cfg.validate()?;
     Ok(cfg)

@@ -87,5 +87,10 @@ fn c_client_matches_the_oracle_and_refuses_bad_input() {
     common::check("prefix snapshot after 60 tokens of A", &out[7], &path(&a, (0..60).collect()).final_state, seed);
     common::check("decode on the V-major pool after import", &out[8], &rows(&a_final.o, 83..84), seed);
     common::check("A's final state (V-major export)", &out[9], &a_final.final_state, seed);
+    // the same scenario on replay pools: verify and commit give the scratch pools' bits
+    let replayed = dir.join("outputs-replay.bin");
+    let log = common::run(&exe, &[&inputs, &replayed, Path::new("replay")]);
+    assert!(log.contains("c client: ok"), "{log}");
+    assert!(std::fs::read(&replayed).unwrap() == std::fs::read(&outputs).unwrap(), "replay pools differ from scratch pools");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -242,15 +242,21 @@ static void bad_inputs(dn_backend *kb, dn_backend *vb, dn_pool *kp, dn_pool *vp,
   dn_backend *nb = (dn_backend *)&forged;
   EXPECT_REFUSED(kp, dn_backend_create("tpu:0", &nb), DN_ERR_INVALID_CONFIG);
   if (nb != NULL) DIE("refused dn_backend_create left a handle");
-  dn_pool_config cfg = {1, 4, {2, 3, KD, VD, 4, DN_HEAD_MAPPING_GROUPED}, DN_DTYPE_F32, DN_DTYPE_F32, 0};
+  dn_pool_config cfg = {1, 4, {2, 3, KD, VD, 4, DN_HEAD_MAPPING_GROUPED}, DN_DTYPE_F32, DN_DTYPE_F32, 0, DN_SPEC_SCRATCH};
   dn_pool *np = NULL;
   EXPECT_REFUSED(kp, dn_pool_create(kb, &cfg, &np), DN_ERR_INVALID_CONFIG);
   cfg.dims.num_v_heads = 2, cfg.state_dtype = DN_DTYPE_F16;
   EXPECT_REFUSED(kp, dn_pool_create(kb, &cfg, &np), DN_ERR_INVALID_CONFIG);
+  cfg.state_dtype = DN_DTYPE_F32, cfg.spec_mode = DN_SPEC_REPLAY; /* replay without drafts */
+  EXPECT_REFUSED(kp, dn_pool_create(kb, &cfg, &np), DN_ERR_INVALID_CONFIG);
+  cfg.draft_tokens = DRAFT, cfg.spec_mode = 7;
+  EXPECT_REFUSED(kp, dn_pool_create(kb, &cfg, &np), DN_ERR_INVALID_ARGUMENT);
 }
 
 int main(int argc, char **argv) {
-  if (argc != 3) DIE("usage: client INPUTS OUTPUTS");
+  if (argc != 3 && !(argc == 4 && strcmp(argv[3], "replay") == 0)) DIE("usage: client INPUTS OUTPUTS [replay]");
+  /* the same scenario on pools in either speculative mode: the outputs must not differ */
+  uint32_t spec_mode = argc == 4 ? DN_SPEC_REPLAY : DN_SPEC_SCRATCH;
   FILE *in = fopen(argv[1], "rb"), *out = fopen(argv[2], "wb");
   if (!in || !out) DIE("cannot open files");
   uint32_t major = 99, minor = 99, patch = 99;
@@ -267,7 +273,7 @@ int main(int argc, char **argv) {
   if (kc.native_layout != DN_LAYOUT_K_MAJOR || vc.native_layout != DN_LAYOUT_V_MAJOR) DIE("layouts");
   if (!(kc.state_dtypes & (1u << DN_DTYPE_F32)) || kc.device.device_type != 1 || strncmp(kc.name, "cpu", 3) != 0) DIE("capabilities");
 
-  dn_pool_config cfg = {1, 4, {HK, HV, KD, VD, 4, DN_HEAD_MAPPING_GROUPED}, DN_DTYPE_F32, DN_DTYPE_F32, DRAFT};
+  dn_pool_config cfg = {1, 4, {HK, HV, KD, VD, 4, DN_HEAD_MAPPING_GROUPED}, DN_DTYPE_F32, DN_DTYPE_F32, DRAFT, spec_mode};
   size_t per_slot = 0, fit = 0;
   CHECK(dn_pool_config_bytes_per_slot(&cfg, &per_slot));
   CHECK(dn_pool_config_slots_for_budget(&cfg, per_slot * 11, &fit));
@@ -277,7 +283,7 @@ int main(int argc, char **argv) {
   CHECK(dn_pool_create(vb, &cfg, &vp));
   dn_pool_info info;
   CHECK(dn_pool_info_get(vp, &info));
-  if (info.layout != DN_LAYOUT_V_MAJOR || info.capacity != 4 || info.free_count != 4) DIE("pool info");
+  if (info.layout != DN_LAYOUT_V_MAJOR || info.capacity != 4 || info.free_count != 4 || info.spec_mode != spec_mode) DIE("pool info");
   size_t nd = 0;
   CHECK(dn_pool_descriptors(kp, NULL, 0, &nd));
   dn_buffer_descriptor descs[8];

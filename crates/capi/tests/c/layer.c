@@ -73,7 +73,7 @@ int main(int argc, char **argv) {
 
   dn_backend *cpu = NULL;
   CHECK(dn_backend_create("cpu", &cpu));
-  dn_pool_config cfg = {2, 4, {HK, HV, KD, VD, W, DN_HEAD_MAPPING_GROUPED}, DN_DTYPE_F32, DN_DTYPE_F32, 2};
+  dn_pool_config cfg = {2, 4, {HK, HV, KD, VD, W, DN_HEAD_MAPPING_GROUPED}, DN_DTYPE_F32, DN_DTYPE_F32, 2, DN_SPEC_SCRATCH};
   dn_pool *pool = NULL;
   CHECK(dn_pool_create(cpu, &cfg, &pool));
   uint64_t s[2];

@@ -71,7 +71,7 @@ static void *decode_loop(void *arg) {
 
 int main(void) {
   CHECK(dn_backend_create("cpu", &cpu));
-  dn_pool_config cfg = {1, THREADS, {1, 1, 8, 8, 4, DN_HEAD_MAPPING_GROUPED}, DN_DTYPE_F32, DN_DTYPE_F32, 0};
+  dn_pool_config cfg = {1, THREADS, {1, 1, 8, 8, 4, DN_HEAD_MAPPING_GROUPED}, DN_DTYPE_F32, DN_DTYPE_F32, 0, DN_SPEC_SCRATCH};
   CHECK(dn_pool_create(cpu, &cfg, &pool));
   pthread_t th[THREADS];
   for (int i = 0; i < THREADS; i++)
