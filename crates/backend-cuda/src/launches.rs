@@ -48,6 +48,18 @@ impl<L: Launcher> CudaDispatcher<L> {
     }
 
     pub(crate) fn conv_verify_on(&self, pool: &mut PoolOf<Self>, call: Checked<'_, VerifyBatch, ConvIo<'_>>, t: &PlanAddrs) -> Result<()> {
+        self.conv_verify_in_mode(pool, call, t, 2)
+    }
+
+    /// The conv of a verify in `dnk_conv`'s `mode`: 2 writes each draft's window
+    /// (scratch), 3 records each draft's raw input (replay); the arguments are the same.
+    pub(crate) fn conv_verify_in_mode(
+        &self,
+        pool: &mut PoolOf<Self>,
+        call: Checked<'_, VerifyBatch, ConvIo<'_>>,
+        t: &PlanAddrs,
+        mode: i64,
+    ) -> Result<()> {
         let (ticket, layer, batch, g, io) = (call.ticket(), call.layer(), call.batch(), *call.geometry(), call.io());
         let dims = g.config.dims;
         let m = self.launcher.memory();
@@ -59,7 +71,7 @@ impl<L: Launcher> CudaDispatcher<L> {
                 seqs: t.tables[0],
                 parents: t.tables[1],
                 draft: batch.draft() as i64,
-                mode: 2,
+                mode,
                 ..self.conv_args(&dims, io, g.config.conv_dtype)
             };
             let bt = self.launcher.block_threads(Kernel::Conv) as usize;

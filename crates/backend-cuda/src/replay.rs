@@ -28,23 +28,7 @@ impl<L: Launcher> CudaDispatcher<L> {
         call: Checked<'_, VerifyBatch, ConvIo<'_>>,
         t: &PlanAddrs,
     ) -> Result<()> {
-        let (ticket, layer, batch, g, io) = (call.ticket(), call.layer(), call.batch(), *call.geometry(), call.io());
-        let dims = g.config.dims;
-        let m = self.launcher.memory();
-        pool.checked_parts(ticket, |parts| {
-            let inputs = parts.windows.ok_or(Error::NoSpeculativeBuffers)?;
-            let a = ConvArgs {
-                state: m.addr(parts.conv) + g.conv_offset(layer, 0) as u64,
-                windows: m.addr(inputs) + g.window_offset(layer, 0, 0) as u64,
-                seqs: t.tables[0],
-                parents: t.tables[1],
-                draft: batch.draft() as i64,
-                mode: CONV_VERIFY,
-                ..self.conv_args(&dims, io, g.config.conv_dtype)
-            };
-            let bt = self.launcher.block_threads(Kernel::Conv) as usize;
-            self.run((dims.conv_dim().div_ceil(bt), batch.num_seqs(), 1), &a)
-        })
+        self.conv_verify_in_mode(pool, call, t, CONV_VERIFY)
     }
 
     pub(crate) fn verify_replay_on(
