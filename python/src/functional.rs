@@ -455,6 +455,11 @@ pub fn causal_conv1d_update(
             ));
         }
         let (s_len, keep) = (ss[2], w - 1);
+        if t == 1 && state.contiguous_f32().is_some() {
+            // A decode step on a cache's contiguous f32 state: the kernel reads and shifts
+            // the caller's rows where they lie (no window copied in or out).
+            return conv_update_caller_state(py, &x, &state, &weight, bias.as_ref(), &out, s_len);
+        }
         // The kernel convolves over the newest W-1 columns of each (row, channel).
         let window: Vec<f32> = {
             let old = state_values(&state)?;
@@ -477,6 +482,37 @@ pub fn causal_conv1d_update(
         }
         Ok(())
     })
+}
+
+/// One token per sequence on the caller's contiguous f32 conv state `[B, dim, s_len]`,
+/// updated in place by the CPU kernel (`CpuKMajor::conv_update_caller_state`); `x` / `out`
+/// token-major `[B, 1, dim]`. Refuses inputs that overlap the state it writes.
+fn conv_update_caller_state(
+    py: Python<'_>,
+    x: &Borrowed<'_>,
+    state: &Borrowed<'_>,
+    weight: &Borrowed<'_>,
+    bias: Option<&Borrowed<'_>>,
+    out: &Borrowed<'_>,
+    s_len: usize,
+) -> PyResult<()> {
+    let (b, dim) = (x.shape()[0], x.shape()[2]);
+    let (lo, hi) = byte_range(state);
+    for t in [Some(x), Some(weight), bias, Some(out)].into_iter().flatten() {
+        let (tlo, thi) = byte_range(t);
+        if tlo < hi && lo < thi {
+            return Err(raise("LayoutError", format!("tensor `{}` overlaps `conv_state`, which is updated in place", t.name)));
+        }
+    }
+    let Backend::CpuKMajor(cpu) = cpu_backend(false)? else {
+        return Err(raise("UnavailableError", "the CPU backend is not compiled in"));
+    };
+    let rows = |t: &Borrowed<'_>| -> (Vec<usize>, Vec<usize>) { (vec![b, dim], vec![t.strides()[0], t.strides()[2]]) };
+    let ((xs, xst), (os, ost)) = (rows(x), rows(out));
+    let io = ConvIo { x: x.sub(0, &xs, &xst)?, weight: weight.view(), bias: bias.map(|t| t.view()), out: out.sub_mut(0, &os, &ost)? };
+    let mut sv = state.sub_mut(0, state.shape(), state.strides())?;
+    let st = sv.host_slice_mut::<f32>().py_err()?;
+    py.allow_threads(|| cpu.conv_update_caller_state(io, st, s_len)).py_err()
 }
 
 /// Copies the last `keep` columns of each `s_len`-column row of `rows` into `window`

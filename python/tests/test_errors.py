@@ -116,6 +116,16 @@ def test_conv_update_error_leaves_state_unchanged(gen):
     assert torch.equal(st, before)
 
 
+def test_conv_update_refuses_x_overlapping_its_state(gen):
+    """The decode conv shifts the caller's state in place: an input over that memory is refused."""
+    st = randn(gen, 2, 8, 4)
+    before = st.clone()
+    x = st.view(-1)[:16].view(2, 8)  # [2, 8], unit channel stride, over the first state rows
+    with pytest.raises(deltanet.LayoutError, match="overlaps `conv_state`"):
+        deltanet.causal_conv1d_update(x, st, randn(gen, 8, 4), activation="silu")
+    assert torch.equal(st, before)
+
+
 def make_pool(draft=2):
     return deltanet.Pool("cpu", layers=2, slots=3, num_k_heads=HK, num_v_heads=HV, head_k_dim=K, head_v_dim=V,
                          conv_width=W, draft_tokens=draft)  # fmt: skip

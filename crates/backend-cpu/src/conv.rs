@@ -179,11 +179,21 @@ impl<'a> ConvBlock<'a, '_> {
             self.step(t);
             return self.store(buf, dtype, off);
         }
-        let s = &mut *self.s;
         // SAFETY: `typed` bounds-checks the range; this task's (slot, channel block) alone.
         let st = unsafe { std::slice::from_raw_parts_mut(buf.typed::<f32>(off, n * (w - 1)), n * (w - 1)) };
+        self.update_rows(st, w - 1, t);
+    }
+
+    /// One token `t` on this block's rows of a caller's f32 conv state
+    /// `[n, s_len]` (`s_len >= W-1` raw inputs per channel, oldest first, as
+    /// causal-conv1d and transformers keep it): convolves the newest W-1 with
+    /// the token, shifts every row left by one and appends the token. The same
+    /// bits as [`Self::update_in_place`].
+    pub fn update_rows(&mut self, st: &mut [f32], s_len: usize, t: usize) {
+        let (n, w) = (self.n, self.width);
+        let s = &mut *self.s;
         self.x.row(self.x.off2(t, self.c0), &mut s.ring[..n]);
-        conv_update_row(&s.wt[..w * n], &s.bias[..n], st, &s.ring[..n], w, &mut s.y[..n]);
+        conv_update_row(&s.wt[..w * n], &s.bias[..n], &mut st[..n * s_len], s_len, &s.ring[..n], w, &mut s.y[..n]);
         // SAFETY: (t, block) of the output belongs to this task alone.
         unsafe { self.out.store(self.out.off2(t, self.c0), &s.y[..n]) };
     }
@@ -232,36 +242,45 @@ vmath::dispatch!(
     }
 );
 
-// The decode form of `conv_row` on a channels-first f32 state `[n, W-1]`
-// (oldest first), shifted in place: the same fused multiply-adds in the same
-// order (oldest input first), so the same bits.
+// The decode form of `conv_row` on a channels-first f32 state `[n, s_len]`
+// (oldest first; the newest W-1 columns are the window, `s_len >= W-1`),
+// shifted in place: the same fused multiply-adds in the same order (oldest
+// input first), so the same bits.
 vmath::dispatch!(
-    fn conv_update_row(wt: &[f32], bias: &[f32], st: &mut [f32], x: &[f32], w: usize, y: &mut [f32]) {
+    fn conv_update_row(wt: &[f32], bias: &[f32], st: &mut [f32], s_len: usize, x: &[f32], w: usize, y: &mut [f32]) {
         let (n, w1) = (y.len(), w - 1);
-        if w1 == 3 {
-            // the models' width, unrolled (no per-channel shift loop)
-            let (w0, w1r, w2, w3) = (&wt[..n], &wt[n..2 * n], &wt[2 * n..3 * n], &wt[3 * n..4 * n]);
-            for (c, (s, yc)) in st.chunks_exact_mut(3).zip(y.iter_mut()).enumerate().take(n) {
-                let (s0, s1, s2, xc) = (s[0], s[1], s[2], x[c]);
+        // The models' width (W = 4), unrolled (no per-channel shift loop), on the
+        // pool's state (S = 3) and on transformers' (S = 4).
+        #[inline(always)]
+        fn width4<const S: usize>(wt: &[f32], bias: &[f32], st: &mut [f32], x: &[f32], y: &mut [f32]) {
+            let n = y.len();
+            let (w0, w1, w2, w3) = (&wt[..n], &wt[n..2 * n], &wt[2 * n..3 * n], &wt[3 * n..4 * n]);
+            for (c, (s, yc)) in st.chunks_exact_mut(S).zip(y.iter_mut()).enumerate().take(n) {
+                let s: &mut [f32; S] = s.try_into().expect("S columns");
+                let (s0, s1, s2, xc) = (s[S - 3], s[S - 2], s[S - 1], x[c]);
                 let acc = w0[c].mul_add(s0, bias[c]);
-                let acc = w1r[c].mul_add(s1, acc);
+                let acc = w1[c].mul_add(s1, acc);
                 let acc = w2[c].mul_add(s2, acc);
                 *yc = w3[c].mul_add(xc, acc);
-                s[0] = s1;
-                s[1] = s2;
-                s[2] = xc;
+                s.copy_within(1.., 0);
+                s[S - 1] = xc;
             }
-            y.iter_mut().for_each(|v| *v = vmath::silu_lane(*v));
-            return;
         }
-        for (c, (s, yc)) in st.chunks_exact_mut(w1).zip(y.iter_mut()).enumerate().take(n) {
-            let mut acc = bias[c];
-            for j in 0..w1 {
-                acc = wt[j * n + c].mul_add(s[j], acc);
+        match (w1, s_len) {
+            (3, 3) => width4::<3>(wt, bias, st, x, y),
+            (3, 4) => width4::<4>(wt, bias, st, x, y),
+            _ => {
+                let skip = s_len - w1; // older inputs the state keeps but the conv does not read
+                for (c, (s, yc)) in st.chunks_exact_mut(s_len).zip(y.iter_mut()).enumerate().take(n) {
+                    let mut acc = bias[c];
+                    for j in 0..w1 {
+                        acc = wt[j * n + c].mul_add(s[skip + j], acc);
+                    }
+                    *yc = wt[w1 * n + c].mul_add(x[c], acc);
+                    s.copy_within(1.., 0);
+                    s[s_len - 1] = x[c];
+                }
             }
-            *yc = wt[w1 * n + c].mul_add(x[c], acc);
-            s.copy_within(1.., 0);
-            s[w1 - 1] = x[c];
         }
         y.iter_mut().for_each(|v| *v = vmath::silu_lane(*v));
     }

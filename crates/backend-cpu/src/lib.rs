@@ -185,18 +185,66 @@ impl<L: StateLayout> CpuDispatcher<L> {
     /// channels runs `run` for every request of the call, so the block's
     /// weights are loaded once per call, not once per request.
     fn conv_blocks(&self, dims: &ModelDims, io: &mut ConvIo<'_>, run: impl Fn(&mut ConvBlock<'_, '_>) + Sync) -> Result<()> {
+        self.conv_channel_blocks(dims.conv_dim(), dims.conv_width, io, run)
+    }
+
+    /// [`Self::conv_blocks`] over `cd` channels of width `width`.
+    fn conv_channel_blocks(&self, cd: usize, width: usize, io: &mut ConvIo<'_>, run: impl Fn(&mut ConvBlock<'_, '_>) + Sync) -> Result<()> {
         let (x, weight) = (In::new(&io.x)?, In::new(&io.weight)?);
         let bias = io.bias.as_ref().map(In::new).transpose()?;
         let out = Out::new(&mut io.out)?;
-        let cd = dims.conv_dim();
         let blocks = cd.div_ceil(CONV_BLOCK);
         self.install(|| {
             (0..blocks).into_par_iter().for_each(|b| {
                 let c0 = b * CONV_BLOCK;
-                ConvBlock::with(c0, CONV_BLOCK.min(cd - c0), dims.conv_width, &weight, bias.as_ref(), x, out, &run);
+                ConvBlock::with(c0, CONV_BLOCK.min(cd - c0), width, &weight, bias.as_ref(), x, out, &run);
             })
         });
         Ok(())
+    }
+
+    /// causal-conv1d's `causal_conv1d_update` on a conv state the caller owns,
+    /// for callers that keep their own conv cache (transformers, causal-conv1d
+    /// users) instead of a pool: one token per sequence, `io.x` / `io.out`
+    /// `[B, conv_dim]` (row `i` is sequence `i`), `io.weight` `[conv_dim, W]`,
+    /// `state` `[B, conv_dim, state_len]` f32, contiguous, oldest input first,
+    /// `state_len >= W-1`. Each output is SiLU of the conv of the newest W-1
+    /// state columns and the token; each state row then shifts left by one and
+    /// takes the token. The same arithmetic as a pool's conv update (the same
+    /// bits as [`KernelDispatcher::conv_update`] on a pool holding the newest
+    /// W-1 columns). A refused call writes nothing.
+    pub fn conv_update_caller_state(&self, mut io: ConvIo<'_>, state: &mut [f32], state_len: usize) -> Result<()> {
+        let ws = io.weight.meta().shape().to_vec();
+        if ws.len() != 2 || ws[1] < 2 {
+            return Err(Error::shape("conv_weight", &[ws.first().copied().unwrap_or(0), 4], &ws));
+        }
+        let (cd, width) = (ws[0], ws[1]);
+        let rows = io.x.meta().shape().first().copied().unwrap_or(0);
+        if rows == 0 {
+            return Err(Error::EmptyBatch { what: "conv_update_caller_state" });
+        }
+        let (dev, inputs) = (self.caps.device, &self.caps.input_dtypes);
+        io.x.meta().expect("x", dev, inputs, &[rows, cd])?;
+        io.weight.meta().expect("conv_weight", dev, &[DType::F32], &[cd, width])?;
+        if let Some(b) = &io.bias {
+            b.meta().expect("conv_bias", dev, &[DType::F32], &[cd])?;
+        }
+        io.out.meta().expect_output("conv_out", dev, inputs, &[rows, cd])?;
+        if state_len + 1 < width {
+            return Err(Error::shape("conv_state", &[rows, cd, width - 1], &[rows, cd, state_len]));
+        }
+        if state.len() != rows * cd * state_len {
+            return Err(Error::shape("conv_state", &[rows * cd * state_len], &[state.len()]));
+        }
+        let st = RawBuf::new(bytemuck::cast_slice_mut(state));
+        self.conv_channel_blocks(cd, width, &mut io, |blk| {
+            for i in 0..rows {
+                let (off, n) = ((i * cd + blk.c0) * state_len, blk.n * state_len);
+                // SAFETY: `typed` bounds-checks; rows `c0..c0 + n` of sequence `i` belong to this block's task alone.
+                let rows_of_block = unsafe { std::slice::from_raw_parts_mut(st.typed::<f32>(off * 4, n), n) };
+                blk.update_rows(rows_of_block, state_len, i);
+            }
+        })
     }
 }
 
