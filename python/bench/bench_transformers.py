@@ -15,6 +15,13 @@ Printed per batch size and phase:
   gated RMSNorm and the kernels);
 * ``end to end``: tokens/s of the whole model forward (all layers, lm_head).
 
+With ``--bound``, a third path per repetition measures what bounds decode: deltanet's kernels,
+with each recurrent call preceded by an in-place read-modify-write of the layer's recurrent
+state (``state.mul_(1.0)``, torch's threads, the state as cold as the kernel finds it). That
+time plus deltanet's conv time is the least a kernel that reads and writes its state once
+can take at that point of the model; torch's kernel time over it is the most any such kernel
+could lead torch by.
+
 Usage: ``python python/bench/bench_transformers.py [--batch 1 8] [--prompt 2048] [--decode 64]``.
 """
 
@@ -82,6 +89,23 @@ def timed(fn, timers: Timers, what: str):
     return wrapper
 
 
+BOUND = {"on": False}  # the --bound path: an in-place RMW of the state before each recurrent call
+
+
+def with_state_rmw(fn, timers: Timers):
+    """``fn`` (a recurrent kernel) preceded, on the --bound path, by a timed in-place RMW of its state."""
+
+    def wrapper(*args, **kwargs):
+        state = kwargs.get("initial_state")
+        if BOUND["on"] and state is not None:
+            t0 = time.perf_counter()
+            state.mul_(1.0)
+            timers.add("state_rmw", time.perf_counter() - t0)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def install_timers(model, timers: Timers):
     """Times every GDN layer's forward (hooks) and the kernels it calls (wrapped by name)."""
     for layer in hf.gdn_layers(model):
@@ -91,7 +115,11 @@ def install_timers(model, timers: Timers):
     original = hf._kernels_for
 
     def kernels_for(cls, kernels):
-        return {name: timed(fn, timers, "kernels") for name, fn in original(cls, kernels).items()}
+        given = original(cls, kernels)
+        wrapped = {name: timed(fn, timers, "kernels") for name, fn in given.items()}
+        recurrent = "torch_recurrent_gated_delta_rule"  # also timed alone: the conv's time is the rest
+        wrapped[recurrent] = with_state_rmw(timed(timed(given[recurrent], timers, "recurrent"), timers, "kernels"), timers)
+        return wrapped
 
     hf._kernels_for = kernels_for
     hf._patched_forward.cache_clear()
@@ -125,6 +153,7 @@ def main():
     ap.add_argument("--layers", type=int, default=4, help="model layers (3 of every 4 are GDN layers)")
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions per path")
+    ap.add_argument("--bound", action="store_true", help="also measure the state read-modify-write bound of decode")
     args = ap.parse_args()
 
     threads = torch.get_num_threads()
@@ -138,15 +167,16 @@ def main():
           f"medians of {args.reps} interleaved repetitions")
     timers = Timers()
     install_timers(model, timers)
-    rows = []
+    rows, bounds = [], []
     for batch in args.batch:
         gen = torch.Generator().manual_seed(batch)
         ids = torch.randint(1, args.vocab, (batch, args.prompt), generator=gen)
         per = defaultdict(list)  # (path, phase, what) -> seconds per repetition
         outputs = {}
         for rep in range(args.reps):
-            for path in ("torch", "deltanet"):
-                hf.patch_model(model, kernels=path)
+            for path in ("torch", "deltanet", "bound") if args.bound else ("torch", "deltanet"):
+                BOUND["on"] = path == "bound"
+                hf.patch_model(model, kernels="deltanet" if path == "bound" else path)
                 timers.total.clear()
                 outputs[path] = run_once(model, ids, args.decode, timers, path)
                 for (section, what), secs in timers.total.items():
@@ -158,6 +188,11 @@ def main():
                 t_torch, t_dn = med[("torch", phase, what)], med[("deltanet", phase, what)]
                 rows.append((batch, phase, name, tokens / t_torch, tokens / t_dn, t_torch / t_dn))
         rows.append((batch, "tokens", "identical" if same else "DIFFER", None, None, None))
+        if args.bound:
+            med = {key: statistics.median(v) for key, v in per.items() if key[1] == "decode"}
+            rmw, conv_dn = med[("bound", "decode", "state_rmw")], med[("deltanet", "decode", "kernels")] - med[("deltanet", "decode", "recurrent")]
+            steps = args.decode * n_gdn
+            bounds.append((batch, 1e6 * rmw / steps, 1e6 * conv_dn / steps, med[("torch", "decode", "kernels")] / (rmw + conv_dn)))
     print()
     print("| batch | phase | time in | torch tokens/s | deltanet tokens/s | deltanet / torch |")
     print("|---:|---|---|---:|---:|---:|")
@@ -166,6 +201,12 @@ def main():
             print(f"| {batch} | greedy tokens | {name} | | | |")
         else:
             print(f"| {batch} | {phase} | {name} | {a:,.0f} | {b:,.0f} | {r:.2f}x |")
+    if bounds:
+        print()
+        print("| batch | state RMW per layer step (cold, in the model) | deltanet conv per layer step | torch kernels / (RMW + conv): the most a one-pass kernel can lead |")
+        print("|---:|---:|---:|---:|")
+        for batch, rmw_us, conv_us, most in bounds:
+            print(f"| {batch} | {rmw_us:.0f} us | {conv_us:.0f} us | {most:.2f}x |")
 
 
 if __name__ == "__main__":
