@@ -413,7 +413,10 @@ def causal_conv1d_update(
     Args:
         x: ``[B, dim]`` or ``[B, dim, T]``.
         conv_state: ``[B, dim, S]`` with ``S >= W-1``; updated in place to the last ``S`` inputs
-            (the kernel convolves over its last ``W-1`` columns).
+            (the kernel convolves over its last ``W-1`` columns). For one token and a
+            contiguous f32 state (transformers' cache) the kernel reads and shifts it where it
+            lies; otherwise its newest ``W-1`` columns are copied in and the rows shifted after.
+            An ``x`` or output over the state's memory is refused (:class:`deltanet.LayoutError`).
         weight: ``[dim, W]``.  bias: ``[dim]`` or ``None``.
         activation: ``"silu"``/``"swish"``; ``None`` is not supported.
         cache_seqlens, conv_state_indices: not supported (error when given).

@@ -3,8 +3,10 @@
 //! of its own, with the GIL released. The delta rule's final states are that
 //! pool, handed out as a view ([`crate::states`]), and a view passed back as
 //! `initial_state` with `inplace` is advanced in place; any other initial
-//! state is staged in (one copy). Conv states are staged in and out (they are
-//! small). Inputs and outputs themselves are never copied.
+//! state is staged in (one copy). A decode step's conv runs on the caller's
+//! contiguous f32 conv state where it lies (`conv_update_caller_state`); other
+//! conv states are staged in and out (they are small). Inputs and outputs
+//! themselves are never copied.
 
 use crate::errors::{guard, raise, IntoPy};
 use crate::staging::{self, Part};
