@@ -32,6 +32,21 @@ impl DeltaViews<'_> {
             l2norm(k);
         }
     }
+
+    /// Hints the CPU to fetch the inputs of token `t` for value head `h` (its
+    /// q, k and v rows, g and beta), which a one-token step reads first: a
+    /// decode task's state streams through the caches and evicts them, and a
+    /// miss on each row at the start of every task is a stall the state
+    /// prefetch does not cover. No effect on results.
+    #[inline]
+    pub(crate) fn prefetch_step(&self, t: usize, h: usize) {
+        let (kh, kd, vd) = (self.dims.key_head(h), self.dims.head_k_dim, self.dims.head_v_dim);
+        self.q.prefetch(self.q.off2(t, kh), kd);
+        self.k.prefetch(self.k.off2(t, kh), kd);
+        self.v.prefetch(self.v.off2(t, h), vd);
+        self.g.prefetch(self.g.off2(t, h), 1);
+        self.beta.prefetch(self.beta.off2(t, h), 1);
+    }
 }
 
 /// `x / sqrt(sum(x^2) + eps)` in f32.

@@ -378,6 +378,9 @@ impl<L: StateLayout> Kernels for CpuDispatcher<L> {
                     let size = std::mem::size_of::<E>();
                     let st = tgt.temporal.typed::<E>(head(s, h, size), per);
                     let next = steps.get((i + 1) / hv).map_or(std::ptr::null_mut(), |&s2| tgt.temporal.typed::<E>(head(s2, (i + 1) % hv, size), per));
+                    if let Some(&s2) = steps.get((i + 1) / hv) {
+                        views.prefetch_step(batch.seq_range(s2).start, (i + 1) % hv);
+                    }
                     // SAFETY: (slot, head) is this task's alone (slots are distinct); in place;
                     // `next` is only prefetched.
                     unsafe { steps_head::<E>(L::KIND, StepInputs::Call { io: &views, tokens: &[batch.seq_range(s).start], record: &[] }, h, &[None], st, &[st], next) };
@@ -400,6 +403,9 @@ impl<L: StateLayout> Kernels for CpuDispatcher<L> {
                     let (i, h) = (task / hv, task % hv);
                     let st = main_head::<E>(&temporal, &g, layer, batch.slots(), task);
                     let next = main_head::<E>(&temporal, &g, layer, batch.slots(), task + 1);
+                    if task + 1 < batch.num_seqs() * hv {
+                        views.prefetch_step((task + 1) / hv, (task + 1) % hv);
+                    }
                     // SAFETY: (slot, head) is this task's alone (slots are distinct); in place;
                     // `next` is only prefetched.
                     unsafe { steps_head::<E>(L::KIND, StepInputs::Call { io: &views, tokens: &[i], record: &[] }, h, &[None], st, &[st], next) };

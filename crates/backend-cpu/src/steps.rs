@@ -24,6 +24,22 @@ const ACC: usize = 32;
 /// (each column sums over K in order whatever the width).
 const ACC512: usize = 64;
 
+/// Bytes per state row of a block of [`decode_kmajor`]: 32 KiB blocks for
+/// K = 128, which stay in L1 between the decode's two passes.
+const DECODE_ROW_BYTES: usize = 256;
+
+/// Columns of a block of [`decode_kmajor`] (a multiple of [`ACC512`] and
+/// [`ACC`], at most [`BW`]).
+#[inline(always)]
+const fn decode_block<E>() -> usize {
+    let c = DECODE_ROW_BYTES / std::mem::size_of::<E>();
+    if c > BW {
+        BW
+    } else {
+        c
+    }
+}
+
 /// Per-step scalars and vectors of a multi-step run, grown on demand (size D, not T).
 #[derive(Default)]
 struct StepScratch {
@@ -99,7 +115,10 @@ pub(crate) unsafe fn steps_head<E: StateElem>(
 ) {
     STEPS.with(|sc| {
         let mut sc = sc.borrow_mut();
-        if simd::has_avx512() {
+        if E::NARROW && simd::has_avx512bf16() {
+            // SAFETY: AVX512_BF16, AVX-512F, AVX2 and FMA are present; the pointer contract is the caller's.
+            unsafe { steps_head_avx512bf16::<E>(&mut sc, kind, inputs, h, parents, src, dsts, next) }
+        } else if simd::has_avx512() {
             // SAFETY: AVX-512F, AVX2 and FMA are present; the pointer contract is the caller's.
             unsafe { steps_head_avx512::<E>(&mut sc, kind, inputs, h, parents, src, dsts, next) }
         } else if simd::has_avx2() {
@@ -137,12 +156,19 @@ macro_rules! steps_head_with {
 
 steps_head_with!(steps_head_avx2, "avx2,fma", ACC);
 steps_head_with!(steps_head_avx512, "avx512f,avx2,fma", ACC512);
+// bf16 state: the update's rounding (`vcvtne2ps2bf16`) inlines into the loop
+steps_head_with!(steps_head_avx512bf16, "avx512bf16,avx512f,avx2,fma", ACC512);
 
 /// A decode (one step, in place) on a K-major head, reading the state where it
 /// lies: the general path's f32 copy of the block does not fit L1 and costs an
-/// L2 write and two L2 reads per element, which is what bounded decode. Same
-/// arithmetic in the same order as the general path, so a decode and a verify
-/// step give the same bits.
+/// L2 write and two L2 reads per element, which is what bounded decode. The
+/// head goes in blocks of [`DECODE_ROW_BYTES`] per state row (64 f32 or 128
+/// bf16 columns), so a block the first pass (`S^T k`, `S^T q`) brought in is
+/// still in L1 when the second (the update) reads and writes it; the prefetch
+/// of the next head is spread over both passes, so memory keeps streaming
+/// while the update runs. Same arithmetic in the same order as the general
+/// path (each column sums over K in order whatever the block), so a decode
+/// and a verify step give the same bits.
 ///
 /// # Safety
 /// `st` points to the `K*V` elements of one head no other thread touches.
@@ -158,9 +184,10 @@ unsafe fn decode_kmajor<E: StateElem, const A: usize>(
     let (kv, qv) = (&sc.k[..kd], &sc.q[..kd]);
     let (beta, d, kq) = (sc.beta[0], sc.d[0], sc.kq[0]);
     let (sk, sq) = sc.acc.split_at_mut(BW);
+    let bw = decode_block::<E>();
     let mut c0 = 0;
     while c0 < vd {
-        let w = BW.min(vd - c0);
+        let w = bw.min(vd - c0);
         // S^T k and S^T q over columns c0..c0+w, ACC columns in registers at a time
         let mut jb = 0;
         while jb < w {
@@ -197,6 +224,7 @@ unsafe fn decode_kmajor<E: StateElem, const A: usize>(
             sk[j] = u;
         }
         for (kk, &a) in kv.iter().enumerate() {
+            pf.step();
             // SAFETY: row kk, columns c0..c0+w of the head; no other reference to it is live.
             let row = unsafe { std::slice::from_raw_parts_mut(st.add(kk * vd + c0), w) };
             E::update_row(row, d, a, &sk[..w]);
@@ -272,7 +300,10 @@ unsafe fn steps_head_body<E: StateElem, const A: usize>(
     let bytes = kd * vd * std::mem::size_of::<E>();
     match kind {
         LayoutKind::KMajor if n == 1 && std::ptr::eq(dsts[0], src) => {
-            let mut pf = simd::Prefetch::new(next, bytes, vd.div_ceil(A) * kd);
+            // one prefetch share per row of each pass of each block
+            let bw = decode_block::<E>();
+            let calls = vd.div_ceil(bw) * (bw / A) * kd + vd.div_ceil(bw) * kd;
+            let mut pf = simd::Prefetch::new(next, bytes, calls);
             // SAFETY: one step in place on the head at `dsts[0]` (the caller's contract).
             unsafe { decode_kmajor::<E, A>(sc, kd, vd, scale, dsts[0], &mut pf) };
         }
