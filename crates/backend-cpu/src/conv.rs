@@ -51,9 +51,11 @@ pub(crate) fn store_conv(buf: &RawBuf, dtype: DType, off: usize, vals: &[f32]) {
 /// the channels-first window buffer and one output row.
 #[derive(Default)]
 pub(crate) struct ConvScratch {
-    /// Weights `[W, n]`: row j multiplies the input j steps after the oldest.
+    /// Weights `[W, n]`: row j multiplies the input j steps after the oldest
+    /// (made from `w_given` when a call first steps a token-major window).
     wt: Vec<f32>,
-    /// The block's weights as given, channel-major `[n, W]`, widened to f32 (read in one pass, then transposed into `wt`).
+    /// The block's weights as given, channel-major `[n, W]`, widened to f32
+    /// (unless they are read where they lie).
     w_given: Vec<f32>,
     /// Bias `[n]` (zeros without bias).
     bias: Vec<f32>,
@@ -84,9 +86,14 @@ pub(crate) struct ConvBlock<'a, 's> {
     x: In<'a>,
     /// Outputs.
     out: Out,
+    /// The block's weights where they lie (contiguous f32), else `None` and
+    /// they are in `s.w_given`.
+    wc: Option<&'a [f32]>,
     s: &'s mut ConvScratch,
     /// Ring row of the oldest input.
     head: usize,
+    /// Whether `s.wt` holds this block's weights (see [`Self::ready_wt`]).
+    wt_ready: bool,
 }
 
 impl<'a> ConvBlock<'a, '_> {
@@ -97,7 +104,7 @@ impl<'a> ConvBlock<'a, '_> {
         c0: usize,
         n: usize,
         width: usize,
-        weight: &In<'_>,
+        weight: &In<'a>,
         bias: Option<&In<'_>>,
         x: In<'a>,
         out: Out,
@@ -105,26 +112,24 @@ impl<'a> ConvBlock<'a, '_> {
     ) -> R {
         SCRATCH.with(|s| {
             let s = &mut *s.borrow_mut();
-            grow(&mut s.wt, width * n);
+            grow(&mut s.w_given, width * n);
             grow(&mut s.bias, n);
             grow(&mut s.ring, width * n);
             grow(&mut s.cf, (width - 1) * n);
             grow(&mut s.y, n);
-            if weight.strides[0] == width && weight.strides[1] == 1 {
-                // the usual contiguous `[conv_dim, W]`: one widening pass over the
-                // block, then an f32 transpose (a per-element dtype dispatch
+            let contiguous = weight.strides[0] == width && weight.strides[1] == 1;
+            // the usual contiguous f32 `[conv_dim, W]` is read where it lies
+            let wc = if contiguous { weight.f32_row(c0 * width, width * n) } else { None };
+            match (wc, contiguous) {
+                (Some(_), _) => {}
+                // one widening pass over the block (a per-element dtype dispatch
                 // here was a third of a batch-1 decode layer's conv time)
-                grow(&mut s.w_given, width * n);
-                weight.row(c0 * width, &mut s.w_given[..width * n]);
-                for (c, wc) in s.w_given[..width * n].chunks_exact(width).enumerate() {
-                    for (j, &x) in wc.iter().enumerate() {
-                        s.wt[j * n + c] = x;
-                    }
-                }
-            } else {
-                for c in 0..n {
-                    for j in 0..width {
-                        s.wt[j * n + c] = weight.get(weight.off2(c0 + c, j));
+                (None, true) => weight.row(c0 * width, &mut s.w_given[..width * n]),
+                (None, false) => {
+                    for c in 0..n {
+                        for j in 0..width {
+                            s.w_given[c * width + j] = weight.get(weight.off2(c0 + c, j));
+                        }
                     }
                 }
             }
@@ -132,8 +137,22 @@ impl<'a> ConvBlock<'a, '_> {
                 Some(b) => b.row(c0 * b.strides[0], &mut s.bias[..n]),
                 None => s.bias[..n].fill(0.0),
             }
-            f(&mut ConvBlock { c0, n, width, x, out, s, head: 0 })
+            f(&mut ConvBlock { c0, n, width, x, out, wc, s, head: 0, wt_ready: false })
         })
+    }
+
+    /// Transposes the block's weights into `wt` (token-major `[W, n]`) the
+    /// first time a token-major step needs them: a decode's f32 update reads
+    /// the channel-major weights as given and never pays for the transpose.
+    fn ready_wt(&mut self) {
+        if self.wt_ready {
+            return;
+        }
+        let (n, w) = (self.n, self.width);
+        let s = &mut *self.s;
+        grow(&mut s.wt, w * n);
+        transpose_weights(self.wc.unwrap_or(&s.w_given[..w * n]), w, &mut s.wt[..w * n]);
+        self.wt_ready = true;
     }
 
     /// Starts from a zero window (a sequence without initial state).
@@ -148,24 +167,30 @@ impl<'a> ConvBlock<'a, '_> {
         let (n, w1) = (self.n, self.width - 1);
         load_conv(buf, dtype, off, &mut self.s.cf[..n * w1]);
         self.head = 0;
-        for c in 0..n {
-            for j in 0..w1 {
-                self.s.ring[j * n + c] = self.s.cf[c * w1 + j];
-            }
-        }
+        // ring rows 0..W-1 (oldest first) = the state's columns
+        transpose_weights(&self.s.cf[..n * w1], w1, &mut self.s.ring[..w1 * n]);
     }
 
     /// Stores the window (the last W-1 inputs) as a conv state of `dtype` at
     /// byte offset `off` of `buf`.
     pub fn store(&mut self, buf: &RawBuf, dtype: DType, off: usize) {
         let (n, w, w1) = (self.n, self.width, self.width - 1);
-        for j in 0..w1 {
-            let r = (self.head + j) % w;
-            for c in 0..n {
-                self.s.cf[c * w1 + j] = self.s.ring[r * n + c];
+        let s = &mut *self.s;
+        if w1 == 3 {
+            let row = |j: usize| {
+                let r = (self.head + j) % w;
+                &s.ring[r * n..(r + 1) * n]
+            };
+            interleave3(row(0), row(1), row(2), &mut s.cf[..3 * n]);
+        } else {
+            for j in 0..w1 {
+                let r = (self.head + j) % w;
+                for c in 0..n {
+                    s.cf[c * w1 + j] = s.ring[r * n + c];
+                }
             }
         }
-        store_conv(buf, dtype, off, &self.s.cf[..n * w1]);
+        store_conv(buf, dtype, off, &s.cf[..n * w1]);
     }
 
     /// One token `t` on the conv state of `dtype` at byte offset `off` of
@@ -192,10 +217,28 @@ impl<'a> ConvBlock<'a, '_> {
     pub fn update_rows(&mut self, st: &mut [f32], s_len: usize, t: usize) {
         let (n, w) = (self.n, self.width);
         let s = &mut *self.s;
-        self.x.row(self.x.off2(t, self.c0), &mut s.ring[..n]);
-        conv_update_row(&s.wt[..w * n], &s.bias[..n], &mut st[..n * s_len], s_len, &s.ring[..n], w, &mut s.y[..n]);
-        // SAFETY: (t, block) of the output belongs to this task alone.
-        unsafe { self.out.store(self.out.off2(t, self.c0), &s.y[..n]) };
+        let st = &mut st[..n * s_len];
+        // f32 input and output rows are read and written where they lie
+        let xo = self.x.off2(t, self.c0);
+        let x = match self.x.f32_row(xo, n) {
+            Some(x) => x,
+            None => {
+                self.x.row(xo, &mut s.ring[..n]);
+                &s.ring[..n]
+            }
+        };
+        let oo = self.out.off2(t, self.c0);
+        let wc = self.wc.unwrap_or(&s.w_given[..w * n]);
+        // SAFETY: (t, block) of the output belongs to this task alone; no other
+        // store of it while `y` lives.
+        match unsafe { self.out.f32_row_mut(oo, n) } {
+            Some(y) => conv_update_row(wc, &s.bias[..n], st, s_len, x, w, y),
+            None => {
+                conv_update_row(wc, &s.bias[..n], st, s_len, x, w, &mut s.y[..n]);
+                // SAFETY: as above.
+                unsafe { self.out.store(oo, &s.y[..n]) };
+            }
+        }
     }
 
     /// Stores input row `t` of the block's channels as `dtype` at byte offset
@@ -210,6 +253,7 @@ impl<'a> ConvBlock<'a, '_> {
     /// Convolves token `t` (reading input row `t`, writing output row `t`)
     /// and shifts it into the window.
     pub fn step(&mut self, t: usize) {
+        self.ready_wt();
         let (n, w) = (self.n, self.width);
         let s = &mut *self.s;
         // the newest input goes into the row after the W-1 held ones
@@ -217,10 +261,19 @@ impl<'a> ConvBlock<'a, '_> {
         // rows are a whole conv_dim apart: the hardware prefetcher does not follow
         self.x.prefetch(self.x.off2(t + 2, self.c0), n);
         self.x.row(self.x.off2(t, self.c0), &mut s.ring[newest * n..(newest + 1) * n]);
-        conv_row(&s.wt[..w * n], &s.bias[..n], &s.ring[..w * n], self.head, w, &mut s.y[..n]);
+        let (wt, bias, ring) = (&s.wt[..w * n], &s.bias[..n], &s.ring[..w * n]);
+        let oo = self.out.off2(t, self.c0);
+        // SAFETY: (t, block) of the output belongs to this task alone; no other
+        // store of it while the row lives.
+        match unsafe { self.out.f32_row_mut(oo, n) } {
+            Some(y) => conv_row(wt, bias, ring, self.head, w, y),
+            None => {
+                conv_row(wt, bias, ring, self.head, w, &mut s.y[..n]);
+                // SAFETY: as above.
+                unsafe { self.out.store(oo, &s.y[..n]) };
+            }
+        }
         self.head = (self.head + 1) % w;
-        // SAFETY: (t, block) of the output belongs to this task alone.
-        unsafe { self.out.store(self.out.off2(t, self.c0), &s.y[..n]) };
     }
 }
 
@@ -230,6 +283,22 @@ impl<'a> ConvBlock<'a, '_> {
 vmath::dispatch!(
     fn conv_row(wt: &[f32], bias: &[f32], ring: &[f32], head: usize, w: usize, y: &mut [f32]) {
         let n = y.len();
+        if w == 4 {
+            // the models' width: one pass (a pass per weight row read and wrote `y` four times)
+            let row = |j: usize| {
+                let r = (head + j) % w;
+                (&wt[j * n..(j + 1) * n], &ring[r * n..(r + 1) * n])
+            };
+            let ((w0, x0), (w1, x1), (w2, x2), (w3, x3)) = (row(0), row(1), row(2), row(3));
+            let bias = &bias[..n];
+            for c in 0..n {
+                let acc = w0[c].mul_add(x0[c], bias[c]);
+                let acc = w1[c].mul_add(x1[c], acc);
+                let acc = w2[c].mul_add(x2[c], acc);
+                y[c] = vmath::silu_lane(w3[c].mul_add(x3[c], acc));
+            }
+            return;
+        }
         y.copy_from_slice(&bias[..n]);
         for j in 0..w {
             let r = (head + j) % w;
@@ -242,46 +311,164 @@ vmath::dispatch!(
     }
 );
 
+// `wt[j * n + c] = wc[c * w + j]`: channel-major `[n, w]` to token-major
+// `[w, n]` (the weights, and a conv state of `w = W-1` columns into the ring).
+vmath::dispatch!(
+    fn transpose_weights(wc: &[f32], w: usize, wt: &mut [f32]) {
+        let n = wt.len() / w;
+        // the models' widths (W = 4 weights, W-1 = 3 state columns): one
+        // vectorised pass each (a scalar scatter was a fifth of a decode's conv)
+        if w == 4 {
+            let (t0, rest) = wt.split_at_mut(n);
+            let (t1, rest) = rest.split_at_mut(n);
+            let (t2, t3) = rest.split_at_mut(n);
+            for ((((c, a), b), d), e) in wc[..4 * n].chunks_exact(4).zip(t0).zip(t1).zip(t2).zip(&mut t3[..n]) {
+                (*a, *b, *d, *e) = (c[0], c[1], c[2], c[3]);
+            }
+            return;
+        }
+        if w == 3 {
+            let (t0, rest) = wt.split_at_mut(n);
+            let (t1, t2) = rest.split_at_mut(n);
+            for (((c, a), b), d) in wc[..3 * n].chunks_exact(3).zip(t0).zip(t1).zip(&mut t2[..n]) {
+                (*a, *b, *d) = (c[0], c[1], c[2]);
+            }
+            return;
+        }
+        for (c, wcc) in wc[..w * n].chunks_exact(w).enumerate() {
+            for (j, &x) in wcc.iter().enumerate() {
+                wt[j * n + c] = x;
+            }
+        }
+    }
+);
+
+// `cf[3c + j] = rj[c]`: three token-major rows to a channels-first conv state `[n, 3]`.
+vmath::dispatch!(
+    fn interleave3(r0: &[f32], r1: &[f32], r2: &[f32], cf: &mut [f32]) {
+        let n = cf.len() / 3;
+        for (((c, &a), &b), &d) in cf.chunks_exact_mut(3).zip(&r0[..n]).zip(&r1[..n]).zip(&r2[..n]) {
+            (c[0], c[1], c[2]) = (a, b, d);
+        }
+    }
+);
+
 // The decode form of `conv_row` on a channels-first f32 state `[n, s_len]`
 // (oldest first; the newest W-1 columns are the window, `s_len >= W-1`),
-// shifted in place: the same fused multiply-adds in the same order (oldest
-// input first), so the same bits.
+// shifted in place, with the channel-major weights `[n, W]` as given (the
+// state's interleave): the same fused multiply-adds in the same order (bias
+// first, oldest input first), so the same bits.
 vmath::dispatch!(
-    fn conv_update_row(wt: &[f32], bias: &[f32], st: &mut [f32], s_len: usize, x: &[f32], w: usize, y: &mut [f32]) {
+    fn conv_update_row(wc: &[f32], bias: &[f32], st: &mut [f32], s_len: usize, x: &[f32], w: usize, y: &mut [f32]) {
         let (n, w1) = (y.len(), w - 1);
-        // The models' width (W = 4), unrolled (no per-channel shift loop), on the
-        // pool's state (S = 3) and on transformers' (S = 4).
+        let (bias, x) = (&bias[..n], &x[..n]);
+        // The models' width (W = 4), unrolled, on the pool's state (S = 3) and on
+        // transformers' (S = 4); zipped exact chunks (no bounds checks) so that
+        // the compiler vectorises the interleaved accesses.
         #[inline(always)]
-        fn width4<const S: usize>(wt: &[f32], bias: &[f32], st: &mut [f32], x: &[f32], y: &mut [f32]) {
+        fn width4<const S: usize>(wc: &[f32], bias: &[f32], st: &mut [f32], x: &[f32], y: &mut [f32]) {
             let n = y.len();
-            let (w0, w1, w2, w3) = (&wt[..n], &wt[n..2 * n], &wt[2 * n..3 * n], &wt[3 * n..4 * n]);
-            for (c, (s, yc)) in st.chunks_exact_mut(S).zip(y.iter_mut()).enumerate().take(n) {
-                let s: &mut [f32; S] = s.try_into().expect("S columns");
-                let (s0, s1, s2, xc) = (s[S - 3], s[S - 2], s[S - 1], x[c]);
-                let acc = w0[c].mul_add(s0, bias[c]);
-                let acc = w1[c].mul_add(s1, acc);
-                let acc = w2[c].mul_add(s2, acc);
-                *yc = w3[c].mul_add(xc, acc);
-                s.copy_within(1.., 0);
+            let (wc, st) = (&wc[..4 * n], &mut st[..S * n]);
+            for ((((s, wr), &xc), &b), yc) in st.chunks_exact_mut(S).zip(wc.chunks_exact(4)).zip(x).zip(bias).zip(y.iter_mut()) {
+                let (s0, s1, s2) = (s[S - 3], s[S - 2], s[S - 1]);
+                let acc = wr[0].mul_add(s0, b);
+                let acc = wr[1].mul_add(s1, acc);
+                let acc = wr[2].mul_add(s2, acc);
+                *yc = wr[3].mul_add(xc, acc);
+                for i in 0..S - 1 {
+                    s[i] = s[i + 1];
+                }
                 s[S - 1] = xc;
             }
         }
         match (w1, s_len) {
-            (3, 3) => width4::<3>(wt, bias, st, x, y),
-            (3, 4) => width4::<4>(wt, bias, st, x, y),
+            (3, 3) => width4::<3>(wc, bias, st, x, y),
+            (3, 4) => width4::<4>(wc, bias, st, x, y),
             _ => {
                 let skip = s_len - w1; // older inputs the state keeps but the conv does not read
-                for (c, (s, yc)) in st.chunks_exact_mut(s_len).zip(y.iter_mut()).enumerate().take(n) {
-                    let mut acc = bias[c];
+                for ((((s, wr), &xc), &b), yc) in st.chunks_exact_mut(s_len).zip(wc.chunks_exact(w)).zip(x).zip(bias).zip(y.iter_mut()) {
+                    let mut acc = b;
                     for j in 0..w1 {
-                        acc = wt[j * n + c].mul_add(s[skip + j], acc);
+                        acc = wr[j].mul_add(s[skip + j], acc);
                     }
-                    *yc = wt[w1 * n + c].mul_add(x[c], acc);
+                    *yc = wr[w1].mul_add(xc, acc);
                     s.copy_within(1.., 0);
-                    s[s_len - 1] = x[c];
+                    s[s_len - 1] = xc;
                 }
             }
         }
         y.iter_mut().for_each(|v| *v = vmath::silu_lane(*v));
     }
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+    }
+
+    /// The decode update (channel-major weights, in place on a channels-first
+    /// state) gives the bits of a per-lane scalar reference and of
+    /// `conv_row` on the transposed weights, for several widths and block
+    /// lengths (vector bodies and tails), on whichever path this machine takes.
+    #[test]
+    fn update_row_matches_conv_row_bitwise() {
+        let mut seed = 7;
+        for w in [2usize, 3, 4, 5] {
+            for n in [1usize, 15, 16, 17, 100, 2048] {
+                let w1 = w - 1;
+                let wc: Vec<f32> = (0..n * w).map(|_| lcg(&mut seed)).collect();
+                let bias: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
+                let st0: Vec<f32> = (0..n * w1).map(|_| lcg(&mut seed)).collect();
+                let x: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
+                // the scalar reference: bias first, oldest input first
+                let mut want_y = vec![0.0f32; n];
+                let mut want_st = st0.clone();
+                for c in 0..n {
+                    let mut acc = bias[c];
+                    for j in 0..w1 {
+                        acc = wc[c * w + j].mul_add(st0[c * w1 + j], acc);
+                    }
+                    acc = wc[c * w + w1].mul_add(x[c], acc);
+                    want_y[c] = vmath::silu_lane(acc);
+                    want_st[c * w1..(c + 1) * w1].copy_from_slice(&[&st0[c * w1 + 1..(c + 1) * w1], &[x[c]][..]].concat());
+                }
+                let (mut st, mut y) = (st0.clone(), vec![0.0f32; n]);
+                conv_update_row(&wc, &bias, &mut st, w - 1, &x, w, &mut y);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&y), bits(&want_y), "update outputs, w {w} n {n}");
+                assert_eq!(bits(&st), bits(&want_st), "updated state, w {w} n {n}");
+                // the extend's token-major step on the same window (a ring whose oldest row is 2)
+                let mut wt = vec![0.0f32; w * n];
+                transpose_weights(&wc, w, &mut wt);
+                for c in 0..n {
+                    for j in 0..w {
+                        assert_eq!(wt[j * n + c], wc[c * w + j], "transpose, w {w} n {n}");
+                    }
+                }
+                if w1 == 3 {
+                    // the state's columns to three rows and back (a window's load and store)
+                    let mut rows = vec![0.0f32; 3 * n];
+                    transpose_weights(&st0, 3, &mut rows);
+                    let mut back = vec![0.0f32; 3 * n];
+                    interleave3(&rows[..n], &rows[n..2 * n], &rows[2 * n..], &mut back);
+                    assert_eq!(bits(&back), bits(&st0), "state round trip, n {n}");
+                    assert_eq!(rows[n + n / 2], st0[3 * (n / 2) + 1], "state column 1, n {n}");
+                }
+                let head = 2 % w;
+                let mut ring = vec![0.0f32; w * n];
+                for c in 0..n {
+                    for j in 0..w {
+                        ring[((head + j) % w) * n + c] = if j < w1 { st0[c * w1 + j] } else { x[c] };
+                    }
+                }
+                let mut y2 = vec![0.0f32; n];
+                conv_row(&wt, &bias, &ring, head, w, &mut y2);
+                assert_eq!(bits(&y2), bits(&want_y), "conv_row outputs, w {w} n {n}");
+            }
+        }
+    }
+}

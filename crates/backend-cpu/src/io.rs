@@ -74,6 +74,16 @@ impl<'a> In<'a> {
         let _ = (off, n);
     }
 
+    /// `n` contiguous elements from `off` as they lie, when the view is f32
+    /// (no copy); `None` for another dtype.
+    #[inline(always)]
+    pub fn f32_row(&self, off: usize, n: usize) -> Option<&'a [f32]> {
+        match self.data {
+            Data::F32(s) => Some(&s[off..off + n]),
+            _ => None,
+        }
+    }
+
     /// `out.len()` contiguous elements from `off`, widened to f32.
     #[inline(always)]
     pub fn row(&self, off: usize, out: &mut [f32]) {
@@ -130,6 +140,20 @@ impl Out {
     #[inline(always)]
     pub fn off2(&self, i: usize, j: usize) -> usize {
         i * self.strides[0] + j * self.strides[1]
+    }
+
+    /// Elements `off..off + n` to write in place, when the view is f32; `None`
+    /// for another dtype (then [`Self::store`]).
+    ///
+    /// # Safety
+    /// No other thread may touch these elements while the slice lives, and
+    /// no other slice or store of this view may overlap it meanwhile.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn f32_row_mut(&self, off: usize, n: usize) -> Option<&mut [f32]> {
+        assert!(off.checked_add(n).is_some_and(|end| end <= self.len), "row outside the view");
+        // SAFETY: in bounds (asserted), f32 elements, exclusive by the caller's contract.
+        (self.dtype == DType::F32).then(|| unsafe { std::slice::from_raw_parts_mut((self.ptr as *mut f32).add(off), n) })
     }
 
     /// Stores `vals` (rounded to the view's dtype) at `off..off + vals.len()`.
