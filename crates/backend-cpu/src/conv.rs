@@ -375,10 +375,15 @@ vmath::dispatch!(
                 let acc = wr[1].mul_add(s1, acc);
                 let acc = wr[2].mul_add(s2, acc);
                 *yc = wr[3].mul_add(xc, acc);
-                for i in 0..S - 1 {
-                    s[i] = s[i + 1];
+                if S == 3 {
+                    // written out: the shift loop kept the pool's case from vectorising
+                    (s[0], s[1], s[2]) = (s1, s2, xc);
+                } else {
+                    for i in 0..S - 1 {
+                        s[i] = s[i + 1];
+                    }
+                    s[S - 1] = xc;
                 }
-                s[S - 1] = xc;
             }
         }
         match (w1, s_len) {
