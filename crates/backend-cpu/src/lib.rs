@@ -16,7 +16,7 @@
 //! - **decode / verify** (`steps.rs`): rayon over (sequence, value head), one
 //!   fused pass over the head's state for all of a request's tokens, in place
 //!   (decode) or from the parent step into the scratch (verify).
-//! - **speculative modes** both ([`SpecMode`](deltanet_core::SpecMode)): scratch
+//! - **speculative modes** both ([`SpecMode`]): scratch
 //!   as above; replay (`replay.rs`): verify writes no state (each step's state
 //!   lives only in the per-thread block its children read) and records the
 //!   drafts' raw conv inputs and the k, v, g, beta it used; commit replays the
@@ -25,6 +25,8 @@
 //!   verify outputs == scratch verify outputs (the conformance suite checks it).
 //! - **conv** (`conv.rs`) extend / update / verify with the conv state, rayon
 //!   over blocks of 2048 channels (each block runs every request of the call);
+//!   [`CpuDispatcher::conv_update_caller_state`] runs the decode update on a
+//!   conv state the caller owns (causal-conv1d's `[B, conv_dim, S]`);
 //!   **gate** (`gate.rs`) fused, on the calling thread.
 //!
 //! Inputs f32, bf16 or f16 (widened on load), f32 accumulation, state f32 or
