@@ -18,6 +18,11 @@ use deltanet::{
 use pyo3::prelude::*;
 use std::sync::{Mutex, OnceLock};
 
+/// A decode of at most this many state bytes (one request of a Qwen3.5-35B-A3B layer, f32)
+/// runs on the calling thread: next to torch's spinning OpenMP workers a second worker costs
+/// more than it gives (`CpuDispatcher::with_inline_decode`).
+const INLINE_DECODE_BYTES: usize = 2 << 20;
+
 /// The process-wide CPU backends (K-major for fla's default state, V-major for `state_v_first`).
 pub fn cpu_backend(vmajor: bool) -> PyResult<&'static Backend> {
     static K: OnceLock<Backend> = OnceLock::new();
@@ -26,7 +31,11 @@ pub fn cpu_backend(vmajor: bool) -> PyResult<&'static Backend> {
     if let Some(b) = cell.get() {
         return Ok(b);
     }
-    let b = if vmajor { Backend::cpu_vmajor() } else { Backend::cpu() }.py_err()?;
+    let b = if vmajor {
+        Backend::CpuVMajor(deltanet::cpu::CpuVMajor::new().with_inline_decode(INLINE_DECODE_BYTES))
+    } else {
+        Backend::CpuKMajor(deltanet::cpu::CpuKMajor::new().with_inline_decode(INLINE_DECODE_BYTES))
+    };
     Ok(cell.get_or_init(|| b))
 }
 
