@@ -15,11 +15,13 @@ transformers' GDN layers (``Qwen3_5GatedDeltaNet``, ``Qwen3_5MoeGatedDeltaNet``,
 updated in place), ``torch_chunk_gated_delta_rule`` (prefill) and
 ``torch_recurrent_gated_delta_rule`` (decode). transformers binds those names at import
 time to fla's / causal-conv1d's kernels when the packages are installed, else to its own
-torch code.
+torch code. Since transformers 5.25 the conv kernels are reached through a module-level helper
+(``causal_conv1d_forward``), and with the ``kernels`` package each name is an ``nn.Module``
+wrapping the function; the patch follows both (tested with transformers 5.24 and 5.25).
 
 :func:`patch_model` gives each GDN layer *of this model* a copy of transformers' own
-``forward`` whose four kernel names resolve to deltanet's fla- and causal-conv1d-compatible
-functions (:func:`deltanet.chunk_gated_delta_rule` and friends). Everything else is
+``forward`` (and of the module helpers it calls them through) whose four kernel names
+resolve to deltanet's fla- and causal-conv1d-compatible functions (:func:`deltanet.chunk_gated_delta_rule` and friends). Everything else is
 transformers' code: the projections, the gate, the gated RMSNorm, and the cache — the
 layer still reads and writes transformers' own cache objects (``cache.get_conv_state``,
 ``update_conv_state``, ``update_recurrent_state``), so ``generate``, chunked prefill through
@@ -244,10 +246,64 @@ def gdn_layers(model) -> List[Any]:
     return [m for m in model.modules() if isinstance(m, classes)]
 
 
+def _function_behind(obj: Any) -> Any:
+    """The Python function a transformers kernel name stands for, wrappers removed.
+
+    transformers decorates its kernel functions (fla / causal-conv1d / kernels-hub dispatch,
+    ``functools.wraps`` wrappers that ``inspect.unwrap`` removes). With the ``kernels`` package
+    installed (transformers >= 5.25 requires it), each module-level kernel name is moreover an
+    ``nn.Module`` ("Func") whose ``forward`` calls the decorated function it was made from, held
+    in the closure of ``forward`` as ``func``.
+    """
+    if not inspect.isfunction(obj):
+        forward = getattr(type(obj), "forward", None)
+        code = getattr(forward, "__code__", None)
+        if code is not None and "func" in code.co_freevars and forward.__closure__:
+            obj = forward.__closure__[code.co_freevars.index("func")].cell_contents
+    return inspect.unwrap(obj)
+
+
+def _rebound(fn: Callable, namespace: Dict[str, Any]) -> Callable:
+    """``fn`` (a plain function) over ``namespace`` as its globals: same code, defaults, closure."""
+    out = types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__)
+    out.__kwdefaults__ = fn.__kwdefaults__
+    out.__qualname__ = fn.__qualname__
+    out.__doc__ = fn.__doc__
+    return out
+
+
+def _kernel_callers(raw: Callable) -> Dict[str, Callable]:
+    """Module-level helpers of ``raw``'s module that ``raw`` calls and that call a kernel name.
+
+    transformers >= 5.25 reaches the conv kernels through ``causal_conv1d_forward(conv1d,
+    hidden_states, cache, layer_idx, ...)`` instead of calling them from the layer's forward;
+    such a helper is rebuilt over the patched names too, or the layer would run transformers'
+    conv while the delta rule ran on deltanet.
+    """
+    module_globals = raw.__globals__
+    callers: Dict[str, Callable] = {}
+    pending = [raw]
+    while pending:
+        for name in pending.pop().__code__.co_names:
+            if name in KERNEL_NAMES or name in callers or name not in module_globals:
+                continue
+            try:
+                fn = _function_behind(module_globals[name])
+            except (TypeError, ValueError):
+                continue
+            if not inspect.isfunction(fn) or fn.__globals__ is not module_globals:
+                continue  # not code of this module (torch, builtins, other modules)
+            if any(k in fn.__code__.co_names for k in KERNEL_NAMES):
+                callers[name] = fn
+                pending.append(fn)
+    return callers
+
+
 def _kernels_for(cls: type, kernels: str) -> Dict[str, Callable]:
     raw = inspect.unwrap(cls.forward)
     module_globals = raw.__globals__
-    missing = [name for name in KERNEL_NAMES if name not in module_globals]
+    reached = set(raw.__code__.co_names).union(*(fn.__code__.co_names for fn in _kernel_callers(raw).values()))
+    missing = [name for name in KERNEL_NAMES if name not in module_globals or name not in reached]
     if missing:
         raise RuntimeError(
             f"{cls.__qualname__}.forward no longer calls {missing} (transformers changed); "
@@ -257,7 +313,7 @@ def _kernels_for(cls: type, kernels: str) -> Dict[str, Callable]:
         return dict(_DELTANET_KERNELS)
     if kernels == "torch":
         # transformers' own torch code, under whatever fla/kernels-hub wrappers it was given.
-        return {name: inspect.unwrap(module_globals[name]) for name in KERNEL_NAMES}
+        return {name: _function_behind(module_globals[name]) for name in KERNEL_NAMES}
     raise ValueError(f"kernels must be 'deltanet' or 'torch', got {kernels!r}")
 
 
@@ -266,16 +322,16 @@ def _patched_forward(cls: type, kernels: str) -> Callable:
     """``cls.forward`` with its kernel names bound to ``kernels`` (one function per class and kind).
 
     transformers' undecorated ``forward`` is rebuilt over a copy of its module's globals in
-    which the four kernel names are replaced; the code object, defaults and closure are the
+    which the four kernel names are replaced, and so is every module-level helper through which
+    it reaches them (:func:`_kernel_callers`); the code objects, defaults and closures are the
     originals, so the layer's logic (cache handling included) is exactly transformers'.
     """
     raw = inspect.unwrap(cls.forward)
     namespace = dict(raw.__globals__)
     namespace.update(_kernels_for(cls, kernels))
-    forward = types.FunctionType(raw.__code__, namespace, raw.__name__, raw.__defaults__, raw.__closure__)
-    forward.__kwdefaults__ = raw.__kwdefaults__
-    forward.__qualname__ = raw.__qualname__
-    forward.__doc__ = raw.__doc__
+    for name, helper in _kernel_callers(raw).items():
+        namespace[name] = _rebound(helper, namespace)
+    forward = _rebound(raw, namespace)
     try:  # transformers fires accelerate's hooks on conv1d (its weight is used directly)
         from transformers.integrations.accelerate import force_accelerate_hooks
 

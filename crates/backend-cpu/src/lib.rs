@@ -131,8 +131,8 @@ impl<L: StateLayout> CpuDispatcher<L> {
     }
 
     /// Runs a decode whose recurrent states total at most `bytes` (all the
-    /// call's requests together) on the calling thread instead of the worker
-    /// pool. For hosts whose own threads keep the other cores busy between
+    /// call's requests together), and a conv update whose conv states do, on
+    /// the calling thread instead of the worker pool. For hosts whose own threads keep the other cores busy between
     /// calls: inside torch, whose OpenMP workers spin after every operation, a
     /// second worker shares a core with a spinning thread, is preempted mid-task
     /// and the caller waits for it at the join (a batch-1 decode of a
@@ -210,11 +210,20 @@ impl<L: StateLayout> CpuDispatcher<L> {
     /// most [`CONV_SERIAL`] (token, channel) pairs runs its blocks in order
     /// on the calling thread.
     fn conv_blocks(&self, dims: &ModelDims, io: &mut ConvIo<'_>, run: impl Fn(&mut ConvBlock<'_, '_>) + Sync) -> Result<()> {
-        self.conv_channel_blocks(dims.conv_dim(), dims.conv_width, io, run)
+        self.conv_channel_blocks(dims.conv_dim(), dims.conv_width, io, false, run)
     }
 
-    /// [`Self::conv_blocks`] over `cd` channels of width `width`.
-    fn conv_channel_blocks(&self, cd: usize, width: usize, io: &mut ConvIo<'_>, run: impl Fn(&mut ConvBlock<'_, '_>) + Sync) -> Result<()> {
+    /// [`Self::conv_blocks`] over `cd` channels of width `width`; `inline`
+    /// runs the blocks on the calling thread whatever the call's size (a
+    /// conv update within [`Self::with_inline_decode`]'s bytes).
+    fn conv_channel_blocks(
+        &self,
+        cd: usize,
+        width: usize,
+        io: &mut ConvIo<'_>,
+        inline: bool,
+        run: impl Fn(&mut ConvBlock<'_, '_>) + Sync,
+    ) -> Result<()> {
         let (x, weight) = (In::new(&io.x)?, In::new(&io.weight)?);
         let bias = io.bias.as_ref().map(In::new).transpose()?;
         let out = Out::new(&mut io.out)?;
@@ -223,7 +232,7 @@ impl<L: StateLayout> CpuDispatcher<L> {
             let c0 = b * CONV_BLOCK;
             ConvBlock::with(c0, CONV_BLOCK.min(cd - c0), width, &weight, bias.as_ref(), x, out, &run);
         };
-        if io.x.meta().shape()[0] * cd <= CONV_SERIAL {
+        if inline || io.x.meta().shape()[0] * cd <= CONV_SERIAL {
             // a small call (a batch-1 decode) on the calling thread: the same
             // blocks, so the same bits; the rayon round trip (wake a worker,
             // park and wake the caller) took half its time
@@ -267,8 +276,9 @@ impl<L: StateLayout> CpuDispatcher<L> {
         if state.len() != rows * cd * state_len {
             return Err(Error::shape("conv_state", &[rows * cd * state_len], &[state.len()]));
         }
+        let inline = std::mem::size_of_val(state) <= self.inline_decode_bytes;
         let st = RawBuf::new(bytemuck::cast_slice_mut(state));
-        self.conv_channel_blocks(cd, width, &mut io, |blk| {
+        self.conv_channel_blocks(cd, width, &mut io, inline, |blk| {
             for i in 0..rows {
                 let (off, n) = ((i * cd + blk.c0) * state_len, blk.n * state_len);
                 // SAFETY: `typed` bounds-checks; rows `c0..c0 + n` of sequence `i` belong to this block's task alone.
@@ -341,7 +351,8 @@ impl<L: StateLayout> Kernels for CpuDispatcher<L> {
         pool.checked_parts(ticket, |parts| {
             let conv = RawBuf::new(parts.conv.bytes_mut());
             let (cdt, w1, es) = (g.config.conv_dtype, dims.conv_state_len(), g.config.conv_dtype.size());
-            self.conv_blocks(&dims, &mut io, |blk| {
+            let inline = batch.num_seqs() * dims.conv_dim() * w1 * es <= self.inline_decode_bytes;
+            self.conv_channel_blocks(dims.conv_dim(), dims.conv_width, &mut io, inline, |blk| {
                 for (i, slot) in batch.slots().iter().enumerate() {
                     blk.update_in_place(&conv, cdt, g.conv_offset(layer, slot.index()) + blk.c0 * w1 * es, i);
                 }

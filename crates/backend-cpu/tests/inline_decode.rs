@@ -63,3 +63,53 @@ fn a_decode_on_the_calling_thread_gives_the_pools_bits() {
         assert_ne!(bits(&pooled.1), bits(&init), "{sd:?}: the states moved");
     }
 }
+
+/// Three conv updates of `b` requests through a pool, then three on a caller
+/// state, from the same random start; returns (outputs, pool conv states,
+/// caller state).
+fn conv_updates(d: &CpuKMajor, dims: ModelDims, b: usize, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    let (cd, w) = (dims.conv_dim(), dims.conv_width);
+    let weight = rand_vec(&mut r, cd * w, -1.0, 1.0);
+    let mut pool = d.new_pool(PoolConfig::new(1, b, dims)).unwrap();
+    let slots = pool.alloc(b).unwrap();
+    for s in &slots {
+        let conv = rand_vec(&mut r, dims.conv_elems(), -1.0, 1.0);
+        pool.import(*s, &HostState::from_f32(1, dims, DType::F32, DType::F32, &vec![0.0; dims.state_elems()], &conv).unwrap()).unwrap();
+    }
+    let mut caller_state = rand_vec(&mut r, b * cd * (w - 1), -1.0, 1.0);
+    let mut outs = Vec::new();
+    for step in 0..6 {
+        let x = rand_vec(&mut r, b * cd, -1.0, 1.0);
+        let mut out = vec![0f32; b * cd];
+        let io = ConvIo {
+            x: TensorRef::from_slice(&x, &[b, cd]).unwrap(),
+            weight: TensorRef::from_slice(&weight, &[cd, w]).unwrap(),
+            bias: None,
+            out: TensorMut::from_slice(&mut out, &[b, cd]).unwrap(),
+        };
+        if step < 3 {
+            let batch = DecodeBatch::new(&pool, &slots).unwrap();
+            d.conv_update(&mut pool, 0, &batch, io).unwrap();
+        } else {
+            d.conv_update_caller_state(io, &mut caller_state, w - 1).unwrap();
+        }
+        outs.extend(out);
+    }
+    let states = slots.iter().flat_map(|s| pool.export(*s).unwrap().conv_f32()).collect();
+    (outs, states, caller_state)
+}
+
+#[test]
+fn a_conv_update_on_the_calling_thread_gives_the_pools_bits() {
+    // conv_dim 2*16 + 2*3000 = 6032; 3 requests make 18096 (token, channel) pairs, more than a
+    // call the pool runs on the calling thread on its own, so `pooled` spreads the blocks
+    let dims = ModelDims::new(1, 2, 16, 3000, 4).unwrap();
+    let pooled = conv_updates(&CpuKMajor::with_threads(2).unwrap(), dims, 3, 17);
+    let inline = conv_updates(&CpuKMajor::with_threads(2).unwrap().with_inline_decode(usize::MAX), dims, 3, 17);
+    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&pooled.0), bits(&inline.0), "outputs");
+    assert_eq!(bits(&pooled.1), bits(&inline.1), "pool conv states");
+    assert_eq!(bits(&pooled.2), bits(&inline.2), "caller states");
+    assert!(pooled.0.iter().all(|x| x.is_finite()) && pooled.0.iter().any(|&x| x != 0.0));
+}
