@@ -40,6 +40,10 @@ copy of it (same shape, dtype and values), and each decode step then advances it
 (``inplace_final_state``): transformers' ``update_recurrent_state`` copies a tensor onto
 itself, a no-op, so no state byte is copied per step. A cache whose tensor was replaced by
 other code (beam-search reordering, say) still works, with one state copy in and out per step.
+While the cache records past states for a later ``crop`` (transformers >= 5.25, assisted
+decoding), states are not advanced in place: the cache clones its state after the forward as
+the state before it and keeps every intermediate state the forward returns, so each call
+returns a new state, as transformers' torch code does.
 
 As in transformers' own dispatch to fla, keyword arguments the kernel does not take
 (transformers' ``chunk_size`` and attention plumbing that reaches the layer) are dropped
@@ -114,6 +118,10 @@ def _chunk_gated_delta_rule(
     # chunk_size: transformers' torch chunking; deltanet's result does not depend on it.
     # kwargs: attention plumbing transformers' own wrapper also drops before calling fla.
     del chunk_size, kwargs
+    if query.shape[1] == 0:
+        # transformers >= 5.25 recording past states (assisted decoding): when every token of
+        # the forward is kept, the chunked part is empty and all of them take the recurrent path
+        return _no_tokens(value, key.shape[-1], initial_state, output_final_state)
     return _produce(
         _deltanet().chunk_gated_delta_rule(
             query,
@@ -161,11 +169,38 @@ def _recurrent_gated_delta_rule(
     )
 
 
+def _no_tokens(value, k_dim: int, initial_state, output_final_state: bool):
+    """transformers' torch result for a chunk of no tokens: no output, the initial state unchanged."""
+    import torch
+
+    B, _, HV, V = value.shape
+    out = value.new_empty((B, 0, HV, V))
+    if not output_final_state:
+        return out, None
+    if initial_state is None:
+        return out, torch.zeros((B, HV, k_dim, V), dtype=torch.float32, device=value.device)
+    return out, initial_state
+
+
 def _in_place(initial_state, output_final_state: bool) -> bool:
     # transformers replaces the cached state with the final one (`update_recurrent_state`
     # copies it in, a no-op when it is the cached tensor itself): advancing the initial state
     # in place gives the same cache contents, and on deltanet's own state memory copies nothing.
-    return initial_state is not None and output_final_state
+    # Not while the cache records past states (`_patched_forward`): it clones the cached state
+    # after the forward as the state before it, and keeps each intermediate state the forward
+    # returns, so those must be new tensors, as transformers' torch code makes them.
+    return initial_state is not None and output_final_state and getattr(_produced, "in_place", True)
+
+
+def _records_past(cache, layer_idx: int) -> bool:
+    """Whether transformers' cache keeps past states of this layer for a later ``crop`` (>= 5.25)."""
+    recording = getattr(cache, "is_recording_past", None)
+    if recording is None:
+        return False
+    try:
+        return bool(recording(layer_idx))
+    except (AttributeError, IndexError, TypeError):
+        return False
 
 
 def _produce(result, initial_state):
@@ -344,14 +379,16 @@ def _patched_forward(cls: type, kernels: str) -> Callable:
             kwargs["cache"] = kwargs.pop("cache_params")
         if kernels != "deltanet":
             return forward(self, *args, **kwargs)
+        cache = kwargs.get("cache", args[1] if len(args) > 1 else None)
         _produced.state = None
+        _produced.in_place = cache is None or not _records_past(cache, self.layer_idx)
         try:
             out = forward(self, *args, **kwargs)
-            cache = kwargs.get("cache", args[1] if len(args) > 1 else None)
             if _produced.state is not None and cache is not None:
                 _adopt_state(cache, self.layer_idx, _produced.state)
         finally:
             _produced.state = None
+            _produced.in_place = True
         return out
 
     patched.__doc__ = raw.__doc__

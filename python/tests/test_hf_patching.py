@@ -12,6 +12,7 @@ refused by name instead of silently left unpatched.
 import types
 
 import pytest
+import torch
 
 import deltanet
 import deltanet.hf as hf
@@ -71,6 +72,9 @@ class Layer:
 '''
 
 
+X = torch.zeros(1, 2, 1, 4)  # what the synthetic layer is called with ([B, T, H, K])
+
+
 def synthetic_module(source: str) -> types.ModuleType:
     module = types.ModuleType("synthetic_gdn_module")
     exec(source, module.__dict__)
@@ -80,8 +84,8 @@ def synthetic_module(source: str) -> types.ModuleType:
 def test_torch_kernels_are_reached_through_helpers_and_wrappers():
     layer_cls = synthetic_module(SOURCE).Layer
     forward = hf._patched_forward(layer_cls, "torch")
-    assert forward(layer_cls(), "x") == ("torch-conv", "torch-chunk")
-    assert forward(layer_cls(), "x", decode=True) == ("torch-update", "torch-recurrent")
+    assert forward(layer_cls(), X) == ("torch-conv", "torch-chunk")
+    assert forward(layer_cls(), X, decode=True) == ("torch-update", "torch-recurrent")
 
 
 def test_deltanet_kernels_replace_those_called_through_helpers(monkeypatch):
@@ -91,10 +95,10 @@ def test_deltanet_kernels_replace_those_called_through_helpers(monkeypatch):
     monkeypatch.setattr(deltanet, "fused_recurrent_gated_delta_rule", lambda *a, **k: ("deltanet-recurrent", None))
     layer_cls = synthetic_module(SOURCE).Layer
     forward = hf._patched_forward(layer_cls, "deltanet")
-    assert forward(layer_cls(), "x") == ("deltanet-conv", "deltanet-chunk")
-    assert forward(layer_cls(), "x", decode=True) == ("deltanet-update", "deltanet-recurrent")
+    assert forward(layer_cls(), X) == ("deltanet-conv", "deltanet-chunk")
+    assert forward(layer_cls(), X, decode=True) == ("deltanet-update", "deltanet-recurrent")
     # the module itself is untouched: other models keep transformers' kernels
-    assert layer_cls().forward("x") == ("torch-conv", "torch-chunk")
+    assert layer_cls().forward(X) == ("torch-conv", "torch-chunk")
 
 
 def test_a_kernel_name_the_forward_no_longer_reaches_is_refused():

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 
 import pytest
 import torch
+import transformers.cache_utils as cache_utils
 from transformers import DynamicCache, Qwen3_5ForCausalLM, Qwen3_5TextConfig, Qwen3NextConfig, Qwen3NextForCausalLM
 
 import deltanet
@@ -286,3 +288,33 @@ def test_cache_holds_the_state_deltanet_returned(name, monkeypatch):
         token = out.logits[:, -1:].argmax(-1)
         model(token, cache=cache, use_cache=True)
         assert all(cache.layers[i].recurrent_states[0] is state for i, state in zip(gdn, returned))
+
+
+@pytest.mark.parametrize("name", ["qwen3_5-hv1", "qwen3_next-hv4"])
+@pytest.mark.parametrize("keep", [4, 2])
+@torch.no_grad()
+def test_speculative_rollback_through_the_cache_matches_transformers(name, keep):
+    """transformers >= 5.25 assisted decoding: the cache records past states, a forward of 4
+    drafts keeps `keep` intermediate states (all 4: the chunked part is empty), `crop` rolls 2
+    back, decoding goes on. The cache clones its state after the forward as the state before
+    it, so a state advanced in place there would roll back to the wrong state."""
+    layer_cls = getattr(cache_utils, "LinearAttentionLayer", None)
+    recording = getattr(layer_cls, "activate_past_recording", None)
+    if recording is None or "recurrent_states_to_keep" not in inspect.signature(recording).parameters:
+        pytest.skip("skipped: this transformers does not record recurrent states for crop (added in 5.25)")
+    model = make_model(name)
+    ids = prompt(45, seed=11)
+
+    def run(kernels: str):
+        deltanet.hf.patch_model(model, kernels)
+        cache = DynamicCache(config=model.config)
+        outs = [model(ids[:, :37], cache=cache, use_cache=True).logits]
+        cache.activate_past_recording(recurrent_states_to_keep=keep)
+        outs.append(model(ids[:, 37:41], cache=cache, use_cache=True).logits)  # 4 drafts
+        cache.crop(-2)  # the last 2 rejected
+        outs.append(model(ids[:, 39:40], cache=cache, use_cache=True).logits)
+        outs.append(model(ids[:, 40:45], cache=cache, use_cache=True).logits)
+        return outs
+
+    for step, (ours, ref) in enumerate(zip(run("deltanet"), run("torch"))):
+        assert rms_ratio(ours, ref) <= F32_TOL, f"step {step}"
