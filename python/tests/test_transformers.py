@@ -290,6 +290,14 @@ def test_cache_holds_the_state_deltanet_returned(name, monkeypatch):
         assert all(cache.layers[i].recurrent_states[0] is state for i, state in zip(gdn, returned))
 
 
+def skip_unless_recurrent_states_are_recorded():
+    """transformers < 5.25 keeps no recurrent states for `crop` (and refuses assisted decoding of these models)."""
+    layer_cls = getattr(cache_utils, "LinearAttentionLayer", None)
+    recording = getattr(layer_cls, "activate_past_recording", None)
+    if recording is None or "recurrent_states_to_keep" not in inspect.signature(recording).parameters:
+        pytest.skip("skipped: this transformers does not record recurrent states for crop (added in 5.25)")
+
+
 @pytest.mark.parametrize("name", ["qwen3_5-hv1", "qwen3_next-hv4"])
 @pytest.mark.parametrize("keep", [4, 2])
 @torch.no_grad()
@@ -298,10 +306,7 @@ def test_speculative_rollback_through_the_cache_matches_transformers(name, keep)
     drafts keeps `keep` intermediate states (all 4: the chunked part is empty), `crop` rolls 2
     back, decoding goes on. The cache clones its state after the forward as the state before
     it, so a state advanced in place there would roll back to the wrong state."""
-    layer_cls = getattr(cache_utils, "LinearAttentionLayer", None)
-    recording = getattr(layer_cls, "activate_past_recording", None)
-    if recording is None or "recurrent_states_to_keep" not in inspect.signature(recording).parameters:
-        pytest.skip("skipped: this transformers does not record recurrent states for crop (added in 5.25)")
+    skip_unless_recurrent_states_are_recorded()
     model = make_model(name)
     ids = prompt(45, seed=11)
 
@@ -318,3 +323,16 @@ def test_speculative_rollback_through_the_cache_matches_transformers(name, keep)
 
     for step, (ours, ref) in enumerate(zip(run("deltanet"), run("torch"))):
         assert rms_ratio(ours, ref) <= F32_TOL, f"step {step}"
+
+
+@pytest.mark.parametrize("name", ["qwen3_5-hv1", "qwen3_next-hv4"])
+def test_assisted_generate_matches_transformers(name):
+    """Prompt-lookup assisted decoding (drafts verified in one forward, the cache rolled back on
+    a rejection): the same greedy ids as transformers' torch path under the same assistance."""
+    skip_unless_recurrent_states_are_recorded()
+    model = make_model(name)
+    ids = prompt(30, seed=3)
+    ids = torch.cat([ids, ids[:, :12]], dim=1)  # a repeat, so the prompt lookup proposes drafts
+    ours = generate(model, ids, "deltanet", 24, prompt_lookup_num_tokens=3)
+    ref = generate(model, ids, "torch", 24, prompt_lookup_num_tokens=3)
+    assert torch.equal(ours, ref)
