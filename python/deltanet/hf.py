@@ -21,8 +21,8 @@ wrapping the function; the patch follows both (tested with transformers 5.24 and
 
 :func:`patch_model` gives each GDN layer *of this model* a copy of transformers' own
 ``forward`` (and of the module helpers it calls them through) whose four kernel names
-resolve to deltanet's fla- and causal-conv1d-compatible functions (:func:`deltanet.chunk_gated_delta_rule` and friends). Everything else is
-transformers' code: the projections, the gate, the gated RMSNorm, and the cache — the
+resolve to deltanet's fla- and causal-conv1d-compatible functions
+(:func:`deltanet.chunk_gated_delta_rule` and friends). Everything else is transformers' code: the projections, the gate, the gated RMSNorm, and the cache — the
 layer still reads and writes transformers' own cache objects (``cache.get_conv_state``,
 ``update_conv_state``, ``update_recurrent_state``), so ``generate``, chunked prefill through
 the cache, batching and padding behave as they do upstream. Other models in the process,

@@ -151,7 +151,7 @@ impl<'a> ConvBlock<'a, '_> {
         let (n, w) = (self.n, self.width);
         let s = &mut *self.s;
         grow(&mut s.wt, w * n);
-        transpose_weights(self.wc.unwrap_or(&s.w_given[..w * n]), w, &mut s.wt[..w * n]);
+        to_token_major(self.wc.unwrap_or(&s.w_given[..w * n]), w, &mut s.wt[..w * n]);
         self.wt_ready = true;
     }
 
@@ -168,7 +168,7 @@ impl<'a> ConvBlock<'a, '_> {
         load_conv(buf, dtype, off, &mut self.s.cf[..n * w1]);
         self.head = 0;
         // ring rows 0..W-1 (oldest first) = the state's columns
-        transpose_weights(&self.s.cf[..n * w1], w1, &mut self.s.ring[..w1 * n]);
+        to_token_major(&self.s.cf[..n * w1], w1, &mut self.s.ring[..w1 * n]);
     }
 
     /// Stores the window (the last W-1 inputs) as a conv state of `dtype` at
@@ -314,7 +314,7 @@ vmath::dispatch!(
 // `wt[j * n + c] = wc[c * w + j]`: channel-major `[n, w]` to token-major
 // `[w, n]` (the weights, and a conv state of `w = W-1` columns into the ring).
 vmath::dispatch!(
-    fn transpose_weights(wc: &[f32], w: usize, wt: &mut [f32]) {
+    fn to_token_major(wc: &[f32], w: usize, wt: &mut [f32]) {
         let n = wt.len() / w;
         // the models' widths (W = 4 weights, W-1 = 3 state columns): one
         // vectorised pass each (a scalar scatter was a fifth of a decode's conv)
@@ -448,7 +448,7 @@ mod tests {
                 assert_eq!(bits(&st), bits(&want_st), "updated state, w {w} n {n}");
                 // the extend's token-major step on the same window (a ring whose oldest row is 2)
                 let mut wt = vec![0.0f32; w * n];
-                transpose_weights(&wc, w, &mut wt);
+                to_token_major(&wc, w, &mut wt);
                 for c in 0..n {
                     for j in 0..w {
                         assert_eq!(wt[j * n + c], wc[c * w + j], "transpose, w {w} n {n}");
@@ -457,7 +457,7 @@ mod tests {
                 if w1 == 3 {
                     // the state's columns to three rows and back (a window's load and store)
                     let mut rows = vec![0.0f32; 3 * n];
-                    transpose_weights(&st0, 3, &mut rows);
+                    to_token_major(&st0, 3, &mut rows);
                     let mut back = vec![0.0f32; 3 * n];
                     interleave3(&rows[..n], &rows[n..2 * n], &rows[2 * n..], &mut back);
                     assert_eq!(bits(&back), bits(&st0), "state round trip, n {n}");

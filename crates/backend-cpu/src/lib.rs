@@ -96,8 +96,8 @@ use steps::{steps_head, StepInputs};
 pub struct CpuDispatcher<L: StateLayout> {
     caps: Capabilities,
     threads: Option<Arc<rayon::ThreadPool>>,
-    /// A decode whose recurrent states total at most this many bytes runs on
-    /// the calling thread ([`Self::with_inline_decode`]; 0: never).
+    /// A decode (or decode conv update) whose states total at most this many
+    /// bytes runs on the calling thread ([`Self::with_inline_decode`]; 0: never).
     inline_decode_bytes: usize,
     _layout: PhantomData<L>,
 }
@@ -132,15 +132,22 @@ impl<L: StateLayout> CpuDispatcher<L> {
 
     /// Runs a decode whose recurrent states total at most `bytes` (all the
     /// call's requests together), and a conv update whose conv states do, on
-    /// the calling thread instead of the worker pool. For hosts whose own threads keep the other cores busy between
-    /// calls: inside torch, whose OpenMP workers spin after every operation, a
-    /// second worker shares a core with a spinning thread, is preempted mid-task
-    /// and the caller waits for it at the join (a batch-1 decode of a
-    /// Qwen3.5-0.8B layer in transformers: ~2.7x faster on the calling thread
-    /// alone). The results are the same bits either way.
+    /// the calling thread instead of the worker pool. For hosts whose own
+    /// threads keep the other cores busy between calls: inside torch, whose
+    /// OpenMP workers spin after every operation, a second worker shares a core
+    /// with a spinning thread, is preempted mid-task and the caller waits for
+    /// it at the join (a batch-1 decode of a Qwen3.5-0.8B layer in
+    /// transformers: ~2.7x faster on the calling thread alone). The results
+    /// are the same bits either way.
     pub fn with_inline_decode(mut self, bytes: usize) -> Self {
         self.inline_decode_bytes = bytes;
         self
+    }
+
+    /// Whether a decode-step call over `state_bytes` of state runs on the
+    /// calling thread ([`Self::with_inline_decode`]).
+    fn runs_inline(&self, state_bytes: usize) -> bool {
+        state_bytes <= self.inline_decode_bytes
     }
 
     /// A dispatcher with its own pool of `threads` worker threads.
@@ -276,7 +283,7 @@ impl<L: StateLayout> CpuDispatcher<L> {
         if state.len() != rows * cd * state_len {
             return Err(Error::shape("conv_state", &[rows * cd * state_len], &[state.len()]));
         }
-        let inline = std::mem::size_of_val(state) <= self.inline_decode_bytes;
+        let inline = self.runs_inline(std::mem::size_of_val(state));
         let st = RawBuf::new(bytemuck::cast_slice_mut(state));
         self.conv_channel_blocks(cd, width, &mut io, inline, |blk| {
             for i in 0..rows {
@@ -351,7 +358,7 @@ impl<L: StateLayout> Kernels for CpuDispatcher<L> {
         pool.checked_parts(ticket, |parts| {
             let conv = RawBuf::new(parts.conv.bytes_mut());
             let (cdt, w1, es) = (g.config.conv_dtype, dims.conv_state_len(), g.config.conv_dtype.size());
-            let inline = batch.num_seqs() * dims.conv_dim() * w1 * es <= self.inline_decode_bytes;
+            let inline = self.runs_inline(batch.num_seqs() * dims.conv_dim() * w1 * es);
             self.conv_channel_blocks(dims.conv_dim(), dims.conv_width, &mut io, inline, |blk| {
                 for (i, slot) in batch.slots().iter().enumerate() {
                     blk.update_in_place(&conv, cdt, g.conv_offset(layer, slot.index()) + blk.c0 * w1 * es, i);
@@ -419,10 +426,13 @@ impl<L: StateLayout> Kernels for CpuDispatcher<L> {
                     let (s, h) = (steps[i / hv], i % hv);
                     let size = std::mem::size_of::<E>();
                     let st = tgt.temporal.typed::<E>(head(s, h, size), per);
-                    let next = steps.get((i + 1) / hv).map_or(std::ptr::null_mut(), |&s2| tgt.temporal.typed::<E>(head(s2, (i + 1) % hv, size), per));
-                    if let Some(&s2) = steps.get((i + 1) / hv) {
-                        views.prefetch_step(batch.seq_range(s2).start, (i + 1) % hv);
-                    }
+                    let next = match steps.get((i + 1) / hv) {
+                        Some(&s2) => {
+                            views.prefetch_step(batch.seq_range(s2).start, (i + 1) % hv);
+                            tgt.temporal.typed::<E>(head(s2, (i + 1) % hv, size), per)
+                        }
+                        None => std::ptr::null_mut(),
+                    };
                     // SAFETY: (slot, head) is this task's alone (slots are distinct); in place;
                     // `next` is only prefetched.
                     unsafe { steps_head::<E>(L::KIND, StepInputs::Call { io: &views, tokens: &[batch.seq_range(s).start], record: &[] }, h, &[None], st, &[st], next) };
@@ -440,9 +450,8 @@ impl<L: StateLayout> Kernels for CpuDispatcher<L> {
         pool.checked_parts(ticket, |parts| {
             let temporal = RawBuf::new(parts.temporal.bytes_mut());
             let hv = dims.num_v_heads;
-            let state_bytes = batch.num_seqs() * dims.state_elems() * g.config.state_dtype.size();
-            let inline = state_bytes <= self.inline_decode_bytes;
-            with_state_type!(g.config.state_dtype, E => self.install(|| {
+            let inline = self.runs_inline(batch.num_seqs() * dims.state_elems() * g.config.state_dtype.size());
+            with_state_type!(g.config.state_dtype, E => {
                 let run = |task: usize| {
                     let (i, h) = (task / hv, task % hv);
                     let st = main_head::<E>(&temporal, &g, layer, batch.slots(), task);
@@ -456,11 +465,12 @@ impl<L: StateLayout> Kernels for CpuDispatcher<L> {
                 };
                 let tasks = 0..batch.num_seqs() * hv;
                 if inline {
+                    // here, not installed in an own pool (that would hand the work to its worker)
                     tasks.for_each(run)
                 } else {
-                    tasks.into_par_iter().for_each(run)
+                    self.install(|| tasks.into_par_iter().for_each(run))
                 }
-            }));
+            });
             Ok(())
         })
     }

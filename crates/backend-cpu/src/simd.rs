@@ -193,9 +193,7 @@ unsafe fn update_row_bf16_avx512(row: &mut [bf16], d: f32, a: f32, u: &[f32]) ->
     for i in (0..n).step_by(16) {
         // SAFETY: elements i..i+16 are in both slices (i + 16 <= n <= len).
         unsafe {
-            let old = _mm256_loadu_si256(rp.add(i) as *const __m256i);
-            let x = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(old)));
-            let b = _mm512_castps_si512(_mm512_fmadd_ps(vd, x, _mm512_mul_ps(va, _mm512_loadu_ps(up.add(i)))));
+            let b = _mm512_castps_si512(update16_avx512(rp.add(i), up.add(i), vd, va));
             // exponent 0: keep only the sign
             let den = _mm512_testn_epi32_mask(b, inf);
             let b = _mm512_mask_and_epi32(b, den, b, sign);
@@ -208,6 +206,28 @@ unsafe fn update_row_bf16_avx512(row: &mut [bf16], d: f32, a: f32, u: &[f32]) ->
         }
     }
     n
+}
+
+/// The unrounded update `fma(d, ld(row[j]), a * u[j])` of the 16 bf16 state
+/// elements at `row` (widened exactly) with the 16 f32 at `u`, `vd`/`va` being
+/// `d`/`a` broadcast: what both AVX-512 paths then round.
+///
+/// # Safety
+/// The CPU has AVX-512F; 16 elements are readable at each pointer.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn update16_avx512(
+    row: *const u16,
+    u: *const f32,
+    vd: std::arch::x86_64::__m512,
+    va: std::arch::x86_64::__m512,
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // SAFETY: 16 elements readable at each pointer (the caller's contract).
+    let (old, u) = unsafe { (_mm256_loadu_si256(row as *const __m256i), _mm512_loadu_ps(u)) };
+    let x = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(old)));
+    _mm512_fmadd_ps(vd, x, _mm512_mul_ps(va, u))
 }
 
 /// [`update_row_bf16_avx512`] with AVX512_BF16's conversion: the same fused
@@ -231,11 +251,8 @@ unsafe fn update_row_bf16_avx512bf16(row: &mut [bf16], d: f32, a: f32, u: &[f32]
     while i + 32 <= n {
         // SAFETY: elements i..i+32 are in both slices (i + 32 <= n <= len).
         unsafe {
-            let lo = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(rp.add(i) as *const __m256i))));
-            let hi =
-                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(rp.add(i + 16) as *const __m256i))));
-            let lo = _mm512_fmadd_ps(vd, lo, _mm512_mul_ps(va, _mm512_loadu_ps(up.add(i))));
-            let hi = _mm512_fmadd_ps(vd, hi, _mm512_mul_ps(va, _mm512_loadu_ps(up.add(i + 16))));
+            let lo = update16_avx512(rp.add(i), up.add(i), vd, va);
+            let hi = update16_avx512(rp.add(i + 16), up.add(i + 16), vd, va);
             // lanes 0..16 from the second operand, 16..32 from the first
             let r = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
             _mm512_storeu_si512(rp.add(i) as *mut _, r);
@@ -245,8 +262,7 @@ unsafe fn update_row_bf16_avx512bf16(row: &mut [bf16], d: f32, a: f32, u: &[f32]
     if i < n {
         // SAFETY: elements i..i+16 are in both slices (i + 16 <= n <= len).
         unsafe {
-            let x = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(rp.add(i) as *const __m256i))));
-            let x = _mm512_fmadd_ps(vd, x, _mm512_mul_ps(va, _mm512_loadu_ps(up.add(i))));
+            let x = update16_avx512(rp.add(i), up.add(i), vd, va);
             let r = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(x));
             _mm256_storeu_si256(rp.add(i) as *mut __m256i, r);
         }
