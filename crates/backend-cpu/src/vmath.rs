@@ -138,8 +138,8 @@ macro_rules! dispatch {
 pub(crate) use dispatch;
 
 dispatch!(
-    /// SiLU in place (the conv fuses it into `conv_row`; tests use this).
-    #[cfg(test)]
+    /// SiLU in place (the conv fuses it into `conv_row`; the AVX2 decode
+    /// update of transformers' conv state runs it after its arithmetic).
     fn silu_in_place(x: &mut [f32]) {
         x.iter_mut().for_each(|v| *v = silu_lane(*v));
     }
