@@ -24,15 +24,18 @@ const ACC: usize = 32;
 /// (each column sums over K in order whatever the width).
 const ACC512: usize = 64;
 
-/// Bytes per state row of a block of [`decode_kmajor`]: 32 KiB blocks for
-/// K = 128, which stay in L1 between the decode's two passes.
-const DECODE_ROW_BYTES: usize = 256;
-
-/// Columns of a block of [`decode_kmajor`] (a multiple of [`ACC512`] and
-/// [`ACC`], at most [`BW`]).
+/// Columns of a block of [`decode_kmajor`] with `A` register columns: `A`
+/// f32 columns' bytes per state row (a multiple of `A`, at most [`BW`]), so
+/// that a block the first pass brought in is still in L1 for the second.
+/// With AVX-512 (`A` = 64) that is 256 bytes, 32 KiB blocks for K = 128 (the
+/// 48 KiB L1 of a Zen 5); with AVX2 (`A` = 32) 128 bytes, 16 KiB blocks: the
+/// 32 KiB blocks overflowed the 32 KiB L1 of a Zen 4 (a block, k, q and the
+/// update's vector together): on a 2-core Zen 4 VM (AVX2 only) a cold
+/// batch-8 decode of a Qwen3.5-0.8B layer takes 0.67-0.85 of the time with
+/// 16 KiB blocks (batch 1: 0.91), a warm one the same.
 #[inline(always)]
-const fn decode_block<E>() -> usize {
-    let c = DECODE_ROW_BYTES / std::mem::size_of::<E>();
+const fn decode_block<E, const A: usize>() -> usize {
+    let c = A * 4 / std::mem::size_of::<E>();
     if c > BW {
         BW
     } else {
@@ -162,8 +165,8 @@ steps_head_with!(steps_head_avx512bf16, "avx512bf16,avx512f,avx2,fma", ACC512);
 /// A decode (one step, in place) on a K-major head, reading the state where it
 /// lies: the general path's f32 copy of the block does not fit L1 and costs an
 /// L2 write and two L2 reads per element, which is what bounded decode. The
-/// head goes in blocks of [`DECODE_ROW_BYTES`] per state row (64 f32 or 128
-/// bf16 columns), so a block the first pass (`S^T k`, `S^T q`) brought in is
+/// head goes in blocks of [`decode_block`] columns (32 or 64 f32, twice as
+/// many bf16), so a block the first pass (`S^T k`, `S^T q`) brought in is
 /// still in L1 when the second (the update) reads and writes it; the prefetch
 /// of the next head is spread over both passes, so memory keeps streaming
 /// while the update runs. Same arithmetic in the same order as the general
@@ -184,7 +187,7 @@ unsafe fn decode_kmajor<E: StateElem, const A: usize>(
     let (kv, qv) = (&sc.k[..kd], &sc.q[..kd]);
     let (beta, d, kq) = (sc.beta[0], sc.d[0], sc.kq[0]);
     let (sk, sq) = sc.acc.split_at_mut(BW);
-    let bw = decode_block::<E>();
+    let bw = decode_block::<E, A>();
     let mut c0 = 0;
     while c0 < vd {
         let w = bw.min(vd - c0);
@@ -301,7 +304,7 @@ unsafe fn steps_head_body<E: StateElem, const A: usize>(
     match kind {
         LayoutKind::KMajor if n == 1 && std::ptr::eq(dsts[0], src) => {
             // one prefetch share per row of each pass of each block
-            let bw = decode_block::<E>();
+            let bw = decode_block::<E, A>();
             let calls = vd.div_ceil(bw) * (bw / A) * kd + vd.div_ceil(bw) * kd;
             let mut pf = simd::Prefetch::new(next, bytes, calls);
             // SAFETY: one step in place on the head at `dsts[0]` (the caller's contract).
