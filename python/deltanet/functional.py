@@ -255,8 +255,11 @@ def chunk_gated_delta_rule(
             into ``initial_state`` (required) instead of a new tensor, as a cache that replaces
             the old state with the new one wants. When ``initial_state`` is a final state a
             deltanet call returned (contiguous f32, unchanged shape), the call runs in place on
-            the memory deltanet holds it in and no state byte is copied; any other tensor is
-            read and then overwritten.
+            the memory deltanet holds it in and no state byte is copied. So does a decode step
+            (one token per sequence) on the caller's own contiguous f32 tensor (an engine's
+            state buffer): the kernel advances it where it lies, with the same results as on a
+            state deltanet holds; inputs that overlap it raise :class:`LayoutError`. Any other
+            tensor is read and then overwritten.
         kwargs: ``use_gate_in_kernel``, ``A_log``, ``dt_bias``, ``chunk_size`` (16/32/64, accepted;
             deltanet's chunk is 64 and results do not depend on it), ``transpose_state_layout``
             (deprecated alias of ``state_v_first``). Any other keyword raises

@@ -39,7 +39,9 @@ prefill the patched layer puts that tensor into transformers' cache in place of 
 copy of it (same shape, dtype and values), and each decode step then advances it in place
 (``inplace_final_state``): transformers' ``update_recurrent_state`` copies a tensor onto
 itself, a no-op, so no state byte is copied per step. A cache whose tensor was replaced by
-other code (beam-search reordering, say) still works, with one state copy in and out per step.
+other code (beam-search reordering, say) still works: a contiguous f32 state of its own is
+decoded in place where it lies, with no copy either (any other dtype or layout costs one state
+copy in and out per step).
 While the cache records past states for a later ``crop`` (transformers >= 5.25, assisted
 decoding), states are not advanced in place: the cache clones its state after the forward as
 the state before it and keeps every intermediate state the forward returns, so each call

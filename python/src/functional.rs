@@ -2,8 +2,10 @@
 //! the causal-conv1d-style conv on caller tensors. Each call runs on a pool
 //! of its own, with the GIL released. The delta rule's final states are that
 //! pool, handed out as a view ([`crate::states`]), and a view passed back as
-//! `initial_state` with `inplace` is advanced in place; any other initial
-//! state is staged in (one copy). A decode step's conv runs on the caller's
+//! `initial_state` with `inplace` is advanced in place, and so, at a decode
+//! step, is a caller's own contiguous f32 state (`decode_caller_state`: the
+//! kernel runs on it where it lies, no pool); any other initial state is
+//! staged in (one copy). A decode step's conv runs on the caller's
 //! contiguous f32 conv state where it lies (`conv_update_caller_state`); other
 //! conv states are staged in and out (they are small). Inputs and outputs
 //! themselves are never copied.
@@ -115,6 +117,84 @@ fn write_state_values(t: &Borrowed<'_>, vals: &[f32]) -> PyResult<()> {
     t.write_f32(vals)
 }
 
+/// fla's in-kernel gate of a call: `g = -exp(A_log) * softplus(g + dt_bias)` when `A_log` is
+/// given (`use_gate_in_kernel`), `beta = sigmoid(beta)` with `beta_sigmoid`
+/// (`use_beta_sigmoid_in_kernel`); neither: the delta rule reads `g` and `beta` as given.
+struct KernelGate<'a> {
+    a_log: Option<TensorRef<'a>>,
+    dt_bias: Option<TensorRef<'a>>,
+    beta_sigmoid: bool,
+    hv: usize,
+}
+
+/// The f32 g and beta a [`KernelGate`] writes for the tokens of one kernel call, and the
+/// zeros it reads for an absent `A_log` / `dt_bias`.
+struct GateBuffers {
+    tokens: usize,
+    g: Vec<f32>,
+    beta: Vec<f32>,
+    zeros: Vec<f32>,
+}
+
+impl KernelGate<'_> {
+    fn in_kernel(&self) -> bool {
+        self.a_log.is_some()
+    }
+
+    /// Buffers for a call of `tokens` tokens (empty when there is no gate to run).
+    fn buffers(&self, tokens: usize) -> GateBuffers {
+        let n = if self.in_kernel() || self.beta_sigmoid { tokens * self.hv } else { 0 };
+        GateBuffers { tokens, g: vec![0f32; n], beta: vec![0f32; n], zeros: vec![0f32; self.hv] }
+    }
+
+    /// The g and beta the delta rule reads: the gate's outputs (run into `out`, sized by
+    /// [`Self::buffers`]) where it applies, else `g` / `beta` themselves.
+    fn apply<'b>(
+        &self,
+        backend: &Backend,
+        dims: &ModelDims,
+        g: TensorRef<'b>,
+        beta: TensorRef<'b>,
+        out: &'b mut GateBuffers,
+    ) -> deltanet::Result<(TensorRef<'b>, TensorRef<'b>)>
+    where
+        Self: 'b,
+    {
+        if !self.in_kernel() && !self.beta_sigmoid {
+            return Ok((g, beta));
+        }
+        let (hv, tokens) = (self.hv, out.tokens);
+        let zero_view = TensorRef::from_slice(&out.zeros, &[hv])?;
+        let io = GateIo {
+            // Only the outputs asked for are used: g from `g` when the gate is in
+            // the kernel, beta from `beta` when its sigmoid is.
+            a: if self.in_kernel() { g } else { beta },
+            b: beta,
+            a_log: self.a_log.unwrap_or(zero_view),
+            dt_bias: self.dt_bias.unwrap_or(zero_view),
+            g: TensorMut::from_slice(&mut out.g, &[tokens, hv])?,
+            beta: TensorMut::from_slice(&mut out.beta, &[tokens, hv])?,
+        };
+        backend.gate(dims, io)?;
+        let out: &'b GateBuffers = out;
+        let gq = if self.in_kernel() { TensorRef::from_slice(&out.g, &[tokens, hv])? } else { g };
+        let bq = if self.beta_sigmoid { TensorRef::from_slice(&out.beta, &[tokens, hv])? } else { beta };
+        Ok((gq, bq))
+    }
+}
+
+/// Refuses tensors that overlap `state`, which the call updates in place while it reads them.
+fn refuse_overlap(state: &Borrowed<'_>, tensors: &[&Borrowed<'_>]) -> PyResult<()> {
+    let (lo, hi) = byte_range(state);
+    for t in tensors {
+        let (tlo, thi) = byte_range(t);
+        if tlo < hi && lo < thi {
+            return Err(raise("LayoutError", format!("tensor `{}` overlaps `{}`, which is updated in place", t.name, state.name)));
+        }
+    }
+    Ok(())
+}
+
 /// The delta rule of `chunk_gated_delta_rule` / `fused_recurrent_gated_delta_rule`
 /// on caller tensors (see `deltanet/functional.py` for the argument contract).
 #[pyfunction]
@@ -201,8 +281,30 @@ pub fn gated_delta_rule(
 
         let layout = if state_v_first { LayoutKind::VMajor } else { LayoutKind::KMajor };
         let backend = cpu_backend(state_v_first)?;
+        let params = DeltaParams { scale, use_qk_l2norm };
+        let groups = Groups::new(b, t, &[&q, &k, &v, &g, &beta, &o]);
+        let gate = KernelGate { a_log: a_log.as_ref().map(|x| x.view()), dt_bias: dt_bias.as_ref().map(|x| x.view()), beta_sigmoid, hv };
         // In place on deltanet's own states when `initial_state` is one of them; else a fresh pool.
         let reused = if inplace { h0.as_ref().and_then(|h| states::find(h, layout, &dims)) } else { None };
+        let is_decode = n > 0 && cu.windows(2).all(|w| w[1] - w[0] == 1);
+        if let (true, None, true, Some(h0)) = (inplace, &reused, is_decode, &h0) {
+            if h0.contiguous_f32().is_some() {
+                // A caller's own state (an engine's cache buffer) at a decode step: the kernel
+                // advances it where it lies, as it would a pool's, instead of staging it through one.
+                let rows = 0..groups.b;
+                let io = DeltaIo {
+                    q: groups.view(&q, &rows)?,
+                    k: groups.view(&k, &rows)?,
+                    v: groups.view(&v, &rows)?,
+                    g: groups.view(&g, &rows)?,
+                    beta: groups.view(&beta, &rows)?,
+                    o: groups.view_mut(&o, &rows)?,
+                    params,
+                };
+                let inputs: Vec<_> = [&q, &k, &v, &g, &beta, &o].into_iter().chain(a_log.as_ref()).chain(dt_bias.as_ref()).collect();
+                return decode_caller_state(py, backend, &dims, &gate, io, h0, &inputs).map(|()| None);
+            }
+        }
         let fresh = reused.is_none();
         let shared = match reused {
             Some(s) => s,
@@ -222,11 +324,6 @@ pub fn gated_delta_rule(
         if let (true, Some(h0)) = (fresh, &h0) {
             staging::write(&mut pool, Part::Temporal(layout), slots, &state_values(h0)?)?;
         }
-        let params = DeltaParams { scale, use_qk_l2norm };
-        let groups = Groups::new(b, t, &[&q, &k, &v, &g, &beta, &o]);
-        let gate_in_kernel = a_log.is_some();
-        let zeros = vec![0f32; hv];
-        let zero_view = TensorRef::from_slice(&zeros, &[hv]).py_err()?;
         for rows in groups.rows() {
             // The sequences of these rows: all of cu_seqlens when packed, else row r alone.
             let (cu_g, slots_g): (Vec<usize>, Vec<Slot>) =
@@ -234,33 +331,12 @@ pub fn gated_delta_rule(
             let tokens = *cu_g.last().expect("non-empty");
             let (qv, kv, vv) = (groups.view(&q, &rows)?, groups.view(&k, &rows)?, groups.view(&v, &rows)?);
             let (gv, bv, ov) = (groups.view(&g, &rows)?, groups.view(&beta, &rows)?, groups.view_mut(&o, &rows)?);
-            let need_gate = gate_in_kernel || beta_sigmoid;
-            let mut g_buf = vec![0f32; if need_gate { tokens * hv } else { 0 }];
-            let mut b_buf = vec![0f32; if need_gate { tokens * hv } else { 0 }];
+            let mut gate_out = gate.buffers(tokens);
             let has_init = vec![h0.is_some(); slots_g.len()];
             let decode = cu_g.windows(2).all(|w| w[1] - w[0] == 1);
             let pool_ref = &mut *pool;
-            let a_log_v = a_log.as_ref().map(|x| x.view());
-            let dt_v = dt_bias.as_ref().map(|x| x.view());
             py.allow_threads(|| -> deltanet::Result<()> {
-                let (gq, bq) = if need_gate {
-                    let io = GateIo {
-                        // Only the outputs asked for are used: g from `g` when the gate is in
-                        // the kernel, beta from `beta` when its sigmoid is.
-                        a: if gate_in_kernel { gv } else { bv },
-                        b: bv,
-                        a_log: a_log_v.unwrap_or(zero_view),
-                        dt_bias: dt_v.unwrap_or(zero_view),
-                        g: TensorMut::from_slice(&mut g_buf, &[tokens, hv])?,
-                        beta: TensorMut::from_slice(&mut b_buf, &[tokens, hv])?,
-                    };
-                    backend.gate(&dims, io)?;
-                    let gq = if gate_in_kernel { TensorRef::from_slice(&g_buf, &[tokens, hv])? } else { gv };
-                    let bq = if beta_sigmoid { TensorRef::from_slice(&b_buf, &[tokens, hv])? } else { bv };
-                    (gq, bq)
-                } else {
-                    (gv, bv)
-                };
+                let (gq, bq) = gate.apply(backend, &dims, gv, bv, &mut gate_out)?;
                 let io = DeltaIo { q: qv, k: kv, v: vv, g: gq, beta: bq, o: ov, params };
                 if decode {
                     // One token per sequence: the decode kernel (the pool starts zeroed, so a
@@ -285,6 +361,36 @@ pub fn gated_delta_rule(
         drop(pool);
         Ok(output_final_state.then(|| states::view(shared)))
     })
+}
+
+/// A decode step (one token per sequence, `io`'s rows) on the caller's contiguous f32 state
+/// `h0` (`[N, HV, K, V]`, or `[N, HV, V, K]` on the V-major backend), advanced in place by the
+/// CPU kernel (`CpuDispatcher::decode_caller_state`: the same bits as a decode on a pool
+/// holding it) after the call's in-kernel gate, with the GIL released. No pool, no state copy
+/// in or out. Refuses `inputs` (the tensors `io` and `gate` view) that overlap `h0`.
+fn decode_caller_state(
+    py: Python<'_>,
+    backend: &Backend,
+    dims: &ModelDims,
+    gate: &KernelGate<'_>,
+    io: DeltaIo<'_>,
+    h0: &Borrowed<'_>,
+    inputs: &[&Borrowed<'_>],
+) -> PyResult<()> {
+    refuse_overlap(h0, inputs)?;
+    let mut gate_out = gate.buffers(io.q.meta().shape().first().copied().unwrap_or(0));
+    let mut sv = h0.sub_mut(0, h0.shape(), h0.strides())?;
+    let state = sv.host_slice_mut::<f32>().py_err()?;
+    py.allow_threads(|| -> deltanet::Result<()> {
+        let (g, beta) = gate.apply(backend, dims, io.g, io.beta, &mut gate_out)?;
+        let io = DeltaIo { g, beta, ..io };
+        match backend {
+            Backend::CpuKMajor(d) => d.decode_caller_state(dims, io, state),
+            Backend::CpuVMajor(d) => d.decode_caller_state(dims, io, state),
+            _ => Err(deltanet::Error::Unavailable { backend: backend.name().into(), reason: "not a CPU backend".into() }),
+        }
+    })
+    .py_err()
 }
 
 /// Conv dims whose `conv_dim` is `dim` (the conv kernels only read `conv_dim` and `W`).
@@ -512,13 +618,7 @@ fn conv_update_caller_state(
     s_len: usize,
 ) -> PyResult<()> {
     let (b, dim) = (x.shape()[0], x.shape()[2]);
-    let (lo, hi) = byte_range(state);
-    for t in [Some(x), Some(weight), bias, Some(out)].into_iter().flatten() {
-        let (tlo, thi) = byte_range(t);
-        if tlo < hi && lo < thi {
-            return Err(raise("LayoutError", format!("tensor `{}` overlaps `conv_state`, which is updated in place", t.name)));
-        }
-    }
+    refuse_overlap(state, &[Some(x), Some(weight), bias, Some(out)].into_iter().flatten().collect::<Vec<_>>())?;
     let Backend::CpuKMajor(cpu) = cpu_backend(false)? else {
         return Err(raise("UnavailableError", "the CPU backend is not compiled in"));
     };

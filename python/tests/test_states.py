@@ -39,6 +39,75 @@ def test_inplace_decode_on_returned_state_matches_oracle_without_copies(gen, sta
         assert ratio(torch.cat(outs, 1)[b], ref_o[66:]) < 1e-5
 
 
+def deltanet_owned_copy(x, H, K, V, state_v_first):
+    """A state deltanet holds (the final state of a call with H key heads, K, V and the layout
+    of `state_v_first`, so a decode of those finds its pool), holding `x`'s values."""
+    N, HV = x.shape[:2]
+    qk = torch.zeros(N, 1, H, K)
+    _, h = deltanet.chunk_gated_delta_rule(qk, qk, torch.zeros(N, 1, HV, V), torch.zeros(N, 1, HV), torch.zeros(N, 1, HV),
+                                           output_final_state=True, state_v_first=state_v_first)  # fmt: skip
+    h.copy_(x)
+    return h
+
+
+@pytest.mark.parametrize("state_v_first", [False, True])
+@pytest.mark.parametrize("fused", [False, True], ids=["plain", "l2norm+gate+beta_sigmoid"])
+def test_inplace_decode_on_a_caller_state_advances_it_where_it_lies(gen, state_v_first, fused):
+    """A caller's own contiguous f32 state (an engine's cache buffer) is decoded in place: the
+    same tensor object and memory, the same bits as the decode on a state deltanet holds, and
+    the f64 oracle's values."""
+    B, T, H, HV, K, V = 3, 4, 2, 4, 16, 8  # GVA; K != V, so a layout mix-up cannot pass
+    q, k, v, g, beta = delta_inputs(gen, B, T, H, HV, K, V)
+    kw = dict(state_v_first=state_v_first, use_qk_l2norm_in_kernel=fused)
+    if fused:
+        kw.update(use_gate_in_kernel=True, A_log=torch.randn(HV, generator=gen), dt_bias=torch.randn(HV, generator=gen),
+                  use_beta_sigmoid_in_kernel=True)  # fmt: skip
+        g = torch.randn(B, T, HV, generator=gen)  # raw gate input
+        beta = torch.randn(B, T, HV, generator=gen)  # logits
+    h0 = torch.randn(*((B, HV, V, K) if state_v_first else (B, HV, K, V)), generator=gen)
+    h = h0.clone()  # the caller's
+    owned = deltanet_owned_copy(h0, H, K, V, state_v_first)
+    ptr = h.data_ptr()
+    outs = []
+    for t in range(T):
+        s = slice(t, t + 1)
+        o, h2 = deltanet.fused_recurrent_gated_delta_rule(*pieces((q, k, v), s), g=g[:, s], beta=beta[:, s],
+                                                          initial_state=h, output_final_state=True,
+                                                          inplace_final_state=True, **kw)  # fmt: skip
+        assert h2 is h and h.data_ptr() == ptr  # advanced in place, nothing new returned
+        o_own, own2 = deltanet.fused_recurrent_gated_delta_rule(*pieces((q, k, v), s), g=g[:, s], beta=beta[:, s],
+                                                                initial_state=owned, output_final_state=True,
+                                                                inplace_final_state=True, **kw)  # fmt: skip
+        assert own2 is owned
+        assert torch.equal(o, o_own), f"step {t}: outputs differ from the decode on deltanet's state"
+        assert torch.equal(h, owned), f"step {t}: states differ from the decode on deltanet's state"
+        outs.append(o)
+    assert not torch.equal(h, h0)
+    _, none = deltanet.fused_recurrent_gated_delta_rule(*pieces((q, k, v), slice(0, 1)), g=g[:, :1], beta=beta[:, :1],
+                                                        initial_state=h, inplace_final_state=True, **kw)  # fmt: skip
+    assert none is None
+    if fused:
+        return  # the gate's oracle is test_functional's; here the bits above tie it to the pool decode
+    start = h0.transpose(-1, -2) if state_v_first else h0
+    for b in range(B):
+        ref_o, ref_h = oracle_delta(q[b], k[b], v[b], g[b], beta[b], [0, T], h0=start[b : b + 1], scale=K**-0.5)
+        got_h = owned[b : b + 1].transpose(-1, -2) if state_v_first else owned[b : b + 1]
+        assert ratio(got_h, ref_h) < 1e-5
+        assert ratio(torch.cat(outs, 1)[b], ref_o) < 1e-5
+
+
+def test_input_aliasing_a_caller_state_is_refused_and_changes_nothing(gen):
+    B, HV, K, V = 2, 2, 8, 8
+    q, k, v, g, beta = delta_inputs(gen, B, 1, 1, HV, K, V)
+    h = torch.randn(B, HV, K, V, generator=gen)
+    before = h.clone()
+    alias_v = h.view(-1)[: B * HV * V].view(B, 1, HV, V)  # v reads the state's own first rows
+    with pytest.raises(deltanet.LayoutError, match="overlaps `initial_state`"):
+        deltanet.fused_recurrent_gated_delta_rule(q, k, alias_v, g=g, beta=beta, initial_state=h,
+                                                  output_final_state=True, inplace_final_state=True)  # fmt: skip
+    torch.testing.assert_close(h, before, rtol=0, atol=0)
+
+
 def test_inplace_chunk_continues_a_returned_state(gen):
     q, k, v, g, beta = delta_inputs(gen, 1, 150, 1, 2, 16, 16)
     _, h = deltanet.chunk_gated_delta_rule(q[:, :37], k[:, :37], v[:, :37], g[:, :37], beta[:, :37], output_final_state=True)

@@ -15,7 +15,10 @@
 //!   not depend on whether snapshots were asked for).
 //! - **decode / verify** (`steps.rs`): rayon over (sequence, value head), one
 //!   fused pass over the head's state for all of a request's tokens, in place
-//!   (decode) or from the parent step into the scratch (verify).
+//!   (decode) or from the parent step into the scratch (verify);
+//!   [`CpuDispatcher::decode_caller_state`] runs the decode on an f32
+//!   recurrent state the caller owns (`[N, HV, K, V]` in the layout), the
+//!   same bits as a pool decode.
 //! - **speculative modes** both ([`SpecMode`]): scratch
 //!   as above; replay (`replay.rs`): verify writes no state (each step's state
 //!   lives only in the per-thread block its children read) and records the
@@ -296,6 +299,87 @@ impl<L: StateLayout> CpuDispatcher<L> {
     }
 }
 
+impl<L: StateLayout> CpuDispatcher<L> {
+    /// One decode step per (sequence, value head) task, `tasks` of them: task
+    /// `i` advances the state head at `head(i)` in place with token `i / HV`
+    /// of `views`, prefetching task `i + 1`'s inputs and head (`head` is
+    /// called one past the last task and must give null there). On the
+    /// calling thread when `inline`, else on the worker pool. What a pool
+    /// decode and a caller-state decode share, so both give the same bits.
+    ///
+    /// # Safety
+    /// For `i < tasks`, `head(i)` points to `K*V` elements of `E` that no
+    /// other task and no other thread touches during the call.
+    unsafe fn decode_heads<E: simd::StateElem>(
+        &self,
+        views: &DeltaViews<'_>,
+        tasks: usize,
+        inline: bool,
+        head: impl Fn(usize) -> *mut E + Sync,
+    ) {
+        let hv = views.dims.num_v_heads;
+        let run = |task: usize| {
+            let (i, h) = (task / hv, task % hv);
+            let (st, next) = (head(task), head(task + 1));
+            if task + 1 < tasks {
+                views.prefetch_step((task + 1) / hv, (task + 1) % hv);
+            }
+            // SAFETY: the head at `st` is this task's alone (the caller's contract); in
+            // place; `next` is only prefetched.
+            unsafe { steps_head::<E>(L::KIND, StepInputs::Call { io: views, tokens: &[i], record: &[] }, h, &[None], st, &[st], next) };
+        };
+        if inline {
+            // here, not installed in an own pool (that would hand the work to its worker)
+            (0..tasks).for_each(run)
+        } else {
+            self.install(|| (0..tasks).into_par_iter().for_each(run))
+        }
+    }
+
+    /// A decode step on a recurrent state the caller owns, for engines that
+    /// keep their own state buffers instead of a pool (an inference engine's
+    /// cache passing its state tensor to `fused_recurrent_gated_delta_rule`):
+    /// one token per sequence, N sequences, `io`'s tensors `[N, ...]` as for
+    /// [`KernelDispatcher::decode`] (row `i` of q, k, v, g, beta and o is
+    /// sequence `i`), checked against `dims`.
+    ///
+    /// `state` is f32 `[N, HV, K, V]` in this dispatcher's layout `L`: per
+    /// head `[K, V]` ([`KMajor`]) or `[V, K]` ([`VMajor`]), sequence `i`'s
+    /// heads at `i * HV*K*V`. It is advanced in place, no copy in or out.
+    ///
+    /// Each (sequence, head) runs the very step a pool decode runs, with the
+    /// same threading ([`Self::with_inline_decode`] included): outputs and
+    /// states are the same bits as [`KernelDispatcher::decode`] on an f32 pool
+    /// holding the same states. The tensors are validated as a pool decode's
+    /// are (device, dtype, shape, strides, a non-overlapping output; dims
+    /// within the backend's limits), and `state` must hold exactly
+    /// `N*HV*K*V` values; a refused call writes nothing. A pool's optional
+    /// finite check has no counterpart here (there is no pool to enable it).
+    pub fn decode_caller_state(&self, dims: &ModelDims, mut io: DeltaIo<'_>, state: &mut [f32]) -> Result<()> {
+        let rows = io.q.meta().shape().first().copied().unwrap_or(0);
+        if rows == 0 {
+            return Err(Error::EmptyBatch { what: "decode_caller_state" });
+        }
+        dims.validate()?;
+        // the checks a pool decode gets from core: an f32 state of these dims on this backend, then every tensor
+        self.caps.check_pool_config(&PoolConfig::new(1, rows, *dims))?;
+        io.validate(&self.caps, dims, rows)?;
+        let want = size::product("decode_caller_state N*HV*K*V", &[rows, dims.state_elems()])?;
+        if state.len() != want {
+            return Err(Error::shape("state", &[want], &[state.len()]));
+        }
+        let views = delta_views(&mut io, *dims)?;
+        let inline = self.runs_inline(std::mem::size_of_val(state));
+        let (tasks, per) = (rows * dims.num_v_heads, dims.head_k_dim * dims.head_v_dim);
+        let st = RawBuf::new(bytemuck::cast_slice_mut(state));
+        let head = |task: usize| if task < tasks { st.typed::<f32>(task * per * 4, per) } else { std::ptr::null_mut() };
+        // SAFETY: task i's head is elements [i*K*V, (i+1)*K*V) of `state`, which the
+        // caller lent us mutably for the call; null past the last task.
+        unsafe { self.decode_heads::<f32>(&views, tasks, inline, head) };
+        Ok(())
+    }
+}
+
 impl<L: StateLayout> Kernels for CpuDispatcher<L> {
     type Layout = L;
     type Memory = HostMemory;
@@ -449,27 +533,13 @@ impl<L: StateLayout> Kernels for CpuDispatcher<L> {
         let views = delta_views(&mut io, dims)?;
         pool.checked_parts(ticket, |parts| {
             let temporal = RawBuf::new(parts.temporal.bytes_mut());
-            let hv = dims.num_v_heads;
             let inline = self.runs_inline(batch.num_seqs() * dims.state_elems() * g.config.state_dtype.size());
+            let tasks = batch.num_seqs() * dims.num_v_heads;
             with_state_type!(g.config.state_dtype, E => {
-                let run = |task: usize| {
-                    let (i, h) = (task / hv, task % hv);
-                    let st = main_head::<E>(&temporal, &g, layer, batch.slots(), task);
-                    let next = main_head::<E>(&temporal, &g, layer, batch.slots(), task + 1);
-                    if task + 1 < batch.num_seqs() * hv {
-                        views.prefetch_step((task + 1) / hv, (task + 1) % hv);
-                    }
-                    // SAFETY: (slot, head) is this task's alone (slots are distinct); in place;
-                    // `next` is only prefetched.
-                    unsafe { steps_head::<E>(L::KIND, StepInputs::Call { io: &views, tokens: &[i], record: &[] }, h, &[None], st, &[st], next) };
-                };
-                let tasks = 0..batch.num_seqs() * hv;
-                if inline {
-                    // here, not installed in an own pool (that would hand the work to its worker)
-                    tasks.for_each(run)
-                } else {
-                    self.install(|| tasks.into_par_iter().for_each(run))
-                }
+                let head = |task: usize| main_head::<E>(&temporal, &g, layer, batch.slots(), task);
+                // SAFETY: task i's (slot, head) is its alone (the batch's slots are distinct);
+                // `main_head` is null past the last task.
+                unsafe { self.decode_heads::<E>(&views, tasks, inline, head) }
             });
             Ok(())
         })
