@@ -206,15 +206,16 @@ impl<'a> ConvBlock<'a, '_> {
         }
         // SAFETY: `typed` bounds-checks the range; this task's (slot, channel block) alone.
         let st = unsafe { std::slice::from_raw_parts_mut(buf.typed::<f32>(off, n * (w - 1)), n * (w - 1)) };
-        self.update_rows(st, w - 1, t);
+        self.update_rows(st, w - 1, t, std::ptr::null());
     }
 
     /// One token `t` on this block's rows of a caller's f32 conv state
     /// `[n, s_len]` (`s_len >= W-1` raw inputs per channel, oldest first, as
     /// causal-conv1d and transformers keep it): convolves the newest W-1 with
     /// the token, shifts every row left by one and appends the token. The same
-    /// bits as [`Self::update_in_place`].
-    pub fn update_rows(&mut self, st: &mut [f32], s_len: usize, t: usize) {
+    /// bits as [`Self::update_in_place`]. `next` (null: none) is the state the
+    /// caller updates next, `[n, s_len]` too: prefetched, never read.
+    pub fn update_rows(&mut self, st: &mut [f32], s_len: usize, t: usize, next: *const f32) {
         let (n, w) = (self.n, self.width);
         // transformers' state (W = 4, S = 4) takes the AVX2 kernel, which reads
         // the weights token-major (transposed once per block, not per row)
@@ -239,9 +240,9 @@ impl<'a> ConvBlock<'a, '_> {
         // SAFETY: (t, block) of the output belongs to this task alone; no other
         // store of it while `y` lives.
         match unsafe { self.out.f32_row_mut(oo, n) } {
-            Some(y) => conv_update(wt, wc, &s.bias[..n], st, s_len, x, w, y),
+            Some(y) => conv_update(wt, wc, &s.bias[..n], st, s_len, x, w, y, next),
             None => {
-                conv_update(wt, wc, &s.bias[..n], st, s_len, x, w, &mut s.y[..n]);
+                conv_update(wt, wc, &s.bias[..n], st, s_len, x, w, &mut s.y[..n], next);
                 // SAFETY: as above.
                 unsafe { self.out.store(oo, &s.y[..n]) };
             }
@@ -362,19 +363,31 @@ vmath::dispatch!(
 
 /// [`conv_update_row`], through [`update_s4_avx2`] when `wt` (the block's
 /// weights token-major `[4, n]`) is given: only for W = 4, `s_len` = 4 on a
-/// machine with AVX2 (the caller checks). The same bits either way.
+/// machine with AVX2 (the caller checks). The same bits either way. `next`
+/// (null: none) is the `[n, 4]` state updated after this one, which the
+/// AVX2 kernel prefetches (the portable update does not).
 #[allow(clippy::too_many_arguments)]
-fn conv_update(wt: Option<&[f32]>, wc: &[f32], bias: &[f32], st: &mut [f32], s_len: usize, x: &[f32], w: usize, y: &mut [f32]) {
+fn conv_update(
+    wt: Option<&[f32]>,
+    wc: &[f32],
+    bias: &[f32],
+    st: &mut [f32],
+    s_len: usize,
+    x: &[f32],
+    w: usize,
+    y: &mut [f32],
+    next: *const f32,
+) {
     #[cfg(target_arch = "x86_64")]
     if let Some(wt) = wt {
         let n = y.len();
-        // SAFETY: the caller checked AVX2 and FMA.
-        let done = unsafe { update_s4_avx2(wt, bias, st, x, y) };
+        // SAFETY: the caller checked AVX2 and FMA; `next` is only prefetched.
+        let done = unsafe { update_s4_avx2(wt, bias, st, x, y, next) };
         vmath::silu_in_place(&mut y[..done]);
         let (st, wc) = (&mut st[4 * done..4 * n], &wc[4 * done..4 * n]);
         return conv_update_row(wc, &bias[done..n], st, 4, &x[done..n], 4, &mut y[done..]);
     }
-    let _ = wt;
+    let _ = (wt, next);
     conv_update_row(wc, bias, st, s_len, x, w, y)
 }
 
@@ -385,14 +398,18 @@ fn conv_update(wt: Option<&[f32]>, wc: &[f32], bias: &[f32], st: &mut [f32], s_l
 /// same fused multiply-adds in the same order as [`conv_update_row`] (bias,
 /// then oldest first), and the shifted rows go back through the inverse
 /// transpose. The compiler's code for the interleaved `[n, 4]` rows spent
-/// ~50 cycles per 8 channels de-interleaving them. Returns the channels done
-/// (a multiple of 8); the rest is the caller's.
+/// ~50 cycles per 8 channels de-interleaving them. The same 8 channels of
+/// `next` (the state updated after this one; null: none) are prefetched into
+/// L2 as these are done, one state ahead: transformers' states are cold from
+/// memory at every layer step. Returns the channels done (a multiple of 8);
+/// the rest is the caller's.
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA.
+/// The CPU has AVX2 and FMA. `next` is null or the start of `4 * y.len()`
+/// f32 (only prefetched, never read).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn update_s4_avx2(wt: &[f32], bias: &[f32], st: &mut [f32], x: &[f32], y: &mut [f32]) -> usize {
+unsafe fn update_s4_avx2(wt: &[f32], bias: &[f32], st: &mut [f32], x: &[f32], y: &mut [f32], next: *const f32) -> usize {
     use std::arch::x86_64::*;
     let n = y.len();
     let done = n / 8 * 8;
@@ -400,6 +417,11 @@ unsafe fn update_s4_avx2(wt: &[f32], bias: &[f32], st: &mut [f32], x: &[f32], y:
     let to_channels = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     let to_lanes = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
     for c in (0..done).step_by(8) {
+        if !next.is_null() {
+            // a hint: never faults, reads nothing into the program
+            _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(4 * c) as *const i8);
+            _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(4 * c + 16) as *const i8);
+        }
         // SAFETY: c + 8 <= n: channels c..c+8 of every slice checked above
         // (state rows 4c..4c+32, weight row j at j*n + c); unaligned accesses.
         unsafe {
@@ -521,7 +543,7 @@ mod tests {
             let avx2 = crate::simd::has_avx2();
             for given in [None, Some(&wt[..]).filter(|_| avx2)] {
                 let (mut st, mut y) = (st0.clone(), vec![0.0f32; n]);
-                conv_update(given, &wc, &bias, &mut st, 4, &x, 4, &mut y);
+                conv_update(given, &wc, &bias, &mut st, 4, &x, 4, &mut y, std::ptr::null());
                 let path = if given.is_some() { "avx2" } else { "portable" };
                 assert_eq!(bits(&y), bits(&want_y), "{path} outputs, n {n}");
                 assert_eq!(bits(&st), bits(&want_st), "{path} state, n {n}");

@@ -293,7 +293,9 @@ impl<L: StateLayout> CpuDispatcher<L> {
                 let (off, n) = ((i * cd + blk.c0) * state_len, blk.n * state_len);
                 // SAFETY: `typed` bounds-checks; rows `c0..c0 + n` of sequence `i` belong to this block's task alone.
                 let rows_of_block = unsafe { std::slice::from_raw_parts_mut(st.typed::<f32>(off * 4, n), n) };
-                blk.update_rows(rows_of_block, state_len, i);
+                // the next sequence's rows of this block, prefetched while these are updated
+                let next = if i + 1 < rows { st.typed::<f32>(off * 4 + cd * state_len * 4, n) } else { std::ptr::null_mut() };
+                blk.update_rows(rows_of_block, state_len, i, next);
             }
         })
     }
