@@ -144,7 +144,9 @@ impl KernelGate<'_> {
     /// Buffers for a call of `tokens` tokens (empty when there is no gate to run).
     fn buffers(&self, tokens: usize) -> GateBuffers {
         let n = if self.in_kernel() || self.beta_sigmoid { tokens * self.hv } else { 0 };
-        GateBuffers { tokens, g: vec![0f32; n], beta: vec![0f32; n], zeros: vec![0f32; self.hv] }
+        // the zeros too only when the gate runs (a plain decode step allocates nothing here)
+        let zeros = vec![0f32; if n > 0 { self.hv } else { 0 }];
+        GateBuffers { tokens, g: vec![0f32; n], beta: vec![0f32; n], zeros }
     }
 
     /// The g and beta the delta rule reads: the gate's outputs (run into `out`, sized by

@@ -299,9 +299,7 @@ impl<L: StateLayout> CpuDispatcher<L> {
             }
         })
     }
-}
 
-impl<L: StateLayout> CpuDispatcher<L> {
     /// One decode step per (sequence, value head) task, `tasks` of them: task
     /// `i` advances the state head at `head(i)` in place with token `i / HV`
     /// of `views`, prefetching task `i + 1`'s inputs and head (`head` is
