@@ -69,6 +69,7 @@
 
 #![warn(missing_docs)]
 
+mod bf16_rows;
 mod conv;
 mod delta_views;
 mod extend;

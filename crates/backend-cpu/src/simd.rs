@@ -1,5 +1,6 @@
 //! Element conversions and reductions written so the compiler vectorises
-//! them, plus the run-time CPU feature check the kernels dispatch on. The
+//! them, plus the run-time CPU feature check the kernels dispatch on (the
+//! hand-written bf16 row updates are in `bf16_rows`). The
 //! AVX512_BF16, AVX-512, AVX2 and portable paths compute bitwise the same
 //! results (the state update contracts to a fused multiply-add on every path,
 //! `mul_add`; reductions use the same fixed 8-lane order on every path; the
@@ -77,6 +78,23 @@ pub(crate) trait StateElem: deltanet_core::Element {
             *x = Self::st(d.mul_add(x.ld(), a * u));
         }
     }
+    /// [`StateElem::update_row`] of `kv.len()` rows of `u.len()` elements,
+    /// `stride` elements apart from `st`, row `kk` with `a = kv[kk]`;
+    /// `before_row` runs before each row (the caller's prefetch). Same bits
+    /// as row-by-row [`StateElem::update_row`].
+    ///
+    /// # Safety
+    /// `st + kk * stride ..+ u.len()` is writable for every `kk < kv.len()`
+    /// and nothing else refers to it meanwhile.
+    #[inline(always)]
+    unsafe fn update_rows(st: *mut Self, stride: usize, kv: &[f32], d: f32, u: &[f32], mut before_row: impl FnMut()) {
+        for (kk, &a) in kv.iter().enumerate() {
+            before_row();
+            // SAFETY: row kk is writable and unaliased (the caller's contract).
+            let row = unsafe { std::slice::from_raw_parts_mut(st.add(kk * stride), u.len()) };
+            Self::update_row(row, d, a, u);
+        }
+    }
 }
 
 impl StateElem for f32 {
@@ -109,165 +127,14 @@ impl StateElem for bf16 {
 
     #[inline(always)]
     fn update_row(row: &mut [Self], d: f32, a: f32, u: &[f32]) {
-        let n = row.len().min(u.len());
-        let mut done = 0;
-        #[cfg(target_arch = "x86_64")]
-        if has_avx512bf16() {
-            // SAFETY: AVX512_BF16 and AVX-512F are present; the ranges are the slices'.
-            done = unsafe { update_row_bf16_avx512bf16(&mut row[..n], d, a, &u[..n]) };
-        } else if has_avx512() {
-            // SAFETY: AVX-512F is present; the ranges are the slices'.
-            done = unsafe { update_row_bf16_avx512(&mut row[..n], d, a, &u[..n]) };
-        } else if has_avx2() {
-            // SAFETY: AVX2 and FMA are present; the ranges are the slices'.
-            done = unsafe { update_row_bf16_avx2(&mut row[..n], d, a, &u[..n]) };
-        }
-        for (x, &u) in row[done..n].iter_mut().zip(&u[done..n]) {
-            *x = Self::st(d.mul_add(x.ld(), a * u));
-        }
+        crate::bf16_rows::update_row(row, d, a, u)
     }
-}
 
-/// [`StateElem::update_row`] for bf16, 16 elements at a time: the compiler's
-/// version of the rounding narrows through 128-bit halves and reloads its
-/// constants every iteration, which made a bf16 decode no faster than an f32
-/// one. Same bits as [`StateElem::st`]: NaN keeps its top bits with the quiet
-/// bit set, a denormal flushes to signed zero, everything else rounds to
-/// nearest even. Returns the elements done
-/// (a multiple of 16); the caller finishes the tail.
-///
-/// # Safety
-/// The CPU has AVX2 and FMA; `u.len() >= row.len()`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn update_row_bf16_avx2(row: &mut [bf16], d: f32, a: f32, u: &[f32]) -> usize {
-    use std::arch::x86_64::*;
-    let n = row.len() / 16 * 16;
-    let (vd, va) = (_mm256_set1_ps(d), _mm256_set1_ps(a));
-    let (abs_mask, inf, quiet) = (_mm256_set1_epi32(0x7fff_ffff), _mm256_set1_epi32(0x7f80_0000), _mm256_set1_epi32(0x0040_0000));
-    let (half, one, zero) = (_mm256_set1_epi32(0x7fff), _mm256_set1_epi32(1), _mm256_setzero_si256());
-    let round = |x: __m256| -> __m256i {
-        let b = _mm256_castps_si256(x);
-        // exponent 0: keep only the sign
-        let den = _mm256_cmpeq_epi32(_mm256_and_si256(b, inf), zero);
-        let b = _mm256_andnot_si256(_mm256_and_si256(den, abs_mask), b);
-        let nan = _mm256_cmpgt_epi32(_mm256_and_si256(b, abs_mask), inf);
-        let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(b), one);
-        let add = _mm256_andnot_si256(nan, _mm256_add_epi32(half, lsb));
-        let b = _mm256_or_si256(b, _mm256_and_si256(nan, quiet));
-        _mm256_srli_epi32::<16>(_mm256_add_epi32(b, add))
-    };
-    let (rp, up) = (row.as_mut_ptr() as *mut u16, u.as_ptr());
-    for i in (0..n).step_by(16) {
-        // SAFETY: elements i..i+16 are in both slices (i + 16 <= n <= len).
-        unsafe {
-            let old = _mm256_loadu_si256(rp.add(i) as *const __m256i);
-            let lo = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(old))));
-            let hi = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm256_extracti128_si256::<1>(old))));
-            let lo = _mm256_fmadd_ps(vd, lo, _mm256_mul_ps(va, _mm256_loadu_ps(up.add(i))));
-            let hi = _mm256_fmadd_ps(vd, hi, _mm256_mul_ps(va, _mm256_loadu_ps(up.add(i + 8))));
-            // packus interleaves 128-bit lanes: [lo0-3 hi0-3 lo4-7 hi4-7]; permute back
-            let packed = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(round(lo), round(hi)));
-            _mm256_storeu_si256(rp.add(i) as *mut __m256i, packed);
-        }
+    #[inline(always)]
+    unsafe fn update_rows(st: *mut Self, stride: usize, kv: &[f32], d: f32, u: &[f32], before_row: impl FnMut()) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { crate::bf16_rows::update_rows(st, stride, kv, d, u, before_row) }
     }
-    n
-}
-
-/// [`update_row_bf16_avx2`] with AVX-512, 16 elements per step: the same
-/// operations (fused multiply-add, then the integer rounding with denormals
-/// flushed and NaN made quiet), so the same bits. Returns the elements done
-/// (a multiple of 16).
-///
-/// # Safety
-/// The CPU has AVX-512F; `u.len() >= row.len()`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn update_row_bf16_avx512(row: &mut [bf16], d: f32, a: f32, u: &[f32]) -> usize {
-    use std::arch::x86_64::*;
-    let n = row.len() / 16 * 16;
-    let (vd, va) = (_mm512_set1_ps(d), _mm512_set1_ps(a));
-    let (abs_mask, inf, quiet) = (_mm512_set1_epi32(0x7fff_ffff), _mm512_set1_epi32(0x7f80_0000), _mm512_set1_epi32(0x0040_0000));
-    let (half, one, sign) = (_mm512_set1_epi32(0x7fff), _mm512_set1_epi32(1), _mm512_set1_epi32(i32::MIN));
-    let (rp, up) = (row.as_mut_ptr() as *mut u16, u.as_ptr());
-    for i in (0..n).step_by(16) {
-        // SAFETY: elements i..i+16 are in both slices (i + 16 <= n <= len).
-        unsafe {
-            let b = _mm512_castps_si512(update16_avx512(rp.add(i), up.add(i), vd, va));
-            // exponent 0: keep only the sign
-            let den = _mm512_testn_epi32_mask(b, inf);
-            let b = _mm512_mask_and_epi32(b, den, b, sign);
-            let nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(b, abs_mask), inf);
-            let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(b), one);
-            let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(b, _mm512_add_epi32(half, lsb)));
-            let quieted = _mm512_srli_epi32::<16>(_mm512_or_si512(b, quiet));
-            let r = _mm512_mask_blend_epi32(nan, rounded, quieted);
-            _mm256_storeu_si256(rp.add(i) as *mut __m256i, _mm512_cvtepi32_epi16(r));
-        }
-    }
-    n
-}
-
-/// The unrounded update `fma(d, ld(row[j]), a * u[j])` of the 16 bf16 state
-/// elements at `row` (widened exactly) with the 16 f32 at `u`, `vd`/`va` being
-/// `d`/`a` broadcast: what both AVX-512 paths then round.
-///
-/// # Safety
-/// The CPU has AVX-512F; 16 elements are readable at each pointer.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn update16_avx512(
-    row: *const u16,
-    u: *const f32,
-    vd: std::arch::x86_64::__m512,
-    va: std::arch::x86_64::__m512,
-) -> std::arch::x86_64::__m512 {
-    use std::arch::x86_64::*;
-    // SAFETY: 16 elements readable at each pointer (the caller's contract).
-    let (old, u) = unsafe { (_mm256_loadu_si256(row as *const __m256i), _mm512_loadu_ps(u)) };
-    let x = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(old)));
-    _mm512_fmadd_ps(vd, x, _mm512_mul_ps(va, u))
-}
-
-/// [`update_row_bf16_avx512`] with AVX512_BF16's conversion: the same fused
-/// multiply-add, then `vcvtne2ps2bf16` rounds 32 results to nearest even in
-/// one instruction (denormal inputs flushed to signed zero, NaN made quiet
-/// with its top bits kept: exactly [`StateElem::st`]), where the integer
-/// rounding took about ten operations per 16 lanes. Returns the elements done
-/// (a multiple of 16).
-///
-/// # Safety
-/// The CPU has AVX512_BF16 and AVX-512F; `u.len() >= row.len()`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512bf16,avx512f")]
-#[inline]
-unsafe fn update_row_bf16_avx512bf16(row: &mut [bf16], d: f32, a: f32, u: &[f32]) -> usize {
-    use std::arch::x86_64::*;
-    let n = row.len() / 16 * 16;
-    let (vd, va) = (_mm512_set1_ps(d), _mm512_set1_ps(a));
-    let (rp, up) = (row.as_mut_ptr() as *mut u16, u.as_ptr());
-    let mut i = 0;
-    while i + 32 <= n {
-        // SAFETY: elements i..i+32 are in both slices (i + 32 <= n <= len).
-        unsafe {
-            let lo = update16_avx512(rp.add(i), up.add(i), vd, va);
-            let hi = update16_avx512(rp.add(i + 16), up.add(i + 16), vd, va);
-            // lanes 0..16 from the second operand, 16..32 from the first
-            let r = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
-            _mm512_storeu_si512(rp.add(i) as *mut _, r);
-        }
-        i += 32;
-    }
-    if i < n {
-        // SAFETY: elements i..i+16 are in both slices (i + 16 <= n <= len).
-        unsafe {
-            let x = update16_avx512(rp.add(i), up.add(i), vd, va);
-            let r = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(x));
-            _mm256_storeu_si256(rp.add(i) as *mut __m256i, r);
-        }
-    }
-    n
 }
 
 /// Two dot products `(x.a, x.b)` over 8 interleaved lanes (fixed order).
@@ -421,87 +288,6 @@ mod tests {
             [(0x0080_0000u32, 0x0080u16), (0x807f_ffff, 0x8000), (0x0000_0001, 0x0000), (0x3f80_8000, 0x3f80), (0x3f81_8000, 0x3f82)]
         {
             assert_eq!(<bf16 as StateElem>::st(f32::from_bits(bits)).to_bits(), want, "{bits:08x}");
-        }
-    }
-
-    /// Rows and updates that hit every rounding case: random bits, NaN (quiet
-    /// and signalling), infinities, zeros, denormal results, ties and carries
-    /// into the exponent.
-    fn update_row_cases(len: usize, next: &mut impl FnMut() -> u32) -> (Vec<bf16>, Vec<f32>) {
-        let mut row: Vec<bf16> = (0..len).map(|_| bf16::from_bits((next() >> 16) as u16)).collect();
-        let mut u: Vec<f32> = (0..len).map(|_| f32::from_bits(next())).collect();
-        let specials = [
-            f32::NAN,
-            f32::from_bits(0x7f80_0001),
-            f32::INFINITY,
-            -f32::INFINITY,
-            0.0,
-            -0.0,
-            f32::from_bits(0x3f80_8000),
-            f32::from_bits(0x7f7f_ffff),
-            f32::from_bits(0x0000_1234),
-            f32::from_bits(0x8040_0000),
-            f32::from_bits(0x0080_0000),
-        ];
-        for (i, v) in specials.into_iter().enumerate() {
-            if i < len {
-                u[i] = v;
-                row[i] = bf16::from_bits(0);
-            }
-        }
-        // a denormal row element (its decay is a denormal) and a random exponent-0 update
-        for i in (specials.len()..len).step_by(5) {
-            row[i] = bf16::from_bits((next() as u16) & 0x807f);
-            u[i] = f32::from_bits(next() & 0x807f_ffff);
-        }
-        (row, u)
-    }
-
-    #[test]
-    fn bf16_update_row_matches_the_scalar_rounding() {
-        let mut x = 0x89ab_cdefu32;
-        let mut next = || {
-            x = x.wrapping_mul(1664525).wrapping_add(1013904223);
-            x
-        };
-        for len in [0, 1, 15, 16, 17, 31, 32, 33, 48, 64, 128, 131] {
-            for (d, a) in [(0.75f32, 1.0f32), (0.5, 1e-3), (1.0, -2.5)] {
-                let (row, u) = update_row_cases(len, &mut next);
-                let want: Vec<bf16> = row.iter().zip(&u).map(|(x, &u)| <bf16 as StateElem>::st(d.mul_add(x.ld(), a * u))).collect();
-                let check = |got: &[bf16], done: usize, path: &str| {
-                    for (j, (g, w)) in got.iter().zip(&want).enumerate().take(done) {
-                        assert_eq!(g.to_bits(), w.to_bits(), "{path}: len {len} element {j}");
-                    }
-                };
-                // every machine path this CPU has, not only the one update_row picks
-                #[cfg(target_arch = "x86_64")]
-                {
-                    if has_avx2() {
-                        let mut r = row.clone();
-                        // SAFETY: AVX2 and FMA are present; u is as long as the row.
-                        let done = unsafe { update_row_bf16_avx2(&mut r, d, a, &u) };
-                        assert_eq!(done, len / 16 * 16);
-                        check(&r, done, "avx2");
-                    }
-                    if has_avx512() {
-                        let mut r = row.clone();
-                        // SAFETY: AVX-512F is present; u is as long as the row.
-                        let done = unsafe { update_row_bf16_avx512(&mut r, d, a, &u) };
-                        assert_eq!(done, len / 16 * 16);
-                        check(&r, done, "avx512");
-                    }
-                    if has_avx512bf16() {
-                        let mut r = row.clone();
-                        // SAFETY: AVX512_BF16 and AVX-512F are present; u is as long as the row.
-                        let done = unsafe { update_row_bf16_avx512bf16(&mut r, d, a, &u) };
-                        assert_eq!(done, len / 16 * 16);
-                        check(&r, done, "avx512bf16");
-                    }
-                }
-                let mut r = row.clone();
-                <bf16 as StateElem>::update_row(&mut r, d, a, &u);
-                check(&r, len, "update_row");
-            }
         }
     }
 

@@ -226,12 +226,8 @@ unsafe fn decode_kmajor<E: StateElem, const A: usize>(
             orow[j] = scale * (d * sq[j] + u * kq);
             sk[j] = u;
         }
-        for (kk, &a) in kv.iter().enumerate() {
-            pf.step();
-            // SAFETY: row kk, columns c0..c0+w of the head; no other reference to it is live.
-            let row = unsafe { std::slice::from_raw_parts_mut(st.add(kk * vd + c0), w) };
-            E::update_row(row, d, a, &sk[..w]);
-        }
+        // SAFETY: rows 0..kd, columns c0..c0+w of the head; no other reference to them is live.
+        unsafe { E::update_rows(st.add(c0), vd, kv, d, &sk[..w], || pf.step()) };
         c0 += w;
     }
 }
