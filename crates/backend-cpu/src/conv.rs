@@ -361,11 +361,13 @@ vmath::dispatch!(
     }
 );
 
-/// [`conv_update_row`], through [`update_s4_avx2`] when `wt` (the block's
-/// weights token-major `[4, n]`) is given: only for W = 4, `s_len` = 4 on a
-/// machine with AVX2 (the caller checks). The same bits either way. `next`
-/// (null: none) is the `[n, 4]` state updated after this one, which the
-/// AVX2 kernel prefetches (the portable update does not).
+/// [`conv_update_row`], through an AVX2 kernel where one fits: the pool's
+/// state (W = 4, `s_len` = 3) through [`update_s3_avx2`] on any machine with
+/// AVX2, transformers' (`s_len` = 4) through [`update_s4_avx2`] when `wt`
+/// (the block's weights token-major `[4, n]`) is given: only for W = 4 on a
+/// machine with AVX2 (the caller checks). The same bits on every path.
+/// `next` (null: none) is the `[n, 4]` state updated after this one, which
+/// the S = 4 kernel prefetches (the others do not).
 #[allow(clippy::too_many_arguments)]
 fn conv_update(
     wt: Option<&[f32]>,
@@ -379,13 +381,19 @@ fn conv_update(
     next: *const f32,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if let Some(wt) = wt {
+    if wt.is_some() || (w == 4 && s_len == 3 && crate::simd::has_avx2()) {
         let n = y.len();
-        // SAFETY: the caller checked AVX2 and FMA; `next` is only prefetched.
-        let done = unsafe { update_s4_avx2(wt, bias, st, x, y, next) };
+        // SAFETY: AVX2 and FMA checked (here, or by the caller that gave `wt`);
+        // `next` is only prefetched.
+        let done = unsafe {
+            match wt {
+                Some(wt) => update_s4_avx2(wt, bias, st, x, y, next),
+                None => update_s3_avx2(wc, bias, st, x, y),
+            }
+        };
         vmath::silu_in_place(&mut y[..done]);
-        let (st, wc) = (&mut st[4 * done..4 * n], &wc[4 * done..4 * n]);
-        return conv_update_row(wc, &bias[done..n], st, 4, &x[done..n], 4, &mut y[done..]);
+        let (st, wc) = (&mut st[s_len * done..s_len * n], &wc[4 * done..4 * n]);
+        return conv_update_row(wc, &bias[done..n], st, s_len, &x[done..n], 4, &mut y[done..]);
     }
     let _ = (wt, next);
     conv_update_row(wc, bias, st, s_len, x, w, y)
@@ -454,6 +462,82 @@ unsafe fn update_s4_avx2(wt: &[f32], bias: &[f32], st: &mut [f32], x: &[f32], y:
     done
 }
 
+/// The decode update of the pool's conv state (W = 4, `[n, 3]` per block:
+/// the newest three inputs, oldest first) before SiLU, 8 channels at a time,
+/// with the weights channel-major `[n, 4]` as given (a 4x4 transpose in each
+/// 128-bit half of four registers puts tap j of the 8 channels in one: a
+/// per-call token-major copy of the weights cost a batch-1 decode more than
+/// the kernel saved). The 8 rows are 24 floats in three registers where each state column
+/// sits in lanes no other register of it uses (column k of channel c is
+/// element 3c + k), so two blends gather a column and one permute puts it in
+/// channel order; the same fused multiply-adds in the same order as
+/// [`conv_update_row`] (bias, then oldest first); the new rows (columns 1,
+/// 2 and the token) go back the same way reversed. The compiler's code for
+/// the stride-3 rows spent ~50 cycles per 8 channels de-interleaving them
+/// (a batch-1 decode's conv took 15 us of a 150 us layer). Returns the
+/// channels done (a multiple of 8); the rest is the caller's.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn update_s3_avx2(wc: &[f32], bias: &[f32], st: &mut [f32], x: &[f32], y: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    let n = y.len();
+    let done = n / 8 * 8;
+    let (wc, bias, st, x) = (&wc[..4 * n], &bias[..n], &mut st[..3 * n], &x[..n]);
+    // column k gathered by blends sits in lane order; lane -> channel of column k,
+    // which is also the permute from that lane order to channel order and back
+    let lanes =
+        [_mm256_setr_epi32(0, 3, 6, 1, 4, 7, 2, 5), _mm256_setr_epi32(5, 0, 3, 6, 1, 4, 7, 2), _mm256_setr_epi32(2, 5, 0, 3, 6, 1, 4, 7)];
+    let to_channels =
+        [_mm256_setr_epi32(0, 3, 6, 1, 4, 7, 2, 5), _mm256_setr_epi32(1, 4, 7, 2, 5, 0, 3, 6), _mm256_setr_epi32(2, 5, 0, 3, 6, 1, 4, 7)];
+    for c in (0..done).step_by(8) {
+        // SAFETY: c + 8 <= n: channels c..c+8 of every slice checked above
+        // (state 3c..3c+24, weights 4c..4c+32); unaligned accesses.
+        unsafe {
+            // channels c+i and c+4+i in the halves of a_i, then tap j of channels
+            // (c..c+4 | c+4..c+8) in tap[j]: unpack pairs channels, shuffle pairs pairs
+            let wp = wc.as_ptr().add(4 * c);
+            let a =
+                |i: usize| _mm256_insertf128_ps::<1>(_mm256_castps128_ps256(_mm_loadu_ps(wp.add(4 * i))), _mm_loadu_ps(wp.add(16 + 4 * i)));
+            let (a0, a1, a2, a3) = (a(0), a(1), a(2), a(3));
+            let (lo01, hi01) = (_mm256_unpacklo_ps(a0, a1), _mm256_unpackhi_ps(a0, a1));
+            let (lo23, hi23) = (_mm256_unpacklo_ps(a2, a3), _mm256_unpackhi_ps(a2, a3));
+            let tap = [
+                _mm256_shuffle_ps::<0x44>(lo01, lo23),
+                _mm256_shuffle_ps::<0xEE>(lo01, lo23),
+                _mm256_shuffle_ps::<0x44>(hi01, hi23),
+                _mm256_shuffle_ps::<0xEE>(hi01, hi23),
+            ];
+            let sp = st.as_mut_ptr().add(3 * c);
+            let (r0, r1, r2) = (_mm256_loadu_ps(sp), _mm256_loadu_ps(sp.add(8)), _mm256_loadu_ps(sp.add(16)));
+            // column 0 at lanes 0 3 6 of r0, 1 4 7 of r1, 2 5 of r2; column 1 one
+            // element later (r0: 1 4 7, r1: 2 5, r2: 0 3 6); column 2 two later
+            let g0 = _mm256_blend_ps::<0b0010_0100>(_mm256_blend_ps::<0b1001_0010>(r0, r1), r2);
+            let g1 = _mm256_blend_ps::<0b0100_1001>(_mm256_blend_ps::<0b0010_0100>(r0, r1), r2);
+            let g2 = _mm256_blend_ps::<0b1001_0010>(_mm256_blend_ps::<0b0100_1001>(r0, r1), r2);
+            let s0 = _mm256_permutevar8x32_ps(g0, to_channels[0]);
+            let s1 = _mm256_permutevar8x32_ps(g1, to_channels[1]);
+            let s2 = _mm256_permutevar8x32_ps(g2, to_channels[2]);
+            let xv = _mm256_loadu_ps(x.as_ptr().add(c));
+            let acc = _mm256_fmadd_ps(tap[0], s0, _mm256_loadu_ps(bias.as_ptr().add(c)));
+            let acc = _mm256_fmadd_ps(tap[1], s1, acc);
+            let acc = _mm256_fmadd_ps(tap[2], s2, acc);
+            _mm256_storeu_ps(y.as_mut_ptr().add(c), _mm256_fmadd_ps(tap[3], xv, acc));
+            // the new rows [s1 s2 x]: new column k is old column k + 1 (the token for k = 2),
+            // put in column k's lane order and blended back into the three registers
+            let n0 = _mm256_permutevar8x32_ps(s1, lanes[0]);
+            let n1 = _mm256_permutevar8x32_ps(s2, lanes[1]);
+            let n2 = _mm256_permutevar8x32_ps(xv, lanes[2]);
+            _mm256_storeu_ps(sp, _mm256_blend_ps::<0b0010_0100>(_mm256_blend_ps::<0b1001_0010>(n0, n1), n2));
+            _mm256_storeu_ps(sp.add(8), _mm256_blend_ps::<0b0100_1001>(_mm256_blend_ps::<0b0010_0100>(n0, n1), n2));
+            _mm256_storeu_ps(sp.add(16), _mm256_blend_ps::<0b1001_0010>(_mm256_blend_ps::<0b0100_1001>(n0, n1), n2));
+        }
+    }
+    done
+}
+
 // The decode form of `conv_row` on a channels-first f32 state `[n, s_len]`
 // (oldest first; the newest W-1 columns are the window, `s_len >= W-1`),
 // shifted in place, with the channel-major weights `[n, W]` as given (the
@@ -516,41 +600,53 @@ mod tests {
         ((*seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
     }
 
-    /// transformers' conv state (W = 4 keeping 4 inputs: the oldest leaves the
-    /// window) through the AVX2 kernel where the machine has it and through
-    /// the portable update: the bits of a per-lane scalar reference, for
-    /// block lengths with and without a tail of fewer than 8 channels.
+    /// The models' width (W = 4) on the pool's conv state (3 inputs kept) and
+    /// on transformers' (4 kept: the oldest leaves the window) through the
+    /// AVX2 kernels where the machine has them and through the portable
+    /// update: the bits of a per-lane scalar reference, for block lengths
+    /// with and without a tail of fewer than 8 channels.
     #[test]
-    fn update_of_four_kept_inputs_matches_the_scalar_reference_bitwise() {
+    fn update_of_width_four_matches_the_scalar_reference_bitwise() {
         let mut seed = 11;
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        for n in [1usize, 7, 8, 9, 16, 61, 2048] {
-            let wc: Vec<f32> = (0..n * 4).map(|_| lcg(&mut seed)).collect();
-            let bias: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
-            let st0: Vec<f32> = (0..n * 4).map(|_| lcg(&mut seed)).collect();
-            let x: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
-            let mut want_y = vec![0.0f32; n];
-            let mut want_st = st0.clone();
-            for c in 0..n {
-                let r = &st0[c * 4..c * 4 + 4];
-                let acc = wc[c * 4].mul_add(r[1], bias[c]);
-                let acc = wc[c * 4 + 1].mul_add(r[2], acc);
-                let acc = wc[c * 4 + 2].mul_add(r[3], acc);
-                want_y[c] = vmath::silu_lane(wc[c * 4 + 3].mul_add(x[c], acc));
-                want_st[c * 4..c * 4 + 4].copy_from_slice(&[r[1], r[2], r[3], x[c]]);
-            }
-            let mut wt = vec![0.0f32; 4 * n];
-            to_token_major(&wc, 4, &mut wt);
-            let avx2 = crate::simd::has_avx2();
-            for given in [None, Some(&wt[..]).filter(|_| avx2)] {
-                let (mut st, mut y) = (st0.clone(), vec![0.0f32; n]);
-                conv_update(given, &wc, &bias, &mut st, 4, &x, 4, &mut y, std::ptr::null());
-                let path = if given.is_some() { "avx2" } else { "portable" };
-                assert_eq!(bits(&y), bits(&want_y), "{path} outputs, n {n}");
-                assert_eq!(bits(&st), bits(&want_st), "{path} state, n {n}");
-            }
-            if !avx2 {
-                eprintln!("skipped: the AVX2 kernel (this CPU has no AVX2)");
+        for s_len in [3usize, 4] {
+            for n in [1usize, 7, 8, 9, 16, 61, 2048] {
+                let wc: Vec<f32> = (0..n * 4).map(|_| lcg(&mut seed)).collect();
+                let bias: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
+                let st0: Vec<f32> = (0..n * s_len).map(|_| lcg(&mut seed)).collect();
+                let x: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
+                let mut want_y = vec![0.0f32; n];
+                let mut want_st = st0.clone();
+                for c in 0..n {
+                    // the newest three kept inputs, oldest first
+                    let r = &st0[c * s_len + s_len - 3..(c + 1) * s_len];
+                    let acc = wc[c * 4].mul_add(r[0], bias[c]);
+                    let acc = wc[c * 4 + 1].mul_add(r[1], acc);
+                    let acc = wc[c * 4 + 2].mul_add(r[2], acc);
+                    want_y[c] = vmath::silu_lane(wc[c * 4 + 3].mul_add(x[c], acc));
+                    let row = &mut want_st[c * s_len..(c + 1) * s_len];
+                    row.copy_within(1.., 0);
+                    row[s_len - 1] = x[c];
+                }
+                let mut wt = vec![0.0f32; 4 * n];
+                to_token_major(&wc, 4, &mut wt);
+                let avx2 = crate::simd::has_avx2();
+                // the portable update, then the dispatch (AVX2 for S = 3 by itself,
+                // for S = 4 given the token-major weights)
+                for path in ["portable", "dispatched"] {
+                    let (mut st, mut y) = (st0.clone(), vec![0.0f32; n]);
+                    if path == "portable" {
+                        conv_update_row(&wc, &bias, &mut st, s_len, &x, 4, &mut y);
+                    } else {
+                        let given = Some(&wt[..]).filter(|_| avx2 && s_len == 4);
+                        conv_update(given, &wc, &bias, &mut st, s_len, &x, 4, &mut y, std::ptr::null());
+                    }
+                    assert_eq!(bits(&y), bits(&want_y), "{path} outputs, S {s_len} n {n}");
+                    assert_eq!(bits(&st), bits(&want_st), "{path} state, S {s_len} n {n}");
+                }
+                if !avx2 {
+                    eprintln!("skipped: the AVX2 kernels (this CPU has no AVX2)");
+                }
             }
         }
     }

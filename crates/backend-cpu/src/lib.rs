@@ -210,9 +210,14 @@ macro_rules! with_state_type {
 pub(crate) use with_state_type;
 
 /// A conv call of at most this many (token, channel) pairs runs on the calling
-/// thread (two tokens of an 8192-channel conv): at a batch-1 decode it took
-/// 12-16 us there against 25-30 us through the thread pool (2 threads).
-const CONV_SERIAL: usize = 16384;
+/// thread: below a batch-1 decode of the models' smallest conv (6144
+/// channels). A batch-1 decode's conv alone is as fast either way (2 threads:
+/// the pool's round trip eats what the second thread saves), but inside a
+/// layer a conv on the calling thread lets the workers park, and the delta
+/// rule that follows pays to wake them: a whole batch-1 decode layer of the
+/// Qwen3.5-35B-A3B shape took 131-150 us with the conv on the caller against
+/// 117-129 us through the pool (2-core AVX2 VM).
+const CONV_SERIAL: usize = 4096;
 
 impl<L: StateLayout> CpuDispatcher<L> {
     /// Conv over channel blocks: one task per block of [`CONV_BLOCK`]
