@@ -223,8 +223,9 @@ impl<L: StateLayout> CpuDispatcher<L> {
     /// Conv over channel blocks: one task per block of [`CONV_BLOCK`]
     /// channels runs `run` for every request of the call, so the block's
     /// weights are loaded once per call, not once per request; a call of at
-    /// most [`CONV_SERIAL`] (token, channel) pairs runs its blocks in order
-    /// on the calling thread.
+    /// most [`CONV_SERIAL`] (token, channel) pairs, or any call on a
+    /// dispatcher of one thread, runs its blocks in order on the calling
+    /// thread.
     fn conv_blocks(&self, dims: &ModelDims, io: &mut ConvIo<'_>, run: impl Fn(&mut ConvBlock<'_, '_>) + Sync) -> Result<()> {
         self.conv_channel_blocks(dims.conv_dim(), dims.conv_width, io, false, run)
     }
@@ -248,7 +249,7 @@ impl<L: StateLayout> CpuDispatcher<L> {
             let c0 = b * CONV_BLOCK;
             ConvBlock::with(c0, CONV_BLOCK.min(cd - c0), width, &weight, bias.as_ref(), x, out, &run);
         };
-        if inline || io.x.meta().shape()[0] * cd <= CONV_SERIAL {
+        if inline || self.threads() == 1 || io.x.meta().shape()[0] * cd <= CONV_SERIAL {
             // a small call (a batch-1 decode) on the calling thread: the same
             // blocks, so the same bits; the rayon round trip (wake a worker,
             // park and wake the caller) took half its time
@@ -334,8 +335,9 @@ impl<L: StateLayout> CpuDispatcher<L> {
             // place; `next` is only prefetched.
             unsafe { steps_head::<E>(L::KIND, StepInputs::Call { io: views, tokens: &[i], record: &[] }, h, &[None], st, &[st], next) };
         };
-        if inline {
-            // here, not installed in an own pool (that would hand the work to its worker)
+        if inline || self.threads() == 1 {
+            // here, not installed in an own pool (that would hand the work to its
+            // worker: with one worker, a round trip of ~15 us per call for nothing)
             (0..tasks).for_each(run)
         } else {
             self.install(|| (0..tasks).into_par_iter().for_each(run))
