@@ -92,6 +92,10 @@ pub(crate) struct ConvBlock<'a, 's> {
     s: &'s mut ConvScratch,
     /// Ring row of the oldest input.
     head: usize,
+    /// For W = 4 and f32 inputs: ring row `r` is lent by the input (the
+    /// offset of its row there, `Some`) instead of copied into the ring (an
+    /// extend copied every input row: 18% of its conv time in memmove).
+    lent: [Option<usize>; 4],
     /// Whether `s.wt` holds this block's weights (see [`Self::ready_wt`]).
     wt_ready: bool,
 }
@@ -137,7 +141,7 @@ impl<'a> ConvBlock<'a, '_> {
                 Some(b) => b.row(c0 * b.strides[0], &mut s.bias[..n]),
                 None => s.bias[..n].fill(0.0),
             }
-            f(&mut ConvBlock { c0, n, width, x, out, wc, s, head: 0, wt_ready: false })
+            f(&mut ConvBlock { c0, n, width, x, out, wc, s, head: 0, lent: [None; 4], wt_ready: false })
         })
     }
 
@@ -158,6 +162,7 @@ impl<'a> ConvBlock<'a, '_> {
     /// Starts from a zero window (a sequence without initial state).
     pub fn clear(&mut self) {
         self.head = 0;
+        self.lent = [None; 4];
         self.s.ring[..self.width * self.n].fill(0.0);
     }
 
@@ -167,6 +172,7 @@ impl<'a> ConvBlock<'a, '_> {
         let (n, w1) = (self.n, self.width - 1);
         load_conv(buf, dtype, off, &mut self.s.cf[..n * w1]);
         self.head = 0;
+        self.lent = [None; 4];
         // ring rows 0..W-1 (oldest first) = the state's columns
         to_token_major(&self.s.cf[..n * w1], w1, &mut self.s.ring[..w1 * n]);
     }
@@ -177,10 +183,7 @@ impl<'a> ConvBlock<'a, '_> {
         let (n, w, w1) = (self.n, self.width, self.width - 1);
         let s = &mut *self.s;
         if w1 == 3 {
-            let row = |j: usize| {
-                let r = (self.head + j) % w;
-                &s.ring[r * n..(r + 1) * n]
-            };
+            let row = |j: usize| window_row(&s.ring, &self.lent, &self.x, n, (self.head + j) % w);
             interleave3(row(0), row(1), row(2), &mut s.cf[..3 * n]);
         } else {
             for j in 0..w1 {
@@ -268,9 +271,32 @@ impl<'a> ConvBlock<'a, '_> {
         let newest = (self.head + w - 1) % w;
         // rows are a whole conv_dim apart: the hardware prefetcher does not follow
         self.x.prefetch(self.x.off2(t + 2, self.c0), n);
-        self.x.row(self.x.off2(t, self.c0), &mut s.ring[newest * n..(newest + 1) * n]);
-        let (wt, bias, ring) = (&s.wt[..w * n], &s.bias[..n], &s.ring[..w * n]);
+        let xo = self.x.off2(t, self.c0);
         let oo = self.out.off2(t, self.c0);
+        if w == 4 {
+            // an f32 input row is read where it lies (lent to the window), any
+            // other is widened into the ring
+            self.lent[newest] = self.x.f32_row(xo, n).map(|_| xo);
+            if self.lent[newest].is_none() {
+                self.x.row(xo, &mut s.ring[newest * n..(newest + 1) * n]);
+            }
+            let row = |j: usize| window_row(&s.ring, &self.lent, &self.x, n, (self.head + j) % 4);
+            let rows = [row(0), row(1), row(2), row(3)];
+            // SAFETY: (t, block) of the output belongs to this task alone; no other
+            // store of it while the row lives.
+            match unsafe { self.out.f32_row_mut(oo, n) } {
+                Some(y) => conv_row4(&s.wt[..4 * n], &s.bias[..n], rows, y),
+                None => {
+                    conv_row4(&s.wt[..4 * n], &s.bias[..n], rows, &mut s.y[..n]);
+                    // SAFETY: as above.
+                    unsafe { self.out.store(oo, &s.y[..n]) };
+                }
+            }
+            self.head = (self.head + 1) % w;
+            return;
+        }
+        self.x.row(xo, &mut s.ring[newest * n..(newest + 1) * n]);
+        let (wt, bias, ring) = (&s.wt[..w * n], &s.bias[..n], &s.ring[..w * n]);
         // SAFETY: (t, block) of the output belongs to this task alone; no other
         // store of it while the row lives.
         match unsafe { self.out.f32_row_mut(oo, n) } {
@@ -287,26 +313,10 @@ impl<'a> ConvBlock<'a, '_> {
 
 // `y = silu(bias + sum_j wt[j] * ring[(head + j) % W])` over the block's
 // channels, oldest input first, fused multiply-adds (the same bits on every
-// machine path: see `vmath`).
+// machine path: see `vmath`); the models' W = 4 takes [`conv_row4`].
 vmath::dispatch!(
     fn conv_row(wt: &[f32], bias: &[f32], ring: &[f32], head: usize, w: usize, y: &mut [f32]) {
         let n = y.len();
-        if w == 4 {
-            // the models' width: one pass (a pass per weight row read and wrote `y` four times)
-            let row = |j: usize| {
-                let r = (head + j) % w;
-                (&wt[j * n..(j + 1) * n], &ring[r * n..(r + 1) * n])
-            };
-            let ((w0, x0), (w1, x1), (w2, x2), (w3, x3)) = (row(0), row(1), row(2), row(3));
-            let bias = &bias[..n];
-            for c in 0..n {
-                let acc = w0[c].mul_add(x0[c], bias[c]);
-                let acc = w1[c].mul_add(x1[c], acc);
-                let acc = w2[c].mul_add(x2[c], acc);
-                y[c] = vmath::silu_lane(w3[c].mul_add(x3[c], acc));
-            }
-            return;
-        }
         y.copy_from_slice(&bias[..n]);
         for j in 0..w {
             let r = (head + j) % w;
@@ -316,6 +326,31 @@ vmath::dispatch!(
             }
         }
         y.iter_mut().for_each(|v| *v = vmath::silu_lane(*v));
+    }
+);
+
+/// Ring row `r` of a window: the input's row where the input lent it, else the ring's.
+fn window_row<'r>(ring: &'r [f32], lent: &[Option<usize>; 4], x: &In<'r>, n: usize, r: usize) -> &'r [f32] {
+    match lent.get(r).copied().flatten().and_then(|off| x.f32_row(off, n)) {
+        Some(row) => row,
+        None => &ring[r * n..(r + 1) * n],
+    }
+}
+
+// [`conv_row`] for W = 4 (one pass: a pass per weight row read and wrote `y`
+// four times) with the window's rows given oldest first, some read where the
+// input holds them: the same fused multiply-adds in the same order.
+vmath::dispatch!(
+    fn conv_row4(wt: &[f32], bias: &[f32], rows: [&[f32]; 4], y: &mut [f32]) {
+        let n = y.len();
+        let (w0, w1, w2, w3) = (&wt[..n], &wt[n..2 * n], &wt[2 * n..3 * n], &wt[3 * n..4 * n]);
+        let (x0, x1, x2, x3, bias) = (&rows[0][..n], &rows[1][..n], &rows[2][..n], &rows[3][..n], &bias[..n]);
+        for c in 0..n {
+            let acc = w0[c].mul_add(x0[c], bias[c]);
+            let acc = w1[c].mul_add(x1[c], acc);
+            let acc = w2[c].mul_add(x2[c], acc);
+            y[c] = vmath::silu_lane(w3[c].mul_add(x3[c], acc));
+        }
     }
 );
 
