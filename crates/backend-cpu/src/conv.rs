@@ -220,12 +220,6 @@ impl<'a> ConvBlock<'a, '_> {
     /// caller updates next, `[n, s_len]` too: prefetched, never read.
     pub fn update_rows(&mut self, st: &mut [f32], s_len: usize, t: usize, next: *const f32) {
         let (n, w) = (self.n, self.width);
-        // transformers' state (W = 4, S = 4) takes the AVX2 kernel, which reads
-        // the weights token-major (transposed once per block, not per row)
-        let s4 = w == 4 && s_len == 4 && crate::simd::has_avx2();
-        if s4 {
-            self.ready_wt();
-        }
         let s = &mut *self.s;
         let st = &mut st[..n * s_len];
         // f32 input and output rows are read and written where they lie
@@ -239,13 +233,12 @@ impl<'a> ConvBlock<'a, '_> {
         };
         let oo = self.out.off2(t, self.c0);
         let wc = self.wc.unwrap_or(&s.w_given[..w * n]);
-        let wt = s4.then(|| &s.wt[..w * n]);
         // SAFETY: (t, block) of the output belongs to this task alone; no other
         // store of it while `y` lives.
         match unsafe { self.out.f32_row_mut(oo, n) } {
-            Some(y) => conv_update(wt, wc, &s.bias[..n], st, s_len, x, w, y, next),
+            Some(y) => conv_update(wc, &s.bias[..n], st, s_len, x, w, y, next),
             None => {
-                conv_update(wt, wc, &s.bias[..n], st, s_len, x, w, &mut s.y[..n], next);
+                conv_update(wc, &s.bias[..n], st, s_len, x, w, &mut s.y[..n], next);
                 // SAFETY: as above.
                 unsafe { self.out.store(oo, &s.y[..n]) };
             }
@@ -396,42 +389,59 @@ vmath::dispatch!(
     }
 );
 
-/// [`conv_update_row`], through an AVX2 kernel where one fits: the pool's
-/// state (W = 4, `s_len` = 3) through [`update_s3_avx2`] on any machine with
-/// AVX2, transformers' (`s_len` = 4) through [`update_s4_avx2`] when `wt`
-/// (the block's weights token-major `[4, n]`) is given: only for W = 4 on a
-/// machine with AVX2 (the caller checks). The same bits on every path.
-/// `next` (null: none) is the `[n, 4]` state updated after this one, which
-/// the S = 4 kernel prefetches (the others do not).
+/// [`conv_update_row`], through an AVX2 kernel where one fits (W = 4 on a
+/// machine with AVX2 and FMA): the pool's state (`s_len` = 3) through
+/// [`update_s3_avx2`], transformers' (`s_len` = 4) through
+/// [`update_s4_avx2`]; both read the channel-major weights `wc` as given. The
+/// same bits on every path. `next` (null: none) is the `[n, 4]` state updated
+/// after this one, which the S = 4 kernel prefetches (the others do not).
 #[allow(clippy::too_many_arguments)]
-fn conv_update(
-    wt: Option<&[f32]>,
-    wc: &[f32],
-    bias: &[f32],
-    st: &mut [f32],
-    s_len: usize,
-    x: &[f32],
-    w: usize,
-    y: &mut [f32],
-    next: *const f32,
-) {
+fn conv_update(wc: &[f32], bias: &[f32], st: &mut [f32], s_len: usize, x: &[f32], w: usize, y: &mut [f32], next: *const f32) {
     #[cfg(target_arch = "x86_64")]
-    if wt.is_some() || (w == 4 && s_len == 3 && crate::simd::has_avx2()) {
+    if w == 4 && (s_len == 3 || s_len == 4) && crate::simd::has_avx2() {
         let n = y.len();
-        // SAFETY: AVX2 and FMA checked (here, or by the caller that gave `wt`);
-        // `next` is only prefetched.
+        // SAFETY: AVX2 and FMA checked above; `next` is only prefetched.
         let done = unsafe {
-            match wt {
-                Some(wt) => update_s4_avx2(wt, bias, st, x, y, next),
-                None => update_s3_avx2(wc, bias, st, x, y),
+            match s_len {
+                3 => update_s3_avx2(wc, bias, st, x, y),
+                _ => update_s4_avx2(wc, bias, st, x, y, next),
             }
         };
         vmath::silu_in_place(&mut y[..done]);
         let (st, wc) = (&mut st[s_len * done..s_len * n], &wc[4 * done..4 * n]);
         return conv_update_row(wc, &bias[done..n], st, s_len, &x[done..n], 4, &mut y[done..]);
     }
-    let _ = (wt, next);
+    let _ = next;
     conv_update_row(wc, bias, st, s_len, x, w, y)
+}
+
+/// The weights of 8 channels, channel-major at `wp` (`[8, 4]`, as given), as
+/// four registers: tap j of the 8 channels, in channel order, in register j.
+/// Channels i and 4 + i go into the halves of one register, then a 4x4
+/// transpose in each 128-bit half (unpack pairs channels, shuffle pairs
+/// pairs): a per-call token-major copy of the weights cost a decode's conv
+/// more than its kernel saved.
+///
+/// # Safety
+/// The CPU has AVX2; `wp` points to 32 readable f32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn taps8(wp: *const f32) -> [std::arch::x86_64::__m256; 4] {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's: 32 f32 from `wp`.
+    unsafe {
+        let a = |i: usize| _mm256_insertf128_ps::<1>(_mm256_castps128_ps256(_mm_loadu_ps(wp.add(4 * i))), _mm_loadu_ps(wp.add(16 + 4 * i)));
+        let (a0, a1, a2, a3) = (a(0), a(1), a(2), a(3));
+        let (lo01, hi01) = (_mm256_unpacklo_ps(a0, a1), _mm256_unpackhi_ps(a0, a1));
+        let (lo23, hi23) = (_mm256_unpacklo_ps(a2, a3), _mm256_unpackhi_ps(a2, a3));
+        [
+            _mm256_shuffle_ps::<0x44>(lo01, lo23),
+            _mm256_shuffle_ps::<0xEE>(lo01, lo23),
+            _mm256_shuffle_ps::<0x44>(hi01, hi23),
+            _mm256_shuffle_ps::<0xEE>(hi01, hi23),
+        ]
+    }
 }
 
 /// The decode update of transformers' conv state (W = 4, `[n, 4]` per block,
@@ -452,11 +462,11 @@ fn conv_update(
 /// f32 (only prefetched, never read).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn update_s4_avx2(wt: &[f32], bias: &[f32], st: &mut [f32], x: &[f32], y: &mut [f32], next: *const f32) -> usize {
+unsafe fn update_s4_avx2(wc: &[f32], bias: &[f32], st: &mut [f32], x: &[f32], y: &mut [f32], next: *const f32) -> usize {
     use std::arch::x86_64::*;
     let n = y.len();
     let done = n / 8 * 8;
-    let (wt, bias, st, x) = (&wt[..4 * n], &bias[..n], &mut st[..4 * n], &x[..n]);
+    let (wc, bias, st, x) = (&wc[..4 * n], &bias[..n], &mut st[..4 * n], &x[..n]);
     let to_channels = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     let to_lanes = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
     for c in (0..done).step_by(8) {
@@ -467,8 +477,9 @@ unsafe fn update_s4_avx2(wt: &[f32], bias: &[f32], st: &mut [f32], x: &[f32], y:
             _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(4 * c + 16) as *const i8);
         }
         // SAFETY: c + 8 <= n: channels c..c+8 of every slice checked above
-        // (state rows 4c..4c+32, weight row j at j*n + c); unaligned accesses.
+        // (state rows and weights 4c..4c+32); unaligned accesses.
         unsafe {
+            let tap = taps8(wc.as_ptr().add(4 * c));
             let sp = st.as_mut_ptr().add(4 * c);
             let (r0, r1, r2, r3) =
                 (_mm256_loadu_ps(sp), _mm256_loadu_ps(sp.add(8)), _mm256_loadu_ps(sp.add(16)), _mm256_loadu_ps(sp.add(24)));
@@ -478,12 +489,11 @@ unsafe fn update_s4_avx2(wt: &[f32], bias: &[f32], st: &mut [f32], x: &[f32], y:
             let c1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
             let c2 = _mm256_shuffle_ps::<0x44>(t1, t3);
             let c3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-            let at = |j: usize| _mm256_loadu_ps(wt.as_ptr().add(j * n + c));
             let xv = _mm256_loadu_ps(x.as_ptr().add(c));
-            let acc = _mm256_fmadd_ps(at(0), _mm256_permutevar8x32_ps(c1, to_channels), _mm256_loadu_ps(bias.as_ptr().add(c)));
-            let acc = _mm256_fmadd_ps(at(1), _mm256_permutevar8x32_ps(c2, to_channels), acc);
-            let acc = _mm256_fmadd_ps(at(2), _mm256_permutevar8x32_ps(c3, to_channels), acc);
-            _mm256_storeu_ps(y.as_mut_ptr().add(c), _mm256_fmadd_ps(at(3), xv, acc));
+            let acc = _mm256_fmadd_ps(tap[0], _mm256_permutevar8x32_ps(c1, to_channels), _mm256_loadu_ps(bias.as_ptr().add(c)));
+            let acc = _mm256_fmadd_ps(tap[1], _mm256_permutevar8x32_ps(c2, to_channels), acc);
+            let acc = _mm256_fmadd_ps(tap[2], _mm256_permutevar8x32_ps(c3, to_channels), acc);
+            _mm256_storeu_ps(y.as_mut_ptr().add(c), _mm256_fmadd_ps(tap[3], xv, acc));
             // rows [s1 s2 s3 x]: the inverse transpose of columns 1..3 and the token
             let xl = _mm256_permutevar8x32_ps(xv, to_lanes);
             let (u0, u1) = (_mm256_unpacklo_ps(c1, c2), _mm256_unpackhi_ps(c1, c2));
@@ -531,20 +541,7 @@ unsafe fn update_s3_avx2(wc: &[f32], bias: &[f32], st: &mut [f32], x: &[f32], y:
         // SAFETY: c + 8 <= n: channels c..c+8 of every slice checked above
         // (state 3c..3c+24, weights 4c..4c+32); unaligned accesses.
         unsafe {
-            // channels c+i and c+4+i in the halves of a_i, then tap j of channels
-            // (c..c+4 | c+4..c+8) in tap[j]: unpack pairs channels, shuffle pairs pairs
-            let wp = wc.as_ptr().add(4 * c);
-            let a =
-                |i: usize| _mm256_insertf128_ps::<1>(_mm256_castps128_ps256(_mm_loadu_ps(wp.add(4 * i))), _mm_loadu_ps(wp.add(16 + 4 * i)));
-            let (a0, a1, a2, a3) = (a(0), a(1), a(2), a(3));
-            let (lo01, hi01) = (_mm256_unpacklo_ps(a0, a1), _mm256_unpackhi_ps(a0, a1));
-            let (lo23, hi23) = (_mm256_unpacklo_ps(a2, a3), _mm256_unpackhi_ps(a2, a3));
-            let tap = [
-                _mm256_shuffle_ps::<0x44>(lo01, lo23),
-                _mm256_shuffle_ps::<0xEE>(lo01, lo23),
-                _mm256_shuffle_ps::<0x44>(hi01, hi23),
-                _mm256_shuffle_ps::<0xEE>(hi01, hi23),
-            ];
+            let tap = taps8(wc.as_ptr().add(4 * c));
             let sp = st.as_mut_ptr().add(3 * c);
             let (r0, r1, r2) = (_mm256_loadu_ps(sp), _mm256_loadu_ps(sp.add(8)), _mm256_loadu_ps(sp.add(16)));
             // column 0 at lanes 0 3 6 of r0, 1 4 7 of r1, 2 5 of r2; column 1 one
@@ -663,18 +660,14 @@ mod tests {
                     row.copy_within(1.., 0);
                     row[s_len - 1] = x[c];
                 }
-                let mut wt = vec![0.0f32; 4 * n];
-                to_token_major(&wc, 4, &mut wt);
                 let avx2 = crate::simd::has_avx2();
-                // the portable update, then the dispatch (AVX2 for S = 3 by itself,
-                // for S = 4 given the token-major weights)
+                // the portable update, then the dispatch (the AVX2 kernels where the CPU has AVX2)
                 for path in ["portable", "dispatched"] {
                     let (mut st, mut y) = (st0.clone(), vec![0.0f32; n]);
                     if path == "portable" {
                         conv_update_row(&wc, &bias, &mut st, s_len, &x, 4, &mut y);
                     } else {
-                        let given = Some(&wt[..]).filter(|_| avx2 && s_len == 4);
-                        conv_update(given, &wc, &bias, &mut st, s_len, &x, 4, &mut y, std::ptr::null());
+                        conv_update(&wc, &bias, &mut st, s_len, &x, 4, &mut y, std::ptr::null());
                     }
                     assert_eq!(bits(&y), bits(&want_y), "{path} outputs, S {s_len} n {n}");
                     assert_eq!(bits(&st), bits(&want_st), "{path} state, S {s_len} n {n}");
