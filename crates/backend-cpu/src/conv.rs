@@ -59,7 +59,8 @@ pub(crate) struct ConvScratch {
     w_given: Vec<f32>,
     /// Bias `[n]` (zeros without bias).
     bias: Vec<f32>,
-    /// The last W raw inputs `[W, n]`, a ring: row `head` is the oldest.
+    /// The last W raw inputs `[W, n]`, a ring: row `head` is the oldest (a
+    /// row the input lends, see `ConvBlock::lent`, is read there, not here).
     ring: Vec<f32>,
     /// The conv state as stored, channels-first `[n, W-1]`.
     cf: Vec<f32>,
