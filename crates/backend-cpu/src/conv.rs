@@ -93,10 +93,10 @@ pub(crate) struct ConvBlock<'a, 's> {
     s: &'s mut ConvScratch,
     /// Ring row of the oldest input.
     head: usize,
-    /// For W = 4 and f32 inputs: ring row `r` is lent by the input (the
-    /// offset of its row there, `Some`) instead of copied into the ring (an
-    /// extend copied every input row: 18% of its conv time in memmove).
-    lent: [Option<usize>; 4],
+    /// For W = 4 and f32 inputs: ring row `r` is lent by the input (its row
+    /// there, `Some`) instead of copied into the ring (an extend copied every
+    /// input row: 18% of its conv time in memmove).
+    lent: [Option<&'a [f32]>; 4],
     /// Whether `s.wt` holds this block's weights (see [`Self::ready_wt`]).
     wt_ready: bool,
 }
@@ -184,7 +184,7 @@ impl<'a> ConvBlock<'a, '_> {
         let (n, w, w1) = (self.n, self.width, self.width - 1);
         let s = &mut *self.s;
         if w1 == 3 {
-            let row = |j: usize| window_row(&s.ring, &self.lent, &self.x, n, (self.head + j) % w);
+            let row = |j: usize| window_row(&s.ring, &self.lent, n, (self.head + j) % w);
             interleave3(row(0), row(1), row(2), &mut s.cf[..3 * n]);
         } else {
             for j in 0..w1 {
@@ -234,16 +234,8 @@ impl<'a> ConvBlock<'a, '_> {
         };
         let oo = self.out.off2(t, self.c0);
         let wc = self.wc.unwrap_or(&s.w_given[..w * n]);
-        // SAFETY: (t, block) of the output belongs to this task alone; no other
-        // store of it while `y` lives.
-        match unsafe { self.out.f32_row_mut(oo, n) } {
-            Some(y) => conv_update(wc, &s.bias[..n], st, s_len, x, w, y, next),
-            None => {
-                conv_update(wc, &s.bias[..n], st, s_len, x, w, &mut s.y[..n], next);
-                // SAFETY: as above.
-                unsafe { self.out.store(oo, &s.y[..n]) };
-            }
-        }
+        // SAFETY: (t, block) of the output belongs to this task alone.
+        unsafe { self.out.write_row(oo, &mut s.y[..n], |y| conv_update(wc, &s.bias[..n], st, s_len, x, w, y, next)) };
     }
 
     /// Stores input row `t` of the block's channels as `dtype` at byte offset
@@ -270,36 +262,20 @@ impl<'a> ConvBlock<'a, '_> {
         if w == 4 {
             // an f32 input row is read where it lies (lent to the window), any
             // other is widened into the ring
-            self.lent[newest] = self.x.f32_row(xo, n).map(|_| xo);
+            self.lent[newest] = self.x.f32_row(xo, n);
             if self.lent[newest].is_none() {
                 self.x.row(xo, &mut s.ring[newest * n..(newest + 1) * n]);
             }
-            let row = |j: usize| window_row(&s.ring, &self.lent, &self.x, n, (self.head + j) % 4);
+            let row = |j: usize| window_row(&s.ring, &self.lent, n, (self.head + j) % 4);
             let rows = [row(0), row(1), row(2), row(3)];
-            // SAFETY: (t, block) of the output belongs to this task alone; no other
-            // store of it while the row lives.
-            match unsafe { self.out.f32_row_mut(oo, n) } {
-                Some(y) => conv_row4(&s.wt[..4 * n], &s.bias[..n], rows, y),
-                None => {
-                    conv_row4(&s.wt[..4 * n], &s.bias[..n], rows, &mut s.y[..n]);
-                    // SAFETY: as above.
-                    unsafe { self.out.store(oo, &s.y[..n]) };
-                }
-            }
-            self.head = (self.head + 1) % w;
-            return;
-        }
-        self.x.row(xo, &mut s.ring[newest * n..(newest + 1) * n]);
-        let (wt, bias, ring) = (&s.wt[..w * n], &s.bias[..n], &s.ring[..w * n]);
-        // SAFETY: (t, block) of the output belongs to this task alone; no other
-        // store of it while the row lives.
-        match unsafe { self.out.f32_row_mut(oo, n) } {
-            Some(y) => conv_row(wt, bias, ring, self.head, w, y),
-            None => {
-                conv_row(wt, bias, ring, self.head, w, &mut s.y[..n]);
-                // SAFETY: as above.
-                unsafe { self.out.store(oo, &s.y[..n]) };
-            }
+            let (wt, bias) = (&s.wt[..4 * n], &s.bias[..n]);
+            // SAFETY: (t, block) of the output belongs to this task alone.
+            unsafe { self.out.write_row(oo, &mut s.y[..n], |y| conv_row4(wt, bias, rows, y)) };
+        } else {
+            self.x.row(xo, &mut s.ring[newest * n..(newest + 1) * n]);
+            let (wt, bias, ring) = (&s.wt[..w * n], &s.bias[..n], &s.ring[..w * n]);
+            // SAFETY: (t, block) of the output belongs to this task alone.
+            unsafe { self.out.write_row(oo, &mut s.y[..n], |y| conv_row(wt, bias, ring, self.head, w, y)) };
         }
         self.head = (self.head + 1) % w;
     }
@@ -324,11 +300,8 @@ vmath::dispatch!(
 );
 
 /// Ring row `r` of a window: the input's row where the input lent it, else the ring's.
-fn window_row<'r>(ring: &'r [f32], lent: &[Option<usize>; 4], x: &In<'r>, n: usize, r: usize) -> &'r [f32] {
-    match lent.get(r).copied().flatten().and_then(|off| x.f32_row(off, n)) {
-        Some(row) => row,
-        None => &ring[r * n..(r + 1) * n],
-    }
+fn window_row<'r>(ring: &'r [f32], lent: &[Option<&'r [f32]>; 4], n: usize, r: usize) -> &'r [f32] {
+    lent.get(r).copied().flatten().unwrap_or(&ring[r * n..(r + 1) * n])
 }
 
 // [`conv_row`] for W = 4 (one pass: a pass per weight row read and wrote `y`
@@ -633,6 +606,11 @@ mod tests {
         ((*seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
     }
 
+    /// `len` values of [`lcg`].
+    fn lcg_vec(seed: &mut u64, len: usize) -> Vec<f32> {
+        (0..len).map(|_| lcg(seed)).collect()
+    }
+
     /// The models' width (W = 4) on the pool's conv state (3 inputs kept) and
     /// on transformers' (4 kept: the oldest leaves the window) through the
     /// AVX2 kernels where the machine has them and through the portable
@@ -644,10 +622,10 @@ mod tests {
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         for s_len in [3usize, 4] {
             for n in [1usize, 7, 8, 9, 16, 61, 2048] {
-                let wc: Vec<f32> = (0..n * 4).map(|_| lcg(&mut seed)).collect();
-                let bias: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
-                let st0: Vec<f32> = (0..n * s_len).map(|_| lcg(&mut seed)).collect();
-                let x: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
+                let wc = lcg_vec(&mut seed, n * 4);
+                let bias = lcg_vec(&mut seed, n);
+                let st0 = lcg_vec(&mut seed, n * s_len);
+                let x = lcg_vec(&mut seed, n);
                 let mut want_y = vec![0.0f32; n];
                 let mut want_st = st0.clone();
                 for c in 0..n {
@@ -690,10 +668,10 @@ mod tests {
         for w in [2usize, 3, 4, 5] {
             for n in [1usize, 15, 16, 17, 100, 2048] {
                 let w1 = w - 1;
-                let wc: Vec<f32> = (0..n * w).map(|_| lcg(&mut seed)).collect();
-                let bias: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
-                let st0: Vec<f32> = (0..n * w1).map(|_| lcg(&mut seed)).collect();
-                let x: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
+                let wc = lcg_vec(&mut seed, n * w);
+                let bias = lcg_vec(&mut seed, n);
+                let st0 = lcg_vec(&mut seed, n * w1);
+                let x = lcg_vec(&mut seed, n);
                 // the scalar reference: bias first, oldest input first
                 let mut want_y = vec![0.0f32; n];
                 let mut want_st = st0.clone();

@@ -156,6 +156,25 @@ impl Out {
         (self.dtype == DType::F32).then(|| unsafe { std::slice::from_raw_parts_mut((self.ptr as *mut f32).add(off), n) })
     }
 
+    /// Runs `f` on the output row of `spare.len()` values at `off`: where it
+    /// lies when the view is f32, else on `spare`, which is then stored there
+    /// (rounded to the view's dtype).
+    ///
+    /// # Safety
+    /// As [`Self::f32_row_mut`]: the row is the caller's alone during the call.
+    #[inline(always)]
+    pub unsafe fn write_row(&self, off: usize, spare: &mut [f32], f: impl FnOnce(&mut [f32])) {
+        // SAFETY: the caller's contract.
+        match unsafe { self.f32_row_mut(off, spare.len()) } {
+            Some(y) => f(y),
+            None => {
+                f(spare);
+                // SAFETY: as above.
+                unsafe { self.store(off, spare) };
+            }
+        }
+    }
+
     /// Stores `vals` (rounded to the view's dtype) at `off..off + vals.len()`.
     ///
     /// # Safety
