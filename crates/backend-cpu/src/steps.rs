@@ -227,9 +227,39 @@ unsafe fn decode_kmajor<E: StateElem, const A: usize>(
             sk[j] = u;
         }
         // SAFETY: rows 0..kd, columns c0..c0+w of the head; no other reference to them is live.
-        unsafe { E::update_rows(st.add(c0), vd, kv, d, &sk[..w], || pf.step()) };
+        unsafe { update_block::<E, A>(st.add(c0), vd, kv, d, &sk[..w], pf) };
         c0 += w;
     }
+}
+
+/// The update pass of one [`decode_kmajor`] block, in place:
+/// [`StateElem::update_rows`], except that f32 rows of exactly `A` columns
+/// (every block of a head whose V is a multiple of `A`) run at that fixed
+/// width, `u` held in registers and no per-row length or overlap checks: in
+/// the general loop that overhead cost as much as a row's four AVX2 vectors
+/// (a cold batch-8 decode on one core 1100-1116 -> 814-936 us on the 2-core
+/// AVX2 VM). The same expression per element, so the same bits. (Running
+/// this pass in the row loop of the next block's sums was no faster warm and
+/// slower cold.)
+///
+/// # Safety
+/// As [`StateElem::update_rows`] for `kv.len()` rows of `u.len()` elements.
+#[inline(always)]
+unsafe fn update_block<E: StateElem, const A: usize>(st: *mut E, stride: usize, kv: &[f32], d: f32, u: &[f32], pf: &mut simd::Prefetch) {
+    if let (false, Ok(u)) = (E::NARROW, <&[f32; A]>::try_from(u)) {
+        let u: [f32; A] = *u;
+        for (kk, &a) in kv.iter().enumerate() {
+            pf.step();
+            // SAFETY: row kk's A elements are writable and unaliased (the caller's contract).
+            let row = unsafe { &mut *(st.add(kk * stride) as *mut [E; A]) };
+            for j in 0..A {
+                row[j] = E::st(d.mul_add(row[j].ld(), a * u[j]));
+            }
+        }
+        return;
+    }
+    // SAFETY: the caller's contract, passed on.
+    unsafe { E::update_rows(st, stride, kv, d, u, || pf.step()) }
 }
 
 #[inline(always)]
