@@ -3,7 +3,7 @@
 import sys
 
 from . import Backend, Error, __version__, backend_names
-from ._native import kernel_threads
+from ._native import kernel_threads, omp_team
 
 
 def info() -> int:
@@ -21,6 +21,10 @@ def info() -> int:
         )
     print("fla-compatible functions run on the cpu backend (cpu-vk with state_v_first)")
     print(f"CPU kernels run on {kernel_threads()} threads (RAYON_NUM_THREADS; the importing thread is one of them)")
+    if omp_team():
+        print("decode steps (delta rule and conv) run on the OpenMP team loaded in this process (torch's); DELTANET_OMP_TEAM=0 keeps them on the calling thread")
+    else:
+        print("decode steps (delta rule and conv) run on the calling thread (no OpenMP runtime loaded: torch not imported, or DELTANET_OMP_TEAM=0)")
     return 0
 
 

@@ -29,20 +29,38 @@ use std::sync::{Mutex, OnceLock};
 /// the stalls); on a 2-core Zen 5 VM batch 8 ran the same either way.
 const INLINE_DECODE_BYTES: usize = 8 << 20;
 
-/// The process-wide CPU backends (K-major for fla's default state, V-major for `state_v_first`).
+/// The process-wide CPU backends (K-major for fla's default state, V-major for `state_v_first`):
+/// once an OpenMP runtime is loaded (torch imported), the ones that split the calling thread's
+/// calls over its team (`omp_team.rs`); until then, the ones that run them on the calling thread.
 pub fn cpu_backend(vmajor: bool) -> PyResult<&'static Backend> {
     static K: OnceLock<Backend> = OnceLock::new();
     static V: OnceLock<Backend> = OnceLock::new();
-    let cell = if vmajor { &V } else { &K };
-    if let Some(b) = cell.get() {
-        return Ok(b);
-    }
-    let b = if vmajor {
-        Backend::CpuVMajor(deltanet::cpu::CpuVMajor::new().with_inline_decode(INLINE_DECODE_BYTES))
-    } else {
-        Backend::CpuKMajor(deltanet::cpu::CpuKMajor::new().with_inline_decode(INLINE_DECODE_BYTES))
+    static K_TEAM: OnceLock<Backend> = OnceLock::new();
+    static V_TEAM: OnceLock<Backend> = OnceLock::new();
+    let team = crate::omp_team::OmpTeam::loaded();
+    let cell = match (vmajor, team.is_some()) {
+        (false, false) => &K,
+        (true, false) => &V,
+        (false, true) => &K_TEAM,
+        (true, true) => &V_TEAM,
     };
-    Ok(cell.get_or_init(|| b))
+    Ok(cell.get_or_init(|| {
+        if vmajor {
+            Backend::CpuVMajor(with_team(deltanet::cpu::CpuVMajor::new().with_inline_decode(INLINE_DECODE_BYTES), team))
+        } else {
+            Backend::CpuKMajor(with_team(deltanet::cpu::CpuKMajor::new().with_inline_decode(INLINE_DECODE_BYTES), team))
+        }
+    }))
+}
+
+fn with_team<L: deltanet::StateLayout>(
+    d: deltanet::cpu::CpuDispatcher<L>,
+    team: Option<crate::omp_team::OmpTeam>,
+) -> deltanet::cpu::CpuDispatcher<L> {
+    match team {
+        Some(t) => d.with_host_team(t.shared()),
+        None => d,
+    }
 }
 
 fn expect_shape(t: &Borrowed<'_>, want: &[usize], what: &str) -> PyResult<()> {

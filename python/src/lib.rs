@@ -12,6 +12,7 @@
 
 mod errors;
 mod functional;
+mod omp_team;
 mod oracle;
 mod pool;
 mod slots;
@@ -40,6 +41,14 @@ fn kernel_threads() -> usize {
     rayon::current_num_threads()
 }
 
+/// Whether the CPU backends split the calls they run on the calling thread (a decode step's
+/// delta rule and conv) over the OpenMP team of a runtime loaded in this process (torch's),
+/// rather than running them on the calling thread alone.
+#[pyfunction(name = "omp_team")]
+fn uses_omp_team() -> bool {
+    omp_team::OmpTeam::loaded().is_some()
+}
+
 /// Test hook: panics inside the boundary guard, which must raise `InternalError`.
 #[pyfunction]
 fn _panic_for_test() -> PyResult<()> {
@@ -51,6 +60,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     threads::init_with_current_thread();
     errors::register(m)?;
     m.add_function(wrap_pyfunction!(kernel_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(uses_omp_team, m)?)?;
     m.add_function(wrap_pyfunction!(version, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     m.add_function(wrap_pyfunction!(backend_names, m)?)?;

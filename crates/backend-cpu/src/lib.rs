@@ -81,9 +81,11 @@ mod scratch;
 mod simd;
 mod state_io;
 mod steps;
+mod team;
 mod vmath;
 
 pub use extend::CHUNK;
+pub use team::HostTeam;
 
 use conv::{ConvBlock, CONV_BLOCK};
 use delta_views::DeltaViews;
@@ -103,6 +105,8 @@ pub struct CpuDispatcher<L: StateLayout> {
     /// A decode (or decode conv update) whose states total at most this many
     /// bytes runs on the calling thread ([`Self::with_inline_decode`]; 0: never).
     inline_decode_bytes: usize,
+    /// The host's threads the calling-thread calls split their tasks over ([`Self::with_host_team`]).
+    team: Option<Arc<dyn HostTeam>>,
     _layout: PhantomData<L>,
 }
 
@@ -131,7 +135,7 @@ impl<L: StateLayout> CpuDispatcher<L> {
             LayoutKind::VMajor => "cpu-vk",
         };
         let caps = Capabilities::new(backend, Device::Host, L::KIND).with_chunk_size(CHUNK).with_spec_modes(&SpecMode::ALL);
-        CpuDispatcher { caps, threads: None, inline_decode_bytes: 0, _layout: PhantomData }
+        CpuDispatcher { caps, threads: None, inline_decode_bytes: 0, team: None, _layout: PhantomData }
     }
 
     /// Runs a decode whose recurrent states total at most `bytes` (all the
@@ -145,6 +149,16 @@ impl<L: StateLayout> CpuDispatcher<L> {
     /// are the same bits either way.
     pub fn with_inline_decode(mut self, bytes: usize) -> Self {
         self.inline_decode_bytes = bytes;
+        self
+    }
+
+    /// Splits the calls that run on the calling thread
+    /// ([`Self::with_inline_decode`]) over `team`, threads the host already
+    /// runs (inside torch: its OpenMP team, whose workers spin waiting for
+    /// work, so they start on it at once; see [`HostTeam`]). Each task runs
+    /// once, on one thread, so the results are the same bits.
+    pub fn with_host_team(mut self, team: Arc<dyn HostTeam>) -> Self {
+        self.team = Some(team);
         self
     }
 
@@ -249,7 +263,12 @@ impl<L: StateLayout> CpuDispatcher<L> {
             let c0 = b * CONV_BLOCK;
             ConvBlock::with(c0, CONV_BLOCK.min(cd - c0), width, &weight, bias.as_ref(), x, out, &run);
         };
-        if inline || self.threads() == 1 || io.x.meta().shape()[0] * cd <= CONV_SERIAL {
+        if inline {
+            // the calling thread's call, split over the host's team when it lent one
+            team::run_tasks(self.team.as_deref(), blocks, block);
+            return Ok(());
+        }
+        if self.threads() == 1 || io.x.meta().shape()[0] * cd <= CONV_SERIAL {
             // a small call (a batch-1 decode) on the calling thread: the same
             // blocks, so the same bits; the rayon round trip (wake a worker,
             // park and wake the caller) took half its time
@@ -335,7 +354,10 @@ impl<L: StateLayout> CpuDispatcher<L> {
             // place; `next` is only prefetched.
             unsafe { steps_head::<E>(L::KIND, StepInputs::Call { io: views, tokens: &[i], record: &[] }, h, &[None], st, &[st], next) };
         };
-        if inline || self.threads() == 1 {
+        if inline {
+            // the calling thread's call, split over the host's team when it lent one
+            team::run_tasks(self.team.as_deref(), tasks, run)
+        } else if self.threads() == 1 {
             // here, not installed in an own pool (that would hand the work to its
             // worker: with one worker, a round trip of ~15 us per call for nothing)
             (0..tasks).for_each(run)

@@ -1,11 +1,14 @@
 //! `with_inline_decode`: a decode run on the calling thread gives the same bits
 //! (outputs and states) as on the worker pool, for f32 and bf16 states, with
-//! fresh random inputs and a random starting state.
+//! fresh random inputs and a random starting state; and so does one split over
+//! a host's team of threads (`with_host_team`).
 
-use deltanet_backend_cpu::CpuKMajor;
+use deltanet_backend_cpu::{CpuKMajor, HostTeam};
 use deltanet_core::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 fn rand_vec(r: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     (0..n).map(|_| r.gen_range(lo..hi)).collect()
@@ -112,4 +115,60 @@ fn a_conv_update_on_the_calling_thread_gives_the_pools_bits() {
     assert_eq!(bits(&pooled.1), bits(&inline.1), "pool conv states");
     assert_eq!(bits(&pooled.2), bits(&inline.2), "caller states");
     assert!(pooled.0.iter().all(|x| x.is_finite()) && pooled.0.iter().any(|&x| x != 0.0));
+}
+
+/// A host team of `n` scoped threads (the caller as thread 0) that records
+/// which threads ran a share of a region with work in it.
+struct ScopedTeam {
+    n: usize,
+    regions: Mutex<usize>,
+    threads_used: Mutex<HashSet<std::thread::ThreadId>>,
+}
+
+impl HostTeam for ScopedTeam {
+    fn run(&self, body: &(dyn Fn(usize, usize) + Sync)) {
+        *self.regions.lock().unwrap() += 1;
+        let share = |i: usize| {
+            self.threads_used.lock().unwrap().insert(std::thread::current().id());
+            body(i, self.n)
+        };
+        std::thread::scope(|s| {
+            for i in 1..self.n {
+                s.spawn(move || share(i));
+            }
+            share(0);
+        });
+    }
+}
+
+#[test]
+fn a_decode_and_a_conv_update_split_over_a_host_team_give_the_pools_bits() {
+    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let team = || Arc::new(ScopedTeam { n: 3, regions: Mutex::new(0), threads_used: Mutex::new(HashSet::new()) });
+    let dims = ModelDims::new(2, 4, 32, 24, 4).unwrap();
+    let mut r = ChaCha8Rng::seed_from_u64(6);
+    for sd in [DType::F32, DType::BF16] {
+        let b = 3;
+        let init = rand_vec(&mut r, b * dims.state_elems(), -1.0, 1.0);
+        let pooled = decode(&CpuKMajor::with_threads(2).unwrap(), dims, sd, b, &init, 11);
+        let t = team();
+        let d = CpuKMajor::with_threads(2).unwrap().with_inline_decode(usize::MAX).with_host_team(t.clone());
+        let teamed = decode(&d, dims, sd, b, &init, 11);
+        assert_eq!(bits(&pooled.0), bits(&teamed.0), "{sd:?}: outputs");
+        assert_eq!(bits(&pooled.1), bits(&teamed.1), "{sd:?}: states");
+        assert!(pooled.0.iter().all(|x| x.is_finite()) && pooled.0.iter().any(|&x| x != 0.0));
+        assert_eq!(*t.regions.lock().unwrap(), 3, "{sd:?}: one region per decode step");
+        // the caller, and two threads spawned afresh per region
+        assert_eq!(t.threads_used.lock().unwrap().len(), 1 + 2 * 3, "{sd:?}: every thread of the team ran a share");
+    }
+    let dims = ModelDims::new(1, 2, 16, 3000, 4).unwrap();
+    let pooled = conv_updates(&CpuKMajor::with_threads(2).unwrap(), dims, 3, 19);
+    let t = team();
+    let teamed = conv_updates(&CpuKMajor::with_threads(2).unwrap().with_inline_decode(usize::MAX).with_host_team(t.clone()), dims, 3, 19);
+    assert_eq!(bits(&pooled.0), bits(&teamed.0), "conv outputs");
+    assert_eq!(bits(&pooled.1), bits(&teamed.1), "pool conv states");
+    assert_eq!(bits(&pooled.2), bits(&teamed.2), "caller states");
+    assert_eq!(*t.regions.lock().unwrap(), 6, "one region per conv update");
+    // 6032 channels are 3 blocks: every thread of every region had one
+    assert_eq!(t.threads_used.lock().unwrap().len(), 1 + 2 * 6);
 }
