@@ -152,11 +152,13 @@ impl<L: StateLayout> CpuDispatcher<L> {
         self
     }
 
-    /// Splits the calls that run on the calling thread
-    /// ([`Self::with_inline_decode`]) over `team`, threads the host already
-    /// runs (inside torch: its OpenMP team, whose workers spin waiting for
-    /// work, so they start on it at once; see [`HostTeam`]). Each task runs
-    /// once, on one thread, so the results are the same bits.
+    /// Runs the parallel work of decode, extend and conv calls on `team`,
+    /// threads the host already runs, instead of the worker pool, and splits
+    /// the calls that would run on the calling thread
+    /// ([`Self::with_inline_decode`]) over it too (inside torch: its OpenMP
+    /// team, whose workers spin waiting for work, so they start on it at once;
+    /// see [`HostTeam`]). Verify and replay calls keep the worker pool. Each
+    /// task runs once, on one thread, so the results are the same bits.
     pub fn with_host_team(mut self, team: Arc<dyn HostTeam>) -> Self {
         self.team = Some(team);
         self
@@ -183,6 +185,17 @@ impl<L: StateLayout> CpuDispatcher<L> {
     /// Worker threads the kernels run on.
     pub fn threads(&self) -> usize {
         self.threads.as_ref().map_or_else(rayon::current_num_threads, |p| p.current_num_threads())
+    }
+
+    /// Runs `task(i)` for each of `tasks` independent tasks in parallel: on
+    /// the host's team when it lent one ([`Self::with_host_team`]; each
+    /// thread takes the next task in turn), else on the worker pool, one
+    /// rayon piece per task. Each task runs once, so the same bits either way.
+    fn for_each_task(&self, tasks: usize, task: impl Fn(usize) + Sync + Send) {
+        match &self.team {
+            Some(team) if tasks > 1 => team::run_tasks_dynamic(team.as_ref(), tasks, task),
+            _ => self.install(|| (0..tasks).into_par_iter().with_max_len(1).for_each(task)),
+        }
     }
 
     fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
@@ -263,8 +276,8 @@ impl<L: StateLayout> CpuDispatcher<L> {
             let c0 = b * CONV_BLOCK;
             ConvBlock::with(c0, CONV_BLOCK.min(cd - c0), width, &weight, bias.as_ref(), x, out, &run);
         };
-        if inline {
-            // the calling thread's call, split over the host's team when it lent one
+        if inline || self.team.is_some() {
+            // on the host's team when it lent one, else the calling thread's call
             team::run_tasks(self.team.as_deref(), blocks, block);
             return Ok(());
         }
@@ -354,8 +367,9 @@ impl<L: StateLayout> CpuDispatcher<L> {
             // place; `next` is only prefetched.
             unsafe { steps_head::<E>(L::KIND, StepInputs::Call { io: views, tokens: &[i], record: &[] }, h, &[None], st, &[st], next) };
         };
-        if inline {
-            // the calling thread's call, split over the host's team when it lent one
+        if inline || self.team.is_some() {
+            // on the host's team when it lent one (contiguous shares, so each head's
+            // prefetch hint is the head its thread runs next), else the calling thread's call
             team::run_tasks(self.team.as_deref(), tasks, run)
         } else if self.threads() == 1 {
             // here, not installed in an own pool (that would hand the work to its
@@ -527,11 +541,11 @@ impl<L: StateLayout> Kernels for CpuDispatcher<L> {
             let steps = &order[long..];
             // byte offset of (sequence s, value head h) for elements of `size` bytes
             let head = |s: usize, h: usize, size: usize| g.temporal_offset(layer, batch.slots()[s].index()) + h * per * size;
-            with_state_type!(g.config.state_dtype, E => self.install(|| {
-                // every task its own rayon piece: the chunked tasks all sit at the front, and
+            with_state_type!(g.config.state_dtype, E => {
+                // every task taken on its own: the chunked tasks all sit at the front, and
                 // rayon's default split (a few leaves per thread, each run in order) gave one
                 // thread every prefill task of a mixed step and the other only the steps
-                (0..long * hk + steps.len() * hv).into_par_iter().with_max_len(1).for_each(|task| {
+                self.for_each_task(long * hk + steps.len() * hv, |task| {
                     if task < long * hk {
                         // one task per (sequence, key head): its value heads share q, k and [Q; K] K^T
                         return extend_head::<E>(L::KIND, &views, &tgt, order[task / hk], task % hk);
@@ -551,7 +565,7 @@ impl<L: StateLayout> Kernels for CpuDispatcher<L> {
                     // `next` is only prefetched.
                     unsafe { steps_head::<E>(L::KIND, StepInputs::Call { io: &views, tokens: &[batch.seq_range(s).start], record: &[] }, h, &[None], st, &[st], next) };
                 })
-            }));
+            });
             Ok(())
         })
     }

@@ -12,6 +12,8 @@
 //! no thread woken and no core shared. A decode that reads its state from
 //! memory then has every core's outstanding misses, not one core's.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 /// Threads a host application already runs, lent to run one call's tasks.
 pub trait HostTeam: Send + Sync {
     /// Runs `body(i, n)` once on each of the `n` threads of a team, the
@@ -33,10 +35,24 @@ pub(crate) fn run_tasks(team: Option<&dyn HostTeam>, tasks: usize, task: impl Fn
     }
 }
 
+/// Runs `task(i)` for every `i` in `0..tasks` on `team`, each thread taking
+/// the next task from a shared counter until none is left, so tasks of unequal
+/// cost (a prefill's sequences) balance out. Each task runs once, so the
+/// results are the same bits in any order.
+pub(crate) fn run_tasks_dynamic(team: &dyn HostTeam, tasks: usize, task: impl Fn(usize) + Sync) {
+    let next = AtomicUsize::new(0);
+    team.run(&|_, _| loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= tasks {
+            break;
+        }
+        task(i)
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A team of `n` scoped threads (the caller as thread 0).
     struct Scoped(usize);
@@ -61,6 +77,15 @@ mod tests {
                     seen[i].fetch_add(1, Ordering::Relaxed);
                 });
                 assert!(seen.iter().all(|c| c.load(Ordering::Relaxed) == 1), "team {n}, {tasks} tasks");
+            }
+        }
+        for n in 1..=5 {
+            for tasks in [0, 1, 2, 3, 7, 64] {
+                let seen: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
+                run_tasks_dynamic(&Scoped(n), tasks, |i| {
+                    seen[i].fetch_add(1, Ordering::Relaxed);
+                });
+                assert!(seen.iter().all(|c| c.load(Ordering::Relaxed) == 1), "dynamic: team {n}, {tasks} tasks");
             }
         }
         let seen = AtomicUsize::new(0);

@@ -172,3 +172,60 @@ fn a_decode_and_a_conv_update_split_over_a_host_team_give_the_pools_bits() {
     // 6032 channels are 3 blocks: every thread of every region had one
     assert_eq!(t.threads_used.lock().unwrap().len(), 1 + 2 * 6);
 }
+
+/// A prefill extend of sequences of 70, 5 and 1 tokens (the last continuing its
+/// state: a decode inside the extend) from random states; returns (outputs, states).
+fn extend(d: &CpuKMajor, dims: ModelDims, init: &[f32], seed: u64) -> (Vec<f32>, Vec<f32>) {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    let lens = [70usize, 5, 1];
+    let n = lens.len();
+    let mut pool = d.new_pool(PoolConfig::new(1, n, dims)).unwrap();
+    let slots = pool.alloc(n).unwrap();
+    let per = dims.state_elems();
+    for (i, s) in slots.iter().enumerate() {
+        let st =
+            HostState::from_f32(1, dims, DType::F32, DType::F32, &init[i * per..(i + 1) * per], &vec![0.0; dims.conv_elems()]).unwrap();
+        pool.import(*s, &st).unwrap();
+    }
+    let mut cu = vec![0];
+    for l in lens {
+        cu.push(cu.last().unwrap() + l);
+    }
+    let t = *cu.last().unwrap();
+    let (hk, hv, k, v) = (dims.num_k_heads, dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
+    let q = rand_vec(&mut r, t * hk * k, -1.0, 1.0);
+    let kk = rand_vec(&mut r, t * hk * k, -1.0, 1.0);
+    let vv = rand_vec(&mut r, t * hv * v, -1.0, 1.0);
+    let g: Vec<f32> = rand_vec(&mut r, t * hv, 0.5, 1.0).into_iter().map(f32::ln).collect();
+    let beta = rand_vec(&mut r, t * hv, 0.05, 1.0);
+    let mut o = vec![0f32; t * hv * v];
+    let batch = ExtendBatch::new(&pool, &cu, &slots, &[true, false, true]).unwrap();
+    let io = DeltaIo {
+        q: TensorRef::from_slice(&q, &[t, hk, k]).unwrap(),
+        k: TensorRef::from_slice(&kk, &[t, hk, k]).unwrap(),
+        v: TensorRef::from_slice(&vv, &[t, hv, v]).unwrap(),
+        g: TensorRef::from_slice(&g, &[t, hv]).unwrap(),
+        beta: TensorRef::from_slice(&beta, &[t, hv]).unwrap(),
+        o: TensorMut::from_slice(&mut o, &[t, hv, v]).unwrap(),
+        params: DeltaParams::new(&dims),
+    };
+    d.extend(&mut pool, 0, &batch, io).unwrap();
+    let states = slots.iter().flat_map(|s| pool.export(*s).unwrap().temporal_f32()).collect();
+    (o, states)
+}
+
+#[test]
+fn an_extend_on_a_host_team_gives_the_pools_bits() {
+    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let dims = ModelDims::new(2, 4, 32, 24, 4).unwrap();
+    let mut r = ChaCha8Rng::seed_from_u64(8);
+    let init = rand_vec(&mut r, 3 * dims.state_elems(), -1.0, 1.0);
+    let pooled = extend(&CpuKMajor::with_threads(2).unwrap(), dims, &init, 21);
+    let t = Arc::new(ScopedTeam { n: 3, regions: Mutex::new(0), threads_used: Mutex::new(HashSet::new()) });
+    let teamed = extend(&CpuKMajor::with_threads(2).unwrap().with_host_team(t.clone()), dims, &init, 21);
+    assert_eq!(bits(&pooled.0), bits(&teamed.0), "outputs");
+    assert_eq!(bits(&pooled.1), bits(&teamed.1), "states");
+    assert!(pooled.0.iter().all(|x| x.is_finite()) && pooled.0.iter().any(|&x| x != 0.0));
+    assert_ne!(bits(&pooled.1), bits(&init), "the states moved");
+    assert_eq!(*t.regions.lock().unwrap(), 1, "the extend ran on the team");
+}
