@@ -271,10 +271,14 @@ impl<L: StateLayout> CpuDispatcher<L> {
         let (x, weight) = (In::new(&io.x)?, In::new(&io.weight)?);
         let bias = io.bias.as_ref().map(In::new).transpose()?;
         let out = Out::new(&mut io.out)?;
-        let blocks = cd.div_ceil(CONV_BLOCK);
+        // on a host team, whose threads take contiguous shares of the blocks, quarter
+        // blocks (a channel's conv is the same arithmetic in any block, so the same bits):
+        // a Qwen3.5-0.8B conv of 6144 channels is 3 whole blocks, 1 and 2 on two threads
+        let size = if self.team.is_some() { CONV_BLOCK / 4 } else { CONV_BLOCK };
+        let blocks = cd.div_ceil(size);
         let block = |b: usize| {
-            let c0 = b * CONV_BLOCK;
-            ConvBlock::with(c0, CONV_BLOCK.min(cd - c0), width, &weight, bias.as_ref(), x, out, &run);
+            let c0 = b * size;
+            ConvBlock::with(c0, size.min(cd - c0), width, &weight, bias.as_ref(), x, out, &run);
         };
         if inline || self.team.is_some() {
             // on the host's team when it lent one, else the calling thread's call

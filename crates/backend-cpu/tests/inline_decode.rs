@@ -169,7 +169,7 @@ fn a_decode_and_a_conv_update_split_over_a_host_team_give_the_pools_bits() {
     assert_eq!(bits(&pooled.1), bits(&teamed.1), "pool conv states");
     assert_eq!(bits(&pooled.2), bits(&teamed.2), "caller states");
     assert_eq!(*t.regions.lock().unwrap(), 6, "one region per conv update");
-    // 6032 channels are 3 blocks: every thread of every region had one
+    // 6032 channels are 12 quarter blocks on a team: every thread of every region had some
     assert_eq!(t.threads_used.lock().unwrap().len(), 1 + 2 * 6);
 }
 
