@@ -32,6 +32,7 @@ pub struct OmpTeam {
     num_threads: OmpInt,
 }
 
+#[cfg(unix)]
 extern "C" {
     fn dlsym(handle: *mut c_void, symbol: *const std::ffi::c_char) -> *mut c_void;
 }
@@ -39,13 +40,20 @@ extern "C" {
 /// `RTLD_DEFAULT` (glibc, musl and macOS: the global scope).
 #[cfg(target_os = "macos")]
 const RTLD_DEFAULT: *mut c_void = -2isize as *mut c_void;
-#[cfg(not(target_os = "macos"))]
+#[cfg(all(unix, not(target_os = "macos")))]
 const RTLD_DEFAULT: *mut c_void = std::ptr::null_mut();
 
+#[cfg(unix)]
 fn symbol(name: &CStr) -> Option<*mut c_void> {
     // SAFETY: dlsym with the global scope and a NUL-terminated name only looks a symbol up.
     let p = unsafe { dlsym(RTLD_DEFAULT, name.as_ptr()) };
     (!p.is_null()).then_some(p)
+}
+
+/// No global symbol scope to search (Windows): the calls stay on the calling thread.
+#[cfg(not(unix))]
+fn symbol(_name: &CStr) -> Option<*mut c_void> {
+    None
 }
 
 impl OmpTeam {
