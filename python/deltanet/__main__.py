@@ -22,9 +22,9 @@ def info() -> int:
     print("fla-compatible functions run on the cpu backend (cpu-vk with state_v_first)")
     print(f"CPU kernels run on {kernel_threads()} threads (RAYON_NUM_THREADS; the importing thread is one of them)")
     if omp_team():
-        print("decode steps (delta rule and conv) run on the OpenMP team loaded in this process (torch's); DELTANET_OMP_TEAM=0 keeps them on the calling thread")
+        print("fla-compatible calls (prefill, decode, conv) run on the OpenMP team loaded in this process (torch's); DELTANET_OMP_TEAM=0 turns it off")
     else:
-        print("decode steps (delta rule and conv) run on the calling thread (no OpenMP runtime loaded: torch not imported, or DELTANET_OMP_TEAM=0)")
+        print("fla-compatible calls run on the calling thread and the threads above (no OpenMP runtime loaded: torch not imported, or DELTANET_OMP_TEAM=0)")
     return 0
 
 

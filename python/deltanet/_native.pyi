@@ -26,9 +26,9 @@ def kernel_threads() -> int:
     """Worker threads of the CPU kernels (``RAYON_NUM_THREADS``, else all CPUs); the importing thread is one of them."""
     ...
 def omp_team() -> bool:
-    """Whether decode steps (delta rule and conv update) split over the OpenMP team of a runtime loaded
-    in this process (torch's) instead of running on the calling thread alone; ``DELTANET_OMP_TEAM=0``
-    turns it off. Looked for again on one call in 64 until found, so importing torch later is seen."""
+    """Whether the fla-compatible functions' calls (prefill, decode, conv) run on the OpenMP team of a
+    runtime loaded in this process (torch's) instead of the calling thread and the kernel threads;
+    ``DELTANET_OMP_TEAM=0`` turns it off. Looked for again on one call in 64 until found, so importing torch later is seen."""
     ...
 def tensor_info(x: Tensor) -> Tuple[int, list[int], list[int], str]: ...
 def slots_for_budget(

@@ -30,8 +30,8 @@ use std::sync::{Mutex, OnceLock};
 const INLINE_DECODE_BYTES: usize = 8 << 20;
 
 /// The process-wide CPU backends (K-major for fla's default state, V-major for `state_v_first`):
-/// once an OpenMP runtime is loaded (torch imported), the ones that split the calling thread's
-/// calls over its team (`omp_team.rs`); until then, the ones that run them on the calling thread.
+/// once an OpenMP runtime is loaded (torch imported), the ones that run their calls on its team
+/// (`omp_team.rs`); until then, the ones that use the calling thread and rayon's pool.
 pub fn cpu_backend(vmajor: bool) -> PyResult<&'static Backend> {
     static K: OnceLock<Backend> = OnceLock::new();
     static V: OnceLock<Backend> = OnceLock::new();

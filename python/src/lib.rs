@@ -41,9 +41,9 @@ fn kernel_threads() -> usize {
     rayon::current_num_threads()
 }
 
-/// Whether the CPU backends split the calls they run on the calling thread (a decode step's
-/// delta rule and conv) over the OpenMP team of a runtime loaded in this process (torch's),
-/// rather than running them on the calling thread alone.
+/// Whether the fla-compatible functions' CPU calls (prefill, decode, conv) run on the OpenMP
+/// team of a runtime loaded in this process (torch's) rather than on the calling thread and
+/// rayon's pool.
 #[pyfunction(name = "omp_team")]
 fn uses_omp_team() -> bool {
     omp_team::OmpTeam::loaded().is_some()

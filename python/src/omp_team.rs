@@ -1,16 +1,16 @@
 //! torch's OpenMP threads lent to the kernels (`deltanet::cpu::HostTeam`).
 //!
 //! torch runs its CPU operations on an OpenMP team whose workers spin for a
-//! while after each operation, waiting for the next. A call that deltanet runs
-//! on the calling thread because of them (a decode step's delta rule and conv,
-//! see `functional.rs`) instead starts an OpenMP parallel region through the
-//! same runtime, `GOMP_parallel` (the entry point GCC compiles `#pragma omp
+//! while after each operation, waiting for the next, so a rayon worker next to
+//! them shares a core with a spinning thread. The fla-compatible functions'
+//! calls (prefill, decode and conv, see `functional.rs`) instead start an
+//! OpenMP parallel region through the same runtime, `GOMP_parallel` (the entry point GCC compiles `#pragma omp
 //! parallel` to, which libgomp and LLVM's libomp both export): the spinning
 //! workers take their share at once, on their own cores, and the calling
 //! thread takes its own. Nothing is looked up or loaded unless the process has
 //! already loaded an OpenMP runtime into its global symbol scope (importing
-//! torch does); without one, or with `DELTANET_OMP_TEAM=0`, the calls stay on
-//! the calling thread. The results are the same bits either way.
+//! torch does); without one, or with `DELTANET_OMP_TEAM=0`, the calls run on
+//! the calling thread and rayon's pool. The results are the same bits either way.
 
 use deltanet::cpu::HostTeam;
 use std::any::Any;

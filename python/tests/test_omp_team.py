@@ -1,5 +1,5 @@
-"""Decode steps split over torch's OpenMP team (`deltanet._native.omp_team`) give the bits they give
-on the calling thread alone (DELTANET_OMP_TEAM=0), for the delta rule and the conv update."""
+"""Decode steps on torch's OpenMP team (`deltanet._native.omp_team`) give the bits they give without
+it (DELTANET_OMP_TEAM=0), for the delta rule and the conv update."""
 
 import os
 import subprocess

@@ -105,7 +105,7 @@ pub struct CpuDispatcher<L: StateLayout> {
     /// A decode (or decode conv update) whose states total at most this many
     /// bytes runs on the calling thread ([`Self::with_inline_decode`]; 0: never).
     inline_decode_bytes: usize,
-    /// The host's threads the calling-thread calls split their tasks over ([`Self::with_host_team`]).
+    /// The host's threads that decode, extend and conv calls run on ([`Self::with_host_team`]).
     team: Option<Arc<dyn HostTeam>>,
     _layout: PhantomData<L>,
 }

@@ -1,13 +1,15 @@
 //! A host's own threads lent to a call: an application that keeps its cores
 //! busy with a thread team of its own (torch's OpenMP intra-op threads) can
-//! hand that team to the CPU dispatcher, and the calls that would otherwise
-//! run on the calling thread alone ([`crate::CpuDispatcher::with_inline_decode`])
-//! split their tasks over it instead.
+//! hand that team to the CPU dispatcher
+//! ([`crate::CpuDispatcher::with_host_team`]), and its decode, extend and conv
+//! calls run their tasks on it, both those that would go to the worker pool
+//! and those that would run on the calling thread alone
+//! ([`crate::CpuDispatcher::with_inline_decode`]).
 //!
 //! Why: torch's OpenMP workers spin for a while after every operation, so a
 //! worker of deltanet's own pool shares a core with a spinning thread, is
 //! preempted mid-task and the caller waits for it at the join; that is why
-//! such calls run on the calling thread. But the spinning workers are waiting
+//! small calls ran on the calling thread. But the spinning workers are waiting
 //! for exactly this: work handed to their team starts on them at once, with
 //! no thread woken and no core shared. A decode that reads its state from
 //! memory then has every core's outstanding misses, not one core's.
