@@ -70,26 +70,23 @@ mod tests {
         }
     }
 
+    /// `run(n, tasks, f)` runs `f` once per task for teams of 1 to 5 threads.
+    fn check_every_task_once(name: &str, run: impl Fn(usize, usize, &(dyn Fn(usize) + Sync))) {
+        for n in 1..=5 {
+            for tasks in [0, 1, 2, 3, 7, 64] {
+                let seen: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
+                run(n, tasks, &|i| {
+                    seen[i].fetch_add(1, Ordering::Relaxed);
+                });
+                assert!(seen.iter().all(|c| c.load(Ordering::Relaxed) == 1), "{name}: team {n}, {tasks} tasks");
+            }
+        }
+    }
+
     #[test]
     fn every_task_runs_once_on_any_team_size() {
-        for n in 1..=5 {
-            for tasks in [0, 1, 2, 3, 7, 64] {
-                let seen: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
-                run_tasks(Some(&Scoped(n)), tasks, |i| {
-                    seen[i].fetch_add(1, Ordering::Relaxed);
-                });
-                assert!(seen.iter().all(|c| c.load(Ordering::Relaxed) == 1), "team {n}, {tasks} tasks");
-            }
-        }
-        for n in 1..=5 {
-            for tasks in [0, 1, 2, 3, 7, 64] {
-                let seen: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
-                run_tasks_dynamic(&Scoped(n), tasks, |i| {
-                    seen[i].fetch_add(1, Ordering::Relaxed);
-                });
-                assert!(seen.iter().all(|c| c.load(Ordering::Relaxed) == 1), "dynamic: team {n}, {tasks} tasks");
-            }
-        }
+        check_every_task_once("contiguous", |n, tasks, f| run_tasks(Some(&Scoped(n)), tasks, f));
+        check_every_task_once("dynamic", |n, tasks, f| run_tasks_dynamic(&Scoped(n), tasks, f));
         let seen = AtomicUsize::new(0);
         run_tasks(None, 9, |_| {
             seen.fetch_add(1, Ordering::Relaxed);

@@ -14,40 +14,74 @@ fn rand_vec(r: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     (0..n).map(|_| r.gen_range(lo..hi)).collect()
 }
 
-/// Three decode steps of `b` requests from `init`; returns (outputs, final states).
-fn decode(d: &CpuKMajor, dims: ModelDims, sd: DType, b: usize, init: &[f32], seed: u64) -> (Vec<f32>, Vec<f32>) {
-    let mut r = ChaCha8Rng::seed_from_u64(seed);
-    let mut pool = d.new_pool(PoolConfig::new(1, b, dims).with_state_dtype(sd)).unwrap();
-    let slots = pool.alloc(b).unwrap();
+/// A pool of one layer whose `n` slots hold the recurrent states `init` (`sd`, conv states zero).
+fn pool_with_states(d: &CpuKMajor, dims: ModelDims, sd: DType, init: &[f32], n: usize) -> (PoolOf<CpuKMajor>, Vec<Slot>) {
+    let mut pool = d.new_pool(PoolConfig::new(1, n, dims).with_state_dtype(sd)).unwrap();
+    let slots = pool.alloc(n).unwrap();
     let per = dims.state_elems();
     for (i, s) in slots.iter().enumerate() {
         let st = HostState::from_f32(1, dims, sd, DType::F32, &init[i * per..(i + 1) * per], &vec![0.0; dims.conv_elems()]).unwrap();
         pool.import(*s, &st).unwrap();
     }
-    let (hk, hv, k, v) = (dims.num_k_heads, dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
+    (pool, slots)
+}
+
+/// The slots' recurrent states, f32.
+fn states(pool: &PoolOf<CpuKMajor>, slots: &[Slot]) -> Vec<f32> {
+    slots.iter().flat_map(|s| pool.export(*s).unwrap().temporal_f32()).collect()
+}
+
+/// Random q, k, v, g (log of a decay in [0.5, 1)) and beta of `rows` tokens.
+struct Inputs {
+    rows: usize,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    g: Vec<f32>,
+    beta: Vec<f32>,
+}
+
+impl Inputs {
+    fn random(r: &mut ChaCha8Rng, rows: usize, dims: ModelDims) -> Inputs {
+        let (hk, hv, k, v) = (dims.num_k_heads, dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
+        Inputs {
+            rows,
+            q: rand_vec(r, rows * hk * k, -1.0, 1.0),
+            k: rand_vec(r, rows * hk * k, -1.0, 1.0),
+            v: rand_vec(r, rows * hv * v, -1.0, 1.0),
+            g: rand_vec(r, rows * hv, 0.5, 1.0).into_iter().map(f32::ln).collect(),
+            beta: rand_vec(r, rows * hv, 0.05, 1.0),
+        }
+    }
+
+    /// The delta rule's tensors over these inputs and the output `o` (`rows * HV * V` values).
+    fn io<'a>(&'a self, o: &'a mut [f32], dims: ModelDims) -> DeltaIo<'a> {
+        let (t, hk, hv, k, v) = (self.rows, dims.num_k_heads, dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
+        DeltaIo {
+            q: TensorRef::from_slice(&self.q, &[t, hk, k]).unwrap(),
+            k: TensorRef::from_slice(&self.k, &[t, hk, k]).unwrap(),
+            v: TensorRef::from_slice(&self.v, &[t, hv, v]).unwrap(),
+            g: TensorRef::from_slice(&self.g, &[t, hv]).unwrap(),
+            beta: TensorRef::from_slice(&self.beta, &[t, hv]).unwrap(),
+            o: TensorMut::from_slice(o, &[t, hv, v]).unwrap(),
+            params: DeltaParams::new(&dims),
+        }
+    }
+}
+
+/// Three decode steps of `b` requests from `init`; returns (outputs, final states).
+fn decode(d: &CpuKMajor, dims: ModelDims, sd: DType, b: usize, init: &[f32], seed: u64) -> (Vec<f32>, Vec<f32>) {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    let (mut pool, slots) = pool_with_states(d, dims, sd, init, b);
     let mut outs = Vec::new();
     for _ in 0..3 {
-        let q = rand_vec(&mut r, b * hk * k, -1.0, 1.0);
-        let kk = rand_vec(&mut r, b * hk * k, -1.0, 1.0);
-        let vv = rand_vec(&mut r, b * hv * v, -1.0, 1.0);
-        let g: Vec<f32> = rand_vec(&mut r, b * hv, 0.5, 1.0).into_iter().map(f32::ln).collect();
-        let beta = rand_vec(&mut r, b * hv, 0.05, 1.0);
-        let mut o = vec![0f32; b * hv * v];
+        let inputs = Inputs::random(&mut r, b, dims);
+        let mut o = vec![0f32; b * dims.num_v_heads * dims.head_v_dim];
         let batch = DecodeBatch::new(&pool, &slots).unwrap();
-        let io = DeltaIo {
-            q: TensorRef::from_slice(&q, &[b, hk, k]).unwrap(),
-            k: TensorRef::from_slice(&kk, &[b, hk, k]).unwrap(),
-            v: TensorRef::from_slice(&vv, &[b, hv, v]).unwrap(),
-            g: TensorRef::from_slice(&g, &[b, hv]).unwrap(),
-            beta: TensorRef::from_slice(&beta, &[b, hv]).unwrap(),
-            o: TensorMut::from_slice(&mut o, &[b, hv, v]).unwrap(),
-            params: DeltaParams::new(&dims),
-        };
-        d.decode(&mut pool, 0, &batch, io).unwrap();
+        d.decode(&mut pool, 0, &batch, inputs.io(&mut o, dims)).unwrap();
         outs.extend(o);
     }
-    let states = slots.iter().flat_map(|s| pool.export(*s).unwrap().temporal_f32()).collect();
-    (outs, states)
+    (outs, states(&pool, &slots))
 }
 
 #[test]
@@ -125,6 +159,12 @@ struct ScopedTeam {
     threads_used: Mutex<HashSet<std::thread::ThreadId>>,
 }
 
+impl ScopedTeam {
+    fn new(n: usize) -> Arc<ScopedTeam> {
+        Arc::new(ScopedTeam { n, regions: Mutex::new(0), threads_used: Mutex::new(HashSet::new()) })
+    }
+}
+
 impl HostTeam for ScopedTeam {
     fn run(&self, body: &(dyn Fn(usize, usize) + Sync)) {
         *self.regions.lock().unwrap() += 1;
@@ -144,14 +184,13 @@ impl HostTeam for ScopedTeam {
 #[test]
 fn a_decode_and_a_conv_update_split_over_a_host_team_give_the_pools_bits() {
     let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-    let team = || Arc::new(ScopedTeam { n: 3, regions: Mutex::new(0), threads_used: Mutex::new(HashSet::new()) });
     let dims = ModelDims::new(2, 4, 32, 24, 4).unwrap();
     let mut r = ChaCha8Rng::seed_from_u64(6);
     for sd in [DType::F32, DType::BF16] {
         let b = 3;
         let init = rand_vec(&mut r, b * dims.state_elems(), -1.0, 1.0);
         let pooled = decode(&CpuKMajor::with_threads(2).unwrap(), dims, sd, b, &init, 11);
-        let t = team();
+        let t = ScopedTeam::new(3);
         let d = CpuKMajor::with_threads(2).unwrap().with_inline_decode(usize::MAX).with_host_team(t.clone());
         let teamed = decode(&d, dims, sd, b, &init, 11);
         assert_eq!(bits(&pooled.0), bits(&teamed.0), "{sd:?}: outputs");
@@ -163,7 +202,7 @@ fn a_decode_and_a_conv_update_split_over_a_host_team_give_the_pools_bits() {
     }
     let dims = ModelDims::new(1, 2, 16, 3000, 4).unwrap();
     let pooled = conv_updates(&CpuKMajor::with_threads(2).unwrap(), dims, 3, 19);
-    let t = team();
+    let t = ScopedTeam::new(3);
     let teamed = conv_updates(&CpuKMajor::with_threads(2).unwrap().with_inline_decode(usize::MAX).with_host_team(t.clone()), dims, 3, 19);
     assert_eq!(bits(&pooled.0), bits(&teamed.0), "conv outputs");
     assert_eq!(bits(&pooled.1), bits(&teamed.1), "pool conv states");
@@ -177,41 +216,14 @@ fn a_decode_and_a_conv_update_split_over_a_host_team_give_the_pools_bits() {
 /// state: a decode inside the extend) from random states; returns (outputs, states).
 fn extend(d: &CpuKMajor, dims: ModelDims, init: &[f32], seed: u64) -> (Vec<f32>, Vec<f32>) {
     let mut r = ChaCha8Rng::seed_from_u64(seed);
-    let lens = [70usize, 5, 1];
-    let n = lens.len();
-    let mut pool = d.new_pool(PoolConfig::new(1, n, dims)).unwrap();
-    let slots = pool.alloc(n).unwrap();
-    let per = dims.state_elems();
-    for (i, s) in slots.iter().enumerate() {
-        let st =
-            HostState::from_f32(1, dims, DType::F32, DType::F32, &init[i * per..(i + 1) * per], &vec![0.0; dims.conv_elems()]).unwrap();
-        pool.import(*s, &st).unwrap();
-    }
-    let mut cu = vec![0];
-    for l in lens {
-        cu.push(cu.last().unwrap() + l);
-    }
-    let t = *cu.last().unwrap();
-    let (hk, hv, k, v) = (dims.num_k_heads, dims.num_v_heads, dims.head_k_dim, dims.head_v_dim);
-    let q = rand_vec(&mut r, t * hk * k, -1.0, 1.0);
-    let kk = rand_vec(&mut r, t * hk * k, -1.0, 1.0);
-    let vv = rand_vec(&mut r, t * hv * v, -1.0, 1.0);
-    let g: Vec<f32> = rand_vec(&mut r, t * hv, 0.5, 1.0).into_iter().map(f32::ln).collect();
-    let beta = rand_vec(&mut r, t * hv, 0.05, 1.0);
-    let mut o = vec![0f32; t * hv * v];
+    let (mut pool, slots) = pool_with_states(d, dims, DType::F32, init, 3);
+    let cu = [0, 70, 75, 76];
+    let t = cu[3];
+    let inputs = Inputs::random(&mut r, t, dims);
+    let mut o = vec![0f32; t * dims.num_v_heads * dims.head_v_dim];
     let batch = ExtendBatch::new(&pool, &cu, &slots, &[true, false, true]).unwrap();
-    let io = DeltaIo {
-        q: TensorRef::from_slice(&q, &[t, hk, k]).unwrap(),
-        k: TensorRef::from_slice(&kk, &[t, hk, k]).unwrap(),
-        v: TensorRef::from_slice(&vv, &[t, hv, v]).unwrap(),
-        g: TensorRef::from_slice(&g, &[t, hv]).unwrap(),
-        beta: TensorRef::from_slice(&beta, &[t, hv]).unwrap(),
-        o: TensorMut::from_slice(&mut o, &[t, hv, v]).unwrap(),
-        params: DeltaParams::new(&dims),
-    };
-    d.extend(&mut pool, 0, &batch, io).unwrap();
-    let states = slots.iter().flat_map(|s| pool.export(*s).unwrap().temporal_f32()).collect();
-    (o, states)
+    d.extend(&mut pool, 0, &batch, inputs.io(&mut o, dims)).unwrap();
+    (o, states(&pool, &slots))
 }
 
 #[test]
@@ -221,7 +233,7 @@ fn an_extend_on_a_host_team_gives_the_pools_bits() {
     let mut r = ChaCha8Rng::seed_from_u64(8);
     let init = rand_vec(&mut r, 3 * dims.state_elems(), -1.0, 1.0);
     let pooled = extend(&CpuKMajor::with_threads(2).unwrap(), dims, &init, 21);
-    let t = Arc::new(ScopedTeam { n: 3, regions: Mutex::new(0), threads_used: Mutex::new(HashSet::new()) });
+    let t = ScopedTeam::new(3);
     let teamed = extend(&CpuKMajor::with_threads(2).unwrap().with_host_team(t.clone()), dims, &init, 21);
     assert_eq!(bits(&pooled.0), bits(&teamed.0), "outputs");
     assert_eq!(bits(&pooled.1), bits(&teamed.1), "states");
